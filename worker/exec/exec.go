@@ -1,0 +1,95 @@
+// Package exec is the seam between the worker's agent and a container
+// runtime. The agent sees verbs (prepare, start, wait, shut down, remove);
+// the runtime behind them (containerd in production, a fake in unit tests)
+// is the implementation's business.
+package exec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+// Labels put on every container so that a restarted worker can find the
+// containers it made and tell which task each one runs.
+const (
+	LabelTask    = "io.shoal.task.id"
+	LabelService = "io.shoal.service.id"
+	LabelSlot    = "io.shoal.task.slot"
+	LabelNode    = "io.shoal.node.id"
+)
+
+var (
+	// ErrTaskPrepared is returned by Prepare when the container already
+	// exists: the task was prepared before (for example by an earlier run
+	// of shoald) and can be adopted.
+	ErrTaskPrepared = errors.New("task already prepared")
+	// ErrTaskStarted is returned by Start when the process already runs.
+	ErrTaskStarted = errors.New("task already started")
+	// ErrImageUnavailable wraps a failure to find or pull the image; the
+	// task is rejected rather than failed.
+	ErrImageUnavailable = errors.New("image unavailable")
+)
+
+// ExitError is returned by Wait when the process ended with a non-zero
+// status.
+type ExitError struct {
+	Code int32
+	// Cause explains the exit when the runtime knows more than the code.
+	Cause error
+}
+
+func (e *ExitError) Error() string {
+	if e.Cause != nil {
+		return fmt.Sprintf("task: non-zero exit (%d): %v", e.Code, e.Cause)
+	}
+	return fmt.Sprintf("task: non-zero exit (%d)", e.Code)
+}
+
+// Container is a container found in the runtime that carries shoal labels.
+type Container struct {
+	ID        string
+	TaskID    string
+	ServiceID string
+	Slot      uint64
+	// Running is true when the container's process is alive.
+	Running bool
+}
+
+// Executor runs the containers of one node.
+type Executor interface {
+	// Describe reports the node's platform, resources and engine.
+	Describe(ctx context.Context) (*api.NodeDescription, error)
+	// Containers lists the containers this executor made (found by label),
+	// running or not.
+	Containers(ctx context.Context) ([]Container, error)
+	// Controller returns the controller for a task's container, which may
+	// already exist in the runtime.
+	Controller(t *api.Task) (Controller, error)
+}
+
+// Controller drives one task's container. Calls are made by one goroutine
+// at a time, in the order Prepare, Start, Wait, then Shutdown and Remove
+// (Shutdown and Remove may come at any point, including during Wait from
+// another goroutine).
+type Controller interface {
+	// Prepare makes the image available (pulling it if it is not present)
+	// and creates the container. It returns ErrTaskPrepared if the
+	// container exists already, and an error wrapping ErrImageUnavailable
+	// if the image cannot be had.
+	Prepare(ctx context.Context) error
+	// Start starts the container's process. It returns ErrTaskStarted if
+	// the process runs already.
+	Start(ctx context.Context) error
+	// Wait blocks until the process exits. It returns nil for status 0 and
+	// an *ExitError otherwise; a cancelled ctx returns ctx.Err().
+	Wait(ctx context.Context) error
+	// Shutdown stops the process: SIGTERM, then SIGKILL once the task's
+	// stop grace period has passed. It is a no-op if nothing runs.
+	Shutdown(ctx context.Context) error
+	// Remove deletes the process, the container and its snapshot. It is a
+	// no-op if they are gone.
+	Remove(ctx context.Context) error
+}

@@ -1,0 +1,336 @@
+// Command echo is the workload every shoal test runs: a static binary that
+// tells the caller which container answered (hostname, task, slot, env) over
+// HTTP, TCP and UDP, and that can be told to crash so restart policies can be
+// exercised. It is packed into an image by internal/testimage.
+//
+// Configuration comes from the environment so a service spec can set it,
+// and flags override the environment for running it by hand:
+//
+//	ECHO_ADDR        --addr         host to listen on (default all)
+//	ECHO_HTTP_PORT   --http-port    HTTP port (default 80)
+//	ECHO_TCP_PORT    --tcp-port     TCP echo port (default 7)
+//	ECHO_UDP_PORT    --udp-port     UDP echo port (default: the HTTP port number)
+//	ECHO_CRASH_AFTER --crash-after  exit after this duration (e.g. 0s, 200ms)
+//	ECHO_EXIT_CODE   --exit-code    status for that exit (default 3)
+//
+// Port 0 picks a free port; the start line on stdout reports the real ones.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+const (
+	// shutdownTimeout bounds the graceful HTTP shutdown: orchestrators stop
+	// a task with SIGTERM and a grace period of seconds, and tests wait for
+	// the exit, so in-flight requests get a moment, not longer.
+	shutdownTimeout = 2 * time.Second
+	// readHeaderTimeout keeps a half-open client from holding a handler.
+	readHeaderTimeout = 10 * time.Second
+	// maxDatagram is the largest UDP payload.
+	maxDatagram = 64 * 1024
+	// defaultCrashCode is distinct from 1 (generic error) and 2 (usage) so
+	// tests can tell a requested crash from a broken start.
+	defaultCrashCode = 3
+)
+
+type config struct {
+	addr       string
+	httpPort   int
+	tcpPort    int
+	udpPort    int
+	crashAfter time.Duration // < 0: never
+	exitCode   int
+}
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stdout, nil))
+	cfg, err := parseConfig(os.Args[1:], os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "echo:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	code, err := run(ctx, cfg, log)
+	if err != nil {
+		log.Error("echo failed", "err", err)
+	}
+	os.Exit(code)
+}
+
+// parseConfig reads the environment first and lets flags override it.
+func parseConfig(args []string, getenv func(string) string) (config, error) {
+	cfg := config{crashAfter: -1, exitCode: defaultCrashCode, httpPort: 80, tcpPort: 7, udpPort: -1}
+	envInt := func(key string, dst *int) error {
+		if v := getenv(key); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("parse %s=%q: %w", key, v, err)
+			}
+			*dst = n
+		}
+		return nil
+	}
+	cfg.addr = getenv("ECHO_ADDR")
+	for key, dst := range map[string]*int{
+		"ECHO_HTTP_PORT": &cfg.httpPort,
+		"ECHO_TCP_PORT":  &cfg.tcpPort,
+		"ECHO_UDP_PORT":  &cfg.udpPort,
+		"ECHO_EXIT_CODE": &cfg.exitCode,
+	} {
+		if err := envInt(key, dst); err != nil {
+			return cfg, err
+		}
+	}
+	if v := getenv("ECHO_CRASH_AFTER"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return cfg, fmt.Errorf("parse ECHO_CRASH_AFTER=%q: %w", v, err)
+		}
+		cfg.crashAfter = d
+	}
+
+	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
+	fs.StringVar(&cfg.addr, "addr", cfg.addr, "host to listen on")
+	fs.IntVar(&cfg.httpPort, "http-port", cfg.httpPort, "HTTP port (0: any free port)")
+	fs.IntVar(&cfg.tcpPort, "tcp-port", cfg.tcpPort, "TCP echo port (0: any free port)")
+	fs.IntVar(&cfg.udpPort, "udp-port", cfg.udpPort, "UDP echo port (default: the HTTP port number)")
+	fs.DurationVar(&cfg.crashAfter, "crash-after", cfg.crashAfter, "exit with --exit-code after this long (negative: never)")
+	fs.IntVar(&cfg.exitCode, "exit-code", cfg.exitCode, "exit status for --crash-after")
+	if err := fs.Parse(args); err != nil {
+		return cfg, err
+	}
+	if fs.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if cfg.udpPort < 0 {
+		cfg.udpPort = cfg.httpPort
+	}
+	for name, p := range map[string]int{"http": cfg.httpPort, "tcp": cfg.tcpPort, "udp": cfg.udpPort} {
+		if p < 0 || p > 65535 {
+			return cfg, fmt.Errorf("%s port %d out of range", name, p)
+		}
+	}
+	return cfg, nil
+}
+
+// run serves until ctx ends (exit 0) or the crash timer fires (cfg.exitCode).
+func run(ctx context.Context, cfg config, log *slog.Logger) (int, error) {
+	hostname, err := os.Hostname()
+	if err != nil {
+		return 1, fmt.Errorf("read hostname: %w", err)
+	}
+
+	httpLn, err := net.Listen("tcp", net.JoinHostPort(cfg.addr, strconv.Itoa(cfg.httpPort)))
+	if err != nil {
+		return 1, fmt.Errorf("listen http: %w", err)
+	}
+	defer httpLn.Close()
+	tcpLn, err := net.Listen("tcp", net.JoinHostPort(cfg.addr, strconv.Itoa(cfg.tcpPort)))
+	if err != nil {
+		return 1, fmt.Errorf("listen tcp echo: %w", err)
+	}
+	defer tcpLn.Close()
+	udpConn, err := net.ListenPacket("udp", net.JoinHostPort(cfg.addr, strconv.Itoa(cfg.udpPort)))
+	if err != nil {
+		return 1, fmt.Errorf("listen udp echo: %w", err)
+	}
+	defer udpConn.Close()
+
+	srv := &http.Server{Handler: newHandler(hostname), ReadHeaderTimeout: readHeaderTimeout}
+	tcp := &tcpEcho{hostname: hostname, conns: map[net.Conn]struct{}{}}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		if err := srv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "err", err)
+		}
+	})
+	wg.Go(func() { tcp.serve(tcpLn, log) })
+	wg.Go(func() { serveUDP(udpConn, hostname, log) })
+
+	log.Info("echo listening", "hostname", hostname,
+		"http", httpLn.Addr().String(), "tcp", tcpLn.Addr().String(), "udp", udpConn.LocalAddr().String(),
+		"crash_after", cfg.crashAfter.String())
+
+	var crash <-chan time.Time
+	if cfg.crashAfter >= 0 {
+		t := time.NewTimer(cfg.crashAfter)
+		defer t.Stop()
+		crash = t.C
+	}
+	code := 0
+	select {
+	case <-ctx.Done():
+		log.Info("echo stopping", "reason", "signal")
+	case <-crash:
+		log.Info("echo crashing as asked", "exit_code", cfg.exitCode)
+		code = cfg.exitCode
+	}
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		srv.Close()
+	}
+	tcpLn.Close()
+	tcp.closeAll()
+	udpConn.Close()
+	return code, nil
+}
+
+// report is what GET / and GET /json tell the caller.
+type report struct {
+	Hostname string            `json:"hostname"`
+	Task     string            `json:"task"`
+	Service  string            `json:"service"`
+	Slot     string            `json:"slot"`
+	Remote   string            `json:"remote"`
+	Env      map[string]string `json:"env"`
+}
+
+func newReport(hostname, remote string) report {
+	env := map[string]string{}
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	return report{
+		Hostname: hostname,
+		Task:     os.Getenv("SHOAL_TASK_NAME"),
+		Service:  os.Getenv("SHOAL_SERVICE_NAME"),
+		Slot:     os.Getenv("SHOAL_TASK_SLOT"),
+		Remote:   remote,
+		Env:      env,
+	}
+}
+
+func (r report) text() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "hostname=%s\ntask=%s\nservice=%s\nslot=%s\nremote=%s\n", r.Hostname, r.Task, r.Service, r.Slot, r.Remote)
+	keys := make([]string, 0, len(r.Env))
+	for k := range r.Env {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		fmt.Fprintf(&b, "env %s=%s\n", k, r.Env[k])
+	}
+	return b.String()
+}
+
+func newHandler(hostname string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok")
+	})
+	mux.HandleFunc("GET /json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(newReport(hostname, r.RemoteAddr))
+	})
+	// Every other path answers like /, so a test may curl any URL through
+	// the routing mesh and still learn which task answered.
+	mux.HandleFunc("GET /", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, newReport(hostname, r.RemoteAddr).text())
+	})
+	return mux
+}
+
+// tcpEcho greets each connection with the hostname, then echoes. It keeps
+// the open connections so shutdown can end them instead of waiting for
+// clients to hang up.
+type tcpEcho struct {
+	hostname string
+	mu       sync.Mutex
+	conns    map[net.Conn]struct{}
+	closed   bool
+	wg       sync.WaitGroup
+}
+
+func (e *tcpEcho) serve(ln net.Listener, log *slog.Logger) {
+	defer e.wg.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				log.Error("tcp echo accept", "err", err)
+			}
+			return
+		}
+		if !e.track(c) {
+			c.Close()
+			return
+		}
+		e.wg.Go(func() {
+			defer e.untrack(c)
+			if _, err := fmt.Fprintf(c, "hostname=%s\n", e.hostname); err != nil {
+				return
+			}
+			io.Copy(c, c)
+		})
+	}
+}
+
+func (e *tcpEcho) track(c net.Conn) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	e.conns[c] = struct{}{}
+	return true
+}
+
+func (e *tcpEcho) untrack(c net.Conn) {
+	e.mu.Lock()
+	delete(e.conns, c)
+	e.mu.Unlock()
+	c.Close()
+}
+
+func (e *tcpEcho) closeAll() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.closed = true
+	for c := range e.conns {
+		c.Close()
+	}
+}
+
+// serveUDP answers each datagram until conn is closed.
+func serveUDP(conn net.PacketConn, hostname string, log *slog.Logger) {
+	buf := make([]byte, maxDatagram)
+	for {
+		n, from, err := conn.ReadFrom(buf)
+		if err != nil {
+			if !errors.Is(err, net.ErrClosed) {
+				log.Error("udp echo read", "err", err)
+			}
+			return
+		}
+		reply := append([]byte(fmt.Sprintf("hostname=%s remote=%s ", hostname, from)), buf[:n]...)
+		if _, err := conn.WriteTo(reply, from); err != nil {
+			log.Warn("udp echo reply", "remote", from.String(), "err", err)
+		}
+	}
+}

@@ -1,0 +1,211 @@
+package state
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"google.golang.org/protobuf/proto"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/store"
+)
+
+// Timings for a cluster on one LAN. hashicorp/raft's defaults (1 s) are
+// tuned for WANs; a leader loss should be noticed well within our 2 s
+// fail-over goal.
+const (
+	heartbeatTimeout   = 500 * time.Millisecond
+	electionTimeout    = 500 * time.Millisecond
+	leaderLeaseTimeout = 250 * time.Millisecond
+	commitTimeout      = 5 * time.Millisecond
+	// snapshotThreshold keeps replay after a restart short while not
+	// snapshotting on every burst of task updates.
+	snapshotThreshold = 8192
+	snapshotRetain    = 2
+	// applyTimeout bounds how long a proposal may wait to enter the log.
+	applyTimeout = 10 * time.Second
+)
+
+// ErrNotLeader is returned by Propose on a follower.
+var ErrNotLeader = errors.New("this manager is not the raft leader")
+
+// Config says where a raft member keeps its state and how it talks.
+type Config struct {
+	// Dir holds raft.db (log and stable store) and snapshots/.
+	Dir string
+	// ID is the member's raft server id: the node id.
+	ID string
+	// Transport carries raft messages; its LocalAddr is the member's address.
+	Transport raft.Transport
+	// Logger gets raft's own logs.
+	Logger *slog.Logger
+	// SnapshotThreshold overrides the number of log entries between snapshots (tests).
+	SnapshotThreshold uint64
+}
+
+// Node is a running raft member with its store.
+type Node struct {
+	raft   *raft.Raft
+	store  *store.Store
+	bolt   *raftboltdb.BoltStore
+	snaps  raft.SnapshotStore
+	cfg    Config
+	logger *slog.Logger
+}
+
+// HasState reports whether dir already holds a raft member's state.
+func HasState(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, "raft.db"))
+	return err == nil
+}
+
+func raftConfig(cfg Config) *raft.Config {
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.HeartbeatTimeout = heartbeatTimeout
+	rc.ElectionTimeout = electionTimeout
+	rc.LeaderLeaseTimeout = leaderLeaseTimeout
+	rc.CommitTimeout = commitTimeout
+	rc.SnapshotThreshold = snapshotThreshold
+	if cfg.SnapshotThreshold > 0 {
+		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+	return rc
+}
+
+// Open starts a raft member from dir. If bootstrap is set, dir must be
+// empty and the member forms a new cluster with itself as the only voter.
+func Open(cfg Config, bootstrap bool) (*Node, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create raft dir: %w", err)
+	}
+	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	if err != nil {
+		return nil, fmt.Errorf("open raft log %s: %w", filepath.Join(cfg.Dir, "raft.db"), err)
+	}
+	snaps, err := raft.NewFileSnapshotStore(cfg.Dir, snapshotRetain, io.Discard)
+	if err != nil {
+		bolt.Close()
+		return nil, fmt.Errorf("open raft snapshots: %w", err)
+	}
+	rc := raftConfig(cfg)
+	n := &Node{store: store.New(), bolt: bolt, snaps: snaps, cfg: cfg, logger: cfg.Logger}
+	if bootstrap {
+		has, err := raft.HasExistingState(bolt, bolt, snaps)
+		if err != nil {
+			bolt.Close()
+			return nil, fmt.Errorf("check raft state: %w", err)
+		}
+		if has {
+			bolt.Close()
+			return nil, fmt.Errorf("raft state exists in %s: this node is already part of a cluster", cfg.Dir)
+		}
+		conf := raft.Configuration{Servers: []raft.Server{{
+			Suffrage: raft.Voter, ID: rc.LocalID, Address: cfg.Transport.LocalAddr(),
+		}}}
+		if err := raft.BootstrapCluster(rc, bolt, bolt, snaps, cfg.Transport, conf); err != nil {
+			bolt.Close()
+			return nil, fmt.Errorf("bootstrap raft: %w", err)
+		}
+	}
+	r, err := raft.NewRaft(rc, &fsm{store: n.store}, bolt, bolt, snaps, cfg.Transport)
+	if err != nil {
+		bolt.Close()
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	n.raft = r
+	return n, nil
+}
+
+// Store is the member's state, current up to the last applied entry.
+func (n *Node) Store() *store.Store { return n.store }
+
+// Raft exposes the raft node for membership changes.
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// IsLeader reports whether this member leads.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// LeaderCh is signalled on gaining (true) and losing (false) leadership.
+func (n *Node) LeaderCh() <-chan bool { return n.raft.LeaderCh() }
+
+// WaitLeader blocks until some member leads (and, if this one leads, its
+// log is applied up to the point where it took office).
+func (n *Node) WaitLeader(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if addr, _ := n.raft.LeaderWithID(); addr != "" {
+			if n.IsLeader() {
+				return n.raft.Barrier(applyTimeout).Error()
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for a raft leader: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// Propose commits actions as one command. It returns once the command is
+// applied to this member's store, with the store's error if the command
+// was refused (then nothing of it took effect).
+func (n *Node) Propose(ctx context.Context, actions ...*api.StoreAction) error {
+	if len(actions) == 0 {
+		return nil
+	}
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	b, err := proto.Marshal(&api.Command{Actions: actions})
+	if err != nil {
+		return fmt.Errorf("encode command: %w", err)
+	}
+	timeout := applyTimeout
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+		if timeout <= 0 {
+			return ctx.Err()
+		}
+	}
+	f := n.raft.Apply(b, timeout)
+	if err := f.Error(); err != nil {
+		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+		return fmt.Errorf("raft apply: %w", err)
+	}
+	if resp, ok := f.Response().(error); ok && resp != nil {
+		return resp
+	}
+	return nil
+}
+
+// Snapshot forces a snapshot now (tests, and before a clean shutdown).
+func (n *Node) Snapshot() error {
+	return n.raft.Snapshot().Error()
+}
+
+// Close stops the member. Its state stays on disk.
+func (n *Node) Close() error {
+	err := n.raft.Shutdown().Error()
+	if cerr := n.bolt.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -1,0 +1,149 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+func svc(id, name string) *api.Service {
+	return &api.Service{Id: id, Spec: &api.ServiceSpec{Name: name}}
+}
+
+func TestApply(t *testing.T) {
+	s := New()
+	must := func(idx uint64, acts ...*api.StoreAction) {
+		t.Helper()
+		if err := s.Apply(idx, &api.Command{Actions: acts}); err != nil {
+			t.Fatalf("apply %d: %v", idx, err)
+		}
+	}
+	must(1, Create(svc("s1", "web")), Create(&api.Task{Id: "t1", ServiceId: "s1", NodeId: "n1"}))
+
+	var web *api.Service
+	s.View(func(tx ReadTx) { web = tx.ServiceByName("web") })
+	if web.GetMeta().GetVersion() != 1 {
+		t.Fatalf("version after create = %d, want 1", web.GetMeta().GetVersion())
+	}
+
+	tests := []struct {
+		name string
+		acts []*api.StoreAction
+		want error
+	}{
+		{"duplicate id", []*api.StoreAction{Create(svc("s1", "other"))}, ErrExist},
+		{"duplicate name", []*api.StoreAction{Create(svc("s2", "web"))}, ErrExist},
+		{"update missing", []*api.StoreAction{Update(svc("nope", "x"))}, ErrNotFound},
+		{"remove missing", []*api.StoreAction{Remove(&api.Task{Id: "nope"})}, ErrNotFound},
+		{"stale update", []*api.StoreAction{Update(&api.Service{Id: "s1", Meta: &api.Meta{Version: 0}, Spec: &api.ServiceSpec{Name: "web"}})}, ErrSequenceConflict},
+		{"no id", []*api.StoreAction{Create(&api.Task{})}, ErrInvalidAction},
+		// The first action is fine; the second fails, so neither may land.
+		{"atomic", []*api.StoreAction{Create(svc("s3", "api")), Create(svc("s1", "dup"))}, ErrExist},
+	}
+	for i, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := s.Snapshot()
+			err := s.Apply(uint64(10+i), &api.Command{Actions: tc.acts})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if after := s.Snapshot(); !proto.Equal(before, after) {
+				t.Fatalf("failed command changed the store:\nbefore %v\nafter  %v", before, after)
+			}
+		})
+	}
+
+	upd := proto.Clone(web).(*api.Service)
+	upd.Spec.Labels = map[string]string{"a": "b"}
+	must(20, Update(upd))
+	s.View(func(tx ReadTx) {
+		got := tx.Service("s1")
+		if got.GetMeta().GetVersion() != 20 || got.GetSpec().GetLabels()["a"] != "b" {
+			t.Fatalf("after update: %v", got)
+		}
+		if n := len(tx.TasksOfNode("n1")); n != 1 {
+			t.Fatalf("tasks of n1 = %d, want 1", n)
+		}
+	})
+	must(21, Remove(&api.Task{Id: "t1"}))
+	s.View(func(tx ReadTx) {
+		if len(tx.TasksOfService("s1")) != 0 {
+			t.Fatal("task still there after remove")
+		}
+	})
+}
+
+func TestLookupService(t *testing.T) {
+	s := New()
+	if err := s.Apply(1, &api.Command{Actions: []*api.StoreAction{
+		Create(svc("abc123", "web")), Create(svc("abd456", "api")),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ ref, wantID, wantErr string }{
+		{"web", "abc123", ""},
+		{"abc123", "abc123", ""},
+		{"abd", "abd456", ""},
+		{"ab", "", "ambiguous"},
+		{"zzz", "", "not found"},
+		{"", "", "empty"},
+	} {
+		s.View(func(tx ReadTx) {
+			got, err := tx.LookupService(tc.ref)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("LookupService(%q) err = %v, want %q", tc.ref, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got.GetId() != tc.wantID {
+				t.Errorf("LookupService(%q) = %v, %v; want %s", tc.ref, got.GetId(), err, tc.wantID)
+			}
+		})
+	}
+}
+
+func TestSubscribe(t *testing.T) {
+	s := New()
+	sub := s.Subscribe()
+	defer sub.Close()
+	for i := 1; i <= 3; i++ {
+		if err := s.Apply(uint64(i), &api.Command{Actions: []*api.StoreAction{Create(&api.Task{Id: fmt.Sprint(i)})}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-sub.Ready()
+	changes := sub.Next()
+	if len(changes) != 3 || changes[2].Index != 3 || len(changes[0].Events) != 1 {
+		t.Fatalf("changes = %+v", changes)
+	}
+}
+
+func TestSnapshotRestore(t *testing.T) {
+	s := New()
+	for i := 1; i <= 100; i++ {
+		if err := s.Apply(uint64(i), &api.Command{Actions: []*api.StoreAction{
+			Create(&api.Task{Id: fmt.Sprintf("t%03d", i), ServiceId: "s", NodeId: "n"}),
+		}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	snap := s.Snapshot()
+	r := New()
+	if err := r.Restore(100, snap); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Snapshot(); !proto.Equal(snap, got) {
+		t.Fatal("restored store differs")
+	}
+	r.View(func(tx ReadTx) {
+		if n := len(tx.TasksOfNode("n")); n != 100 {
+			t.Fatalf("node index after restore: %d tasks", n)
+		}
+	})
+}

@@ -1,0 +1,151 @@
+package scheduler
+
+import (
+	"fmt"
+	"strings"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+// Filter decides whether a node can take a task, and words the reason when
+// it cannot, so a pending task says which nodes were turned down and why.
+type Filter interface {
+	// Check reports whether node n can run task t.
+	Check(t *api.Task, n *api.Node) bool
+	// Explain says why nodes failed Check, for a count of nodes > 0
+	// ("2 nodes are not ready").
+	Explain(nodes int) string
+}
+
+// nodes words a node count with its verb agreeing: nodes(1, "is", "are").
+func nodes(n int, one, many string) string {
+	if n == 1 {
+		return "1 node " + one
+	}
+	return fmt.Sprintf("%d nodes %s", n, many)
+}
+
+// ReadyFilter passes nodes the dispatcher sees as READY: a node that is down,
+// disconnected or not yet heard from would not receive its assignment.
+type ReadyFilter struct{}
+
+// Check implements Filter.
+func (ReadyFilter) Check(_ *api.Task, n *api.Node) bool {
+	return n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY
+}
+
+// Explain implements Filter.
+func (ReadyFilter) Explain(n int) string { return nodes(n, "is not ready", "are not ready") }
+
+// AvailabilityFilter passes nodes the operator left active. PAUSE and DRAIN
+// both refuse new tasks; they differ only in what happens to running ones,
+// which is the orchestrator's business. An unset availability counts as
+// active, the default for a node nobody has updated.
+type AvailabilityFilter struct{}
+
+// Check implements Filter.
+func (AvailabilityFilter) Check(_ *api.Task, n *api.Node) bool {
+	switch n.GetSpec().GetAvailability() {
+	case api.NodeAvailability_NODE_AVAILABILITY_ACTIVE, api.NodeAvailability_NODE_AVAILABILITY_UNSPECIFIED:
+		return true
+	}
+	return false
+}
+
+// Explain implements Filter.
+func (AvailabilityFilter) Explain(n int) string {
+	return nodes(n, "is not available for new tasks (paused or drained)", "are not available for new tasks (paused or drained)")
+}
+
+// ConstraintFilter passes nodes that satisfy one placement constraint. A
+// task's pipeline holds one per constraint so the explanation can name the
+// constraint that turned each node down.
+type ConstraintFilter struct {
+	Constraint Constraint
+}
+
+// Check implements Filter. The constraint was parsed from t's spec when the
+// pipeline was built, so t itself is not read again.
+func (f ConstraintFilter) Check(_ *api.Task, n *api.Node) bool { return f.Constraint.Matches(n) }
+
+// Explain implements Filter.
+func (f ConstraintFilter) Explain(n int) string {
+	c := f.Constraint.String()
+	return nodes(n, "does not satisfy constraint "+c, "do not satisfy constraint "+c)
+}
+
+// PlatformFilter passes nodes whose OS and architecture can run the task's
+// image. Tasks do not yet carry their image's platform, so an empty field
+// means unknown and passes every node; the filter exists so the pipeline and
+// its explanation already have a place for it.
+type PlatformFilter struct {
+	OS, Arch string
+}
+
+// Check implements Filter.
+func (f PlatformFilter) Check(_ *api.Task, n *api.Node) bool {
+	d := n.GetDescription()
+	if f.OS != "" && !strings.EqualFold(f.OS, d.GetOs()) {
+		return false
+	}
+	if f.Arch != "" && !strings.EqualFold(normalizeArch(f.Arch), normalizeArch(d.GetArch())) {
+		return false
+	}
+	return true
+}
+
+// Explain implements Filter.
+func (f PlatformFilter) Explain(n int) string {
+	p := f.OS
+	if f.Arch != "" {
+		p += "/" + f.Arch
+	}
+	return nodes(n, "does not match the image platform "+p, "do not match the image platform "+p)
+}
+
+// pipeline is the ordered list of filters a task must pass. Cheap,
+// task-independent filters come first, and a node is charged to the first
+// filter it fails only: a down node is reported as not ready, not also as
+// failing its constraints.
+type pipeline []Filter
+
+// newPipeline builds the pipeline for tasks with the given placement
+// constraints.
+func newPipeline(constraints []string) (pipeline, error) {
+	cs, err := ParseConstraints(constraints)
+	if err != nil {
+		return nil, fmt.Errorf("invalid placement: %w", err)
+	}
+	p := make(pipeline, 0, 2+len(cs))
+	p = append(p, ReadyFilter{}, AvailabilityFilter{})
+	for _, c := range cs {
+		p = append(p, ConstraintFilter{Constraint: c})
+	}
+	// PlatformFilter joins once tasks carry their image's platform.
+	return p, nil
+}
+
+// first returns the index of the first filter n fails, or -1 when n passes.
+func (p pipeline) first(t *api.Task, n *api.Node) int {
+	for i, f := range p {
+		if !f.Check(t, n) {
+			return i
+		}
+	}
+	return -1
+}
+
+// explain words the failures counted per filter (counts[i] nodes failed
+// p[i]) as the reason a task stays pending.
+func (p pipeline) explain(counts []int) string {
+	var parts []string
+	for i, n := range counts {
+		if n > 0 {
+			parts = append(parts, p[i].Explain(n))
+		}
+	}
+	if len(parts) == 0 {
+		return "no suitable node (the cluster has no nodes)"
+	}
+	return "no suitable node (" + strings.Join(parts, "; ") + ")"
+}

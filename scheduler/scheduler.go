@@ -1,0 +1,441 @@
+package scheduler
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+// Decision is the scheduler's answer for one pending task.
+type Decision struct {
+	Task *api.Task
+	// NodeID is the chosen node, or "" when no node can take the task.
+	NodeID string
+	// Explanation says why the task was not placed, with the number of
+	// nodes turned down for each reason; empty when NodeID is set.
+	Explanation string
+}
+
+// nodeInfo is the scheduler's bookkeeping for one node ID. It can exist
+// without a node object: tasks may name a node the scheduler has not been
+// told about yet, or one that was removed while its tasks wind down, and
+// their counts must be right if the node comes (back).
+type nodeInfo struct {
+	id    string
+	node  *api.Node // nil when the node is not known
+	total int32     // tasks occupying the node
+	rank  int32     // index in Scheduler.sorted; -1 when not a candidate
+}
+
+// placement is where a counted task sits.
+type placement struct {
+	node    *nodeInfo
+	service string
+}
+
+// Scheduler places pending tasks on nodes. It keeps per-node task counts
+// between calls so that a stream of placements stays cheap: Sync sets the
+// whole view, the Upsert/Remove/Task methods keep it current, and Schedule
+// counts its own decisions as if they were already committed.
+//
+// A Scheduler is not safe for concurrent use; the manager's scheduling loop
+// owns it.
+type Scheduler struct {
+	nodes    map[string]*nodeInfo
+	services map[string]map[*nodeInfo]int32 // service ID → node → tasks
+	tasks    map[string]placement           // counted tasks by ID
+
+	// sorted holds the known nodes ordered by ID: the spread tie-break, and
+	// a stable order for explanations. Rebuilt only when the node set
+	// changes, not on every Schedule.
+	sorted []*nodeInfo
+	stale  bool
+
+	slots []slot // scratch for Schedule, kept to avoid reallocating per group
+}
+
+// New returns an empty Scheduler; call Sync before the first Schedule.
+func New() *Scheduler {
+	s := &Scheduler{}
+	s.Sync(nil, nil)
+	return s
+}
+
+// Sync replaces the scheduler's view with nodes and the tasks that occupy
+// them. Tasks that do not occupy a node (see TaskAssigned) are ignored, so
+// the caller may pass every task it has.
+func (s *Scheduler) Sync(nodes []*api.Node, tasks []*api.Task) {
+	s.nodes = make(map[string]*nodeInfo, len(nodes))
+	s.services = make(map[string]map[*nodeInfo]int32)
+	s.tasks = make(map[string]placement, len(tasks))
+	for _, n := range nodes {
+		if n.GetId() == "" {
+			continue
+		}
+		s.nodes[n.GetId()] = &nodeInfo{id: n.GetId(), node: n, rank: -1}
+	}
+	for _, t := range tasks {
+		if t.GetId() != "" && occupies(t) {
+			s.track(t.GetId(), t.GetNodeId(), t.GetServiceId())
+		}
+	}
+	s.sorted = nil
+	s.stale = true
+}
+
+// UpsertNode adds node n or replaces the scheduler's copy of it.
+func (s *Scheduler) UpsertNode(n *api.Node) {
+	id := n.GetId()
+	if id == "" {
+		return
+	}
+	info, ok := s.nodes[id]
+	if !ok {
+		info = &nodeInfo{id: id, rank: -1}
+		s.nodes[id] = info
+	}
+	if info.node == nil {
+		s.stale = true
+	}
+	info.node = n
+}
+
+// RemoveNode forgets node id. Counts of tasks still recorded on it are kept
+// until TaskGone, so they are right if the node returns.
+func (s *Scheduler) RemoveNode(id string) {
+	info, ok := s.nodes[id]
+	if !ok || info.node == nil {
+		return
+	}
+	info.node = nil
+	info.rank = -1
+	s.stale = true
+	if info.total == 0 {
+		delete(s.nodes, id)
+	}
+}
+
+// TaskAssigned records task t as it is now. A task occupies a node when it
+// has a node, its desired state is RUNNING and it has not ended (status
+// before COMPLETE); a task that no longer does is forgotten, as by TaskGone.
+// Calling it again for a task already counted where it is changes nothing,
+// so the store's echo of a committed Decision is harmless.
+func (s *Scheduler) TaskAssigned(t *api.Task) {
+	id := t.GetId()
+	if id == "" {
+		return
+	}
+	if !occupies(t) {
+		s.untrack(id)
+		return
+	}
+	if p, ok := s.tasks[id]; ok {
+		if p.node.id == t.GetNodeId() && p.service == t.GetServiceId() {
+			return
+		}
+		s.untrack(id)
+	}
+	s.track(id, t.GetNodeId(), t.GetServiceId())
+}
+
+// TaskGone forgets task t: it ended, was deleted, or a Decision for it was
+// not committed.
+func (s *Scheduler) TaskGone(t *api.Task) {
+	s.untrack(t.GetId())
+}
+
+func occupies(t *api.Task) bool {
+	return t.GetNodeId() != "" &&
+		t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING &&
+		t.GetStatus().GetState() < api.TaskState_TASK_STATE_COMPLETE
+}
+
+func schedulable(t *api.Task) bool {
+	return t.GetId() != "" &&
+		t.GetNodeId() == "" &&
+		t.GetStatus().GetState() == api.TaskState_TASK_STATE_PENDING &&
+		t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING
+}
+
+func (s *Scheduler) track(taskID, nodeID, service string) {
+	info, ok := s.nodes[nodeID]
+	if !ok {
+		info = &nodeInfo{id: nodeID, rank: -1}
+		s.nodes[nodeID] = info
+	}
+	info.total++
+	m := s.services[service]
+	if m == nil {
+		m = make(map[*nodeInfo]int32)
+		s.services[service] = m
+	}
+	m[info]++
+	s.tasks[taskID] = placement{node: info, service: service}
+}
+
+func (s *Scheduler) untrack(taskID string) {
+	p, ok := s.tasks[taskID]
+	if !ok {
+		return
+	}
+	delete(s.tasks, taskID)
+	p.node.total--
+	if m := s.services[p.service]; m != nil {
+		if m[p.node]--; m[p.node] <= 0 {
+			delete(m, p.node)
+		}
+		if len(m) == 0 {
+			delete(s.services, p.service)
+		}
+	}
+	if p.node.node == nil && p.node.total <= 0 && s.nodes[p.node.id] == p.node {
+		delete(s.nodes, p.node.id)
+	}
+}
+
+// refresh rebuilds the sorted candidate list after the node set changed.
+func (s *Scheduler) refresh() {
+	if !s.stale {
+		return
+	}
+	s.sorted = s.sorted[:0]
+	for _, info := range s.nodes {
+		if info.node != nil {
+			s.sorted = append(s.sorted, info)
+		}
+	}
+	slices.SortFunc(s.sorted, func(a, b *nodeInfo) int { return strings.Compare(a.id, b.id) })
+	for i, info := range s.sorted {
+		info.rank = int32(i)
+	}
+	s.stale = false
+}
+
+// constraintsKey identifies a list of placement constraints. Tasks with
+// equal keys pass the same nodes, so filters run once per key and node.
+type constraintsKey struct {
+	n int
+	// s is the single constraint, or for several each one prefixed with
+	// its length, which keeps distinct lists distinct.
+	s string
+}
+
+func keyOf(cs []string) constraintsKey {
+	switch len(cs) {
+	case 0:
+		return constraintsKey{}
+	case 1:
+		return constraintsKey{n: 1, s: cs[0]}
+	}
+	var b strings.Builder
+	for _, c := range cs {
+		b.WriteString(strconv.Itoa(len(c)))
+		b.WriteByte(':')
+		b.WriteString(c)
+	}
+	return constraintsKey{n: len(cs), s: b.String()}
+}
+
+// groupKey identifies tasks that are placed together: same service (spread
+// is per service) and same constraints (same candidate nodes).
+type groupKey struct {
+	service     string
+	constraints constraintsKey
+}
+
+type group struct {
+	key         groupKey
+	constraints []string
+	size        int32
+}
+
+// candidates are the nodes that pass a pipeline, or why there are none.
+type candidates struct {
+	ranks       []int32 // ascending
+	explanation string
+}
+
+// Schedule places the pending tasks: those in PENDING state with no node and
+// desired state RUNNING; other tasks are skipped and get no Decision. It
+// returns one Decision per pending task, in input order, and counts the
+// placements as if committed: call TaskGone for any Decision that could not
+// be committed. Tasks are not modified.
+//
+// Each node takes the task of a service that has fewest tasks of that
+// service, then fewest tasks in all, then the lowest node ID, so equal
+// inputs always give equal decisions.
+func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
+	s.refresh()
+
+	// Group tasks by service and constraints, in order of first appearance.
+	var groups []group
+	index := make(map[groupKey]int32)
+	in := make([]int32, 0, len(pending)) // group of each schedulable task
+	decisions := make([]Decision, 0, len(pending))
+	for _, t := range pending {
+		if !schedulable(t) {
+			continue
+		}
+		// A task scheduled before but not committed is placed afresh.
+		s.untrack(t.GetId())
+		cs := t.GetSpec().GetPlacement().GetConstraints()
+		k := groupKey{service: t.GetServiceId(), constraints: keyOf(cs)}
+		g, ok := index[k]
+		if !ok {
+			g = int32(len(groups))
+			index[k] = g
+			groups = append(groups, group{key: k, constraints: cs})
+		}
+		groups[g].size++
+		in = append(in, g)
+		decisions = append(decisions, Decision{Task: t})
+	}
+
+	// Lay the task positions out group by group (a counting sort).
+	start := make([]int32, len(groups)+1)
+	for i, g := range groups {
+		start[i+1] = start[i] + g.size
+	}
+	next := slices.Clone(start[:len(groups)])
+	order := make([]int32, len(in))
+	for i, g := range in {
+		order[next[g]] = int32(i)
+		next[g]++
+	}
+
+	filtered := make(map[constraintsKey]*candidates)
+	for i, g := range groups {
+		members := order[start[i]:start[i+1]]
+		c, ok := filtered[g.key.constraints]
+		if !ok {
+			c = s.filter(g.constraints, decisions[members[0]].Task)
+			filtered[g.key.constraints] = c
+		}
+		if len(c.ranks) == 0 {
+			for _, m := range members {
+				decisions[m].Explanation = c.explanation
+			}
+			continue
+		}
+		s.spread(g.key.service, c.ranks, members, decisions)
+	}
+	return decisions
+}
+
+// filter runs the pipeline for constraints over every known node.
+func (s *Scheduler) filter(constraints []string, sample *api.Task) *candidates {
+	p, err := newPipeline(constraints)
+	if err != nil {
+		return &candidates{explanation: err.Error()}
+	}
+	c := &candidates{}
+	failed := make([]int, len(p))
+	for _, info := range s.sorted {
+		if f := p.first(sample, info.node); f >= 0 {
+			failed[f]++
+			continue
+		}
+		c.ranks = append(c.ranks, info.rank)
+	}
+	if len(c.ranks) == 0 {
+		c.explanation = p.explain(failed)
+	}
+	return c
+}
+
+// slot is one candidate node's score while a group is placed.
+type slot struct {
+	service int32 // tasks of the group's service on the node
+	total   int32 // tasks on the node
+	rank    int32 // the node's position by ID
+	placed  int32 // tasks this group put there
+}
+
+// before orders slots by preference: the spread rule.
+func (a *slot) before(b *slot) bool {
+	if a.service != b.service {
+		return a.service < b.service
+	}
+	if a.total != b.total {
+		return a.total < b.total
+	}
+	return a.rank < b.rank
+}
+
+// spread places the tasks at positions members of decisions (all of service)
+// on the candidate nodes ranks. The candidates are kept in a binary min-heap
+// of slots, so each placement costs O(log nodes): take the best node, count
+// the task on it, let it sink to its new place.
+func (s *Scheduler) spread(service string, ranks []int32, members []int32, decisions []Decision) {
+	h := s.slots[:0]
+	for _, r := range ranks {
+		h = append(h, slot{total: s.sorted[r].total, rank: r})
+	}
+	counts := s.services[service]
+	if len(counts) < len(h) {
+		// Few nodes run the service: visit those rather than look up every candidate.
+		for info, n := range counts {
+			if i, ok := slices.BinarySearch(ranks, info.rank); ok && info.rank >= 0 {
+				h[i].service = n
+			}
+		}
+	} else {
+		for i := range h {
+			h[i].service = counts[s.sorted[h[i].rank]]
+		}
+	}
+	for i := len(h)/2 - 1; i >= 0; i-- {
+		sink(h, i)
+	}
+
+	for _, m := range members {
+		id := decisions[m].Task.GetId()
+		if p, dup := s.tasks[id]; dup {
+			// The same task twice in one call: answer alike, count once.
+			decisions[m].NodeID = p.node.id
+			continue
+		}
+		best := &h[0]
+		info := s.sorted[best.rank]
+		decisions[m].NodeID = info.id
+		s.tasks[id] = placement{node: info, service: service}
+		best.service++
+		best.total++
+		best.placed++
+		sink(h, 0)
+	}
+
+	if counts == nil {
+		counts = make(map[*nodeInfo]int32)
+		s.services[service] = counts
+	}
+	for i := range h {
+		if h[i].placed > 0 {
+			info := s.sorted[h[i].rank]
+			info.total += h[i].placed
+			counts[info] += h[i].placed
+		}
+	}
+	s.slots = h
+}
+
+// sink moves h[i] down the min-heap h until its children are not before it.
+func sink(h []slot, i int) {
+	for {
+		l := 2*i + 1
+		if l >= len(h) {
+			return
+		}
+		c := l
+		if r := l + 1; r < len(h) && h[r].before(&h[l]) {
+			c = r
+		}
+		if !h[c].before(&h[i]) {
+			return
+		}
+		h[i], h[c] = h[c], h[i]
+		i = c
+	}
+}

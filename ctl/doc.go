@@ -1,0 +1,12 @@
+// Package ctl is shoalctl: the cobra commands a user types (service, node),
+// the connection to shoald's Control API, and everything the user reads
+// back: tables, JSON and Go-template output (format.go), and the live
+// convergence display of `service create` and `service scale`
+// (progress.go, wait.go).
+//
+// It owns no cluster state. Every command is a thin client of
+// api.ControlClient: input is checked here before any RPC so that mistakes
+// are reported without a server, but the managers remain the judges of
+// what is valid. Nothing in this package may import manager, worker or
+// scheduler code.
+package ctl

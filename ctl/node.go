@@ -1,0 +1,169 @@
+package ctl
+
+import (
+	"cmp"
+	"errors"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+// NodeIDHeader is the gRPC response header in which shoald may name the
+// node it runs on; `node ls` then marks that node with "*" as Docker marks
+// the node the CLI is talking to. Without it no node is marked.
+const NodeIDHeader = "shoal-node-id"
+
+func newNodeCommand(c *cli) *cobra.Command {
+	return groupCommand("node", "Manage nodes",
+		newNodeLsCommand(c),
+		newNodeInspectCommand(c),
+	)
+}
+
+// nodeRow is a line of `node ls`, and what its --format templates see.
+type nodeRow struct {
+	ID            string
+	Self          bool // the node whose shoald answered
+	Hostname      string
+	Status        string
+	Availability  string
+	ManagerStatus string
+	EngineVersion string
+}
+
+func newNodeLsCommand(c *cli) *cobra.Command {
+	var o outputFlags
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List nodes",
+		Long: `List the nodes of the cluster, sorted by hostname. "*" marks the node whose
+shoald answered.
+
+--format TEMPLATE runs a Go template per node with the fields
+.ID .Self .Hostname .Status .Availability .ManagerStatus .EngineVersion
+and the functions json, join, lower and upper.`,
+		Args: noArgs,
+	}
+	o.register(cmd.Flags())
+	cmd.RunE = c.run(func(cmd *cobra.Command, _ []string) error {
+		p, err := newListPrinter(o)
+		if err != nil {
+			return err
+		}
+		client, err := c.control(cmd)
+		if err != nil {
+			return err
+		}
+		var header metadata.MD
+		resp, err := client.ListNodes(cmd.Context(), &api.ListNodesRequest{}, grpc.Header(&header))
+		if err != nil {
+			return err
+		}
+		var self string
+		if v := header.Get(NodeIDHeader); len(v) > 0 {
+			self = v[0]
+		}
+		return printList(cmd.OutOrStdout(), p, nodeListing(p, resp.GetNodes(), self))
+	})
+	return cmd
+}
+
+func nodeListing(p *listPrinter, nodes []*api.Node, self string) listing[nodeRow] {
+	nodes = slices.Clone(nodes)
+	slices.SortFunc(nodes, func(a, b *api.Node) int {
+		return cmp.Or(strings.Compare(a.GetDescription().GetHostname(), b.GetDescription().GetHostname()),
+			strings.Compare(a.GetId(), b.GetId()))
+	})
+	l := listing[nodeRow]{
+		columns: []column[nodeRow]{
+			{"ID", func(r nodeRow) string {
+				if r.Self {
+					return r.ID + " *"
+				}
+				return r.ID
+			}},
+			{"HOSTNAME", func(r nodeRow) string { return r.Hostname }},
+			{"STATUS", func(r nodeRow) string { return r.Status }},
+			{"AVAILABILITY", func(r nodeRow) string { return r.Availability }},
+			{"MANAGER STATUS", func(r nodeRow) string { return r.ManagerStatus }},
+			{"ENGINE VERSION", func(r nodeRow) string { return r.EngineVersion }},
+		},
+		id: func(r nodeRow) string { return r.ID },
+	}
+	for _, n := range nodes {
+		l.rows = append(l.rows, nodeRow{
+			ID:            p.shortID(n.GetId()),
+			Self:          self != "" && n.GetId() == self,
+			Hostname:      n.GetDescription().GetHostname(),
+			Status:        title(enumWord(n.GetStatus().GetState().String(), "NODE_STATE_")),
+			Availability:  title(enumWord(n.GetSpec().GetAvailability().String(), "NODE_AVAILABILITY_")),
+			ManagerStatus: managerStatus(n),
+			EngineVersion: n.GetDescription().GetEngine(),
+		})
+		l.objects = append(l.objects, n)
+	}
+	return l
+}
+
+// managerStatus is Docker's MANAGER STATUS: empty for workers.
+func managerStatus(n *api.Node) string {
+	ms := n.GetManagerStatus()
+	switch {
+	case n.GetRole() != api.NodeRole_NODE_ROLE_MANAGER && ms == nil:
+		return ""
+	case ms.GetLeader():
+		return "Leader"
+	case ms.GetReachable():
+		return "Reachable"
+	}
+	return "Unreachable"
+}
+
+func newNodeInspectCommand(c *cli) *cobra.Command {
+	var format string
+	cmd := &cobra.Command{
+		Use:   "inspect [flags] NODE...",
+		Short: "Show nodes in detail",
+		Long: `Show nodes (by hostname, ID or unique ID prefix) as a JSON array.
+
+--format TEMPLATE runs a Go template per node over the api.Node type, so
+fields are named as in Go: {{.Id}}, {{.Description.Hostname}},
+{{.Status.State}}, {{json .Spec}}.`,
+		Args: minArgs(1, "at least one NODE argument"),
+	}
+	cmd.Flags().StringVarP(&format, "format", "f", "", "print as \"json\" (default) or a Go template run per node")
+	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
+		if format != "" && format != "json" {
+			if _, err := parseTemplate(format); err != nil {
+				return err
+			}
+		}
+		client, err := c.control(cmd)
+		if err != nil {
+			return err
+		}
+		var (
+			nodes []*api.Node
+			errs  []error
+		)
+		for _, name := range args {
+			resp, err := client.GetNode(cmd.Context(), &api.GetNodeRequest{Node: name})
+			if err != nil {
+				errs = append(errs, argError(name, err))
+				continue
+			}
+			nodes = append(nodes, resp.GetNode())
+		}
+		if err := printObjects(cmd.OutOrStdout(), format, nodes); err != nil {
+			return err
+		}
+		return errors.Join(errs...)
+	})
+	return cmd
+}

@@ -1,0 +1,201 @@
+package ctl
+
+import (
+	"cmp"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+// progressSteps are the states a task passes on its way to running; a
+// slot's bar shows how far along its task is.
+var progressSteps = []api.TaskState{
+	api.TaskState_TASK_STATE_NEW,
+	api.TaskState_TASK_STATE_PENDING,
+	api.TaskState_TASK_STATE_ASSIGNED,
+	api.TaskState_TASK_STATE_ACCEPTED,
+	api.TaskState_TASK_STATE_PREPARING,
+	api.TaskState_TASK_STATE_STARTING,
+	api.TaskState_TASK_STATE_RUNNING,
+}
+
+const (
+	// progressBarWidth is the width of Docker's bars, so the display
+	// looks familiar.
+	progressBarWidth = 50
+	// maxProgressBars: above this many replicas only the overall line is
+	// shown, as a screenful of bars tells nobody anything.
+	maxProgressBars = 20
+	// stateWidth pads state names to the longest of progressSteps
+	// ("preparing") so that bars line up.
+	stateWidth = len("preparing")
+)
+
+// convergence is what a snapshot of a service's tasks says about whether
+// the service has reached its spec.
+type convergence struct {
+	service  *api.Service
+	replicas uint64
+	// slots[i] is the up-to-date task meant to run in slot i+1, nil when
+	// the orchestrator has not made one yet.
+	slots []*api.Task
+	// running counts slots whose task runs.
+	running uint64
+	// converged: every slot 1..replicas has an up-to-date task with desired
+	// state RUNNING that is RUNNING, and no slot beyond replicas still has
+	// a task meant to run (a scale-down has been acted on).
+	converged bool
+	// failed is a task of the current spec that failed or was rejected
+	// after the change being waited for; nil when none did.
+	failed *api.Task
+}
+
+// assess judges one WatchTasks snapshot. since is the meta.version (raft
+// index) of the change being waited for: a failure whose task last changed
+// before it is history, not news (an earlier crash must not fail a scale).
+// minSpec is the spec_version that change produced; an older service in
+// the snapshot means the snapshot predates the change.
+func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) convergence {
+	c := convergence{service: svc, replicas: svc.GetSpec().GetReplicated().GetReplicas()}
+	c.slots = make([]*api.Task, c.replicas)
+	extraRunning := false
+	for _, t := range tasks {
+		slot := t.GetSlot()
+		inRange := slot >= 1 && slot <= c.replicas
+		wanted := t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING
+		if !inRange {
+			if wanted && !api.IsTerminal(t.GetStatus().GetState()) {
+				extraRunning = true
+			}
+			continue
+		}
+		if !upToDate(svc, t) {
+			continue
+		}
+		if st := t.GetStatus().GetState(); (st == api.TaskState_TASK_STATE_FAILED || st == api.TaskState_TASK_STATE_REJECTED) &&
+			t.GetMeta().GetVersion() > since && (c.failed == nil || slot < c.failed.GetSlot()) {
+			c.failed = t
+		}
+		if wanted && newer(t, c.slots[slot-1]) {
+			c.slots[slot-1] = t
+		}
+	}
+	for _, t := range c.slots {
+		if t.GetStatus().GetState() == api.TaskState_TASK_STATE_RUNNING {
+			c.running++
+		}
+	}
+	c.converged = c.failed == nil && !extraRunning &&
+		svc.GetSpecVersion() >= minSpec && c.running == c.replicas
+	return c
+}
+
+// upToDate reports whether t runs the service's current spec. Tasks record
+// the spec_version they were made from, but a change that leaves the task
+// spec alone (scaling) bumps spec_version without replacing tasks, so an
+// equal task spec counts too.
+func upToDate(svc *api.Service, t *api.Task) bool {
+	return t.GetSpecVersion() == svc.GetSpecVersion() ||
+		proto.Equal(t.GetSpec(), svc.GetSpec().GetTask())
+}
+
+// newer reports whether a was made after b (nil b: always).
+func newer(a, b *api.Task) bool {
+	if b == nil {
+		return true
+	}
+	if c := a.GetMeta().GetCreatedAt().AsTime().Compare(b.GetMeta().GetCreatedAt().AsTime()); c != 0 {
+		return c > 0
+	}
+	if c := cmp.Compare(a.GetMeta().GetVersion(), b.GetMeta().GetVersion()); c != 0 {
+		return c > 0
+	}
+	return a.GetId() > b.GetId()
+}
+
+// lines renders the assessment like `docker service create` does:
+//
+//	overall progress: 2 out of 3 tasks
+//	1/3: running   [==================================================>]
+//	2/3: starting  [==========================================>        ]
+//	3/3: preparing [===================================>               ]
+func (c convergence) lines() []string {
+	out := []string{fmt.Sprintf("overall progress: %d out of %d tasks", c.running, c.replicas)}
+	if c.replicas > maxProgressBars {
+		return out
+	}
+	width := len(fmt.Sprint(c.replicas))
+	for i, t := range c.slots {
+		st := t.GetStatus().GetState()
+		name := ""
+		if t != nil {
+			name = api.StateName(st)
+		}
+		detail := progressBar(st)
+		if api.IsTerminal(st) {
+			// Where the bar would be, say what went wrong.
+			detail = t.GetStatus().GetErr()
+		}
+		out = append(out, strings.TrimRight(fmt.Sprintf("%*d/%d: %-*s %s", width, i+1, c.replicas, stateWidth, name, detail), " "))
+	}
+	return out
+}
+
+// progressBar draws how far along state is among progressSteps.
+func progressBar(state api.TaskState) string {
+	step := slices.Index(progressSteps, state) + 1 // 0 for no task yet
+	filled := progressBarWidth * step / len(progressSteps)
+	return "[" + strings.Repeat("=", filled) + ">" + strings.Repeat(" ", progressBarWidth-filled) + "]"
+}
+
+// progressWriter shows successive renderings of the same lines. On a
+// terminal it redraws them in place; elsewhere (a log, a pipe) it writes
+// only the lines that changed, so the output reads as a history.
+type progressWriter struct {
+	w     io.Writer
+	tty   bool
+	shown []string
+}
+
+func (p *progressWriter) update(lines []string) error {
+	var b strings.Builder
+	if p.tty {
+		if len(p.shown) > 0 {
+			fmt.Fprintf(&b, "\x1b[%dA", len(p.shown)) // cursor up to the first line
+		}
+		next := slices.Clone(lines)
+		for len(next) < len(p.shown) {
+			next = append(next, "") // blank out lines no longer needed
+		}
+		for _, l := range next {
+			b.WriteString("\x1b[2K" + l + "\n") // erase line, write it
+		}
+		p.shown = next
+	} else {
+		for i, l := range lines {
+			if i >= len(p.shown) || p.shown[i] != l {
+				b.WriteString(l + "\n")
+			}
+		}
+		p.shown = lines
+	}
+	_, err := io.WriteString(p.w, b.String())
+	return err
+}
+
+// isTerminal reports whether w is a terminal that understands cursor
+// movement.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok || os.Getenv("TERM") == "dumb" {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,178 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+const (
+	// defaultSocket is where shoald serves the Control API to local root.
+	defaultSocket = "/run/shoal/shoald.sock"
+	// socketEnv overrides defaultSocket; the --socket flag overrides both.
+	socketEnv = "SHOAL_SOCKET"
+)
+
+// env is what the commands take from the world outside the process. The
+// real one dials shoald; tests put a fake api.ControlClient and a fixed
+// clock behind it.
+type env struct {
+	// connect is called only by commands that need the daemon, and only
+	// after their arguments were checked, so --help and argument errors
+	// never need a server.
+	connect func(ctx context.Context, t target) (api.ControlClient, io.Closer, error)
+	// now is the clock for "Running 3 seconds ago".
+	now func() time.Time
+	// isTerminal says whether progress may be redrawn in place on w.
+	isTerminal func(w io.Writer) bool
+	getenv     func(key string) string
+}
+
+func realEnv() env {
+	return env{
+		connect:    dialTarget,
+		now:        time.Now,
+		isTerminal: isTerminal,
+		getenv:     os.Getenv,
+	}
+}
+
+// NewRootCommand returns the shoalctl command tree. It talks to the shoald
+// named by --socket (or $SHOAL_SOCKET) once a command needs it.
+//
+// Errors are returned, not printed: the caller prints ErrorMessage(err).
+func NewRootCommand() *cobra.Command {
+	return newRootCommand(realEnv())
+}
+
+// cli is the state one invocation of shoalctl shares between commands.
+type cli struct {
+	env    env
+	socket string
+
+	client api.ControlClient
+	closer io.Closer
+}
+
+func newRootCommand(e env) *cobra.Command {
+	c := &cli{env: e}
+	root := &cobra.Command{
+		Use:   "shoalctl",
+		Short: "Control a shoal cluster",
+		Long: `shoalctl controls a shoal cluster through the Control API of a manager's
+shoald. By default it talks to the local daemon over its unix socket, which
+only root may open.`,
+		SilenceErrors: true,
+		SilenceUsage:  true,
+		// Version and completion are not wired yet; keep the tree to what works.
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
+	}
+	root.PersistentFlags().StringVar(&c.socket, "socket", defaultSocket,
+		"path of shoald's unix socket (env "+socketEnv+")")
+	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
+		return usageError{cmd: cmd, err: err}
+	})
+	root.AddCommand(newServiceCommand(c), newNodeCommand(c))
+	return root
+}
+
+// target resolves where shoald is: --socket when given, else $SHOAL_SOCKET,
+// else the default.
+func (c *cli) target(cmd *cobra.Command) target {
+	socket := c.socket
+	if !cmd.Flags().Changed("socket") {
+		if v := c.env.getenv(socketEnv); v != "" {
+			socket = v
+		}
+	}
+	return target{socket: socket}
+}
+
+// control returns the client, connecting on first use.
+func (c *cli) control(cmd *cobra.Command) (api.ControlClient, error) {
+	if c.client != nil {
+		return c.client, nil
+	}
+	client, closer, err := c.env.connect(cmd.Context(), c.target(cmd))
+	if err != nil {
+		return nil, err
+	}
+	c.client, c.closer = client, closer
+	return client, nil
+}
+
+// run adapts a command body so that the connection it may have opened is
+// closed when it returns.
+func (c *cli) run(body func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		err := body(cmd, args)
+		if c.closer != nil {
+			if cerr := c.closer.Close(); cerr != nil && err == nil {
+				err = fmt.Errorf("close connection to shoald: %w", cerr)
+			}
+			c.client, c.closer = nil, nil
+		}
+		return err
+	}
+}
+
+// groupCommand is a command that only holds subcommands: bare, it prints
+// its help; with an argument it names the unknown subcommand.
+func groupCommand(use, short string, subs ...*cobra.Command) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  cobra.ArbitraryArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{cmd: cmd, err: fmt.Errorf("unknown command %q for %q", args[0], cmd.CommandPath())}
+			}
+			return cmd.Help()
+		},
+	}
+	cmd.AddCommand(subs...)
+	return cmd
+}
+
+// exactArgs, minArgs: cobra's checks, with messages that say what is missing.
+func minArgs(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < n {
+			return usageError{cmd: cmd, err: fmt.Errorf("%q requires %s", cmd.CommandPath(), what)}
+		}
+		return nil
+	}
+}
+
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError{cmd: cmd, err: fmt.Errorf("%q takes no arguments, got %q", cmd.CommandPath(), args[0])}
+	}
+	return nil
+}
+
+// usageError is a mistake in how a command was typed; the message points
+// to the command's help.
+type usageError struct {
+	cmd *cobra.Command
+	err error
+}
+
+func (e usageError) Error() string {
+	return fmt.Sprintf("%v\nSee '%s --help'.", e.err, e.cmd.CommandPath())
+}
+
+func (e usageError) Unwrap() error { return e.err }
+
+// isUsageError reports whether err is a mistake in the command line.
+func isUsageError(err error) bool {
+	var u usageError
+	return errors.As(err, &u)
+}

@@ -1,0 +1,157 @@
+package ctl
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+func newServiceInspectCommand(c *cli) *cobra.Command {
+	var (
+		format string
+		pretty bool
+	)
+	cmd := &cobra.Command{
+		Use:   "inspect [flags] SERVICE...",
+		Short: "Show services in detail",
+		Long: `Show services (by name, ID or unique ID prefix) as a JSON array.
+
+--format TEMPLATE runs a Go template per service over the api.Service type,
+so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.SpecVersion}},
+{{.Spec.Task.Container.Image}}, {{json .Spec}}.
+--pretty prints a summary for people instead.`,
+		Example: `  shoalctl service inspect --format '{{.Spec.Task.Container.Image}}' web`,
+		Args:    minArgs(1, "at least one SERVICE argument"),
+	}
+	cmd.Flags().StringVarP(&format, "format", "f", "", "print as \"json\" (default) or a Go template run per service")
+	cmd.Flags().BoolVar(&pretty, "pretty", false, "print a human-readable summary")
+	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
+		if pretty && format != "" {
+			return usageError{cmd: cmd, err: errors.New("--pretty and --format cannot be used together")}
+		}
+		if format != "" && format != "json" {
+			if _, err := parseTemplate(format); err != nil {
+				return err
+			}
+		}
+		client, err := c.control(cmd)
+		if err != nil {
+			return err
+		}
+		var (
+			found []*api.GetServiceResponse
+			errs  []error
+		)
+		for _, name := range args {
+			resp, err := client.GetService(cmd.Context(), &api.GetServiceRequest{Service: name})
+			if err != nil {
+				errs = append(errs, argError(name, err))
+				continue
+			}
+			found = append(found, resp)
+		}
+		out := cmd.OutOrStdout()
+		if pretty {
+			for i, resp := range found {
+				if i > 0 {
+					fmt.Fprintln(out)
+				}
+				if err := printPrettyService(out, resp); err != nil {
+					return err
+				}
+			}
+		} else {
+			services := make([]*api.Service, len(found))
+			for i, resp := range found {
+				services[i] = resp.GetService()
+			}
+			if err := printObjects(out, format, services); err != nil {
+				return err
+			}
+		}
+		return errors.Join(errs...)
+	})
+	return cmd
+}
+
+// printPrettyService is `service inspect --pretty`.
+func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
+	s := resp.GetService()
+	spec := s.GetSpec()
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	line := func(indent int, key string, value any) {
+		fmt.Fprintf(tw, "%s%s:\t%v\n", strings.Repeat(" ", indent), key, value)
+	}
+	optional := func(indent int, key, value string) {
+		if value != "" {
+			line(indent, key, value)
+		}
+	}
+	line(0, "ID", s.GetId())
+	line(0, "Name", spec.GetName())
+	if len(spec.GetLabels()) > 0 {
+		fmt.Fprintln(tw, "Labels:")
+		for _, k := range slices.Sorted(maps.Keys(spec.GetLabels())) {
+			fmt.Fprintf(tw, " %s=%s\n", k, spec.GetLabels()[k])
+		}
+	}
+	line(0, "Spec version", s.GetSpecVersion())
+	optional(0, "Created", timeText(s.GetMeta().GetCreatedAt()))
+	optional(0, "Updated", timeText(s.GetMeta().GetUpdatedAt()))
+	if r := spec.GetReplicated(); r != nil {
+		line(0, "Mode", "Replicated")
+		line(1, "Replicas", fmt.Sprintf("%d (%d running)", r.GetReplicas(), resp.GetCounts().GetRunning()))
+	}
+	task := spec.GetTask()
+	if cs := task.GetPlacement().GetConstraints(); len(cs) > 0 {
+		fmt.Fprintln(tw, "Placement:")
+		line(1, "Constraints", strings.Join(cs, ", "))
+	}
+	if r := task.GetRestart(); r != nil {
+		fmt.Fprintln(tw, "Restart policy:")
+		optional(1, "Condition", strings.ToLower(enumWord(r.GetCondition().String(), "RESTART_CONDITION_")))
+		optional(1, "Delay", durationText(r.GetDelay()))
+		optional(1, "Max delay", durationText(r.GetMaxDelay()))
+		if r.GetMaxAttempts() > 0 {
+			line(1, "Max attempts", r.GetMaxAttempts())
+		}
+	}
+	c := task.GetContainer()
+	fmt.Fprintln(tw, "Container:")
+	line(1, "Image", c.GetImage())
+	optional(1, "Entrypoint", strings.Join(c.GetCommand(), " "))
+	optional(1, "Args", strings.Join(c.GetArgs(), " "))
+	if len(c.GetEnv()) > 0 {
+		line(1, "Env", strings.Join(c.GetEnv(), " "))
+	}
+	optional(1, "Dir", c.GetDir())
+	optional(1, "User", c.GetUser())
+	optional(1, "Hostname", c.GetHostname())
+	optional(1, "Stop grace period", durationText(c.GetStopGracePeriod()))
+	return tw.Flush()
+}
+
+func durationText(d *durationpb.Duration) string {
+	if d == nil {
+		return ""
+	}
+	return d.AsDuration().String()
+}
+
+func timeText(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return ""
+	}
+	return t.AsTime().UTC().Format(time.RFC3339)
+}

@@ -1,0 +1,36 @@
+// Package orchestrator holds the replicated orchestrator's decision logic:
+// given a service and all of its tasks, Reconcile computes the Plan (tasks
+// to create, desired-state changes, tasks to delete) that brings the tasks
+// to the service's spec.
+//
+// It owns only decisions. It does not read or write the store, talk to raft,
+// start goroutines or keep state between calls: the manager's controller
+// loop feeds it a consistent snapshot, applies the Plan in one transaction
+// and calls it again when the store changes or when Plan.Wake passes.
+// Reconcile on the result of applying its own Plan returns an empty Plan,
+// so calling it too often is harmless.
+//
+// The model follows Swarm's:
+//
+//   - A replicated service has replicas slots. A task is one run of a slot
+//     and is never reused: a restart is a new task in the same slot with
+//     restart_count one higher. A slot's current task is its newest task
+//     whose desired state is RUNNING.
+//   - When the current task ends (or its node is DOWN) it gets desired state
+//     SHUTDOWN and, if the restart policy allows, a replacement. Quick
+//     failures back off exponentially (see RestartDelay); the replacement
+//     waits in NEW with not_before set, and the wiring promotes it to
+//     PENDING once not_before passes.
+//   - Scaling down keeps the slots whose tasks are furthest along (running
+//     first) and, among equals, the lowest slot numbers, so slot numbers
+//     can become sparse (web.1, web.4) exactly as in Swarm. Scaling up
+//     fills the lowest free slot numbers.
+//   - Ended tasks stay as per-slot history (TaskHistoryLimit per slot) so
+//     users can see why a slot restarted.
+//
+// Not here yet: rolling updates. A task-spec change (spec_version bump)
+// replaces every slot's task at once; update parallelism, delay, failure
+// action and rollback belong to a later updater. Global mode and jobs are
+// not handled: Reconcile returns an empty Plan for a service that is not
+// replicated.
+package orchestrator

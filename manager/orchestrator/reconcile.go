@@ -1,0 +1,479 @@
+package orchestrator
+
+import (
+	"cmp"
+	"slices"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+const (
+	// DefaultTaskHistoryLimit is how many ended tasks a slot keeps: enough
+	// to see a crash loop's pattern in `service ps`, few enough that a
+	// long-lived crash loop does not grow the store without bound.
+	DefaultTaskHistoryLimit = 5
+	// DefaultHealthyRun is how long a task must have run for its failure
+	// to reset the back-off: a process that stayed up 10s got past its
+	// start-up, so its failure is news rather than the same crash again.
+	DefaultHealthyRun = 10 * time.Second
+)
+
+// Config holds cluster-wide orchestrator settings. The zero value means
+// the defaults.
+type Config struct {
+	// TaskHistoryLimit is how many ended tasks are kept per slot; a
+	// service's task_history_limit overrides it when > 0.
+	TaskHistoryLimit int
+	// HealthyRun is how long a task must have run before it failed for
+	// the back-off to start again from step 0.
+	HealthyRun time.Duration
+}
+
+// Plan is what Reconcile wants changed. The caller applies all of it in
+// one store transaction.
+type Plan struct {
+	// Create holds new tasks, ready to store (ids set, Meta unset).
+	Create []*api.Task
+	// Update holds changed clones of existing tasks; only desired_state
+	// differs from the stored task.
+	Update []*api.Task
+	// Remove holds tasks to delete from the store.
+	Remove []*api.Task
+	// Wake is the earliest future time at which Reconcile must run again
+	// although nothing in the store changed (a restart delay ends); zero
+	// when no such time exists. It is not a change: a Plan can be Empty
+	// and still have a Wake.
+	Wake time.Time
+}
+
+// Empty reports whether the plan changes nothing in the store.
+func (p Plan) Empty() bool {
+	return len(p.Create) == 0 && len(p.Update) == 0 && len(p.Remove) == 0
+}
+
+// Reconcile computes the changes that bring a service's tasks to its spec.
+// svc == nil means the service was deleted; tasks are then all its
+// remaining tasks. tasks must be all tasks of the service. nodes must hold
+// every node in the store by id: a task on a DOWN node is lost and
+// replaced. The inputs are never modified. A service that is not in
+// replicated mode gets an empty Plan.
+func Reconcile(now time.Time, cfg Config, svc *api.Service, tasks []*api.Task, nodes map[string]*api.Node) Plan {
+	r := &reconciler{
+		now:          now,
+		svc:          svc,
+		nodes:        nodes,
+		healthyRun:   cfg.HealthyRun,
+		historyLimit: cfg.TaskHistoryLimit,
+		actions:      make(map[*api.Task]action),
+	}
+	if r.healthyRun <= 0 {
+		r.healthyRun = DefaultHealthyRun
+	}
+	if r.historyLimit <= 0 {
+		r.historyLimit = DefaultTaskHistoryLimit
+	}
+	if n := svc.GetSpec().GetTaskHistoryLimit(); n > 0 {
+		r.historyLimit = int(n)
+	}
+
+	switch {
+	case svc == nil:
+		for _, t := range tasks {
+			r.retire(t)
+		}
+	case svc.GetSpec().GetReplicated() == nil:
+		return Plan{}
+	default:
+		r.reconcileReplicated(tasks)
+	}
+	return r.finish(tasks)
+}
+
+// action is the final decision about one existing task.
+type action struct {
+	remove  bool
+	desired api.TaskState // set when !remove
+}
+
+type reconciler struct {
+	now          time.Time
+	svc          *api.Service
+	nodes        map[string]*api.Node
+	healthyRun   time.Duration
+	historyLimit int
+
+	actions map[*api.Task]action
+	plan    Plan
+}
+
+// slot is one slot's tasks, sorted into the roles they play.
+type slot struct {
+	num uint64
+	// runnable tasks are desired RUNNING, newest first; the first is the
+	// slot's current task, any others are duplicates.
+	runnable []*api.Task
+	// history tasks were taken out of service (desired SHUTDOWN) and
+	// either ended or may still run somewhere; newest first.
+	history []*api.Task
+	// leaving tasks are desired REMOVE: deleted once gone.
+	leaving []*api.Task
+	// void tasks were taken out of service before they ever got a node:
+	// nothing will ever run or report them, so they are deleted.
+	void []*api.Task
+}
+
+// occupied reports whether the slot counts towards replicas. A slot whose
+// task ended and was not restarted still counts: its last task is the
+// slot's last word until the spec changes or the slot is scaled away.
+func (s *slot) occupied() bool {
+	return s.num != 0 && len(s.runnable)+len(s.history) > 0
+}
+
+func (r *reconciler) reconcileReplicated(tasks []*api.Task) {
+	bySlot := make(map[uint64]*slot)
+	for _, t := range tasks {
+		s := bySlot[t.GetSlot()]
+		if s == nil {
+			s = &slot{num: t.GetSlot()}
+			bySlot[s.num] = s
+		}
+		switch d := t.GetDesiredState(); {
+		case d == api.TaskState_TASK_STATE_REMOVE:
+			s.leaving = append(s.leaving, t)
+		case d <= api.TaskState_TASK_STATE_RUNNING:
+			s.runnable = append(s.runnable, t)
+		case neverAssigned(t):
+			s.void = append(s.void, t)
+		default:
+			s.history = append(s.history, t)
+		}
+	}
+
+	var occupied []*slot
+	for _, s := range bySlot {
+		slices.SortFunc(s.runnable, r.compareNewestFirst)
+		slices.SortFunc(s.history, r.compareNewestFirst)
+		if s.occupied() {
+			occupied = append(occupied, s)
+		}
+	}
+
+	replicas := r.svc.GetSpec().GetReplicated().GetReplicas()
+	kept := make(map[uint64]bool, len(occupied))
+	for _, s := range r.keep(occupied, replicas) {
+		kept[s.num] = true
+	}
+	for _, s := range bySlot {
+		if kept[s.num] {
+			r.reconcileSlot(s)
+		} else {
+			r.retireSlot(s)
+		}
+	}
+
+	// Scale up into the lowest free slot numbers.
+	missing := replicas - uint64(len(kept))
+	for num := uint64(1); missing > 0; num++ {
+		if !kept[num] {
+			r.create(num, 0, 0, 0, "created")
+			missing--
+		}
+	}
+}
+
+// keep chooses which occupied slots stay when there are more than
+// replicas: those whose task is furthest along (running before starting
+// before pending before ended), then the lowest slot numbers.
+func (r *reconciler) keep(occupied []*slot, replicas uint64) []*slot {
+	if uint64(len(occupied)) <= replicas {
+		return occupied
+	}
+	score := make(map[*slot]int, len(occupied))
+	for _, s := range occupied {
+		if len(s.runnable) > 0 {
+			score[s] = r.liveness(s.runnable[0])
+		}
+	}
+	slices.SortFunc(occupied, func(a, b *slot) int {
+		if c := cmp.Compare(score[b], score[a]); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.num, b.num)
+	})
+	return occupied[:replicas]
+}
+
+// liveness ranks a current task for scale-down: higher is kept first.
+func (r *reconciler) liveness(t *api.Task) int {
+	switch st := t.GetStatus().GetState(); {
+	case r.ended(t):
+		return 0
+	case st == api.TaskState_TASK_STATE_RUNNING:
+		return 3
+	case st >= api.TaskState_TASK_STATE_ASSIGNED:
+		return 2
+	default:
+		return 1
+	}
+}
+
+// retireSlot takes a slot out of the service: every task goes.
+func (r *reconciler) retireSlot(s *slot) {
+	for _, group := range [][]*api.Task{s.runnable, s.history, s.leaving, s.void} {
+		for _, t := range group {
+			r.retire(t)
+		}
+	}
+}
+
+// reconcileSlot brings one kept slot to the spec.
+func (r *reconciler) reconcileSlot(s *slot) {
+	for _, t := range s.void {
+		r.remove(t)
+	}
+	for _, t := range s.leaving {
+		if r.gone(t) {
+			r.remove(t)
+		}
+	}
+	history := slices.Clone(s.history)
+	defer func() { r.pruneHistory(history) }()
+
+	if len(s.runnable) > 0 {
+		cur := s.runnable[0]
+		for _, dup := range s.runnable[1:] {
+			r.retire(dup)
+		}
+		switch {
+		case r.stale(cur):
+			r.shutdown(cur, &history)
+			r.create(s.num, 0, 0, 0, "created for updated spec")
+			return
+		case r.ended(cur):
+			r.shutdown(cur, &history)
+			// The slot now has no current task; decide on its last task
+			// below, exactly as the next Reconcile will see it.
+		default:
+			if nb := cur.GetNotBefore(); nb != nil && cur.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
+				r.wakeAt(nb.AsTime())
+			}
+			return
+		}
+	}
+
+	if len(history) == 0 {
+		r.create(s.num, 0, 0, 0, "created")
+		return
+	}
+	last := history[0]
+	switch {
+	case r.stale(last):
+		r.create(s.num, 0, 0, 0, "created for updated spec")
+	case r.ended(last):
+		r.restart(s.num, last)
+	}
+}
+
+// shutdown takes the slot's current task out of service. It joins the
+// slot's history unless it never got a node, in which case nothing would
+// ever report on it and it is deleted.
+func (r *reconciler) shutdown(t *api.Task, history *[]*api.Task) {
+	if neverAssigned(t) {
+		r.remove(t)
+		return
+	}
+	r.setDesired(t, api.TaskState_TASK_STATE_SHUTDOWN)
+	*history = append(*history, t)
+	slices.SortFunc(*history, r.compareNewestFirst)
+}
+
+// restart creates old's replacement if the restart policy allows it.
+func (r *reconciler) restart(num uint64, old *api.Task) {
+	policy := r.svc.GetSpec().GetTask().GetRestart()
+	if !shouldRestart(policy, old) {
+		return
+	}
+	end := r.now
+	if ts := old.GetStatus().GetTimestamp(); ts != nil && !r.lost(old) {
+		end = ts.AsTime()
+	}
+	step := nextBackoffStep(old, end, r.healthyRun)
+	delay := RestartDelay(policy, step)
+	attempt := old.GetRestartCount() + 1
+	r.create(num, attempt, step, delay, restartMessage(delay, attempt))
+}
+
+// pruneHistory deletes the oldest ended tasks beyond the history limit.
+// Tasks that may still run are neither counted nor deleted.
+func (r *reconciler) pruneHistory(history []*api.Task) {
+	kept := 0
+	for _, t := range history {
+		if !terminal(t) {
+			continue
+		}
+		if kept < r.historyLimit {
+			kept++
+			continue
+		}
+		r.remove(t)
+	}
+}
+
+func (r *reconciler) create(num, restartCount uint64, step uint32, delay time.Duration, msg string) {
+	t := &api.Task{
+		Id:          api.NewID(),
+		ServiceId:   r.svc.GetId(),
+		ServiceName: r.svc.GetSpec().GetName(),
+		Slot:        num,
+		SpecVersion: r.svc.GetSpecVersion(),
+		Status: &api.TaskStatus{
+			Timestamp: timestamppb.New(r.now),
+			State:     api.TaskState_TASK_STATE_NEW,
+			Message:   msg,
+		},
+		DesiredState: api.TaskState_TASK_STATE_RUNNING,
+		RestartCount: restartCount,
+		BackoffStep:  step,
+	}
+	if spec := r.svc.GetSpec().GetTask(); spec != nil {
+		t.Spec = proto.Clone(spec).(*api.TaskSpec)
+	}
+	if delay > 0 {
+		nb := r.now.Add(delay)
+		t.NotBefore = timestamppb.New(nb)
+		r.wakeAt(nb)
+	}
+	r.plan.Create = append(r.plan.Create, t)
+}
+
+// retire gives t desired state REMOVE, or deletes it at once when nothing
+// is left to stop.
+func (r *reconciler) retire(t *api.Task) {
+	if r.gone(t) {
+		r.remove(t)
+		return
+	}
+	r.setDesired(t, api.TaskState_TASK_STATE_REMOVE)
+}
+
+func (r *reconciler) setDesired(t *api.Task, s api.TaskState) {
+	if a, ok := r.actions[t]; ok && a.remove {
+		return
+	}
+	r.actions[t] = action{desired: s}
+}
+
+func (r *reconciler) remove(t *api.Task) {
+	r.actions[t] = action{remove: true}
+}
+
+func (r *reconciler) wakeAt(t time.Time) {
+	if t.After(r.now) && (r.plan.Wake.IsZero() || t.Before(r.plan.Wake)) {
+		r.plan.Wake = t
+	}
+}
+
+// finish turns the per-task decisions into the Plan, sorted by slot so
+// that plans are deterministic.
+func (r *reconciler) finish(tasks []*api.Task) Plan {
+	for _, t := range tasks {
+		a, ok := r.actions[t]
+		switch {
+		case !ok:
+		case a.remove:
+			r.plan.Remove = append(r.plan.Remove, t)
+		case a.desired != t.GetDesiredState():
+			c := proto.Clone(t).(*api.Task)
+			c.DesiredState = a.desired
+			r.plan.Update = append(r.plan.Update, c)
+		}
+	}
+	bySlotID := func(a, b *api.Task) int {
+		if c := cmp.Compare(a.GetSlot(), b.GetSlot()); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.GetId(), b.GetId())
+	}
+	slices.SortStableFunc(r.plan.Create, func(a, b *api.Task) int { return cmp.Compare(a.GetSlot(), b.GetSlot()) })
+	slices.SortFunc(r.plan.Update, bySlotID)
+	slices.SortFunc(r.plan.Remove, bySlotID)
+	return r.plan
+}
+
+// stale reports whether t was made from an older task spec.
+func (r *reconciler) stale(t *api.Task) bool {
+	return t.GetSpecVersion() < r.svc.GetSpecVersion()
+}
+
+// lost reports whether t may still be running on a node that is DOWN.
+func (r *reconciler) lost(t *api.Task) bool {
+	if terminal(t) || t.GetNodeId() == "" {
+		return false
+	}
+	n, ok := r.nodes[t.GetNodeId()]
+	return ok && n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN
+}
+
+// ended reports whether t will not run (again) for its slot.
+func (r *reconciler) ended(t *api.Task) bool {
+	return terminal(t) || r.lost(t)
+}
+
+// gone reports whether a task being removed has nothing left to stop:
+// it ended, never got a node, or its node is DOWN or no longer exists.
+// A node that comes back stops whatever it no longer has assigned.
+func (r *reconciler) gone(t *api.Task) bool {
+	if terminal(t) || t.GetNodeId() == "" {
+		return true
+	}
+	n, ok := r.nodes[t.GetNodeId()]
+	return !ok || n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN
+}
+
+// compareNewestFirst orders a slot's tasks newest first: newer spec, then
+// more restarts, then (for duplicates) the one that is further along, then
+// the later created, then the id so the order is total.
+func (r *reconciler) compareNewestFirst(a, b *api.Task) int {
+	if c := cmp.Compare(b.GetSpecVersion(), a.GetSpecVersion()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(b.GetRestartCount(), a.GetRestartCount()); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(r.progress(b), r.progress(a)); c != 0 {
+		return c
+	}
+	if c := createdAt(b).Compare(createdAt(a)); c != 0 {
+		return c
+	}
+	return cmp.Compare(b.GetId(), a.GetId())
+}
+
+// progress is how far a task that can still run has come; 0 for one
+// that cannot.
+func (r *reconciler) progress(t *api.Task) int {
+	if r.ended(t) {
+		return 0
+	}
+	return int(t.GetStatus().GetState())
+}
+
+func createdAt(t *api.Task) time.Time {
+	if ts := t.GetMeta().GetCreatedAt(); ts != nil {
+		return ts.AsTime()
+	}
+	return time.Time{}
+}
+
+func terminal(t *api.Task) bool {
+	return api.IsTerminal(t.GetStatus().GetState())
+}
+
+// neverAssigned reports whether t has not ended and never got a node.
+func neverAssigned(t *api.Task) bool {
+	return !terminal(t) && t.GetNodeId() == ""
+}

@@ -1,0 +1,260 @@
+package testimage
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// EchoRef is the reference tests use for the echo image.
+const EchoRef = "shoal.test/echo:latest"
+
+const (
+	modulePath = "github.com/shoal-project/shoal"
+	echoPkg    = "./internal/testimage/echo"
+	// dialTimeout bounds connecting to containerd: the socket is local, so
+	// a longer wait means containerd is not running.
+	dialTimeout = 10 * time.Second
+	// importLeaseExpiry is a backstop: the lease is deleted when Import
+	// returns, and expires by itself only if the process dies mid-import.
+	importLeaseExpiry = time.Hour
+	// leaseDeleteTimeout bounds releasing the lease, which may wait for a
+	// garbage collection pass.
+	leaseDeleteTimeout = time.Minute
+)
+
+// BuildEcho compiles internal/testimage/echo as a static binary and writes
+// an OCI image tarball at path naming the image ref, with entrypoint /echo.
+// It finds the module itself, so it works from any working directory inside
+// the checkout (every test's), and needs the go command on PATH.
+func BuildEcho(ctx context.Context, path, ref string) error {
+	tarball, err := echoTarball(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, tarball, 0o644); err != nil {
+		return fmt.Errorf("write echo image %s: %w", path, err)
+	}
+	return nil
+}
+
+// echoTarball builds the echo image in memory.
+func echoTarball(ctx context.Context, ref string) ([]byte, error) {
+	root, err := moduleRoot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	bin, err := buildStatic(ctx, root, echoPkg)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if _, err := WriteOCI(&buf, echoImage(ref, bin)); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// echoImage is the echo binary plus the few files a container expects: a
+// writable /tmp and user and group databases, so a task may run as nobody.
+func echoImage(ref string, bin []byte) Image {
+	return Image{
+		Ref: ref,
+		Files: []File{
+			{Path: "/echo", Data: bin, Mode: 0o755},
+			{Path: "/tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777},
+			{Path: "/etc/passwd", Data: []byte("root:x:0:0:root:/:/echo\nnobody:x:65534:65534:nobody:/:/echo\n"), Mode: 0o644},
+			{Path: "/etc/group", Data: []byte("root:x:0:\nnogroup:x:65534:\n"), Mode: 0o644},
+		},
+		Config: ocispec.ImageConfig{
+			Entrypoint: []string{"/echo"},
+			Env:        []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+			WorkingDir: "/",
+			ExposedPorts: map[string]struct{}{
+				"80/tcp": {},
+				"80/udp": {},
+				"7/tcp":  {},
+			},
+			Labels: map[string]string{"org.opencontainers.image.title": "shoal echo test workload"},
+		},
+	}
+}
+
+// moduleRoot finds the shoal checkout: first next to this source file
+// (right whenever the tests of this checkout run), then through the go
+// command from the working directory (a binary built elsewhere, e.g.
+// shoal-testimage run from the repository root).
+func moduleRoot(ctx context.Context) (string, error) {
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		if isShoalModule(filepath.Join(root, "go.mod")) {
+			return filepath.Clean(root), nil
+		}
+	}
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return "", fmt.Errorf("find the shoal module: go command not on PATH: %w", err)
+	}
+	out, err := exec.CommandContext(ctx, goBin, "env", "GOMOD").Output()
+	if err != nil {
+		return "", fmt.Errorf("find the shoal module: go env GOMOD: %w", err)
+	}
+	gomod := strings.TrimSpace(string(out))
+	if gomod == "" || gomod == os.DevNull || !isShoalModule(gomod) {
+		return "", fmt.Errorf("find the shoal module: working directory is not inside the %s checkout (go env GOMOD=%q); run from the repository", modulePath, gomod)
+	}
+	return filepath.Dir(gomod), nil
+}
+
+// isShoalModule reports whether the go.mod at path declares this module.
+func isShoalModule(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if mod, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), "module "); ok {
+			return strings.Trim(strings.TrimSpace(mod), `"`) == modulePath
+		}
+	}
+	return false
+}
+
+// buildStatic compiles the main package pkg (relative to the module root)
+// for linux on this architecture, without cgo so the binary needs nothing
+// from the image. -trimpath and no VCS stamp make the binary, and so the
+// image digest, depend only on the source.
+func buildStatic(ctx context.Context, root, pkg string) ([]byte, error) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		return nil, fmt.Errorf("build %s: go command not on PATH: %w", pkg, err)
+	}
+	dir, err := os.MkdirTemp("", "shoal-testimage-")
+	if err != nil {
+		return nil, fmt.Errorf("build %s: %w", pkg, err)
+	}
+	defer os.RemoveAll(dir)
+	out := filepath.Join(dir, "bin")
+	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-o", out, pkg)
+	cmd.Dir = root
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+runtime.GOARCH)
+	var stderr bytes.Buffer
+	cmd.Stdout = &stderr
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("go build %s: %w\n%s", pkg, err, stderr.Bytes())
+	}
+	bin, err := os.ReadFile(out)
+	if err != nil {
+		return nil, fmt.Errorf("read built %s: %w", pkg, err)
+	}
+	return bin, nil
+}
+
+// Import loads an OCI or Docker image tarball into containerd (address is
+// the socket path) in namespace, and unpacks each image for the default
+// snapshotter, so a container can be created from it right away. It
+// returns the names of the images imported. A failed import leaves no
+// content behind.
+func Import(ctx context.Context, address, namespace string, r io.Reader) (names []string, err error) {
+	if namespace == "" {
+		return nil, errors.New("import image: containerd namespace is empty")
+	}
+	c, err := containerd.New(address, containerd.WithDefaultNamespace(namespace), containerd.WithTimeout(dialTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %w", address, err)
+	}
+	defer c.Close()
+	ctx = namespaces.WithNamespace(ctx, namespace)
+
+	// One lease over import and unpack keeps the blobs until an image
+	// references them. On failure it is deleted synchronously, so garbage
+	// collection removes what was written before the caller moves on (a
+	// test deleting its namespace would otherwise find blobs in it).
+	lm := c.LeasesService()
+	lease, err := lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(importLeaseExpiry))
+	if err != nil {
+		return nil, fmt.Errorf("create lease for image import in namespace %s: %w", namespace, err)
+	}
+	defer func() {
+		delCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaseDeleteTimeout)
+		defer cancel()
+		var opts []leases.DeleteOpt
+		if err != nil {
+			opts = append(opts, leases.SynchronousDelete)
+		}
+		if derr := lm.Delete(delCtx, lease, opts...); derr != nil && err == nil {
+			err = fmt.Errorf("release import lease %s: %w", lease.ID, derr)
+		}
+	}()
+	ctx = leases.WithLease(ctx, lease.ID)
+
+	imgs, err := c.Import(ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("import image tarball into namespace %s: %w", namespace, err)
+	}
+	if len(imgs) == 0 {
+		return nil, errors.New("import image tarball: it names no image (no io.containerd.image.name annotation or docker RepoTags)")
+	}
+	for _, img := range imgs {
+		// An empty snapshotter name means containerd's default (overlayfs
+		// here), or the namespace's own default when it has one.
+		if err := containerd.NewImage(c, img).Unpack(ctx, ""); err != nil {
+			return names, fmt.Errorf("unpack image %s: %w", img.Name, err)
+		}
+		names = append(names, img.Name)
+	}
+	return names, nil
+}
+
+// echoCache keeps the echo image of this process: every test in a package
+// may load it into its own namespace, and building once is enough.
+var echoCache struct {
+	sync.Mutex
+	tarball []byte
+}
+
+// LoadEcho builds the echo image (once per process) and imports it into
+// namespace, returning the image name (EchoRef).
+func LoadEcho(ctx context.Context, address, namespace string) (string, error) {
+	echoCache.Lock()
+	if echoCache.tarball == nil {
+		tarball, err := echoTarball(ctx, EchoRef)
+		if err != nil {
+			echoCache.Unlock()
+			return "", err
+		}
+		echoCache.tarball = tarball
+	}
+	tarball := echoCache.tarball
+	echoCache.Unlock()
+
+	names, err := Import(ctx, address, namespace, bytes.NewReader(tarball))
+	if err != nil {
+		return "", err
+	}
+	for _, n := range names {
+		if n == EchoRef {
+			return n, nil
+		}
+	}
+	return "", fmt.Errorf("load echo image: import named %q, not %s", names, EchoRef)
+}

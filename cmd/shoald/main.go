@@ -1,0 +1,12 @@
+// Command shoald is the shoal node daemon.
+package main
+
+import (
+	"os"
+
+	"github.com/shoal-project/shoal/internal/daemon"
+)
+
+func main() {
+	os.Exit(daemon.Main(os.Args[1:]))
+}

@@ -1,0 +1,354 @@
+package controlapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/state"
+	"github.com/shoal-project/shoal/manager/store"
+	"github.com/shoal-project/shoal/scheduler"
+)
+
+// Raft is what the server needs of the raft member.
+type Raft interface {
+	Store() *store.Store
+	Propose(ctx context.Context, actions ...*api.StoreAction) error
+}
+
+// Server implements api.ControlServer.
+type Server struct {
+	api.UnimplementedControlServer
+	raft Raft
+	now  func() time.Time
+}
+
+// New returns a Control server over a raft member.
+func New(r Raft) *Server {
+	return &Server{raft: r, now: time.Now}
+}
+
+// toStatus maps store and raft errors to gRPC codes at the edge.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var se *api.SpecError
+	switch {
+	case errors.As(err, &se):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, store.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, store.ErrExist):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, store.ErrSequenceConflict):
+		return status.Error(codes.Aborted, err.Error()+"; read the object again and retry")
+	case errors.Is(err, state.ErrNotLeader):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+func (s *Server) view(fn func(tx store.ReadTx)) { s.raft.Store().View(fn) }
+
+func (s *Server) GetCluster(ctx context.Context, _ *api.GetClusterRequest) (*api.GetClusterResponse, error) {
+	var c *api.Cluster
+	s.view(func(tx store.ReadTx) { c = tx.Cluster() })
+	if c == nil {
+		return nil, status.Error(codes.FailedPrecondition, "the cluster is not initialised yet")
+	}
+	return &api.GetClusterResponse{Cluster: c}, nil
+}
+
+func (s *Server) ListNodes(ctx context.Context, _ *api.ListNodesRequest) (*api.ListNodesResponse, error) {
+	var nodes []*api.Node
+	s.view(func(tx store.ReadTx) { nodes = tx.Nodes() })
+	return &api.ListNodesResponse{Nodes: nodes}, nil
+}
+
+func (s *Server) GetNode(ctx context.Context, req *api.GetNodeRequest) (*api.GetNodeResponse, error) {
+	var (
+		n   *api.Node
+		err error
+	)
+	s.view(func(tx store.ReadTx) { n, err = tx.LookupNode(req.GetNode()) })
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &api.GetNodeResponse{Node: n}, nil
+}
+
+// validateSpec checks a spec completely, including what needs the
+// scheduler's constraint parser.
+func validateSpec(spec *api.ServiceSpec) error {
+	if err := api.ValidateServiceSpec(spec); err != nil {
+		return toStatus(err)
+	}
+	if _, err := scheduler.ParseConstraints(spec.GetTask().GetPlacement().GetConstraints()); err != nil {
+		return status.Errorf(codes.InvalidArgument, "task.placement.constraints: %v", err)
+	}
+	return nil
+}
+
+func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceRequest) (*api.CreateServiceResponse, error) {
+	spec := proto.Clone(req.GetSpec()).(*api.ServiceSpec)
+	if req.GetSpec() == nil {
+		return nil, status.Error(codes.InvalidArgument, "spec: missing")
+	}
+	if err := validateSpec(spec); err != nil {
+		return nil, err
+	}
+	api.ApplyServiceDefaults(spec)
+	var existing *api.Service
+	s.view(func(tx store.ReadTx) { existing = tx.ServiceByName(spec.GetName()) })
+	if existing != nil {
+		return nil, status.Errorf(codes.AlreadyExists, "service %q already exists (id %s): pick another name, or change it with `shoalctl service scale` / remove it with `shoalctl service rm`", spec.GetName(), api.ShortID(existing.GetId()))
+	}
+	now := timestamppb.New(s.now())
+	svc := &api.Service{
+		Id:          api.NewID(),
+		Meta:        &api.Meta{CreatedAt: now, UpdatedAt: now},
+		Spec:        spec,
+		SpecVersion: 1,
+	}
+	if err := s.raft.Propose(ctx, store.Create(svc)); err != nil {
+		if errors.Is(err, store.ErrExist) {
+			return nil, status.Errorf(codes.AlreadyExists, "service %q already exists", spec.GetName())
+		}
+		return nil, toStatus(err)
+	}
+	s.view(func(tx store.ReadTx) { svc = tx.Service(svc.GetId()) })
+	return &api.CreateServiceResponse{Service: svc}, nil
+}
+
+func (s *Server) lookupService(ref string) (*api.Service, error) {
+	var (
+		svc *api.Service
+		err error
+	)
+	s.view(func(tx store.ReadTx) { svc, err = tx.LookupService(ref) })
+	return svc, toStatus(err)
+}
+
+func counts(svc *api.Service, tasks []*api.Task) *api.ServiceCounts {
+	c := &api.ServiceCounts{Desired: svc.GetSpec().GetReplicated().GetReplicas()}
+	for _, t := range tasks {
+		if t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING && t.GetStatus().GetState() == api.TaskState_TASK_STATE_RUNNING {
+			c.Running++
+		}
+	}
+	return c
+}
+
+func (s *Server) GetService(ctx context.Context, req *api.GetServiceRequest) (*api.GetServiceResponse, error) {
+	svc, err := s.lookupService(req.GetService())
+	if err != nil {
+		return nil, err
+	}
+	var tasks []*api.Task
+	s.view(func(tx store.ReadTx) { tasks = tx.TasksOfService(svc.GetId()) })
+	return &api.GetServiceResponse{Service: svc, Counts: counts(svc, tasks)}, nil
+}
+
+func (s *Server) ListServices(ctx context.Context, _ *api.ListServicesRequest) (*api.ListServicesResponse, error) {
+	resp := &api.ListServicesResponse{Counts: map[string]*api.ServiceCounts{}}
+	s.view(func(tx store.ReadTx) {
+		resp.Services = tx.Services()
+		for _, svc := range resp.Services {
+			resp.Counts[svc.GetId()] = counts(svc, tx.TasksOfService(svc.GetId()))
+		}
+	})
+	sort.Slice(resp.Services, func(i, j int) bool {
+		return resp.Services[i].GetSpec().GetName() < resp.Services[j].GetSpec().GetName()
+	})
+	return resp, nil
+}
+
+func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceRequest) (*api.UpdateServiceResponse, error) {
+	if req.GetSpec() == nil {
+		return nil, status.Error(codes.InvalidArgument, "spec: missing")
+	}
+	cur, err := s.lookupService(req.GetService())
+	if err != nil {
+		return nil, err
+	}
+	spec := proto.Clone(req.GetSpec()).(*api.ServiceSpec)
+	if spec.GetName() != cur.GetSpec().GetName() {
+		return nil, status.Errorf(codes.InvalidArgument, "name: a service cannot be renamed (%q to %q); create a new one instead", cur.GetSpec().GetName(), spec.GetName())
+	}
+	if err := validateSpec(spec); err != nil {
+		return nil, err
+	}
+	api.ApplyServiceDefaults(spec)
+	if v := req.GetVersion(); v != 0 && v != cur.GetMeta().GetVersion() {
+		return nil, status.Errorf(codes.Aborted, "service %q changed since it was read (version %d, now %d): read it again and retry", spec.GetName(), v, cur.GetMeta().GetVersion())
+	}
+	upd := proto.Clone(cur).(*api.Service)
+	upd.Spec = spec
+	upd.Meta.UpdatedAt = timestamppb.New(s.now())
+	if !proto.Equal(cur.GetSpec().GetTask(), spec.GetTask()) {
+		upd.SpecVersion++
+	}
+	if err := s.raft.Propose(ctx, store.Update(upd)); err != nil {
+		return nil, toStatus(err)
+	}
+	s.view(func(tx store.ReadTx) { upd = tx.Service(upd.GetId()) })
+	return &api.UpdateServiceResponse{Service: upd}, nil
+}
+
+func (s *Server) RemoveService(ctx context.Context, req *api.RemoveServiceRequest) (*api.RemoveServiceResponse, error) {
+	svc, err := s.lookupService(req.GetService())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.raft.Propose(ctx, store.Remove(svc)); err != nil {
+		return nil, toStatus(err)
+	}
+	return &api.RemoveServiceResponse{}, nil
+}
+
+func (s *Server) ListTasks(ctx context.Context, req *api.ListTasksRequest) (*api.ListTasksResponse, error) {
+	var (
+		tasks []*api.Task
+		err   error
+	)
+	s.view(func(tx store.ReadTx) {
+		var svc *api.Service
+		var node *api.Node
+		if req.GetService() != "" {
+			if svc, err = tx.LookupService(req.GetService()); err != nil {
+				return
+			}
+		}
+		if req.GetNode() != "" {
+			if node, err = tx.LookupNode(req.GetNode()); err != nil {
+				return
+			}
+		}
+		switch {
+		case svc != nil:
+			tasks = tx.TasksOfService(svc.GetId())
+		case node != nil:
+			tasks = tx.TasksOfNode(node.GetId())
+		default:
+			tasks = tx.Tasks()
+		}
+		if node != nil {
+			kept := tasks[:0:0]
+			for _, t := range tasks {
+				if t.GetNodeId() == node.GetId() {
+					kept = append(kept, t)
+				}
+			}
+			tasks = kept
+		}
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	sortTasks(tasks)
+	return &api.ListTasksResponse{Tasks: tasks}, nil
+}
+
+// sortTasks orders tasks by service, slot, then newest first, as `service
+// ps` shows them.
+func sortTasks(tasks []*api.Task) {
+	sort.Slice(tasks, func(i, j int) bool {
+		a, b := tasks[i], tasks[j]
+		if a.GetServiceName() != b.GetServiceName() {
+			return a.GetServiceName() < b.GetServiceName()
+		}
+		if a.GetSlot() != b.GetSlot() {
+			return a.GetSlot() < b.GetSlot()
+		}
+		if a.GetRestartCount() != b.GetRestartCount() {
+			return a.GetRestartCount() > b.GetRestartCount()
+		}
+		return a.GetMeta().GetCreatedAt().AsTime().After(b.GetMeta().GetCreatedAt().AsTime())
+	})
+}
+
+// watchCoalesce lets a burst of task changes go out as one message.
+const watchCoalesce = 20 * time.Millisecond
+
+func (s *Server) WatchTasks(req *api.WatchTasksRequest, stream api.Control_WatchTasksServer) error {
+	svc, err := s.lookupService(req.GetService())
+	if err != nil {
+		return err
+	}
+	sub := s.raft.Store().Subscribe()
+	defer sub.Close()
+	send := func() (bool, error) {
+		var (
+			cur   *api.Service
+			tasks []*api.Task
+		)
+		s.view(func(tx store.ReadTx) {
+			cur = tx.Service(svc.GetId())
+			tasks = tx.TasksOfService(svc.GetId())
+		})
+		sortTasks(tasks)
+		if cur == nil {
+			return true, stream.Send(&api.WatchTasksResponse{Service: svc, Tasks: tasks, Removed: true})
+		}
+		return false, stream.Send(&api.WatchTasksResponse{Service: cur, Tasks: tasks})
+	}
+	if done, err := send(); done || err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-sub.Ready():
+		}
+		if !touches(sub.Next(), svc.GetId()) {
+			continue
+		}
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case <-time.After(watchCoalesce):
+		}
+		sub.Next()
+		if done, err := send(); done || err != nil {
+			return err
+		}
+	}
+}
+
+func touches(changes []store.Change, serviceID string) bool {
+	for _, c := range changes {
+		if c.Reset {
+			return true
+		}
+		for _, ev := range c.Events {
+			switch o := ev.Object.(type) {
+			case *api.Task:
+				if o.GetServiceId() == serviceID {
+					return true
+				}
+			case *api.Service:
+				if o.GetId() == serviceID {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+var _ = fmt.Sprintf

@@ -1,0 +1,346 @@
+package manager
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/orchestrator"
+	"github.com/shoal-project/shoal/manager/store"
+	"github.com/shoal-project/shoal/scheduler"
+)
+
+const (
+	// maxActions caps one raft command, so that a big batch does not
+	// stall the log for everyone else.
+	maxActions = 2000
+	// retryDelay is the pause before a controller retries a failed write.
+	retryDelay = 50 * time.Millisecond
+	// schedulerRetry re-runs the scheduler while tasks wait for a node,
+	// in case something it cannot see as an event changed.
+	schedulerRetry = time.Second
+)
+
+// propose writes actions in commands of at most maxActions.
+func (m *Manager) propose(ctx context.Context, actions []*api.StoreAction) error {
+	for len(actions) > 0 {
+		n := min(len(actions), maxActions)
+		if err := m.raft.Propose(ctx, actions[:n]...); err != nil {
+			return err
+		}
+		actions = actions[n:]
+	}
+	return nil
+}
+
+// wait blocks until the subscription has changes, the timer fires, or ctx
+// ends (false).
+func wait(ctx context.Context, sub *store.Subscription, wake time.Time) bool {
+	var timer <-chan time.Time
+	if !wake.IsZero() {
+		t := time.NewTimer(time.Until(wake))
+		defer t.Stop()
+		timer = t.C
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-sub.Ready():
+	case <-timer:
+	}
+	return true
+}
+
+// runOrchestrator keeps every service's tasks matching its spec: it
+// reconciles each service that an event touched.
+func (m *Manager) runOrchestrator(ctx context.Context) {
+	sub := m.raft.Store().Subscribe()
+	defer sub.Close()
+	log := m.logger.With("component", "orchestrator")
+	dirty := map[string]bool{}
+	markAll := func() {
+		m.raft.Store().View(func(tx store.ReadTx) {
+			for _, s := range tx.Services() {
+				dirty[s.GetId()] = true
+			}
+			for _, t := range tx.Tasks() {
+				dirty[t.GetServiceId()] = true
+			}
+		})
+	}
+	markAll()
+	wakes := map[string]time.Time{}
+	for {
+		now := time.Now()
+		for id, at := range wakes {
+			if !at.After(now) {
+				dirty[id] = true
+				delete(wakes, id)
+			}
+		}
+		for id := range dirty {
+			var (
+				svc   *api.Service
+				tasks []*api.Task
+				nodes = map[string]*api.Node{}
+				cfg   = m.cfg.Orchestrator
+			)
+			m.raft.Store().View(func(tx store.ReadTx) {
+				svc = tx.Service(id)
+				tasks = tx.TasksOfService(id)
+				for _, n := range tx.Nodes() {
+					nodes[n.GetId()] = n
+				}
+				if cfg.TaskHistoryLimit == 0 {
+					cfg.TaskHistoryLimit = int(tx.Cluster().GetSpec().GetOrchestration().GetTaskHistoryLimit())
+				}
+			})
+			delete(dirty, id)
+			if svc == nil && len(tasks) == 0 {
+				continue
+			}
+			plan := orchestrator.Reconcile(now, cfg, svc, tasks, nodes)
+			if !plan.Wake.IsZero() {
+				wakes[id] = plan.Wake
+			}
+			if plan.Empty() {
+				continue
+			}
+			actions := make([]*api.StoreAction, 0, len(plan.Create)+len(plan.Update)+len(plan.Remove))
+			ts := timestamppb.New(now)
+			for _, t := range plan.Create {
+				t.Meta = &api.Meta{CreatedAt: ts}
+				actions = append(actions, store.Create(t))
+			}
+			for _, t := range plan.Update {
+				t.Meta.UpdatedAt = ts
+				actions = append(actions, store.Update(t))
+			}
+			for _, t := range plan.Remove {
+				actions = append(actions, store.Remove(t))
+			}
+			if err := m.propose(ctx, actions); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				log.Warn("apply reconcile plan; retrying", "service", id, "err", err)
+				wakes[id] = time.Now().Add(retryDelay)
+			}
+		}
+		var next time.Time
+		for _, at := range wakes {
+			if next.IsZero() || at.Before(next) {
+				next = at
+			}
+		}
+		if !wait(ctx, sub, next) {
+			return
+		}
+		for _, c := range sub.Next() {
+			if c.Reset {
+				markAll()
+				continue
+			}
+			for _, ev := range c.Events {
+				switch o := ev.Object.(type) {
+				case *api.Service:
+					dirty[o.GetId()] = true
+				case *api.Task:
+					dirty[o.GetServiceId()] = true
+				case *api.Node:
+					old, _ := ev.Old.(*api.Node)
+					if old.GetStatus().GetState() != o.GetStatus().GetState() {
+						m.raft.Store().View(func(tx store.ReadTx) {
+							for _, t := range tx.TasksOfNode(o.GetId()) {
+								dirty[t.GetServiceId()] = true
+							}
+						})
+					}
+				}
+			}
+		}
+	}
+}
+
+// runAllocator moves NEW tasks to PENDING once their restart delay has
+// passed. Network allocation (IPs, VIPs, ports) joins this step later.
+func (m *Manager) runAllocator(ctx context.Context) {
+	sub := m.raft.Store().Subscribe()
+	defer sub.Close()
+	log := m.logger.With("component", "allocator")
+	candidates := map[string]bool{}
+	scanAll := func() {
+		m.raft.Store().View(func(tx store.ReadTx) {
+			for _, t := range tx.Tasks() {
+				if t.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
+					candidates[t.GetId()] = true
+				}
+			}
+		})
+	}
+	scanAll()
+	for {
+		now := time.Now()
+		var (
+			actions []*api.StoreAction
+			next    time.Time
+		)
+		m.raft.Store().View(func(tx store.ReadTx) {
+			for id := range candidates {
+				t := tx.Task(id)
+				if t == nil || t.GetStatus().GetState() != api.TaskState_TASK_STATE_NEW {
+					delete(candidates, id)
+					continue
+				}
+				if nb := t.GetNotBefore(); nb != nil && nb.AsTime().After(now) {
+					if next.IsZero() || nb.AsTime().Before(next) {
+						next = nb.AsTime()
+					}
+					continue
+				}
+				if t.GetDesiredState() != api.TaskState_TASK_STATE_RUNNING {
+					delete(candidates, id)
+					continue
+				}
+				upd := proto.Clone(t).(*api.Task)
+				upd.Status = &api.TaskStatus{State: api.TaskState_TASK_STATE_PENDING, Message: "pending", Timestamp: timestamppb.New(now)}
+				actions = append(actions, store.Update(upd))
+				delete(candidates, id)
+			}
+		})
+		if err := m.propose(ctx, actions); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			log.Warn("move tasks to pending; retrying", "err", err)
+			scanAll()
+			next = time.Now().Add(retryDelay)
+		}
+		if !wait(ctx, sub, next) {
+			return
+		}
+		for _, c := range sub.Next() {
+			if c.Reset {
+				scanAll()
+				continue
+			}
+			for _, ev := range c.Events {
+				if t, ok := ev.Object.(*api.Task); ok && ev.Kind != api.StoreActionKind_STORE_ACTION_KIND_REMOVE &&
+					t.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
+					candidates[t.GetId()] = true
+				}
+			}
+		}
+	}
+}
+
+// occupies reports whether a task counts against its node.
+func occupies(t *api.Task) bool {
+	return t.GetNodeId() != "" && t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING && !api.IsTerminal(t.GetStatus().GetState())
+}
+
+// runScheduler assigns PENDING tasks to nodes.
+func (m *Manager) runScheduler(ctx context.Context) {
+	sub := m.raft.Store().Subscribe()
+	defer sub.Close()
+	log := m.logger.With("component", "scheduler")
+	sched := scheduler.New()
+	for {
+		if !m.schedulePass(ctx, sub, sched, log) {
+			return
+		}
+	}
+}
+
+// schedulerRelevant reports whether changes may let the scheduler place
+// something: new pending tasks, node changes, or tasks leaving nodes.
+func schedulerRelevant(changes []store.Change) bool {
+	for _, c := range changes {
+		if c.Reset {
+			return true
+		}
+		for _, ev := range c.Events {
+			switch o := ev.Object.(type) {
+			case *api.Node:
+				return true
+			case *api.Task:
+				if o.GetStatus().GetState() == api.TaskState_TASK_STATE_PENDING || api.IsTerminal(o.GetStatus().GetState()) ||
+					ev.Kind == api.StoreActionKind_STORE_ACTION_KIND_REMOVE {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// schedulePass places what is pending, then waits for a reason to look
+// again. It returns false when ctx ends.
+func (m *Manager) schedulePass(ctx context.Context, sub *store.Subscription, sched *scheduler.Scheduler, log *slog.Logger) bool {
+	{
+		var (
+			pending []*api.Task
+			nodes   []*api.Node
+			busy    []*api.Task
+		)
+		m.raft.Store().View(func(tx store.ReadTx) {
+			nodes = tx.Nodes()
+			for _, t := range tx.Tasks() {
+				switch {
+				case occupies(t):
+					busy = append(busy, t)
+				case t.GetNodeId() == "" && t.GetStatus().GetState() == api.TaskState_TASK_STATE_PENDING &&
+					t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING:
+					pending = append(pending, t)
+				}
+			}
+		})
+		var next time.Time
+		if len(pending) > 0 {
+			sched.Sync(nodes, busy)
+			now := timestamppb.Now()
+			actions := make([]*api.StoreAction, 0, len(pending))
+			unplaced := 0
+			for _, d := range sched.Schedule(pending) {
+				upd := proto.Clone(d.Task).(*api.Task)
+				if d.NodeID == "" {
+					unplaced++
+					if d.Task.GetStatus().GetErr() == d.Explanation {
+						continue
+					}
+					upd.Status.Err = d.Explanation
+					upd.Status.Timestamp = now
+				} else {
+					upd.NodeId = d.NodeID
+					upd.Status = &api.TaskStatus{State: api.TaskState_TASK_STATE_ASSIGNED, Message: "scheduled", Timestamp: now}
+				}
+				upd.Meta.UpdatedAt = now
+				actions = append(actions, store.Update(upd))
+			}
+			if err := m.propose(ctx, actions); err != nil {
+				if ctx.Err() != nil {
+					return false
+				}
+				log.Warn("commit assignments; retrying", "err", err)
+				next = time.Now().Add(retryDelay)
+			} else if unplaced > 0 {
+				next = time.Now().Add(schedulerRetry)
+			}
+		}
+		for {
+			if !wait(ctx, sub, next) {
+				return false
+			}
+			if !next.IsZero() && !time.Now().Before(next) {
+				return true
+			}
+			if schedulerRelevant(sub.Next()) {
+				return true
+			}
+		}
+	}
+}

@@ -1,0 +1,130 @@
+package dispatcher
+
+import (
+	"time"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/store"
+)
+
+// assignmentCoalesce lets a burst of changes (a scheduler pass placing many
+// tasks) go to the worker as one delta, at the cost of this much latency.
+const assignmentCoalesce = 2 * time.Millisecond
+
+// assigned reports whether a task belongs in a node's assignment set: the
+// scheduler has placed it there.
+func assigned(t *api.Task, nodeID string) bool {
+	return t.GetNodeId() == nodeID && t.GetStatus().GetState() >= api.TaskState_TASK_STATE_ASSIGNED
+}
+
+// Assignments streams a node's tasks: the full set, then a delta for every
+// change. Deltas carry the sequence they apply to; the stream is the only
+// writer of sequences for its worker, so a worker that sees a gap (only
+// possible across reconnects) asks again and gets a full set.
+func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatcher_AssignmentsServer) error {
+	s, err := d.lookup(req.GetSessionId())
+	if err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	sub := d.raft.Store().Subscribe()
+	defer sub.Close()
+
+	// sent holds the version of each task the worker has, to send only
+	// real changes.
+	sent := map[string]uint64{}
+	var seq uint64
+	full := func() error {
+		var tasks []*api.Task
+		d.raft.Store().View(func(tx store.ReadTx) { tasks = tx.TasksOfNode(s.nodeID) })
+		msg := &api.AssignmentsMessage{Type: api.AssignmentType_ASSIGNMENT_TYPE_FULL}
+		sent = map[string]uint64{}
+		for _, t := range tasks {
+			if assigned(t, s.nodeID) {
+				msg.Changes = append(msg.Changes, &api.AssignmentChange{Action: api.AssignmentAction_ASSIGNMENT_ACTION_UPDATE, Task: t})
+				sent[t.GetId()] = t.GetMeta().GetVersion()
+			}
+		}
+		seq++
+		msg.ResultsIn = seq
+		return stream.Send(msg)
+	}
+	if err := full(); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.done:
+			return nil
+		case <-sub.Ready():
+		}
+		changes := sub.Next()
+		if len(changes) == 0 {
+			continue
+		}
+		timer := time.NewTimer(assignmentCoalesce)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case <-timer.C:
+		}
+		changes = append(changes, sub.Next()...)
+
+		reset := false
+		touched := map[string]bool{}
+		for _, c := range changes {
+			if c.Reset {
+				reset = true
+				break
+			}
+			for _, ev := range c.Events {
+				if t, ok := ev.Object.(*api.Task); ok {
+					if t.GetNodeId() == s.nodeID || sent[t.GetId()] != 0 {
+						touched[t.GetId()] = true
+					}
+				}
+			}
+		}
+		if reset {
+			if err := full(); err != nil {
+				return err
+			}
+			continue
+		}
+		if len(touched) == 0 {
+			continue
+		}
+		msg := &api.AssignmentsMessage{Type: api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL, AppliesTo: seq}
+		d.raft.Store().View(func(tx store.ReadTx) {
+			for id := range touched {
+				t := tx.Task(id)
+				_, had := sent[id]
+				switch {
+				case t != nil && assigned(t, s.nodeID):
+					if had && sent[id] == t.GetMeta().GetVersion() {
+						continue
+					}
+					// Status reports from the worker itself come back here;
+					// send them too, since the desired state may have changed
+					// in the same version.
+					sent[id] = t.GetMeta().GetVersion()
+					msg.Changes = append(msg.Changes, &api.AssignmentChange{Action: api.AssignmentAction_ASSIGNMENT_ACTION_UPDATE, Task: t})
+				case had:
+					delete(sent, id)
+					msg.Changes = append(msg.Changes, &api.AssignmentChange{Action: api.AssignmentAction_ASSIGNMENT_ACTION_REMOVE, Task: &api.Task{Id: id}})
+				}
+			}
+		})
+		if len(msg.Changes) == 0 {
+			continue
+		}
+		seq++
+		msg.ResultsIn = seq
+		if err := stream.Send(msg); err != nil {
+			return err
+		}
+	}
+}

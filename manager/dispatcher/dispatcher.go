@@ -1,0 +1,326 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/store"
+)
+
+// Defaults for worker liveness. A worker heartbeats every period; missing
+// grace periods' worth marks it down. 1 s with a grace of 3 notices a lost
+// node in about 3 s, well inside the 5 s replacement goal, while one late
+// heartbeat on a loaded machine does not flap the node.
+const (
+	DefaultHeartbeatPeriod = time.Second
+	DefaultGraceMultiplier = 3
+	// statusRetries bounds retries of a status write that lost a race with
+	// another write to the same task.
+	statusRetries = 5
+)
+
+// Raft is what the dispatcher needs of the raft member.
+type Raft interface {
+	Store() *store.Store
+	Propose(ctx context.Context, actions ...*api.StoreAction) error
+}
+
+// Config tunes the dispatcher.
+type Config struct {
+	HeartbeatPeriod time.Duration
+	GraceMultiplier int
+	Logger          *slog.Logger
+}
+
+type session struct {
+	id       string
+	nodeID   string
+	lastSeen time.Time
+	done     chan struct{} // closed when the session ends
+}
+
+// Dispatcher implements api.DispatcherServer.
+type Dispatcher struct {
+	api.UnimplementedDispatcherServer
+	raft   Raft
+	cfg    Config
+	logger *slog.Logger
+
+	mu       sync.Mutex
+	sessions map[string]*session // by session id
+	byNode   map[string]*session
+}
+
+// New returns a dispatcher; Run must be running for node-down detection.
+func New(r Raft, cfg Config) *Dispatcher {
+	if cfg.HeartbeatPeriod <= 0 {
+		cfg.HeartbeatPeriod = DefaultHeartbeatPeriod
+	}
+	if cfg.GraceMultiplier <= 0 {
+		cfg.GraceMultiplier = DefaultGraceMultiplier
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Dispatcher{
+		raft: r, cfg: cfg, logger: cfg.Logger,
+		sessions: map[string]*session{}, byNode: map[string]*session{},
+	}
+}
+
+func (d *Dispatcher) grace() time.Duration {
+	return d.cfg.HeartbeatPeriod * time.Duration(d.cfg.GraceMultiplier)
+}
+
+// period is the heartbeat period with ±10% jitter, so that workers that
+// started together do not beat in lockstep.
+func (d *Dispatcher) period() time.Duration {
+	p := d.cfg.HeartbeatPeriod
+	return p - p/10 + time.Duration(rand.Int64N(int64(p/5)+1))
+}
+
+// Run marks nodes down when their heartbeats stop, until ctx ends. Nodes
+// that were READY in the store but never opened a session with this leader
+// are given one grace period to do so.
+func (d *Dispatcher) Run(ctx context.Context) {
+	start := time.Now()
+	tick := time.NewTicker(d.cfg.HeartbeatPeriod / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			d.mu.Lock()
+			for _, s := range d.sessions {
+				d.endLocked(s)
+			}
+			d.mu.Unlock()
+			return
+		case <-tick.C:
+		}
+		now := time.Now()
+		var expired []string
+		d.mu.Lock()
+		for _, s := range d.sessions {
+			if now.Sub(s.lastSeen) > d.grace() {
+				expired = append(expired, s.nodeID)
+				d.endLocked(s)
+			}
+		}
+		d.mu.Unlock()
+		if now.Sub(start) > d.grace() {
+			var orphans []string
+			d.raft.Store().View(func(tx store.ReadTx) {
+				for _, n := range tx.Nodes() {
+					if n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY && !d.hasSession(n.GetId()) {
+						orphans = append(orphans, n.GetId())
+					}
+				}
+			})
+			expired = append(expired, orphans...)
+		}
+		for _, id := range expired {
+			msg := fmt.Sprintf("heartbeat missed for more than %v", d.grace())
+			d.logger.Warn("node down", "node", id, "reason", msg)
+			if err := d.setNodeState(ctx, id, api.NodeState_NODE_STATE_DOWN, msg, nil, ""); err != nil && ctx.Err() == nil {
+				d.logger.Error("mark node down", "node", id, "err", err)
+			}
+		}
+	}
+}
+
+func (d *Dispatcher) hasSession(nodeID string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.byNode[nodeID] != nil
+}
+
+func (d *Dispatcher) endLocked(s *session) {
+	delete(d.sessions, s.id)
+	if d.byNode[s.nodeID] == s {
+		delete(d.byNode, s.nodeID)
+	}
+	select {
+	case <-s.done:
+	default:
+		close(s.done)
+	}
+}
+
+func (d *Dispatcher) lookup(id string) (*session, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.sessions[id]
+	if s == nil {
+		return nil, status.Errorf(codes.NotFound, "session %q is unknown or expired: open a new session", id)
+	}
+	return s, nil
+}
+
+func (d *Dispatcher) setNodeState(ctx context.Context, nodeID string, st api.NodeState, msg string, desc *api.NodeDescription, addr string) error {
+	for i := 0; ; i++ {
+		var n *api.Node
+		d.raft.Store().View(func(tx store.ReadTx) { n = tx.Node(nodeID) })
+		if n == nil {
+			return fmt.Errorf("node %s: %w", nodeID, store.ErrNotFound)
+		}
+		upd := proto.Clone(n).(*api.Node)
+		if upd.Status == nil {
+			upd.Status = &api.NodeStatus{}
+		}
+		if upd.Status.State == st && upd.Status.Message == msg && desc == nil {
+			return nil
+		}
+		upd.Status.State, upd.Status.Message = st, msg
+		if addr != "" {
+			upd.Status.Addr = addr
+		}
+		if desc != nil {
+			upd.Description = desc
+		}
+		upd.Meta.UpdatedAt = timestamppb.Now()
+		err := d.raft.Propose(ctx, store.Update(upd))
+		if err == nil || !errors.Is(err, store.ErrSequenceConflict) || i >= statusRetries {
+			return err
+		}
+	}
+}
+
+// authorize checks that the caller may act for nodeID. Over the local unix
+// socket the caller is root on this host; mutual TLS adds certificate
+// checks here.
+func authorize(ctx context.Context, nodeID string) error {
+	if nodeID == "" {
+		return status.Error(codes.InvalidArgument, "node_id: missing")
+	}
+	return nil
+}
+
+func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_SessionServer) error {
+	ctx := stream.Context()
+	if err := authorize(ctx, req.GetNodeId()); err != nil {
+		return err
+	}
+	var node *api.Node
+	d.raft.Store().View(func(tx store.ReadTx) { node = tx.Node(req.GetNodeId()) })
+	if node == nil {
+		return status.Errorf(codes.NotFound, "node %s is not part of this cluster", req.GetNodeId())
+	}
+	s := &session{id: api.NewID(), nodeID: req.GetNodeId(), lastSeen: time.Now(), done: make(chan struct{})}
+	d.mu.Lock()
+	if old := d.byNode[s.nodeID]; old != nil {
+		d.endLocked(old)
+	}
+	d.sessions[s.id] = s
+	d.byNode[s.nodeID] = s
+	d.mu.Unlock()
+
+	addr := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = p.Addr.String()
+	}
+	if err := d.setNodeState(ctx, s.nodeID, api.NodeState_NODE_STATE_READY, "", req.GetDescription(), addr); err != nil {
+		d.mu.Lock()
+		d.endLocked(s)
+		d.mu.Unlock()
+		return status.Errorf(codes.Unavailable, "register session: %v", err)
+	}
+	d.logger.Info("session opened", "node", s.nodeID, "session", s.id)
+	if err := stream.Send(&api.SessionMessage{SessionId: s.id, HeartbeatPeriod: durationpb.New(d.period())}); err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		d.mu.Lock()
+		current := d.sessions[s.id] == s
+		d.endLocked(s)
+		d.mu.Unlock()
+		if current {
+			// The worker went away cleanly or its connection broke; it is
+			// not known to be dead, so its tasks stay until the grace runs
+			// out without a new session.
+			d.logger.Info("session closed", "node", s.nodeID, "session", s.id)
+		}
+		return nil
+	case <-s.done:
+		return status.Error(codes.Aborted, "session ended: a newer session replaced it or heartbeats stopped; open a new one")
+	}
+}
+
+func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
+	d.mu.Lock()
+	s := d.sessions[req.GetSessionId()]
+	if s != nil {
+		s.lastSeen = time.Now()
+	}
+	d.mu.Unlock()
+	if s == nil {
+		return nil, status.Errorf(codes.NotFound, "session %q is unknown or expired: open a new session", req.GetSessionId())
+	}
+	return &api.HeartbeatResponse{Period: durationpb.New(d.period())}, nil
+}
+
+// UpdateTaskStatus records task states reported by a worker. Reports for
+// tasks of other nodes are refused; reports that would move a task
+// backwards are ignored, since task state only moves forward.
+func (d *Dispatcher) UpdateTaskStatus(ctx context.Context, req *api.UpdateTaskStatusRequest) (*api.UpdateTaskStatusResponse, error) {
+	s, err := d.lookup(req.GetSessionId())
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; ; i++ {
+		var actions []*api.StoreAction
+		var denied error
+		d.raft.Store().View(func(tx store.ReadTx) {
+			seen := map[string]*api.Task{}
+			for _, u := range req.GetUpdates() {
+				t := seen[u.GetTaskId()]
+				if t == nil {
+					t = tx.Task(u.GetTaskId())
+				}
+				if t == nil {
+					continue // removed meanwhile; nothing to record
+				}
+				if t.GetNodeId() != s.nodeID {
+					denied = status.Errorf(codes.PermissionDenied, "task %s is not assigned to node %s", u.GetTaskId(), s.nodeID)
+					return
+				}
+				if u.GetStatus().GetState() < t.GetStatus().GetState() || u.GetStatus().GetState() < api.TaskState_TASK_STATE_ACCEPTED {
+					continue
+				}
+				if proto.Equal(u.GetStatus(), t.GetStatus()) {
+					continue
+				}
+				upd := proto.Clone(t).(*api.Task)
+				upd.Status = u.GetStatus()
+				upd.Meta.UpdatedAt = timestamppb.Now()
+				seen[t.GetId()] = upd
+			}
+			for _, t := range seen {
+				actions = append(actions, store.Update(t))
+			}
+		})
+		if denied != nil {
+			return nil, denied
+		}
+		err := d.raft.Propose(ctx, actions...)
+		if err == nil {
+			return &api.UpdateTaskStatusResponse{}, nil
+		}
+		if !errors.Is(err, store.ErrSequenceConflict) || i >= statusRetries {
+			return nil, status.Errorf(codes.Unavailable, "record task status: %v", err)
+		}
+	}
+}

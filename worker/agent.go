@@ -1,0 +1,353 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/worker/exec"
+)
+
+// Timings of the agent's connection to the managers.
+const (
+	// reconnectMin and reconnectMax bound the back-off between failed
+	// sessions: fast enough to follow a leader change, slow enough not to
+	// hammer a manager that is down.
+	reconnectMin = 50 * time.Millisecond
+	reconnectMax = 2 * time.Second
+	// reportRetry is the wait before re-sending status reports that failed.
+	reportRetry = 100 * time.Millisecond
+)
+
+// Config is what an agent needs.
+type Config struct {
+	NodeID   string
+	Executor exec.Executor
+	// Conn reaches the dispatcher (the leader, or a manager that forwards).
+	Conn   grpc.ClientConnInterface
+	Logger *slog.Logger
+}
+
+// Agent runs a node's tasks.
+type Agent struct {
+	cfg    Config
+	client api.DispatcherClient
+	logger *slog.Logger
+
+	mu        sync.Mutex
+	sessionID string
+	tasks     map[string]*runner // by task id
+	pending map[string]*api.TaskStatus
+	kick    chan struct{} // wakes the reporter
+
+	// firstSync is closed after the first full assignment set was applied.
+	firstSync     chan struct{}
+	firstSyncOnce sync.Once
+	wg            sync.WaitGroup
+}
+
+// New returns an agent; Run starts it.
+func New(cfg Config) *Agent {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Agent{
+		cfg:       cfg,
+		client:    api.NewDispatcherClient(cfg.Conn),
+		logger:    cfg.Logger.With("node", cfg.NodeID),
+		tasks:     map[string]*runner{},
+		pending:   map[string]*api.TaskStatus{},
+		kick:      make(chan struct{}, 1),
+		firstSync: make(chan struct{}),
+	}
+}
+
+// Synced is closed once the agent has applied its first full set of
+// assignments (and so adopted or removed the containers it found).
+func (a *Agent) Synced() <-chan struct{} { return a.firstSync }
+
+// Run keeps a session open until ctx ends. Running containers are left
+// running when it returns: they belong to the node, not to this process.
+func (a *Agent) Run(ctx context.Context) error {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		a.reportLoop(ctx)
+	}()
+	backoff := reconnectMin
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := a.session(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if time.Since(start) > 10*reconnectMax {
+			backoff = reconnectMin
+		}
+		a.logger.Warn("dispatcher session ended; reconnecting", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, reconnectMax)
+	}
+	a.mu.Lock()
+	for _, r := range a.tasks {
+		r.detach()
+	}
+	a.mu.Unlock()
+	a.wg.Wait()
+	return nil
+}
+
+func (a *Agent) session(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	desc, err := a.cfg.Executor.Describe(ctx)
+	if err != nil {
+		return fmt.Errorf("describe node: %w", err)
+	}
+	sess, err := a.client.Session(ctx, &api.SessionRequest{NodeId: a.cfg.NodeID, Description: desc})
+	if err != nil {
+		return fmt.Errorf("open session: %w", err)
+	}
+	first, err := sess.Recv()
+	if err != nil {
+		return fmt.Errorf("open session: %w", err)
+	}
+	sid := first.GetSessionId()
+	a.logger.Info("session opened", "session", sid)
+	a.mu.Lock()
+	a.sessionID = sid
+	a.mu.Unlock()
+	a.signal()
+
+	errc := make(chan error, 3)
+	go func() { // the session stream: it ends when the session does
+		for {
+			if _, err := sess.Recv(); err != nil {
+				errc <- fmt.Errorf("session stream: %w", err)
+				return
+			}
+		}
+	}()
+	go func() {
+		period := first.GetHeartbeatPeriod().AsDuration()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(period):
+			}
+			resp, err := a.client.Heartbeat(ctx, &api.HeartbeatRequest{SessionId: sid})
+			if err != nil {
+				errc <- fmt.Errorf("heartbeat: %w", err)
+				return
+			}
+			period = resp.GetPeriod().AsDuration()
+		}
+	}()
+	go func() { errc <- a.assignments(ctx, sid) }()
+	return <-errc
+}
+
+func (a *Agent) assignments(ctx context.Context, sid string) error {
+	stream, err := a.client.Assignments(ctx, &api.AssignmentsRequest{SessionId: sid})
+	if err != nil {
+		return fmt.Errorf("open assignments: %w", err)
+	}
+	var seq uint64
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			return fmt.Errorf("assignments stream: %w", err)
+		}
+		switch msg.GetType() {
+		case api.AssignmentType_ASSIGNMENT_TYPE_FULL:
+			if err := a.applyFull(ctx, msg.GetChanges()); err != nil {
+				return err
+			}
+			a.firstSyncOnce.Do(func() { close(a.firstSync) })
+		case api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL:
+			if msg.GetAppliesTo() != seq {
+				// A gap: our set is not what the dispatcher thinks. Reopen
+				// for a full set.
+				return fmt.Errorf("assignments: delta applies to %d but we hold %d; resyncing", msg.GetAppliesTo(), seq)
+			}
+			for _, c := range msg.GetChanges() {
+				a.applyChange(c)
+			}
+		default:
+			return fmt.Errorf("assignments: unknown message type %v", msg.GetType())
+		}
+		seq = msg.GetResultsIn()
+	}
+}
+
+// applyFull makes the node's tasks exactly the given set: new tasks start,
+// tasks not in the set are removed, and containers the runtime holds for
+// tasks outside the set are removed too (they belong to tasks this node no
+// longer owns, for example after it was down).
+func (a *Agent) applyFull(ctx context.Context, changes []*api.AssignmentChange) error {
+	want := map[string]*api.Task{}
+	for _, c := range changes {
+		if c.GetAction() == api.AssignmentAction_ASSIGNMENT_ACTION_UPDATE {
+			want[c.GetTask().GetId()] = c.GetTask()
+		}
+	}
+	containers, err := a.cfg.Executor.Containers(ctx)
+	if err != nil {
+		return fmt.Errorf("list containers: %w", err)
+	}
+	a.mu.Lock()
+	for id, r := range a.tasks {
+		if want[id] == nil {
+			r.remove()
+			delete(a.tasks, id)
+		}
+	}
+	known := map[string]bool{}
+	for id := range a.tasks {
+		known[id] = true
+	}
+	a.mu.Unlock()
+	for _, c := range containers {
+		if want[c.TaskID] == nil && !known[c.TaskID] {
+			a.logger.Info("removing container of a task this node no longer owns", "task", c.TaskID, "container", c.ID)
+			a.removeOrphan(c)
+		}
+	}
+	for _, t := range want {
+		a.applyChange(&api.AssignmentChange{Action: api.AssignmentAction_ASSIGNMENT_ACTION_UPDATE, Task: t})
+	}
+	return nil
+}
+
+func (a *Agent) removeOrphan(c exec.Container) {
+	ctrl, err := a.cfg.Executor.Controller(&api.Task{Id: c.TaskID, ServiceId: c.ServiceID, Slot: c.Slot, NodeId: a.cfg.NodeID})
+	if err != nil {
+		a.logger.Error("controller for orphan container", "task", c.TaskID, "err", err)
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := ctrl.Shutdown(ctx); err != nil {
+			a.logger.Warn("stop orphan container", "task", c.TaskID, "err", err)
+		}
+		if err := ctrl.Remove(ctx); err != nil {
+			a.logger.Error("remove orphan container", "task", c.TaskID, "err", err)
+		}
+	}()
+}
+
+func (a *Agent) applyChange(c *api.AssignmentChange) {
+	t := c.GetTask()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.tasks[t.GetId()]
+	switch c.GetAction() {
+	case api.AssignmentAction_ASSIGNMENT_ACTION_REMOVE:
+		if r != nil {
+			r.remove()
+			delete(a.tasks, t.GetId())
+		}
+	case api.AssignmentAction_ASSIGNMENT_ACTION_UPDATE:
+		if r != nil {
+			r.update(t)
+			return
+		}
+		ctrl, err := a.cfg.Executor.Controller(t)
+		if err != nil {
+			a.reportLocked(t.GetId(), failed(t, api.TaskState_TASK_STATE_REJECTED, fmt.Errorf("make controller: %w", err)))
+			return
+		}
+		r = newRunner(a, t, ctrl)
+		a.tasks[t.GetId()] = r
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			r.run()
+		}()
+	}
+}
+
+// report queues a task status for the dispatcher; only the latest status
+// of a task is kept, since states only move forward.
+func (a *Agent) report(taskID string, st *api.TaskStatus) {
+	a.mu.Lock()
+	a.reportLocked(taskID, st)
+	a.mu.Unlock()
+}
+
+func (a *Agent) reportLocked(taskID string, st *api.TaskStatus) {
+	if prev := a.pending[taskID]; prev != nil && prev.GetState() > st.GetState() {
+		return
+	}
+	a.pending[taskID] = st
+	a.signal()
+}
+
+func (a *Agent) signal() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// reportLoop sends queued statuses in batches: while one batch is in
+// flight the next one gathers, so a burst of changes costs few raft writes.
+func (a *Agent) reportLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.kick:
+		}
+		for {
+			a.mu.Lock()
+			sid := a.sessionID
+			batch := a.pending
+			if len(batch) == 0 || sid == "" {
+				a.mu.Unlock()
+				break
+			}
+			a.pending = map[string]*api.TaskStatus{}
+			a.mu.Unlock()
+			req := &api.UpdateTaskStatusRequest{SessionId: sid}
+			for id, st := range batch {
+				req.Updates = append(req.Updates, &api.TaskStatusUpdate{TaskId: id, Status: st})
+			}
+			if _, err := a.client.UpdateTaskStatus(ctx, req); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				a.mu.Lock()
+				for id, st := range batch {
+					if cur := a.pending[id]; cur == nil || cur.GetState() < st.GetState() {
+						a.pending[id] = st
+					}
+				}
+				if status.Code(err) == codes.NotFound {
+					a.sessionID = "" // the session expired; a new one re-kicks us
+				}
+				a.mu.Unlock()
+				a.logger.Warn("report task status", "err", err, "tasks", len(batch))
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(reportRetry):
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,6 @@
+// Package worker is the node agent: it keeps a session with the leader's
+// dispatcher, receives its task assignments, drives each task's container
+// through an exec.Executor, and reports every state change back. It owns
+// the node's containers (found by label, adopted after a restart, removed
+// when no longer assigned) and nothing in the managers' state.
+package worker

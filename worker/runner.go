@@ -1,0 +1,275 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/worker/exec"
+)
+
+// removeTimeout bounds the clean-up of one container; past it the
+// container is left for the next full sync to find.
+const removeTimeout = 2 * time.Minute
+
+// runner drives one task: it brings the container to the task's desired
+// state and reports every state it reaches. One goroutine (run) does the
+// work; update and remove only change what it aims for.
+type runner struct {
+	agent  *Agent
+	ctrl   exec.Controller
+	logger *slog.Logger
+
+	mu      sync.Mutex
+	task    *api.Task      // latest copy from the dispatcher
+	status  *api.TaskStatus // the last state this runner reached
+	removed bool           // dropped from assignments: remove the container
+	changed chan struct{}  // signalled on update/remove
+
+	ctx    context.Context // cancelled on detach (agent stopping)
+	cancel context.CancelFunc
+}
+
+func newRunner(a *Agent, t *api.Task, ctrl exec.Controller) *runner {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &runner{
+		agent:   a,
+		ctrl:    ctrl,
+		logger:  a.logger.With("task", t.GetId(), "service", t.GetServiceName(), "slot", t.GetSlot()),
+		task:    t,
+		status:  t.GetStatus(),
+		changed: make(chan struct{}, 1),
+		ctx:     ctx,
+		cancel:  cancel,
+	}
+}
+
+func (r *runner) update(t *api.Task) {
+	r.mu.Lock()
+	r.task = t
+	r.mu.Unlock()
+	r.poke()
+}
+
+func (r *runner) remove() {
+	r.mu.Lock()
+	r.removed = true
+	r.mu.Unlock()
+	r.poke()
+}
+
+// detach stops the runner without touching the container: the agent is
+// stopping, the container keeps running and is adopted on the next start.
+func (r *runner) detach() { r.cancel() }
+
+func (r *runner) poke() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (r *runner) snapshot() (desired api.TaskState, removed bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.task.GetDesiredState(), r.removed
+}
+
+func (r *runner) state() api.TaskState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.status.GetState()
+}
+
+// setState records and reports a new state; it never moves backwards.
+func (r *runner) setState(st api.TaskState, msg string, err error, mutate func(*api.TaskStatus)) {
+	r.mu.Lock()
+	if r.status.GetState() > st {
+		r.mu.Unlock()
+		return
+	}
+	next := &api.TaskStatus{State: st, Message: msg, Timestamp: timestamppb.Now()}
+	if prev := r.status; prev != nil {
+		next.StartedAt = prev.GetStartedAt()
+		if prev.GetContainer() != nil {
+			next.Container = proto.Clone(prev.GetContainer()).(*api.ContainerStatus)
+		}
+	}
+	if err != nil {
+		next.Err = err.Error()
+	}
+	if mutate != nil {
+		mutate(next)
+	}
+	r.status = next
+	r.mu.Unlock()
+	r.logger.Debug("task state", "state", api.StateName(st), "err", err)
+	r.agent.report(r.task.GetId(), next)
+}
+
+func failed(t *api.Task, st api.TaskState, err error) *api.TaskStatus {
+	return &api.TaskStatus{State: st, Err: err.Error(), Message: api.StateName(st), Timestamp: timestamppb.Now(), StartedAt: t.GetStatus().GetStartedAt()}
+}
+
+func (r *runner) run() {
+	defer r.cancel()
+	waitDone := make(chan error, 1)
+	waiting, stopped := false, false
+	for {
+		desired, removed := r.snapshot()
+		cur := r.state()
+		switch {
+		case removed || desired >= api.TaskState_TASK_STATE_SHUTDOWN:
+			// A task told to stop never runs again (a restart is a new
+			// task), so its container goes at once: history lives in the
+			// managers' store, not in stopped containers.
+			if !stopped {
+				r.stop(waiting, waitDone)
+				stopped, waiting = true, false
+			}
+			if removed {
+				return
+			}
+		case desired == api.TaskState_TASK_STATE_RUNNING && !api.IsTerminal(cur) && !waiting:
+			if err := r.start(cur); err != nil {
+				if r.ctx.Err() != nil {
+					return
+				}
+				break
+			}
+			waiting = true
+			go func() { waitDone <- r.ctrl.Wait(r.ctx) }()
+		}
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-r.changed:
+		case err := <-waitDone:
+			waiting = false
+			if r.ctx.Err() != nil {
+				return
+			}
+			r.exited(err)
+		}
+	}
+}
+
+// start takes the task from its current state to RUNNING. A task that
+// already got past STARTING before (the agent restarted) is adopted: its
+// container is waited on, never started twice.
+func (r *runner) start(cur api.TaskState) error {
+	ctx := r.ctx
+	if cur >= api.TaskState_TASK_STATE_STARTING {
+		return r.adopt(ctx)
+	}
+	r.setState(api.TaskState_TASK_STATE_ACCEPTED, "accepted", nil, nil)
+	r.setState(api.TaskState_TASK_STATE_PREPARING, "preparing", nil, nil)
+	if err := r.ctrl.Prepare(ctx); err != nil && !errors.Is(err, exec.ErrTaskPrepared) {
+		if ctx.Err() == nil {
+			r.setState(api.TaskState_TASK_STATE_REJECTED, "rejected", err, nil)
+		}
+		return err
+	}
+	r.setState(api.TaskState_TASK_STATE_STARTING, "starting", nil, nil)
+	if err := r.ctrl.Start(ctx); err != nil && !errors.Is(err, exec.ErrTaskStarted) {
+		if ctx.Err() == nil {
+			r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("start: %w", err), nil)
+		}
+		return err
+	}
+	r.setState(api.TaskState_TASK_STATE_RUNNING, "started", nil, func(s *api.TaskStatus) {
+		if s.StartedAt == nil {
+			s.StartedAt = s.Timestamp
+		}
+	})
+	return nil
+}
+
+// adopt resumes a task whose container was started by an earlier run of
+// the agent. If the container is gone, the task failed while nobody
+// watched: report that rather than start it again behind the managers'
+// back.
+func (r *runner) adopt(ctx context.Context) error {
+	err := r.ctrl.Prepare(ctx)
+	switch {
+	case errors.Is(err, exec.ErrTaskPrepared):
+	case err == nil:
+		// Prepare made a fresh container: the old one had vanished.
+		_ = r.ctrl.Remove(ctx)
+		err := errors.New("container disappeared while the node agent was away")
+		r.setState(api.TaskState_TASK_STATE_FAILED, "failed", err, nil)
+		return err
+	default:
+		r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("adopt: %w", err), nil)
+		return err
+	}
+	if r.state() < api.TaskState_TASK_STATE_RUNNING {
+		if err := r.ctrl.Start(ctx); err != nil && !errors.Is(err, exec.ErrTaskStarted) {
+			r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("start: %w", err), nil)
+			return err
+		}
+		r.setState(api.TaskState_TASK_STATE_RUNNING, "started", nil, func(s *api.TaskStatus) {
+			if s.StartedAt == nil {
+				s.StartedAt = s.Timestamp
+			}
+		})
+	}
+	r.logger.Info("adopted running container")
+	return nil
+}
+
+func (r *runner) exited(err error) {
+	desired, removed := r.snapshot()
+	if removed || desired >= api.TaskState_TASK_STATE_SHUTDOWN {
+		r.setState(api.TaskState_TASK_STATE_SHUTDOWN, "shutdown", nil, nil)
+		return
+	}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		r.setState(api.TaskState_TASK_STATE_COMPLETE, "finished", nil, func(s *api.TaskStatus) {
+			if s.Container == nil {
+				s.Container = &api.ContainerStatus{}
+			}
+			s.Container.ExitCode = 0
+		})
+	case errors.As(err, &ee):
+		r.setState(api.TaskState_TASK_STATE_FAILED, "failed", err, func(s *api.TaskStatus) {
+			if s.Container == nil {
+				s.Container = &api.ContainerStatus{}
+			}
+			s.Container.ExitCode = ee.Code
+		})
+	default:
+		r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("wait: %w", err), nil)
+	}
+}
+
+// stop shuts the container down and removes it. The state is SHUTDOWN
+// unless the task had already ended on its own.
+func (r *runner) stop(waiting bool, waitDone chan error) {
+	ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
+	defer cancel()
+	if !api.IsTerminal(r.state()) || waiting {
+		if err := r.ctrl.Shutdown(ctx); err != nil {
+			r.logger.Warn("shut down container", "err", err)
+		}
+		if waiting {
+			select {
+			case <-waitDone:
+			case <-ctx.Done():
+			}
+		}
+		r.setState(api.TaskState_TASK_STATE_SHUTDOWN, "shutdown", nil, nil)
+	}
+	if err := r.ctrl.Remove(ctx); err != nil {
+		r.logger.Error("remove container", "err", err)
+	}
+}

@@ -359,4 +359,3 @@ func stripNames(t *testing.T, tarball []byte) []byte {
 	}
 	return out.Bytes()
 }
-

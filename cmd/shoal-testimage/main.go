@@ -1,0 +1,80 @@
+// Command shoal-testimage builds the echo test image as an OCI tarball and
+// loads image tarballs into containerd, for `make demo` and for trying
+// shoal on a machine without a registry:
+//
+//	shoal-testimage build -o echo.tar [--ref shoal.test/echo:latest]
+//	shoal-testimage import [--address SOCK] [--namespace shoal] echo.tar
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/shoal-project/shoal/internal/testimage"
+)
+
+const usage = `usage:
+  shoal-testimage build -o FILE [--ref REF]
+  shoal-testimage import [--address SOCK] [--namespace NS] FILE`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "shoal-testimage:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		return errors.New(usage)
+	}
+	switch args[0] {
+	case "build":
+		fs := flag.NewFlagSet("build", flag.ContinueOnError)
+		out := fs.String("o", "", "write the image tarball to this file")
+		ref := fs.String("ref", testimage.EchoRef, "image reference to name the image")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if *out == "" || fs.NArg() != 0 {
+			return errors.New(usage)
+		}
+		if err := testimage.BuildEcho(ctx, *out, *ref); err != nil {
+			return err
+		}
+		fmt.Printf("wrote %s (%s)\n", *out, *ref)
+		return nil
+	case "import":
+		fs := flag.NewFlagSet("import", flag.ContinueOnError)
+		address := fs.String("address", "/run/containerd/containerd.sock", "containerd socket")
+		namespace := fs.String("namespace", "shoal", "containerd namespace (shoald's --containerd-namespace)")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New(usage)
+		}
+		f, err := os.Open(fs.Arg(0))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		names, err := testimage.Import(ctx, *address, *namespace, f)
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			fmt.Printf("imported %s into namespace %s\n", n, *namespace)
+		}
+		return nil
+	default:
+		return fmt.Errorf("unknown command %q\n%s", args[0], usage)
+	}
+}

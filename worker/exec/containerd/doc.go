@@ -1,0 +1,14 @@
+// Package containerd runs a worker's tasks as containerd containers. It
+// implements exec.Executor and exec.Controller with the containerd v2
+// client, one containerd namespace per node, so that several nodes can
+// share one containerd on a test machine.
+//
+// It owns the containers, tasks (processes) and rootfs snapshots it makes,
+// all named by the shoal task ID and found again by the exec.Label*
+// labels, so that a restarted shoald adopts what an earlier run started.
+// It keeps no state of its own: every call asks containerd.
+//
+// It does not touch networking beyond giving each container a new network
+// namespace (loopback only); attaching that namespace to networks is the
+// network package's business.
+package containerd

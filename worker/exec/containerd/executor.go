@@ -1,0 +1,263 @@
+package containerd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/defaults"
+	"github.com/containerd/containerd/v2/pkg/identifiers"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"github.com/containerd/errdefs"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/worker/exec"
+)
+
+// Defaults for Config fields left empty.
+const (
+	DefaultAddress   = "/run/containerd/containerd.sock"
+	DefaultNamespace = "shoal"
+	// DefaultPullTimeout bounds a pull so that a registry that hangs turns
+	// into a rejected task rather than a task stuck in PREPARING; two
+	// minutes lets a few hundred MB come down a slow link.
+	DefaultPullTimeout = 2 * time.Minute
+)
+
+// dialTimeout bounds New's first call to containerd: a local socket answers
+// in milliseconds, and a daemon that does not answer in this long is
+// better reported than waited for.
+const dialTimeout = 10 * time.Second
+
+// Config says which containerd to use and how.
+type Config struct {
+	// Address is containerd's socket; DefaultAddress when empty.
+	Address string
+	// Namespace is the containerd namespace holding this node's
+	// containers; DefaultNamespace when empty. One per node, so that
+	// several nodes can share one containerd.
+	Namespace string
+	// NodeID is put in every container's exec.LabelNode label and in the
+	// SHOAL_NODE_ID variable.
+	NodeID string
+	// Snapshotter is the snapshotter for images and rootfs; containerd's
+	// default (overlayfs) when empty.
+	Snapshotter string
+	// PullTimeout bounds one image pull; DefaultPullTimeout when zero.
+	PullTimeout time.Duration
+	// LogDir, when set, receives each task's stdout and stderr in
+	// <LogDir>/<task id>.log. When empty the output is discarded.
+	LogDir string
+	// Logger receives the executor's logs; slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.Address == "" {
+		c.Address = DefaultAddress
+	}
+	if c.Namespace == "" {
+		c.Namespace = DefaultNamespace
+	}
+	if c.PullTimeout <= 0 {
+		c.PullTimeout = DefaultPullTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Executor runs one node's tasks in one containerd namespace.
+type Executor struct {
+	cfg    Config
+	client *client.Client
+	log    *slog.Logger
+	// snapshotter is resolved once, so that images are unpacked into and
+	// snapshots removed from the one containers are made in.
+	snapshotter string
+}
+
+var _ exec.Executor = (*Executor)(nil)
+
+// New dials containerd and checks that it answers.
+func New(ctx context.Context, cfg Config) (*Executor, error) {
+	cfg = cfg.withDefaults()
+	if err := identifiers.Validate(cfg.Namespace); err != nil {
+		return nil, fmt.Errorf("containerd namespace %q: %w", cfg.Namespace, err)
+	}
+	if cfg.LogDir != "" {
+		if !filepath.IsAbs(cfg.LogDir) {
+			return nil, fmt.Errorf("log dir %q: must be an absolute path (the shim opens it)", cfg.LogDir)
+		}
+		if err := os.MkdirAll(cfg.LogDir, 0o750); err != nil {
+			return nil, fmt.Errorf("create log dir: %w", err)
+		}
+	}
+	c, err := client.New(cfg.Address,
+		client.WithDefaultNamespace(cfg.Namespace),
+		client.WithTimeout(dialTimeout),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %w", cfg.Address, err)
+	}
+	e := &Executor{
+		cfg:    cfg,
+		client: c,
+		log:    cfg.Logger.With("namespace", cfg.Namespace, "node", cfg.NodeID),
+	}
+	vctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	v, err := c.Version(e.nsContext(vctx))
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("containerd at %s does not answer: %w", cfg.Address, err)
+	}
+	// Created up front so that default-runtime and default-snapshotter
+	// look-ups, which read the namespace's labels, find it.
+	if err := c.NamespaceService().Create(vctx, cfg.Namespace, nil); err != nil && !errdefs.IsAlreadyExists(err) {
+		c.Close()
+		return nil, fmt.Errorf("create containerd namespace %s: %w", cfg.Namespace, err)
+	}
+	e.snapshotter = cfg.Snapshotter
+	if e.snapshotter == "" {
+		label, err := c.GetLabel(e.nsContext(vctx), defaults.DefaultSnapshotterNSLabel)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("default snapshotter of namespace %s: %w", cfg.Namespace, err)
+		}
+		e.snapshotter = label
+		if e.snapshotter == "" {
+			e.snapshotter = defaults.DefaultSnapshotter
+		}
+	}
+	e.log.Debug("connected to containerd", "snapshotter", e.snapshotter, "address", cfg.Address, "version", v.Version)
+	return e, nil
+}
+
+// Close closes the connection to containerd. Containers keep running.
+func (e *Executor) Close() error {
+	return e.client.Close()
+}
+
+// nsContext puts the node's namespace on ctx; every containerd call needs
+// one.
+func (e *Executor) nsContext(ctx context.Context) context.Context {
+	return namespaces.WithNamespace(ctx, e.cfg.Namespace)
+}
+
+// Describe reports the node's platform, resources and engine.
+func (e *Executor) Describe(ctx context.Context) (*api.NodeDescription, error) {
+	v, err := e.client.Version(e.nsContext(ctx))
+	if err != nil {
+		return nil, fmt.Errorf("containerd version: %w", err)
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return nil, fmt.Errorf("hostname: %w", err)
+	}
+	mem, err := readMemTotal(procMeminfo)
+	if err != nil {
+		return nil, err
+	}
+	return &api.NodeDescription{
+		Hostname:    host,
+		Os:          runtime.GOOS,
+		Arch:        runtime.GOARCH,
+		NanoCpus:    int64(runtime.NumCPU()) * 1e9,
+		MemoryBytes: mem,
+		Engine:      "containerd " + v.Version,
+	}, nil
+}
+
+// taskLabelFilter matches containers that carry the task label, whatever
+// its value.
+var taskLabelFilter = fmt.Sprintf("labels.%q", exec.LabelTask)
+
+// Containers lists the containers of this namespace that carry the task
+// label, with whether their process is alive.
+func (e *Executor) Containers(ctx context.Context) ([]exec.Container, error) {
+	ctx = e.nsContext(ctx)
+	cs, err := e.client.Containers(ctx, taskLabelFilter)
+	if err != nil {
+		return nil, fmt.Errorf("list containers: %w", err)
+	}
+	out := make([]exec.Container, 0, len(cs))
+	for _, c := range cs {
+		labels, err := c.Labels(ctx)
+		if errdefs.IsNotFound(err) {
+			continue // removed while we listed
+		}
+		if err != nil {
+			return nil, fmt.Errorf("labels of container %s: %w", c.ID(), err)
+		}
+		running, err := isRunning(ctx, c)
+		if err != nil {
+			return nil, fmt.Errorf("status of container %s: %w", c.ID(), err)
+		}
+		out = append(out, containerFromLabels(c.ID(), labels, running))
+	}
+	return out, nil
+}
+
+// isRunning reports whether a container's process is alive.
+func isRunning(ctx context.Context, c client.Container) (bool, error) {
+	t, err := c.Task(ctx, nil)
+	if errdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	st, err := t.Status(ctx)
+	if errdefs.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return alive(st.Status), nil
+}
+
+// alive is true for the states in which the process exists and has been
+// started.
+func alive(s client.ProcessStatus) bool {
+	switch s {
+	case client.Running, client.Paused, client.Pausing:
+		return true
+	}
+	return false
+}
+
+// errInvalidTask is wrapped by Controller for a task it cannot run.
+var errInvalidTask = errors.New("invalid task")
+
+// Controller returns the controller for a task's container. The container
+// may exist already (made by an earlier run of shoald); the controller
+// finds it by the task ID.
+func (e *Executor) Controller(t *api.Task) (exec.Controller, error) {
+	if t == nil {
+		return nil, fmt.Errorf("%w: nil task", errInvalidTask)
+	}
+	if err := identifiers.Validate(t.GetId()); err != nil {
+		return nil, fmt.Errorf("%w: task id %q cannot name a container: %v", errInvalidTask, t.GetId(), err)
+	}
+	if t.GetSpec().GetContainer().GetImage() == "" {
+		return nil, fmt.Errorf("%w: task %s has no image", errInvalidTask, t.GetId())
+	}
+	if err := validateEnv(t.GetSpec().GetContainer().GetEnv()); err != nil {
+		return nil, fmt.Errorf("%w: task %s: %v", errInvalidTask, t.GetId(), err)
+	}
+	return &controller{
+		e:    e,
+		task: t,
+		id:   t.GetId(),
+		log:  e.log.With("task", t.GetId(), "service", t.GetServiceId()),
+	}, nil
+}

@@ -1,0 +1,62 @@
+# shoal's build. `make demo` and `make test` set up a fresh Debian host
+# themselves (as root): see deploy/setup-host.sh.
+
+GO      ?= go
+BIN     := bin
+TOOLS   := -modfile=tools/go.mod
+GOTEST  ?= $(GO) test
+# E2E tests run real shoald processes against the host's containerd.
+TESTFLAGS ?= -count=1 -timeout 45m
+
+.PHONY: all build setup proto proto-check vet test unit e2e bench demo demo-down clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+setup:
+	sh deploy/setup-host.sh
+
+# Code generators, pinned in tools/go.mod.
+$(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc: tools/go.mod tools/go.sum
+	cd tools && $(GO) build -o ../$(BIN)/buf github.com/bufbuild/buf/cmd/buf
+	cd tools && $(GO) build -o ../$(BIN)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	cd tools && $(GO) build -o ../$(BIN)/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
+
+proto: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
+	$(BIN)/buf lint
+	rm -f api/shoal/v1/*.pb.go
+	$(BIN)/buf generate
+
+# Fails when the committed generated code is not what `make proto` makes.
+proto-check: proto
+	@if [ -n "$$(git status --porcelain -- api proto)" ]; then \
+		echo "generated code in api/ is stale: run 'make proto' and commit the result" >&2; \
+		git status --porcelain -- api proto >&2; git diff --stat -- api >&2; exit 1; \
+	fi
+
+vet:
+	$(GO) vet ./...
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+
+unit:
+	$(GOTEST) $(TESTFLAGS) $$($(GO) list ./... | grep -v -e /e2e -e /bench)
+
+e2e: build
+	$(GOTEST) $(TESTFLAGS) -v ./e2e/...
+
+test: setup proto-check vet build
+	$(GOTEST) $(TESTFLAGS) ./...
+
+bench: setup build
+	$(GOTEST) -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/... | tee $(BIN)/bench.txt
+
+demo: setup build
+	sh deploy/demo.sh
+
+demo-down:
+	sh deploy/demo.sh down
+
+clean:
+	rm -rf $(BIN)

@@ -277,14 +277,16 @@ type candidates struct {
 }
 
 // Schedule places the pending tasks: those in PENDING state with no node and
-// desired state RUNNING; other tasks are skipped and get no Decision. It
-// returns one Decision per pending task, in input order, and counts the
-// placements as if committed: call TaskGone for any Decision that could not
-// be committed. Tasks are not modified.
+// desired state RUNNING. Other tasks are skipped and get no Decision, as does
+// a second copy of a task. It returns one Decision per pending task, in input
+// order, and counts the placements as if committed: call TaskGone for any
+// Decision that could not be committed. Tasks are not modified.
 //
-// Each node takes the task of a service that has fewest tasks of that
-// service, then fewest tasks in all, then the lowest node ID, so equal
-// inputs always give equal decisions.
+// Each task goes to the node, among those that pass its filters, with the
+// fewest tasks of its service, then the fewest tasks in all, then the lowest
+// node ID. Tasks are placed in groups of one service and one set of
+// constraints, groups in order of first appearance, so equal inputs always
+// give equal decisions.
 func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 	s.refresh()
 
@@ -297,8 +299,17 @@ func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 		if !schedulable(t) {
 			continue
 		}
-		// A task scheduled before but not committed is placed afresh.
-		s.untrack(t.GetId())
+		id := t.GetId()
+		if p, seen := s.tasks[id]; seen {
+			if p.node == nil {
+				continue // the same task twice: decide it once
+			}
+			// Scheduled before but not committed: placed afresh.
+			s.untrack(id)
+		}
+		// A placeholder until the task is placed, so a second copy in
+		// pending is recognised above without another lookup per task.
+		s.tasks[id] = placement{}
 		cs := t.GetSpec().GetPlacement().GetConstraints()
 		k := groupKey{service: t.GetServiceId(), constraints: keyOf(cs)}
 		g, ok := index[k]
@@ -335,6 +346,7 @@ func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 		if len(c.ranks) == 0 {
 			for _, m := range members {
 				decisions[m].Explanation = c.explanation
+				delete(s.tasks, decisions[m].Task.GetId())
 			}
 			continue
 		}
@@ -408,16 +420,6 @@ func (s *Scheduler) spread(service string, ranks []int32, members []int32, decis
 	}
 }
 
-// duplicate answers a task already placed earlier in this Schedule call
-// (the same task twice in the input) alike, without counting it again.
-func (s *Scheduler) duplicate(d *Decision) bool {
-	p, dup := s.tasks[d.Task.GetId()]
-	if dup {
-		d.NodeID = p.node.id
-	}
-	return dup
-}
-
 // spreadScan places a few tasks by scanning the candidates for each. The
 // nodes already running the service ("busy") are few and listed apart; any
 // candidate not among them has a service count of zero, so the best node is
@@ -438,9 +440,6 @@ func (s *Scheduler) spreadScan(service string, counts map[*nodeInfo]int32, ranks
 		}
 	}
 	for _, m := range members {
-		if s.duplicate(&decisions[m]) {
-			continue
-		}
 		best, bestTotal := int32(-1), int32(0)
 		if len(busy) < len(ranks) {
 			// ranks ascend, so keeping the first of equal totals keeps the lowest ID.
@@ -503,9 +502,6 @@ func (s *Scheduler) spreadHeap(service string, counts map[*nodeInfo]int32, ranks
 	}
 
 	for _, m := range members {
-		if s.duplicate(&decisions[m]) {
-			continue
-		}
 		best := &h[0]
 		info := s.sorted[best.rank]
 		decisions[m].NodeID = info.id

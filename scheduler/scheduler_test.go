@@ -372,11 +372,29 @@ func TestScheduleDuplicateTask(t *testing.T) {
 	s.Sync([]*api.Node{node("n1"), node("n2")}, nil)
 	t1 := pendingTask("t1", "web")
 	ds := s.Schedule([]*api.Task{t1, t1})
-	if len(ds) != 2 || ds[0].NodeID == "" || ds[0].NodeID != ds[1].NodeID {
-		t.Fatalf("decisions = %+v, want the same node twice", ds)
+	if len(ds) != 1 || ds[0].NodeID != "n1" {
+		t.Fatalf("decisions = %+v, want one, on n1", ds)
 	}
-	if got := s.Schedule(tasks("web", 1)); got[0].NodeID == ds[0].NodeID {
-		t.Fatalf("next task joined %s: the duplicate was counted twice or the first not at all", got[0].NodeID)
+	if got := s.Schedule(tasks("web", 1)); got[0].NodeID != "n2" {
+		t.Fatalf("next task on %s, want n2: the duplicate was counted twice or the first not at all", got[0].NodeID)
+	}
+}
+
+func TestScheduleUnplacedLeavesNoTrace(t *testing.T) {
+	s := New()
+	s.Sync([]*api.Node{node("n1", down)}, nil)
+	ds := s.Schedule(tasks("web", 3))
+	if n := perNode(ds)[""]; n != 3 {
+		t.Fatalf("%d unplaced, want 3", n)
+	}
+	// Forgetting tasks that were never placed must be harmless.
+	for _, d := range ds {
+		s.TaskGone(d.Task)
+	}
+	s.UpsertNode(node("n1"))
+	s.UpsertNode(node("n2"))
+	if got := perNode(s.Schedule(tasks("web", 2))); !mapsEqual(got, map[string]int{"n1": 1, "n2": 1}) {
+		t.Fatalf("placements = %v, want one each on n1 and n2", got)
 	}
 }
 

@@ -25,6 +25,13 @@
 //     first) and, among equals, the lowest slot numbers, so slot numbers
 //     can become sparse (web.1, web.4) exactly as in Swarm. Scaling up
 //     fills the lowest free slot numbers.
+//   - A slot whose restart policy says no more (condition NONE or
+//     ON_FAILURE after a clean exit, or max_attempts reached) keeps its
+//     ended task as its last word and still counts towards replicas; a
+//     spec change (`service update --force` bumps spec_version) gives it a
+//     fresh task.
+//   - Tasks taken out of service before they ever got a node are deleted
+//     at once: nothing would ever report on them.
 //   - Ended tasks stay as per-slot history (TaskHistoryLimit per slot) so
 //     users can see why a slot restarted.
 //

@@ -83,7 +83,10 @@ func randomCase(rng *rand.Rand) (*api.Service, []*api.Task, map[string]*api.Node
 // the result of its own plan wants nothing more, and that every plan keeps
 // the rules that do not depend on the input being tidy.
 func TestReconcileIdempotent(t *testing.T) {
-	const cases = 20000
+	cases := 10000
+	if testing.Short() {
+		cases = 1000
+	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := range cases {
 		svc, tasks, nodes, cfg := randomCase(rng)

@@ -4,6 +4,7 @@
 //
 //	shoal-testimage build -o echo.tar [--ref shoal.test/echo:latest]
 //	shoal-testimage import [--address SOCK] [--namespace shoal] echo.tar
+//	shoal-testimage get URL
 package main
 
 import (
@@ -11,16 +12,20 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/shoal-project/shoal/internal/testimage"
 )
 
 const usage = `usage:
   shoal-testimage build -o FILE [--ref REF]
-  shoal-testimage import [--address SOCK] [--namespace NS] FILE`
+  shoal-testimage import [--address SOCK] [--namespace NS] FILE
+  shoal-testimage get URL`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -72,6 +77,28 @@ func run(ctx context.Context, args []string) error {
 		}
 		for _, n := range names {
 			fmt.Printf("imported %s into namespace %s\n", n, *namespace)
+		}
+		return nil
+	case "get":
+		// The demo runs this under nsenter to reach a task on its own
+		// loopback; hosts may have no curl.
+		if len(args) != 2 {
+			return errors.New(usage)
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, args[1], nil)
+		if err != nil {
+			return err
+		}
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if _, err := io.Copy(os.Stdout, resp.Body); err != nil {
+			return err
+		}
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", args[1], resp.Status)
 		}
 		return nil
 	default:

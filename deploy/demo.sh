@@ -25,16 +25,7 @@ down() {
 		kill "$(cat "$DATA/shoald.pid")" 2>/dev/null || true
 		sleep 1
 	fi
-	for c in $(ctr -n $NS containers ls -q 2>/dev/null); do
-		ctr -n $NS tasks kill -s KILL "$c" >/dev/null 2>&1 || true
-		sleep 0.2
-		ctr -n $NS tasks rm -f "$c" >/dev/null 2>&1 || true
-		ctr -n $NS containers rm "$c" >/dev/null 2>&1 || true
-	done
-	for i in $(ctr -n $NS images ls -q 2>/dev/null); do
-		ctr -n $NS images rm "$i" >/dev/null 2>&1 || true
-	done
-	ctr namespaces rm $NS >/dev/null 2>&1 || true
+	$BIN/shoal-testimage purge $NS
 	rm -rf "$DATA" "$SOCK"
 	echo "demo removed"
 }

@@ -5,6 +5,7 @@
 //	shoal-testimage build -o echo.tar [--ref shoal.test/echo:latest]
 //	shoal-testimage import [--address SOCK] [--namespace shoal] echo.tar
 //	shoal-testimage get URL
+//	shoal-testimage purge NAMESPACE   (removes everything in it, and it)
 package main
 
 import (
@@ -25,7 +26,8 @@ import (
 const usage = `usage:
   shoal-testimage build -o FILE [--ref REF]
   shoal-testimage import [--address SOCK] [--namespace NS] FILE
-  shoal-testimage get URL`
+  shoal-testimage get URL
+  shoal-testimage purge [--address SOCK] NAMESPACE`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -79,6 +81,16 @@ func run(ctx context.Context, args []string) error {
 			fmt.Printf("imported %s into namespace %s\n", n, *namespace)
 		}
 		return nil
+	case "purge":
+		fs := flag.NewFlagSet("purge", flag.ContinueOnError)
+		address := fs.String("address", "/run/containerd/containerd.sock", "containerd socket")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New(usage)
+		}
+		return testimage.PurgeNamespace(ctx, *address, fs.Arg(0))
 	case "get":
 		// The demo runs this under nsenter to reach a task on its own
 		// loopback; hosts may have no curl.

@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"slices"
 	"strings"
@@ -184,8 +185,9 @@ func newTestExecutor(t testing.TB, ns string) *Executor {
 	return e
 }
 
-// echoTask is a task running the echo image; its HTTP port is off the
-// privileged range so that it also runs as a non-root user.
+// echoTask is a task running the echo image; its ports are off the
+// privileged range so that it also runs as a non-root user, which has no
+// capabilities once it execs.
 func (f *fixture) echoTask(env ...string) *api.Task {
 	return &api.Task{
 		Id:          api.NewID(),
@@ -194,7 +196,7 @@ func (f *fixture) echoTask(env ...string) *api.Task {
 		Slot:        2,
 		Spec: &api.TaskSpec{Container: &api.ContainerSpec{
 			Image: f.image,
-			Env:   append([]string{"ECHO_HTTP_PORT=8080"}, env...),
+			Env:   append([]string{"ECHO_HTTP_PORT=8080", "ECHO_TCP_PORT=7000"}, env...),
 		}},
 	}
 }
@@ -305,6 +307,9 @@ func TestShutdownThenRemove(t *testing.T) {
 	if err := ctl.Start(ctx); !errors.Is(err, exec.ErrTaskStarted) {
 		t.Fatalf("second start: got %v, want ErrTaskStarted", err)
 	}
+	// A Go program that gets SIGTERM before it asked for it dies, and as
+	// PID 1 of its namespace it cannot die of the signal: it exits 2.
+	waitOutput(t, ctx, ctl, "echo listening")
 	waited := waitAsync(t, ctx, ctl)
 
 	if err := ctl.Shutdown(ctx); err != nil {
@@ -489,6 +494,7 @@ func TestEnvArgsAndUserReachProcess(t *testing.T) {
 				"GREETING=hello world",
 				"EMPTY=",
 				"ECHO_HTTP_PORT=8080",
+				"ECHO_TCP_PORT=7000",
 				EnvTaskID + "=" + task.GetId(),
 				EnvTaskName + "=web.2." + task.GetId(),
 				EnvServiceName + "=web",
@@ -521,6 +527,9 @@ func waitExec(t testing.TB, ctx context.Context, pid int, exe string) {
 	defer tick.Stop()
 	for {
 		got, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("process %d ended before it ran %s", pid, exe)
+		}
 		if err == nil && got == exe {
 			environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
 			if err == nil && len(environ) > 0 {
@@ -530,6 +539,25 @@ func waitExec(t testing.TB, ctx context.Context, pid int, exe string) {
 		select {
 		case <-ctx.Done():
 			t.Fatalf("process %d runs %q (%v), want %q", pid, got, err, exe)
+		case <-tick.C:
+		}
+	}
+}
+
+// waitOutput waits until the task's log has line in it.
+func waitOutput(t testing.TB, ctx context.Context, ctl exec.Controller, line string) {
+	t.Helper()
+	path := ctl.(*controller).logPath()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		out, err := os.ReadFile(path)
+		if err == nil && strings.Contains(string(out), line) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("task output has no %q: %q (%v)", line, out, err)
 		case <-tick.C:
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -170,6 +171,10 @@ func newTestExecutor(t testing.TB, ns string) *Executor {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
+	logger := slog.New(slog.NewTextHandler(testLogWriter{t}, nil))
+	if _, ok := t.(*testing.B); ok {
+		logger = slog.New(slog.DiscardHandler) // a benchmark shows every line
+	}
 	e, err := New(ctx, Config{
 		Namespace: ns,
 		NodeID:    "node-1",
@@ -177,12 +182,23 @@ func newTestExecutor(t testing.TB, ns string) *Executor {
 		// never will.
 		PullTimeout: 20 * time.Second,
 		LogDir:      t.TempDir(),
+		Logger:      logger,
 	})
 	if err != nil {
 		t.Fatalf("new executor: %v", err)
 	}
 	t.Cleanup(func() { e.Close() })
 	return e
+}
+
+// testLogWriter sends the executor's log to the test's, which shows it
+// only when the test fails or runs with -v.
+type testLogWriter struct{ t testing.TB }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
 }
 
 // echoTask is a task running the echo image; its ports are off the

@@ -78,8 +78,9 @@ func unreachable(t target, err error) error {
 	return fmt.Errorf("cannot reach shoald at %s: %w", t, err)
 }
 
-// reachError turns a transport failure (gRPC Unavailable) into a message
-// about the daemon; every other error passes unchanged.
+// reachError turns a transport failure into a message about the daemon.
+// Only transport failures: the managers also answer Unavailable themselves
+// (no leader yet), and those messages pass unchanged like every other error.
 func reachError(t target, err error) error {
 	st, ok := status.FromError(err)
 	if !ok || st.Code() != codes.Unavailable {
@@ -93,8 +94,11 @@ func reachError(t target, err error) error {
 		return errNotRunning(t)
 	case strings.Contains(msg, "permission denied"):
 		return unreachable(t, fs.ErrPermission)
+	case strings.HasPrefix(msg, "connection error"), strings.Contains(msg, "error reading from server"),
+		strings.Contains(msg, "transport is closing"), strings.Contains(msg, "connection closed"):
+		return fmt.Errorf("cannot reach shoald at %s: %s", t, msg)
 	}
-	return fmt.Errorf("cannot reach shoald at %s: %s", t, msg)
+	return err
 }
 
 // reachStream applies reachError to messages of a server stream, where a

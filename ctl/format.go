@@ -104,7 +104,8 @@ func printList[R any](w io.Writer, p *listPrinter, l listing[R]) error {
 		}
 		return nil
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 3, ' ', 0)
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 3, ' ', 0)
 	headers := make([]string, len(l.columns))
 	for i, c := range l.columns {
 		headers[i] = c.header
@@ -117,7 +118,24 @@ func printList[R any](w io.Writer, p *listPrinter, l listing[R]) error {
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return writeTrimmed(w, buf.String())
+}
+
+// writeTrimmed writes text without the padding tabwriter leaves at the end
+// of lines whose last cells are empty.
+func writeTrimmed(w io.Writer, text string) error {
+	lines := strings.SplitAfter(text, "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimRight(strings.TrimSuffix(l, "\n"), " ")
+		if strings.HasSuffix(l, "\n") {
+			lines[i] += "\n"
+		}
+	}
+	_, err := io.WriteString(w, strings.Join(lines, ""))
+	return err
 }
 
 // printObjects prints what inspect commands print: a JSON array of the

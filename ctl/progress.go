@@ -8,8 +8,6 @@ import (
 	"slices"
 	"strings"
 
-	"google.golang.org/protobuf/proto"
-
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 )
 
@@ -96,13 +94,11 @@ func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) converge
 	return c
 }
 
-// upToDate reports whether t runs the service's current spec. Tasks record
-// the spec_version they were made from, but a change that leaves the task
-// spec alone (scaling) bumps spec_version without replacing tasks, so an
-// equal task spec counts too.
+// upToDate reports whether t was made from the service's current task
+// spec. The managers bump spec_version only when the task spec changes, so
+// scaling keeps the tasks that already run.
 func upToDate(svc *api.Service, t *api.Task) bool {
-	return t.GetSpecVersion() == svc.GetSpecVersion() ||
-		proto.Equal(t.GetSpec(), svc.GetSpec().GetTask())
+	return t.GetSpecVersion() == svc.GetSpecVersion()
 }
 
 // newer reports whether a was made after b (nil b: always).

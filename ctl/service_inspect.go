@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -89,10 +90,14 @@ so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.SpecVersion}},
 func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	s := resp.GetService()
 	spec := s.GetSpec()
-	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	// Every line goes through the tabwriter, section headers too, so that
+	// all values line up in one column.
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 0, 1, ' ', 0)
 	line := func(indent int, key string, value any) {
 		fmt.Fprintf(tw, "%s%s:\t%v\n", strings.Repeat(" ", indent), key, value)
 	}
+	section := func(key string) { fmt.Fprintf(tw, "%s:\t\n", key) }
 	optional := func(indent int, key, value string) {
 		if value != "" {
 			line(indent, key, value)
@@ -101,9 +106,9 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	line(0, "ID", s.GetId())
 	line(0, "Name", spec.GetName())
 	if len(spec.GetLabels()) > 0 {
-		fmt.Fprintln(tw, "Labels:")
+		section("Labels")
 		for _, k := range slices.Sorted(maps.Keys(spec.GetLabels())) {
-			fmt.Fprintf(tw, " %s=%s\n", k, spec.GetLabels()[k])
+			fmt.Fprintf(tw, " %s=%s\t\n", k, spec.GetLabels()[k])
 		}
 	}
 	line(0, "Spec version", s.GetSpecVersion())
@@ -115,11 +120,11 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	}
 	task := spec.GetTask()
 	if cs := task.GetPlacement().GetConstraints(); len(cs) > 0 {
-		fmt.Fprintln(tw, "Placement:")
+		section("Placement")
 		line(1, "Constraints", strings.Join(cs, ", "))
 	}
 	if r := task.GetRestart(); r != nil {
-		fmt.Fprintln(tw, "Restart policy:")
+		section("Restart policy")
 		optional(1, "Condition", strings.ToLower(enumWord(r.GetCondition().String(), "RESTART_CONDITION_")))
 		optional(1, "Delay", durationText(r.GetDelay()))
 		optional(1, "Max delay", durationText(r.GetMaxDelay()))
@@ -128,7 +133,7 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 		}
 	}
 	c := task.GetContainer()
-	fmt.Fprintln(tw, "Container:")
+	section("Container")
 	line(1, "Image", c.GetImage())
 	optional(1, "Entrypoint", strings.Join(c.GetCommand(), " "))
 	optional(1, "Args", strings.Join(c.GetArgs(), " "))
@@ -139,7 +144,10 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	optional(1, "User", c.GetUser())
 	optional(1, "Hostname", c.GetHostname())
 	optional(1, "Stop grace period", durationText(c.GetStopGracePeriod()))
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	return writeTrimmed(w, buf.String())
 }
 
 func durationText(d *durationpb.Duration) string {

@@ -1,0 +1,175 @@
+package ctl
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+// TestArgumentErrors checks that bad input is refused with a clear message
+// before shoalctl even connects to shoald.
+func TestArgumentErrors(t *testing.T) {
+	create := func(args ...string) []string { return append([]string{"service", "create"}, args...) }
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string
+	}{
+		{"missing image", create("--name", "web"), `"shoalctl service create" requires an IMAGE argument`},
+		{"missing name", create("nginx"), "--name is required"},
+		{"bad name", create("--name", "Web", "nginx"), `invalid --name "Web"`},
+		{"negative replicas", create("--name", "web", "--replicas", "-1", "nginx"), "--replicas must be 0 or more, got -1"},
+		{"replicas not a number", create("--name", "web", "--replicas", "three", "nginx"), `invalid argument "three" for "--replicas"`},
+		{"env without value", create("--name", "web", "-e", "FOO", "nginx"), `invalid --env "FOO": want KEY=VALUE`},
+		{"env with bad key", create("--name", "web", "--env", "1X=2", "nginx"), `invalid --env "1X=2": want KEY=VALUE`},
+		{"env with empty key", create("--name", "web", "--env", "=2", "nginx"), `invalid --env "=2": want KEY=VALUE`},
+		{"label without key", create("--name", "web", "--label", "=x", "nginx"), `invalid --label "=x"`},
+		{"bad constraint", create("--name", "web", "--constraint", "node.labels.zone=eu", "nginx"), `invalid --constraint "node.labels.zone=eu"`},
+		{"bad restart condition", create("--name", "web", "--restart-condition", "always", "nginx"), `invalid --restart-condition "always": want any, on-failure or none`},
+		{"negative restart delay", create("--name", "web", "--restart-delay", "-1s", "nginx"), "--restart-delay must not be negative, got -1s"},
+		{"negative timeout", create("--name", "web", "--timeout", "-1s", "nginx"), "--timeout must not be negative"},
+		{"bad duration", create("--name", "web", "--stop-grace-period", "soon", "nginx"), `invalid argument "soon" for "--stop-grace-period"`},
+		{"unknown flag", create("--name", "web", "--publish", "80:80", "nginx"), "unknown flag: --publish"},
+		{"scale without count", []string{"service", "scale", "web"}, `invalid scale argument "web": want SERVICE=REPLICAS`},
+		{"scale without name", []string{"service", "scale", "=3"}, `invalid scale argument "=3": want SERVICE=REPLICAS`},
+		{"scale bad count", []string{"service", "scale", "web=3", "api=x"}, `invalid scale argument "api=x": REPLICAS must be a whole number, 0 or more`},
+		{"scale negative", []string{"service", "scale", "web=-1"}, `invalid scale argument "web=-1"`},
+		{"scale nothing", []string{"service", "scale"}, "requires at least one SERVICE=REPLICAS argument"},
+		{"ps bad filter key", []string{"service", "ps", "-f", "colour=red", "web"}, `invalid --filter "colour=red": known filters are desired-state and node`},
+		{"ps bad desired state", []string{"service", "ps", "-f", "desired-state=happy", "web"}, `invalid --filter "desired-state=happy"`},
+		{"ps no service", []string{"service", "ps"}, "requires at least one SERVICE argument"},
+		{"ls bad template", []string{"service", "ls", "--format", "{{.Name"}, "invalid --format template"},
+		{"ls argument", []string{"service", "ls", "web"}, `"shoalctl service ls" takes no arguments, got "web"`},
+		{"inspect pretty and format", []string{"service", "inspect", "--pretty", "--format", "json", "web"}, "--pretty and --format cannot be used together"},
+		{"inspect bad template", []string{"node", "inspect", "--format", "{{", "alpha"}, "invalid --format template"},
+		{"rm nothing", []string{"service", "rm"}, "requires at least one SERVICE argument"},
+		{"unknown subcommand", []string{"service", "up"}, `unknown command "up" for "shoalctl service"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture()
+			_, err := runCLI(t, f, tt.args...)
+			if err == nil {
+				t.Fatalf("shoalctl %s: no error, want %q", strings.Join(tt.args, " "), tt.wantErr)
+			}
+			if msg := ErrorMessage(err); !strings.Contains(msg, tt.wantErr) {
+				t.Errorf("error = %q, want it to contain %q", msg, tt.wantErr)
+			}
+			if f.connects != 0 || len(f.calls) != 0 {
+				t.Errorf("connected %d times and called %v before rejecting the arguments", f.connects, f.calls)
+			}
+		})
+	}
+}
+
+func TestCreateBuildsSpec(t *testing.T) {
+	replicated := func(n uint64) *api.ServiceSpec_Replicated {
+		return &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: n}}
+	}
+	tests := []struct {
+		name string
+		args []string
+		want *api.ServiceSpec
+	}{
+		{
+			name: "defaults left to the managers",
+			args: []string{"--name", "web", "nginx"},
+			want: &api.ServiceSpec{
+				Name: "web",
+				Task: &api.TaskSpec{Container: &api.ContainerSpec{Image: "nginx"}},
+				Mode: replicated(1),
+			},
+		},
+		{
+			name: "every flag",
+			args: []string{
+				"--name", "web", "--replicas", "0",
+				"-e", "A=1", "--env", "B=x=y,z", "-e", "EMPTY=",
+				"--label", "tier=front", "--label", "bare",
+				"--constraint", "node.labels.zone==eu", "--constraint", "node.role!=manager",
+				"--restart-condition", "on-failure", "--restart-delay", "2s", "--restart-max-delay", "1m", "--restart-max-attempts", "4",
+				"--workdir", "/srv", "--user", "nobody:nogroup", "--hostname", "h1",
+				"--entrypoint", "/bin/sh  -c", "--stop-grace-period", "3s",
+				"busybox", "echo", "--not-a-flag", "hi",
+			},
+			want: &api.ServiceSpec{
+				Name:   "web",
+				Labels: map[string]string{"tier": "front", "bare": ""},
+				Task: &api.TaskSpec{
+					Container: &api.ContainerSpec{
+						Image:           "busybox",
+						Command:         []string{"/bin/sh", "-c"},
+						Args:            []string{"echo", "--not-a-flag", "hi"},
+						Env:             []string{"A=1", "B=x=y,z", "EMPTY="},
+						Dir:             "/srv",
+						User:            "nobody:nogroup",
+						Hostname:        "h1",
+						StopGracePeriod: durationpb.New(3 * time.Second),
+					},
+					Restart: &api.RestartPolicy{
+						Condition:   api.RestartCondition_RESTART_CONDITION_ON_FAILURE,
+						Delay:       durationpb.New(2 * time.Second),
+						MaxDelay:    durationpb.New(time.Minute),
+						MaxAttempts: 4,
+					},
+					Placement: &api.Placement{Constraints: []string{"node.labels.zone==eu", "node.role!=manager"}},
+				},
+				Mode: replicated(0),
+			},
+		},
+		{
+			name: "restart delay alone",
+			args: []string{"--name", "web", "--restart-delay", "0s", "nginx"},
+			want: &api.ServiceSpec{
+				Name: "web",
+				Task: &api.TaskSpec{
+					Container: &api.ContainerSpec{Image: "nginx"},
+					Restart:   &api.RestartPolicy{Delay: durationpb.New(0)},
+				},
+				Mode: replicated(1),
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture()
+			args := append([]string{"service", "create", "-d"}, tt.args...)
+			out, err := runCLI(t, f, args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if out != "svcnewaaaaaaaaaaaaaaaaaaaa\n" {
+				t.Errorf("output = %q, want the service id", out)
+			}
+			if len(f.created) != 1 {
+				t.Fatalf("CreateService called %d times", len(f.created))
+			}
+			if !proto.Equal(f.created[0], tt.want) {
+				t.Errorf("spec =\n%s\nwant\n%s", protojson.Format(f.created[0]), protojson.Format(tt.want))
+			}
+			if strings.Join(f.calls, ",") != "CreateService" {
+				t.Errorf("calls = %v; -d must not wait", f.calls)
+			}
+		})
+	}
+}
+
+func TestCreateServerError(t *testing.T) {
+	f := newFixture()
+	f.createErr = status.Error(codes.AlreadyExists, `service "web" already exists`)
+	out, err := runCLI(t, f, "service", "create", "--name", "web", "nginx")
+	if got := ErrorMessage(err); got != `service "web" already exists` {
+		t.Errorf("error = %q, want the server's message alone", got)
+	}
+	if out != "" {
+		t.Errorf("printed %q after a failed create", out)
+	}
+}

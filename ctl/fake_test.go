@@ -1,0 +1,370 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+// hangGuard bounds one shoalctl run in tests; generous for a noisy machine.
+const hangGuard = time.Minute
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata")
+
+// fixedNow is the clock of every test: ages in tables are relative to it.
+var fixedNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+func ago(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(fixedNow.Add(-d)) }
+
+// fakeControl is an in-memory api.ControlClient. Methods a test does not
+// expect are left to the nil embedded interface, so calling one panics and
+// fails the test.
+type fakeControl struct {
+	api.ControlClient
+
+	mu       sync.Mutex
+	connects int
+	calls    []string
+
+	nodes    []*api.Node
+	selfNode string
+	services []*api.Service
+	counts   map[string]*api.ServiceCounts
+	tasks    []*api.Task
+
+	// watch holds, per service id, the snapshots WatchTasks sends; after
+	// the last one the stream blocks until the watcher goes away, unless
+	// watchEnd is set.
+	watch    map[string][]*api.WatchTasksResponse
+	watchEnd error
+	createErr error
+	// updateErrs are returned by successive UpdateService calls first.
+	updateErrs []error
+
+	created []*api.ServiceSpec
+	updates []*api.UpdateServiceRequest
+	removed []string
+}
+
+func (f *fakeControl) record(call string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, call)
+}
+
+func (f *fakeControl) lookup(ref string) (*api.Service, error) {
+	var prefixed []*api.Service
+	for _, s := range f.services {
+		if s.GetId() == ref || s.GetSpec().GetName() == ref {
+			return s, nil
+		}
+		if strings.HasPrefix(s.GetId(), ref) {
+			prefixed = append(prefixed, s)
+		}
+	}
+	if len(prefixed) == 1 {
+		return prefixed[0], nil
+	}
+	return nil, status.Errorf(codes.NotFound, "service %q: not found", ref)
+}
+
+func (f *fakeControl) ListNodes(_ context.Context, _ *api.ListNodesRequest, opts ...grpc.CallOption) (*api.ListNodesResponse, error) {
+	f.record("ListNodes")
+	for _, o := range opts {
+		if h, ok := o.(grpc.HeaderCallOption); ok && f.selfNode != "" {
+			*h.HeaderAddr = metadata.Pairs(NodeIDHeader, f.selfNode)
+		}
+	}
+	return &api.ListNodesResponse{Nodes: f.nodes}, nil
+}
+
+func (f *fakeControl) GetNode(_ context.Context, req *api.GetNodeRequest, _ ...grpc.CallOption) (*api.GetNodeResponse, error) {
+	f.record("GetNode")
+	for _, n := range f.nodes {
+		if n.GetId() == req.GetNode() || n.GetDescription().GetHostname() == req.GetNode() {
+			return &api.GetNodeResponse{Node: n}, nil
+		}
+	}
+	return nil, status.Errorf(codes.NotFound, "node %q: not found", req.GetNode())
+}
+
+func (f *fakeControl) CreateService(_ context.Context, req *api.CreateServiceRequest, _ ...grpc.CallOption) (*api.CreateServiceResponse, error) {
+	f.record("CreateService")
+	if f.createErr != nil {
+		return nil, f.createErr
+	}
+	f.created = append(f.created, req.GetSpec())
+	svc := &api.Service{
+		Id:          "svcnewaaaaaaaaaaaaaaaaaaaa",
+		Meta:        &api.Meta{Version: 20, CreatedAt: ago(0)},
+		Spec:        req.GetSpec(),
+		SpecVersion: 1,
+	}
+	f.services = append(f.services, svc)
+	return &api.CreateServiceResponse{Service: svc}, nil
+}
+
+func (f *fakeControl) GetService(_ context.Context, req *api.GetServiceRequest, _ ...grpc.CallOption) (*api.GetServiceResponse, error) {
+	f.record("GetService")
+	svc, err := f.lookup(req.GetService())
+	if err != nil {
+		return nil, err
+	}
+	return &api.GetServiceResponse{Service: svc, Counts: f.counts[svc.GetId()]}, nil
+}
+
+func (f *fakeControl) ListServices(context.Context, *api.ListServicesRequest, ...grpc.CallOption) (*api.ListServicesResponse, error) {
+	f.record("ListServices")
+	return &api.ListServicesResponse{Services: f.services, Counts: f.counts}, nil
+}
+
+func (f *fakeControl) UpdateService(_ context.Context, req *api.UpdateServiceRequest, _ ...grpc.CallOption) (*api.UpdateServiceResponse, error) {
+	f.record("UpdateService")
+	f.updates = append(f.updates, req)
+	if len(f.updateErrs) > 0 {
+		err := f.updateErrs[0]
+		f.updateErrs = f.updateErrs[1:]
+		return nil, err
+	}
+	svc, err := f.lookup(req.GetService())
+	if err != nil {
+		return nil, err
+	}
+	upd := proto.CloneOf(svc)
+	upd.Spec = req.GetSpec()
+	upd.Meta.Version = svc.GetMeta().GetVersion() + 1
+	return &api.UpdateServiceResponse{Service: upd}, nil
+}
+
+func (f *fakeControl) RemoveService(_ context.Context, req *api.RemoveServiceRequest, _ ...grpc.CallOption) (*api.RemoveServiceResponse, error) {
+	f.record("RemoveService")
+	svc, err := f.lookup(req.GetService())
+	if err != nil {
+		return nil, err
+	}
+	f.removed = append(f.removed, svc.GetSpec().GetName())
+	return &api.RemoveServiceResponse{}, nil
+}
+
+func (f *fakeControl) ListTasks(_ context.Context, req *api.ListTasksRequest, _ ...grpc.CallOption) (*api.ListTasksResponse, error) {
+	f.record("ListTasks")
+	svc, err := f.lookup(req.GetService())
+	if err != nil {
+		return nil, err
+	}
+	var tasks []*api.Task
+	for _, t := range f.tasks {
+		if t.GetServiceId() == svc.GetId() {
+			tasks = append(tasks, t)
+		}
+	}
+	return &api.ListTasksResponse{Tasks: tasks}, nil
+}
+
+func (f *fakeControl) WatchTasks(ctx context.Context, req *api.WatchTasksRequest, _ ...grpc.CallOption) (grpc.ServerStreamingClient[api.WatchTasksResponse], error) {
+	f.record("WatchTasks")
+	return &fakeWatch{ctx: ctx, msgs: f.watch[req.GetService()], end: f.watchEnd}, nil
+}
+
+// fakeWatch plays a script of WatchTasks snapshots.
+type fakeWatch struct {
+	grpc.ClientStream
+	ctx  context.Context
+	msgs []*api.WatchTasksResponse
+	end  error
+}
+
+func (w *fakeWatch) Recv() (*api.WatchTasksResponse, error) {
+	if len(w.msgs) > 0 {
+		m := w.msgs[0]
+		w.msgs = w.msgs[1:]
+		return m, nil
+	}
+	if w.end != nil {
+		return nil, w.end
+	}
+	<-w.ctx.Done()
+	return nil, status.FromContextError(w.ctx.Err()).Err()
+}
+
+type nopCloser struct{}
+
+func (nopCloser) Close() error { return nil }
+
+// testEnv is an env whose daemon is f and whose clock is fixedNow.
+func testEnv(f *fakeControl) env {
+	return env{
+		connect: func(context.Context, target) (api.ControlClient, io.Closer, error) {
+			f.mu.Lock()
+			f.connects++
+			f.mu.Unlock()
+			return f, nopCloser{}, nil
+		},
+		now:        func() time.Time { return fixedNow },
+		isTerminal: func(io.Writer) bool { return false },
+		getenv:     func(string) string { return "" },
+	}
+}
+
+// runCLI runs shoalctl with args against f and returns what it printed.
+func runCLI(t *testing.T, f *fakeControl, args ...string) (string, error) {
+	t.Helper()
+	return runWith(t, testEnv(f), args...)
+}
+
+func runWith(t *testing.T, e env, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCommand(e)
+	var out, errOut bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errOut)
+	root.SetArgs(args)
+	// A bug that makes a command wait forever fails here rather than
+	// hanging the whole test binary; no test relies on this deadline.
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	err := root.ExecuteContext(ctx)
+	return out.String(), err
+}
+
+// checkGolden compares got with testdata/<name>.golden; -update rewrites it.
+func checkGolden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatalf("update golden: %v", err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("read golden (run go test -update to create it): %v", err)
+	}
+	if got != string(want) {
+		t.Errorf("output differs from %s (go test -update rewrites it)\n--- got\n%s--- want\n%s", path, got, want)
+	}
+}
+
+const (
+	nodeAlpha   = "nodealphaaaaaaaaaaaaaaaaaa"
+	nodeBravo   = "nodebravobbbbbbbbbbbbbbbbb"
+	nodeCharlie = "nodecharlieccccccccccccccc"
+	nodeGone    = "nodegonezzzzzzzzzzzzzzzzzz"
+	svcWeb      = "svcwebaaaaaaaaaaaaaaaaaaaa"
+	svcAPI      = "svcapibbbbbbbbbbbbbbbbbbbb"
+)
+
+// newFixture is a small cluster: three nodes, two services and their
+// tasks, with history.
+func newFixture() *fakeControl {
+	node := func(id, host string, state api.NodeState, avail api.NodeAvailability, ms *api.ManagerStatus) *api.Node {
+		role := api.NodeRole_NODE_ROLE_WORKER
+		if ms != nil {
+			role = api.NodeRole_NODE_ROLE_MANAGER
+		}
+		return &api.Node{
+			Id:            id,
+			Meta:          &api.Meta{Version: 3, CreatedAt: ago(48 * time.Hour)},
+			Spec:          &api.NodeSpec{Availability: avail, DesiredRole: role},
+			Description:   &api.NodeDescription{Hostname: host, Os: "linux", Arch: "amd64", Engine: "containerd 1.6.20"},
+			Status:        &api.NodeStatus{State: state, Addr: "10.0.0.1"},
+			Role:          role,
+			ManagerStatus: ms,
+		}
+	}
+	web := &api.Service{
+		Id:   svcWeb,
+		Meta: &api.Meta{Version: 10, CreatedAt: ago(time.Hour), UpdatedAt: ago(5 * time.Minute)},
+		Spec: &api.ServiceSpec{
+			Name:   "web",
+			Labels: map[string]string{"tier": "front", "owner": "ops"},
+			Task: &api.TaskSpec{
+				Container: &api.ContainerSpec{
+					Image:           "nginx:1.27",
+					Args:            []string{"nginx", "-g", "daemon off;"},
+					Env:             []string{"MODE=prod"},
+					StopGracePeriod: durationpb.New(10 * time.Second),
+				},
+				Restart: &api.RestartPolicy{
+					Condition: api.RestartCondition_RESTART_CONDITION_ON_FAILURE,
+					Delay:     durationpb.New(5 * time.Second),
+					MaxDelay:  durationpb.New(30 * time.Second),
+				},
+				Placement: &api.Placement{Constraints: []string{"node.labels.zone==eu"}},
+			},
+			Mode: &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: 3}},
+		},
+		SpecVersion: 2,
+	}
+	apiSvc := &api.Service{
+		Id:   svcAPI,
+		Meta: &api.Meta{Version: 12, CreatedAt: ago(72 * time.Hour)},
+		Spec: &api.ServiceSpec{
+			Name: "api",
+			Task: &api.TaskSpec{Container: &api.ContainerSpec{Image: "registry.local/api:v2"}},
+			Mode: &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: 2}},
+		},
+		SpecVersion: 1,
+	}
+	task := func(id string, svc *api.Service, slot uint64, node string, desired, state api.TaskState, created, changed time.Duration, errText string) *api.Task {
+		return &api.Task{
+			Id:           id,
+			Meta:         &api.Meta{Version: 30, CreatedAt: ago(created)},
+			ServiceId:    svc.GetId(),
+			ServiceName:  svc.GetSpec().GetName(),
+			Slot:         slot,
+			NodeId:       node,
+			Spec:         svc.GetSpec().GetTask(),
+			SpecVersion:  svc.GetSpecVersion(),
+			DesiredState: desired,
+			Status:       &api.TaskStatus{State: state, Timestamp: ago(changed), Err: errText},
+		}
+	}
+	const (
+		running   = api.TaskState_TASK_STATE_RUNNING
+		shutdown  = api.TaskState_TASK_STATE_SHUTDOWN
+		failed    = api.TaskState_TASK_STATE_FAILED
+		preparing = api.TaskState_TASK_STATE_PREPARING
+		pending   = api.TaskState_TASK_STATE_PENDING
+	)
+	return &fakeControl{
+		nodes: []*api.Node{
+			node(nodeCharlie, "charlie", api.NodeState_NODE_STATE_DOWN, api.NodeAvailability_NODE_AVAILABILITY_DRAIN, nil),
+			node(nodeAlpha, "alpha", api.NodeState_NODE_STATE_READY, api.NodeAvailability_NODE_AVAILABILITY_ACTIVE, &api.ManagerStatus{RaftAddr: "10.0.0.1:4243", Leader: true, Reachable: true}),
+			node(nodeBravo, "bravo", api.NodeState_NODE_STATE_READY, api.NodeAvailability_NODE_AVAILABILITY_PAUSE, &api.ManagerStatus{RaftAddr: "10.0.0.2:4243", Reachable: true}),
+		},
+		selfNode: nodeAlpha,
+		services: []*api.Service{web, apiSvc},
+		counts: map[string]*api.ServiceCounts{
+			svcWeb: {Desired: 3, Running: 2},
+			svcAPI: {Desired: 2, Running: 1},
+		},
+		tasks: []*api.Task{
+			task("taskweb1oldaaaaaaaaaaaaaaa", web, 1, nodeBravo, shutdown, failed, 5*time.Minute, 2*time.Minute,
+				"task: non-zero exit (1): could not open /etc/app.conf: no such file or directory"),
+			task("taskweb1newaaaaaaaaaaaaaaa", web, 1, nodeAlpha, running, running, 2*time.Minute, 3*time.Second, ""),
+			task("taskweb2aaaaaaaaaaaaaaaaaa", web, 2, nodeBravo, running, running, time.Hour, 59*time.Minute, ""),
+			task("taskweb3aaaaaaaaaaaaaaaaaa", web, 3, nodeGone, running, preparing, time.Second, 500*time.Millisecond, ""),
+			task("taskapi1aaaaaaaaaaaaaaaaaa", apiSvc, 1, nodeAlpha, running, running, 72*time.Hour, 71*time.Hour, ""),
+			task("taskapi2aaaaaaaaaaaaaaaaaa", apiSvc, 2, "", running, pending, 2*time.Second, 2*time.Second, ""),
+		},
+	}
+}

@@ -52,8 +52,8 @@ type fakeControl struct {
 	// watch holds, per service id, the snapshots WatchTasks sends; after
 	// the last one the stream blocks until the watcher goes away, unless
 	// watchEnd is set.
-	watch    map[string][]*api.WatchTasksResponse
-	watchEnd error
+	watch     map[string][]*api.WatchTasksResponse
+	watchEnd  error
 	createErr error
 	// updateErrs are returned by successive UpdateService calls first.
 	updateErrs []error

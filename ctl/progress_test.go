@@ -480,3 +480,20 @@ func TestScaleWaits(t *testing.T) {
 	}
 	checkGolden(t, "scale_wait_converged", out)
 }
+
+// BenchmarkAssess measures judging one snapshot of a large service with
+// history, which the wait loop does after every task change.
+func BenchmarkAssess(b *testing.B) {
+	const replicas = 1000
+	var ks []tk
+	for s := uint64(1); s <= replicas; s++ {
+		ks = append(ks, tk{slot: s, state: stRunning}, tk{slot: s, state: stShutdown, desired: stShutdown, version: 5, age: time.Hour})
+	}
+	svc, ts := watchedService(replicas), tasks(ks...)
+	b.ResetTimer()
+	for b.Loop() {
+		if c := assess(svc, ts, 20, 1); !c.converged {
+			b.Fatal("not converged")
+		}
+	}
+}

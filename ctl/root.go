@@ -2,7 +2,6 @@ package ctl
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -141,7 +140,7 @@ func groupCommand(use, short string, subs ...*cobra.Command) *cobra.Command {
 	return cmd
 }
 
-// exactArgs, minArgs: cobra's checks, with messages that say what is missing.
+// minArgs is cobra.MinimumNArgs with a message that says what is missing.
 func minArgs(n int, what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) < n {
@@ -151,6 +150,7 @@ func minArgs(n int, what string) cobra.PositionalArgs {
 	}
 }
 
+// noArgs is cobra.NoArgs pointing at the help.
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {
 		return usageError{cmd: cmd, err: fmt.Errorf("%q takes no arguments, got %q", cmd.CommandPath(), args[0])}
@@ -170,9 +170,3 @@ func (e usageError) Error() string {
 }
 
 func (e usageError) Unwrap() error { return e.err }
-
-// isUsageError reports whether err is a mistake in the command line.
-func isUsageError(err error) bool {
-	var u usageError
-	return errors.As(err, &u)
-}

@@ -72,7 +72,7 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, logger: cfg.Logger, raft: r}
-	m.control = controlapi.New(r)
+	m.control = controlapi.New(r, cfg.NodeID)
 	m.dispatcher = dispatcher.New(r, cfg.Dispatcher)
 	return m, nil
 }

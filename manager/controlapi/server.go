@@ -3,11 +3,12 @@ package controlapi
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sort"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -27,13 +28,19 @@ type Raft interface {
 // Server implements api.ControlServer.
 type Server struct {
 	api.UnimplementedControlServer
-	raft Raft
-	now  func() time.Time
+	raft   Raft
+	selfID string
+	now    func() time.Time
 }
 
-// New returns a Control server over a raft member.
-func New(r Raft) *Server {
-	return &Server{raft: r, now: time.Now}
+// NodeIDHeader names the response header that tells a client which node
+// answered (so `node ls` can mark it).
+const NodeIDHeader = "shoal-node-id"
+
+// New returns a Control server over a raft member; selfID is the node the
+// server runs on.
+func New(r Raft, selfID string) *Server {
+	return &Server{raft: r, selfID: selfID, now: time.Now}
 }
 
 // toStatus maps store and raft errors to gRPC codes at the edge.
@@ -74,6 +81,10 @@ func (s *Server) GetCluster(ctx context.Context, _ *api.GetClusterRequest) (*api
 }
 
 func (s *Server) ListNodes(ctx context.Context, _ *api.ListNodesRequest) (*api.ListNodesResponse, error) {
+	if s.selfID != "" {
+		// Best effort: a client that cannot read headers loses only the mark.
+		_ = grpc.SetHeader(ctx, metadata.Pairs(NodeIDHeader, s.selfID))
+	}
 	var nodes []*api.Node
 	s.view(func(tx store.ReadTx) { nodes = tx.Nodes() })
 	return &api.ListNodesResponse{Nodes: nodes}, nil
@@ -350,5 +361,3 @@ func touches(changes []store.Change, serviceID string) bool {
 	}
 	return false
 }
-
-var _ = fmt.Sprintf

@@ -409,13 +409,14 @@ func (r *reconciler) stale(t *api.Task) bool {
 	return t.GetSpecVersion() < r.svc.GetSpecVersion()
 }
 
-// lost reports whether t may still be running on a node that is DOWN.
+// lost reports whether t may still be running on a node that is DOWN or
+// was removed from the cluster: either way nobody will report on it again.
 func (r *reconciler) lost(t *api.Task) bool {
 	if terminal(t) || t.GetNodeId() == "" {
 		return false
 	}
 	n, ok := r.nodes[t.GetNodeId()]
-	return ok && n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN
+	return !ok || n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN
 }
 
 // ended reports whether t will not run (again) for its slot.

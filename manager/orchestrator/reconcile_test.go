@@ -578,7 +578,7 @@ func TestReconcileLostNode(t *testing.T) {
 		{"assigned to a down node is replaced", newTask(1, assigned, withID("x"), onNode(nodeDown)),
 			[]string{"create slot=1 restarts=1 step=1 delay=100ms", "update x desired=shutdown"}},
 		{"running on a ready node is kept", newTask(1, running, withID("x")), nil},
-		{"node not known is not treated as down", newTask(1, running, withID("x"), onNode("elsewhere")), nil},
+		{"removed node is treated as lost", newTask(1, running, withID("x"), onNode("elsewhere")), []string{"create slot=1 restarts=1 step=0 delay=0s", "update x desired=shutdown"}},
 		{"pending without a node is kept", newTask(1, pending, withID("x")), nil},
 	}
 	for _, tt := range tests {

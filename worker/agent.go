@@ -207,15 +207,16 @@ func (a *Agent) applyFull(ctx context.Context, changes []*api.AssignmentChange) 
 		return fmt.Errorf("list containers: %w", err)
 	}
 	a.mu.Lock()
+	// known holds every task that has a runner, including those removed
+	// just now: a runner removes its own container, and a second remover
+	// would race it.
+	known := map[string]bool{}
 	for id, r := range a.tasks {
+		known[id] = true
 		if want[id] == nil {
 			r.remove()
 			delete(a.tasks, id)
 		}
-	}
-	known := map[string]bool{}
-	for id := range a.tasks {
-		known[id] = true
 	}
 	a.mu.Unlock()
 	for _, c := range containers {

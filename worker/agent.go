@@ -338,8 +338,11 @@ func (a *Agent) reportLoop(ctx context.Context) {
 						a.pending[id] = st
 					}
 				}
-				if status.Code(err) == codes.NotFound {
-					a.sessionID = "" // the session expired; a new one re-kicks us
+				// The session expired; a new one re-kicks us. Only forget
+				// the one the batch named: a newer session may already be
+				// open, and clearing it would stall reports until the next.
+				if status.Code(err) == codes.NotFound && a.sessionID == sid {
+					a.sessionID = ""
 				}
 				a.mu.Unlock()
 				a.logger.Warn("report task status", "err", err, "tasks", len(batch))

@@ -129,8 +129,17 @@ func (a *Agent) session(ctx context.Context) error {
 	a.mu.Unlock()
 	a.signal()
 
+	// The session's goroutines end with ctx; wait for them, so that no
+	// assignment is applied after the session (or Run) has returned.
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
 	errc := make(chan error, 3)
+	wg.Add(3)
 	go func() { // the session stream: it ends when the session does
+		defer wg.Done()
 		for {
 			if _, err := sess.Recv(); err != nil {
 				errc <- fmt.Errorf("session stream: %w", err)
@@ -139,6 +148,7 @@ func (a *Agent) session(ctx context.Context) error {
 		}
 	}()
 	go func() {
+		defer wg.Done()
 		period := first.GetHeartbeatPeriod().AsDuration()
 		for {
 			select {
@@ -154,7 +164,10 @@ func (a *Agent) session(ctx context.Context) error {
 			period = resp.GetPeriod().AsDuration()
 		}
 	}()
-	go func() { errc <- a.assignments(ctx, sid) }()
+	go func() {
+		defer wg.Done()
+		errc <- a.assignments(ctx, sid)
+	}()
 	return <-errc
 }
 

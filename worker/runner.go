@@ -109,9 +109,12 @@ func (r *runner) setState(st api.TaskState, msg string, err error, mutate func(*
 		mutate(next)
 	}
 	r.status = next
+	// update replaces r.task from the assignments goroutine: read it
+	// under the lock.
+	id := r.task.GetId()
 	r.mu.Unlock()
 	r.logger.Debug("task state", "state", api.StateName(st), "err", err)
-	r.agent.report(r.task.GetId(), next)
+	r.agent.report(id, next)
 }
 
 func failed(t *api.Task, st api.TaskState, err error) *api.TaskStatus {

@@ -294,13 +294,19 @@ func (c *cli) taskListing(p *listPrinter, tasks []*api.Task, nodes []*api.Node, 
 		if ts := status.GetTimestamp(); ts != nil {
 			at = ts.AsTime()
 		}
+		current := since(stateTitle(status.GetState()), at, now)
+		// A replacement held back by the restart back-off says so, and for
+		// how much longer: that is what a user watching a crash loop needs.
+		if nb := t.GetNotBefore(); nb != nil && status.GetState() == api.TaskState_TASK_STATE_NEW && nb.AsTime().After(now) {
+			current = fmt.Sprintf("Restart delayed, %v left (back-off step %d)", nb.AsTime().Sub(now).Round(100*time.Millisecond), t.GetBackoffStep())
+		}
 		l.rows = append(l.rows, taskRow{
 			ID:           p.shortID(t.GetId()),
 			Name:         name,
 			Image:        t.GetSpec().GetContainer().GetImage(),
 			Node:         node,
 			DesiredState: stateTitle(t.GetDesiredState()),
-			CurrentState: since(stateTitle(status.GetState()), at, now),
+			CurrentState: current,
 			Error:        errText,
 		})
 		l.objects = append(l.objects, proto.Message(t))

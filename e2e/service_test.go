@@ -204,6 +204,6 @@ func TestCrashLoopBacksOff(t *testing.T) {
 	// The back-off itself is visible on the waiting task.
 	tc.Eventually(t, converge, "a delayed restart in service ps", func() (bool, string) {
 		ps := n.Ctl("service", "ps", "crash", "--no-trunc")
-		return strings.Contains(ps, "restart delayed"), ps
+		return strings.Contains(ps, "Restart delayed"), ps
 	})
 }

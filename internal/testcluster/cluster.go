@@ -17,6 +17,8 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/internal/testimage"
@@ -25,6 +27,10 @@ import (
 
 // ContainerdAddress is the host's containerd, shared by all test nodes.
 const ContainerdAddress = "/run/containerd/containerd.sock"
+
+// NamespacePrefix starts the containerd namespace of every test node, so
+// that a leak check can find what a test left behind.
+const NamespacePrefix = "shoal-e2e-"
 
 // Skip skips t unless the machine can run real nodes: root and containerd.
 func Skip(t testing.TB) {
@@ -121,7 +127,7 @@ func NewSingle(t testing.TB) *Node {
 		t: t, Name: "node1", bin: bin,
 		DataDir:   filepath.Join(dir, "data"),
 		Socket:    filepath.Join(dir, "shoald.sock"),
-		Namespace: "shoal-e2e-" + id,
+		Namespace: NamespacePrefix + id,
 	}
 	n.args = []string{"--data-dir", n.DataDir, "--socket", n.Socket, "--containerd-namespace", n.Namespace, "--hostname", n.Name, "--log-level", "debug"}
 	t.Cleanup(n.cleanup)
@@ -149,7 +155,8 @@ func (n *Node) Start(verb string) {
 	}
 	cmd := exec.Command(filepath.Join(n.bin, "shoald"), append([]string{verb}, n.args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Pdeathsig: a crashed test binary must not leave daemons running.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		n.mu.Unlock()
 		n.t.Fatalf("start shoald: %v", err)
@@ -201,6 +208,27 @@ func (n *Node) stop(sig syscall.Signal) {
 		<-done
 	}
 	n.log.Close()
+}
+
+// PID is shoald's process id, or 0 when it is not running.
+func (n *Node) PID() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
+}
+
+// Client returns a Control API client on the node's socket.
+func (n *Node) Client() api.ControlClient {
+	n.t.Helper()
+	conn, err := grpc.NewClient("unix://"+n.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.t.Cleanup(func() { conn.Close() })
+	return api.NewControlClient(conn)
 }
 
 // Log returns shoald's output so far.

@@ -461,12 +461,14 @@ func sessionWaiting() bool {
 	return false
 }
 
-// agentStacks returns the stacks of goroutines running the agent's
-// session or assignment code.
+// agentStacks returns the stacks of goroutines inside the agent's session
+// or assignment code. Only the functions themselves count (the "(" after
+// the name): a goroutine that already returned from them and is only
+// unwinding its deferred WaitGroup.Done may still show its closure.
 func agentStacks() string {
 	var out []string
 	for _, g := range allStacks() {
-		for _, fn := range []string{"(*Agent).session", "(*Agent).assignments", "(*Agent).applyFull", "(*Agent).applyChange", "(*Agent).reportLoop"} {
+		for _, fn := range []string{"(*Agent).session(", "(*Agent).assignments(", "(*Agent).applyFull(", "(*Agent).applyChange(", "(*Agent).reportLoop("} {
 			if strings.Contains(g, "worker."+fn) {
 				out = append(out, g)
 				break

@@ -1,0 +1,562 @@
+package dispatcher
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/state"
+	"github.com/shoal-project/shoal/manager/store"
+)
+
+// settle bounds every wait for something asynchronous; it measures
+// nothing.
+const settle = 20 * time.Second
+
+func eventually(t *testing.T, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(settle)
+	for {
+		ok, detail := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s: %s", what, detail)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// newRaft starts a single-member raft cluster in a temp dir and waits
+// until it leads.
+func newRaft(t *testing.T) *state.Node {
+	t.Helper()
+	_, tr := raft.NewInmemTransport(raft.ServerAddress("m1"))
+	n, err := state.Open(state.Config{Dir: t.TempDir(), ID: "m1", Transport: tr, Logger: quietLogger()}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	defer cancel()
+	if err := n.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func propose(t *testing.T, r *state.Node, actions ...*api.StoreAction) {
+	t.Helper()
+	if err := r.Propose(context.Background(), actions...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func node(id string) *api.Node {
+	return &api.Node{Id: id, Status: &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN}, Role: api.NodeRole_NODE_ROLE_WORKER}
+}
+
+func task(id, nodeID string, st api.TaskState) *api.Task {
+	return &api.Task{Id: id, ServiceId: "svc", ServiceName: "web", Slot: 1, NodeId: nodeID,
+		Status: &api.TaskStatus{State: st}, DesiredState: api.TaskState_TASK_STATE_RUNNING}
+}
+
+// mutate changes a stored task through raft.
+func mutate(t *testing.T, r *state.Node, id string, fn func(*api.Task)) {
+	t.Helper()
+	var cur *api.Task
+	r.Store().View(func(tx store.ReadTx) { cur = tx.Task(id) })
+	if cur == nil {
+		t.Fatalf("task %s not in the store", id)
+	}
+	upd := proto.Clone(cur).(*api.Task)
+	fn(upd)
+	propose(t, r, store.Update(upd))
+}
+
+func storedTask(r *state.Node, id string) *api.Task {
+	var t *api.Task
+	r.Store().View(func(tx store.ReadTx) { t = tx.Task(id) })
+	return t
+}
+
+func storedNode(r *state.Node, id string) *api.Node {
+	var n *api.Node
+	r.Store().View(func(tx store.ReadTx) { n = tx.Node(id) })
+	return n
+}
+
+// serve runs d over an in-memory gRPC connection.
+func serve(t *testing.T, d *Dispatcher) api.DispatcherClient {
+	t.Helper()
+	lis := bufconn.Listen(1 << 20)
+	srv := grpc.NewServer()
+	api.RegisterDispatcherServer(srv, d)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = srv.Serve(lis)
+	}()
+	conn, err := grpc.NewClient("passthrough:///bufconn",
+		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
+		grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		srv.Stop()
+		<-served
+	})
+	return api.NewDispatcherClient(conn)
+}
+
+// runDispatcher runs d.Run until the test ends.
+func runDispatcher(t *testing.T, d *Dispatcher) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+}
+
+// openSession opens a session for nodeID and returns its id and stream.
+func openSession(t *testing.T, c api.DispatcherClient, nodeID string, desc *api.NodeDescription) (string, api.Dispatcher_SessionClient) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := c.Session(ctx, &api.SessionRequest{NodeId: nodeID, Description: desc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := s.Recv()
+	if err != nil {
+		t.Fatalf("session for %s: %v", nodeID, err)
+	}
+	if msg.GetSessionId() == "" {
+		t.Fatal("session message without a session id")
+	}
+	return msg.GetSessionId(), s
+}
+
+func TestSessionRefused(t *testing.T) {
+	r := newRaft(t)
+	propose(t, r, store.Create(node("n1")))
+	c := serve(t, New(r, Config{Logger: quietLogger()}))
+	tests := []struct {
+		name   string
+		nodeID string
+		want   codes.Code
+	}{
+		{"no node id", "", codes.InvalidArgument},
+		{"node not in the cluster", "ghost", codes.NotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := c.Session(context.Background(), &api.SessionRequest{NodeId: tc.nodeID})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			if status.Code(err) != tc.want {
+				t.Fatalf("err = %v, want code %v", err, tc.want)
+			}
+			if n := storedNode(r, "n1"); n.GetStatus().GetState() != api.NodeState_NODE_STATE_UNKNOWN {
+				t.Errorf("a refused session changed node n1: %v", n.GetStatus())
+			}
+		})
+	}
+}
+
+func TestSessionMarksNodeReady(t *testing.T) {
+	r := newRaft(t)
+	propose(t, r, store.Create(node("n1")))
+	const period = 400 * time.Millisecond
+	c := serve(t, New(r, Config{HeartbeatPeriod: period, Logger: quietLogger()}))
+	desc := &api.NodeDescription{Hostname: "host-1", Os: "linux", Arch: "amd64", NanoCpus: 2e9, MemoryBytes: 1 << 30, Engine: "containerd 1.6.20"}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := c.Session(ctx, &api.SessionRequest{NodeId: "n1", Description: desc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := msg.GetHeartbeatPeriod().AsDuration(); p < period*9/10 || p > period*11/10 {
+		t.Errorf("heartbeat period = %v, want %v ±10%%", p, period)
+	}
+	n := storedNode(r, "n1")
+	if n.GetStatus().GetState() != api.NodeState_NODE_STATE_READY {
+		t.Errorf("node state = %v, want READY", n.GetStatus().GetState())
+	}
+	if !proto.Equal(n.GetDescription(), desc) {
+		t.Errorf("node description = %v, want %v", n.GetDescription(), desc)
+	}
+	if n.GetStatus().GetAddr() == "" {
+		t.Error("node status has no address")
+	}
+	if _, err := c.Heartbeat(context.Background(), &api.HeartbeatRequest{SessionId: msg.GetSessionId()}); err != nil {
+		t.Errorf("heartbeat on the new session: %v", err)
+	}
+
+	// A second session for the node replaces the first.
+	second, _ := openSession(t, c, "n1", desc)
+	if second == msg.GetSessionId() {
+		t.Fatal("second session reused the first one's id")
+	}
+	if _, err := s.Recv(); status.Code(err) != codes.Aborted {
+		t.Errorf("replaced session stream ended with %v, want Aborted", err)
+	}
+	if _, err := c.Heartbeat(context.Background(), &api.HeartbeatRequest{SessionId: msg.GetSessionId()}); status.Code(err) != codes.NotFound {
+		t.Errorf("heartbeat on the replaced session: %v, want NotFound", err)
+	}
+}
+
+func TestUnknownSession(t *testing.T) {
+	r := newRaft(t)
+	c := serve(t, New(r, Config{Logger: quietLogger()}))
+	ctx := context.Background()
+	tests := []struct {
+		name string
+		call func() error
+	}{
+		{"heartbeat", func() error {
+			_, err := c.Heartbeat(ctx, &api.HeartbeatRequest{SessionId: "nope"})
+			return err
+		}},
+		{"update task status", func() error {
+			_, err := c.UpdateTaskStatus(ctx, &api.UpdateTaskStatusRequest{SessionId: "nope"})
+			return err
+		}},
+		{"assignments", func() error {
+			s, err := c.Assignments(ctx, &api.AssignmentsRequest{SessionId: "nope"})
+			if err != nil {
+				return err
+			}
+			_, err = s.Recv()
+			return err
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.call()
+			if status.Code(err) != codes.NotFound {
+				t.Fatalf("err = %v, want NotFound", err)
+			}
+			if !strings.Contains(status.Convert(err).Message(), "open a new session") {
+				t.Errorf("message %q does not tell the worker what to do", status.Convert(err).Message())
+			}
+		})
+	}
+}
+
+// TestNodeDownWithoutHeartbeats runs two nodes, one of which heartbeats.
+// Once the silent one is marked down, the other must still be ready: its
+// heartbeats kept it so over the same span of time.
+func TestNodeDownWithoutHeartbeats(t *testing.T) {
+	r := newRaft(t)
+	propose(t, r, store.Create(node("beating")), store.Create(node("silent")))
+	// A grace of 20 periods: a loaded machine may delay a heartbeat a
+	// lot before the beating node could be mistaken for a silent one.
+	const period = 50 * time.Millisecond
+	d := New(r, Config{HeartbeatPeriod: period, GraceMultiplier: 20, Logger: quietLogger()})
+	c := serve(t, d)
+	runDispatcher(t, d)
+
+	beating, _ := openSession(t, c, "beating", nil)
+	silent, silentStream := openSession(t, c, "silent", nil)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	beatErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(period):
+			}
+			if _, err := c.Heartbeat(ctx, &api.HeartbeatRequest{SessionId: beating}); err != nil && ctx.Err() == nil {
+				beatErr <- err
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+
+	eventually(t, "silent node DOWN", func() (bool, string) {
+		n := storedNode(r, "silent")
+		return n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN, n.GetStatus().String()
+	})
+	if msg := storedNode(r, "silent").GetStatus().GetMessage(); !strings.Contains(msg, "heartbeat missed") {
+		t.Errorf("down node's status message = %q, want it to say why", msg)
+	}
+	if st := storedNode(r, "beating").GetStatus().GetState(); st != api.NodeState_NODE_STATE_READY {
+		t.Errorf("heartbeating node is %v, want READY", st)
+	}
+	select {
+	case err := <-beatErr:
+		t.Errorf("heartbeat refused: %v", err)
+	default:
+	}
+	if _, err := silentStream.Recv(); status.Code(err) != codes.Aborted {
+		t.Errorf("expired session stream ended with %v, want Aborted", err)
+	}
+	if _, err := c.Heartbeat(context.Background(), &api.HeartbeatRequest{SessionId: silent}); status.Code(err) != codes.NotFound {
+		t.Errorf("heartbeat on an expired session: %v, want NotFound", err)
+	}
+}
+
+// change is an expected assignment change: action and task id.
+type change struct {
+	action api.AssignmentAction
+	id     string
+}
+
+func (c change) String() string {
+	return strings.TrimPrefix(c.action.String(), "ASSIGNMENT_ACTION_") + " " + c.id
+}
+
+func changesOf(msg *api.AssignmentsMessage) []change {
+	var out []change
+	for _, c := range msg.GetChanges() {
+		out = append(out, change{c.GetAction(), c.GetTask().GetId()})
+	}
+	slices.SortFunc(out, func(a, b change) int { return strings.Compare(a.String(), b.String()) })
+	return out
+}
+
+var (
+	upd = api.AssignmentAction_ASSIGNMENT_ACTION_UPDATE
+	rem = api.AssignmentAction_ASSIGNMENT_ACTION_REMOVE
+)
+
+func TestAssignments(t *testing.T) {
+	const (
+		assigned = api.TaskState_TASK_STATE_ASSIGNED
+		pending  = api.TaskState_TASK_STATE_PENDING
+		running  = api.TaskState_TASK_STATE_RUNNING
+	)
+	r := newRaft(t)
+	propose(t, r,
+		store.Create(node("n1")), store.Create(node("n2")),
+		store.Create(task("a", "n1", assigned)),
+		store.Create(task("b", "n1", running)),
+		store.Create(task("p", "", pending)),
+		store.Create(task("early", "n1", pending)), // has a node but is not yet assigned
+		store.Create(task("c", "n2", assigned)),
+	)
+	c := serve(t, New(r, Config{Logger: quietLogger()}))
+	sid, _ := openSession(t, c, "n1", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := c.Assignments(ctx, &api.AssignmentsRequest{SessionId: sid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if full.GetType() != api.AssignmentType_ASSIGNMENT_TYPE_FULL || full.GetResultsIn() == 0 {
+		t.Fatalf("first message: type %v results_in %d, want FULL with a sequence", full.GetType(), full.GetResultsIn())
+	}
+	if got, want := changesOf(full), []change{{upd, "a"}, {upd, "b"}}; !slices.Equal(got, want) {
+		t.Fatalf("full set = %v, want %v", got, want)
+	}
+	seq := full.GetResultsIn()
+
+	steps := []struct {
+		name   string
+		do     func(t *testing.T)
+		want   []change
+		except string // a task id that must not appear
+		check  func(t *testing.T, msgTasks map[string]*api.Task)
+	}{
+		{
+			name: "task placed on the node",
+			do: func(t *testing.T) {
+				mutate(t, r, "p", func(tk *api.Task) { tk.NodeId = "n1"; tk.Status.State = assigned })
+			},
+			want: []change{{upd, "p"}},
+		},
+		{
+			name: "desired state changes",
+			do: func(t *testing.T) {
+				mutate(t, r, "a", func(tk *api.Task) { tk.DesiredState = api.TaskState_TASK_STATE_SHUTDOWN })
+			},
+			want: []change{{upd, "a"}},
+			check: func(t *testing.T, got map[string]*api.Task) {
+				if got["a"].GetDesiredState() != api.TaskState_TASK_STATE_SHUTDOWN {
+					t.Errorf("sent task a with desired %v, want SHUTDOWN", got["a"].GetDesiredState())
+				}
+			},
+		},
+		{
+			name: "another node's task is not sent",
+			do: func(t *testing.T) {
+				mutate(t, r, "c", func(tk *api.Task) { tk.Status.State = running })
+				mutate(t, r, "b", func(tk *api.Task) { tk.Status.State = api.TaskState_TASK_STATE_COMPLETE })
+			},
+			want: []change{{upd, "b"}}, except: "c",
+		},
+		{
+			name: "task deleted",
+			do:   func(t *testing.T) { propose(t, r, store.Remove(storedTask(r, "a"))) },
+			want: []change{{rem, "a"}},
+		},
+		{
+			name: "task moved to another node",
+			do:   func(t *testing.T) { mutate(t, r, "p", func(tk *api.Task) { tk.NodeId = "n2" }) },
+			want: []change{{rem, "p"}},
+		},
+		{
+			name: "not-yet-assigned task reaches ASSIGNED",
+			do:   func(t *testing.T) { mutate(t, r, "early", func(tk *api.Task) { tk.Status.State = assigned }) },
+			want: []change{{upd, "early"}},
+		},
+	}
+	for _, step := range steps {
+		t.Run(step.name, func(t *testing.T) {
+			step.do(t)
+			var got []change
+			tasks := map[string]*api.Task{}
+			// The changes may come in one message or several; each must
+			// follow the one before.
+			for len(got) < len(step.want) {
+				msg, err := stream.Recv()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if msg.GetType() != api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL {
+					t.Fatalf("got %v, want INCREMENTAL", msg.GetType())
+				}
+				if msg.GetAppliesTo() != seq || msg.GetResultsIn() != seq+1 {
+					t.Fatalf("delta applies_to %d results_in %d; the worker holds %d", msg.GetAppliesTo(), msg.GetResultsIn(), seq)
+				}
+				seq = msg.GetResultsIn()
+				for _, c := range changesOf(msg) {
+					if c.id == step.except {
+						t.Errorf("task %s of another node was sent: %v", c.id, msg)
+					}
+					got = append(got, c)
+				}
+				for _, c := range msg.GetChanges() {
+					tasks[c.GetTask().GetId()] = c.GetTask()
+				}
+			}
+			if !slices.Equal(got, step.want) {
+				t.Fatalf("changes = %v, want %v", got, step.want)
+			}
+			if step.check != nil {
+				step.check(t, tasks)
+			}
+		})
+	}
+
+	// A new stream starts over with the current full set.
+	again, err := c.Assignments(ctx, &api.AssignmentsRequest{SessionId: sid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := again.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := changesOf(msg), []change{{upd, "b"}, {upd, "early"}}; msg.GetType() != api.AssignmentType_ASSIGNMENT_TYPE_FULL || !slices.Equal(got, want) {
+		t.Errorf("second stream's first message: %v %v, want FULL %v", msg.GetType(), got, want)
+	}
+}
+
+// TestUpdateTaskStatus sends status batches in order; each step sees the
+// store the steps before it left.
+func TestUpdateTaskStatus(t *testing.T) {
+	const (
+		assigned = api.TaskState_TASK_STATE_ASSIGNED
+		starting = api.TaskState_TASK_STATE_STARTING
+		running  = api.TaskState_TASK_STATE_RUNNING
+		failed   = api.TaskState_TASK_STATE_FAILED
+	)
+	r := newRaft(t)
+	propose(t, r, store.Create(node("n1")), store.Create(node("n2")),
+		store.Create(task("t1", "n1", assigned)),
+		store.Create(task("t2", "n1", assigned)),
+		store.Create(task("t9", "n2", assigned)))
+	c := serve(t, New(r, Config{Logger: quietLogger()}))
+	sid, _ := openSession(t, c, "n1", nil)
+
+	st := func(id string, s api.TaskState) *api.TaskStatusUpdate {
+		return &api.TaskStatusUpdate{TaskId: id, Status: &api.TaskStatus{State: s, Message: api.StateName(s)}}
+	}
+	steps := []struct {
+		name     string
+		updates  []*api.TaskStatusUpdate
+		wantCode codes.Code
+		want     map[string]api.TaskState
+	}{
+		{"forward", []*api.TaskStatusUpdate{st("t1", running)}, codes.OK,
+			map[string]api.TaskState{"t1": running, "t2": assigned}},
+		{"backwards is ignored", []*api.TaskStatusUpdate{st("t1", api.TaskState_TASK_STATE_ACCEPTED)}, codes.OK,
+			map[string]api.TaskState{"t1": running}},
+		{"manager-only state is ignored", []*api.TaskStatusUpdate{st("t2", api.TaskState_TASK_STATE_PENDING)}, codes.OK,
+			map[string]api.TaskState{"t2": assigned}},
+		{"another node's task refuses the whole batch", []*api.TaskStatusUpdate{st("t2", running), st("t9", running)}, codes.PermissionDenied,
+			map[string]api.TaskState{"t2": assigned, "t9": assigned}},
+		{"unknown task is skipped", []*api.TaskStatusUpdate{st("gone", running), st("t2", starting)}, codes.OK,
+			map[string]api.TaskState{"t2": starting}},
+		{"several reports of one task keep the furthest", []*api.TaskStatusUpdate{st("t2", running), st("t2", starting)}, codes.OK,
+			map[string]api.TaskState{"t2": running}},
+		{"failure with its exit code", []*api.TaskStatusUpdate{{TaskId: "t1", Status: &api.TaskStatus{
+			State: failed, Err: "task: non-zero exit (3)", Container: &api.ContainerStatus{ExitCode: 3}}}}, codes.OK,
+			map[string]api.TaskState{"t1": failed}},
+	}
+	for _, step := range steps {
+		t.Run(step.name, func(t *testing.T) {
+			_, err := c.UpdateTaskStatus(context.Background(), &api.UpdateTaskStatusRequest{SessionId: sid, Updates: step.updates})
+			if status.Code(err) != step.wantCode {
+				t.Fatalf("err = %v, want %v", err, step.wantCode)
+			}
+			for id, want := range step.want {
+				if got := storedTask(r, id).GetStatus().GetState(); got != want {
+					t.Errorf("task %s is %v, want %v", id, got, want)
+				}
+			}
+		})
+	}
+	t1 := storedTask(r, "t1")
+	if t1.GetStatus().GetContainer().GetExitCode() != 3 || !strings.Contains(t1.GetStatus().GetErr(), "(3)") {
+		t.Errorf("failed task's status = %v, want exit code 3 and the error", t1.GetStatus())
+	}
+}
+

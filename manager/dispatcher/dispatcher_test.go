@@ -559,4 +559,3 @@ func TestUpdateTaskStatus(t *testing.T) {
 		t.Errorf("failed task's status = %v, want exit code 3 and the error", t1.GetStatus())
 	}
 }
-

@@ -27,6 +27,8 @@ func action(kind api.StoreActionKind, o any) *api.StoreAction {
 		a.Target = &api.StoreAction_Task{Task: v}
 	case *api.Cluster:
 		a.Target = &api.StoreAction_Cluster{Cluster: v}
+	case *api.Image:
+		a.Target = &api.StoreAction_Image{Image: v}
 	default:
 		panic(fmt.Sprintf("store: no table for %T", o))
 	}

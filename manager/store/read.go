@@ -70,6 +70,12 @@ func (tx ReadTx) ServiceByName(name string) *api.Service {
 	return first[*api.Service](tx, tableService, indexName, name)
 }
 
+// Images returns every loaded image, ordered by id.
+func (tx ReadTx) Images() []*api.Image { return all[*api.Image](tx, tableImage, indexID) }
+
+// Image returns the image with this digest, or nil.
+func (tx ReadTx) Image(id string) *api.Image { return first[*api.Image](tx, tableImage, indexID, id) }
+
 // Tasks returns every task, ordered by id.
 func (tx ReadTx) Tasks() []*api.Task { return all[*api.Task](tx, tableTask, indexID) }
 

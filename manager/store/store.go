@@ -17,6 +17,7 @@ const (
 	tableNode    = "nodes"
 	tableService = "services"
 	tableTask    = "tasks"
+	tableImage   = "images"
 
 	indexID      = "id"
 	indexName    = "name"
@@ -41,6 +42,7 @@ func schema() *memdb.DBSchema {
 	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 		tableCluster: {Name: tableCluster, Indexes: map[string]*memdb.IndexSchema{indexID: id}},
 		tableNode:    {Name: tableNode, Indexes: map[string]*memdb.IndexSchema{indexID: id}},
+		tableImage:   {Name: tableImage, Indexes: map[string]*memdb.IndexSchema{indexID: id}},
 		tableService: {Name: tableService, Indexes: map[string]*memdb.IndexSchema{
 			indexID:   id,
 			indexName: {Name: indexName, Unique: true, Indexer: serviceNameIndex{}},
@@ -235,6 +237,11 @@ func ensureMeta(o object) *api.Meta {
 			v.Meta = &api.Meta{}
 		}
 		return v.Meta
+	case *api.Image:
+		if v.Meta == nil {
+			v.Meta = &api.Meta{}
+		}
+		return v.Meta
 	}
 	panic(fmt.Sprintf("store: unknown object type %T", o))
 }
@@ -257,6 +264,10 @@ func target(a *api.StoreAction) (table string, obj object, id string) {
 		if t.Cluster != nil {
 			return tableCluster, t.Cluster, t.Cluster.GetId()
 		}
+	case *api.StoreAction_Image:
+		if t.Image != nil {
+			return tableImage, t.Image, t.Image.GetId()
+		}
 	}
 	return "", nil, ""
 }
@@ -274,6 +285,7 @@ func (s *Store) Snapshot() *api.StoreSnapshot {
 		snap.Nodes = tx.Nodes()
 		snap.Services = tx.Services()
 		snap.Tasks = tx.Tasks()
+		snap.Images = tx.Images()
 	})
 	return snap
 }
@@ -312,6 +324,12 @@ func (s *Store) Restore(idx uint64, snap *api.StoreSnapshot) error {
 	}
 	for _, o := range snap.GetTasks() {
 		if err := insert(tableTask, o); err != nil {
+			txn.Abort()
+			return err
+		}
+	}
+	for _, o := range snap.GetImages() {
+		if err := insert(tableImage, o); err != nil {
 			txn.Abort()
 			return err
 		}

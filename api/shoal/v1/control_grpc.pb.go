@@ -22,6 +22,11 @@ const (
 	Control_GetCluster_FullMethodName    = "/shoal.v1.Control/GetCluster"
 	Control_ListNodes_FullMethodName     = "/shoal.v1.Control/ListNodes"
 	Control_GetNode_FullMethodName       = "/shoal.v1.Control/GetNode"
+	Control_UpdateNode_FullMethodName    = "/shoal.v1.Control/UpdateNode"
+	Control_RemoveNode_FullMethodName    = "/shoal.v1.Control/RemoveNode"
+	Control_GetJoinToken_FullMethodName  = "/shoal.v1.Control/GetJoinToken"
+	Control_LoadImage_FullMethodName     = "/shoal.v1.Control/LoadImage"
+	Control_ListImages_FullMethodName    = "/shoal.v1.Control/ListImages"
 	Control_CreateService_FullMethodName = "/shoal.v1.Control/CreateService"
 	Control_GetService_FullMethodName    = "/shoal.v1.Control/GetService"
 	Control_ListServices_FullMethodName  = "/shoal.v1.Control/ListServices"
@@ -47,6 +52,20 @@ type ControlClient interface {
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 	// GetNode returns one node by id, unique id prefix or hostname.
 	GetNode(ctx context.Context, in *GetNodeRequest, opts ...grpc.CallOption) (*GetNodeResponse, error)
+	// UpdateNode replaces a node's spec: availability, labels, desired role
+	// (promote/demote). A demotion that would leave the managers without a
+	// quorum is refused with FailedPrecondition.
+	UpdateNode(ctx context.Context, in *UpdateNodeRequest, opts ...grpc.CallOption) (*UpdateNodeResponse, error)
+	// RemoveNode removes a node; its certificate is refused from then on. A
+	// node that is not down needs force; a manager must be demoted first.
+	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
+	// GetJoinToken returns the token for a role, optionally rotating it.
+	GetJoinToken(ctx context.Context, in *GetJoinTokenRequest, opts ...grpc.CallOption) (*GetJoinTokenResponse, error)
+	// LoadImage takes an image tarball (OCI or Docker archive) in chunks;
+	// the managers keep it and every ready node imports it.
+	LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[LoadImageRequest, LoadImageResponse], error)
+	// ListImages returns the loaded images.
+	ListImages(ctx context.Context, in *ListImagesRequest, opts ...grpc.CallOption) (*ListImagesResponse, error)
 	// CreateService validates the spec, fills in defaults and stores the
 	// service; its tasks are created asynchronously.
 	CreateService(ctx context.Context, in *CreateServiceRequest, opts ...grpc.CallOption) (*CreateServiceResponse, error)
@@ -97,6 +116,59 @@ func (c *controlClient) GetNode(ctx context.Context, in *GetNodeRequest, opts ..
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetNodeResponse)
 	err := c.cc.Invoke(ctx, Control_GetNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) UpdateNode(ctx context.Context, in *UpdateNodeRequest, opts ...grpc.CallOption) (*UpdateNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateNodeResponse)
+	err := c.cc.Invoke(ctx, Control_UpdateNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveNodeResponse)
+	err := c.cc.Invoke(ctx, Control_RemoveNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) GetJoinToken(ctx context.Context, in *GetJoinTokenRequest, opts ...grpc.CallOption) (*GetJoinTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetJoinTokenResponse)
+	err := c.cc.Invoke(ctx, Control_GetJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[LoadImageRequest, LoadImageResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[0], Control_LoadImage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[LoadImageRequest, LoadImageResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_LoadImageClient = grpc.ClientStreamingClient[LoadImageRequest, LoadImageResponse]
+
+func (c *controlClient) ListImages(ctx context.Context, in *ListImagesRequest, opts ...grpc.CallOption) (*ListImagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListImagesResponse)
+	err := c.cc.Invoke(ctx, Control_ListImages_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +237,7 @@ func (c *controlClient) ListTasks(ctx context.Context, in *ListTasksRequest, opt
 
 func (c *controlClient) WatchTasks(ctx context.Context, in *WatchTasksRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTasksResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[0], Control_WatchTasks_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &Control_ServiceDesc.Streams[1], Control_WatchTasks_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -198,6 +270,20 @@ type ControlServer interface {
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	// GetNode returns one node by id, unique id prefix or hostname.
 	GetNode(context.Context, *GetNodeRequest) (*GetNodeResponse, error)
+	// UpdateNode replaces a node's spec: availability, labels, desired role
+	// (promote/demote). A demotion that would leave the managers without a
+	// quorum is refused with FailedPrecondition.
+	UpdateNode(context.Context, *UpdateNodeRequest) (*UpdateNodeResponse, error)
+	// RemoveNode removes a node; its certificate is refused from then on. A
+	// node that is not down needs force; a manager must be demoted first.
+	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
+	// GetJoinToken returns the token for a role, optionally rotating it.
+	GetJoinToken(context.Context, *GetJoinTokenRequest) (*GetJoinTokenResponse, error)
+	// LoadImage takes an image tarball (OCI or Docker archive) in chunks;
+	// the managers keep it and every ready node imports it.
+	LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error
+	// ListImages returns the loaded images.
+	ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error)
 	// CreateService validates the spec, fills in defaults and stores the
 	// service; its tasks are created asynchronously.
 	CreateService(context.Context, *CreateServiceRequest) (*CreateServiceResponse, error)
@@ -232,6 +318,21 @@ func (UnimplementedControlServer) ListNodes(context.Context, *ListNodesRequest) 
 }
 func (UnimplementedControlServer) GetNode(context.Context, *GetNodeRequest) (*GetNodeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetNode not implemented")
+}
+func (UnimplementedControlServer) UpdateNode(context.Context, *UpdateNodeRequest) (*UpdateNodeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateNode not implemented")
+}
+func (UnimplementedControlServer) RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RemoveNode not implemented")
+}
+func (UnimplementedControlServer) GetJoinToken(context.Context, *GetJoinTokenRequest) (*GetJoinTokenResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetJoinToken not implemented")
+}
+func (UnimplementedControlServer) LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method LoadImage not implemented")
+}
+func (UnimplementedControlServer) ListImages(context.Context, *ListImagesRequest) (*ListImagesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListImages not implemented")
 }
 func (UnimplementedControlServer) CreateService(context.Context, *CreateServiceRequest) (*CreateServiceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CreateService not implemented")
@@ -325,6 +426,85 @@ func _Control_GetNode_Handler(srv interface{}, ctx context.Context, dec func(int
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ControlServer).GetNode(ctx, req.(*GetNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_UpdateNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).UpdateNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_UpdateNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).UpdateNode(ctx, req.(*UpdateNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_RemoveNode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveNodeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RemoveNode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RemoveNode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RemoveNode(ctx, req.(*RemoveNodeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_GetJoinToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetJoinTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).GetJoinToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_GetJoinToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).GetJoinToken(ctx, req.(*GetJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_LoadImage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ControlServer).LoadImage(&grpc.GenericServerStream[LoadImageRequest, LoadImageResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Control_LoadImageServer = grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]
+
+func _Control_ListImages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListImagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).ListImages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_ListImages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).ListImages(ctx, req.(*ListImagesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -468,6 +648,22 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Control_GetNode_Handler,
 		},
 		{
+			MethodName: "UpdateNode",
+			Handler:    _Control_UpdateNode_Handler,
+		},
+		{
+			MethodName: "RemoveNode",
+			Handler:    _Control_RemoveNode_Handler,
+		},
+		{
+			MethodName: "GetJoinToken",
+			Handler:    _Control_GetJoinToken_Handler,
+		},
+		{
+			MethodName: "ListImages",
+			Handler:    _Control_ListImages_Handler,
+		},
+		{
 			MethodName: "CreateService",
 			Handler:    _Control_CreateService_Handler,
 		},
@@ -493,6 +689,11 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "LoadImage",
+			Handler:       _Control_LoadImage_Handler,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "WatchTasks",
 			Handler:       _Control_WatchTasks_Handler,

@@ -23,6 +23,8 @@ const (
 	Dispatcher_Heartbeat_FullMethodName        = "/shoal.v1.Dispatcher/Heartbeat"
 	Dispatcher_Assignments_FullMethodName      = "/shoal.v1.Dispatcher/Assignments"
 	Dispatcher_UpdateTaskStatus_FullMethodName = "/shoal.v1.Dispatcher/UpdateTaskStatus"
+	Dispatcher_Images_FullMethodName           = "/shoal.v1.Dispatcher/Images"
+	Dispatcher_FetchImage_FullMethodName       = "/shoal.v1.Dispatcher/FetchImage"
 )
 
 // DispatcherClient is the client API for Dispatcher service.
@@ -52,6 +54,12 @@ type DispatcherClient interface {
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	Assignments(ctx context.Context, in *AssignmentsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[AssignmentsMessage], error)
 	UpdateTaskStatus(ctx context.Context, in *UpdateTaskStatusRequest, opts ...grpc.CallOption) (*UpdateTaskStatusResponse, error)
+	// Images streams the images every node must have: the full list, then
+	// the list again after every change. The worker imports what it lacks
+	// with FetchImage.
+	Images(ctx context.Context, in *ImagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImagesMessage], error)
+	// FetchImage streams an image tarball from a manager that holds it.
+	FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchImageChunk], error)
 }
 
 type dispatcherClient struct {
@@ -120,6 +128,44 @@ func (c *dispatcherClient) UpdateTaskStatus(ctx context.Context, in *UpdateTaskS
 	return out, nil
 }
 
+func (c *dispatcherClient) Images(ctx context.Context, in *ImagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImagesMessage], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Dispatcher_ServiceDesc.Streams[2], Dispatcher_Images_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ImagesRequest, ImagesMessage]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Dispatcher_ImagesClient = grpc.ServerStreamingClient[ImagesMessage]
+
+func (c *dispatcherClient) FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchImageChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Dispatcher_ServiceDesc.Streams[3], Dispatcher_FetchImage_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FetchImageRequest, FetchImageChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Dispatcher_FetchImageClient = grpc.ServerStreamingClient[FetchImageChunk]
+
 // DispatcherServer is the server API for Dispatcher service.
 // All implementations must embed UnimplementedDispatcherServer
 // for forward compatibility.
@@ -147,6 +193,12 @@ type DispatcherServer interface {
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	Assignments(*AssignmentsRequest, grpc.ServerStreamingServer[AssignmentsMessage]) error
 	UpdateTaskStatus(context.Context, *UpdateTaskStatusRequest) (*UpdateTaskStatusResponse, error)
+	// Images streams the images every node must have: the full list, then
+	// the list again after every change. The worker imports what it lacks
+	// with FetchImage.
+	Images(*ImagesRequest, grpc.ServerStreamingServer[ImagesMessage]) error
+	// FetchImage streams an image tarball from a manager that holds it.
+	FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[FetchImageChunk]) error
 	mustEmbedUnimplementedDispatcherServer()
 }
 
@@ -168,6 +220,12 @@ func (UnimplementedDispatcherServer) Assignments(*AssignmentsRequest, grpc.Serve
 }
 func (UnimplementedDispatcherServer) UpdateTaskStatus(context.Context, *UpdateTaskStatusRequest) (*UpdateTaskStatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpdateTaskStatus not implemented")
+}
+func (UnimplementedDispatcherServer) Images(*ImagesRequest, grpc.ServerStreamingServer[ImagesMessage]) error {
+	return status.Errorf(codes.Unimplemented, "method Images not implemented")
+}
+func (UnimplementedDispatcherServer) FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[FetchImageChunk]) error {
+	return status.Errorf(codes.Unimplemented, "method FetchImage not implemented")
 }
 func (UnimplementedDispatcherServer) mustEmbedUnimplementedDispatcherServer() {}
 func (UnimplementedDispatcherServer) testEmbeddedByValue()                    {}
@@ -248,6 +306,28 @@ func _Dispatcher_UpdateTaskStatus_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Dispatcher_Images_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ImagesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DispatcherServer).Images(m, &grpc.GenericServerStream[ImagesRequest, ImagesMessage]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Dispatcher_ImagesServer = grpc.ServerStreamingServer[ImagesMessage]
+
+func _Dispatcher_FetchImage_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(FetchImageRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(DispatcherServer).FetchImage(m, &grpc.GenericServerStream[FetchImageRequest, FetchImageChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Dispatcher_FetchImageServer = grpc.ServerStreamingServer[FetchImageChunk]
+
 // Dispatcher_ServiceDesc is the grpc.ServiceDesc for Dispatcher service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -273,6 +353,16 @@ var Dispatcher_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Assignments",
 			Handler:       _Dispatcher_Assignments_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "Images",
+			Handler:       _Dispatcher_Images_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "FetchImage",
+			Handler:       _Dispatcher_FetchImage_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -97,7 +97,7 @@ func (s *Server) GetNode(ctx context.Context, req *api.GetNodeRequest) (*api.Get
 	)
 	s.view(func(tx store.ReadTx) { n, err = tx.LookupNode(req.GetNode()) })
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, lookupStatus(err)
 	}
 	return &api.GetNodeResponse{Node: n}, nil
 }
@@ -151,7 +151,17 @@ func (s *Server) lookupService(ref string) (*api.Service, error) {
 		err error
 	)
 	s.view(func(tx store.ReadTx) { svc, err = tx.LookupService(ref) })
-	return svc, toStatus(err)
+	return svc, lookupStatus(err)
+}
+
+// lookupStatus maps a failed lookup of a name, id or id prefix the user
+// gave: unknown is NotFound; anything else (empty, ambiguous prefix) is a
+// request the user must fix, not an internal error.
+func lookupStatus(err error) error {
+	if err == nil || errors.Is(err, store.ErrNotFound) {
+		return toStatus(err)
+	}
+	return status.Error(codes.InvalidArgument, err.Error())
 }
 
 func counts(svc *api.Service, tasks []*api.Task) *api.ServiceCounts {
@@ -268,7 +278,7 @@ func (s *Server) ListTasks(ctx context.Context, req *api.ListTasksRequest) (*api
 		}
 	})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, lookupStatus(err)
 	}
 	sortTasks(tasks)
 	return &api.ListTasksResponse{Tasks: tasks}, nil

@@ -204,4 +204,3 @@ func BenchmarkSingleNode(b *testing.B) {
 func raw1(b *testing.B, n *tc.Node) float64 {
 	return rawContainerd(b, n.Namespace, 1).Seconds()
 }
-

@@ -44,8 +44,8 @@ type Agent struct {
 	mu        sync.Mutex
 	sessionID string
 	tasks     map[string]*runner // by task id
-	pending map[string]*api.TaskStatus
-	kick    chan struct{} // wakes the reporter
+	pending   map[string]*api.TaskStatus
+	kick      chan struct{} // wakes the reporter
 
 	// firstSync is closed after the first full assignment set was applied.
 	firstSync     chan struct{}

@@ -28,10 +28,10 @@ type runner struct {
 	logger *slog.Logger
 
 	mu      sync.Mutex
-	task    *api.Task      // latest copy from the dispatcher
+	task    *api.Task       // latest copy from the dispatcher
 	status  *api.TaskStatus // the last state this runner reached
-	removed bool           // dropped from assignments: remove the container
-	changed chan struct{}  // signalled on update/remove
+	removed bool            // dropped from assignments: remove the container
+	changed chan struct{}   // signalled on update/remove
 
 	ctx    context.Context // cancelled on detach (agent stopping)
 	cancel context.CancelFunc

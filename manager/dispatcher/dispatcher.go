@@ -62,6 +62,9 @@ type Dispatcher struct {
 	mu       sync.Mutex
 	sessions map[string]*session // by session id
 	byNode   map[string]*session
+	// closedAt is when a node's last session closed without expiring;
+	// the node's grace runs from then.
+	closedAt map[string]time.Time
 }
 
 // New returns a dispatcher; Run must be running for node-down detection.
@@ -77,7 +80,7 @@ func New(r Raft, cfg Config) *Dispatcher {
 	}
 	return &Dispatcher{
 		raft: r, cfg: cfg, logger: cfg.Logger,
-		sessions: map[string]*session{}, byNode: map[string]*session{},
+		sessions: map[string]*session{}, byNode: map[string]*session{}, closedAt: map[string]time.Time{},
 	}
 }
 
@@ -93,8 +96,9 @@ func (d *Dispatcher) period() time.Duration {
 }
 
 // Run marks nodes down when their heartbeats stop, until ctx ends. Nodes
-// that were READY in the store but never opened a session with this leader
-// are given one grace period to do so.
+// that are READY in the store without a session (they never opened one
+// with this leader, or theirs closed) are given one grace period, from
+// the start or from the close, to open a new one.
 func (d *Dispatcher) Run(ctx context.Context) {
 	start := time.Now()
 	tick := time.NewTicker(d.cfg.HeartbeatPeriod / 4)
@@ -124,7 +128,7 @@ func (d *Dispatcher) Run(ctx context.Context) {
 			var orphans []string
 			d.raft.Store().View(func(tx store.ReadTx) {
 				for _, n := range tx.Nodes() {
-					if n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY && !d.hasSession(n.GetId()) {
+					if n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY && d.withoutSession(n.GetId(), start, now) > d.grace() {
 						orphans = append(orphans, n.GetId())
 					}
 				}
@@ -141,10 +145,19 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	}
 }
 
-func (d *Dispatcher) hasSession(nodeID string) bool {
+// withoutSession is how long a node has had no session: since its last
+// one closed, or since start if it had none since. Zero if it has one.
+func (d *Dispatcher) withoutSession(nodeID string, start, now time.Time) time.Duration {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.byNode[nodeID] != nil
+	if d.byNode[nodeID] != nil {
+		return 0
+	}
+	since := start
+	if at, ok := d.closedAt[nodeID]; ok && at.After(since) {
+		since = at
+	}
+	return now.Sub(since)
 }
 
 func (d *Dispatcher) endLocked(s *session) {
@@ -225,6 +238,7 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 	}
 	d.sessions[s.id] = s
 	d.byNode[s.nodeID] = s
+	delete(d.closedAt, s.nodeID)
 	d.mu.Unlock()
 
 	addr := ""
@@ -246,6 +260,9 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 		d.mu.Lock()
 		current := d.sessions[s.id] == s
 		d.endLocked(s)
+		if current {
+			d.closedAt[s.nodeID] = time.Now()
+		}
 		d.mu.Unlock()
 		if current {
 			// The worker went away cleanly or its connection broke; it is

@@ -559,3 +559,53 @@ func TestUpdateTaskStatus(t *testing.T) {
 		t.Errorf("failed task's status = %v, want exit code 3 and the error", t1.GetStatus())
 	}
 }
+
+// TestClosedSessionKeepsNodeForGrace closes a node's session without the
+// node missing a heartbeat (a worker restarting, a connection breaking).
+// The node is not known to be dead: it must be marked DOWN only once a
+// whole grace period passed without a new session, not at the next check.
+func TestClosedSessionKeepsNodeForGrace(t *testing.T) {
+	r := newRaft(t)
+	marker := node("marker")
+	marker.Status.State = api.NodeState_NODE_STATE_READY
+	propose(t, r, store.Create(node("flaky")), store.Create(marker))
+	const (
+		period = 50 * time.Millisecond
+		mult   = 20
+		grace  = period * mult
+	)
+	d := New(r, Config{HeartbeatPeriod: period, GraceMultiplier: mult, Logger: quietLogger()})
+	c := serve(t, d)
+	runDispatcher(t, d)
+	// marker never opens a session: once it is DOWN, the dispatcher has
+	// run for longer than a grace period, so its start-up allowance no
+	// longer covers flaky.
+	eventually(t, "marker node DOWN", func() (bool, string) {
+		n := storedNode(r, "marker")
+		return n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN, n.GetStatus().String()
+	})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s, err := c.Session(ctx, &api.SessionRequest{NodeId: "flaky"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if st := storedNode(r, "flaky").GetStatus().GetState(); st != api.NodeState_NODE_STATE_READY {
+		t.Fatalf("flaky is %v after its session opened", st)
+	}
+	closedAt := time.Now()
+	cancel()
+
+	eventually(t, "flaky node DOWN", func() (bool, string) {
+		n := storedNode(r, "flaky")
+		return n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN, n.GetStatus().String()
+	})
+	n := storedNode(r, "flaky")
+	if downAt := n.GetMeta().GetUpdatedAt().AsTime(); downAt.Sub(closedAt) < grace {
+		t.Errorf("node marked DOWN %v after its session closed; want at least the grace period %v", downAt.Sub(closedAt), grace)
+	}
+}

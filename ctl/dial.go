@@ -2,49 +2,79 @@ package ctl
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 )
 
-// target says where shoald's Control API is. Only the local unix socket
-// exists today. Remote managers (--host ADDR, mutual TLS over TCP with a
-// client certificate) become a second kind of target here: cli.target
-// picks it from the flags and dialTarget chooses the transport credentials
-// for it; no command changes.
+// target says where shoald's Control API is: the local unix socket, or a
+// manager over TCP (host) with mutual TLS using the admin credentials in
+// tlsDir. cli.target picks it from the flags; no command cares which.
 type target struct {
 	socket string
+	host   string
+	tlsDir string
 }
 
-func (t target) String() string { return t.socket }
+func (t target) String() string {
+	if t.host != "" {
+		return t.host
+	}
+	return t.socket
+}
 
-// dialTarget makes a client for t. grpc.NewClient does not connect, so the
-// socket is checked first: a missing socket is by far the most common
-// failure and deserves a precise message rather than a transport error on
-// the first RPC.
+// dialTarget makes a client for t. grpc.NewClient does not connect, so
+// what can be checked before the first RPC is checked here, with precise
+// messages: that the socket exists, or that the admin credentials can be
+// read.
 func dialTarget(_ context.Context, t target) (api.ControlClient, io.Closer, error) {
-	path, err := filepath.Abs(t.socket)
-	if err != nil {
-		return nil, nil, fmt.Errorf("socket path %q: %w", t.socket, err)
+	var (
+		addr  string
+		creds credentials.TransportCredentials
+	)
+	if t.host != "" {
+		hostPort, err := hostAddr(t.host)
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg, err := adminTLSConfig(t.tlsDir, time.Now())
+		if err != nil {
+			return nil, nil, err
+		}
+		t.host = hostPort
+		addr = "dns:///" + hostPort
+		creds = credentials.NewTLS(cfg)
+	} else {
+		path, err := filepath.Abs(t.socket)
+		if err != nil {
+			return nil, nil, fmt.Errorf("socket path %q: %w", t.socket, err)
+		}
+		if _, err := os.Stat(path); err != nil {
+			return nil, nil, unreachable(t, err)
+		}
+		addr = "unix://" + path
+		// Plain gRPC over the unix socket: the socket is 0600 and owned
+		// by root, so the kernel has already authenticated the caller.
+		creds = insecure.NewCredentials()
 	}
-	if _, err := os.Stat(path); err != nil {
-		return nil, nil, unreachable(t, err)
-	}
-	// Plain gRPC over the unix socket: the socket is 0600 and owned by
-	// root, so the kernel has already authenticated the caller.
-	conn, err := grpc.NewClient("unix://"+path,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(creds),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 			return reachError(t, invoker(ctx, method, req, reply, cc, opts...))
 		}),
@@ -62,8 +92,102 @@ func dialTarget(_ context.Context, t target) (api.ControlClient, io.Closer, erro
 	return api.NewControlClient(conn), conn, nil
 }
 
-// errNotRunning is the answer when nothing listens at the socket.
+const (
+	// defaultPort is shoald's default --listen-addr port, which serves the
+	// Control API, the dispatcher and raft alike.
+	defaultPort = "4242"
+	// managerServerName is the name every manager certificate carries
+	// whatever the address it is reached at: managers move and are reached
+	// through NAT and lab namespaces, so the CA vouches for the role, not
+	// for an address.
+	managerServerName = "shoal-manager"
+)
+
+// hostAddr is --host as HOST:PORT, the port defaulting to shoald's.
+func hostAddr(host string) (string, error) {
+	h := strings.TrimPrefix(host, "tcp://")
+	if strings.Contains(h, "://") || strings.ContainsAny(h, "/ ") || h == "" {
+		return "", fmt.Errorf("invalid --host %q: want HOST[:PORT], for example 192.0.2.10:%s", host, defaultPort)
+	}
+	if _, port, err := net.SplitHostPort(h); err == nil {
+		if port == "" {
+			return "", fmt.Errorf("invalid --host %q: empty port", host)
+		}
+		return h, nil
+	}
+	// A bare IPv6 address ("::1") has colons but no port.
+	return net.JoinHostPort(strings.Trim(h, "[]"), defaultPort), nil
+}
+
+// adminFiles are the admin credentials `shoald init` writes.
+var adminFiles = struct{ ca, cert, key string }{"ca.pem", "cert.pem", "key.pem"}
+
+// adminTLSConfig reads the admin credentials in dir: the cluster's CA, to
+// know the managers, and the admin certificate, to be known by them.
+func adminTLSConfig(dir string, now time.Time) (*tls.Config, error) {
+	read := func(name, what string) ([]byte, error) {
+		path := filepath.Join(dir, name)
+		b, err := os.ReadFile(path)
+		if err != nil {
+			// The path is in the message already.
+			var pe *fs.PathError
+			if errors.As(err, &pe) {
+				err = pe.Err
+			}
+			return nil, credentialsError(path, what, err)
+		}
+		return b, nil
+	}
+	caPEM, err := read(adminFiles.ca, "the cluster's CA certificate")
+	if err != nil {
+		return nil, err
+	}
+	certPEM, err := read(adminFiles.cert, "the admin certificate")
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := read(adminFiles.key, "the admin key")
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, credentialsError(filepath.Join(dir, adminFiles.ca), "the cluster's CA certificate", errors.New("no PEM certificate in it"))
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, credentialsError(filepath.Join(dir, adminFiles.cert), "the admin certificate and key",
+			fmt.Errorf("with %s: %w", adminFiles.key, err))
+	}
+	// An expired certificate would only show up as a handshake the
+	// managers refuse; say it plainly instead.
+	if leaf := pair.Leaf; leaf != nil && now.After(leaf.NotAfter) {
+		return nil, credentialsError(filepath.Join(dir, adminFiles.cert), "the admin certificate",
+			fmt.Errorf("expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339)))
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{pair},
+		RootCAs:      pool,
+		ServerName:   managerServerName,
+	}, nil
+}
+
+// credentialsError says which admin credential file is the problem and
+// how to get a good one.
+func credentialsError(path, what string, err error) error {
+	hint := "run shoalctl on a manager, or copy " + defaultTLSDir + " from one (and point --tls-dir or $" + tlsDirEnv + " at the copy)"
+	if errors.Is(err, fs.ErrPermission) {
+		hint = "run shoalctl as a user who may read it, or " + hint
+	}
+	return fmt.Errorf("--host needs %s in %s: %w; %s", what, path, err, hint)
+}
+
+// errNotRunning is the answer when nothing listens at the target.
 func errNotRunning(t target) error {
+	if t.host != "" {
+		return fmt.Errorf("cannot reach shoald at %s: connection refused: is shoald running there, and is that its --listen-addr port?", t)
+	}
 	return fmt.Errorf("cannot reach shoald at %s: is it running? (start it with `shoald init` or `shoald run`)", t)
 }
 
@@ -87,18 +211,60 @@ func reachError(t target, err error) error {
 		return err
 	}
 	msg := st.Message()
+	if t.host != "" {
+		if e := tlsError(t, msg); e != nil {
+			return e
+		}
+	}
 	switch {
 	// A stale socket file with nobody listening, or one removed between
 	// the check and the dial.
-	case strings.Contains(msg, "connection refused"), strings.Contains(msg, "no such file"):
+	case strings.Contains(msg, "connection refused"), t.host == "" && strings.Contains(msg, "no such file"):
 		return errNotRunning(t)
-	case strings.Contains(msg, "permission denied"):
+	case t.host == "" && strings.Contains(msg, "permission denied"):
 		return unreachable(t, fs.ErrPermission)
 	case strings.HasPrefix(msg, "connection error"), strings.Contains(msg, "error reading from server"),
 		strings.Contains(msg, "transport is closing"), strings.Contains(msg, "connection closed"):
 		return fmt.Errorf("cannot reach shoald at %s: %s", t, msg)
 	}
 	return err
+}
+
+// tlsError explains a failed mutual TLS handshake, which grpc reports as
+// an Unavailable transport error, by which side refused whom; nil when msg
+// is not about TLS.
+func tlsError(t target, msg string) error {
+	ca := filepath.Join(t.tlsDir, adminFiles.ca)
+	cert := filepath.Join(t.tlsDir, adminFiles.cert)
+	switch {
+	// We refused the manager: its certificate is not from our CA, or is
+	// not a manager's.
+	case strings.Contains(msg, "x509: certificate signed by unknown authority"):
+		return fmt.Errorf("cannot reach shoald at %s: its certificate is not signed by the CA in %s: is %s the admin credentials of this cluster?", t, ca, t.tlsDir)
+	case strings.Contains(msg, "x509: certificate is valid for"), strings.Contains(msg, "x509: certificate has expired"),
+		strings.Contains(msg, "tls: failed to verify certificate"):
+		return fmt.Errorf("cannot reach shoald at %s: its certificate is not a valid %s certificate of the CA in %s: %s", t, managerServerName, ca, tlsDetail(msg))
+	// The manager refused us (TLS alerts as the client sees them).
+	case strings.Contains(msg, "tls: unknown certificate authority"), strings.Contains(msg, "tls: bad certificate"),
+		strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "tls: certificate revoked"),
+		strings.Contains(msg, "tls: expired certificate"), strings.Contains(msg, "tls: unknown certificate"),
+		strings.Contains(msg, "tls: access denied"):
+		return fmt.Errorf("cannot reach shoald at %s: the manager refused the admin certificate in %s (%s): it is not from this cluster's CA, or no longer valid; copy %s from a manager of this cluster", t, cert, tlsDetail(msg), defaultTLSDir)
+	case strings.Contains(msg, "tls:"), strings.Contains(msg, "authentication handshake failed"):
+		return fmt.Errorf("cannot reach shoald at %s over TLS: %s (is it shoald listening there?)", t, tlsDetail(msg))
+	}
+	return nil
+}
+
+// tlsDetail is the innermost part of a grpc transport message: what the
+// TLS stack said, without grpc's "connection error: desc = ..." wrapping.
+func tlsDetail(msg string) string {
+	for _, marker := range []string{"x509: ", "remote error: ", "tls: "} {
+		if i := strings.Index(msg, marker); i >= 0 {
+			return strings.TrimRight(msg[i:], `"`)
+		}
+	}
+	return msg
 }
 
 // reachStream applies reachError to messages of a server stream, where a

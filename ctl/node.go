@@ -22,6 +22,11 @@ func newNodeCommand(c *cli) *cobra.Command {
 	return groupCommand("node", "Manage nodes",
 		newNodeLsCommand(c),
 		newNodeInspectCommand(c),
+		newNodePsCommand(c),
+		newNodeUpdateCommand(c),
+		newNodeRoleCommand(c, "promote", api.NodeRole_NODE_ROLE_MANAGER),
+		newNodeRoleCommand(c, "demote", api.NodeRole_NODE_ROLE_WORKER),
+		newNodeRmCommand(c),
 	)
 }
 

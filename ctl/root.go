@@ -17,6 +17,15 @@ const (
 	defaultSocket = "/run/shoal/shoald.sock"
 	// socketEnv overrides defaultSocket; the --socket flag overrides both.
 	socketEnv = "SHOAL_SOCKET"
+
+	// hostEnv names a remote manager (HOST[:PORT]) like --host; either one
+	// replaces the unix socket with mutual TLS over TCP.
+	hostEnv = "SHOAL_HOST"
+	// defaultTLSDir is where `shoald init` writes the admin credentials
+	// (<data-dir>/admin with the default data dir).
+	defaultTLSDir = "/var/lib/shoal/admin"
+	// tlsDirEnv overrides defaultTLSDir; the --tls-dir flag overrides both.
+	tlsDirEnv = "SHOAL_TLS_DIR"
 )
 
 // env is what the commands take from the world outside the process. The
@@ -44,7 +53,8 @@ func realEnv() env {
 }
 
 // NewRootCommand returns the shoalctl command tree. It talks to the shoald
-// named by --socket (or $SHOAL_SOCKET) once a command needs it.
+// named by --host (or $SHOAL_HOST) over mutual TLS, else to the one at
+// --socket (or $SHOAL_SOCKET), once a command needs it.
 //
 // Errors are returned, not printed: the caller prints ErrorMessage(err).
 func NewRootCommand() *cobra.Command {
@@ -55,6 +65,8 @@ func NewRootCommand() *cobra.Command {
 type cli struct {
 	env    env
 	socket string
+	host   string
+	tlsDir string
 
 	client api.ControlClient
 	closer io.Closer
@@ -67,7 +79,15 @@ func newRootCommand(e env) *cobra.Command {
 		Short: "Control a shoal cluster",
 		Long: `shoalctl controls a shoal cluster through the Control API of a manager's
 shoald. By default it talks to the local daemon over its unix socket, which
-only root may open.`,
+only root may open.
+
+With --host ADDR (or $SHOAL_HOST) it talks to the manager at ADDR over TCP
+with mutual TLS instead, presenting the admin certificate that ` + "`shoald init`" + `
+wrote to <data-dir>/admin (ca.pem, cert.pem, key.pem); --tls-dir says
+where a copy of that directory is. --socket is then ignored.`,
+		Example: `  shoalctl node ls
+  shoalctl --host 192.0.2.10 --tls-dir ~/shoal-admin service ls
+  SHOAL_HOST=192.0.2.10:4242 shoalctl cluster join-token worker`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 		// Version and completion are not wired yet; keep the tree to what works.
@@ -75,23 +95,39 @@ only root may open.`,
 	}
 	root.PersistentFlags().StringVar(&c.socket, "socket", defaultSocket,
 		"path of shoald's unix socket (env "+socketEnv+")")
+	root.PersistentFlags().StringVarP(&c.host, "host", "H", "",
+		"manager to reach over TCP with mutual TLS, HOST[:PORT] (default port "+defaultPort+"; env "+hostEnv+")")
+	root.PersistentFlags().StringVar(&c.tlsDir, "tls-dir", defaultTLSDir,
+		"directory with the admin credentials ca.pem, cert.pem and key.pem for --host (env "+tlsDirEnv+")")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageError{cmd: cmd, err: err}
 	})
 	root.AddCommand(newServiceCommand(c), newNodeCommand(c))
+	root.AddCommand(newClusterCommand(c), newImageCommand(c))
 	return root
 }
 
-// target resolves where shoald is: --socket when given, else $SHOAL_SOCKET,
-// else the default.
+// target resolves where shoald is. A host (--host, else $SHOAL_HOST) wins
+// and takes its credentials from --tls-dir, else $SHOAL_TLS_DIR, else the
+// default; without one it is --socket, else $SHOAL_SOCKET, else the
+// default.
 func (c *cli) target(cmd *cobra.Command) target {
-	socket := c.socket
-	if !cmd.Flags().Changed("socket") {
-		if v := c.env.getenv(socketEnv); v != "" {
-			socket = v
-		}
+	if host := c.setting(cmd, "host", c.host, hostEnv); host != "" {
+		return target{host: host, tlsDir: c.setting(cmd, "tls-dir", c.tlsDir, tlsDirEnv)}
 	}
-	return target{socket: socket}
+	return target{socket: c.setting(cmd, "socket", c.socket, socketEnv)}
+}
+
+// setting is a flag's value when the flag was given, else the environment
+// variable's when set, else the flag's default.
+func (c *cli) setting(cmd *cobra.Command, flag, value, envKey string) string {
+	if cmd.Flags().Changed(flag) {
+		return value
+	}
+	if v := c.env.getenv(envKey); v != "" {
+		return v
+	}
+	return value
 }
 
 // control returns the client, connecting on first use.

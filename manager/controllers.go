@@ -243,6 +243,52 @@ func occupies(t *api.Task) bool {
 	return t.GetNodeId() != "" && t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING && !api.IsTerminal(t.GetStatus().GetState())
 }
 
+// placePending runs one scheduling pass over the store: every PENDING task
+// gets a node (committed through raft) or an explanation.
+func (m *Manager) placePending(ctx context.Context, sched *scheduler.Scheduler) (placed, unplaced int, err error) {
+	var (
+		pending []*api.Task
+		nodes   []*api.Node
+		busy    []*api.Task
+	)
+	m.raft.Store().View(func(tx store.ReadTx) {
+		nodes = tx.Nodes()
+		for _, t := range tx.Tasks() {
+			switch {
+			case occupies(t):
+				busy = append(busy, t)
+			case t.GetNodeId() == "" && t.GetStatus().GetState() == api.TaskState_TASK_STATE_PENDING &&
+				t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING:
+				pending = append(pending, t)
+			}
+		}
+	})
+	if len(pending) == 0 {
+		return 0, 0, nil
+	}
+	sched.Sync(nodes, busy)
+	now := timestamppb.Now()
+	actions := make([]*api.StoreAction, 0, len(pending))
+	for _, d := range sched.Schedule(pending) {
+		upd := proto.Clone(d.Task).(*api.Task)
+		if d.NodeID == "" {
+			unplaced++
+			if d.Task.GetStatus().GetErr() == d.Explanation {
+				continue
+			}
+			upd.Status.Err = d.Explanation
+			upd.Status.Timestamp = now
+		} else {
+			placed++
+			upd.NodeId = d.NodeID
+			upd.Status = &api.TaskStatus{State: api.TaskState_TASK_STATE_ASSIGNED, Message: "scheduled", Timestamp: now}
+		}
+		upd.Meta.UpdatedAt = now
+		actions = append(actions, store.Update(upd))
+	}
+	return placed, unplaced, m.propose(ctx, actions)
+}
+
 // runScheduler assigns PENDING tasks to nodes.
 func (m *Manager) runScheduler(ctx context.Context) {
 	sub := m.raft.Store().Subscribe()
@@ -282,54 +328,17 @@ func schedulerRelevant(changes []store.Change) bool {
 // again. It returns false when ctx ends.
 func (m *Manager) schedulePass(ctx context.Context, sub *store.Subscription, sched *scheduler.Scheduler, log *slog.Logger) bool {
 	{
-		var (
-			pending []*api.Task
-			nodes   []*api.Node
-			busy    []*api.Task
-		)
-		m.raft.Store().View(func(tx store.ReadTx) {
-			nodes = tx.Nodes()
-			for _, t := range tx.Tasks() {
-				switch {
-				case occupies(t):
-					busy = append(busy, t)
-				case t.GetNodeId() == "" && t.GetStatus().GetState() == api.TaskState_TASK_STATE_PENDING &&
-					t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING:
-					pending = append(pending, t)
-				}
-			}
-		})
 		var next time.Time
-		if len(pending) > 0 {
-			sched.Sync(nodes, busy)
-			now := timestamppb.Now()
-			actions := make([]*api.StoreAction, 0, len(pending))
-			unplaced := 0
-			for _, d := range sched.Schedule(pending) {
-				upd := proto.Clone(d.Task).(*api.Task)
-				if d.NodeID == "" {
-					unplaced++
-					if d.Task.GetStatus().GetErr() == d.Explanation {
-						continue
-					}
-					upd.Status.Err = d.Explanation
-					upd.Status.Timestamp = now
-				} else {
-					upd.NodeId = d.NodeID
-					upd.Status = &api.TaskStatus{State: api.TaskState_TASK_STATE_ASSIGNED, Message: "scheduled", Timestamp: now}
-				}
-				upd.Meta.UpdatedAt = now
-				actions = append(actions, store.Update(upd))
+		_, unplaced, err := m.placePending(ctx, sched)
+		switch {
+		case err != nil:
+			if ctx.Err() != nil {
+				return false
 			}
-			if err := m.propose(ctx, actions); err != nil {
-				if ctx.Err() != nil {
-					return false
-				}
-				log.Warn("commit assignments; retrying", "err", err)
-				next = time.Now().Add(retryDelay)
-			} else if unplaced > 0 {
-				next = time.Now().Add(schedulerRetry)
-			}
+			log.Warn("commit assignments; retrying", "err", err)
+			next = time.Now().Add(retryDelay)
+		case unplaced > 0:
+			next = time.Now().Add(schedulerRetry)
 		}
 		for {
 			if !wait(ctx, sub, next) {

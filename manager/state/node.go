@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -52,14 +53,19 @@ type Config struct {
 	SnapshotThreshold uint64
 }
 
+// Forwarder sends a command to the leader and returns the log index at
+// which it was applied.
+type Forwarder func(ctx context.Context, cmd *api.Command) (uint64, error)
+
 // Node is a running raft member with its store.
 type Node struct {
-	raft   *raft.Raft
-	store  *store.Store
-	bolt   *raftboltdb.BoltStore
-	snaps  raft.SnapshotStore
-	cfg    Config
-	logger *slog.Logger
+	forward atomic.Pointer[Forwarder]
+	raft    *raft.Raft
+	store   *store.Store
+	bolt    *raftboltdb.BoltStore
+	snaps   raft.SnapshotStore
+	cfg     Config
+	logger  *slog.Logger
 }
 
 // HasState reports whether dir already holds a raft member's state.
@@ -162,38 +168,105 @@ func (n *Node) WaitLeader(ctx context.Context) error {
 	}
 }
 
+// SetForwarder lets a follower's proposals go to the leader.
+func (n *Node) SetForwarder(f Forwarder) { n.forward.Store(&f) }
+
 // Propose commits actions as one command. It returns once the command is
 // applied to this member's store, with the store's error if the command
-// was refused (then nothing of it took effect).
+// was refused (then nothing of it took effect). On a follower the command
+// goes through the leader when a forwarder is set.
 func (n *Node) Propose(ctx context.Context, actions ...*api.StoreAction) error {
 	if len(actions) == 0 {
 		return nil
 	}
+	cmd := &api.Command{Actions: actions}
 	if !n.IsLeader() {
-		return ErrNotLeader
+		f := n.forward.Load()
+		if f == nil {
+			return ErrNotLeader
+		}
+		idx, err := (*f)(ctx, cmd)
+		if err != nil {
+			return err
+		}
+		return n.WaitApplied(ctx, idx)
 	}
-	b, err := proto.Marshal(&api.Command{Actions: actions})
+	_, err := n.ProposeCommand(ctx, cmd)
+	return err
+}
+
+// WaitApplied blocks until this member's store has applied the log up to
+// idx, so that a read after a forwarded write sees the write.
+func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for n.store.Index() < idx {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for raft index %d: %w", idx, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// ProposeCommand commits a command on the leader and returns its index.
+func (n *Node) ProposeCommand(ctx context.Context, cmd *api.Command) (uint64, error) {
+	if !n.IsLeader() {
+		return 0, ErrNotLeader
+	}
+	b, err := proto.Marshal(cmd)
 	if err != nil {
-		return fmt.Errorf("encode command: %w", err)
+		return 0, fmt.Errorf("encode command: %w", err)
 	}
 	timeout := applyTimeout
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 		if timeout <= 0 {
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
 	}
 	f := n.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
-			return fmt.Errorf("%w: %v", ErrNotLeader, err)
+			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
 		}
-		return fmt.Errorf("raft apply: %w", err)
+		return 0, fmt.Errorf("raft apply: %w", err)
 	}
 	if resp, ok := f.Response().(error); ok && resp != nil {
-		return resp
+		return f.Index(), resp
 	}
-	return nil
+	return f.Index(), nil
+}
+
+// LeaderAddr is the leader's raft address (its advertise address), or ""
+// while there is none.
+func (n *Node) LeaderAddr() string {
+	addr, _ := n.raft.LeaderWithID()
+	return string(addr)
+}
+
+// Members returns the raft configuration: id → address.
+func (n *Node) Members() (map[string]string, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, s := range f.Configuration().Servers {
+		out[string(s.ID)] = string(s.Address)
+	}
+	return out, nil
+}
+
+// AddVoter adds (or re-addresses) a voting member. Leader only.
+func (n *Node) AddVoter(id, addr string) error {
+	return n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, applyTimeout).Error()
+}
+
+// RemoveServer removes a member. Leader only.
+func (n *Node) RemoveServer(id string) error {
+	return n.raft.RemoveServer(raft.ServerID(id), 0, applyTimeout).Error()
 }
 
 // Snapshot forces a snapshot now (tests, and before a clean shutdown).

@@ -89,9 +89,21 @@ type Store struct {
 	index uint64
 }
 
+// newDB returns an empty database without memdb's watch tracking: a
+// snapshot of a fresh database is one (memdb tracks mutations only on its
+// primary). The store has its own change feed, and tracking costs a third
+// of the time of a large command.
+func newDB() (*memdb.MemDB, error) {
+	db, err := memdb.NewMemDB(schema())
+	if err != nil {
+		return nil, err
+	}
+	return db.Snapshot(), nil
+}
+
 // New returns an empty store.
 func New() *Store {
-	db, err := memdb.NewMemDB(schema())
+	db, err := newDB()
 	if err != nil {
 		panic(fmt.Sprintf("store schema: %v", err)) // the schema is a constant
 	}
@@ -115,7 +127,9 @@ func (s *Store) View(fn func(tx ReadTx)) {
 }
 
 // Apply applies a command's actions at raft index idx, all or none. It
-// returns the first action's error, wrapped with what it concerned.
+// returns the first action's error, wrapped with what it concerned. The
+// store takes ownership of the command's objects (the FSM decodes a fresh
+// command for every entry): callers must not touch them afterwards.
 func (s *Store) Apply(idx uint64, cmd *api.Command) error {
 	txn := s.db.Load().Txn(true)
 	events := make([]Event, 0, len(cmd.GetActions()))
@@ -166,7 +180,6 @@ func applyAction(txn *memdb.Txn, idx uint64, a *api.StoreAction) (Event, error) 
 				return Event{}, fmt.Errorf("service name %q: %w", svc.GetSpec().GetName(), ErrExist)
 			}
 		}
-		obj = proto.Clone(obj).(object)
 		meta := ensureMeta(obj)
 		meta.Version = idx
 		if meta.UpdatedAt == nil {
@@ -184,7 +197,6 @@ func applyAction(txn *memdb.Txn, idx uint64, a *api.StoreAction) (Event, error) 
 				return Event{}, fmt.Errorf("service name %q: %w", svc.GetSpec().GetName(), ErrExist)
 			}
 		}
-		obj = proto.Clone(obj).(object)
 		meta := ensureMeta(obj)
 		meta.Version = idx
 		meta.CreatedAt = cur.GetMeta().GetCreatedAt()
@@ -293,7 +305,7 @@ func (s *Store) Snapshot() *api.StoreSnapshot {
 // Restore replaces the store's contents with a snapshot's. Subscribers get
 // a Change with Reset set, and must re-read everything.
 func (s *Store) Restore(idx uint64, snap *api.StoreSnapshot) error {
-	db, err := memdb.NewMemDB(schema())
+	db, err := newDB()
 	if err != nil {
 		return err
 	}

@@ -19,8 +19,9 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RaftMembership_Join_FullMethodName  = "/shoal.v1.RaftMembership/Join"
-	RaftMembership_Leave_FullMethodName = "/shoal.v1.RaftMembership/Leave"
+	RaftMembership_Join_FullMethodName    = "/shoal.v1.RaftMembership/Join"
+	RaftMembership_Leave_FullMethodName   = "/shoal.v1.RaftMembership/Leave"
+	RaftMembership_Propose_FullMethodName = "/shoal.v1.RaftMembership/Propose"
 )
 
 // RaftMembershipClient is the client API for RaftMembership service.
@@ -35,6 +36,10 @@ type RaftMembershipClient interface {
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	// Leave removes the calling manager from the raft group.
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
+	// Propose applies a command through the leader on behalf of a follower,
+	// so that every manager can take writes. The answer carries the log
+	// index, which the follower waits to apply before it answers its caller.
+	Propose(ctx context.Context, in *ProposeRequest, opts ...grpc.CallOption) (*ProposeResponse, error)
 }
 
 type raftMembershipClient struct {
@@ -65,6 +70,16 @@ func (c *raftMembershipClient) Leave(ctx context.Context, in *LeaveRequest, opts
 	return out, nil
 }
 
+func (c *raftMembershipClient) Propose(ctx context.Context, in *ProposeRequest, opts ...grpc.CallOption) (*ProposeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ProposeResponse)
+	err := c.cc.Invoke(ctx, RaftMembership_Propose_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RaftMembershipServer is the server API for RaftMembership service.
 // All implementations must embed UnimplementedRaftMembershipServer
 // for forward compatibility.
@@ -77,6 +92,10 @@ type RaftMembershipServer interface {
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	// Leave removes the calling manager from the raft group.
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
+	// Propose applies a command through the leader on behalf of a follower,
+	// so that every manager can take writes. The answer carries the log
+	// index, which the follower waits to apply before it answers its caller.
+	Propose(context.Context, *ProposeRequest) (*ProposeResponse, error)
 	mustEmbedUnimplementedRaftMembershipServer()
 }
 
@@ -92,6 +111,9 @@ func (UnimplementedRaftMembershipServer) Join(context.Context, *JoinRequest) (*J
 }
 func (UnimplementedRaftMembershipServer) Leave(context.Context, *LeaveRequest) (*LeaveResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Leave not implemented")
+}
+func (UnimplementedRaftMembershipServer) Propose(context.Context, *ProposeRequest) (*ProposeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Propose not implemented")
 }
 func (UnimplementedRaftMembershipServer) mustEmbedUnimplementedRaftMembershipServer() {}
 func (UnimplementedRaftMembershipServer) testEmbeddedByValue()                        {}
@@ -150,6 +172,24 @@ func _RaftMembership_Leave_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RaftMembership_Propose_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ProposeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RaftMembershipServer).Propose(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RaftMembership_Propose_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RaftMembershipServer).Propose(ctx, req.(*ProposeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RaftMembership_ServiceDesc is the grpc.ServiceDesc for RaftMembership service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -164,6 +204,10 @@ var RaftMembership_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Leave",
 			Handler:    _RaftMembership_Leave_Handler,
+		},
+		{
+			MethodName: "Propose",
+			Handler:    _RaftMembership_Propose_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

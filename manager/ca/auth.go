@@ -1,0 +1,231 @@
+package ca
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/store"
+)
+
+// policy says who may call a method. anyone includes callers without a
+// certificate (joining nodes).
+type policy struct {
+	anyone bool
+	roles  []Role
+}
+
+func (p policy) allows(r Role) bool {
+	for _, x := range p.roles {
+		if x == r {
+			return true
+		}
+	}
+	return false
+}
+
+// methodPolicies is the fixed table of who may call what, by full method
+// name; servicePolicies covers every method of a service. Anything in
+// neither is refused.
+var (
+	methodPolicies = map[string]policy{
+		api.CA_GetRootCACertificate_FullMethodName: {anyone: true},
+		api.CA_IssueNodeCertificate_FullMethodName: {anyone: true},
+		api.CA_RenewNodeCertificate_FullMethodName: {roles: []Role{RoleWorker, RoleManager}},
+	}
+	servicePolicies = map[string]policy{
+		api.Control_ServiceDesc.ServiceName: {roles: []Role{RoleAdmin, RoleManager}},
+		// The dispatcher checks itself that a worker acts for its own node.
+		api.Dispatcher_ServiceDesc.ServiceName:     {roles: []Role{RoleWorker, RoleManager}},
+		api.RaftMembership_ServiceDesc.ServiceName: {roles: []Role{RoleManager}},
+	}
+)
+
+func policyFor(method string) (policy, bool) {
+	if p, ok := methodPolicies[method]; ok {
+		return p, true
+	}
+	// A full method is /<service>/<method>.
+	rest, ok := strings.CutPrefix(method, "/")
+	if !ok {
+		return policy{}, false
+	}
+	svc, _, ok := strings.Cut(rest, "/")
+	if !ok {
+		return policy{}, false
+	}
+	p, ok := servicePolicies[svc]
+	return p, ok
+}
+
+// Authorizer checks every RPC against the method table before its handler
+// runs, and puts the caller's Identity in the handler's context.
+type Authorizer struct {
+	// Check, when set, runs for every caller that presents a certificate
+	// and calls a method that needs one; it refuses certificates that are
+	// valid but no longer current (see Checker).
+	Check func(ctx context.Context, id Identity) error
+	// Local, when set, is the identity given to peers without TLS. Set it
+	// only on the server for the node's unix socket (mode 0600, root
+	// only); on the cluster port, peers without TLS are refused.
+	Local *Identity
+}
+
+// authorize decides whether the peer of ctx may call method, and returns
+// ctx carrying its identity.
+func (a Authorizer) authorize(ctx context.Context, method string) (context.Context, error) {
+	pol, known := policyFor(method)
+	if !known {
+		return nil, status.Errorf(codes.PermissionDenied, "no caller may call %s", method)
+	}
+	var (
+		id       Identity
+		haveID   bool
+		local    bool
+		tlsState *tls.ConnectionState
+	)
+	if p, ok := peer.FromContext(ctx); ok {
+		if info, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			tlsState = &info.State
+		}
+	}
+	switch {
+	case tlsState != nil && len(tlsState.VerifiedChains) > 0:
+		var err error
+		if id, err = IdentityFromState(*tlsState); err != nil {
+			return nil, err
+		}
+		haveID = true
+	case tlsState != nil:
+		// TLS without a client certificate: a joining node.
+	case a.Local != nil:
+		id, haveID, local = *a.Local, true, true
+	default:
+		return nil, status.Errorf(codes.Unauthenticated, "%s: connections without TLS are refused", method)
+	}
+	if pol.anyone {
+		if haveID {
+			ctx = WithIdentity(ctx, id)
+		}
+		return ctx, nil
+	}
+	if !haveID {
+		return nil, status.Errorf(codes.Unauthenticated, "%s needs a client certificate: join the cluster first, or use an admin certificate", method)
+	}
+	if !pol.allows(id.Role) {
+		if local {
+			return nil, status.Errorf(codes.PermissionDenied, "callers on the local socket may not call %s", method)
+		}
+		return nil, status.Errorf(codes.PermissionDenied, "%s certificates may not call %s", id.Role, method)
+	}
+	if !local && a.Check != nil {
+		if err := a.Check(ctx, id); err != nil {
+			if _, ok := status.FromError(err); ok {
+				return nil, err
+			}
+			return nil, status.Error(codes.PermissionDenied, err.Error())
+		}
+	}
+	return WithIdentity(ctx, id), nil
+}
+
+// UnaryInterceptor authorizes unary calls.
+func (a Authorizer) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		ctx, err := a.authorize(ctx, info.FullMethod)
+		if err != nil {
+			return nil, err
+		}
+		return handler(ctx, req)
+	}
+}
+
+// StreamInterceptor authorizes streaming calls once, when they open.
+func (a Authorizer) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx, err := a.authorize(ss.Context(), info.FullMethod)
+		if err != nil {
+			return err
+		}
+		return handler(srv, &authorizedStream{ServerStream: ss, ctx: ctx})
+	}
+}
+
+// ServerOptions installs both interceptors.
+func (a Authorizer) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(a.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(a.StreamInterceptor()),
+	}
+}
+
+type authorizedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *authorizedStream) Context() context.Context { return s.ctx }
+
+// AuthorizeRaft checks the peer of an accepted raft connection (ALPN
+// ALPNRaft, not gRPC): only current managers may speak raft.
+func (a Authorizer) AuthorizeRaft(ctx context.Context, cs tls.ConnectionState) (Identity, error) {
+	id, err := IdentityFromState(cs)
+	if err != nil {
+		return Identity{}, err
+	}
+	if id.Role != RoleManager {
+		return Identity{}, status.Errorf(codes.PermissionDenied, "%s certificates may not speak raft", id.Role)
+	}
+	if a.Check != nil {
+		if err := a.Check(ctx, id); err != nil {
+			return Identity{}, err
+		}
+	}
+	return id, nil
+}
+
+// Checker returns the Authorizer's Check for a manager's store: the node a
+// certificate names must still exist, and the certificate must be the one
+// the store records for it. Admin certificates are not tied to a node.
+func Checker(st *store.Store) func(ctx context.Context, id Identity) error {
+	return func(_ context.Context, id Identity) error {
+		if id.Role == RoleAdmin {
+			return nil
+		}
+		if !id.IsNode() {
+			return status.Errorf(codes.PermissionDenied, "certificate %s has no node role", id.Serial)
+		}
+		var n *api.Node
+		st.View(func(tx store.ReadTx) { n = tx.Node(id.NodeID) })
+		return checkNodeCert(n, id)
+	}
+}
+
+func checkNodeCert(n *api.Node, id Identity) error {
+	if n == nil {
+		return status.Errorf(codes.PermissionDenied, "node %s was removed from the cluster: join it again with a join token", id.NodeID)
+	}
+	if rec := n.GetCertificate().GetSerial(); rec != id.Serial {
+		if rec == "" {
+			return status.Errorf(codes.PermissionDenied, "node %s has no certificate on record; certificate %s is refused", id.NodeID, id.Serial)
+		}
+		return status.Errorf(codes.PermissionDenied, "certificate %s of node %s was replaced by %s: use the current certificate", id.Serial, id.NodeID, rec)
+	}
+	return nil
+}
+
+// String formats an identity for logs.
+func (id Identity) String() string {
+	if id.Serial == "" {
+		return fmt.Sprintf("%s %s", id.Role, id.NodeID)
+	}
+	return fmt.Sprintf("%s %s (certificate %s)", id.Role, id.NodeID, id.Serial)
+}

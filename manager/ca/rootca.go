@@ -1,0 +1,357 @@
+package ca
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+const (
+	// rootCAValidity: the root CA is never rotated, so it must outlive any
+	// cluster we expect to run.
+	rootCAValidity = 20 * 365 * 24 * time.Hour
+	// DefaultNodeValidity is a node certificate's lifetime: short enough
+	// that a stolen key stops working within a season, long enough that a
+	// node switched off for weeks still renews (at 2/3 of it) on return.
+	DefaultNodeValidity = 90 * 24 * time.Hour
+	// adminValidity: an admin certificate is copied to operators'
+	// machines by hand and has no renewal loop, so it lasts a year.
+	adminValidity = 365 * 24 * time.Hour
+	// clockSkew backdates NotBefore so that a node whose clock lags the
+	// manager's by a few minutes accepts a certificate issued just now.
+	clockSkew = 5 * time.Minute
+)
+
+// Server names in certificates. A client dialing a manager verifies
+// ManagerServerName; only manager certificates carry it.
+const (
+	ManagerServerName = "shoal-manager"
+	NodeServerName    = "shoal-node"
+)
+
+const (
+	pemCertificate = "CERTIFICATE"
+	pemPrivateKey  = "PRIVATE KEY"
+	pemCSR         = "CERTIFICATE REQUEST"
+)
+
+// RootCA is a parsed cluster CA that can sign certificates.
+type RootCA struct {
+	// Cert is the CA certificate; CertPEM its PEM form.
+	Cert    *x509.Certificate
+	CertPEM []byte
+	// Digest is "sha256:<hex>" of the DER certificate, as in join tokens.
+	Digest string
+	key    *ecdsa.PrivateKey
+}
+
+// Digest is "sha256:<hex>" of a DER certificate.
+func Digest(der []byte) string {
+	sum := sha256.Sum256(der)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// NewRootCA makes a self-signed ECDSA P-256 CA for a new cluster.
+func NewRootCA(clusterID string) (*api.RootCA, error) {
+	if clusterID == "" {
+		return nil, errors.New("create root CA: cluster id is empty")
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("create root CA key: %w", err)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "shoal root CA", Organization: []string{clusterID}},
+		NotBefore:             now.Add(-clockSkew),
+		NotAfter:              now.Add(rootCAValidity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		// Node certificates are leaves: no intermediate CAs.
+		MaxPathLenZero: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("sign root CA: %w", err)
+	}
+	keyPEM, err := encodeKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &api.RootCA{
+		CertPem: pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: der}),
+		KeyPem:  keyPEM,
+		Digest:  Digest(der),
+	}, nil
+}
+
+// ParseRootCA checks a stored CA (certificate, key, digest agree) and
+// returns a signer.
+func ParseRootCA(r *api.RootCA) (*RootCA, error) {
+	if r == nil || len(r.GetCertPem()) == 0 || len(r.GetKeyPem()) == 0 {
+		return nil, errors.New("root CA: certificate or key missing")
+	}
+	cert, err := parseCertPEM(r.GetCertPem())
+	if err != nil {
+		return nil, fmt.Errorf("root CA certificate: %w", err)
+	}
+	if !cert.IsCA {
+		return nil, errors.New("root CA certificate is not a CA")
+	}
+	key, err := parseKeyPEM(r.GetKeyPem())
+	if err != nil {
+		return nil, fmt.Errorf("root CA key: %w", err)
+	}
+	if !key.PublicKey.Equal(cert.PublicKey) {
+		return nil, errors.New("root CA key does not belong to its certificate")
+	}
+	d := Digest(cert.Raw)
+	if r.GetDigest() != "" && r.GetDigest() != d {
+		return nil, fmt.Errorf("root CA digest %s does not match its certificate (%s)", r.GetDigest(), d)
+	}
+	return &RootCA{Cert: cert, CertPEM: r.GetCertPem(), Digest: d, key: key}, nil
+}
+
+// ClusterID is the cluster the CA belongs to (its certificate's O).
+func (ca *RootCA) ClusterID() string {
+	if len(ca.Cert.Subject.Organization) == 0 {
+		return ""
+	}
+	return ca.Cert.Subject.Organization[0]
+}
+
+// Pool is a pool holding only this CA.
+func (ca *RootCA) Pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.Cert)
+	return p
+}
+
+// Issue signs a node's CSR: the certificate names nodeID and role; the CSR
+// contributes only its public key. validity 0 means DefaultNodeValidity.
+func (ca *RootCA) Issue(csrPEM []byte, nodeID string, role api.NodeRole, validity time.Duration) ([]byte, *x509.Certificate, error) {
+	r := RoleOf(role)
+	if r != RoleWorker && r != RoleManager {
+		return nil, nil, fmt.Errorf("issue certificate for node %s: role %v is not a node role", nodeID, role)
+	}
+	if nodeID == "" {
+		return nil, nil, errors.New("issue certificate: node id is empty")
+	}
+	if validity == 0 {
+		validity = DefaultNodeValidity
+	}
+	if validity < 0 {
+		return nil, nil, fmt.Errorf("issue certificate for node %s: negative validity %v", nodeID, validity)
+	}
+	pub, err := csrKey(csrPEM)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	return ca.sign(pub, nodeID, r, now.Add(-clockSkew), now.Add(validity))
+}
+
+// IssueAdmin makes a key and a client certificate for an operator's
+// shoalctl (CN "admin", role admin, one year).
+func (ca *RootCA) IssueAdmin() (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create admin key: %w", err)
+	}
+	now := time.Now()
+	certPEM, _, err = ca.sign(&key.PublicKey, "admin", RoleAdmin, now.Add(-clockSkew), now.Add(adminValidity))
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = encodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return certPEM, keyPEM, nil
+}
+
+func (ca *RootCA) sign(pub *ecdsa.PublicKey, cn string, role Role, notBefore, notAfter time.Time) ([]byte, *x509.Certificate, error) {
+	serial, err := newSerial()
+	if err != nil {
+		return nil, nil, err
+	}
+	if notAfter.After(ca.Cert.NotAfter) {
+		notAfter = ca.Cert.NotAfter
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject: pkix.Name{
+			CommonName:         cn,
+			OrganizationalUnit: []string{role.ou()},
+			Organization:       []string{ca.ClusterID()},
+		},
+		NotBefore: notBefore,
+		NotAfter:  notAfter,
+		KeyUsage:  x509.KeyUsageDigitalSignature,
+	}
+	switch role {
+	case RoleAdmin:
+		// An operator's certificate is a client only: no server names.
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	case RoleManager:
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}
+		tmpl.DNSNames = []string{NodeServerName, ManagerServerName}
+	default:
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}
+		tmpl.DNSNames = []string{NodeServerName}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sign certificate for %s: %w", cn, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, fmt.Errorf("parse certificate just signed for %s: %w", cn, err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: pemCertificate, Bytes: der}), cert, nil
+}
+
+// NewKeyAndCSR makes an ECDSA P-256 key and a CSR for it. The CSR's
+// subject is empty: the CA decides every name in the certificate.
+func NewKeyAndCSR() (keyPEM, csrPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create node key: %w", err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create CSR: %w", err)
+	}
+	keyPEM, err = encodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return keyPEM, pem.EncodeToMemory(&pem.Block{Type: pemCSR, Bytes: der}), nil
+}
+
+// csrKey checks a CSR (PEM, P-256 ECDSA key, valid self-signature) and
+// returns its key.
+func csrKey(csrPEM []byte) (*ecdsa.PublicKey, error) {
+	block, rest := pem.Decode(csrPEM)
+	if block == nil || block.Type != pemCSR {
+		return nil, errors.New("CSR: want one PEM block of type CERTIFICATE REQUEST")
+	}
+	if len(bytes.TrimSpace(rest)) != 0 {
+		return nil, errors.New("CSR: unexpected data after the PEM block")
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("CSR: %w", err)
+	}
+	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
+	if !ok || pub.Curve != elliptic.P256() {
+		return nil, fmt.Errorf("CSR: key is %s, want ECDSA P-256", keyName(csr.PublicKey))
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("CSR: bad signature (the request was not signed by its key): %w", err)
+	}
+	return pub, nil
+}
+
+func keyName(k any) string {
+	switch k := k.(type) {
+	case *ecdsa.PublicKey:
+		return "ECDSA " + k.Curve.Params().Name
+	case nil:
+		return "unknown"
+	}
+	return fmt.Sprintf("%T", k)
+}
+
+// VerifyRootCA is what a joining node does with the CA certificate it
+// downloaded: accept it only if its digest is the one in its join token.
+func VerifyRootCA(certPEM []byte, digest string) (*x509.Certificate, error) {
+	cert, err := parseCertPEM(certPEM)
+	if err != nil {
+		return nil, fmt.Errorf("CA certificate from the manager: %w", err)
+	}
+	if got := Digest(cert.Raw); got != digest {
+		return nil, fmt.Errorf("CA certificate from the manager has digest %s, but the join token names %s: the token is for another cluster, or someone is in the way", got, digest)
+	}
+	if !cert.IsCA {
+		return nil, errors.New("CA certificate from the manager is not a CA")
+	}
+	return cert, nil
+}
+
+// SerialString is a certificate's serial as the store records it (hex).
+func SerialString(cert *x509.Certificate) string { return cert.SerialNumber.Text(16) }
+
+// CertificateRecord is what a node object records of its certificate.
+func CertificateRecord(cert *x509.Certificate, role api.NodeRole) *api.NodeCertificate {
+	return &api.NodeCertificate{
+		Serial:   SerialString(cert),
+		Role:     role,
+		NotAfter: timestamppb.New(cert.NotAfter),
+	}
+}
+
+func newSerial() (*big.Int, error) {
+	// 128 random bits: unguessable and, in practice, unique.
+	s, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, fmt.Errorf("certificate serial: %w", err)
+	}
+	// A zero serial is not allowed by RFC 5280.
+	return s.Add(s, big.NewInt(1)), nil
+}
+
+func encodeKey(key *ecdsa.PrivateKey) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("encode key: %w", err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: pemPrivateKey, Bytes: der}), nil
+}
+
+func parseKeyPEM(b []byte) (*ecdsa.PrivateKey, error) {
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return nil, errors.New("no PEM block")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		if ek, eerr := x509.ParseECPrivateKey(block.Bytes); eerr == nil {
+			return ek, nil
+		}
+		return nil, err
+	}
+	ek, ok := k.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("key is %T, want ECDSA", k)
+	}
+	return ek, nil
+}
+
+func parseCertPEM(b []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != pemCertificate {
+		return nil, errors.New("want a PEM block of type CERTIFICATE")
+	}
+	return x509.ParseCertificate(block.Bytes)
+}

@@ -1,0 +1,296 @@
+package ca
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/state"
+	"github.com/shoal-project/shoal/manager/store"
+)
+
+// updateAttempts: a node or the cluster object may be written by someone
+// else (heartbeats, the operator) between our read and our proposal; a
+// few fresh reads ride that out.
+const updateAttempts = 5
+
+// Raft is what the CA needs of the raft member.
+type Raft interface {
+	Store() *store.Store
+	Propose(ctx context.Context, actions ...*api.StoreAction) error
+}
+
+// ServerOptions tune the CA server.
+type ServerOptions struct {
+	// NodeValidity is the lifetime of issued node certificates;
+	// 0 means DefaultNodeValidity.
+	NodeValidity time.Duration
+	Logger       *slog.Logger
+}
+
+// Server implements api.CAServer over the cluster object in the store.
+// Run it on every manager; issuing needs the leader (the new node is
+// written through raft), so followers answer Unavailable like any write.
+type Server struct {
+	api.UnimplementedCAServer
+	raft   Raft
+	opts   ServerOptions
+	logger *slog.Logger
+
+	mu     sync.Mutex
+	signer *RootCA // parsed cluster CA, kept while its digest is current
+}
+
+// NewServer returns a CA server.
+func NewServer(r Raft, opts ServerOptions) *Server {
+	if opts.NodeValidity == 0 {
+		opts.NodeValidity = DefaultNodeValidity
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	return &Server{raft: r, opts: opts, logger: opts.Logger.With("component", "ca")}
+}
+
+func (s *Server) cluster() (*api.Cluster, error) {
+	var c *api.Cluster
+	s.raft.Store().View(func(tx store.ReadTx) { c = tx.Cluster() })
+	if c == nil {
+		return nil, status.Error(codes.FailedPrecondition, "the cluster is not initialised yet")
+	}
+	if len(c.GetRootCa().GetCertPem()) == 0 {
+		return nil, status.Error(codes.FailedPrecondition, "the cluster has no CA")
+	}
+	return c, nil
+}
+
+func (s *Server) rootCA(c *api.Cluster) (*RootCA, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.signer != nil && s.signer.Digest == c.GetRootCa().GetDigest() {
+		return s.signer, nil
+	}
+	r, err := ParseRootCA(c.GetRootCa())
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "cluster CA: %v", err)
+	}
+	s.signer = r
+	return r, nil
+}
+
+// GetRootCACertificate returns the cluster's CA certificate.
+func (s *Server) GetRootCACertificate(ctx context.Context, _ *api.GetRootCACertificateRequest) (*api.GetRootCACertificateResponse, error) {
+	c, err := s.cluster()
+	if err != nil {
+		return nil, err
+	}
+	return &api.GetRootCACertificateResponse{CertPem: c.GetRootCa().GetCertPem()}, nil
+}
+
+// IssueNodeCertificate admits a new node: the token decides its role, the
+// CA signs its CSR under a new node id, and the node object is created in
+// the same step. Nothing is written unless all of it succeeds.
+func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCertificateRequest) (*api.IssueNodeCertificateResponse, error) {
+	tok, err := ParseToken(req.GetToken())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	c, err := s.cluster()
+	if err != nil {
+		return nil, err
+	}
+	if tok.Digest != c.GetRootCa().GetDigest() {
+		return nil, status.Errorf(codes.PermissionDenied, "join token is for another cluster: it names CA %s, this cluster's CA is %s", tok.Digest, c.GetRootCa().GetDigest())
+	}
+	// Compare with both so the time taken does not tell which matched.
+	isWorker := TokenMatches(req.GetToken(), c.GetJoinTokens().GetWorker())
+	isManager := TokenMatches(req.GetToken(), c.GetJoinTokens().GetManager())
+	var role api.NodeRole
+	switch {
+	case isManager:
+		role = api.NodeRole_NODE_ROLE_MANAGER
+	case isWorker:
+		role = api.NodeRole_NODE_ROLE_WORKER
+	default:
+		return nil, status.Error(codes.PermissionDenied, "join token was not accepted: it may have been rotated; get the current one on a manager with `shoalctl cluster join-token worker` (or manager)")
+	}
+	addr := req.GetAdvertiseAddr()
+	if addr == "" && role == api.NodeRole_NODE_ROLE_MANAGER {
+		return nil, status.Error(codes.InvalidArgument, "advertise_addr: a manager must say where the others reach it (host:port)")
+	}
+	if addr != "" {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "advertise_addr %q: want host:port", addr)
+		}
+	}
+	signer, err := s.rootCA(c)
+	if err != nil {
+		return nil, err
+	}
+	nodeID := api.NewID()
+	certPEM, cert, err := signer.Issue(req.GetCsrPem(), nodeID, role, s.opts.NodeValidity)
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	node := &api.Node{
+		Id:   nodeID,
+		Meta: &api.Meta{CreatedAt: timestamppb.Now()},
+		Spec: &api.NodeSpec{
+			DesiredRole:  role,
+			Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE,
+		},
+		Description: req.GetDescription(),
+		Status:      &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: addr},
+		Role:        role,
+		Certificate: CertificateRecord(cert, role),
+	}
+	if role == api.NodeRole_NODE_ROLE_MANAGER {
+		node.ManagerStatus = &api.ManagerStatus{RaftAddr: addr}
+	}
+	if err := s.raft.Propose(ctx, store.Create(node)); err != nil {
+		return nil, toStatus(fmt.Errorf("record node %s: %w", nodeID, err))
+	}
+	var managers []string
+	s.raft.Store().View(func(tx store.ReadTx) { managers = managerAddrs(tx, nodeID) })
+	s.logger.Info("node joined", "node", nodeID, "role", RoleOf(role), "hostname", req.GetDescription().GetHostname(), "addr", addr, "serial", SerialString(cert))
+	return &api.IssueNodeCertificateResponse{NodeId: nodeID, CertPem: certPEM, Role: role, Managers: managers}, nil
+}
+
+// RenewNodeCertificate signs a new CSR for the calling node, with the role
+// the operator wants it to have now, and records the new certificate: the
+// old one is refused from then on, so the node must reconnect with the new
+// one.
+func (s *Server) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCertificateRequest) (*api.RenewNodeCertificateResponse, error) {
+	id, ok := IdentityFrom(ctx)
+	if !ok {
+		var err error
+		if id, err = IdentityFromContext(ctx); err != nil {
+			return nil, err
+		}
+	}
+	if !id.IsNode() {
+		return nil, status.Errorf(codes.PermissionDenied, "%s certificates are not renewed by the cluster: make a new one on a manager", id.Role)
+	}
+	c, err := s.cluster()
+	if err != nil {
+		return nil, err
+	}
+	signer, err := s.rootCA(c)
+	if err != nil {
+		return nil, err
+	}
+	for attempt := 1; ; attempt++ {
+		var n *api.Node
+		s.raft.Store().View(func(tx store.ReadTx) { n = tx.Node(id.NodeID) })
+		if err := checkNodeCert(n, id); err != nil {
+			return nil, err
+		}
+		role := n.GetSpec().GetDesiredRole()
+		if role == api.NodeRole_NODE_ROLE_UNSPECIFIED {
+			role = n.GetRole()
+		}
+		certPEM, cert, err := signer.Issue(req.GetCsrPem(), id.NodeID, role, s.opts.NodeValidity)
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		upd := proto.Clone(n).(*api.Node)
+		upd.Certificate = CertificateRecord(cert, role)
+		err = s.raft.Propose(ctx, store.Update(upd))
+		if errors.Is(err, store.ErrSequenceConflict) && attempt < updateAttempts {
+			continue
+		}
+		if err != nil {
+			return nil, toStatus(fmt.Errorf("record renewed certificate of node %s: %w", id.NodeID, err))
+		}
+		s.logger.Info("node certificate renewed", "node", id.NodeID, "role", RoleOf(role), "serial", SerialString(cert), "old_serial", id.Serial)
+		return &api.RenewNodeCertificateResponse{CertPem: certPEM, Role: role}, nil
+	}
+}
+
+// RotateToken replaces the join token for role with a new one and returns
+// it. Nodes that joined with the old token are not affected; joins with it
+// are refused from then on.
+func RotateToken(ctx context.Context, r Raft, role api.NodeRole) (string, error) {
+	if RoleOf(role) == RoleUnknown {
+		return "", status.Errorf(codes.InvalidArgument, "role: want worker or manager, not %v", role)
+	}
+	for attempt := 1; ; attempt++ {
+		var c *api.Cluster
+		r.Store().View(func(tx store.ReadTx) { c = tx.Cluster() })
+		if c == nil {
+			return "", status.Error(codes.FailedPrecondition, "the cluster is not initialised yet")
+		}
+		tok, err := GenerateToken(c.GetRootCa().GetDigest())
+		if err != nil {
+			return "", status.Error(codes.Internal, err.Error())
+		}
+		upd := proto.Clone(c).(*api.Cluster)
+		if upd.JoinTokens == nil {
+			upd.JoinTokens = &api.JoinTokens{}
+		}
+		if role == api.NodeRole_NODE_ROLE_MANAGER {
+			upd.JoinTokens.Manager = tok
+		} else {
+			upd.JoinTokens.Worker = tok
+		}
+		err = r.Propose(ctx, store.Update(upd))
+		if errors.Is(err, store.ErrSequenceConflict) && attempt < updateAttempts {
+			continue
+		}
+		if err != nil {
+			return "", toStatus(fmt.Errorf("rotate %s join token: %w", RoleOf(role), err))
+		}
+		return tok, nil
+	}
+}
+
+// ManagerAddrs are the advertise addresses of the managers, sorted: what a
+// node dials to reach the cluster.
+func ManagerAddrs(tx store.ReadTx) []string { return managerAddrs(tx, "") }
+
+func managerAddrs(tx store.ReadTx, except string) []string {
+	var out []string
+	for _, n := range tx.Nodes() {
+		if n.GetRole() != api.NodeRole_NODE_ROLE_MANAGER || n.GetId() == except {
+			continue
+		}
+		addr := n.GetManagerStatus().GetRaftAddr()
+		if addr == "" {
+			addr = n.GetStatus().GetAddr()
+		}
+		if addr != "" {
+			out = append(out, addr)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// toStatus maps raft and store errors to gRPC codes at the API edge.
+func toStatus(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	switch {
+	case errors.Is(err, state.ErrNotLeader):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, store.ErrSequenceConflict):
+		return status.Error(codes.Aborted, err.Error()+": retry")
+	case errors.Is(err, store.ErrExist):
+		return status.Error(codes.AlreadyExists, err.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
+	}
+	return status.Error(codes.Internal, err.Error())
+}

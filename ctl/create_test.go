@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -52,6 +53,32 @@ func TestArgumentErrors(t *testing.T) {
 		{"inspect bad template", []string{"node", "inspect", "--format", "{{", "alpha"}, "invalid --format template"},
 		{"rm nothing", []string{"service", "rm"}, "requires at least one SERVICE argument"},
 		{"unknown subcommand", []string{"service", "up"}, `unknown command "up" for "shoalctl service"`},
+		{"update unknown availability", []string{"node", "update", "--availability", "off", "alpha"}, `invalid --availability "off": want active, pause or drain`},
+		{"update empty availability", []string{"node", "update", "--availability", "", "alpha"}, `invalid --availability ""`},
+		{"update malformed label", []string{"node", "update", "--label-add", "=eu", "alpha"}, `invalid --label-add "=eu": want KEY=VALUE`},
+		{"update empty label", []string{"node", "update", "--label-add", "", "alpha"}, `invalid --label-add ""`},
+		{"update label-rm with value", []string{"node", "update", "--label-rm", "zone=eu", "alpha"}, `invalid --label-rm "zone=eu": want the KEY of a label`},
+		{"update label added and removed", []string{"node", "update", "--label-add", "zone=eu", "--label-rm", "zone", "alpha"}, `--label-add and --label-rm both name label "zone"`},
+		{"update nothing", []string{"node", "update", "alpha"}, "nothing to update: give --availability, --label-add or --label-rm"},
+		{"update no node", []string{"node", "update", "--availability", "drain"}, `"shoalctl node update" requires exactly one NODE argument, got 0`},
+		{"update two nodes", []string{"node", "update", "--availability", "drain", "alpha", "bravo"}, `requires exactly one NODE argument, got 2`},
+		{"promote nothing", []string{"node", "promote"}, `"shoalctl node promote" requires at least one NODE argument`},
+		{"demote nothing", []string{"node", "demote"}, `"shoalctl node demote" requires at least one NODE argument`},
+		{"node rm nothing", []string{"node", "rm"}, `"shoalctl node rm" requires at least one NODE argument`},
+		{"node ps bad filter", []string{"node", "ps", "-f", "state=running"}, `invalid --filter "state=running"`},
+		{"join-token unknown role", []string{"cluster", "join-token", "admin"}, `invalid ROLE "admin": want worker or manager`},
+		{"join-token plural role", []string{"cluster", "join-token", "workers"}, `invalid ROLE "workers": want worker or manager`},
+		{"join-token no role", []string{"cluster", "join-token"}, `"shoalctl cluster join-token" requires a ROLE argument (worker or manager), got 0`},
+		{"join-token two roles", []string{"cluster", "join-token", "worker", "manager"}, "requires a ROLE argument (worker or manager), got 2"},
+		{"image load missing file", []string{"image", "load", "/nonexistent/web.tar"}, "cannot open image tarball: open /nonexistent/web.tar: no such file or directory"},
+		{"image load missing input", []string{"image", "load", "-i", "/nonexistent/web.tar"}, "cannot open image tarball: open /nonexistent/web.tar: no such file or directory"},
+		{"image load directory", []string{"image", "load", "testdata"}, "read image tarball testdata: read testdata: is a directory"},
+		{"image load empty file", []string{"image", "load", os.DevNull}, "/dev/null is empty: want an OCI or Docker image tarball"},
+		{"image load no file", []string{"image", "load"}, `"shoalctl image load" requires a FILE argument (- for standard input)`},
+		{"image load file and input", []string{"image", "load", "-i", "a.tar", "b.tar"}, "give the tarball as FILE or as --input, not both"},
+		{"image load two files", []string{"image", "load", "a.tar", "b.tar"}, "accepts at most 1 arg(s), received 2"},
+		{"image ls argument", []string{"image", "ls", "web"}, `"shoalctl image ls" takes no arguments, got "web"`},
+		{"bad host", []string{"--host", "unix:///run/shoal.sock", "node", "ls"}, `invalid --host "unix:///run/shoal.sock": want HOST[:PORT]`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -28,7 +28,7 @@ import (
 // tlsDir. cli.target picks it from the flags; no command cares which.
 type target struct {
 	socket string
-	host   string
+	host   string // HOST:PORT, checked by hostAddr
 	tlsDir string
 }
 
@@ -49,16 +49,11 @@ func dialTarget(_ context.Context, t target) (api.ControlClient, io.Closer, erro
 		creds credentials.TransportCredentials
 	)
 	if t.host != "" {
-		hostPort, err := hostAddr(t.host)
-		if err != nil {
-			return nil, nil, err
-		}
 		cfg, err := adminTLSConfig(t.tlsDir, time.Now())
 		if err != nil {
 			return nil, nil, err
 		}
-		t.host = hostPort
-		addr = "dns:///" + hostPort
+		addr = "dns:///" + t.host
 		creds = credentials.NewTLS(cfg)
 	} else {
 		path, err := filepath.Abs(t.socket)
@@ -103,7 +98,8 @@ const (
 	managerServerName = "shoal-manager"
 )
 
-// hostAddr is --host as HOST:PORT, the port defaulting to shoald's.
+// hostAddr is --host as HOST:PORT, the port defaulting to shoald's. It
+// is checked before connecting, as arguments are.
 func hostAddr(host string) (string, error) {
 	h := strings.TrimPrefix(host, "tcp://")
 	if strings.Contains(h, "://") || strings.ContainsAny(h, "/ ") || h == "" {

@@ -3,6 +3,9 @@ package ctl
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"flag"
 	"io"
 	"os"
@@ -61,6 +64,21 @@ type fakeControl struct {
 	created []*api.ServiceSpec
 	updates []*api.UpdateServiceRequest
 	removed []string
+
+	images     []*api.Image
+	joinTokens map[api.NodeRole]string
+	managers   []string
+	// updateNodeErrs are returned by successive UpdateNode calls first.
+	updateNodeErrs []error
+	// loadErr ends a LoadImage stream after loadErrAfter chunks: Send then
+	// returns io.EOF and CloseAndRecv returns loadErr, as gRPC does.
+	loadErr      error
+	loadErrAfter int
+
+	nodeUpdates  []*api.UpdateNodeRequest
+	nodesRemoved []*api.RemoveNodeRequest
+	tokenReqs    []*api.GetJoinTokenRequest
+	loads        []*fakeLoad
 }
 
 func (f *fakeControl) record(call string) {
@@ -95,14 +113,133 @@ func (f *fakeControl) ListNodes(_ context.Context, _ *api.ListNodesRequest, opts
 	return &api.ListNodesResponse{Nodes: f.nodes}, nil
 }
 
-func (f *fakeControl) GetNode(_ context.Context, req *api.GetNodeRequest, _ ...grpc.CallOption) (*api.GetNodeResponse, error) {
-	f.record("GetNode")
+func (f *fakeControl) lookupNode(ref string) (*api.Node, error) {
+	var prefixed []*api.Node
 	for _, n := range f.nodes {
-		if n.GetId() == req.GetNode() || n.GetDescription().GetHostname() == req.GetNode() {
-			return &api.GetNodeResponse{Node: n}, nil
+		if n.GetId() == ref || n.GetDescription().GetHostname() == ref {
+			return n, nil
+		}
+		if strings.HasPrefix(n.GetId(), ref) {
+			prefixed = append(prefixed, n)
 		}
 	}
-	return nil, status.Errorf(codes.NotFound, "node %q: not found", req.GetNode())
+	if len(prefixed) == 1 {
+		return prefixed[0], nil
+	}
+	return nil, status.Errorf(codes.NotFound, "node %q: not found", ref)
+}
+
+func (f *fakeControl) GetNode(_ context.Context, req *api.GetNodeRequest, _ ...grpc.CallOption) (*api.GetNodeResponse, error) {
+	f.record("GetNode")
+	n, err := f.lookupNode(req.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	return &api.GetNodeResponse{Node: proto.CloneOf(n)}, nil
+}
+
+// UpdateNode checks the version as the managers do, so a command that
+// writes without the version it read fails.
+func (f *fakeControl) UpdateNode(_ context.Context, req *api.UpdateNodeRequest, _ ...grpc.CallOption) (*api.UpdateNodeResponse, error) {
+	f.record("UpdateNode")
+	f.nodeUpdates = append(f.nodeUpdates, req)
+	if len(f.updateNodeErrs) > 0 {
+		err := f.updateNodeErrs[0]
+		f.updateNodeErrs = f.updateNodeErrs[1:]
+		return nil, err
+	}
+	n, err := f.lookupNode(req.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	if v := req.GetVersion(); v != 0 && v != n.GetMeta().GetVersion() {
+		return nil, status.Errorf(codes.Aborted, "node %s changed since version %d; read it again", n.GetId(), v)
+	}
+	n.Spec = req.GetSpec()
+	n.Meta.Version++
+	return &api.UpdateNodeResponse{Node: proto.CloneOf(n)}, nil
+}
+
+func (f *fakeControl) RemoveNode(_ context.Context, req *api.RemoveNodeRequest, _ ...grpc.CallOption) (*api.RemoveNodeResponse, error) {
+	f.record("RemoveNode")
+	n, err := f.lookupNode(req.GetNode())
+	if err != nil {
+		return nil, err
+	}
+	if n.GetStatus().GetState() != api.NodeState_NODE_STATE_DOWN && !req.GetForce() {
+		return nil, status.Errorf(codes.FailedPrecondition, "node %s is not down; remove it with --force", nodeName(n))
+	}
+	f.nodesRemoved = append(f.nodesRemoved, req)
+	return &api.RemoveNodeResponse{}, nil
+}
+
+func (f *fakeControl) GetJoinToken(_ context.Context, req *api.GetJoinTokenRequest, _ ...grpc.CallOption) (*api.GetJoinTokenResponse, error) {
+	f.record("GetJoinToken")
+	f.tokenReqs = append(f.tokenReqs, req)
+	token, ok := f.joinTokens[req.GetRole()]
+	if !ok {
+		return nil, status.Errorf(codes.InvalidArgument, "no join token for role %s", req.GetRole())
+	}
+	if req.GetRotate() {
+		token += "-rotated"
+		f.joinTokens[req.GetRole()] = token
+	}
+	return &api.GetJoinTokenResponse{Token: token, Managers: f.managers}, nil
+}
+
+func (f *fakeControl) ListImages(context.Context, *api.ListImagesRequest, ...grpc.CallOption) (*api.ListImagesResponse, error) {
+	f.record("ListImages")
+	return &api.ListImagesResponse{Images: f.images}, nil
+}
+
+func (f *fakeControl) LoadImage(ctx context.Context, _ ...grpc.CallOption) (grpc.ClientStreamingClient[api.LoadImageRequest, api.LoadImageResponse], error) {
+	f.record("LoadImage")
+	l := &fakeLoad{ctx: ctx, err: f.loadErr, errAfter: f.loadErrAfter}
+	f.loads = append(f.loads, l)
+	return l, nil
+}
+
+// fakeLoad is the client side of a LoadImage stream that keeps what it
+// was sent.
+type fakeLoad struct {
+	grpc.ClientStream
+	ctx      context.Context
+	err      error
+	errAfter int
+
+	data   []byte
+	chunks []int
+	closed bool
+}
+
+func (l *fakeLoad) Send(m *api.LoadImageRequest) error {
+	if l.closed {
+		return errors.New("Send after CloseAndRecv")
+	}
+	if err := l.ctx.Err(); err != nil {
+		return io.EOF
+	}
+	if l.err != nil && len(l.chunks) >= l.errAfter {
+		return io.EOF
+	}
+	// gRPC marshals within Send, so the caller may reuse m's buffer: copy.
+	l.data = append(l.data, m.GetData()...)
+	l.chunks = append(l.chunks, len(m.GetData()))
+	return nil
+}
+
+func (l *fakeLoad) CloseAndRecv() (*api.LoadImageResponse, error) {
+	l.closed = true
+	if l.err != nil {
+		return nil, l.err
+	}
+	sum := sha256.Sum256(l.data)
+	return &api.LoadImageResponse{Image: &api.Image{
+		Id:      "sha256:" + hex.EncodeToString(sum[:]),
+		Names:   []string{"docker.io/library/web:1.0", "docker.io/library/web:latest"},
+		Size:    int64(len(l.data)),
+		Holders: []string{nodeAlpha},
+	}}, nil
 }
 
 func (f *fakeControl) CreateService(_ context.Context, req *api.CreateServiceRequest, _ ...grpc.CallOption) (*api.CreateServiceResponse, error) {
@@ -165,13 +302,24 @@ func (f *fakeControl) RemoveService(_ context.Context, req *api.RemoveServiceReq
 
 func (f *fakeControl) ListTasks(_ context.Context, req *api.ListTasksRequest, _ ...grpc.CallOption) (*api.ListTasksResponse, error) {
 	f.record("ListTasks")
-	svc, err := f.lookup(req.GetService())
-	if err != nil {
-		return nil, err
+	var svcID, nodeID string
+	if req.GetService() != "" {
+		svc, err := f.lookup(req.GetService())
+		if err != nil {
+			return nil, err
+		}
+		svcID = svc.GetId()
+	}
+	if req.GetNode() != "" {
+		n, err := f.lookupNode(req.GetNode())
+		if err != nil {
+			return nil, err
+		}
+		nodeID = n.GetId()
 	}
 	var tasks []*api.Task
 	for _, t := range f.tasks {
-		if t.GetServiceId() == svc.GetId() {
+		if (svcID == "" || t.GetServiceId() == svcID) && (nodeID == "" || t.GetNodeId() == nodeID) {
 			tasks = append(tasks, t)
 		}
 	}
@@ -231,8 +379,17 @@ func runCLI(t *testing.T, f *fakeControl, args ...string) (string, error) {
 
 func runWith(t *testing.T, e env, args ...string) (string, error) {
 	t.Helper()
+	out, _, err := runIO(t, e, strings.NewReader(""), args...)
+	return out, err
+}
+
+// runIO runs shoalctl with stdin and returns its standard output and
+// standard error.
+func runIO(t *testing.T, e env, stdin io.Reader, args ...string) (string, string, error) {
+	t.Helper()
 	root := newRootCommand(e)
 	var out, errOut bytes.Buffer
+	root.SetIn(stdin)
 	root.SetOut(&out)
 	root.SetErr(&errOut)
 	root.SetArgs(args)
@@ -241,7 +398,7 @@ func runWith(t *testing.T, e env, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
 	err := root.ExecuteContext(ctx)
-	return out.String(), err
+	return out.String(), errOut.String(), err
 }
 
 // checkGolden compares got with testdata/<name>.golden; -update rewrites it.
@@ -352,6 +509,32 @@ func newFixture() *fakeControl {
 			node(nodeBravo, "bravo", api.NodeState_NODE_STATE_READY, api.NodeAvailability_NODE_AVAILABILITY_PAUSE, &api.ManagerStatus{RaftAddr: "10.0.0.2:4243", Reachable: true}),
 		},
 		selfNode: nodeAlpha,
+		managers: []string{"192.0.2.10:4242", "192.0.2.11:4242"},
+		joinTokens: map[api.NodeRole]string{
+			api.NodeRole_NODE_ROLE_WORKER:  "SHOAL-1-3q2p5ka7yrq1gpiqgvwh31rk7u-workersecretworkersecret",
+			api.NodeRole_NODE_ROLE_MANAGER: "SHOAL-1-3q2p5ka7yrq1gpiqgvwh31rk7u-managersecretmanagersecr",
+		},
+		images: []*api.Image{
+			{
+				Id:      "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+				Meta:    &api.Meta{Version: 40, CreatedAt: ago(time.Hour)},
+				Names:   []string{"registry.local/api:v2"},
+				Size:    48_213_504,
+				Holders: []string{nodeAlpha, nodeBravo},
+			},
+			{
+				Id:      "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+				Meta:    &api.Meta{Version: 41, CreatedAt: ago(time.Minute)},
+				Names:   []string{"nginx:1.27", "nginx:latest"},
+				Size:    192_838_656,
+				Holders: []string{nodeAlpha},
+			},
+			{
+				Id:   "sha256:fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9",
+				Meta: &api.Meta{Version: 42, CreatedAt: ago(time.Second)},
+				Size: 812,
+			},
+		},
 		services: []*api.Service{web, apiSvc},
 		counts: map[string]*api.ServiceCounts{
 			svcWeb: {Desired: 3, Running: 2},

@@ -199,19 +199,25 @@ and the functions json, join, lower and upper.`,
 
 func imageListing(p *listPrinter, images []*api.Image) listing[imageRow] {
 	images = slices.Clone(images)
-	firstName := func(i *api.Image) string {
-		if len(i.GetNames()) == 0 {
-			return ""
-		}
-		return i.GetNames()[0]
-	}
+	// Nameless images last: they are the ones nobody can refer to.
 	slices.SortFunc(images, func(a, b *api.Image) int {
-		return cmp.Or(strings.Compare(firstName(a), firstName(b)), strings.Compare(a.GetId(), b.GetId()))
+		an, bn := a.GetNames(), b.GetNames()
+		switch {
+		case len(an) == 0 && len(bn) > 0:
+			return 1
+		case len(an) > 0 && len(bn) == 0:
+			return -1
+		case len(an) > 0:
+			if c := strings.Compare(an[0], bn[0]); c != 0 {
+				return c
+			}
+		}
+		return strings.Compare(a.GetId(), b.GetId())
 	})
 	l := listing[imageRow]{
 		columns: []column[imageRow]{
 			{"ID", func(r imageRow) string { return r.ID }},
-			{"NAMES", func(r imageRow) string { return r.Names }},
+			{"NAMES", func(r imageRow) string { return cmp.Or(r.Names, "<none>") }},
 			{"SIZE", func(r imageRow) string { return r.Size }},
 			{"HOLDERS", func(r imageRow) string { return strconv.Itoa(r.Holders) }},
 		},

@@ -310,7 +310,7 @@ and the functions json, join, lower and upper.`,
 		if len(args) == 0 {
 			self := header.Get(NodeIDHeader)
 			if len(self) == 0 || self[0] == "" {
-				return usageError{cmd: cmd, err: fmt.Errorf("name a NODE: shoald at %s did not say which node it runs on", c.target(cmd))}
+				return usageError{cmd: cmd, err: fmt.Errorf("name a NODE: shoald at %s did not say which node it runs on", c.dialed)}
 			}
 			args = self[:1]
 		}

@@ -34,6 +34,18 @@ func TestOutputGolden(t *testing.T) {
 		{"node_ls_quiet", []string{"node", "ls", "-q", "--no-trunc"}},
 		{"node_inspect_json", []string{"node", "inspect", "alpha"}},
 		{"node_inspect_template", []string{"node", "inspect", "--format", "{{.Description.Hostname}} {{.Role}}", "alpha", "charlie"}},
+		{"node_ps_self", []string{"node", "ps"}},
+		{"node_ps_named", []string{"node", "ps", "bravo", "nodealpha"}},
+		{"node_ps_filter", []string{"node", "ps", "-f", "desired-state=running", "--format", "{{.Name}} {{.Node}} {{.CurrentState}}", "bravo"}},
+		{"image_ls_table", []string{"image", "ls"}},
+		{"image_ls_notrunc", []string{"image", "ls", "--no-trunc"}},
+		{"image_ls_quiet", []string{"image", "ls", "-q"}},
+		{"image_ls_json", []string{"image", "ls", "--format", "json"}},
+		{"image_ls_template", []string{"image", "ls", "--format", "{{.Names}}|{{.Size}}|{{.Holders}}"}},
+		{"join_token_worker", []string{"cluster", "join-token", "worker"}},
+		{"join_token_manager", []string{"cluster", "join-token", "manager"}},
+		{"join_token_quiet", []string{"cluster", "join-token", "-q", "worker"}},
+		{"join_token_rotate", []string{"cluster", "join-token", "--rotate", "manager"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {

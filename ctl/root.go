@@ -70,6 +70,7 @@ type cli struct {
 
 	client api.ControlClient
 	closer io.Closer
+	dialed target // where client talks to
 }
 
 func newRootCommand(e env) *cobra.Command {
@@ -111,11 +112,15 @@ where a copy of that directory is. --socket is then ignored.`,
 // and takes its credentials from --tls-dir, else $SHOAL_TLS_DIR, else the
 // default; without one it is --socket, else $SHOAL_SOCKET, else the
 // default.
-func (c *cli) target(cmd *cobra.Command) target {
+func (c *cli) target(cmd *cobra.Command) (target, error) {
 	if host := c.setting(cmd, "host", c.host, hostEnv); host != "" {
-		return target{host: host, tlsDir: c.setting(cmd, "tls-dir", c.tlsDir, tlsDirEnv)}
+		addr, err := hostAddr(host)
+		if err != nil {
+			return target{}, err
+		}
+		return target{host: addr, tlsDir: c.setting(cmd, "tls-dir", c.tlsDir, tlsDirEnv)}, nil
 	}
-	return target{socket: c.setting(cmd, "socket", c.socket, socketEnv)}
+	return target{socket: c.setting(cmd, "socket", c.socket, socketEnv)}, nil
 }
 
 // setting is a flag's value when the flag was given, else the environment
@@ -135,11 +140,15 @@ func (c *cli) control(cmd *cobra.Command) (api.ControlClient, error) {
 	if c.client != nil {
 		return c.client, nil
 	}
-	client, closer, err := c.env.connect(cmd.Context(), c.target(cmd))
+	t, err := c.target(cmd)
+	if err != nil {
+		return nil, usageError{cmd: cmd, err: err}
+	}
+	client, closer, err := c.env.connect(cmd.Context(), t)
 	if err != nil {
 		return nil, err
 	}
-	c.client, c.closer = client, closer
+	c.client, c.closer, c.dialed = client, closer, t
 	return client, nil
 }
 

@@ -41,6 +41,8 @@ type env struct {
 	// isTerminal says whether progress may be redrawn in place on w.
 	isTerminal func(w io.Writer) bool
 	getenv     func(key string) string
+	// labSocket is the socket of the lab that is up, "" if none (nil: none).
+	labSocket func() string
 }
 
 func realEnv() env {
@@ -49,6 +51,7 @@ func realEnv() env {
 		now:        time.Now,
 		isTerminal: isTerminal,
 		getenv:     os.Getenv,
+		labSocket:  labSocket,
 	}
 }
 
@@ -105,6 +108,7 @@ where a copy of that directory is. --socket is then ignored.`,
 	})
 	root.AddCommand(newServiceCommand(c), newNodeCommand(c))
 	root.AddCommand(newClusterCommand(c), newImageCommand(c))
+	root.AddCommand(newLabCommand(c))
 	return root
 }
 
@@ -120,7 +124,7 @@ func (c *cli) target(cmd *cobra.Command) (target, error) {
 		}
 		return target{host: addr, tlsDir: c.setting(cmd, "tls-dir", c.tlsDir, tlsDirEnv)}, nil
 	}
-	return target{socket: c.setting(cmd, "socket", c.socket, socketEnv)}, nil
+	return target{socket: c.orLab(cmd, c.setting(cmd, "socket", c.socket, socketEnv))}, nil
 }
 
 // setting is a flag's value when the flag was given, else the environment

@@ -224,13 +224,12 @@ type assignStream struct {
 type fakeDispatcher struct {
 	api.UnimplementedDispatcherServer
 
-	mu          sync.Mutex
-	sessions    []string                 // session ids, in the order opened
-	ends        map[string]chan struct{} // closed to end a session
-	ended       map[string]bool          // sessions that ended
-	streams     []*assignStream          // every Assignments call, in order
-	reports     map[string][]report      // by task id, in arrival order
-	statusCalls int
+	mu       sync.Mutex
+	sessions []string                 // session ids, in the order opened
+	ends     map[string]chan struct{} // closed to end a session
+	ended    map[string]bool          // sessions that ended
+	streams  []*assignStream          // every Assignments call, in order
+	reports  map[string][]report      // by task id, in arrival order
 	// tasks is the fake's copy of what it assigned, for echoing.
 	tasks map[string]*api.Task
 	// echo sends every status report back as an INCREMENTAL update, the
@@ -285,7 +284,6 @@ func (d *fakeDispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dis
 
 func (d *fakeDispatcher) UpdateTaskStatus(ctx context.Context, req *api.UpdateTaskStatusRequest) (*api.UpdateTaskStatusResponse, error) {
 	d.mu.Lock()
-	d.statusCalls++
 	hook := d.updateHook
 	d.mu.Unlock()
 	if hook != nil {

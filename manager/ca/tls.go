@@ -79,6 +79,10 @@ func ServerConfig(kp *Keypair, roots *x509.CertPool) *tls.Config {
 		ClientAuth:     tls.VerifyClientCertIfGiven,
 		ClientCAs:      roots,
 		NextProtos:     []string{ALPNGRPC, ALPNRaft},
+		// A resumed session carries the certificate of the session it
+		// resumes; after a renewal that one is refused. Connections are
+		// long-lived, so full handshakes cost nothing worth saving.
+		SessionTicketsDisabled: true,
 	}
 }
 

@@ -1,0 +1,177 @@
+package ca
+
+import (
+	"context"
+	"crypto/x509"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/state"
+	"github.com/shoal-project/shoal/manager/store"
+)
+
+// settle bounds every wait for something asynchronous; it measures
+// nothing.
+const settle = 20 * time.Second
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func newTestCA(t testing.TB, clusterID string) (*api.RootCA, *RootCA) {
+	t.Helper()
+	stored, err := NewRootCA(clusterID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ParseRootCA(stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stored, r
+}
+
+// issued is a node's credentials with the parsed certificate.
+type issued struct {
+	creds Credentials
+	cert  *x509.Certificate
+	id    Identity
+}
+
+func (i issued) keypair(t testing.TB) *Keypair {
+	t.Helper()
+	kp, err := i.creds.Keypair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kp
+}
+
+// issueNode makes a key, a CSR and a certificate the normal way.
+func issueNode(t testing.TB, r *RootCA, nodeID string, role api.NodeRole) issued {
+	t.Helper()
+	keyPEM, csrPEM, err := NewKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, cert, err := r.Issue(csrPEM, nodeID, role, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return finish(t, r, certPEM, keyPEM, cert)
+}
+
+// issueWindow signs a certificate valid only between notBefore and
+// notAfter (for expired ones).
+func issueWindow(t testing.TB, r *RootCA, nodeID string, role Role, notBefore, notAfter time.Time) issued {
+	t.Helper()
+	keyPEM, csrPEM, err := NewKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := csrKey(csrPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, cert, err := r.sign(pub, nodeID, role, notBefore, notAfter)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return finish(t, r, certPEM, keyPEM, cert)
+}
+
+func issueAdmin(t testing.TB, r *RootCA) issued {
+	t.Helper()
+	certPEM, keyPEM, err := r.IssueAdmin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := parseCertPEM(certPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return finish(t, r, certPEM, keyPEM, cert)
+}
+
+func finish(t testing.TB, r *RootCA, certPEM, keyPEM []byte, cert *x509.Certificate) issued {
+	t.Helper()
+	c := Credentials{CACertPEM: r.CertPEM, CertPEM: certPEM, KeyPEM: keyPEM}
+	id, err := c.Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return issued{creds: c, cert: cert, id: id}
+}
+
+// newRaft starts a single-member raft cluster in a temp dir, waits until
+// it leads, and stores a cluster object with a CA and join tokens.
+func newRaft(t *testing.T, stored *api.RootCA) *state.Node {
+	t.Helper()
+	_, tr := raft.NewInmemTransport(raft.ServerAddress("m1"))
+	n, err := state.Open(state.Config{Dir: t.TempDir(), ID: "m1", Transport: tr, Logger: quietLogger()}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	defer cancel()
+	if err := n.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := NewJoinTokens(stored.GetDigest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := &api.Cluster{
+		Id:         "c1",
+		Meta:       &api.Meta{CreatedAt: timestamppb.Now()},
+		Spec:       &api.ClusterSpec{Name: "default"},
+		RootCa:     stored,
+		JoinTokens: tokens,
+	}
+	if err := n.Propose(ctx, store.Create(cluster)); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// addNode records a node holding cert, as a join would.
+func addNode(t *testing.T, n *state.Node, i issued, addr string) {
+	t.Helper()
+	role := i.id.Role.NodeRole()
+	node := &api.Node{
+		Id:          i.id.NodeID,
+		Spec:        &api.NodeSpec{DesiredRole: role, Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE},
+		Status:      &api.NodeStatus{State: api.NodeState_NODE_STATE_READY, Addr: addr},
+		Role:        role,
+		Certificate: CertificateRecord(i.cert, role),
+	}
+	if role == api.NodeRole_NODE_ROLE_MANAGER {
+		node.ManagerStatus = &api.ManagerStatus{RaftAddr: addr}
+	}
+	if err := n.Propose(context.Background(), store.Create(node)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func getCluster(n *state.Node) *api.Cluster {
+	var c *api.Cluster
+	n.Store().View(func(tx store.ReadTx) { c = tx.Cluster() })
+	return c
+}
+
+func getNode(n *state.Node, id string) *api.Node {
+	var node *api.Node
+	n.Store().View(func(tx store.ReadTx) { node = tx.Node(id) })
+	return node
+}
+
+func countNodes(n *state.Node) int {
+	var c int
+	n.Store().View(func(tx store.ReadTx) { c = len(tx.Nodes()) })
+	return c
+}

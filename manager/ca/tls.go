@@ -21,7 +21,7 @@ const (
 // Keypair is a node's current certificate, swapped atomically on renewal
 // so that listeners and dialers pick up the new one at their next
 // handshake without restarting. Connections already open keep the
-// certificate they were made with.
+// certificate they were made with. Make one with NewKeypair.
 type Keypair struct {
 	cert atomic.Pointer[tls.Certificate]
 }

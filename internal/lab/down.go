@@ -226,11 +226,16 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-// leftovers names what a lab (up, or crashed) still holds on the machine;
-// Up refuses to start while there is any.
-func leftovers() []string {
+// Leftovers names what a lab (up, or crashed) holds on the machine:
+// files, network namespaces, links, processes, containerd namespaces and
+// their shims. Up refuses to start while there is any; after Down there
+// is none.
+func Leftovers(ctx context.Context, containerdAddress string) []string {
+	if containerdAddress == "" {
+		containerdAddress = DefaultContainerd
+	}
 	var found []string
-	for _, p := range []string{stateFile, ContextFile, DataRoot} {
+	for _, p := range []string{stateFile, ContextFile, DataRoot, RunRoot} {
 		if _, err := os.Stat(p); err == nil {
 			found = append(found, p)
 		}
@@ -248,6 +253,27 @@ func leftovers() []string {
 	if procs, err := labProcesses(); err == nil {
 		for _, p := range procs {
 			found = append(found, "process "+strconv.Itoa(p.pid))
+		}
+	}
+	if procs, err := listProcs(); err == nil {
+		for _, p := range procs {
+			if i := slices.Index(p.args, "-namespace"); i >= 0 && i+1 < len(p.args) && strings.HasPrefix(p.args[i+1], NamespacePrefix) {
+				found = append(found, "containerd shim "+strconv.Itoa(p.pid)+" of "+p.args[i+1])
+			}
+		}
+	}
+	if _, err := os.Stat(containerdAddress); err == nil {
+		if c, err := containerd.New(containerdAddress, containerd.WithTimeout(containerdDialTimeout)); err == nil {
+			ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+			if all, err := c.NamespaceService().List(ctx); err == nil {
+				for _, ns := range all {
+					if strings.HasPrefix(ns, NamespacePrefix) {
+						found = append(found, "containerd namespace "+ns)
+					}
+				}
+			}
+			cancel()
+			c.Close()
 		}
 	}
 	return found

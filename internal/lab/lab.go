@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -67,8 +68,8 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 			return nil, fmt.Errorf("image tarball %s is not a file", img)
 		}
 	}
-	if found := leftovers(); len(found) > 0 {
-		return nil, fmt.Errorf("a lab is already up (found %s): run `shoalctl lab down` first", strings.Join(found, ", "))
+	if found := Leftovers(ctx, cfg.ContainerdAddress); len(found) > 0 {
+		return nil, fmt.Errorf("a lab is already up or left over (found %s): run `shoalctl lab down` first", abridge(found, 4))
 	}
 	if err := checkSubnetFree(cfg.Subnet.Masked()); err != nil {
 		return nil, err
@@ -293,7 +294,7 @@ func redactToken(argv []string) []string {
 }
 
 // WaitReady waits until the named nodes (all when none is named) are
-// Ready as the managers see them. It fails early, with the end of its log,
+// Ready as the managers see them and their shoald serves its socket. It fails early, with the end of its log,
 // when a node's shoald has exited.
 func (l *Lab) WaitReady(ctx context.Context, names ...string) error {
 	if len(names) == 0 {
@@ -324,7 +325,10 @@ func (l *Lab) WaitReady(ctx context.Context, names ...string) error {
 		} else {
 			var missing []string
 			for _, n := range want {
-				if !ready[n.Name] {
+				// The managers may still call a restarted node Ready
+				// from its previous life; a served socket shows this
+				// one is up too.
+				if !ready[n.Name] || !serves(n.Socket) {
 					missing = append(missing, n.Name)
 				}
 			}
@@ -340,6 +344,16 @@ func (l *Lab) WaitReady(ctx context.Context, names ...string) error {
 		case <-time.After(pollInterval):
 		}
 	}
+}
+
+// serves says whether a shoald accepts connections on socket.
+func serves(socket string) bool {
+	c, err := net.DialTimeout("unix", socket, rpcTimeout)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }
 
 // ready asks the managers in turn for the Ready nodes; the first that
@@ -565,6 +579,14 @@ func (l *Lab) Down(ctx context.Context) error {
 		}
 	}
 	return err
+}
+
+// abridge lists the first n items and counts the rest.
+func abridge(items []string, n int) string {
+	if len(items) <= n {
+		return strings.Join(items, ", ")
+	}
+	return fmt.Sprintf("%s and %d more", strings.Join(items[:n], ", "), len(items)-n)
 }
 
 // tail returns the last lines of a file, for error messages.

@@ -19,7 +19,7 @@ import (
 // checkSubnetFree refuses a subnet that overlaps an address the host
 // already has: the lab's route would shadow (or be shadowed by) it.
 func checkSubnetFree(subnet netip.Prefix) error {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("list host addresses: %w", err)
 	}
@@ -51,6 +51,21 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 
 func ipNet(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+// dumpRetries bounds retrying a netlink dump that the kernel interrupted
+// because the list changed meanwhile (links vanish while Down runs, as the
+// kernel frees namespaces lazily). A few tries always suffice.
+const dumpRetries = 10
+
+// retryDump repeats a netlink dump until it is consistent.
+func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
+	for i := 0; ; i++ {
+		out, err := dump()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == dumpRetries {
+			return out, err
+		}
+	}
 }
 
 // createBridge makes the underlay bridge with the gateway address.
@@ -224,7 +239,7 @@ func deleteNetns(name string) error {
 // labLinks lists the host's links the lab made: the bridge and the host
 // ends of the node veths.
 func labLinks() ([]netlink.Link, error) {
-	links, err := netlink.LinkList()
+	links, err := retryDump(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}

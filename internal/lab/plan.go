@@ -168,6 +168,11 @@ func Plan(cfg Config) (gateway netip.Prefix, nodes []Node, err error) {
 	if cfg.Workers < 0 {
 		return netip.Prefix{}, nil, fmt.Errorf("--workers %d: the number of workers cannot be negative", cfg.Workers)
 	}
+	for _, last := range []string{string(RoleManager) + strconv.Itoa(cfg.Managers), string(RoleWorker) + strconv.Itoa(cfg.Workers)} {
+		if len(LinkPrefix+last) > maxLinkName {
+			return netip.Prefix{}, nil, fmt.Errorf("node name %s is too long for a link name: use fewer nodes", last)
+		}
+	}
 	subnet := cfg.Subnet
 	if !subnet.Addr().Is4() {
 		return netip.Prefix{}, nil, fmt.Errorf("subnet %s: the lab needs an IPv4 subnet", subnet)
@@ -187,12 +192,9 @@ func Plan(cfg Config) (gateway netip.Prefix, nodes []Node, err error) {
 	first := subnet.Addr().Next()
 	gateway = netip.PrefixFrom(first, subnet.Bits())
 	addr := first
-	add := func(role Role, i int) error {
+	add := func(role Role, i int) {
 		addr = addr.Next()
 		name := string(role) + strconv.Itoa(i)
-		if len(LinkPrefix+name) > maxLinkName {
-			return fmt.Errorf("node name %s is too long for a link name: use fewer nodes", name)
-		}
 		nodes = append(nodes, Node{
 			Name:      name,
 			Role:      role,
@@ -201,17 +203,12 @@ func Plan(cfg Config) (gateway netip.Prefix, nodes []Node, err error) {
 			DataDir:   filepath.Join(DataRoot, name),
 			Socket:    filepath.Join(RunRoot, name+".sock"),
 		})
-		return nil
 	}
 	for i := 1; i <= cfg.Managers; i++ {
-		if err := add(RoleManager, i); err != nil {
-			return netip.Prefix{}, nil, err
-		}
+		add(RoleManager, i)
 	}
 	for i := 1; i <= cfg.Workers; i++ {
-		if err := add(RoleWorker, i); err != nil {
-			return netip.Prefix{}, nil, err
-		}
+		add(RoleWorker, i)
 	}
 	return gateway, nodes, nil
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -47,6 +48,7 @@ func dialTarget(_ context.Context, t target) (api.ControlClient, io.Closer, erro
 	var (
 		addr  string
 		creds credentials.TransportCredentials
+		r     = reacher{target: t}
 	)
 	if t.host != "" {
 		cfg, err := adminTLSConfig(t.tlsDir, time.Now())
@@ -55,6 +57,7 @@ func dialTarget(_ context.Context, t target) (api.ControlClient, io.Closer, erro
 		}
 		addr = "dns:///" + t.host
 		creds = credentials.NewTLS(cfg)
+		r.tlsConfig = cfg
 	} else {
 		path, err := filepath.Abs(t.socket)
 		if err != nil {
@@ -71,14 +74,14 @@ func dialTarget(_ context.Context, t target) (api.ControlClient, io.Closer, erro
 	conn, err := grpc.NewClient(addr,
 		grpc.WithTransportCredentials(creds),
 		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return reachError(t, invoker(ctx, method, req, reply, cc, opts...))
+			return r.explain(ctx, invoker(ctx, method, req, reply, cc, opts...))
 		}),
 		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
 			s, err := streamer(ctx, desc, cc, method, opts...)
 			if err != nil {
-				return nil, reachError(t, err)
+				return nil, r.explain(ctx, err)
 			}
-			return reachStream{ClientStream: s, target: t}, nil
+			return reachStream{ClientStream: s, reacher: r}, nil
 		}),
 	)
 	if err != nil {
@@ -101,18 +104,29 @@ const (
 // hostAddr is --host as HOST:PORT, the port defaulting to shoald's. It
 // is checked before connecting, as arguments are.
 func hostAddr(host string) (string, error) {
+	bad := func(why string) (string, error) {
+		return "", fmt.Errorf("invalid --host %q: %s", host, why)
+	}
 	h := strings.TrimPrefix(host, "tcp://")
-	if strings.Contains(h, "://") || strings.ContainsAny(h, "/ ") || h == "" {
-		return "", fmt.Errorf("invalid --host %q: want HOST[:PORT], for example 192.0.2.10:%s", host, defaultPort)
+	if h == "" || strings.Contains(h, "://") || strings.ContainsAny(h, "/ \t") {
+		return bad("want HOST[:PORT], for example 192.0.2.10:" + defaultPort)
 	}
-	if _, port, err := net.SplitHostPort(h); err == nil {
-		if port == "" {
-			return "", fmt.Errorf("invalid --host %q: empty port", host)
+	name, port, err := net.SplitHostPort(h)
+	if err != nil {
+		// No port; a bare IPv6 address may come with brackets or without.
+		name, port = h, defaultPort
+		if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+			name = h[1 : len(h)-1]
 		}
-		return h, nil
 	}
-	// A bare IPv6 address ("::1") has colons but no port.
-	return net.JoinHostPort(strings.Trim(h, "[]"), defaultPort), nil
+	switch {
+	case name == "", strings.ContainsAny(name, "[]"), strings.Contains(name, ":") && net.ParseIP(name) == nil:
+		return bad("want HOST[:PORT], for example 192.0.2.10:" + defaultPort)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return bad("the port must be a number from 1 to 65535")
+	}
+	return net.JoinHostPort(name, port), nil
 }
 
 // adminFiles are the admin credentials `shoald init` writes.
@@ -162,10 +176,14 @@ func adminTLSConfig(dir string, now time.Time) (*tls.Config, error) {
 			fmt.Errorf("expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339)))
 	}
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{pair},
-		RootCAs:      pool,
-		ServerName:   managerServerName,
+		MinVersion: tls.VersionTLS13,
+		// Always present the admin certificate. With Certificates, Go
+		// sends none when the server's list of acceptable CAs does not
+		// name its issuer, and a manager would then see an anonymous
+		// caller instead of refusing a certificate from the wrong cluster.
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil },
+		RootCAs:              pool,
+		ServerName:           managerServerName,
 	}, nil
 }
 
@@ -198,18 +216,36 @@ func unreachable(t target, err error) error {
 	return fmt.Errorf("cannot reach shoald at %s: %w", t, err)
 }
 
-// reachError turns a transport failure into a message about the daemon.
+// reacher explains why the connection to a target failed.
+type reacher struct {
+	target target
+	// tlsConfig is the configuration a host target is dialled with.
+	tlsConfig *tls.Config
+}
+
+// explain turns a transport failure into a message about the daemon.
 // Only transport failures: the managers also answer Unavailable themselves
 // (no leader yet), and those messages pass unchanged like every other error.
-func reachError(t target, err error) error {
+func (r reacher) explain(ctx context.Context, err error) error {
 	st, ok := status.FromError(err)
 	if !ok || st.Code() != codes.Unavailable {
 		return err
 	}
-	msg := st.Message()
+	t, msg := r.target, st.Message()
 	if t.host != "" {
 		if e := tlsError(t, msg); e != nil {
 			return e
+		}
+		// With TLS 1.3 the client's handshake is over before the server
+		// has checked the client's certificate, so a manager refusing it
+		// usually shows up as a connection dropped under grpc's first
+		// write. Ask the manager again, and read its answer this time.
+		if connectionDropped(msg) && r.tlsConfig != nil {
+			if alert := probeTLS(ctx, t.host, r.tlsConfig); alert != "" {
+				if e := tlsError(t, alert); e != nil {
+					return e
+				}
+			}
 		}
 	}
 	switch {
@@ -224,6 +260,51 @@ func reachError(t target, err error) error {
 		return fmt.Errorf("cannot reach shoald at %s: %s", t, msg)
 	}
 	return err
+}
+
+func connectionDropped(msg string) bool {
+	for _, s := range []string{"broken pipe", "connection reset by peer", "error reading server preface", "EOF"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// tlsProbeWait bounds probeTLS: a manager that refuses the certificate
+// sends its alert right after the handshake and one that accepts it sends
+// its HTTP/2 settings at once, so anything slower is not the answer
+// sought, and the user is waiting for an error message.
+const tlsProbeWait = 5 * time.Second
+
+// probeTLS makes a TLS connection to addr and reads the server's first
+// record; it returns the TLS error if the handshake failed or the server
+// answered with an alert, else "".
+func probeTLS(ctx context.Context, addr string, cfg *tls.Config) string {
+	ctx, cancel := context.WithTimeout(ctx, tlsProbeWait)
+	defer cancel()
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return ""
+	}
+	defer raw.Close()
+	cfg = cfg.Clone()
+	cfg.NextProtos = []string{"h2"}
+	conn := tls.Client(raw, cfg)
+	if err := conn.HandshakeContext(ctx); err != nil {
+		return err.Error()
+	}
+	if deadline, ok := ctx.Deadline(); ok {
+		if err := conn.SetReadDeadline(deadline); err != nil {
+			return ""
+		}
+	}
+	var b [1]byte
+	if _, err := conn.Read(b[:]); err != nil && strings.Contains(err.Error(), "remote error: tls:") {
+		return err.Error()
+	}
+	return ""
 }
 
 // tlsError explains a failed mutual TLS handshake, which grpc reports as
@@ -263,11 +344,11 @@ func tlsDetail(msg string) string {
 	return msg
 }
 
-// reachStream applies reachError to messages of a server stream, where a
-// daemon that goes away mid-watch shows up.
+// reachStream explains failures of a stream's messages, where a daemon
+// that goes away mid-watch shows up.
 type reachStream struct {
 	grpc.ClientStream
-	target target
+	reacher reacher
 }
 
 func (s reachStream) RecvMsg(m any) error {
@@ -275,5 +356,5 @@ func (s reachStream) RecvMsg(m any) error {
 	if err == nil || errors.Is(err, io.EOF) {
 		return err
 	}
-	return reachError(s.target, err)
+	return s.reacher.explain(s.Context(), err)
 }

@@ -83,6 +83,12 @@ func TestHelpNeedsNoServer(t *testing.T) {
 		{"service", "create", "--help"},
 		{"service"},
 		{"node", "ls", "-h"},
+		{"node", "update", "--help"},
+		{"node", "promote", "--help"},
+		{"cluster"},
+		{"cluster", "join-token", "--help"},
+		{"image"},
+		{"image", "load", "-h"},
 	} {
 		f := newFixture()
 		out, err := runCLI(t, f, args...)

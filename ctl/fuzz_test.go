@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 )
@@ -43,6 +44,40 @@ func FuzzCreateInput(f *testing.F) {
 		}
 		if _, err := parsePsFilters([]string{s}); err == nil && !strings.HasPrefix(s, "desired-state=") && !strings.HasPrefix(s, "node=") {
 			t.Errorf("accepted filter %q", s)
+		}
+	})
+}
+
+// changedFlags is a FlagSet's Changed for the fuzzer.
+type changedFlags map[string]bool
+
+func (c changedFlags) Changed(name string) bool { return c[name] }
+
+func FuzzNodeInput(f *testing.F) {
+	for _, s := range []string{"drain", "zone=eu", "=eu", "zone", "a=b=c", "", "192.0.2.10", "[::1]:4242", "tcp://m:1", "unix:///x", "worker"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := parseNodeUpdate(changedFlags{"availability": true}, s, []string{s}, nil)
+		if err == nil {
+			if _, ok := availabilities[s]; !ok {
+				t.Errorf("accepted availability %q", s)
+			}
+			if len(u.labelAdd) != 1 {
+				t.Errorf("label %q gave %v", s, u.labelAdd)
+			}
+		}
+		if u, err := parseNodeUpdate(changedFlags{}, "", nil, []string{s}); err == nil && (len(u.labelRm) != 1 || strings.Contains(s, "=")) {
+			t.Errorf("accepted --label-rm %q as %v", s, u.labelRm)
+		}
+		if addr, err := hostAddr(s); err == nil {
+			host, port, err := net.SplitHostPort(addr)
+			if err != nil || host == "" || port == "" {
+				t.Errorf("hostAddr(%q) = %q, not HOST:PORT", s, addr)
+			}
+		}
+		if r, err := parseJoinRole(s); err == nil && roleWord(r) != s {
+			t.Errorf("role %q parsed as %s", s, r)
 		}
 	})
 }

@@ -148,6 +148,13 @@ func (f *fakeControl) UpdateNode(_ context.Context, req *api.UpdateNodeRequest, 
 		f.updateNodeErrs = f.updateNodeErrs[1:]
 		return nil, err
 	}
+	// As the managers do: a spec is whole.
+	if req.GetSpec().GetAvailability() == api.NodeAvailability_NODE_AVAILABILITY_UNSPECIFIED {
+		return nil, status.Error(codes.InvalidArgument, "availability: want active, pause or drain")
+	}
+	if req.GetSpec().GetDesiredRole() == api.NodeRole_NODE_ROLE_UNSPECIFIED {
+		return nil, status.Error(codes.InvalidArgument, "desired_role: want worker or manager")
+	}
 	n, err := f.lookupNode(req.GetNode())
 	if err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -34,14 +35,12 @@ func updateNode(cmd *cobra.Command, client api.ControlClient, ref string, change
 			return nil, false, err
 		}
 		node := got.GetNode()
-		spec := proto.CloneOf(node.GetSpec())
-		if spec == nil {
-			spec = &api.NodeSpec{}
-		}
+		was := completeSpec(node)
+		spec := proto.CloneOf(was)
 		if err := change(node, spec); err != nil {
 			return nil, false, err
 		}
-		if proto.Equal(spec, node.GetSpec()) {
+		if proto.Equal(spec, was) {
 			return node, false, nil
 		}
 		var resp *api.UpdateNodeResponse
@@ -59,6 +58,26 @@ func updateNode(cmd *cobra.Command, client api.ControlClient, ref string, change
 		return resp.GetNode(), true, nil
 	}
 	return nil, false, err
+}
+
+// completeSpec is n's spec with the fields it leaves unset filled in as
+// they are in effect: the managers take a whole spec, and an unset field
+// is not a choice to keep.
+func completeSpec(n *api.Node) *api.NodeSpec {
+	spec := proto.CloneOf(n.GetSpec())
+	if spec == nil {
+		spec = &api.NodeSpec{}
+	}
+	if spec.DesiredRole == api.NodeRole_NODE_ROLE_UNSPECIFIED {
+		spec.DesiredRole = cmp.Or(n.GetRole(), api.NodeRole_NODE_ROLE_WORKER)
+	}
+	if spec.Availability == api.NodeAvailability_NODE_AVAILABILITY_UNSPECIFIED {
+		spec.Availability = api.NodeAvailability_NODE_AVAILABILITY_ACTIVE
+	}
+	if len(spec.Labels) == 0 {
+		spec.Labels = nil
+	}
+	return spec
 }
 
 // nodeUpdate is what `node update` changes; zero fields stay as they are.
@@ -206,12 +225,8 @@ Every argument is tried; the command fails if any could not be changed.`,
 		out := cmd.OutOrStdout()
 		var errs []error
 		for _, name := range args {
-			_, changed, err := updateNode(cmd, client, name, func(n *api.Node, spec *api.NodeSpec) error {
+			_, changed, err := updateNode(cmd, client, name, func(_ *api.Node, spec *api.NodeSpec) error {
 				spec.DesiredRole = role
-				// A spec that never named a role means the node's own.
-				if n.GetSpec().GetDesiredRole() == api.NodeRole_NODE_ROLE_UNSPECIFIED && n.GetRole() == role {
-					spec.DesiredRole = api.NodeRole_NODE_ROLE_UNSPECIFIED
-				}
 				return nil
 			})
 			switch {

@@ -70,6 +70,20 @@ func TestNodeUpdate(t *testing.T) {
 			wantCalls: "GetNode",
 		},
 		{
+			name:      "fields the spec leaves unset are sent as in effect",
+			setup:     func(f *fakeControl) { f.nodes[1].Spec = nil },
+			args:      []string{"--label-add", "zone=eu", "alpha"},
+			wantSpec:  &api.NodeSpec{Availability: active, DesiredRole: mgr, Labels: map[string]string{"zone": "eu"}},
+			wantCalls: "GetNode,UpdateNode",
+		},
+		{
+			name:      "unset fields alone are no change",
+			setup:     func(f *fakeControl) { f.nodes[1].Spec = &api.NodeSpec{} },
+			args:      []string{"--availability", "active", "alpha"},
+			wantSpec:  &api.NodeSpec{},
+			wantCalls: "GetNode",
+		},
+		{
 			name:      "retried once after a conflict",
 			setup:     func(f *fakeControl) { f.updateNodeErrs = []error{aborted()} },
 			args:      []string{"--availability", "drain", "alpha"},
@@ -178,6 +192,13 @@ func TestNodePromoteDemote(t *testing.T) {
 			args:      []string{"demote", "charlie"},
 			wantOut:   "node charlie is already a worker\n",
 			wantRoles: map[string]api.NodeRole{"charlie": api.NodeRole_NODE_ROLE_UNSPECIFIED},
+		},
+		{
+			name:      "promote where the spec names no role",
+			setup:     func(f *fakeControl) { f.nodes[0].Spec = nil },
+			args:      []string{"promote", "charlie"},
+			wantOut:   "node charlie is now a manager\n",
+			wantRoles: map[string]api.NodeRole{"charlie": mgr},
 		},
 		{
 			name:      "every argument tried",

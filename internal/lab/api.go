@@ -14,11 +14,19 @@ import (
 // dial makes a Control API client on a node's unix socket. The socket is
 // root's only, so the kernel has authenticated us; no TLS on it.
 func dial(socket string) (api.ControlClient, func() error, error) {
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := dialConn(socket)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to %s: %w", socket, err)
+		return nil, nil, err
 	}
 	return api.NewControlClient(conn), conn.Close, nil
+}
+
+func dialConn(socket string) (*grpc.ClientConn, error) {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", socket, err)
+	}
+	return conn, nil
 }
 
 // listNodes asks the shoald at socket for the cluster's nodes.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -514,6 +515,20 @@ func (l *Lab) Exec(ctx context.Context, name string, argv ...string) (string, er
 		return out.String(), fmt.Errorf("%s on %s: %w", strings.Join(argv, " "), name, err)
 	}
 	return out.String(), nil
+}
+
+// Client returns a Control API client on the node's unix socket; the
+// caller closes it.
+func (l *Lab) Client(name string) (api.ControlClient, io.Closer, error) {
+	n, err := l.Node(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := dialConn(n.Socket)
+	if err != nil {
+		return nil, nil, err
+	}
+	return api.NewControlClient(conn), conn, nil
 }
 
 // NodeStatus is a node with what is known of it right now.

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/internal/testcluster"
 )
 
@@ -117,6 +118,21 @@ func TestLabLifecycle(t *testing.T) {
 			t.Errorf("status of %s = %+v, want running and ready", st.Name, st)
 		}
 	}
+
+	t.Run("client talks to a node", func(t *testing.T) {
+		c, closer, err := l.Client("manager1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closer.Close()
+		resp, err := c.ListNodes(ctx, &api.ListNodesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetNodes()) != len(nodes) {
+			t.Errorf("ListNodes returned %d nodes, want %d", len(resp.GetNodes()), len(nodes))
+		}
+	})
 
 	t.Run("exec runs in the node's namespace", func(t *testing.T) {
 		for _, n := range nodes {

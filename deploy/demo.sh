@@ -47,7 +47,7 @@ $BIN/shoal-testimage build -o "$DATA/echo.tar"
 $BIN/shoal-testimage import --namespace $NS "$DATA/echo.tar"
 
 echo "==> shoald init (log: $LOG)"
-setsid $BIN/shoald init --data-dir "$DATA" --socket "$SOCK" --containerd-namespace $NS >"$LOG" 2>&1 </dev/null &
+setsid $BIN/shoald init --data-dir "$DATA" --socket "$SOCK" --containerd-namespace $NS --listen-addr 127.0.0.1:4242 >"$LOG" 2>&1 </dev/null &
 echo $! >"$DATA/shoald.pid"
 i=0
 until $BIN/shoalctl node ls >/dev/null 2>&1; do

@@ -80,7 +80,7 @@ func TestServiceLifecycle(t *testing.T) {
 		if env := environ(t, c.PID); !strings.Contains(env, "GREETING=hi") || !strings.Contains(env, "SHOAL_SERVICE_NAME=web") {
 			t.Errorf("container %s environment lacks the service's env:\n%s", c.ID, env)
 		}
-		body, err := tc.HTTPGetInNetns(c.PID, 80, "/")
+		body, err := n.HTTPGet(c.PID, 80, "/")
 		if err != nil {
 			t.Fatalf("GET / in task %s: %v", c.TaskID, err)
 		}

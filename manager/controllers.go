@@ -353,3 +353,51 @@ func (m *Manager) schedulePass(ctx context.Context, sub *store.Subscription, sch
 		}
 	}
 }
+
+// managerStatusPeriod is how often the leader refreshes the managers'
+// status (leader flag, reachability) shown by `node ls`.
+const managerStatusPeriod = time.Second
+
+// runManagerStatus keeps each manager node's ManagerStatus true: which one
+// leads, and which are reachable (a raft member whose node is ready).
+func (m *Manager) runManagerStatus(ctx context.Context) {
+	t := time.NewTicker(managerStatusPeriod)
+	defer t.Stop()
+	for {
+		members, err := m.raft.Members()
+		if err == nil {
+			var actions []*api.StoreAction
+			m.raft.Store().View(func(tx store.ReadTx) {
+				for _, n := range tx.Nodes() {
+					addr, member := members[n.GetId()]
+					if !member && n.GetRole() != api.NodeRole_NODE_ROLE_MANAGER {
+						continue
+					}
+					want := &api.ManagerStatus{
+						RaftAddr:  addr,
+						Leader:    n.GetId() == m.cfg.NodeID,
+						Reachable: n.GetId() == m.cfg.NodeID || n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY,
+					}
+					if !member {
+						want.Reachable = false
+						want.RaftAddr = n.GetManagerStatus().GetRaftAddr()
+					}
+					if proto.Equal(want, n.GetManagerStatus()) {
+						continue
+					}
+					upd := proto.Clone(n).(*api.Node)
+					upd.ManagerStatus = want
+					actions = append(actions, store.Update(upd))
+				}
+			})
+			if err := m.propose(ctx, actions); err != nil && ctx.Err() == nil {
+				m.logger.Debug("update manager status", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

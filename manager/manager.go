@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/controlapi"
 	"github.com/shoal-project/shoal/manager/dispatcher"
 	"github.com/shoal-project/shoal/manager/orchestrator"
@@ -37,6 +38,11 @@ type Config struct {
 	Orchestrator orchestrator.Config
 	// SnapshotThreshold overrides raft's snapshot interval (tests).
 	SnapshotThreshold uint64
+	// Transport carries raft; an in-memory one (a lone manager, tests)
+	// when nil.
+	Transport raft.Transport
+	// Identify names the node calling an RPC, from its certificate.
+	Identify func(ctx context.Context) (string, error)
 }
 
 // Manager is a running manager.
@@ -46,6 +52,8 @@ type Manager struct {
 	raft       *state.Node
 	control    *controlapi.Server
 	dispatcher *dispatcher.Dispatcher
+	ca         *ca.Server
+	membership *membership
 }
 
 // RaftDir is where a node's raft state lives under its data dir.
@@ -61,9 +69,13 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 	if cfg.Dispatcher.Logger == nil {
 		cfg.Dispatcher.Logger = cfg.Logger.With("component", "dispatcher")
 	}
-	// A single manager needs no network for raft; managers that join
-	// bring a TLS transport.
-	_, transport := raft.NewInmemTransport(raft.ServerAddress(cfg.NodeID))
+	transport := cfg.Transport
+	if transport == nil {
+		_, transport = raft.NewInmemTransport(raft.ServerAddress(cfg.NodeID))
+	}
+	if cfg.Identify == nil {
+		cfg.Identify = func(context.Context) (string, error) { return cfg.NodeID, nil }
+	}
 	r, err := state.Open(state.Config{
 		Dir: RaftDir(cfg.DataDir), ID: cfg.NodeID, Transport: transport,
 		Logger: cfg.Logger, SnapshotThreshold: cfg.SnapshotThreshold,
@@ -73,12 +85,25 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, logger: cfg.Logger, raft: r}
 	m.control = controlapi.New(r, cfg.NodeID)
+	if cfg.Dispatcher.Leader == nil {
+		cfg.Dispatcher.Leader = func() (bool, string) { return r.IsLeader(), r.LeaderAddr() }
+	}
+	if cfg.Dispatcher.Managers == nil {
+		cfg.Dispatcher.Managers = func() []string {
+			var addrs []string
+			r.Store().View(func(tx store.ReadTx) { addrs = ca.ManagerAddrs(tx) })
+			return addrs
+		}
+	}
 	m.dispatcher = dispatcher.New(r, cfg.Dispatcher)
+	m.ca = ca.NewServer(r, ca.ServerOptions{Logger: cfg.Logger})
+	m.membership = &membership{m: m, identify: cfg.Identify}
 	return m, nil
 }
 
-// Init creates a new cluster whose first node is self, a manager.
-func Init(ctx context.Context, cfg Config, clusterName string, self *api.Node) (*Manager, error) {
+// Init creates a new cluster whose first node is self, a manager. cluster
+// may carry the CA and join tokens; its id, meta and defaults are filled in.
+func Init(ctx context.Context, cfg Config, cluster *api.Cluster, self *api.Node) (*Manager, error) {
 	if HasState(cfg.DataDir) {
 		return nil, fmt.Errorf("%s already holds a cluster: use `shoald run` to restart this node, or remove the directory to start over", cfg.DataDir)
 	}
@@ -91,14 +116,21 @@ func Init(ctx context.Context, cfg Config, clusterName string, self *api.Node) (
 		return nil, err
 	}
 	now := timestamppb.Now()
-	cluster := &api.Cluster{
-		Id:   api.NewID(),
-		Meta: &api.Meta{CreatedAt: now},
-		Spec: &api.ClusterSpec{
-			Name:          clusterName,
-			Orchestration: &api.OrchestrationConfig{TaskHistoryLimit: api.DefaultHistory},
-			Dispatcher:    &api.DispatcherConfig{HeartbeatPeriod: durationpb.New(dispatcher.DefaultHeartbeatPeriod)},
-		},
+	if cluster == nil {
+		cluster = &api.Cluster{}
+	}
+	if cluster.Id == "" {
+		cluster.Id = api.NewID()
+	}
+	cluster.Meta = &api.Meta{CreatedAt: now}
+	if cluster.Spec == nil {
+		cluster.Spec = &api.ClusterSpec{Name: "shoal"}
+	}
+	if cluster.Spec.Orchestration == nil {
+		cluster.Spec.Orchestration = &api.OrchestrationConfig{TaskHistoryLimit: api.DefaultHistory}
+	}
+	if cluster.Spec.Dispatcher == nil {
+		cluster.Spec.Dispatcher = &api.DispatcherConfig{HeartbeatPeriod: durationpb.New(dispatcher.DefaultHeartbeatPeriod)}
 	}
 	self.Meta = &api.Meta{CreatedAt: now}
 	if err := m.raft.Propose(ctx, store.Create(cluster), store.Create(self)); err != nil {
@@ -108,26 +140,44 @@ func Init(ctx context.Context, cfg Config, clusterName string, self *api.Node) (
 	return m, nil
 }
 
-// Open restarts a manager from its data dir.
+// Open restarts a manager from its data dir. It does not wait for a
+// leader: with several managers that needs the others, which may be
+// starting too.
 func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if !HasState(cfg.DataDir) {
 		return nil, fmt.Errorf("%s holds no cluster: create one with `shoald init`", cfg.DataDir)
 	}
-	m, err := open(cfg, false)
-	if err != nil {
-		return nil, err
+	return open(cfg, false)
+}
+
+// Join starts a manager with empty state that joins an existing cluster:
+// the leader adds it as a voter (see RaftMembership.Join) and sends it the
+// log.
+func Join(cfg Config) (*Manager, error) {
+	if HasState(cfg.DataDir) {
+		return nil, fmt.Errorf("%s already holds a cluster", cfg.DataDir)
 	}
-	if err := m.raft.WaitLeader(ctx); err != nil {
-		m.Close()
-		return nil, err
-	}
-	return m, nil
+	return open(cfg, false)
+}
+
+// SetForwarder lets this manager take writes as a follower, sending them
+// to the leader through dial.
+func (m *Manager) SetForwarder(dial func(ctx context.Context, addr string) (api.RaftMembershipClient, error)) {
+	m.raft.SetForwarder(m.forwarder(dial))
 }
 
 // Register adds the manager's gRPC services to a server.
 func (m *Manager) Register(s *grpc.Server) {
 	api.RegisterControlServer(s, m.control)
 	api.RegisterDispatcherServer(s, m.dispatcher)
+	api.RegisterCAServer(s, m.ca)
+	api.RegisterRaftMembershipServer(s, m.membership)
+}
+
+// RegisterLocal adds the services of the node's unix socket: the control
+// API only.
+func (m *Manager) RegisterLocal(s *grpc.Server) {
+	api.RegisterControlServer(s, m.control)
 }
 
 // State is the raft member (tests and benchmarks).
@@ -167,6 +217,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				m.runOrchestrator,
 				m.runAllocator,
 				m.runScheduler,
+				m.runManagerStatus,
 			} {
 				wg.Add(1)
 				go func() {

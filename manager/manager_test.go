@@ -46,7 +46,7 @@ func startManager(t *testing.T) *Manager {
 	ctx, cancel := context.WithTimeout(context.Background(), settle)
 	defer cancel()
 	self := &api.Node{Id: selfID, Role: api.NodeRole_NODE_ROLE_MANAGER, Description: &api.NodeDescription{Hostname: "host-1", Os: "linux", Arch: "amd64"}}
-	m, err := Init(ctx, testConfig(t.TempDir()), "test", self)
+	m, err := Init(ctx, testConfig(t.TempDir()), nil, self)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,7 +409,7 @@ func TestInitAndOpen(t *testing.T) {
 	if _, err := Open(ctx, testConfig(dir)); err == nil || !strings.Contains(err.Error(), "shoald init") {
 		t.Fatalf("Open of an empty dir: %v, want an error pointing at shoald init", err)
 	}
-	m, err := Init(ctx, testConfig(dir), "test", &api.Node{Id: selfID})
+	m, err := Init(ctx, testConfig(dir), nil, &api.Node{Id: selfID})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +424,7 @@ func TestInitAndOpen(t *testing.T) {
 	if !HasState(dir) {
 		t.Fatal("dir holds no state after Init")
 	}
-	if _, err := Init(ctx, testConfig(dir), "again", &api.Node{Id: selfID}); err == nil || !strings.Contains(err.Error(), "shoald run") {
+	if _, err := Init(ctx, testConfig(dir), nil, &api.Node{Id: selfID}); err == nil || !strings.Contains(err.Error(), "shoald run") {
 		t.Fatalf("Init over existing state: %v, want an error pointing at shoald run", err)
 	}
 	m, err = Open(ctx, testConfig(dir))

@@ -30,9 +30,20 @@ const (
 type Config struct {
 	NodeID   string
 	Executor exec.Executor
-	// Conn reaches the dispatcher (the leader, or a manager that forwards).
-	Conn   grpc.ClientConnInterface
-	Logger *slog.Logger
+	// Conn reaches the dispatcher. Set either Conn (one fixed manager) or
+	// Managers (fail over between managers, follow the leader).
+	Conn     grpc.ClientConnInterface
+	Managers Managers
+	Logger   *slog.Logger
+}
+
+// Managers hands the agent connections to managers.
+type Managers interface {
+	// Conn returns a connection to try: the leader if hint names it, else
+	// the next manager in turn.
+	Conn(ctx context.Context, hint string) (grpc.ClientConnInterface, string, error)
+	// Update replaces the list of manager addresses.
+	Update(addrs []string)
 }
 
 // Agent runs a node's tasks.
@@ -58,9 +69,13 @@ func New(cfg Config) *Agent {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	var client api.DispatcherClient
+	if cfg.Conn != nil {
+		client = api.NewDispatcherClient(cfg.Conn)
+	}
 	return &Agent{
 		cfg:       cfg,
-		client:    api.NewDispatcherClient(cfg.Conn),
+		client:    client,
 		logger:    cfg.Logger.With("node", cfg.NodeID),
 		tasks:     map[string]*runner{},
 		pending:   map[string]*api.TaskStatus{},
@@ -82,9 +97,31 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.reportLoop(ctx)
 	}()
 	backoff := reconnectMin
+	hint := ""
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := a.session(ctx)
+		if a.cfg.Managers != nil {
+			conn, addr, err := a.cfg.Managers.Conn(ctx, hint)
+			if err != nil {
+				a.logger.Warn("no manager to connect to", "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(backoff):
+				}
+				backoff = min(backoff*2, reconnectMax)
+				continue
+			}
+			a.mu.Lock()
+			a.client = api.NewDispatcherClient(conn)
+			a.mu.Unlock()
+			a.logger.Debug("connecting to manager", "addr", addr)
+		}
+		var err error
+		hint, err = a.session(ctx)
+		if hint != "" {
+			// A follower named the leader: go there at once.
+			continue
+		}
 		if ctx.Err() != nil {
 			break
 		}
@@ -107,20 +144,31 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
-func (a *Agent) session(ctx context.Context) error {
+// session runs one session until it fails. It returns the leader's
+// address when the manager it reached is a follower that named it.
+func (a *Agent) session(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	desc, err := a.cfg.Executor.Describe(ctx)
 	if err != nil {
-		return fmt.Errorf("describe node: %w", err)
+		return "", fmt.Errorf("describe node: %w", err)
 	}
-	sess, err := a.client.Session(ctx, &api.SessionRequest{NodeId: a.cfg.NodeID, Description: desc})
+	a.mu.Lock()
+	client := a.client
+	a.mu.Unlock()
+	sess, err := client.Session(ctx, &api.SessionRequest{NodeId: a.cfg.NodeID, Description: desc})
 	if err != nil {
-		return fmt.Errorf("open session: %w", err)
+		return "", fmt.Errorf("open session: %w", err)
 	}
 	first, err := sess.Recv()
 	if err != nil {
-		return fmt.Errorf("open session: %w", err)
+		if leader := sess.Trailer().Get(leaderHeader); len(leader) > 0 && status.Code(err) == codes.Unavailable {
+			return leader[0], err
+		}
+		return "", fmt.Errorf("open session: %w", err)
+	}
+	if a.cfg.Managers != nil && len(first.GetManagers()) > 0 {
+		a.cfg.Managers.Update(first.GetManagers())
 	}
 	sid := first.GetSessionId()
 	a.logger.Info("session opened", "session", sid)
@@ -156,7 +204,7 @@ func (a *Agent) session(ctx context.Context) error {
 				return
 			case <-time.After(period):
 			}
-			resp, err := a.client.Heartbeat(ctx, &api.HeartbeatRequest{SessionId: sid})
+			resp, err := client.Heartbeat(ctx, &api.HeartbeatRequest{SessionId: sid})
 			if err != nil {
 				errc <- fmt.Errorf("heartbeat: %w", err)
 				return
@@ -166,13 +214,17 @@ func (a *Agent) session(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		errc <- a.assignments(ctx, sid)
+		errc <- a.assignments(ctx, client, sid)
 	}()
-	return <-errc
+	return "", <-errc
 }
 
-func (a *Agent) assignments(ctx context.Context, sid string) error {
-	stream, err := a.client.Assignments(ctx, &api.AssignmentsRequest{SessionId: sid})
+// leaderHeader is the trailer in which a follower names the leader
+// (dispatcher.LeaderHeader; not imported: workers do not link managers).
+const leaderHeader = "shoal-leader"
+
+func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, sid string) error {
+	stream, err := client.Assignments(ctx, &api.AssignmentsRequest{SessionId: sid})
 	if err != nil {
 		return fmt.Errorf("open assignments: %w", err)
 	}
@@ -330,6 +382,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 		for {
 			a.mu.Lock()
 			sid := a.sessionID
+			client := a.client
 			batch := a.pending
 			if len(batch) == 0 || sid == "" {
 				a.mu.Unlock()
@@ -341,7 +394,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 			for id, st := range batch {
 				req.Updates = append(req.Updates, &api.TaskStatusUpdate{TaskId: id, Status: st})
 			}
-			if _, err := a.client.UpdateTaskStatus(ctx, req); err != nil {
+			if _, err := client.UpdateTaskStatus(ctx, req); err != nil {
 				if ctx.Err() != nil {
 					return
 				}

@@ -26,6 +26,7 @@ func newCommand() *cobra.Command {
 	var (
 		cfg      Config
 		logLevel string
+		token    string
 	)
 	root := &cobra.Command{
 		Use:           "shoald",
@@ -41,6 +42,8 @@ func newCommand() *cobra.Command {
 	flags.StringVar(&cfg.Hostname, "hostname", "", "name of this node (default: the host's name)")
 	flags.DurationVar(&cfg.HeartbeatPeriod, "heartbeat-period", 0, "how often workers heartbeat (default 1s); a node is down after 3 missed periods")
 	flags.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	flags.StringVar(&cfg.ListenAddr, "listen-addr", DefaultListenAddr, "the cluster port: gRPC and raft, mutual TLS only")
+	flags.StringVar(&cfg.AdvertiseAddr, "advertise-addr", "", "address other nodes reach this one at (IP[:port]; default: the listen address, or this host's address on its default route)")
 
 	run := func(fn func(context.Context, Config) error) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, _ []string) error {
@@ -61,10 +64,28 @@ func newCommand() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE:  run(Init),
 	}, &cobra.Command{
+		Use:   "join --token TOKEN MANAGER_ADDR",
+		Short: "Join an existing cluster through one of its managers, then run the node",
+		Long: `Join an existing cluster. The token (from ` + "`shoalctl cluster join-token worker|manager`" + `)
+decides the role and names the cluster's CA: the node trusts the manager only if the
+CA it presents has that digest.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if token == "" {
+				return fmt.Errorf("--token is required: get one with `shoalctl cluster join-token worker` on a manager")
+			}
+			return run(func(ctx context.Context, cfg Config) error { return Join(ctx, cfg, token, args[0]) })(cmd, args)
+		},
+	}, &cobra.Command{
 		Use:   "run",
 		Short: "Run this node from its data dir (after `shoald init` or a restart)",
 		Args:  cobra.NoArgs,
 		RunE:  run(Run),
 	})
+	for _, c := range root.Commands() {
+		if c.Name() == "join" {
+			c.Flags().StringVar(&token, "token", "", "join token (SHOAL-1-...)")
+		}
+	}
 	return root
 }

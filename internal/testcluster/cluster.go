@@ -6,9 +6,11 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -64,7 +66,7 @@ func Binaries(t testing.TB) string {
 			binaries.err = err
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/shoald", "./cmd/shoalctl")
+		cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/shoald", "./cmd/shoalctl", "./cmd/shoal-testimage")
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			binaries.err = fmt.Errorf("build binaries: %v\n%s", err, out)
@@ -88,6 +90,17 @@ func moduleRoot() (string, error) {
 		return "", fmt.Errorf("not inside the shoal module")
 	}
 	return filepath.Dir(mod), nil
+}
+
+// freePort finds a loopback TCP port nobody listens on.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
 
 func randomSuffix() string {
@@ -129,7 +142,8 @@ func NewSingle(t testing.TB) *Node {
 		Socket:    filepath.Join(dir, "shoald.sock"),
 		Namespace: NamespacePrefix + id,
 	}
-	n.args = []string{"--data-dir", n.DataDir, "--socket", n.Socket, "--containerd-namespace", n.Namespace, "--hostname", n.Name, "--log-level", "debug"}
+	n.args = []string{"--data-dir", n.DataDir, "--socket", n.Socket, "--containerd-namespace", n.Namespace, "--hostname", n.Name, "--log-level", "debug",
+		"--listen-addr", "127.0.0.1:" + strconv.Itoa(freePort(t))}
 	t.Cleanup(n.cleanup)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -22,11 +22,11 @@ func assigned(t *api.Task, nodeID string) bool {
 // writer of sequences for its worker, so a worker that sees a gap (only
 // possible across reconnects) asks again and gets a full set.
 func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatcher_AssignmentsServer) error {
-	s, err := d.lookup(req.GetSessionId())
+	ctx := stream.Context()
+	s, err := d.lookup(ctx, req.GetSessionId())
 	if err != nil {
 		return err
 	}
-	ctx := stream.Context()
 	sub := d.raft.Store().Subscribe()
 	defer sub.Close()
 

@@ -9,7 +9,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/store"
 )
 
@@ -43,6 +46,12 @@ type Config struct {
 	HeartbeatPeriod time.Duration
 	GraceMultiplier int
 	Logger          *slog.Logger
+	// Leader reports whether this manager leads and where the leader is.
+	// Only the leader serves workers: sessions and node-down detection
+	// must live in one place. Nil means always the leader (tests).
+	Leader func() (bool, string)
+	// Managers lists the managers' addresses for workers to fail over to.
+	Managers func() []string
 }
 
 type session struct {
@@ -172,12 +181,18 @@ func (d *Dispatcher) endLocked(s *session) {
 	}
 }
 
-func (d *Dispatcher) lookup(id string) (*session, error) {
+func (d *Dispatcher) lookup(ctx context.Context, id string) (*session, error) {
+	if err := d.leading(ctx); err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	s := d.sessions[id]
+	d.mu.Unlock()
 	if s == nil {
 		return nil, status.Errorf(codes.NotFound, "session %q is unknown or expired: open a new session", id)
+	}
+	if err := sessionOwner(ctx, s); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
@@ -211,18 +226,51 @@ func (d *Dispatcher) setNodeState(ctx context.Context, nodeID string, st api.Nod
 	}
 }
 
-// authorize checks that the caller may act for nodeID. Over the local unix
-// socket the caller is root on this host; mutual TLS adds certificate
-// checks here.
+// LeaderHeader is the trailer in which a follower names the leader when
+// it refuses a worker, so the worker can go there at once.
+const LeaderHeader = "shoal-leader"
+
+// leading refuses the call unless this manager leads, naming the leader.
+func (d *Dispatcher) leading(ctx context.Context) error {
+	if d.cfg.Leader == nil {
+		return nil
+	}
+	ok, addr := d.cfg.Leader()
+	if ok {
+		return nil
+	}
+	if addr != "" {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(LeaderHeader, addr))
+	}
+	return status.Errorf(codes.Unavailable, "this manager is not the leader; the leader is at %q", addr)
+}
+
+// authorize checks that the caller may act for nodeID: a node certificate
+// acts only for its own node. Admin and local (unix socket) callers, and
+// calls without an identity (unit tests wire no interceptors), pass.
 func authorize(ctx context.Context, nodeID string) error {
 	if nodeID == "" {
 		return status.Error(codes.InvalidArgument, "node_id: missing")
+	}
+	if id, ok := ca.IdentityFrom(ctx); ok && id.IsNode() && id.NodeID != nodeID {
+		return status.Errorf(codes.PermissionDenied, "node %s may not act for node %s", id.NodeID, nodeID)
+	}
+	return nil
+}
+
+// sessionOwner checks that the caller is the node that owns the session.
+func sessionOwner(ctx context.Context, s *session) error {
+	if id, ok := ca.IdentityFrom(ctx); ok && id.IsNode() && id.NodeID != s.nodeID {
+		return status.Errorf(codes.PermissionDenied, "node %s may not use the session of node %s", id.NodeID, s.nodeID)
 	}
 	return nil
 }
 
 func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_SessionServer) error {
 	ctx := stream.Context()
+	if err := d.leading(ctx); err != nil {
+		return err
+	}
 	if err := authorize(ctx, req.GetNodeId()); err != nil {
 		return err
 	}
@@ -252,7 +300,11 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 		return status.Errorf(codes.Unavailable, "register session: %v", err)
 	}
 	d.logger.Info("session opened", "node", s.nodeID, "session", s.id)
-	if err := stream.Send(&api.SessionMessage{SessionId: s.id, HeartbeatPeriod: durationpb.New(d.period())}); err != nil {
+	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: durationpb.New(d.period())}
+	if d.cfg.Managers != nil {
+		msg.Managers = d.cfg.Managers()
+	}
+	if err := stream.Send(msg); err != nil {
 		return err
 	}
 	select {
@@ -277,15 +329,13 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 }
 
 func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
+	s, err := d.lookup(ctx, req.GetSessionId())
+	if err != nil {
+		return nil, err
+	}
 	d.mu.Lock()
-	s := d.sessions[req.GetSessionId()]
-	if s != nil {
-		s.lastSeen = time.Now()
-	}
+	s.lastSeen = time.Now()
 	d.mu.Unlock()
-	if s == nil {
-		return nil, status.Errorf(codes.NotFound, "session %q is unknown or expired: open a new session", req.GetSessionId())
-	}
 	return &api.HeartbeatResponse{Period: durationpb.New(d.period())}, nil
 }
 
@@ -293,7 +343,7 @@ func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (
 // tasks of other nodes are refused; reports that would move a task
 // backwards are ignored, since task state only moves forward.
 func (d *Dispatcher) UpdateTaskStatus(ctx context.Context, req *api.UpdateTaskStatusRequest) (*api.UpdateTaskStatusResponse, error) {
-	s, err := d.lookup(req.GetSessionId())
+	s, err := d.lookup(ctx, req.GetSessionId())
 	if err != nil {
 		return nil, err
 	}

@@ -63,13 +63,17 @@ func startServer(t testing.TB, env []string, args ...string) *server {
 			lines <- sc.Text()
 		}
 	}()
-	go func() {
-		// Drain stdout so the child never blocks on a full pipe, then reap it.
-		for range lines {
-		}
-		s.waitErr = cmd.Wait()
-		close(s.done)
-	}()
+	// drain keeps reading stdout so the child never blocks on a full
+	// pipe, then reaps it. It starts only after the start line was taken:
+	// started earlier, it could take the start line itself.
+	drain := func() {
+		go func() {
+			for range lines {
+			}
+			s.waitErr = cmd.Wait()
+			close(s.done)
+		}()
+	}
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-s.done
@@ -77,6 +81,7 @@ func startServer(t testing.TB, env []string, args ...string) *server {
 
 	select {
 	case line, ok := <-lines:
+		drain()
 		if !ok {
 			<-s.done
 			t.Fatalf("echo exited before its start line: %v", s.waitErr)
@@ -87,6 +92,7 @@ func startServer(t testing.TB, env []string, args ...string) *server {
 			t.Fatalf("start line lacks addresses: %q", line)
 		}
 	case <-time.After(hangGuard):
+		drain()
 		t.Fatal("no start line from echo")
 	}
 	return s

@@ -1,0 +1,693 @@
+package daemon
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager"
+	"github.com/shoal-project/shoal/manager/ca"
+	"github.com/shoal-project/shoal/manager/dispatcher"
+	"github.com/shoal-project/shoal/manager/state"
+	"github.com/shoal-project/shoal/worker"
+)
+
+// joinTimeout bounds the whole of `shoald join` before the node runs.
+const joinTimeout = time.Minute
+
+// nodeFile is what a node remembers between runs besides its
+// credentials and raft state.
+type nodeFile struct {
+	NodeID        string   `json:"node_id"`
+	ListenAddr    string   `json:"listen_addr"`
+	AdvertiseAddr string   `json:"advertise_addr"`
+	Managers      []string `json:"managers"`
+}
+
+func nodeFilePath(dataDir string) string { return filepath.Join(dataDir, "node.json") }
+func certDir(dataDir string) string      { return filepath.Join(dataDir, "certificates") }
+
+// AdminDir is where a manager keeps the admin credentials for shoalctl
+// --host.
+func AdminDir(dataDir string) string { return filepath.Join(dataDir, "admin") }
+
+var nodeFileMu sync.Mutex
+
+func (n nodeFile) save(dataDir string) error {
+	nodeFileMu.Lock()
+	defer nodeFileMu.Unlock()
+	b, err := json.MarshalIndent(n, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := nodeFilePath(dataDir) + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("write node file: %w", err)
+	}
+	return os.Rename(tmp, nodeFilePath(dataDir))
+}
+
+func loadNodeFile(dataDir string) (nodeFile, error) {
+	var n nodeFile
+	b, err := os.ReadFile(nodeFilePath(dataDir))
+	if errors.Is(err, os.ErrNotExist) {
+		return n, fmt.Errorf("%s holds no node: create a cluster with `shoald init` or join one with `shoald join`", dataDir)
+	} else if err != nil {
+		return n, fmt.Errorf("read node file: %w", err)
+	}
+	if err := json.Unmarshal(b, &n); err != nil {
+		return n, fmt.Errorf("read node file %s: %w", nodeFilePath(dataDir), err)
+	}
+	return n, nil
+}
+
+// advertiseAddr picks the address other nodes reach us at: the flag, else
+// the listen address if it names one, else this host's address on its
+// default route (as `docker swarm init` does), else loopback.
+func advertiseAddr(flag, listen string) (string, error) {
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("--listen-addr %q: %w", listen, err)
+	}
+	if flag != "" {
+		host, p, err := net.SplitHostPort(flag)
+		if err != nil {
+			// An address without a port takes the listen port.
+			host, p = flag, port
+		}
+		if net.ParseIP(host) == nil {
+			return "", fmt.Errorf("--advertise-addr %q: want an IP address (with an optional port)", flag)
+		}
+		return net.JoinHostPort(host, p), nil
+	}
+	host, _, _ := net.SplitHostPort(listen)
+	if ip := net.ParseIP(host); ip != nil && !ip.IsUnspecified() {
+		return listen, nil
+	}
+	// The kernel's choice of source address towards a public address;
+	// UDP "connect" sends nothing.
+	if c, err := net.Dial("udp", "192.0.2.1:9"); err == nil {
+		ip := c.LocalAddr().(*net.UDPAddr).IP.String()
+		c.Close()
+		return net.JoinHostPort(ip, port), nil
+	}
+	return net.JoinHostPort("127.0.0.1", port), nil
+}
+
+// node is a running shoald: its identity, TLS material and listeners.
+type node struct {
+	cfg     Config
+	file    nodeFile
+	creds   ca.Credentials
+	keypair *ca.Keypair
+	roots   *x509.CertPool
+	role    ca.Role
+
+	listener *clusterListener
+	mgr      *manager.Manager
+
+	connMu sync.Mutex
+	conns  map[string]*grpc.ClientConn
+}
+
+func newNode(cfg Config, file nodeFile, creds ca.Credentials) (*node, error) {
+	kp, err := creds.Keypair()
+	if err != nil {
+		return nil, err
+	}
+	roots, err := creds.Pool()
+	if err != nil {
+		return nil, err
+	}
+	id, err := creds.Identity()
+	if err != nil {
+		return nil, err
+	}
+	if id.NodeID != file.NodeID {
+		return nil, fmt.Errorf("the certificate in %s names node %s, but this node is %s", certDir(cfg.DataDir), id.NodeID, file.NodeID)
+	}
+	return &node{cfg: cfg, file: file, creds: creds, keypair: kp, roots: roots, role: id.Role, conns: map[string]*grpc.ClientConn{}}, nil
+}
+
+// dial returns a (cached, lazily connecting) mutual-TLS connection to a
+// manager.
+func (n *node) dial(addr string) (*grpc.ClientConn, error) {
+	n.connMu.Lock()
+	defer n.connMu.Unlock()
+	if c := n.conns[addr]; c != nil {
+		return c, nil
+	}
+	tlsCfg := ca.ClientConfig(n.keypair, n.roots, ca.ManagerServerName, ca.ALPNGRPC)
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		return nil, fmt.Errorf("dial manager %s: %w", addr, err)
+	}
+	n.conns[addr] = c
+	return c, nil
+}
+
+func (n *node) closeConns() {
+	n.connMu.Lock()
+	defer n.connMu.Unlock()
+	for a, c := range n.conns {
+		c.Close()
+		delete(n.conns, a)
+	}
+}
+
+// authorizer checks callers of the cluster port against the store: a
+// removed node's or a replaced certificate is refused.
+func (n *node) authorizer() ca.Authorizer {
+	a := ca.Authorizer{}
+	if n.mgr != nil {
+		a.Check = ca.Checker(n.mgr.State().Store())
+	}
+	return a
+}
+
+// listen opens the cluster port (managers only: workers serve nothing).
+func (n *node) listen() error {
+	l, err := listenCluster(n.file.ListenAddr, ca.ServerConfig(n.keypair, n.roots), ca.Authorizer{}, n.cfg.Logger)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", n.file.ListenAddr, err)
+	}
+	n.listener = l
+	return nil
+}
+
+// raftTransport is raft over the cluster port.
+func (n *node) raftTransport() (*state.StreamLayer, error) {
+	addr, err := net.ResolveTCPAddr("tcp", n.file.AdvertiseAddr)
+	if err != nil {
+		return nil, fmt.Errorf("advertise address %q: %w", n.file.AdvertiseAddr, err)
+	}
+	sl := state.NewStreamLayer(addr, ca.ClientConfig(n.keypair, n.roots, ca.ManagerServerName, ca.ALPNRaft))
+	return sl, nil
+}
+
+func (n *node) managerConfig(transport *state.StreamLayer) manager.Config {
+	return manager.Config{
+		DataDir:    n.cfg.DataDir,
+		NodeID:     n.file.NodeID,
+		Logger:     n.cfg.Logger,
+		Dispatcher: dispatcher.Config{HeartbeatPeriod: n.cfg.HeartbeatPeriod},
+		Transport:  state.NewNetworkTransport(transport, nil),
+		Identify: func(ctx context.Context) (string, error) {
+			id, err := ca.IdentityFromContext(ctx)
+			if err != nil {
+				return "", err
+			}
+			return id.NodeID, nil
+		},
+	}
+}
+
+// Init creates a new cluster with this node as its first manager and runs
+// the node until ctx ends.
+func Init(ctx context.Context, cfg Config) error {
+	cfg.defaults()
+	if manager.HasState(cfg.DataDir) {
+		return fmt.Errorf("%s already holds a cluster: use `shoald run` to restart this node, or remove the directory to start over", cfg.DataDir)
+	}
+	if _, err := os.Stat(nodeFilePath(cfg.DataDir)); err == nil {
+		return fmt.Errorf("%s already holds a node: use `shoald run` to restart it, or remove the directory to start over", cfg.DataDir)
+	}
+	adv, err := advertiseAddr(cfg.AdvertiseAddr, cfg.ListenAddr)
+	if err != nil {
+		return err
+	}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	// Whatever fails from here on must leave the data dir as it was.
+	made := []string{certDir(cfg.DataDir), AdminDir(cfg.DataDir), manager.RaftDir(cfg.DataDir), nodeFilePath(cfg.DataDir)}
+	undo := func() {
+		for _, p := range made {
+			os.RemoveAll(p)
+		}
+	}
+	file := nodeFile{NodeID: api.NewID(), ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: []string{adv}}
+	exe, err := newExecutor(ctx, cfg, file.NodeID)
+	if err != nil {
+		return err
+	}
+	defer exe.Close()
+	desc, err := exe.Describe(ctx)
+	if err != nil {
+		return fmt.Errorf("describe node: %w", err)
+	}
+
+	clusterID := api.NewID()
+	rootPB, err := ca.NewRootCA(clusterID)
+	if err != nil {
+		return err
+	}
+	root, err := ca.ParseRootCA(rootPB)
+	if err != nil {
+		return err
+	}
+	keyPEM, csrPEM, err := ca.NewKeyAndCSR()
+	if err != nil {
+		return err
+	}
+	certPEM, cert, err := root.Issue(csrPEM, file.NodeID, api.NodeRole_NODE_ROLE_MANAGER, 0)
+	if err != nil {
+		return err
+	}
+	adminCert, adminKey, err := root.IssueAdmin()
+	if err != nil {
+		return err
+	}
+	workerToken, err := ca.GenerateToken(rootPB.GetDigest())
+	if err != nil {
+		return err
+	}
+	managerToken, err := ca.GenerateToken(rootPB.GetDigest())
+	if err != nil {
+		return err
+	}
+	creds := ca.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: certPEM, KeyPEM: keyPEM}
+	if err := ca.SaveCredentials(certDir(cfg.DataDir), creds); err != nil {
+		undo()
+		return err
+	}
+	if err := ca.SaveCredentials(AdminDir(cfg.DataDir), ca.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: adminCert, KeyPEM: adminKey}); err != nil {
+		undo()
+		return err
+	}
+	n, err := newNode(cfg, file, creds)
+	if err != nil {
+		undo()
+		return err
+	}
+	if err := n.listen(); err != nil {
+		undo()
+		return err
+	}
+	sl, err := n.raftTransport()
+	if err != nil {
+		n.listener.Close()
+		undo()
+		return err
+	}
+	n.listener.setRaft(sl)
+	self := &api.Node{
+		Id:            file.NodeID,
+		Role:          api.NodeRole_NODE_ROLE_MANAGER,
+		Spec:          &api.NodeSpec{DesiredRole: api.NodeRole_NODE_ROLE_MANAGER, Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE},
+		Description:   desc,
+		Status:        &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: adv},
+		ManagerStatus: &api.ManagerStatus{RaftAddr: adv, Leader: true, Reachable: true},
+		Certificate:   ca.CertificateRecord(cert, api.NodeRole_NODE_ROLE_MANAGER),
+	}
+	cluster := &api.Cluster{
+		Id:         clusterID,
+		Spec:       &api.ClusterSpec{Name: "shoal"},
+		RootCa:     rootPB,
+		JoinTokens: &api.JoinTokens{Worker: workerToken, Manager: managerToken},
+	}
+	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	m, err := manager.Init(startCtx, n.managerConfig(sl), cluster, self)
+	if err != nil {
+		n.listener.Close()
+		undo()
+		return fmt.Errorf("create cluster: %w", err)
+	}
+	n.mgr = m
+	if err := file.save(cfg.DataDir); err != nil {
+		m.Close()
+		n.listener.Close()
+		undo()
+		return err
+	}
+	cfg.Logger.Info("cluster created", "node", file.NodeID, "data_dir", cfg.DataDir, "advertise", adv)
+	return n.serve(ctx, exe)
+}
+
+// Run restarts a node from its data dir and runs it until ctx ends.
+func Run(ctx context.Context, cfg Config) error {
+	cfg.defaults()
+	file, err := loadNodeFile(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	creds, err := ca.LoadCredentials(certDir(cfg.DataDir))
+	if err != nil {
+		return fmt.Errorf("%w (the node's certificates are in %s)", err, certDir(cfg.DataDir))
+	}
+	n, err := newNode(cfg, file, creds)
+	if err != nil {
+		return err
+	}
+	exe, err := newExecutor(ctx, cfg, file.NodeID)
+	if err != nil {
+		return err
+	}
+	defer exe.Close()
+	if manager.HasState(cfg.DataDir) {
+		if err := n.listen(); err != nil {
+			return err
+		}
+		sl, err := n.raftTransport()
+		if err != nil {
+			n.listener.Close()
+			return err
+		}
+		n.listener.setRaft(sl)
+		m, err := manager.Open(ctx, n.managerConfig(sl))
+		if err != nil {
+			n.listener.Close()
+			return err
+		}
+		n.mgr = m
+	}
+	return n.serve(ctx, exe)
+}
+
+// Join makes this node part of an existing cluster, then runs it.
+func Join(ctx context.Context, cfg Config, token, addr string) error {
+	cfg.defaults()
+	if _, err := os.Stat(nodeFilePath(cfg.DataDir)); err == nil || manager.HasState(cfg.DataDir) {
+		return fmt.Errorf("%s already holds a node: use `shoald run`, or remove the directory to join afresh", cfg.DataDir)
+	}
+	tok, err := ca.ParseToken(token)
+	if err != nil {
+		return err
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		addr = net.JoinHostPort(addr, strconv.Itoa(4242))
+	}
+	adv, err := advertiseAddr(cfg.AdvertiseAddr, cfg.ListenAddr)
+	if err != nil {
+		return err
+	}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	made := []string{certDir(cfg.DataDir), AdminDir(cfg.DataDir), manager.RaftDir(cfg.DataDir), nodeFilePath(cfg.DataDir)}
+	undo := func() {
+		for _, p := range made {
+			os.RemoveAll(p)
+		}
+	}
+
+	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
+	defer cancel()
+	// The executor answers first: a node that cannot run containers must
+	// not become part of the cluster.
+	exe, err := newExecutor(ctx, cfg, "")
+	if err != nil {
+		return err
+	}
+	desc, err := exe.Describe(jctx)
+	exe.Close()
+	if err != nil {
+		return fmt.Errorf("describe node: %w", err)
+	}
+
+	// Trust the manager only if its chain holds the CA the token names.
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(ca.JoinConfig(tok.Digest))))
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer conn.Close()
+	caClient := api.NewCAClient(conn)
+	root, err := caClient.GetRootCACertificate(jctx, &api.GetRootCACertificateRequest{})
+	if err != nil {
+		return fmt.Errorf("join %s: %w", addr, errMessage(err))
+	}
+	if _, err := ca.VerifyRootCA(root.GetCertPem(), tok.Digest); err != nil {
+		return fmt.Errorf("join %s: %w", addr, err)
+	}
+	keyPEM, csrPEM, err := ca.NewKeyAndCSR()
+	if err != nil {
+		return err
+	}
+	issued, err := caClient.IssueNodeCertificate(jctx, &api.IssueNodeCertificateRequest{
+		Token: token, CsrPem: csrPEM, Description: desc, AdvertiseAddr: adv,
+	})
+	if err != nil {
+		return fmt.Errorf("join %s: %w", addr, errMessage(err))
+	}
+	creds := ca.Credentials{CACertPEM: root.GetCertPem(), CertPEM: issued.GetCertPem(), KeyPEM: keyPEM}
+	if err := ca.SaveCredentials(certDir(cfg.DataDir), creds); err != nil {
+		undo()
+		return err
+	}
+	managers := issued.GetManagers()
+	if len(managers) == 0 {
+		managers = []string{addr}
+	}
+	file := nodeFile{NodeID: issued.GetNodeId(), ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: managers}
+	if err := file.save(cfg.DataDir); err != nil {
+		undo()
+		return err
+	}
+	n, err := newNode(cfg, file, creds)
+	if err != nil {
+		undo()
+		return err
+	}
+	exe, err = newExecutor(ctx, cfg, file.NodeID)
+	if err != nil {
+		return err
+	}
+	defer exe.Close()
+	cfg.Logger.Info("joined the cluster", "node", file.NodeID, "role", n.role, "managers", strings.Join(managers, ","))
+	if n.role == ca.RoleManager {
+		if err := n.listen(); err != nil {
+			return err
+		}
+		sl, err := n.raftTransport()
+		if err != nil {
+			n.listener.Close()
+			return err
+		}
+		n.listener.setRaft(sl)
+		m, err := manager.Join(n.managerConfig(sl))
+		if err != nil {
+			n.listener.Close()
+			return err
+		}
+		n.mgr = m
+		go n.joinRaft(ctx, managers)
+	}
+	return n.serve(ctx, exe)
+}
+
+// joinRaft asks the leader to add this manager as a voter, following
+// redirects, until it succeeds or ctx ends.
+func (n *node) joinRaft(ctx context.Context, managers []string) {
+	try := append([]string{}, managers...)
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		addr := try[attempt%len(try)]
+		c, err := n.dial(addr)
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, err = api.NewRaftMembershipClient(c).Join(cctx, &api.JoinRequest{Addr: n.file.AdvertiseAddr})
+			cancel()
+			if err == nil {
+				n.cfg.Logger.Info("joined raft", "via", addr)
+				return
+			}
+			if leader := n.mgr.State().LeaderAddr(); leader != "" {
+				try = append([]string{leader}, managers...)
+			}
+		}
+		n.cfg.Logger.Warn("join raft; retrying", "via", addr, "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func (n *node) serve(ctx context.Context, exe *executor) error {
+	cfg := n.cfg
+	defer n.closeConns()
+	if n.mgr != nil {
+		defer n.mgr.Close()
+		n.mgr.SetForwarder(func(ctx context.Context, addr string) (api.RaftMembershipClient, error) {
+			c, err := n.dial(addr)
+			if err != nil {
+				return nil, err
+			}
+			return api.NewRaftMembershipClient(c), nil
+		})
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	var servers []*grpc.Server
+
+	if n.mgr != nil {
+		auth := n.authorizer()
+		tcpSrv := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(ca.AcceptedTLSCredentials())}, auth.ServerOptions()...)...)
+		n.mgr.Register(tcpSrv)
+		servers = append(servers, tcpSrv)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			if err := tcpSrv.Serve(n.listener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				errc <- fmt.Errorf("serve cluster port: %w", err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			n.mgr.Run(ctx)
+		}()
+		defer n.listener.Close()
+	}
+
+	l, err := listenUnix(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	defer os.Remove(cfg.Socket)
+	local := ca.LocalIdentity(n.file.NodeID)
+	unixSrv := grpc.NewServer(append(ca.Authorizer{Local: &local}.ServerOptions(),
+		// A worker has no control API: say where it is.
+		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
+			return status.Error(codes.FailedPrecondition, "this node is a worker: run shoalctl on a manager, or with --host MANAGER")
+		}))...)
+	if n.mgr != nil {
+		n.mgr.RegisterLocal(unixSrv)
+	}
+	servers = append(servers, unixSrv)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := unixSrv.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- fmt.Errorf("serve API: %w", err)
+		}
+	}()
+
+	pool := worker.NewManagerPool(n.file.Managers, n.dial, func(addrs []string) {
+		f := n.file
+		f.Managers = addrs
+		if err := f.save(cfg.DataDir); err != nil {
+			cfg.Logger.Warn("remember managers", "err", err)
+		}
+	})
+	agent := worker.New(worker.Config{NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker")})
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		agent.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		n.renewLoop(ctx, pool)
+	}()
+	cfg.Logger.Info("shoald ready", "node", n.file.NodeID, "role", n.role, "socket", cfg.Socket, "listen", n.file.ListenAddr, "advertise", n.file.AdvertiseAddr)
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancel()
+	for _, srv := range servers {
+		stopped := make(chan struct{})
+		go func() {
+			srv.GracefulStop()
+			close(stopped)
+		}()
+		select {
+		case <-stopped:
+		case <-time.After(stopTimeout):
+			srv.Stop()
+		}
+	}
+	wg.Wait()
+	pool.Close()
+	cfg.Logger.Info("shoald stopped; containers keep running", "node", n.file.NodeID)
+	return runErr
+}
+
+// renewCheck is how often the node looks at its certificate's age.
+const renewCheck = time.Minute
+
+// renewLoop renews the node certificate before it expires, through any
+// manager, and swaps it in without restarting anything.
+func (n *node) renewLoop(ctx context.Context, pool *worker.ManagerPool) {
+	t := time.NewTicker(renewCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if leaf := n.keypair.Leaf(); leaf == nil || !ca.NeedsRenewal(leaf, time.Now()) {
+			continue
+		}
+		if err := n.renew(ctx, pool); err != nil {
+			n.cfg.Logger.Warn("renew node certificate", "err", err)
+		}
+	}
+}
+
+func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
+	conn, addr, err := pool.Conn(ctx, "")
+	if err != nil {
+		return err
+	}
+	keyPEM, csrPEM, err := ca.NewKeyAndCSR()
+	if err != nil {
+		return err
+	}
+	resp, err := api.NewCAClient(conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{CsrPem: csrPEM})
+	if err != nil {
+		return fmt.Errorf("via %s: %w", addr, err)
+	}
+	creds := ca.Credentials{CACertPEM: n.creds.CACertPEM, CertPEM: resp.GetCertPem(), KeyPEM: keyPEM}
+	cert, err := creds.TLSCertificate()
+	if err != nil {
+		return err
+	}
+	if err := ca.SaveCredentials(certDir(n.cfg.DataDir), creds); err != nil {
+		return err
+	}
+	n.keypair.Set(cert)
+	n.creds = creds
+	n.cfg.Logger.Info("node certificate renewed", "not_after", cert.Leaf.NotAfter)
+	return nil
+}
+
+// errMessage strips gRPC's framing from an error for a person.
+func errMessage(err error) error {
+	if st, ok := status.FromError(err); ok {
+		return errors.New(st.Message())
+	}
+	return err
+}

@@ -153,7 +153,9 @@ func (m *Manager) runOrchestrator(ctx context.Context) {
 					dirty[o.GetServiceId()] = true
 				case *api.Node:
 					old, _ := ev.Old.(*api.Node)
-					if old.GetStatus().GetState() != o.GetStatus().GetState() {
+					if ev.Kind == api.StoreActionKind_STORE_ACTION_KIND_REMOVE ||
+						old.GetStatus().GetState() != o.GetStatus().GetState() ||
+						old.GetSpec().GetAvailability() != o.GetSpec().GetAvailability() {
 						m.raft.Store().View(func(tx store.ReadTx) {
 							for _, t := range tx.TasksOfNode(o.GetId()) {
 								dirty[t.GetServiceId()] = true

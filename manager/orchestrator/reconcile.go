@@ -293,6 +293,11 @@ func (r *reconciler) shutdown(t *api.Task, history *[]*api.Task) {
 
 // restart creates old's replacement if the restart policy allows it.
 func (r *reconciler) restart(num uint64, old *api.Task) {
+	if r.drained(old) {
+		// A move, not a failure: no back-off, no attempt counted.
+		r.create(num, old.GetRestartCount(), 0, 0, "moved off a drained node")
+		return
+	}
 	policy := r.svc.GetSpec().GetTask().GetRestart()
 	if !shouldRestart(policy, old) {
 		return
@@ -419,9 +424,19 @@ func (r *reconciler) lost(t *api.Task) bool {
 	return !ok || n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN
 }
 
+// drained reports whether t runs on a node the operator drained: it must
+// move, whatever the restart policy says.
+func (r *reconciler) drained(t *api.Task) bool {
+	if terminal(t) || t.GetNodeId() == "" {
+		return false
+	}
+	n, ok := r.nodes[t.GetNodeId()]
+	return ok && n.GetSpec().GetAvailability() == api.NodeAvailability_NODE_AVAILABILITY_DRAIN
+}
+
 // ended reports whether t will not run (again) for its slot.
 func (r *reconciler) ended(t *api.Task) bool {
-	return terminal(t) || r.lost(t)
+	return terminal(t) || r.lost(t) || r.drained(t)
 }
 
 // gone reports whether a task being removed has nothing left to stop:

@@ -710,3 +710,25 @@ func TestPlanEmpty(t *testing.T) {
 		}
 	}
 }
+
+// TestReconcileDrain: tasks on a drained node move, whatever the restart
+// policy, without back-off; once stopped they are history.
+func TestReconcileDrain(t *testing.T) {
+	nodes := testNodes()
+	nodes["drained"] = &api.Node{Id: "drained",
+		Spec:   &api.NodeSpec{Availability: api.NodeAvailability_NODE_AVAILABILITY_DRAIN},
+		Status: &api.NodeStatus{State: api.NodeState_NODE_STATE_READY}}
+	never := func(s *api.Service) {
+		s.Spec.Task.Restart = &api.RestartPolicy{Condition: api.RestartCondition_RESTART_CONDITION_NONE}
+	}
+	svc := newService(2, never)
+	tasks := []*api.Task{
+		newTask(1, running, withID("a"), onNode("drained")),
+		newTask(2, running, withID("b"), onNode(nodeReady)),
+	}
+	got := describe(Reconcile(now, Config{}, svc, tasks, nodes))
+	want := []string{"create slot=1 restarts=0 step=0 delay=0s", "update a desired=shutdown"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("plan:\n  got  %q\n  want %q", got, want)
+	}
+}

@@ -218,6 +218,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				m.runAllocator,
 				m.runScheduler,
 				m.runManagerStatus,
+				m.runRoles,
 			} {
 				wg.Add(1)
 				go func() {

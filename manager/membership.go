@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/manager/state"
@@ -51,6 +52,14 @@ func (s *membership) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 		return nil, status.Errorf(codes.Unavailable, "add raft voter %s at %s: %v", id, req.GetAddr(), err)
 	}
 	s.m.logger.Info("manager joined raft", "node", id, "addr", req.GetAddr())
+	if node.GetRole() != api.NodeRole_NODE_ROLE_MANAGER || node.GetManagerStatus().GetRaftAddr() != req.GetAddr() {
+		upd := proto.Clone(node).(*api.Node)
+		upd.Role = api.NodeRole_NODE_ROLE_MANAGER
+		upd.ManagerStatus = &api.ManagerStatus{RaftAddr: req.GetAddr(), Reachable: true}
+		if err := s.m.raft.Propose(ctx, store.Update(upd)); err != nil {
+			s.m.logger.Warn("record promoted manager", "node", id, "err", err)
+		}
+	}
 	members, err := s.m.raft.Members()
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, err.Error())

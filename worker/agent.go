@@ -35,6 +35,9 @@ type Config struct {
 	Conn     grpc.ClientConnInterface
 	Managers Managers
 	Logger   *slog.Logger
+	// OnDesiredRole, if set, hears the role the managers want this node
+	// to have, with every heartbeat.
+	OnDesiredRole func(api.NodeRole)
 }
 
 // Managers hands the agent connections to managers.
@@ -210,6 +213,9 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 				return
 			}
 			period = resp.GetPeriod().AsDuration()
+			if a.cfg.OnDesiredRole != nil && resp.GetDesiredRole() != api.NodeRole_NODE_ROLE_UNSPECIFIED {
+				a.cfg.OnDesiredRole(resp.GetDesiredRole())
+			}
 		}
 	}()
 	go func() {

@@ -68,6 +68,10 @@ func (p *ManagerPool) Update(addrs []string) {
 	}
 }
 
+// Reset closes every connection; the next Conn dials afresh (after a
+// certificate renewal, say).
+func (p *ManagerPool) Reset() { p.Close() }
+
 // Close closes every connection.
 func (p *ManagerPool) Close() {
 	p.mu.Lock()

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -15,11 +16,42 @@ import (
 func Main(args []string) int {
 	cmd := newCommand()
 	cmd.SetArgs(args)
-	if err := cmd.Execute(); err != nil {
+	err := cmd.Execute()
+	if errors.Is(err, ErrRoleChanged) {
+		// Start over as `shoald run` in the new role; running containers
+		// are adopted as after any restart.
+		err = reexec(lastConfig)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "shoald:", err)
 		return 1
 	}
 	return 0
+}
+
+// lastConfig is the configuration the command ran with, for reexec.
+var lastConfig Config
+
+func reexec(cfg Config) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("restart in the new role: %w", err)
+	}
+	args := []string{self, "run",
+		"--data-dir", cfg.DataDir, "--socket", cfg.Socket,
+		"--containerd-address", cfg.ContainerdAddress, "--containerd-namespace", cfg.ContainerdNamespace,
+		"--listen-addr", cfg.ListenAddr, "--log-level", cfg.LogLevel,
+	}
+	if cfg.Hostname != "" {
+		args = append(args, "--hostname", cfg.Hostname)
+	}
+	if cfg.AdvertiseAddr != "" {
+		args = append(args, "--advertise-addr", cfg.AdvertiseAddr)
+	}
+	if cfg.HeartbeatPeriod > 0 {
+		args = append(args, "--heartbeat-period", cfg.HeartbeatPeriod.String())
+	}
+	return syscall.Exec(self, args, os.Environ())
 }
 
 func newCommand() *cobra.Command {
@@ -52,6 +84,8 @@ func newCommand() *cobra.Command {
 				return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			cfg.LogLevel = logLevel
+			lastConfig = cfg
 			slog.SetDefault(cfg.Logger)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()

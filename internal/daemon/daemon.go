@@ -42,7 +42,10 @@ type Config struct {
 	// derived from the listen address or the default route when empty.
 	AdvertiseAddr   string
 	HeartbeatPeriod time.Duration
-	Logger          *slog.Logger
+	// LogLevel is the --log-level the node runs with (kept to restart in
+	// a new role).
+	LogLevel string
+	Logger   *slog.Logger
 	// Ready, if set, is called once the node serves its API.
 	Ready func()
 }

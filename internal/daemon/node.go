@@ -145,19 +145,29 @@ func newNode(cfg Config, file nodeFile, creds ca.Credentials) (*node, error) {
 }
 
 // dial returns a (cached, lazily connecting) mutual-TLS connection to a
-// manager.
+// manager, for the node's own calls (forwarding, joining raft).
 func (n *node) dial(addr string) (*grpc.ClientConn, error) {
 	n.connMu.Lock()
 	defer n.connMu.Unlock()
 	if c := n.conns[addr]; c != nil {
 		return c, nil
 	}
+	c, err := n.newConn(addr)
+	if err != nil {
+		return nil, err
+	}
+	n.conns[addr] = c
+	return c, nil
+}
+
+// newConn makes a new mutual-TLS connection to a manager; the caller owns
+// it (the worker's manager pool keeps its own).
+func (n *node) newConn(addr string) (*grpc.ClientConn, error) {
 	tlsCfg := ca.ClientConfig(n.keypair, n.roots, ca.ManagerServerName, ca.ALPNGRPC)
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
 		return nil, fmt.Errorf("dial manager %s: %w", addr, err)
 	}
-	n.conns[addr] = c
 	return c, nil
 }
 
@@ -367,7 +377,8 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer exe.Close()
-	if manager.HasState(cfg.DataDir) {
+	switch {
+	case n.role == ca.RoleManager:
 		if err := n.listen(); err != nil {
 			return err
 		}
@@ -377,15 +388,34 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		n.listener.setRaft(sl)
-		m, err := manager.Open(ctx, n.managerConfig(sl))
+		if manager.HasState(cfg.DataDir) {
+			n.mgr, err = manager.Open(ctx, n.managerConfig(sl))
+		} else {
+			// Promoted: this node has a manager certificate but no raft
+			// state yet.
+			n.mgr, err = manager.Join(n.managerConfig(sl))
+			if err == nil {
+				go n.joinRaft(ctx, file.Managers)
+			}
+		}
 		if err != nil {
 			n.listener.Close()
 			return err
 		}
-		n.mgr = m
+	case manager.HasState(cfg.DataDir):
+		// Demoted: the raft state of a former manager must not be used
+		// again (it would rejoin with a stale log).
+		cfg.Logger.Info("this node was demoted: removing its raft state")
+		if err := os.RemoveAll(manager.RaftDir(cfg.DataDir)); err != nil {
+			return fmt.Errorf("remove raft state of a demoted manager: %w", err)
+		}
 	}
 	return n.serve(ctx, exe)
 }
+
+// ErrRoleChanged ends serve when the node's certificate now carries
+// another role: shoald restarts itself in it (see Main).
+var ErrRoleChanged = errors.New("the node's role changed")
 
 // Join makes this node part of an existing cluster, then runs it.
 func Join(ctx context.Context, cfg Config, token, addr string) error {
@@ -588,14 +618,25 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 		}
 	}()
 
-	pool := worker.NewManagerPool(n.file.Managers, n.dial, func(addrs []string) {
+	pool := worker.NewManagerPool(n.file.Managers, n.newConn, func(addrs []string) {
 		f := n.file
 		f.Managers = addrs
 		if err := f.save(cfg.DataDir); err != nil {
 			cfg.Logger.Warn("remember managers", "err", err)
 		}
 	})
-	agent := worker.New(worker.Config{NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker")})
+	roleChange := make(chan api.NodeRole, 1)
+	agent := worker.New(worker.Config{
+		NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker"),
+		OnDesiredRole: func(r api.NodeRole) {
+			if ca.RoleOf(r) != n.role {
+				select {
+				case roleChange <- r:
+				default:
+				}
+			}
+		},
+	})
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -611,9 +652,25 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 	}
 
 	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errc:
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case runErr = <-errc:
+			break wait
+		case want := <-roleChange:
+			if err := n.renew(ctx, pool); err != nil {
+				cfg.Logger.Warn("renew certificate for a new role", "want", want, "err", err)
+				continue
+			}
+			if n.role == ca.RoleOf(want) {
+				cfg.Logger.Info("node role changed: restarting in it", "role", n.role)
+				runErr = ErrRoleChanged
+				break wait
+			}
+			cfg.Logger.Warn("renewed certificate does not carry the desired role yet", "have", n.role, "want", want)
+		}
 	}
 	cancel()
 	for _, srv := range servers {
@@ -678,8 +735,17 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 	if err := ca.SaveCredentials(certDir(n.cfg.DataDir), creds); err != nil {
 		return err
 	}
+	id, err := creds.Identity()
+	if err != nil {
+		return err
+	}
 	n.keypair.Set(cert)
 	n.creds = creds
+	n.role = id.Role
+	// Open connections keep presenting the old certificate, which the
+	// managers now refuse: drop them so the next calls redial.
+	pool.Reset()
+	n.closeConns()
 	n.cfg.Logger.Info("node certificate renewed", "not_after", cert.Leaf.NotAfter)
 	return nil
 }

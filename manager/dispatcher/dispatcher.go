@@ -336,7 +336,13 @@ func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (
 	d.mu.Lock()
 	s.lastSeen = time.Now()
 	d.mu.Unlock()
-	return &api.HeartbeatResponse{Period: durationpb.New(d.period())}, nil
+	resp := &api.HeartbeatResponse{Period: durationpb.New(d.period())}
+	d.raft.Store().View(func(tx store.ReadTx) {
+		if n := tx.Node(s.nodeID); n != nil {
+			resp.DesiredRole = n.GetSpec().GetDesiredRole()
+		}
+	})
+	return resp, nil
 }
 
 // UpdateTaskStatus records task states reported by a worker. Reports for

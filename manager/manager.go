@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -43,6 +44,9 @@ type Config struct {
 	Transport raft.Transport
 	// Identify names the node calling an RPC, from its certificate.
 	Identify func(ctx context.Context) (string, error)
+	// ForceNewCluster makes this manager the only raft member (see
+	// docs/recovery.md); the other managers become workers in the store.
+	ForceNewCluster bool
 }
 
 // Manager is a running manager.
@@ -79,6 +83,7 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 	r, err := state.Open(state.Config{
 		Dir: RaftDir(cfg.DataDir), ID: cfg.NodeID, Transport: transport,
 		Logger: cfg.Logger, SnapshotThreshold: cfg.SnapshotThreshold,
+		ForceNewCluster: cfg.ForceNewCluster,
 	}, bootstrap)
 	if err != nil {
 		return nil, err
@@ -147,7 +152,35 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 	if !HasState(cfg.DataDir) {
 		return nil, fmt.Errorf("%s holds no cluster: create one with `shoald init`", cfg.DataDir)
 	}
-	return open(cfg, false)
+	m, err := open(cfg, false)
+	if err != nil || !cfg.ForceNewCluster {
+		return m, err
+	}
+	if err := m.raft.WaitLeader(ctx); err != nil {
+		m.Close()
+		return nil, err
+	}
+	// The other managers are no longer raft members: record them as
+	// workers, so that they can be promoted again once they are back.
+	var actions []*api.StoreAction
+	m.raft.Store().View(func(tx store.ReadTx) {
+		for _, n := range tx.Nodes() {
+			if n.GetId() == cfg.NodeID || (n.GetRole() != api.NodeRole_NODE_ROLE_MANAGER && n.GetSpec().GetDesiredRole() != api.NodeRole_NODE_ROLE_MANAGER) {
+				continue
+			}
+			upd := proto.Clone(n).(*api.Node)
+			upd.Role = api.NodeRole_NODE_ROLE_WORKER
+			upd.Spec.DesiredRole = api.NodeRole_NODE_ROLE_WORKER
+			upd.ManagerStatus = nil
+			actions = append(actions, store.Update(upd))
+		}
+	})
+	if err := m.propose(ctx, actions); err != nil {
+		m.Close()
+		return nil, fmt.Errorf("record the other managers as workers: %w", err)
+	}
+	m.logger.Warn("forced a new cluster: this manager is the only raft member now", "demoted", len(actions))
+	return m, nil
 }
 
 // Join starts a manager with empty state that joins an existing cluster:

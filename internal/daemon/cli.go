@@ -92,6 +92,19 @@ func newCommand() *cobra.Command {
 			return fn(ctx, cfg)
 		}
 	}
+	runCmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run this node from its data dir (after `shoald init`, `shoald join` or a restart)",
+		Long: `Run this node from its data dir.
+
+--force-new-cluster is the way out for a cluster that lost its raft quorum for
+good: run it on one surviving manager; it becomes the only manager, with all
+the state it had, and the other managers are recorded as workers. Join or
+promote managers again afterwards. See docs/recovery.md.`,
+		Args: cobra.NoArgs,
+		RunE: run(Run),
+	}
+	runCmd.Flags().BoolVar(&cfg.ForceNewCluster, "force-new-cluster", false, "make this manager the only raft member, keeping the state (after a lost quorum)")
 	root.AddCommand(&cobra.Command{
 		Use:   "init",
 		Short: "Create a new cluster with this node as its first manager, then run the node",
@@ -110,12 +123,7 @@ CA it presents has that digest.`,
 			}
 			return run(func(ctx context.Context, cfg Config) error { return Join(ctx, cfg, token, args[0]) })(cmd, args)
 		},
-	}, &cobra.Command{
-		Use:   "run",
-		Short: "Run this node from its data dir (after `shoald init` or a restart)",
-		Args:  cobra.NoArgs,
-		RunE:  run(Run),
-	})
+	}, runCmd)
 	for _, c := range root.Commands() {
 		if c.Name() == "join" {
 			c.Flags().StringVar(&token, "token", "", "join token (SHOAL-1-...)")

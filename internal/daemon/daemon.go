@@ -42,6 +42,9 @@ type Config struct {
 	// derived from the listen address or the default route when empty.
 	AdvertiseAddr   string
 	HeartbeatPeriod time.Duration
+	// ForceNewCluster (shoald run --force-new-cluster) makes this
+	// manager the only member of a new raft group with the old state.
+	ForceNewCluster bool
 	// LogLevel is the --log-level the node runs with (kept to restart in
 	// a new role).
 	LogLevel string

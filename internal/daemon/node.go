@@ -389,7 +389,9 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		n.listener.setRaft(sl)
 		if manager.HasState(cfg.DataDir) {
-			n.mgr, err = manager.Open(ctx, n.managerConfig(sl))
+			mc := n.managerConfig(sl)
+			mc.ForceNewCluster = cfg.ForceNewCluster
+			n.mgr, err = manager.Open(ctx, mc)
 		} else {
 			// Promoted: this node has a manager certificate but no raft
 			// state yet.

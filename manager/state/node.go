@@ -51,6 +51,9 @@ type Config struct {
 	Logger *slog.Logger
 	// SnapshotThreshold overrides the number of log entries between snapshots (tests).
 	SnapshotThreshold uint64
+	// ForceNewCluster rewrites the raft configuration to this member
+	// alone before starting: the way out when a quorum is lost for good.
+	ForceNewCluster bool
 }
 
 // Forwarder sends a command to the leader and returns the log index at
@@ -125,6 +128,17 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 		if err := raft.BootstrapCluster(rc, bolt, bolt, snaps, cfg.Transport, conf); err != nil {
 			bolt.Close()
 			return nil, fmt.Errorf("bootstrap raft: %w", err)
+		}
+	}
+	if cfg.ForceNewCluster && !bootstrap {
+		conf := raft.Configuration{Servers: []raft.Server{{
+			Suffrage: raft.Voter, ID: rc.LocalID, Address: cfg.Transport.LocalAddr(),
+		}}}
+		// RecoverCluster replays the log into a scratch FSM to snapshot it;
+		// the real store is filled by NewRaft from that snapshot.
+		if err := raft.RecoverCluster(rc, &fsm{store: store.New()}, bolt, bolt, snaps, cfg.Transport, conf); err != nil {
+			bolt.Close()
+			return nil, fmt.Errorf("force a new cluster: %w", err)
 		}
 	}
 	r, err := raft.NewRaft(rc, &fsm{store: n.store}, bolt, bolt, snaps, cfg.Transport)

@@ -17,9 +17,10 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/shoal-project/shoal/worker/exec/containerd/imageimport"
 )
 
 // EchoRef is the reference tests use for the echo image.
@@ -31,12 +32,6 @@ const (
 	// dialTimeout bounds connecting to containerd: the socket is local, so
 	// a longer wait means containerd is not running.
 	dialTimeout = 10 * time.Second
-	// importLeaseExpiry is a backstop: the lease is deleted when Import
-	// returns, and expires by itself only if the process dies mid-import.
-	importLeaseExpiry = time.Hour
-	// leaseDeleteTimeout bounds releasing the lease, which may wait for a
-	// garbage collection pass.
-	leaseDeleteTimeout = time.Minute
 )
 
 // BuildEcho compiles internal/testimage/echo as a static binary and writes
@@ -173,8 +168,9 @@ func buildStatic(ctx context.Context, root, pkg string) ([]byte, error) {
 // the socket path) in namespace, and unpacks each image for the default
 // snapshotter, so a container can be created from it right away. It
 // returns the names of the images imported. A failed import leaves no
-// content behind.
-func Import(ctx context.Context, address, namespace string, r io.Reader) (names []string, err error) {
+// content behind. It is the worker's import (package imageimport), with
+// its own connection.
+func Import(ctx context.Context, address, namespace string, r io.Reader) ([]string, error) {
 	if namespace == "" {
 		return nil, errors.New("import image: containerd namespace is empty")
 	}
@@ -183,46 +179,9 @@ func Import(ctx context.Context, address, namespace string, r io.Reader) (names 
 		return nil, fmt.Errorf("connect to containerd at %s: %w", address, err)
 	}
 	defer c.Close()
-	ctx = namespaces.WithNamespace(ctx, namespace)
-
-	// One lease over import and unpack keeps the blobs until an image
-	// references them. On failure it is deleted synchronously, so garbage
-	// collection removes what was written before the caller moves on (a
-	// test deleting its namespace would otherwise find blobs in it).
-	lm := c.LeasesService()
-	lease, err := lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(importLeaseExpiry))
-	if err != nil {
-		return nil, fmt.Errorf("create lease for image import in namespace %s: %w", namespace, err)
-	}
-	defer func() {
-		delCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaseDeleteTimeout)
-		defer cancel()
-		var opts []leases.DeleteOpt
-		if err != nil {
-			opts = append(opts, leases.SynchronousDelete)
-		}
-		if derr := lm.Delete(delCtx, lease, opts...); derr != nil && err == nil {
-			err = fmt.Errorf("release import lease %s: %w", lease.ID, derr)
-		}
-	}()
-	ctx = leases.WithLease(ctx, lease.ID)
-
-	imgs, err := c.Import(ctx, r)
-	if err != nil {
-		return nil, fmt.Errorf("import image tarball into namespace %s: %w", namespace, err)
-	}
-	if len(imgs) == 0 {
-		return nil, errors.New("import image tarball: it names no image (no io.containerd.image.name annotation or docker RepoTags)")
-	}
-	for _, img := range imgs {
-		// An empty snapshotter name means containerd's default (overlayfs
-		// here), or the namespace's own default when it has one.
-		if err := containerd.NewImage(c, img).Unpack(ctx, ""); err != nil {
-			return names, fmt.Errorf("unpack image %s: %w", img.Name, err)
-		}
-		names = append(names, img.Name)
-	}
-	return names, nil
+	// An empty snapshotter name means containerd's default (overlayfs
+	// here), or the namespace's own default when it has one.
+	return imageimport.Import(namespaces.WithNamespace(ctx, namespace), c, "", r)
 }
 
 // echoCache keeps the echo image of this process: every test in a package

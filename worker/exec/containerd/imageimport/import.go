@@ -1,0 +1,72 @@
+package imageimport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/leases"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+
+	"github.com/shoal-project/shoal/internal/imagetar"
+)
+
+const (
+	// leaseExpiry is a backstop: the lease is deleted when Import returns,
+	// and expires by itself only if the process dies mid-import.
+	leaseExpiry = time.Hour
+	// leaseDeleteTimeout bounds releasing the lease, which may wait for a
+	// garbage collection pass.
+	leaseDeleteTimeout = time.Minute
+)
+
+// Import loads an OCI or Docker image tarball into the containerd
+// namespace of ctx and unpacks each image into snapshotter (the
+// namespace's default when empty), so a container can be created from it
+// right away. It returns the names of the images it created or moved. A
+// failed import leaves no content behind.
+func Import(ctx context.Context, c *client.Client, snapshotter string, r io.Reader) (names []string, err error) {
+	ns, err := namespaces.NamespaceRequired(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("import image: %w", err)
+	}
+	// One lease over import and unpack keeps the blobs until an image
+	// references them. On failure it is deleted synchronously, so garbage
+	// collection removes what was written before the caller moves on (a
+	// test deleting its namespace would otherwise find blobs in it).
+	lm := c.LeasesService()
+	lease, err := lm.Create(ctx, leases.WithRandomID(), leases.WithExpiration(leaseExpiry))
+	if err != nil {
+		return nil, fmt.Errorf("create lease for image import in namespace %s: %w", ns, err)
+	}
+	defer func() {
+		delCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), leaseDeleteTimeout)
+		defer cancel()
+		var opts []leases.DeleteOpt
+		if err != nil {
+			opts = append(opts, leases.SynchronousDelete)
+		}
+		if derr := lm.Delete(delCtx, lease, opts...); derr != nil && err == nil {
+			err = fmt.Errorf("release import lease %s: %w", lease.ID, derr)
+		}
+	}()
+	ctx = leases.WithLease(ctx, lease.ID)
+
+	imgs, err := c.Import(ctx, r, client.WithImageRefTranslator(imagetar.RefName))
+	if err != nil {
+		return nil, fmt.Errorf("import image tarball into namespace %s: %w", ns, err)
+	}
+	if len(imgs) == 0 {
+		return nil, errors.New("import image tarball: it names no image (no io.containerd.image.name or full org.opencontainers.image.ref.name annotation, no docker RepoTags)")
+	}
+	for _, img := range imgs {
+		if err := client.NewImage(c, img).Unpack(ctx, snapshotter); err != nil {
+			return names, fmt.Errorf("unpack image %s: %w", img.Name, err)
+		}
+		names = append(names, img.Name)
+	}
+	return names, nil
+}

@@ -31,6 +31,7 @@ type Server struct {
 	raft   Raft
 	selfID string
 	now    func() time.Time
+	images imageStore
 }
 
 // NodeIDHeader names the response header that tells a client which node
@@ -39,8 +40,12 @@ const NodeIDHeader = "shoal-node-id"
 
 // New returns a Control server over a raft member; selfID is the node the
 // server runs on.
-func New(r Raft, selfID string) *Server {
-	return &Server{raft: r, selfID: selfID, now: time.Now}
+func New(r Raft, selfID string, opts ...Option) *Server {
+	s := &Server{raft: r, selfID: selfID, now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 // toStatus maps store and raft errors to gRPC codes at the edge.

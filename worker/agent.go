@@ -38,6 +38,10 @@ type Config struct {
 	// OnDesiredRole, if set, hears the role the managers want this node
 	// to have, with every heartbeat.
 	OnDesiredRole func(api.NodeRole)
+	// StateDir, if set, keeps the node's assignments on disk, so that
+	// after a restart the agent watches its tasks (and reports what
+	// happened to them) before any manager is reachable.
+	StateDir string
 }
 
 // Managers hands the agent connections to managers.
@@ -60,6 +64,7 @@ type Agent struct {
 	tasks     map[string]*runner // by task id
 	pending   map[string]*api.TaskStatus
 	kick      chan struct{} // wakes the reporter
+	dirty     chan struct{} // the assignments changed: persist them
 
 	// firstSync is closed after the first full assignment set was applied.
 	firstSync     chan struct{}
@@ -83,6 +88,7 @@ func New(cfg Config) *Agent {
 		tasks:     map[string]*runner{},
 		pending:   map[string]*api.TaskStatus{},
 		kick:      make(chan struct{}, 1),
+		dirty:     make(chan struct{}, 1),
 		firstSync: make(chan struct{}),
 	}
 }
@@ -99,6 +105,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer a.wg.Done()
 		a.reportLoop(ctx)
 	}()
+	if a.cfg.StateDir != "" {
+		a.restoreAssignments()
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.persistLoop(ctx)
+		}()
+	}
 	backoff := reconnectMin
 	hint := ""
 	for ctx.Err() == nil {
@@ -246,6 +260,7 @@ func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, si
 				return err
 			}
 			a.firstSyncOnce.Do(func() { close(a.firstSync) })
+			a.markDirty()
 		case api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL:
 			if msg.GetAppliesTo() != seq {
 				// A gap: our set is not what the dispatcher thinks. Reopen
@@ -255,6 +270,7 @@ func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, si
 			for _, c := range msg.GetChanges() {
 				a.applyChange(c)
 			}
+			a.markDirty()
 		default:
 			return fmt.Errorf("assignments: unknown message type %v", msg.GetType())
 		}

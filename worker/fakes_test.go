@@ -428,7 +428,7 @@ type harness struct {
 
 // startAgent serves disp over an in-memory connection and runs an agent
 // with exe against it. Everything stops at the end of the test.
-func startAgent(t *testing.T, exe *fakeExecutor, disp *fakeDispatcher) *harness {
+func startAgent(t *testing.T, exe *fakeExecutor, disp *fakeDispatcher, opts ...func(*Config)) *harness {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
@@ -448,7 +448,11 @@ func startAgent(t *testing.T, exe *fakeExecutor, disp *fakeDispatcher) *harness 
 	if testing.Verbose() {
 		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	a := New(Config{NodeID: "node1", Executor: exe, Conn: conn, Logger: logger})
+	cfg := Config{NodeID: "node1", Executor: exe, Conn: conn, Logger: logger}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	a := New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &harness{exe: exe, disp: disp, agent: a, done: make(chan struct{})}
 	go func() {

@@ -630,6 +630,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 	roleChange := make(chan api.NodeRole, 1)
 	agent := worker.New(worker.Config{
 		NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker"),
+		StateDir: filepath.Join(cfg.DataDir, "worker"),
 		OnDesiredRole: func(r api.NodeRole) {
 			if ca.RoleOf(r) != n.role {
 				select {

@@ -49,8 +49,11 @@ e2e: build
 test: setup proto-check vet build
 	$(GOTEST) $(TESTFLAGS) ./...
 
+# Benchmarks: end to end against containerd and a lab cluster (./bench),
+# the scheduler with its raft commits (./manager), the scheduler alone.
 bench: setup build
-	$(GOTEST) -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/... | tee $(BIN)/bench.txt
+	$(GOTEST) -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/... ./manager/ | tee $(BIN)/bench.txt
+	$(GOTEST) -run '^$$' -bench . -timeout 20m ./scheduler/ | tee -a $(BIN)/bench.txt
 
 demo: setup build
 	sh deploy/demo.sh

@@ -21,6 +21,7 @@ import (
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/store"
+	"github.com/shoal-project/shoal/manager/tarballs"
 )
 
 // Defaults for worker liveness. A worker heartbeats every period; missing
@@ -52,6 +53,8 @@ type Config struct {
 	Leader func() (bool, string)
 	// Managers lists the managers' addresses for workers to fail over to.
 	Managers func() []string
+	// Tarballs holds the image tarballs FetchImage serves; nil serves none.
+	Tarballs *tarballs.Dir
 }
 
 type session struct {

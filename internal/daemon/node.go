@@ -190,14 +190,21 @@ func (n *node) authorizer() ca.Authorizer {
 	return a
 }
 
-// listen opens the cluster port (managers only: workers serve nothing).
-func (n *node) listen() error {
+// listen opens the cluster port (managers only: workers serve nothing)
+// and returns raft's stream layer on it.
+func (n *node) listen() (*state.StreamLayer, error) {
 	l, err := listenCluster(n.file.ListenAddr, ca.ServerConfig(n.keypair, n.roots), ca.Authorizer{}, n.cfg.Logger)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", n.file.ListenAddr, err)
+		return nil, fmt.Errorf("listen on %s: %w", n.file.ListenAddr, err)
 	}
+	sl, err := n.raftTransport()
+	if err != nil {
+		l.Close()
+		return nil, err
+	}
+	l.setRaft(sl)
 	n.listener = l
-	return nil
+	return sl, nil
 }
 
 // raftTransport is raft over the cluster port.
@@ -307,17 +314,11 @@ func Init(ctx context.Context, cfg Config) error {
 		undo()
 		return err
 	}
-	if err := n.listen(); err != nil {
-		undo()
-		return err
-	}
-	sl, err := n.raftTransport()
+	sl, err := n.listen()
 	if err != nil {
-		n.listener.Close()
 		undo()
 		return err
 	}
-	n.listener.setRaft(sl)
 	self := &api.Node{
 		Id:            file.NodeID,
 		Role:          api.NodeRole_NODE_ROLE_MANAGER,
@@ -379,15 +380,10 @@ func Run(ctx context.Context, cfg Config) error {
 	defer exe.Close()
 	switch {
 	case n.role == ca.RoleManager:
-		if err := n.listen(); err != nil {
-			return err
-		}
-		sl, err := n.raftTransport()
+		sl, err := n.listen()
 		if err != nil {
-			n.listener.Close()
 			return err
 		}
-		n.listener.setRaft(sl)
 		if manager.HasState(cfg.DataDir) {
 			mc := n.managerConfig(sl)
 			mc.ForceNewCluster = cfg.ForceNewCluster
@@ -512,15 +508,10 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	defer exe.Close()
 	cfg.Logger.Info("joined the cluster", "node", file.NodeID, "role", n.role, "managers", strings.Join(managers, ","))
 	if n.role == ca.RoleManager {
-		if err := n.listen(); err != nil {
-			return err
-		}
-		sl, err := n.raftTransport()
+		sl, err := n.listen()
 		if err != nil {
-			n.listener.Close()
 			return err
 		}
-		n.listener.setRaft(sl)
 		m, err := manager.Join(n.managerConfig(sl))
 		if err != nil {
 			n.listener.Close()

@@ -21,6 +21,7 @@ import (
 	"github.com/shoal-project/shoal/manager/orchestrator"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
+	"github.com/shoal-project/shoal/manager/tarballs"
 )
 
 // leaderPoll is how often leadership is re-checked besides raft's own
@@ -58,6 +59,7 @@ type Manager struct {
 	dispatcher *dispatcher.Dispatcher
 	ca         *ca.Server
 	membership *membership
+	images     *imageReplicator
 }
 
 // RaftDir is where a node's raft state lives under its data dir.
@@ -89,7 +91,14 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, logger: cfg.Logger, raft: r}
-	m.control = controlapi.New(r, cfg.NodeID)
+	imageDir, err := tarballs.Open(ImageDir(cfg.DataDir))
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	m.images = newImageReplicator(m, imageDir)
+	m.control = controlapi.New(r, cfg.NodeID, controlapi.WithImageStore(imageDir))
+	cfg.Dispatcher.Tarballs = imageDir
 	if cfg.Dispatcher.Leader == nil {
 		cfg.Dispatcher.Leader = func() (bool, string) { return r.IsLeader(), r.LeaderAddr() }
 	}
@@ -232,6 +241,15 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 	}
 	defer stop()
+	// Every manager keeps every image, to give it to nodes, whether it
+	// leads or not.
+	var images sync.WaitGroup
+	images.Add(1)
+	go func() {
+		defer images.Done()
+		m.images.run(ctx)
+	}()
+	defer images.Wait()
 	tick := time.NewTicker(leaderPoll)
 	defer tick.Stop()
 	for {

@@ -562,6 +562,15 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 			}
 			return api.NewRaftMembershipClient(c), nil
 		})
+		// Image tarballs are copied between managers over the same
+		// connections.
+		n.mgr.SetPeerDialer(func(ctx context.Context, addr string) (api.DispatcherClient, error) {
+			c, err := n.dial(addr)
+			if err != nil {
+				return nil, err
+			}
+			return api.NewDispatcherClient(c), nil
+		})
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -70,6 +70,9 @@ type Agent struct {
 	firstSync     chan struct{}
 	firstSyncOnce sync.Once
 	wg            sync.WaitGroup
+	// images loads the images the managers distribute; nil when the
+	// executor cannot.
+	images *imageSync
 }
 
 // New returns an agent; Run starts it.
@@ -81,7 +84,7 @@ func New(cfg Config) *Agent {
 	if cfg.Conn != nil {
 		client = api.NewDispatcherClient(cfg.Conn)
 	}
-	return &Agent{
+	a := &Agent{
 		cfg:       cfg,
 		client:    client,
 		logger:    cfg.Logger.With("node", cfg.NodeID),
@@ -91,6 +94,10 @@ func New(cfg Config) *Agent {
 		dirty:     make(chan struct{}, 1),
 		firstSync: make(chan struct{}),
 	}
+	if loader, ok := cfg.Executor.(exec.ImageLoader); ok {
+		a.images = newImageSync(loader, a.fetchImage, a.logger)
+	}
+	return a
 }
 
 // Synced is closed once the agent has applied its first full set of
@@ -105,6 +112,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		defer a.wg.Done()
 		a.reportLoop(ctx)
 	}()
+	if a.images != nil {
+		a.wg.Add(1)
+		go func() {
+			defer a.wg.Done()
+			a.images.run(ctx)
+		}()
+	}
 	if a.cfg.StateDir != "" {
 		a.restoreAssignments()
 		a.wg.Add(1)
@@ -236,6 +250,13 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 		defer wg.Done()
 		errc <- a.assignments(ctx, client, sid)
 	}()
+	if a.images != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.watchImages(ctx, client, sid)
+		}()
+	}
 	return "", <-errc
 }
 

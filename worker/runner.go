@@ -174,6 +174,9 @@ func (r *runner) start(cur api.TaskState) error {
 	}
 	r.setState(api.TaskState_TASK_STATE_ACCEPTED, "accepted", nil, nil)
 	r.setState(api.TaskState_TASK_STATE_PREPARING, "preparing", nil, nil)
+	if err := r.awaitImage(ctx); err != nil {
+		return err
+	}
 	if err := r.ctrl.Prepare(ctx); err != nil && !errors.Is(err, exec.ErrTaskPrepared) {
 		if ctx.Err() == nil {
 			r.setState(api.TaskState_TASK_STATE_REJECTED, "rejected", err, nil)

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 )
@@ -92,4 +93,18 @@ type Controller interface {
 	// Remove deletes the process, the container and its snapshot. It is a
 	// no-op if they are gone.
 	Remove(ctx context.Context) error
+}
+
+// ImageLoader is an optional ability of an Executor, found by type
+// assertion: loading the image tarballs the managers distribute (`shoalctl
+// image load`), so that tasks can use them without a registry.
+type ImageLoader interface {
+	// HasImage reports whether every name of img refers to the image
+	// loaded from img's tarball (not merely to an image of that name).
+	HasImage(ctx context.Context, img *api.Image) (bool, error)
+	// LoadImage imports img's tarball, read from r, and returns the names
+	// it created. It reads r to its end, and the images count as loaded
+	// from img (see HasImage) only if r ended without an error: a reader
+	// that checks the tarball's digest at its end can refuse the import.
+	LoadImage(ctx context.Context, img *api.Image, r io.Reader) ([]string, error)
 }

@@ -1,0 +1,72 @@
+package containerd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/containerd/containerd/v2/core/images"
+	"github.com/containerd/errdefs"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/worker/exec"
+	"github.com/shoal-project/shoal/worker/exec/containerd/imageimport"
+)
+
+// LabelImageTarball is put on every image imported from a tarball the
+// managers distribute: the tarball's digest (the Image id). It tells the
+// image loaded from that tarball from an older image of the same name.
+const LabelImageTarball = "io.shoal.image.tarball"
+
+var _ exec.ImageLoader = (*Executor)(nil)
+
+// HasImage reports whether every name of img refers to an image imported
+// from img's tarball.
+func (e *Executor) HasImage(ctx context.Context, img *api.Image) (bool, error) {
+	ctx = e.nsContext(ctx)
+	is := e.client.ImageService()
+	for _, name := range img.GetNames() {
+		i, err := is.Get(ctx, name)
+		if errdefs.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("look up image %s: %w", name, err)
+		}
+		if i.Labels[LabelImageTarball] != img.GetId() {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// LoadImage imports img's tarball from r, unpacked for the executor's
+// snapshotter, and labels the images it names with the tarball's digest
+// once r has been read to its end without error.
+func (e *Executor) LoadImage(ctx context.Context, img *api.Image, r io.Reader) ([]string, error) {
+	ctx = e.nsContext(ctx)
+	names, err := imageimport.Import(ctx, e.client, e.snapshotter, r)
+	if err != nil {
+		return nil, fmt.Errorf("load image %s: %w", img.GetId(), err)
+	}
+	// The importer stops at the tar end-of-archive marker; what follows
+	// is padding, but the reader may judge the whole stream only at EOF.
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return names, fmt.Errorf("load image %s: %w", img.GetId(), err)
+	}
+	is := e.client.ImageService()
+	for _, name := range names {
+		label := images.Image{Name: name, Labels: map[string]string{LabelImageTarball: img.GetId()}}
+		if _, err := is.Update(ctx, label, "labels."+LabelImageTarball); err != nil {
+			return names, fmt.Errorf("label image %s: %w", name, err)
+		}
+	}
+	for _, want := range img.GetNames() {
+		if !slices.Contains(names, want) {
+			return names, fmt.Errorf("load image %s: the import created %q, not %s, which the managers read from the same tarball", img.GetId(), names, want)
+		}
+	}
+	e.log.Info("loaded image", "image", img.GetId(), "names", names)
+	return names, nil
+}

@@ -6,7 +6,9 @@
 // It owns the containers, tasks (processes) and rootfs snapshots it makes,
 // all named by the shoal task ID and found again by the exec.Label*
 // labels, so that a restarted shoald adopts what an earlier run started.
-// It keeps no state of its own: every call asks containerd.
+// It keeps no state of its own: every call asks containerd. It also loads
+// the image tarballs the managers distribute (exec.ImageLoader), marking
+// each image with the digest of the tarball it came from.
 //
 // It does not touch networking beyond giving each container a new network
 // namespace (loopback only); attaching that namespace to networks is the

@@ -48,19 +48,19 @@ func (e *Executor) LoadImage(ctx context.Context, img *api.Image, r io.Reader) (
 	ctx = e.nsContext(ctx)
 	names, err := imageimport.Import(ctx, e.client, e.snapshotter, r)
 	if err != nil {
+		// A failed import may have moved names already; they no longer
+		// refer to what their label says.
+		e.labelImages(ctx, img.GetNames(), "")
 		return nil, fmt.Errorf("load image %s: %w", img.GetId(), err)
 	}
 	// The importer stops at the tar end-of-archive marker; what follows
 	// is padding, but the reader may judge the whole stream only at EOF.
 	if _, err := io.Copy(io.Discard, r); err != nil {
+		e.labelImages(ctx, names, "")
 		return names, fmt.Errorf("load image %s: %w", img.GetId(), err)
 	}
-	is := e.client.ImageService()
-	for _, name := range names {
-		label := images.Image{Name: name, Labels: map[string]string{LabelImageTarball: img.GetId()}}
-		if _, err := is.Update(ctx, label, "labels."+LabelImageTarball); err != nil {
-			return names, fmt.Errorf("label image %s: %w", name, err)
-		}
+	if err := e.labelImages(ctx, names, img.GetId()); err != nil {
+		return names, fmt.Errorf("load image %s: %w", img.GetId(), err)
 	}
 	for _, want := range img.GetNames() {
 		if !slices.Contains(names, want) {
@@ -69,4 +69,21 @@ func (e *Executor) LoadImage(ctx context.Context, img *api.Image, r io.Reader) (
 	}
 	e.log.Info("loaded image", "image", img.GetId(), "names", names)
 	return names, nil
+}
+
+// labelImages sets the tarball label of the named images to id, or
+// removes it when id is empty (best effort: a missing image is skipped).
+func (e *Executor) labelImages(ctx context.Context, names []string, id string) error {
+	is := e.client.ImageService()
+	labels := map[string]string{}
+	if id != "" {
+		labels[LabelImageTarball] = id
+	}
+	for _, name := range names {
+		_, err := is.Update(ctx, images.Image{Name: name, Labels: labels}, "labels."+LabelImageTarball)
+		if err != nil && !(id == "" && errdefs.IsNotFound(err)) {
+			return fmt.Errorf("label image %s: %w", name, err)
+		}
+	}
+	return nil
 }

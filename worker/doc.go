@@ -2,5 +2,6 @@
 // dispatcher, receives its task assignments, drives each task's container
 // through an exec.Executor, and reports every state change back. It owns
 // the node's containers (found by label, adopted after a restart, removed
-// when no longer assigned) and nothing in the managers' state.
+// when no longer assigned), imports the image tarballs the managers
+// distribute, and owns nothing in the managers' state.
 package worker

@@ -1,0 +1,12 @@
+// Package nft is the nftables load balancer backend, in the style of
+// kube-proxy's nftables mode: one inet table (shoal-lb by default) whose
+// verdict maps lead each published port or VIP to a chain of its own, which
+// picks a backend chain with numgen; backend chains mark for masquerade and
+// DNAT. Apply changes only the chains and map elements of frontends that
+// changed, in one transaction; after any error the next Apply rebuilds the
+// table in one transaction.
+//
+// It owns its table (and the conntrack entries of UDP backends it removes)
+// in one network namespace, and nothing else: forwarding sysctls, filter
+// rules and routes belong to the caller.
+package nft

@@ -1,0 +1,253 @@
+package nft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	mdnetlink "github.com/mdlayher/netlink"
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/shoal-project/shoal/network/lb"
+)
+
+// DefaultTable is the table a Balancer owns unless told otherwise.
+const DefaultTable = "shoal-lb"
+
+// DefaultMasqueradeMark is the packet mark bit that asks postrouting to
+// masquerade. kube-proxy uses 0x4000 and 0x8000 and Docker leaves the low
+// bits alone for its own marks, so a bit of our own lets them share a node.
+const DefaultMasqueradeMark uint32 = 0x2000
+
+// netlinkReadBuffer is the socket receive buffer for nftables batches. A full
+// build of 1,000 frontends is tens of thousands of messages, each acked; the
+// kernel's default buffer (~200 KiB) overflows and the batch fails with
+// ENOBUFS.
+const netlinkReadBuffer = 32 << 20
+
+// Option configures a Balancer.
+type Option func(*Balancer)
+
+// WithTable names the table the Balancer owns (tests use unique names).
+func WithTable(name string) Option { return func(b *Balancer) { b.table.Name = name } }
+
+// WithNetNS programs the balancer inside the given network namespace instead
+// of the caller's. The handle must stay open until Close.
+func WithNetNS(ns netns.NsHandle) Option { return func(b *Balancer) { b.ns = ns } }
+
+// WithMasqueradeMark sets the mark bit used to ask for masquerade.
+func WithMasqueradeMark(mark uint32) Option { return func(b *Balancer) { b.mark = mark } }
+
+// WithLogger sets the logger (slog.Default otherwise).
+func WithLogger(l *slog.Logger) Option { return func(b *Balancer) { b.log = l } }
+
+// Balancer is the nftables load balancer backend. It is safe for concurrent
+// use; Applies are serialised.
+type Balancer struct {
+	mu    sync.Mutex
+	ns    netns.NsHandle
+	mark  uint32
+	log   *slog.Logger
+	conn  *nftables.Conn
+	ct    *netlink.Handle
+	table *nftables.Table
+	sets  sets
+
+	// programmed is what the kernel holds, as of the last successful Flush.
+	programmed map[string]*frontend
+	// dirty means the kernel may not match programmed (first Apply, or any
+	// error since): the next Apply rebuilds the table from scratch.
+	dirty  bool
+	closed bool
+
+	// beforeFlush lets tests add to a transaction before it is sent, to make
+	// it fail.
+	beforeFlush func(c *nftables.Conn, t *nftables.Table)
+}
+
+var _ lb.Balancer = (*Balancer)(nil)
+
+// New returns a Balancer. It touches the kernel only on the first Apply.
+func New(opts ...Option) (*Balancer, error) {
+	b := &Balancer{
+		ns:         -1,
+		mark:       DefaultMasqueradeMark,
+		log:        slog.Default(),
+		table:      &nftables.Table{Name: DefaultTable, Family: nftables.TableFamilyINet},
+		programmed: map[string]*frontend{},
+		dirty:      true,
+	}
+	for _, o := range opts {
+		o(b)
+	}
+	if b.mark == 0 || b.mark&(b.mark-1) != 0 {
+		return nil, fmt.Errorf("masquerade mark %#x: want a single bit", b.mark)
+	}
+	connOpts := []nftables.ConnOption{
+		nftables.AsLasting(),
+		nftables.WithSockOptions(func(c *mdnetlink.Conn) error { return c.SetReadBuffer(netlinkReadBuffer) }),
+	}
+	if b.ns.IsOpen() {
+		connOpts = append(connOpts, nftables.WithNetNSFd(int(b.ns)))
+	}
+	conn, err := nftables.New(connOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("open nftables connection: %w", err)
+	}
+	var ct *netlink.Handle
+	if b.ns.IsOpen() {
+		ct, err = netlink.NewHandleAt(b.ns, unix.NETLINK_NETFILTER)
+	} else {
+		ct, err = netlink.NewHandle(unix.NETLINK_NETFILTER)
+	}
+	if err != nil {
+		conn.CloseLasting()
+		return nil, fmt.Errorf("open conntrack netlink handle: %w", err)
+	}
+	b.conn, b.ct = conn, ct
+	b.log = b.log.With("table", b.table.Name)
+	return b, nil
+}
+
+// Apply programs s, changing only what differs from the last Apply.
+func (b *Balancer) Apply(ctx context.Context, s lb.State) error {
+	if err := lb.Validate(s); err != nil {
+		return fmt.Errorf("invalid load balancer state: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return errors.New("nftables balancer is closed")
+	}
+	desired := make(map[string]*frontend, len(s.Frontends))
+	for _, f := range s.Frontends {
+		desired[f.Name] = newFrontend(f)
+	}
+	full := b.dirty
+	if full {
+		b.writeFull(desired)
+	} else {
+		b.writeChanges(desired)
+	}
+	if b.beforeFlush != nil {
+		b.beforeFlush(b.conn, b.table)
+	}
+	if err := b.conn.Flush(); err != nil {
+		b.dirty = true
+		if full {
+			return fmt.Errorf("rebuild nftables table %s: %w", b.table.Name, err)
+		}
+		return fmt.Errorf("update nftables table %s (the next apply rebuilds it): %w", b.table.Name, err)
+	}
+	old := b.programmed
+	b.programmed, b.dirty = desired, false
+	b.forgetUDPFlows(old, desired)
+	return nil
+}
+
+// Close deletes the table and everything in it.
+func (b *Balancer) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	defer b.ct.Close()
+	defer b.conn.CloseLasting()
+	// Adding first makes the delete succeed whether or not the table exists.
+	b.conn.AddTable(b.table)
+	b.conn.DelTable(b.table)
+	if err := b.conn.Flush(); err != nil {
+		return fmt.Errorf("delete nftables table %s: %w", b.table.Name, err)
+	}
+	return nil
+}
+
+// forgetUDPFlows deletes conntrack entries of UDP backends that left a
+// frontend: UDP has no close, so the kernel would keep sending a client's
+// datagrams to a backend that is gone until the entry times out. TCP entries
+// stay: a reset from the dead backend ends them soon enough.
+func (b *Balancer) forgetUDPFlows(old, desired map[string]*frontend) {
+	var filters []netlink.CustomConntrackFilter
+	for name, of := range old {
+		if of.proto != unix.IPPROTO_UDP {
+			continue
+		}
+		nf := desired[name]
+		for _, be := range of.backends {
+			if nf != nil && nf.key() == of.key() && slices.Contains(nf.backends, be) {
+				continue
+			}
+			f := &netlink.ConntrackFilter{}
+			if err := errors.Join(
+				f.AddProtocol(unix.IPPROTO_UDP),
+				f.AddIP(netlink.ConntrackReplySrcIP, be.Addr.AsSlice()),
+				f.AddPort(netlink.ConntrackOrigDstPort, of.port),
+			); err != nil {
+				b.log.Warn("build conntrack filter", "frontend", name, "backend", be.String(), "err", err)
+				continue
+			}
+			if of.vip.IsValid() {
+				if err := f.AddIP(netlink.ConntrackOrigDstIP, of.vip.AsSlice()); err != nil {
+					b.log.Warn("build conntrack filter", "frontend", name, "backend", be.String(), "err", err)
+					continue
+				}
+			}
+			filters = append(filters, f)
+		}
+	}
+	if len(filters) == 0 {
+		return
+	}
+	for _, family := range []netlink.InetFamily{unix.AF_INET, unix.AF_INET6} {
+		n, err := b.ct.ConntrackDeleteFilters(netlink.ConntrackTable, family, filters...)
+		if err != nil {
+			b.log.Warn("delete conntrack entries of removed UDP backends", "family", family, "err", err)
+			continue
+		}
+		if n > 0 {
+			b.log.Debug("deleted conntrack entries of removed UDP backends", "family", family, "entries", n)
+		}
+	}
+}
+
+// frontend is one frontend as programmed: its lb.Frontend in kernel terms
+// plus the names of the chains that carry it.
+type frontend struct {
+	name     string
+	proto    uint8
+	port     uint16
+	vip      netip.Addr
+	backends []lb.Backend
+	masq     bool
+	chain    string
+}
+
+func newFrontend(f lb.Frontend) *frontend {
+	proto, _ := f.Protocol.Number() // validated
+	return &frontend{
+		name:     f.Name,
+		proto:    proto,
+		port:     f.Port,
+		vip:      f.VIP,
+		backends: slices.Clone(f.Backends),
+		masq:     f.Masquerade,
+		chain:    frontendChain(f.Name),
+	}
+}
+
+// key identifies the map element that leads to the frontend's chain.
+func (f *frontend) key() string {
+	return fmt.Sprintf("%d/%d/%s", f.proto, f.port, f.vip)
+}

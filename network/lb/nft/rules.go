@@ -1,0 +1,425 @@
+package nft
+
+import (
+	"crypto/sha256"
+	"encoding/base32"
+	"slices"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
+	"github.com/shoal-project/shoal/network/lb"
+)
+
+// The table's layout, after kube-proxy's nftables mode:
+//
+//	prerouting, output (nat, dstnat)  jump services
+//	services                          ip daddr . l4proto . dport vmap @vip4
+//	                                  ip6 daddr . l4proto . dport vmap @vip6
+//	                                  fib daddr local, not loopback: l4proto . dport vmap @published
+//	fe-…  (one per frontend)          numgen random mod N vmap { i : goto be-… }, or reject
+//	be-…  (one per backend)           [mark for masquerade] dnat to addr:port
+//	postrouting (nat, srcnat)         marked: clear the mark, masquerade
+//
+// A frontend owns its map element, its chain and its backends' chains, so a
+// change to it touches nothing else.
+const (
+	chainPrerouting  = "prerouting"
+	chainOutput      = "output"
+	chainPostrouting = "postrouting"
+	chainServices    = "services"
+	setPublished     = "published"
+	setVIP4          = "vip4"
+	setVIP6          = "vip6"
+)
+
+// maxChainName keeps generated names well under the kernel's limit
+// (NFT_CHAIN_MAXNAMELEN, 256) while staying readable in `nft list`.
+const maxChainName = 120
+
+// rtnLocal is RTN_LOCAL, the fib address type of the node's own addresses.
+const rtnLocal = 2
+
+type sets struct {
+	published, vip4, vip6 *nftables.Set
+}
+
+func newSets(t *nftables.Table) sets {
+	return sets{
+		published: &nftables.Set{
+			Table: t, Name: setPublished, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService),
+			DataType: nftables.TypeVerdict,
+		},
+		vip4: &nftables.Set{
+			Table: t, Name: setVIP4, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService),
+			DataType: nftables.TypeVerdict,
+		},
+		vip6: &nftables.Set{
+			Table: t, Name: setVIP6, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService),
+			DataType: nftables.TypeVerdict,
+		},
+	}
+}
+
+// chainName builds a readable, unique chain name: a hash of the identity,
+// then as much of the identity as fits, in characters nft prints unquoted.
+func chainName(prefix, identity string) string {
+	sum := sha256.Sum256([]byte(identity))
+	h := base32.StdEncoding.EncodeToString(sum[:])[:8]
+	readable := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '/', r == '_', r == '.', r == '-':
+			return r
+		case r == ':':
+			return '/'
+		case r == '[' || r == ']':
+			return -1
+		}
+		return '_'
+	}, identity)
+	name := prefix + "-" + h + "-" + readable
+	if len(name) > maxChainName {
+		name = name[:maxChainName]
+	}
+	return name
+}
+
+func frontendChain(name string) string { return chainName("fe", name) }
+
+func backendChain(frontend string, b lb.Backend) string {
+	return chainName("be", frontend+"__"+b.String())
+}
+
+// writeFull queues a transaction that replaces the whole table.
+func (b *Balancer) writeFull(desired map[string]*frontend) {
+	c, t := b.conn, b.table
+	// add, delete, add: the delete must not fail when the table is missing,
+	// and everything after it starts from an empty table.
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	b.sets = newSets(t)
+	for _, s := range []*nftables.Set{b.sets.published, b.sets.vip4, b.sets.vip6} {
+		// AddSet only fails on anonymous or constant sets.
+		_ = c.AddSet(s, nil)
+	}
+	services := c.AddChain(&nftables.Chain{Name: chainServices, Table: t})
+	for _, h := range []struct {
+		name     string
+		hook     *nftables.ChainHook
+		priority *nftables.ChainPriority
+	}{
+		{chainPrerouting, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest},
+		{chainOutput, nftables.ChainHookOutput, nftables.ChainPriorityNATDest},
+	} {
+		ch := c.AddChain(&nftables.Chain{Name: h.name, Table: t, Type: nftables.ChainTypeNAT, Hooknum: h.hook, Priority: h.priority})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{&expr.Verdict{Kind: expr.VerdictJump, Chain: chainServices}}})
+	}
+	post := c.AddChain(&nftables.Chain{Name: chainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: masqueradeMarked(b.mark)})
+	for _, r := range servicesRules(b.sets) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: services, Exprs: r})
+	}
+
+	names := sortedNames(desired)
+	for _, n := range names {
+		f := desired[n]
+		for _, be := range f.backends {
+			b.addBackendChain(f, be)
+		}
+		b.addFrontendChain(f)
+	}
+	b.addElements(names, desired)
+}
+
+// writeChanges queues a transaction that turns programmed into desired,
+// touching only frontends that changed.
+func (b *Balancer) writeChanges(desired map[string]*frontend) {
+	c, t := b.conn, b.table
+	old := b.programmed
+	var removed, added, changed []string
+	for n, of := range old {
+		nf, ok := desired[n]
+		switch {
+		case !ok:
+			removed = append(removed, n)
+		case !of.equal(nf):
+			changed = append(changed, n)
+		}
+	}
+	for n := range desired {
+		if _, ok := old[n]; !ok {
+			added = append(added, n)
+		}
+	}
+	slices.Sort(removed)
+	slices.Sort(added)
+	slices.Sort(changed)
+
+	// Map elements go first: two frontends may swap keys in one Apply.
+	var rekeyed []string
+	for _, n := range removed {
+		b.delElement(old[n])
+	}
+	for _, n := range changed {
+		if old[n].key() != desired[n].key() {
+			b.delElement(old[n])
+			rekeyed = append(rekeyed, n)
+		}
+	}
+	// New backend chains before the frontend rules that jump to them.
+	for _, n := range added {
+		f := desired[n]
+		for _, be := range f.backends {
+			b.addBackendChain(f, be)
+		}
+		b.addFrontendChain(f)
+	}
+	for _, n := range changed {
+		of, nf := old[n], desired[n]
+		for _, be := range nf.backends {
+			switch {
+			case !slices.Contains(of.backends, be):
+				b.addBackendChain(nf, be)
+			case of.masq != nf.masq:
+				ch := &nftables.Chain{Name: backendChain(nf.name, be), Table: t}
+				c.FlushChain(ch)
+				c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: backendRule(nf, be, b.mark)})
+			}
+		}
+		if !slices.Equal(of.backends, nf.backends) {
+			ch := &nftables.Chain{Name: nf.chain, Table: t}
+			c.FlushChain(ch)
+			b.addFrontendRule(nf)
+		}
+	}
+	b.addElements(append(added, rekeyed...), desired)
+	// Chains last, once nothing jumps to them.
+	for _, n := range removed {
+		of := old[n]
+		c.DelChain(&nftables.Chain{Name: of.chain, Table: t})
+		for _, be := range of.backends {
+			c.DelChain(&nftables.Chain{Name: backendChain(of.name, be), Table: t})
+		}
+	}
+	for _, n := range changed {
+		of, nf := old[n], desired[n]
+		for _, be := range of.backends {
+			if !slices.Contains(nf.backends, be) {
+				c.DelChain(&nftables.Chain{Name: backendChain(of.name, be), Table: t})
+			}
+		}
+	}
+}
+
+func (f *frontend) equal(o *frontend) bool {
+	return f.name == o.name && f.key() == o.key() && f.masq == o.masq && slices.Equal(f.backends, o.backends)
+}
+
+func sortedNames(m map[string]*frontend) []string {
+	names := make([]string, 0, len(m))
+	for n := range m {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func (b *Balancer) addBackendChain(f *frontend, be lb.Backend) {
+	ch := b.conn.AddChain(&nftables.Chain{Name: backendChain(f.name, be), Table: b.table})
+	b.conn.AddRule(&nftables.Rule{Table: b.table, Chain: ch, Exprs: backendRule(f, be, b.mark)})
+}
+
+func (b *Balancer) addFrontendChain(f *frontend) {
+	b.conn.AddChain(&nftables.Chain{Name: f.chain, Table: b.table})
+	b.addFrontendRule(f)
+}
+
+// addFrontendRule spreads new connections over the backends' chains, or
+// refuses them when there is no backend: a reset or an ICMP error tells the
+// client at once, where a silent drop would leave it to time out.
+func (b *Balancer) addFrontendRule(f *frontend) {
+	c, t := b.conn, b.table
+	ch := &nftables.Chain{Name: f.chain, Table: t}
+	if len(f.backends) == 0 {
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+			&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
+		}})
+		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
+			&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH},
+		}})
+		return
+	}
+	vmap := &nftables.Set{
+		Table: t, Anonymous: true, Constant: true, IsMap: true,
+		KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict,
+		KeyByteOrder: binaryutil.NativeEndian,
+	}
+	elems := make([]nftables.SetElement, len(f.backends))
+	for i, be := range f.backends {
+		elems[i] = nftables.SetElement{
+			Key:         binaryutil.NativeEndian.PutUint32(uint32(i)),
+			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: backendChain(f.name, be)},
+		}
+	}
+	// AddSet fails only for anonymous sets that are not constant.
+	_ = c.AddSet(vmap, elems)
+	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
+		&expr.Numgen{Register: 1, Modulus: uint32(len(f.backends)), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: vmap.Name, SetID: vmap.ID},
+	}})
+}
+
+func (b *Balancer) addElements(names []string, desired map[string]*frontend) {
+	byset := map[*nftables.Set][]nftables.SetElement{}
+	for _, n := range names {
+		f := desired[n]
+		s, key := b.element(f)
+		byset[s] = append(byset[s], nftables.SetElement{
+			Key:         key,
+			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: f.chain},
+			Comment:     f.name,
+		})
+	}
+	for _, s := range []*nftables.Set{b.sets.published, b.sets.vip4, b.sets.vip6} {
+		if len(byset[s]) > 0 {
+			// SetAddElements fails only for anonymous sets.
+			_ = b.conn.SetAddElements(s, byset[s])
+		}
+	}
+}
+
+func (b *Balancer) delElement(f *frontend) {
+	s, key := b.element(f)
+	_ = b.conn.SetDeleteElements(s, []nftables.SetElement{{Key: key}})
+}
+
+// element returns the map a frontend's element lives in and its key. Each
+// part of a concatenated key is padded to 4 bytes, as the kernel's registers
+// are.
+func (b *Balancer) element(f *frontend) (*nftables.Set, []byte) {
+	var key []byte
+	s := b.sets.published
+	if f.vip.IsValid() {
+		s = b.sets.vip4
+		if f.vip.Is6() {
+			s = b.sets.vip6
+		}
+		key = append(key, f.vip.AsSlice()...)
+	}
+	key = append(key, f.proto, 0, 0, 0)
+	key = append(key, byte(f.port>>8), byte(f.port), 0, 0)
+	return s, key
+}
+
+// servicesRules dispatch to a frontend by destination. Loopback destinations
+// are left alone: DNAT from 127.0.0.1 to another host needs route_localnet
+// and is refused as martian otherwise (kube-proxy skips them too).
+func servicesRules(s sets) [][]expr.Any {
+	l4 := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
+		&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+	}
+	l4v6 := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 12},
+		&expr.Payload{DestRegister: 13, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+	}
+	vmap := func(set *nftables.Set) expr.Any {
+		return &expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID}
+	}
+	nfproto := func(p byte) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
+		}
+	}
+	local := []expr.Any{
+		&expr.Fib{Register: 1, ResultADDRTYPE: true, FlagDADDR: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(rtnLocal)},
+	}
+	publishedKey := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+	}
+	cat := func(parts ...[]expr.Any) []expr.Any { return slices.Concat(parts...) }
+	return [][]expr.Any{
+		cat(nfproto(unix.NFPROTO_IPV4),
+			[]expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}},
+			l4, []expr.Any{vmap(s.vip4)}),
+		cat(nfproto(unix.NFPROTO_IPV6),
+			[]expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}},
+			l4v6, []expr.Any{vmap(s.vip6)}),
+		cat(local, nfproto(unix.NFPROTO_IPV4),
+			[]expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{127}},
+			},
+			publishedKey, []expr.Any{vmap(s.published)}),
+		cat(local, nfproto(unix.NFPROTO_IPV6),
+			[]expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: netipLoopback6[:]},
+			},
+			publishedKey, []expr.Any{vmap(s.published)}),
+	}
+}
+
+var netipLoopback6 = [16]byte{15: 1}
+
+// backendRule sends a connection to one backend, first marking it for
+// masquerade when the frontend asks for it. It matches the backend's family
+// so that a packet of the other family is never marked without being
+// translated.
+func backendRule(f *frontend, be lb.Backend, mark uint32) []expr.Any {
+	family, nfproto := uint32(unix.NFPROTO_IPV4), byte(unix.NFPROTO_IPV4)
+	if be.Addr.Is6() {
+		family, nfproto = unix.NFPROTO_IPV6, unix.NFPROTO_IPV6
+	}
+	e := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
+	}
+	if f.masq {
+		e = append(e,
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(^mark), Xor: binaryutil.NativeEndian.PutUint32(mark)},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		)
+	}
+	return append(e,
+		&expr.Immediate{Register: 1, Data: be.Addr.AsSlice()},
+		&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(be.Port)},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: family,
+			RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: 2, RegProtoMax: 2, Specified: true},
+	)
+}
+
+// masqueradeMarked masquerades connections a backend chain marked, clearing
+// the mark so it does not leak into later routing decisions.
+func masqueradeMarked(mark uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(mark), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(mark)},
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(^mark), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		// fully-random: many clients behind one node must not collide on
+		// source ports (kube-proxy does the same).
+		&expr.Masq{FullyRandom: true},
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/shoal-project/shoal/network/ipam"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -28,14 +29,6 @@ func HostVethName(id string) string {
 	return HostVethPrefix + hex.EncodeToString(sum[:6])
 }
 
-// MACFromIP derives a task's MAC from its IPv4 address as Docker does
-// (02:42 then the four address bytes), so a remote node can program the
-// task's FDB and neighbour entries knowing only its IP.
-func MACFromIP(ip netip.Addr) net.HardwareAddr {
-	a := ip.As4()
-	return net.HardwareAddr{0x02, 0x42, a[0], a[1], a[2], a[3]}
-}
-
 // Spec is one task interface on one overlay network.
 type Spec struct {
 	// ID names the attachment (e.g. task ID + "/" + network ID); Detach
@@ -50,7 +43,7 @@ type Spec struct {
 	// Gateway, when valid, becomes the task's default route. A task on
 	// several networks has one default route: set it on one of them.
 	Gateway netip.Addr
-	// MAC of the task's interface; nil means MACFromIP(Addr).
+	// MAC of the task's interface; nil means ipam.MACFromIP(Addr).
 	MAC net.HardwareAddr
 	MTU int
 	// IfName of the task's interface; empty means eth0.
@@ -105,7 +98,7 @@ func (a *Attacher) Attach(ctx context.Context, s Spec) error {
 		return fmt.Errorf("attach %s: %w", s.ID, err)
 	}
 	if s.MAC == nil {
-		s.MAC = MACFromIP(s.Addr.Addr())
+		s.MAC = ipam.MACFromIP(s.Addr.Addr())
 	}
 	if s.IfName == "" {
 		s.IfName = DefaultIfName

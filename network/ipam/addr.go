@@ -3,6 +3,7 @@ package ipam
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -196,4 +197,13 @@ func toUint(a netip.Addr) uint32 {
 
 func fromUint(v uint32) netip.Addr {
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// MACFromIP derives the MAC of an overlay address as Docker does: 02:42 (a
+// locally administered unicast prefix) then the four IPv4 bytes. Tasks and
+// node addresses on an overlay get theirs this way, so every node can
+// program a remote endpoint's FDB and neighbour entries from its IP alone.
+func MACFromIP(ip netip.Addr) net.HardwareAddr {
+	a := ip.As4()
+	return net.HardwareAddr{0x02, 0x42, a[0], a[1], a[2], a[3]}
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/shoal-project/shoal/network/ipam"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -288,8 +289,14 @@ func (m *Manager) applyNetwork(ns NetworkState) error {
 
 // bridgeMAC is fixed per node and network. A bridge otherwise takes the
 // lowest MAC of its ports, so it would change as tasks come and go and
-// leave tasks with a stale ARP entry for their gateway.
-func (m *Manager) bridgeMAC(vni uint32) net.HardwareAddr {
+// leave tasks with a stale ARP entry for their gateway. With a node address
+// it is the one derived from that address, so other nodes can list the node
+// as an ordinary endpoint.
+func (m *Manager) bridgeMAC(ns NetworkState) net.HardwareAddr {
+	if ns.NodeAddr.IsValid() {
+		return ipam.MACFromIP(ns.NodeAddr)
+	}
+	vni := ns.VNI
 	var buf [8]byte
 	a := m.cfg.UnderlayAddr.As4()
 	copy(buf[:4], a[:])
@@ -318,7 +325,7 @@ func (m *Manager) ensureBridge(ns NetworkState, mtu int) (netlink.Link, error) {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = name
 		attrs.MTU = mtu
-		attrs.HardwareAddr = m.bridgeMAC(ns.VNI)
+		attrs.HardwareAddr = m.bridgeMAC(ns)
 		if err := m.nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
 			return nil, fmt.Errorf("create bridge %s: %w", name, err)
 		}
@@ -330,6 +337,11 @@ func (m *Manager) ensureBridge(ns NetworkState, mtu int) (netlink.Link, error) {
 	if link.Attrs().MTU != mtu {
 		if err := m.nl.LinkSetMTU(link, mtu); err != nil {
 			return nil, fmt.Errorf("set MTU of %s to %d: %w", name, mtu, err)
+		}
+	}
+	if mac := m.bridgeMAC(ns); !bytes.Equal(link.Attrs().HardwareAddr, mac) {
+		if err := m.nl.LinkSetHardwareAddr(link, mac); err != nil {
+			return nil, fmt.Errorf("set MAC of %s to %s: %w", name, mac, err)
 		}
 	}
 	if err := m.syncBridgeAddrs(ns, link); err != nil {

@@ -3,6 +3,7 @@ package overlay_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -21,6 +22,8 @@ import (
 func TestMain(m *testing.M) { netnstest.Main(m) }
 
 const vni = 4242
+
+var quiet = slog.New(slog.DiscardHandler)
 
 var (
 	subnet  = netip.MustParsePrefix("10.233.0.0/24")
@@ -41,7 +44,7 @@ type node struct {
 
 func newNode(t *testing.T, ns *netnstest.NS, vtep netip.Addr) *node {
 	t.Helper()
-	mgr, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtep, NetNSPath: ns.Path})
+	mgr, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtep, NetNSPath: ns.Path, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +171,7 @@ func TestOverlayApplyTwiceChangesNothing(t *testing.T) {
 	}
 
 	// A new manager (a restarted daemon) finds the same devices and changes nothing.
-	again, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtepA, NetNSPath: a.ns.Path})
+	again, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtepA, NetNSPath: a.ns.Path, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
 // Protocol is a transport protocol a frontend balances.
@@ -83,7 +84,7 @@ func Validate(s State) error {
 	var errs []error
 	names := make(map[string]bool, len(s.Frontends))
 	// Two frontends on the same key would race for one map slot.
-	keys := make(map[string]string, len(s.Frontends))
+	keys := make(map[key]string, len(s.Frontends))
 	for i, f := range s.Frontends {
 		if f.Name == "" {
 			errs = append(errs, fmt.Errorf("frontend #%d: empty name", i))
@@ -103,14 +104,21 @@ func Validate(s State) error {
 		if f.VIP.IsValid() && (f.VIP.Zone() != "" || f.VIP.IsUnspecified()) {
 			errs = append(errs, fmt.Errorf("frontend %q: VIP %s is not a usable address", f.Name, f.VIP))
 		}
-		key := Key(f)
-		if other, ok := keys[key]; ok {
-			errs = append(errs, fmt.Errorf("frontend %q: %s is already balanced by frontend %q", f.Name, key, other))
+		k := key{f.Protocol, f.Port, f.VIP}
+		if other, ok := keys[k]; ok {
+			errs = append(errs, fmt.Errorf("frontend %q: %s is already balanced by frontend %q", f.Name, Key(f), other))
 		} else {
-			keys[key] = f.Name
+			keys[k] = f.Name
 		}
-		seen := make(map[Backend]bool, len(f.Backends))
-		for _, b := range f.Backends {
+		var seen map[Backend]bool
+		if len(f.Backends) > smallBackends {
+			seen = make(map[Backend]bool, len(f.Backends))
+		}
+		for i, b := range f.Backends {
+			dup := seen[b]
+			if seen == nil {
+				dup = slices.Contains(f.Backends[:i], b)
+			}
 			switch {
 			case !b.Addr.IsValid():
 				errs = append(errs, fmt.Errorf("frontend %q: backend with no address", f.Name))
@@ -122,15 +130,28 @@ func Validate(s State) error {
 				// One numgen spreads over all backends, so a packet of one
 				// family must never pick a backend of the other.
 				errs = append(errs, fmt.Errorf("frontend %q: backends mix IPv4 and IPv6 (%s and %s)", f.Name, f.Backends[0], b))
-			case seen[b]:
+			case dup:
 				errs = append(errs, fmt.Errorf("frontend %q: backend %s listed twice", f.Name, b))
 			case b.Addr.Zone() != "":
 				errs = append(errs, fmt.Errorf("frontend %q: backend %s has a zone", f.Name, b))
 			}
-			seen[b] = true
+			if seen != nil {
+				seen[b] = true
+			}
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// smallBackends is the size up to which duplicate backends are found by a
+// linear scan: cheaper than a map for the few replicas most services have,
+// and Validate runs on every Apply.
+const smallBackends = 16
+
+type key struct {
+	p    Protocol
+	port uint16
+	vip  netip.Addr
 }
 
 // Key is what the kernel matches a frontend on: protocol and port, plus the

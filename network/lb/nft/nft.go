@@ -26,11 +26,12 @@ const DefaultTable = "shoal-lb"
 // bits alone for its own marks, so a bit of our own lets them share a node.
 const DefaultMasqueradeMark uint32 = 0x2000
 
-// netlinkReadBuffer is the socket receive buffer for nftables batches. A full
-// build of 1,000 frontends is tens of thousands of messages, each acked; the
-// kernel's default buffer (~200 KiB) overflows and the batch fails with
-// ENOBUFS.
-const netlinkReadBuffer = 32 << 20
+// netlinkBuffer is the socket send and receive buffer for nftables batches.
+// A full build of 1,000 frontends × 10 backends is one batch of several
+// megabytes (a single sendmsg) and tens of thousands of acks; with the
+// default buffers (~200 KiB) the kernel refuses it (EMSGSIZE) or drops acks
+// (ENOBUFS).
+const netlinkBuffer = 64 << 20
 
 // Option configures a Balancer.
 type Option func(*Balancer)
@@ -92,7 +93,7 @@ func New(opts ...Option) (*Balancer, error) {
 	}
 	connOpts := []nftables.ConnOption{
 		nftables.AsLasting(),
-		nftables.WithSockOptions(func(c *mdnetlink.Conn) error { return c.SetReadBuffer(netlinkReadBuffer) }),
+		nftables.WithSockOptions(growBuffers),
 	}
 	if b.ns.IsOpen() {
 		connOpts = append(connOpts, nftables.WithNetNSFd(int(b.ns)))
@@ -116,6 +117,29 @@ func New(opts ...Option) (*Balancer, error) {
 	return b, nil
 }
 
+// growBuffers raises the netlink socket's buffers past the sysctl limits
+// (rmem_max, wmem_max) with the FORCE options, which need CAP_NET_ADMIN, as
+// programming nftables does anyway.
+func growBuffers(c *mdnetlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = errors.Join(
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, netlinkBuffer),
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, netlinkBuffer),
+		)
+	}); err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
+	if serr != nil {
+		return fmt.Errorf("grow netlink socket buffers to %d bytes: %w", netlinkBuffer, serr)
+	}
+	return nil
+}
+
 // Apply programs s, changing only what differs from the last Apply.
 func (b *Balancer) Apply(ctx context.Context, s lb.State) error {
 	if err := lb.Validate(s); err != nil {
@@ -131,7 +155,13 @@ func (b *Balancer) Apply(ctx context.Context, s lb.State) error {
 	}
 	desired := make(map[string]*frontend, len(s.Frontends))
 	for _, f := range s.Frontends {
-		desired[f.Name] = newFrontend(f)
+		nf := newFrontend(f)
+		if of, ok := b.programmed[f.Name]; ok {
+			nf.chain = of.chain // hashing names is most of a no-op Apply's cost
+		} else {
+			nf.chain = frontendChain(f.Name)
+		}
+		desired[f.Name] = nf
 	}
 	full := b.dirty
 	if full {
@@ -243,11 +273,14 @@ func newFrontend(f lb.Frontend) *frontend {
 		vip:      f.VIP,
 		backends: slices.Clone(f.Backends),
 		masq:     f.Masquerade,
-		chain:    frontendChain(f.Name),
 	}
 }
 
-// key identifies the map element that leads to the frontend's chain.
-func (f *frontend) key() string {
-	return fmt.Sprintf("%d/%d/%s", f.proto, f.port, f.vip)
+type elementKey struct {
+	proto uint8
+	port  uint16
+	vip   netip.Addr
 }
+
+// key identifies the map element that leads to the frontend's chain.
+func (f *frontend) key() elementKey { return elementKey{f.proto, f.port, f.vip} }

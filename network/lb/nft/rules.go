@@ -40,6 +40,11 @@ const (
 // (NFT_CHAIN_MAXNAMELEN, 256) while staying readable in `nft list`.
 const maxChainName = 120
 
+// elementsPerMessage bounds the elements sent in one netlink message: the
+// element list is one attribute, whose length field is 16 bits, so about 800
+// elements overflow it and the kernel reads garbage.
+const elementsPerMessage = 256
+
 // rtnLocal is RTN_LOCAL, the fib address type of the node's own addresses.
 const rtnLocal = 2
 
@@ -291,9 +296,9 @@ func (b *Balancer) addElements(names []string, desired map[string]*frontend) {
 		})
 	}
 	for _, s := range []*nftables.Set{b.sets.published, b.sets.vip4, b.sets.vip6} {
-		if len(byset[s]) > 0 {
+		for chunk := range slices.Chunk(byset[s], elementsPerMessage) {
 			// SetAddElements fails only for anonymous sets.
-			_ = b.conn.SetAddElements(s, byset[s])
+			_ = b.conn.SetAddElements(s, chunk)
 		}
 	}
 }

@@ -283,6 +283,17 @@ func TestCluster(t *testing.T) {
 			return n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN, c.ctl(t, m, "node", "ls")
 		})
 		c.converged(t, service, want{replicas: replicas, notOn: []string{victim}, unseen: []string{victim}})
+		// Cut off, the worker cannot know its tasks moved, and losing the
+		// managers must not stop what it runs.
+		runningThere := map[string]bool{}
+		for _, ctr := range c.containers(t, victim) {
+			runningThere[ctr.TaskID] = ctr.Status == "running"
+		}
+		for _, id := range stale {
+			if !runningThere[id] {
+				t.Errorf("cut off, %s stopped the container of task %s", victim, id)
+			}
+		}
 
 		if err := c.SetLinkUp(victim); err != nil {
 			t.Fatal(err)

@@ -9,11 +9,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	containerd "github.com/containerd/containerd/v2/client"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -432,6 +434,8 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	if err != nil {
 		return err
 	}
+	_, statErr := os.Stat(cfg.DataDir)
+	dirExisted := statErr == nil
 	lock, err := lockDataDir(cfg.DataDir)
 	if err != nil {
 		return err
@@ -443,20 +447,30 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 			os.RemoveAll(p)
 		}
 	}
+	// A refused join leaves nothing: not even the data dir it made.
+	joined := false
+	defer func() {
+		if joined {
+			return
+		}
+		undo()
+		if dirExisted {
+			os.Remove(filepath.Join(cfg.DataDir, "lock"))
+		} else {
+			os.RemoveAll(cfg.DataDir)
+		}
+	}()
 
 	jctx, cancel := context.WithTimeout(ctx, joinTimeout)
 	defer cancel()
-	// The executor answers first: a node that cannot run containers must
-	// not become part of the cluster.
-	exe, err := newExecutor(ctx, cfg, "")
+	// containerd answers first: a node that cannot run containers must
+	// not become part of the cluster. (The executor, which makes the
+	// node's containerd namespace, comes only once the join succeeded.)
+	engine, err := containerdVersion(jctx, cfg.ContainerdAddress)
 	if err != nil {
 		return err
 	}
-	desc, err := exe.Describe(jctx)
-	exe.Close()
-	if err != nil {
-		return fmt.Errorf("describe node: %w", err)
-	}
+	desc := hostDescription(cfg.Hostname, engine)
 
 	// Trust the manager only if its chain holds the CA the token names.
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(ca.JoinConfig(tok.Digest))))
@@ -496,12 +510,13 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 		undo()
 		return err
 	}
+	joined = true
 	n, err := newNode(cfg, file, creds)
 	if err != nil {
 		undo()
 		return err
 	}
-	exe, err = newExecutor(ctx, cfg, file.NodeID)
+	exe, err := newExecutor(ctx, cfg, file.NodeID)
 	if err != nil {
 		return err
 	}
@@ -759,4 +774,28 @@ func errMessage(err error) error {
 		return errors.New(st.Message())
 	}
 	return err
+}
+
+// containerdVersion checks containerd answers, without touching any of its
+// namespaces.
+func containerdVersion(ctx context.Context, address string) (string, error) {
+	c, err := containerd.New(address)
+	if err != nil {
+		return "", fmt.Errorf("connect to containerd at %s: %w (is containerd running?)", address, err)
+	}
+	defer c.Close()
+	v, err := c.Version(ctx)
+	if err != nil {
+		return "", fmt.Errorf("containerd at %s does not answer: %w (is containerd running?)", address, err)
+	}
+	return "containerd " + v.Version, nil
+}
+
+// hostDescription is what a joining node tells the managers about itself
+// before its agent reports the full description.
+func hostDescription(hostname, engine string) *api.NodeDescription {
+	if hostname == "" {
+		hostname, _ = os.Hostname()
+	}
+	return &api.NodeDescription{Hostname: hostname, Os: runtime.GOOS, Arch: runtime.GOARCH, NanoCpus: int64(runtime.NumCPU()) * 1e9, Engine: engine}
 }

@@ -7,7 +7,10 @@ import (
 )
 
 func TestValidate(t *testing.T) {
-	be := func(s string) Backend { ap := netip.MustParseAddrPort(s); return Backend{Addr: ap.Addr(), Port: ap.Port()} }
+	be := func(s string) Backend {
+		ap := netip.MustParseAddrPort(s)
+		return Backend{Addr: ap.Addr(), Port: ap.Port()}
+	}
 	ok := Frontend{Name: "svc:a:8080/tcp", Protocol: TCP, Port: 8080, Backends: []Backend{be("10.0.0.2:80"), be("10.0.0.3:80")}, Masquerade: true}
 	vip := Frontend{Name: "vip:a:80/tcp", Protocol: TCP, Port: 80, VIP: netip.MustParseAddr("10.0.1.2"), Backends: []Backend{be("10.0.0.2:80")}}
 	with := func(f Frontend, mod func(*Frontend)) Frontend { mod(&f); return f }

@@ -23,7 +23,9 @@ func TestHelperProcess(t *testing.T) { lbtest.HelperProcess() }
 // with probability 3·(2/3)^60 ≈ 1e-10).
 const requestsPerCheck = 60
 
-func backend(i int, port uint16) lb.Backend { return lb.Backend{Addr: lbtest.BackendAddr(i), Port: port} }
+func backend(i int, port uint16) lb.Backend {
+	return lb.Backend{Addr: lbtest.BackendAddr(i), Port: port}
+}
 
 func newBalancer(t *testing.T, tp *lbtest.Topology) *Balancer {
 	t.Helper()

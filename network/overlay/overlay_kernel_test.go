@@ -142,6 +142,10 @@ func TestOverlayTaskToTaskAcrossVXLAN(t *testing.T) {
 	if err := a.mgr.Apply(ctx, []overlay.NetworkState{state(vtepB, taskIPB)}); err != nil {
 		t.Fatal(err)
 	}
+	// Task A's failed ARP entry for B from the step above would make the
+	// kernel answer "no route to host" for a few seconds: forget it, as
+	// a task would once its neighbour entry expires.
+	taskA.MustRun(t, "ip", "neigh", "flush", "all")
 	if err := netnstest.Dial(taskA, "10.233.0.3:7000"); err != nil {
 		t.Fatalf("task A to task B after the endpoint came back: %v", err)
 	}

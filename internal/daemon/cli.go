@@ -51,6 +51,9 @@ func reexec(cfg Config) error {
 	if cfg.HeartbeatPeriod > 0 {
 		args = append(args, "--heartbeat-period", cfg.HeartbeatPeriod.String())
 	}
+	if cfg.HeartbeatGrace > 0 {
+		args = append(args, "--heartbeat-grace", cfg.HeartbeatGrace.String())
+	}
 	return syscall.Exec(self, args, os.Environ())
 }
 
@@ -72,7 +75,8 @@ func newCommand() *cobra.Command {
 	flags.StringVar(&cfg.ContainerdAddress, "containerd-address", DefaultContainerd, "containerd's socket")
 	flags.StringVar(&cfg.ContainerdNamespace, "containerd-namespace", DefaultNamespace, "containerd namespace of this node's containers")
 	flags.StringVar(&cfg.Hostname, "hostname", "", "name of this node (default: the host's name)")
-	flags.DurationVar(&cfg.HeartbeatPeriod, "heartbeat-period", 0, "how often workers heartbeat (default 1s); a node is down after 3 missed periods")
+	flags.DurationVar(&cfg.HeartbeatPeriod, "heartbeat-period", 0, "how often workers heartbeat, jittered ±10% (managers; default 750ms)")
+	flags.DurationVar(&cfg.HeartbeatGrace, "heartbeat-grace", 0, "how long a silent node stays Ready before it is marked down and its tasks replaced (managers; default 3 heartbeat periods)")
 	flags.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	flags.StringVar(&cfg.ListenAddr, "listen-addr", DefaultListenAddr, "the cluster port: gRPC and raft, mutual TLS only")
 	flags.StringVar(&cfg.AdvertiseAddr, "advertise-addr", "", "address other nodes reach this one at (IP[:port]; default: the listen address, or this host's address on its default route)")

@@ -42,6 +42,7 @@ type Config struct {
 	// derived from the listen address or the default route when empty.
 	AdvertiseAddr   string
 	HeartbeatPeriod time.Duration
+	HeartbeatGrace  time.Duration
 	// ForceNewCluster (shoald run --force-new-cluster) makes this
 	// manager the only member of a new raft group with the old state.
 	ForceNewCluster bool

@@ -224,7 +224,7 @@ func (n *node) managerConfig(transport *state.StreamLayer) manager.Config {
 		DataDir:    n.cfg.DataDir,
 		NodeID:     n.file.NodeID,
 		Logger:     n.cfg.Logger,
-		Dispatcher: dispatcher.Config{HeartbeatPeriod: n.cfg.HeartbeatPeriod},
+		Dispatcher: dispatcher.Config{HeartbeatPeriod: n.cfg.HeartbeatPeriod, Grace: n.cfg.HeartbeatGrace},
 		Transport:  state.NewNetworkTransport(transport, nil),
 		Identify: func(ctx context.Context) (string, error) {
 			id, err := ca.IdentityFromContext(ctx)

@@ -1,0 +1,212 @@
+package nft
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	mdnetlink "github.com/mdlayher/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/shoal-project/shoal/network/lb"
+	"github.com/shoal-project/shoal/network/lb/lbtest"
+)
+
+// TestConformance runs the suite every backend passes against the kernel, in
+// a throwaway namespace per case.
+func TestConformance(t *testing.T) {
+	lbtest.RequireRoot(t)
+	lbtest.Run(t, func(t *testing.T) lbtest.Instance {
+		_, ns := lbtest.NewNetNS(t)
+		const table = "shoal-lb-conformance"
+		b, err := New(WithNetNS(ns), WithTable(table))
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return lbtest.Instance{
+			Balancer: b,
+			Read:     func(t testing.TB) map[string]lbtest.Programmed { return readTable(t, ns, table) },
+			FailNext: func() {
+				b.beforeFlush = func(c *nftables.Conn, tbl *nftables.Table) {
+					b.beforeFlush = nil
+					// An element jumping to a missing chain makes the kernel
+					// refuse the whole transaction.
+					c.SetAddElements(&nftables.Set{Table: tbl, Name: setPublished}, []nftables.SetElement{{
+						Key:         []byte{17, 0, 0, 0, 0x10, 0x00, 0, 0},
+						VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: "no-such-chain"},
+					}})
+				}
+			},
+		}
+	})
+}
+
+// readTable reads the balancer's table back from the kernel: each map
+// element (named by its comment) with the backends its chain spreads over.
+// Frontend and backend chains nothing leads to are reported under names of
+// their own, so a leftover fails the suite.
+func readTable(t testing.TB, ns netns.NsHandle, table string) map[string]lbtest.Programmed {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+	if err != nil {
+		t.Fatalf("open nftables connection: %v", err)
+	}
+	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatalf("list tables: %v", err)
+	}
+	out := map[string]lbtest.Programmed{}
+	if !slices.ContainsFunc(tables, func(tb *nftables.Table) bool { return tb.Name == table }) {
+		return out
+	}
+	tbl := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatalf("list chains: %v", err)
+	}
+	unreached := map[string]bool{}
+	for _, ch := range chains {
+		if ch.Table.Name == table && (strings.HasPrefix(ch.Name, "fe-") || strings.HasPrefix(ch.Name, "be-")) {
+			unreached[ch.Name] = true
+		}
+	}
+	rules := func(chain string) []*nftables.Rule {
+		rs, err := c.GetRules(tbl, &nftables.Chain{Name: chain, Table: tbl})
+		if err != nil {
+			t.Fatalf("rules of chain %s: %v", chain, err)
+		}
+		return rs
+	}
+	elements := func(set string) []nftables.SetElement {
+		s, err := c.GetSetByName(tbl, set)
+		if err != nil {
+			t.Fatalf("set %s: %v", set, err)
+		}
+		es, err := c.GetSetElements(s)
+		if err != nil {
+			t.Fatalf("elements of set %s: %v", set, err)
+		}
+		return es
+	}
+	for _, set := range []string{setPublished, setVIP4, setVIP6} {
+		for _, e := range elements(set) {
+			p := lbtest.Programmed{Key: elementKeyString(t, set, e.Key)}
+			feChain := verdictChain(t, e)
+			delete(unreached, feChain)
+			var backendChains []string
+			for _, r := range rules(feChain) {
+				for _, x := range r.Exprs {
+					switch x := x.(type) {
+					case *expr.Lookup:
+						for _, be := range elements(x.SetName) {
+							backendChains = append(backendChains, verdictChain(t, be))
+						}
+					case *expr.Numgen:
+						defer func(mod uint32) {
+							if int(mod) != len(p.Backends) {
+								t.Errorf("frontend %s: numgen mod %d over %d backends", e.Comment, mod, len(p.Backends))
+							}
+						}(x.Modulus)
+					}
+				}
+			}
+			masq := map[bool]int{}
+			for _, ch := range backendChains {
+				delete(unreached, ch)
+				be, m := readBackendChain(t, rules(ch))
+				p.Backends = append(p.Backends, be)
+				masq[m]++
+			}
+			slices.Sort(p.Backends)
+			p.Masquerade = masq[true] > 0
+			if masq[true] > 0 && masq[false] > 0 {
+				t.Errorf("frontend %s: masquerade on %d backends, not on %d", e.Comment, masq[true], masq[false])
+			}
+			out[e.Comment] = p
+		}
+	}
+	for ch := range unreached {
+		out["unreached chain "+ch] = lbtest.Programmed{}
+	}
+	return out
+}
+
+// verdictChain returns the chain a map element jumps or goes to. The library
+// leaves a read element's verdict undecoded in Val: the nested
+// NFTA_VERDICT_CODE and NFTA_VERDICT_CHAIN attributes.
+func verdictChain(t testing.TB, e nftables.SetElement) string {
+	t.Helper()
+	ad, err := mdnetlink.NewAttributeDecoder(e.Val)
+	if err != nil {
+		t.Fatalf("element %x: decode verdict: %v", e.Key, err)
+	}
+	var chain string
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
+			chain = ad.String()
+		}
+	}
+	if err := ad.Err(); err != nil || chain == "" {
+		t.Fatalf("element %x: no verdict chain in %x (%v)", e.Key, e.Val, err)
+	}
+	return chain
+}
+
+// readBackendChain returns the address a backend chain DNATs to and whether
+// it marks for masquerade.
+func readBackendChain(t testing.TB, rules []*nftables.Rule) (string, bool) {
+	var addr netip.Addr
+	var port uint16
+	masq := false
+	for _, r := range rules {
+		for _, x := range r.Exprs {
+			switch x := x.(type) {
+			case *expr.Immediate:
+				switch x.Register {
+				case 1:
+					addr, _ = netip.AddrFromSlice(x.Data)
+				case 2:
+					port = binary.BigEndian.Uint16(x.Data)
+				}
+			case *expr.Meta:
+				masq = masq || (x.Key == expr.MetaKeyMARK && x.SourceRegister)
+			}
+		}
+	}
+	if !addr.IsValid() {
+		t.Errorf("backend chain without a DNAT address: %v", rules)
+	}
+	return netip.AddrPortFrom(addr, port).String(), masq
+}
+
+// elementKeyString turns a map key back into lb.Key's form.
+func elementKeyString(t testing.TB, set string, key []byte) string {
+	var vip netip.Addr
+	switch set {
+	case setVIP4:
+		vip, _ = netip.AddrFromSlice(key[:4])
+		key = key[4:]
+	case setVIP6:
+		vip, _ = netip.AddrFromSlice(key[:16])
+		key = key[16:]
+	}
+	if len(key) != 8 {
+		t.Errorf("map %s: key %x has the wrong length", set, key)
+		return fmt.Sprintf("bad key %x", key)
+	}
+	proto := lb.Protocol(fmt.Sprint(key[0]))
+	switch key[0] {
+	case 6:
+		proto = lb.TCP
+	case 17:
+		proto = lb.UDP
+	}
+	return lb.Key(lb.Frontend{Protocol: proto, Port: binary.BigEndian.Uint16(key[4:6]), VIP: vip})
+}

@@ -1,0 +1,152 @@
+package allocator
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"slices"
+)
+
+// Protocols and publishing modes of a PortConfig, spelled as Docker spells them.
+const (
+	ProtocolTCP = "tcp"
+	ProtocolUDP = "udp"
+
+	// ModeIngress publishes the port on every node through the routing mesh;
+	// the port is reserved cluster-wide.
+	ModeIngress = "ingress"
+	// ModeHost publishes the port only on nodes running a task, straight to
+	// it; two services may use the same host port on different nodes, so it
+	// is not reserved cluster-wide (the scheduler keeps them apart).
+	ModeHost = "host"
+
+	EndpointModeVIP   = "vip"
+	EndpointModeDNSRR = "dnsrr"
+)
+
+// Errors wrapped by the allocator, one per gRPC status the API edge returns.
+var (
+	// ErrInvalid: the request is malformed (InvalidArgument).
+	ErrInvalid = errors.New("invalid request")
+	// ErrNotFound: the request names a network or service the allocator
+	// does not know (NotFound).
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: the request clashes with another object's allocation:
+	// a published port, an overlapping subnet, a VNI, a name, a network in
+	// use (FailedPrecondition).
+	ErrConflict = errors.New("conflict")
+	// ErrExhausted: no free subnet, address, VNI or port (ResourceExhausted).
+	ErrExhausted = errors.New("exhausted")
+)
+
+// Network is an overlay network as the allocator sees it. The proto message
+// the manager stores will carry the same fields.
+type Network struct {
+	ID, Name string
+	Subnet   netip.Prefix
+	Gateway  netip.Addr
+	VNI      uint32
+	// Ingress marks the routing mesh network; there is at most one.
+	Ingress bool
+}
+
+// PortConfig is one published port of a service.
+type PortConfig struct {
+	Protocol string // ProtocolTCP or ProtocolUDP; "" means tcp
+	Target   uint16 // port inside the task
+	// Published is the port on the nodes; 0 asks the allocator to pick one
+	// from the dynamic range (ingress mode) or leaves it to the node (host mode).
+	Published uint16
+	Mode      string // ModeIngress or ModeHost; "" means ingress
+}
+
+// ServiceNeeds is what a service asks of the allocator.
+type ServiceNeeds struct {
+	ID, Name string
+	// Networks are the ids (or names) of the overlay networks the service
+	// is attached to, not counting ingress, which the allocator adds when
+	// the service publishes a port in ingress mode.
+	Networks     []string
+	Ports        []PortConfig
+	EndpointMode string // EndpointModeVIP or EndpointModeDNSRR; "" means vip
+}
+
+// TaskNeeds is what a task asks of the allocator. The task is also attached
+// to every network of its service's allocation (ingress included).
+type TaskNeeds struct {
+	ID, ServiceID, NodeID string
+	Networks              []string
+}
+
+// VIP is a service's virtual address on one network.
+type VIP struct {
+	NetworkID string
+	Addr      netip.Prefix // the address with the network's prefix length
+}
+
+// Attachment is an address on one network, with the MAC that goes with it
+// so that workers can program static neighbour entries.
+type Attachment struct {
+	NetworkID string
+	Addr      netip.Prefix
+	MAC       net.HardwareAddr
+}
+
+// ServiceAllocation is what a service was given.
+type ServiceAllocation struct {
+	ServiceID, Name string
+	EndpointMode    string
+	// Networks are the network ids the service is attached to, ingress last
+	// when it publishes ingress ports.
+	Networks []string
+	VIPs     []VIP        // one per network, none in dnsrr mode
+	Ports    []PortConfig // normalised, with Published filled in for ingress ports
+}
+
+// TaskAllocation is what a task was given.
+type TaskAllocation struct {
+	TaskID, ServiceID, NodeID string
+	Attachments               []Attachment
+}
+
+// NodeAllocation is a node's address on the ingress network: the ingress
+// bridge on each node carries its own address, so the node can reach (and
+// masquerade to) the tasks it balances to.
+type NodeAllocation struct {
+	NodeID  string
+	Ingress Attachment
+}
+
+// Allocation is everything allocated in the cluster: what Restore takes and
+// State returns. Slices are sorted by id in State.
+type Allocation struct {
+	Networks []Network
+	Services []ServiceAllocation
+	Tasks    []TaskAllocation
+	Nodes    []NodeAllocation
+}
+
+func (s ServiceAllocation) clone() ServiceAllocation {
+	s.Networks = slices.Clone(s.Networks)
+	s.VIPs = slices.Clone(s.VIPs)
+	s.Ports = slices.Clone(s.Ports)
+	return s
+}
+
+func (a Attachment) clone() Attachment {
+	a.MAC = slices.Clone(a.MAC)
+	return a
+}
+
+func (t TaskAllocation) clone() TaskAllocation {
+	t.Attachments = slices.Clone(t.Attachments)
+	for i := range t.Attachments {
+		t.Attachments[i] = t.Attachments[i].clone()
+	}
+	return t
+}
+
+func (n NodeAllocation) clone() NodeAllocation {
+	n.Ingress = n.Ingress.clone()
+	return n
+}

@@ -20,6 +20,11 @@ func TestConformance(t *testing.T) {
 			Balancer: b,
 			Read:     func(t testing.TB) map[string]lbtest.Programmed { return readFakes(f, m) },
 			FailNext: func() { f.failOn = "NewDestination" },
+			Tamper: func(testing.TB) {
+				for mark := range f.services {
+					f.services[mark] = []string{}
+				}
+			},
 		}
 	})
 }

@@ -41,6 +41,10 @@ type Instance struct {
 	// FailNext makes the balancer's next write fail part way, the way a
 	// kernel refusal would.
 	FailNext func()
+	// Tamper changes what is programmed behind the balancer's back, as
+	// another program or a half-applied write would, so that only a full
+	// resync puts it right.
+	Tamper func(t testing.TB)
 }
 
 // NewFunc returns a fresh Instance, everything it made removed at cleanup.
@@ -185,11 +189,13 @@ func Run(t *testing.T, newInstance NewFunc) {
 		apply(t, in, s)
 		next := lb.State{Frontends: changes[0].mod(cloneState(s).Frontends)}
 		next.Frontends = slices.Delete(next.Frontends, 1, 2)
+		in.Tamper(t)
 		in.FailNext()
 		if err := in.Balancer.Apply(ctx, next); err == nil {
 			t.Fatal("Apply with a failure injected: nil error")
 		}
-		// The same state again: only a resync can make the kernel match.
+		// The same state again: only a resync finds the tampering, since
+		// nothing differs from what the balancer meant to program.
 		apply(t, in, next)
 		check(t, in, next, "after the retry")
 		apply(t, in, s)

@@ -33,6 +33,17 @@ func TestConformance(t *testing.T) {
 		return lbtest.Instance{
 			Balancer: b,
 			Read:     func(t testing.TB) map[string]lbtest.Programmed { return readTable(t, ns, table) },
+			Tamper: func(t testing.TB) {
+				c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+				if err != nil {
+					t.Fatalf("open nftables connection: %v", err)
+				}
+				tbl := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
+				c.FlushSet(&nftables.Set{Table: tbl, Name: setPublished})
+				if err := c.Flush(); err != nil {
+					t.Fatalf("flush map %s: %v", setPublished, err)
+				}
+			},
 			FailNext: func() {
 				b.beforeFlush = func(c *nftables.Conn, tbl *nftables.Table) {
 					b.beforeFlush = nil

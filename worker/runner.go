@@ -19,6 +19,11 @@ import (
 // container is left for the next full sync to find.
 const removeTimeout = 2 * time.Minute
 
+// deadCleanupDelay is how long the container of a task that ended by
+// itself is kept before removal: about the time its replacement takes to
+// start on a busy node.
+const deadCleanupDelay = time.Second
+
 // runner drives one task: it brings the container to the task's desired
 // state and reports every state it reaches. One goroutine (run) does the
 // work; update and remove only change what it aims for.
@@ -274,6 +279,16 @@ func (r *runner) stop(waiting bool, waitDone chan error) {
 			}
 		}
 		r.setState(api.TaskState_TASK_STATE_SHUTDOWN, "shutdown", nil, nil)
+	} else {
+		// The process ended by itself and its replacement is starting
+		// right now: removing the dead container (a few runc and
+		// snapshotter calls) can wait a moment rather than compete with
+		// that start for the CPU.
+		select {
+		case <-time.After(deadCleanupDelay):
+		case <-r.ctx.Done():
+			return // the agent stops; the next full sync removes it
+		}
 	}
 	if err := r.ctrl.Remove(ctx); err != nil {
 		r.logger.Error("remove container", "err", err)

@@ -322,7 +322,7 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 		}
 	}
 
-	ports := make([]PortConfig, 0, len(req.Ports))
+	var ports []PortConfig
 	wantsIngress := false
 	seen := map[portKey]bool{}
 	for _, p := range req.Ports {

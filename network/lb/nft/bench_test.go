@@ -30,6 +30,21 @@ func reportMS(b *testing.B) {
 // BenchmarkProgram1000x10 programs 1,000 frontends × 10 backends into an
 // empty namespace (goal: under 1 s).
 func BenchmarkProgram1000x10(b *testing.B) {
+	for _, l := range layouts {
+		b.Run(l.name, func(b *testing.B) { benchProgram(b, l.perBackendChains) })
+	}
+}
+
+// layouts are the two rule layouts, measured side by side.
+var layouts = []struct {
+	name             string
+	perBackendChains bool
+}{
+	{"dnat-map", false},
+	{"chain-per-backend", true},
+}
+
+func benchProgram(b *testing.B, perBackendChains bool) {
 	lbtest.RequireRoot(b)
 	_, ns := lbtest.NewNetNS(b)
 	s := benchState(1000, 10)
@@ -40,6 +55,7 @@ func BenchmarkProgram1000x10(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		bal.perBackendChains = perBackendChains
 		b.StartTimer()
 		if err := bal.Apply(ctx, s); err != nil {
 			b.Fatal(err)
@@ -56,6 +72,12 @@ func BenchmarkProgram1000x10(b *testing.B) {
 // BenchmarkOneChange1000 applies one backend change with 1,000 frontends ×
 // 10 backends present (goal: under 10 ms).
 func BenchmarkOneChange1000(b *testing.B) {
+	for _, l := range layouts {
+		b.Run(l.name, func(b *testing.B) { benchOneChange(b, l.perBackendChains) })
+	}
+}
+
+func benchOneChange(b *testing.B, perBackendChains bool) {
 	lbtest.RequireRoot(b)
 	_, ns := lbtest.NewNetNS(b)
 	s := benchState(1000, 10)
@@ -64,6 +86,7 @@ func BenchmarkOneChange1000(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	bal.perBackendChains = perBackendChains
 	b.Cleanup(func() { bal.Close() })
 	if err := bal.Apply(ctx, s); err != nil {
 		b.Fatal(err)

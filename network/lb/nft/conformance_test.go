@@ -22,6 +22,12 @@ import (
 // a throwaway namespace per case.
 func TestConformance(t *testing.T) {
 	lbtest.RequireRoot(t)
+	for _, l := range layouts {
+		t.Run(l.name, func(t *testing.T) { conformance(t, l.perBackendChains) })
+	}
+}
+
+func conformance(t *testing.T, perBackendChains bool) {
 	lbtest.Run(t, func(t *testing.T) lbtest.Instance {
 		_, ns := lbtest.NewNetNS(t)
 		const table = "shoal-lb-conformance"
@@ -29,6 +35,7 @@ func TestConformance(t *testing.T) {
 		if err != nil {
 			t.Fatalf("New: %v", err)
 		}
+		b.perBackendChains = perBackendChains
 		t.Cleanup(func() { b.Close() })
 		return lbtest.Instance{
 			Balancer: b,
@@ -112,11 +119,21 @@ func readTable(t testing.TB, ns netns.NsHandle, table string) map[string]lbtest.
 			feChain := verdictChain(t, e)
 			delete(unreached, feChain)
 			var backendChains []string
+			masq := map[bool]int{}
 			for _, r := range rules(feChain) {
+				// One rule per frontend: numgen, a DNAT map, DNAT.
+				dnatMap := slices.ContainsFunc(r.Exprs, func(x expr.Any) bool { _, ok := x.(*expr.NAT); return ok })
+				if dnatMap {
+					masq[slices.ContainsFunc(r.Exprs, isMarkSet)]++
+				}
 				for _, x := range r.Exprs {
 					switch x := x.(type) {
 					case *expr.Lookup:
 						for _, be := range elements(x.SetName) {
+							if dnatMap {
+								p.Backends = append(p.Backends, dnatMapBackend(t, be))
+								continue
+							}
 							backendChains = append(backendChains, verdictChain(t, be))
 						}
 					case *expr.Numgen:
@@ -128,7 +145,6 @@ func readTable(t testing.TB, ns netns.NsHandle, table string) map[string]lbtest.
 					}
 				}
 			}
-			masq := map[bool]int{}
 			for _, ch := range backendChains {
 				delete(unreached, ch)
 				be, m := readBackendChain(t, rules(ch))
@@ -147,6 +163,22 @@ func readTable(t testing.TB, ns netns.NsHandle, table string) map[string]lbtest.
 		out["unreached chain "+ch] = lbtest.Programmed{}
 	}
 	return out
+}
+
+func isMarkSet(x expr.Any) bool {
+	m, ok := x.(*expr.Meta)
+	return ok && m.Key == expr.MetaKeyMARK && m.SourceRegister
+}
+
+// dnatMapBackend reads an element of a DNAT map: address . port, the port
+// padded to 4 bytes.
+func dnatMapBackend(t testing.TB, e nftables.SetElement) string {
+	t.Helper()
+	if len(e.Val) != 8 && len(e.Val) != 20 {
+		t.Fatalf("DNAT map element %x: value %x is not address . port", e.Key, e.Val)
+	}
+	addr, _ := netip.AddrFromSlice(e.Val[:len(e.Val)-4])
+	return netip.AddrPortFrom(addr, binary.BigEndian.Uint16(e.Val[len(e.Val)-4:])).String()
 }
 
 // verdictChain returns the chain a map element jumps or goes to. The library
@@ -186,9 +218,8 @@ func readBackendChain(t testing.TB, rules []*nftables.Rule) (string, bool) {
 				case 2:
 					port = binary.BigEndian.Uint16(x.Data)
 				}
-			case *expr.Meta:
-				masq = masq || (x.Key == expr.MetaKeyMARK && x.SourceRegister)
 			}
+			masq = masq || isMarkSet(x)
 		}
 	}
 	if !addr.IsValid() {

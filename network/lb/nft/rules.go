@@ -136,8 +136,10 @@ func (b *Balancer) writeFull(desired map[string]*frontend) {
 	names := sortedNames(desired)
 	for _, n := range names {
 		f := desired[n]
-		for _, be := range f.backends {
-			b.addBackendChain(f, be)
+		if b.perBackendChains {
+			for _, be := range f.backends {
+				b.addBackendChain(f, be)
+			}
 		}
 		b.addFrontendChain(f)
 	}
@@ -182,13 +184,24 @@ func (b *Balancer) writeChanges(desired map[string]*frontend) {
 	// New backend chains before the frontend rules that jump to them.
 	for _, n := range added {
 		f := desired[n]
-		for _, be := range f.backends {
-			b.addBackendChain(f, be)
+		if b.perBackendChains {
+			for _, be := range f.backends {
+				b.addBackendChain(f, be)
+			}
 		}
 		b.addFrontendChain(f)
 	}
 	for _, n := range changed {
 		of, nf := old[n], desired[n]
+		if !b.perBackendChains {
+			// The frontend's one rule carries its backends and the mark.
+			if !slices.Equal(of.backends, nf.backends) || of.masq != nf.masq {
+				ch := &nftables.Chain{Name: nf.chain, Table: t}
+				c.FlushChain(ch)
+				b.addFrontendRule(nf)
+			}
+			continue
+		}
 		for _, be := range nf.backends {
 			switch {
 			case !slices.Contains(of.backends, be):
@@ -210,11 +223,17 @@ func (b *Balancer) writeChanges(desired map[string]*frontend) {
 	for _, n := range removed {
 		of := old[n]
 		c.DelChain(&nftables.Chain{Name: of.chain, Table: t})
+		if !b.perBackendChains {
+			continue
+		}
 		for _, be := range of.backends {
 			c.DelChain(&nftables.Chain{Name: backendChain(of.name, be), Table: t})
 		}
 	}
 	for _, n := range changed {
+		if !b.perBackendChains {
+			break
+		}
 		of, nf := old[n], desired[n]
 		for _, be := range of.backends {
 			if !slices.Contains(nf.backends, be) {
@@ -264,6 +283,10 @@ func (b *Balancer) addFrontendRule(f *frontend) {
 		}})
 		return
 	}
+	if !b.perBackendChains {
+		b.addDNATMapRule(f)
+		return
+	}
 	vmap := &nftables.Set{
 		Table: t, Anonymous: true, Constant: true, IsMap: true,
 		KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict,
@@ -282,6 +305,67 @@ func (b *Balancer) addFrontendRule(f *frontend) {
 		&expr.Numgen{Register: 1, Modulus: uint32(len(f.backends)), Type: unix.NFT_NG_RANDOM},
 		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: vmap.Name, SetID: vmap.ID},
 	}})
+}
+
+// addDNATMapRule spreads new connections over the backends with one rule:
+// numgen picks an index, an anonymous map turns it into address . port, and
+// DNAT takes both from the registers the lookup wrote. A frontend is then one
+// chain with one rule, so the kernel's check of the whole jump graph at each
+// commit, and a full build, see a tenth of the chains a chain per backend
+// made. The rule matches its backends' family, so a packet of the other
+// family is never marked without being translated.
+func (b *Balancer) addDNATMapRule(f *frontend) {
+	c, t := b.conn, b.table
+	addrType, family, portReg := nftables.TypeIPAddr, uint32(unix.NFPROTO_IPV4), uint32(nftReg32_01)
+	if f.backends[0].Addr.Is6() {
+		addrType, family, portReg = nftables.TypeIP6Addr, unix.NFPROTO_IPV6, nftReg2
+	}
+	m := &nftables.Set{
+		Table: t, Anonymous: true, Constant: true, IsMap: true,
+		KeyType: nftables.TypeInteger, KeyByteOrder: binaryutil.NativeEndian,
+		DataType: nftables.MustConcatSetType(addrType, nftables.TypeInetService),
+	}
+	elems := make([]nftables.SetElement, len(f.backends))
+	for i, be := range f.backends {
+		elems[i] = nftables.SetElement{
+			Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
+			// The port is padded to a 4-byte register, as in any concatenation.
+			Val: append(be.Addr.AsSlice(), byte(be.Port>>8), byte(be.Port), 0, 0),
+		}
+	}
+	// AddSet fails only for anonymous sets that are not constant.
+	_ = c.AddSet(m, elems)
+	e := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{byte(family)}},
+	}
+	if f.masq {
+		e = append(e, markForMasquerade(b.mark)...)
+	}
+	e = append(e,
+		&expr.Numgen{Register: 1, Modulus: uint32(len(f.backends)), Type: unix.NFT_NG_RANDOM},
+		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: family,
+			RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: portReg, RegProtoMax: portReg, Specified: true},
+	)
+	c.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: f.chain, Table: t}, Exprs: e})
+}
+
+// Registers the DNAT map's lookup leaves the port in: right after a 4-byte
+// IPv4 address (the second 32-bit register), or after a 16-byte IPv6 address
+// (the second 128-bit register).
+const (
+	nftReg32_01 = 9 // NFT_REG32_01
+	nftReg2     = 2 // NFT_REG_2
+)
+
+func markForMasquerade(mark uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(^mark), Xor: binaryutil.NativeEndian.PutUint32(mark)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	}
 }
 
 func (b *Balancer) addElements(names []string, desired map[string]*frontend) {
@@ -396,12 +480,7 @@ func backendRule(f *frontend, be lb.Backend, mark uint32) []expr.Any {
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
 	}
 	if f.masq {
-		e = append(e,
-			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
-			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
-				Mask: binaryutil.NativeEndian.PutUint32(^mark), Xor: binaryutil.NativeEndian.PutUint32(mark)},
-			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-		)
+		e = append(e, markForMasquerade(mark)...)
 	}
 	return append(e,
 		&expr.Immediate{Register: 1, Data: be.Addr.AsSlice()},

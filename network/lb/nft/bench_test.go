@@ -30,21 +30,6 @@ func reportMS(b *testing.B) {
 // BenchmarkProgram1000x10 programs 1,000 frontends × 10 backends into an
 // empty namespace (goal: under 1 s).
 func BenchmarkProgram1000x10(b *testing.B) {
-	for _, l := range layouts {
-		b.Run(l.name, func(b *testing.B) { benchProgram(b, l.perBackendChains) })
-	}
-}
-
-// layouts are the two rule layouts, measured side by side.
-var layouts = []struct {
-	name             string
-	perBackendChains bool
-}{
-	{"dnat-map", false},
-	{"chain-per-backend", true},
-}
-
-func benchProgram(b *testing.B, perBackendChains bool) {
 	lbtest.RequireRoot(b)
 	_, ns := lbtest.NewNetNS(b)
 	s := benchState(1000, 10)
@@ -55,7 +40,6 @@ func benchProgram(b *testing.B, perBackendChains bool) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		bal.perBackendChains = perBackendChains
 		b.StartTimer()
 		if err := bal.Apply(ctx, s); err != nil {
 			b.Fatal(err)
@@ -72,12 +56,6 @@ func benchProgram(b *testing.B, perBackendChains bool) {
 // BenchmarkOneChange1000 applies one backend change with 1,000 frontends ×
 // 10 backends present (goal: under 10 ms).
 func BenchmarkOneChange1000(b *testing.B) {
-	for _, l := range layouts {
-		b.Run(l.name, func(b *testing.B) { benchOneChange(b, l.perBackendChains) })
-	}
-}
-
-func benchOneChange(b *testing.B, perBackendChains bool) {
 	lbtest.RequireRoot(b)
 	_, ns := lbtest.NewNetNS(b)
 	s := benchState(1000, 10)
@@ -86,7 +64,6 @@ func benchOneChange(b *testing.B, perBackendChains bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	bal.perBackendChains = perBackendChains
 	b.Cleanup(func() { bal.Close() })
 	if err := bal.Apply(ctx, s); err != nil {
 		b.Fatal(err)

@@ -1,8 +1,8 @@
 // Package nft is the nftables load balancer backend, in the style of
 // kube-proxy's nftables mode: one inet table (shoal-lb by default) whose
-// verdict maps lead each published port or VIP to a chain of its own, which
-// picks a backend chain with numgen; backend chains mark for masquerade and
-// DNAT. Apply changes only the chains and map elements of frontends that
+// verdict maps lead each published port or VIP to a chain of its own, whose
+// one rule marks for masquerade and DNATs to the backend a numgen-indexed map
+// picks. Apply changes only the chains and map elements of frontends that
 // changed, in one transaction; after any error the next Apply rebuilds the
 // table in one transaction.
 //

@@ -288,11 +288,6 @@ func chainOwner(chain string, fs []lb.Frontend) string {
 		if chain == frontendChain(f.Name) {
 			return f.Name
 		}
-		for _, be := range f.Backends {
-			if chain == backendChain(f.Name, be) {
-				return f.Name
-			}
-		}
 	}
 	return ""
 }
@@ -333,7 +328,7 @@ func TestKernelFailedTransactionKeepsRulesAndResyncs(t *testing.T) {
 	wantSpread(t, "after resync", lbtest.Request(t, tp.Client, "tcp", netip.AddrPortFrom(lbtest.RouterAddr, 8080), 5), "backend1")
 	resynced, _ := listChains(t, tp.Router, "shoal-lb-test")
 	for ch := range resynced {
-		if strings.HasPrefix(ch, "be-") && chainOwner(ch, []lb.Frontend{moved}) == "" {
+		if strings.HasPrefix(ch, "fe-") && chainOwner(ch, []lb.Frontend{moved}) == "" {
 			t.Errorf("stale chain %s after resync", ch)
 		}
 	}

@@ -68,11 +68,6 @@ type Balancer struct {
 	dirty  bool
 	closed bool
 
-	// perBackendChains selects the older layout (a chain per backend, picked
-	// by a numgen verdict map) over one numgen DNAT map per frontend; kept
-	// while the two are benchmarked against each other.
-	perBackendChains bool
-
 	// beforeFlush lets tests add to a transaction before it is sent, to make
 	// it fail.
 	beforeFlush func(c *nftables.Conn, t *nftables.Table)

@@ -10,8 +10,6 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
-
-	"github.com/shoal-project/shoal/network/lb"
 )
 
 // The table's layout, after kube-proxy's nftables mode:
@@ -20,12 +18,16 @@ import (
 //	services                          ip daddr . l4proto . dport vmap @vip4
 //	                                  ip6 daddr . l4proto . dport vmap @vip6
 //	                                  fib daddr local, not loopback: l4proto . dport vmap @published
-//	fe-…  (one per frontend)          numgen random mod N vmap { i : goto be-… }, or reject
-//	be-…  (one per backend)           [mark for masquerade] dnat to addr:port
+//	fe-…  (one per frontend)          [mark for masquerade] dnat to numgen random mod N map { i : addr . port },
+//	                                  or reject
 //	postrouting (nat, srcnat)         marked: clear the mark, masquerade
 //
-// A frontend owns its map element, its chain and its backends' chains, so a
-// change to it touches nothing else.
+// A frontend owns its map element and its chain, so a change to it touches
+// nothing else. A chain per backend behind a numgen verdict map (as
+// kube-proxy does) was measured too: the kernel checks the whole jump graph
+// at each commit, so ten times the chains made one change with 1,000
+// frontends × 10 backends cost 14 ms instead of 3.4 ms, and a full build
+// 1.26 s instead of 0.19 s.
 const (
 	chainPrerouting  = "prerouting"
 	chainOutput      = "output"
@@ -97,10 +99,6 @@ func chainName(prefix, identity string) string {
 
 func frontendChain(name string) string { return chainName("fe", name) }
 
-func backendChain(frontend string, b lb.Backend) string {
-	return chainName("be", frontend+"__"+b.String())
-}
-
 // writeFull queues a transaction that replaces the whole table.
 func (b *Balancer) writeFull(desired map[string]*frontend) {
 	c, t := b.conn, b.table
@@ -135,13 +133,7 @@ func (b *Balancer) writeFull(desired map[string]*frontend) {
 
 	names := sortedNames(desired)
 	for _, n := range names {
-		f := desired[n]
-		if b.perBackendChains {
-			for _, be := range f.backends {
-				b.addBackendChain(f, be)
-			}
-		}
-		b.addFrontendChain(f)
+		b.addFrontendChain(desired[n])
 	}
 	b.addElements(names, desired)
 }
@@ -181,65 +173,21 @@ func (b *Balancer) writeChanges(desired map[string]*frontend) {
 			rekeyed = append(rekeyed, n)
 		}
 	}
-	// New backend chains before the frontend rules that jump to them.
 	for _, n := range added {
-		f := desired[n]
-		if b.perBackendChains {
-			for _, be := range f.backends {
-				b.addBackendChain(f, be)
-			}
-		}
-		b.addFrontendChain(f)
+		b.addFrontendChain(desired[n])
 	}
 	for _, n := range changed {
 		of, nf := old[n], desired[n]
-		if !b.perBackendChains {
-			// The frontend's one rule carries its backends and the mark.
-			if !slices.Equal(of.backends, nf.backends) || of.masq != nf.masq {
-				ch := &nftables.Chain{Name: nf.chain, Table: t}
-				c.FlushChain(ch)
-				b.addFrontendRule(nf)
-			}
-			continue
-		}
-		for _, be := range nf.backends {
-			switch {
-			case !slices.Contains(of.backends, be):
-				b.addBackendChain(nf, be)
-			case of.masq != nf.masq:
-				ch := &nftables.Chain{Name: backendChain(nf.name, be), Table: t}
-				c.FlushChain(ch)
-				c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: backendRule(nf, be, b.mark)})
-			}
-		}
-		if !slices.Equal(of.backends, nf.backends) {
-			ch := &nftables.Chain{Name: nf.chain, Table: t}
-			c.FlushChain(ch)
+		// The frontend's one rule carries its backends and the mark.
+		if !slices.Equal(of.backends, nf.backends) || of.masq != nf.masq {
+			c.FlushChain(&nftables.Chain{Name: nf.chain, Table: t})
 			b.addFrontendRule(nf)
 		}
 	}
 	b.addElements(append(added, rekeyed...), desired)
 	// Chains last, once nothing jumps to them.
 	for _, n := range removed {
-		of := old[n]
-		c.DelChain(&nftables.Chain{Name: of.chain, Table: t})
-		if !b.perBackendChains {
-			continue
-		}
-		for _, be := range of.backends {
-			c.DelChain(&nftables.Chain{Name: backendChain(of.name, be), Table: t})
-		}
-	}
-	for _, n := range changed {
-		if !b.perBackendChains {
-			break
-		}
-		of, nf := old[n], desired[n]
-		for _, be := range of.backends {
-			if !slices.Contains(nf.backends, be) {
-				c.DelChain(&nftables.Chain{Name: backendChain(of.name, be), Table: t})
-			}
-		}
+		c.DelChain(&nftables.Chain{Name: old[n].chain, Table: t})
 	}
 }
 
@@ -256,18 +204,12 @@ func sortedNames(m map[string]*frontend) []string {
 	return names
 }
 
-func (b *Balancer) addBackendChain(f *frontend, be lb.Backend) {
-	ch := b.conn.AddChain(&nftables.Chain{Name: backendChain(f.name, be), Table: b.table})
-	b.conn.AddRule(&nftables.Rule{Table: b.table, Chain: ch, Exprs: backendRule(f, be, b.mark)})
-}
-
 func (b *Balancer) addFrontendChain(f *frontend) {
 	b.conn.AddChain(&nftables.Chain{Name: f.chain, Table: b.table})
 	b.addFrontendRule(f)
 }
 
-// addFrontendRule spreads new connections over the backends' chains, or
-// refuses them when there is no backend: a reset or an ICMP error tells the
+// addFrontendRule spreads new connections over the backends, or refuses them when there is no backend: a reset or an ICMP error tells the
 // client at once, where a silent drop would leave it to time out.
 func (b *Balancer) addFrontendRule(f *frontend) {
 	c, t := b.conn, b.table
@@ -283,36 +225,12 @@ func (b *Balancer) addFrontendRule(f *frontend) {
 		}})
 		return
 	}
-	if !b.perBackendChains {
-		b.addDNATMapRule(f)
-		return
-	}
-	vmap := &nftables.Set{
-		Table: t, Anonymous: true, Constant: true, IsMap: true,
-		KeyType: nftables.TypeInteger, DataType: nftables.TypeVerdict,
-		KeyByteOrder: binaryutil.NativeEndian,
-	}
-	elems := make([]nftables.SetElement, len(f.backends))
-	for i, be := range f.backends {
-		elems[i] = nftables.SetElement{
-			Key:         binaryutil.NativeEndian.PutUint32(uint32(i)),
-			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: backendChain(f.name, be)},
-		}
-	}
-	// AddSet fails only for anonymous sets that are not constant.
-	_ = c.AddSet(vmap, elems)
-	c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: []expr.Any{
-		&expr.Numgen{Register: 1, Modulus: uint32(len(f.backends)), Type: unix.NFT_NG_RANDOM},
-		&expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: vmap.Name, SetID: vmap.ID},
-	}})
+	b.addDNATMapRule(f)
 }
 
 // addDNATMapRule spreads new connections over the backends with one rule:
 // numgen picks an index, an anonymous map turns it into address . port, and
-// DNAT takes both from the registers the lookup wrote. A frontend is then one
-// chain with one rule, so the kernel's check of the whole jump graph at each
-// commit, and a full build, see a tenth of the chains a chain per backend
-// made. The rule matches its backends' family, so a packet of the other
+// DNAT takes both from the registers the lookup wrote. The rule matches its backends' family, so a packet of the other
 // family is never marked without being translated.
 func (b *Balancer) addDNATMapRule(f *frontend) {
 	c, t := b.conn, b.table
@@ -359,6 +277,7 @@ const (
 	nftReg2     = 2 // NFT_REG_2
 )
 
+// markForMasquerade sets the bit postrouting masquerades on.
 func markForMasquerade(mark uint32) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
@@ -463,32 +382,6 @@ func servicesRules(s sets) [][]expr.Any {
 }
 
 var netipLoopback6 = [16]byte{15: 1}
-
-// backendRule sends a connection to one backend, first marking it for
-// masquerade when the frontend asks for it. It matches the backend's family
-// so that a packet of the other family is never marked without being
-// translated.
-func backendRule(f *frontend, be lb.Backend, mark uint32) []expr.Any {
-	family, nfproto := uint32(unix.NFPROTO_IPV4), byte(unix.NFPROTO_IPV4)
-	if be.Addr.Is6() {
-		family, nfproto = unix.NFPROTO_IPV6, unix.NFPROTO_IPV6
-	}
-	e := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}},
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.proto}},
-	}
-	if f.masq {
-		e = append(e, markForMasquerade(mark)...)
-	}
-	return append(e,
-		&expr.Immediate{Register: 1, Data: be.Addr.AsSlice()},
-		&expr.Immediate{Register: 2, Data: binaryutil.BigEndian.PutUint16(be.Port)},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: family,
-			RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: 2, RegProtoMax: 2, Specified: true},
-	)
-}
 
 // masqueradeMarked masquerades connections a backend chain marked, clearing
 // the mark so it does not leak into later routing decisions.

@@ -385,11 +385,18 @@ func (m *Manager) runManagerStatus(ctx context.Context) {
 						want.Reachable = false
 						want.RaftAddr = n.GetManagerStatus().GetRaftAddr()
 					}
-					if proto.Equal(want, n.GetManagerStatus()) {
+					// A raft member meant to be a manager is one, even if
+					// recording its promotion lost a race (membership.Join).
+					promoted := member && n.GetRole() != api.NodeRole_NODE_ROLE_MANAGER &&
+						n.GetSpec().GetDesiredRole() == api.NodeRole_NODE_ROLE_MANAGER
+					if proto.Equal(want, n.GetManagerStatus()) && !promoted {
 						continue
 					}
 					upd := proto.Clone(n).(*api.Node)
 					upd.ManagerStatus = want
+					if promoted {
+						upd.Role = api.NodeRole_NODE_ROLE_MANAGER
+					}
 					actions = append(actions, store.Update(upd))
 				}
 			})

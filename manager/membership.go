@@ -52,12 +52,29 @@ func (s *membership) Join(ctx context.Context, req *api.JoinRequest) (*api.JoinR
 		return nil, status.Errorf(codes.Unavailable, "add raft voter %s at %s: %v", id, req.GetAddr(), err)
 	}
 	s.m.logger.Info("manager joined raft", "node", id, "addr", req.GetAddr())
-	if node.GetRole() != api.NodeRole_NODE_ROLE_MANAGER || node.GetManagerStatus().GetRaftAddr() != req.GetAddr() {
+	// Record the promotion; the node object changes often (sessions,
+	// status), so re-read and retry on a lost race. The manager status
+	// controller repairs it should this still fail.
+	for attempt := 0; attempt < 5; attempt++ {
+		if attempt > 0 {
+			s.m.raft.Store().View(func(tx store.ReadTx) { node = tx.Node(id) })
+			if node == nil {
+				break
+			}
+		}
+		if node.GetRole() == api.NodeRole_NODE_ROLE_MANAGER && node.GetManagerStatus().GetRaftAddr() == req.GetAddr() {
+			break
+		}
 		upd := proto.Clone(node).(*api.Node)
 		upd.Role = api.NodeRole_NODE_ROLE_MANAGER
 		upd.ManagerStatus = &api.ManagerStatus{RaftAddr: req.GetAddr(), Reachable: true}
-		if err := s.m.raft.Propose(ctx, store.Update(upd)); err != nil {
+		err := s.m.raft.Propose(ctx, store.Update(upd))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, store.ErrSequenceConflict) {
 			s.m.logger.Warn("record promoted manager", "node", id, "err", err)
+			break
 		}
 	}
 	members, err := s.m.raft.Members()

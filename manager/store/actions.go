@@ -29,6 +29,8 @@ func action(kind api.StoreActionKind, o any) *api.StoreAction {
 		a.Target = &api.StoreAction_Cluster{Cluster: v}
 	case *api.Image:
 		a.Target = &api.StoreAction_Image{Image: v}
+	case *api.Network:
+		a.Target = &api.StoreAction_Network{Network: v}
 	default:
 		panic(fmt.Sprintf("store: no table for %T", o))
 	}

@@ -76,6 +76,33 @@ func (tx ReadTx) Images() []*api.Image { return all[*api.Image](tx, tableImage, 
 // Image returns the image with this digest, or nil.
 func (tx ReadTx) Image(id string) *api.Image { return first[*api.Image](tx, tableImage, indexID, id) }
 
+// Networks returns every network, ordered by id.
+func (tx ReadTx) Networks() []*api.Network { return all[*api.Network](tx, tableNetwork, indexID) }
+
+// Network returns the network with this id, or nil.
+func (tx ReadTx) Network(id string) *api.Network {
+	return first[*api.Network](tx, tableNetwork, indexID, id)
+}
+
+// NetworkByName returns the network with this name, or nil.
+func (tx ReadTx) NetworkByName(name string) *api.Network {
+	return first[*api.Network](tx, tableNetwork, indexName, name)
+}
+
+// LookupNetwork finds a network by id, name, or unique id prefix.
+func (tx ReadTx) LookupNetwork(ref string) (*api.Network, error) {
+	if ref == "" {
+		return nil, fmt.Errorf("network name or id is empty")
+	}
+	if n := tx.Network(ref); n != nil {
+		return n, nil
+	}
+	if n := tx.NetworkByName(ref); n != nil {
+		return n, nil
+	}
+	return pick(all[*api.Network](tx, tableNetwork, indexID+"_prefix", ref), "network", ref)
+}
+
 // Tasks returns every task, ordered by id.
 func (tx ReadTx) Tasks() []*api.Task { return all[*api.Task](tx, tableTask, indexID) }
 

@@ -18,6 +18,7 @@ const (
 	tableService = "services"
 	tableTask    = "tasks"
 	tableImage   = "images"
+	tableNetwork = "networks"
 
 	indexID      = "id"
 	indexName    = "name"
@@ -46,6 +47,10 @@ func schema() *memdb.DBSchema {
 		tableService: {Name: tableService, Indexes: map[string]*memdb.IndexSchema{
 			indexID:   id,
 			indexName: {Name: indexName, Unique: true, Indexer: serviceNameIndex{}},
+		}},
+		tableNetwork: {Name: tableNetwork, Indexes: map[string]*memdb.IndexSchema{
+			indexID:   id,
+			indexName: {Name: indexName, Unique: true, Indexer: networkNameIndex{}},
 		}},
 		tableTask: {Name: tableTask, Indexes: map[string]*memdb.IndexSchema{
 			indexID:      id,
@@ -76,6 +81,33 @@ func (serviceNameIndex) FromArgs(args ...any) ([]byte, error) {
 		return nil, fmt.Errorf("service name index: argument must be a string, got %T", args[0])
 	}
 	return []byte(name + "\x00"), nil
+}
+
+// networkNameIndex indexes networks by spec.name.
+type networkNameIndex struct{}
+
+func (networkNameIndex) FromObject(obj any) (bool, []byte, error) {
+	n, ok := obj.(*api.Network)
+	if !ok || n.GetSpec().GetName() == "" {
+		return false, nil, nil
+	}
+	return true, []byte(n.GetSpec().GetName() + "\x00"), nil
+}
+
+func (networkNameIndex) FromArgs(args ...any) ([]byte, error) {
+	return serviceNameIndex{}.FromArgs(args...)
+}
+
+// uniqueName returns the name an object must hold alone in its table, or
+// "" when the table has no unique name.
+func uniqueName(obj object) string {
+	switch v := obj.(type) {
+	case *api.Service:
+		return v.GetSpec().GetName()
+	case *api.Network:
+		return v.GetSpec().GetName()
+	}
+	return ""
 }
 
 // Store holds the replicated state. Apply is called by one goroutine (the
@@ -175,9 +207,9 @@ func applyAction(txn *memdb.Txn, idx uint64, a *api.StoreAction) (Event, error) 
 		if cur != nil {
 			return Event{}, fmt.Errorf("%s %s: %w", kindName(table), id, ErrExist)
 		}
-		if svc, ok := obj.(*api.Service); ok {
-			if other, _ := txn.First(tableService, indexName, svc.GetSpec().GetName()); other != nil {
-				return Event{}, fmt.Errorf("service name %q: %w", svc.GetSpec().GetName(), ErrExist)
+		if name := uniqueName(obj); name != "" {
+			if other, _ := txn.First(table, indexName, name); other != nil {
+				return Event{}, fmt.Errorf("%s name %q: %w", kindName(table), name, ErrExist)
 			}
 		}
 		meta := ensureMeta(obj)
@@ -192,9 +224,9 @@ func applyAction(txn *memdb.Txn, idx uint64, a *api.StoreAction) (Event, error) 
 		if have, want := cur.GetMeta().GetVersion(), obj.GetMeta().GetVersion(); have != want {
 			return Event{}, fmt.Errorf("%s %s at version %d, update built on %d: %w", kindName(table), id, have, want, ErrSequenceConflict)
 		}
-		if svc, ok := obj.(*api.Service); ok {
-			if other, _ := txn.First(tableService, indexName, svc.GetSpec().GetName()); other != nil && other.(*api.Service).GetId() != id {
-				return Event{}, fmt.Errorf("service name %q: %w", svc.GetSpec().GetName(), ErrExist)
+		if name := uniqueName(obj); name != "" {
+			if other, _ := txn.First(table, indexName, name); other != nil && other.(object).GetId() != id {
+				return Event{}, fmt.Errorf("%s name %q: %w", kindName(table), name, ErrExist)
 			}
 		}
 		meta := ensureMeta(obj)
@@ -254,6 +286,11 @@ func ensureMeta(o object) *api.Meta {
 			v.Meta = &api.Meta{}
 		}
 		return v.Meta
+	case *api.Network:
+		if v.Meta == nil {
+			v.Meta = &api.Meta{}
+		}
+		return v.Meta
 	}
 	panic(fmt.Sprintf("store: unknown object type %T", o))
 }
@@ -280,6 +317,10 @@ func target(a *api.StoreAction) (table string, obj object, id string) {
 		if t.Image != nil {
 			return tableImage, t.Image, t.Image.GetId()
 		}
+	case *api.StoreAction_Network:
+		if t.Network != nil {
+			return tableNetwork, t.Network, t.Network.GetId()
+		}
 	}
 	return "", nil, ""
 }
@@ -298,6 +339,7 @@ func (s *Store) Snapshot() *api.StoreSnapshot {
 		snap.Services = tx.Services()
 		snap.Tasks = tx.Tasks()
 		snap.Images = tx.Images()
+		snap.Networks = tx.Networks()
 	})
 	return snap
 }
@@ -342,6 +384,12 @@ func (s *Store) Restore(idx uint64, snap *api.StoreSnapshot) error {
 	}
 	for _, o := range snap.GetImages() {
 		if err := insert(tableImage, o); err != nil {
+			txn.Abort()
+			return err
+		}
+	}
+	for _, o := range snap.GetNetworks() {
+		if err := insert(tableNetwork, o); err != nil {
 			txn.Abort()
 			return err
 		}

@@ -147,3 +147,91 @@ func TestSnapshotRestore(t *testing.T) {
 		}
 	})
 }
+
+func netw(id, name, subnet string) *api.Network {
+	return &api.Network{Id: id, Spec: &api.NetworkSpec{Name: name}, Subnet: subnet, Vni: 4096}
+}
+
+func TestNetworks(t *testing.T) {
+	s := New()
+	if err := s.Apply(1, &api.Command{Actions: []*api.StoreAction{
+		Create(netw("abc123", "backend", "10.20.0.0/24")),
+		Create(netw("abd456", "frontend", "10.21.0.0/24")),
+		// A service may share a network's name: names are unique per table.
+		Create(svc("s1", "backend")),
+	}}); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		act  *api.StoreAction
+		want error
+	}{
+		{"duplicate id", Create(netw("abc123", "other", "")), ErrExist},
+		{"duplicate name", Create(netw("n3", "backend", "")), ErrExist},
+		{"rename onto another", Update(&api.Network{Id: "abd456", Meta: &api.Meta{Version: 1}, Spec: &api.NetworkSpec{Name: "backend"}}), ErrExist},
+		{"remove missing", Remove(&api.Network{Id: "nope"}), ErrNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := s.Snapshot()
+			if err := s.Apply(2, &api.Command{Actions: []*api.StoreAction{tc.act}}); !errors.Is(err, tc.want) {
+				t.Fatalf("err = %v, want %v", err, tc.want)
+			}
+			if after := s.Snapshot(); !proto.Equal(before, after) {
+				t.Fatal("failed command changed the store")
+			}
+		})
+	}
+
+	s.View(func(tx ReadTx) {
+		if n := tx.NetworkByName("backend"); n.GetId() != "abc123" || n.GetMeta().GetVersion() != 1 {
+			t.Errorf("NetworkByName(backend) = %v", n)
+		}
+		if got := len(tx.Networks()); got != 2 {
+			t.Errorf("Networks() has %d, want 2", got)
+		}
+		for _, tc := range []struct{ ref, wantID, wantErr string }{
+			{"frontend", "abd456", ""},
+			{"abc123", "abc123", ""},
+			{"abd", "abd456", ""},
+			{"ab", "", "ambiguous"},
+			{"zzz", "", "not found"},
+			{"", "", "empty"},
+		} {
+			got, err := tx.LookupNetwork(tc.ref)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("LookupNetwork(%q) err = %v, want %q", tc.ref, err, tc.wantErr)
+				}
+				continue
+			}
+			if err != nil || got.GetId() != tc.wantID {
+				t.Errorf("LookupNetwork(%q) = %v, %v; want %s", tc.ref, got.GetId(), err, tc.wantID)
+			}
+		}
+	})
+
+	snap := s.Snapshot()
+	if len(snap.GetNetworks()) != 2 {
+		t.Fatalf("snapshot has %d networks, want 2", len(snap.GetNetworks()))
+	}
+	r := New()
+	if err := r.Restore(1, snap); err != nil {
+		t.Fatal(err)
+	}
+	r.View(func(tx ReadTx) {
+		if n := tx.NetworkByName("frontend"); n.GetId() != "abd456" {
+			t.Errorf("name index after restore: %v", n)
+		}
+	})
+
+	if err := s.Apply(3, &api.Command{Actions: []*api.StoreAction{Remove(&api.Network{Id: "abc123"})}}); err != nil {
+		t.Fatal(err)
+	}
+	s.View(func(tx ReadTx) {
+		if tx.NetworkByName("backend") != nil || tx.Network("abc123") != nil {
+			t.Error("network still there after remove")
+		}
+	})
+}

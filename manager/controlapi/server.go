@@ -32,6 +32,8 @@ type Server struct {
 	selfID string
 	now    func() time.Time
 	images imageStore
+	// networks decides network allocations, one create at a time.
+	networks networkCreator
 }
 
 // NodeIDHeader names the response header that tells a client which node

@@ -1,0 +1,197 @@
+package controlapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/allocator"
+	"github.com/shoal-project/shoal/manager/store"
+)
+
+// networkCreator serialises network creation on this manager: the
+// allocation is decided from the store's networks and must reach the store
+// before the next one is decided, or two creates could both take the same
+// pool subnet or VNI.
+type networkCreator struct {
+	mu  sync.Mutex
+	cfg allocator.Config
+}
+
+// WithNetworkConfig sets the pool, subnet size and VNI range networks are
+// allocated from (zero fields take the allocator's defaults).
+func WithNetworkConfig(cfg allocator.Config) Option {
+	return func(s *Server) { s.networks.cfg = cfg }
+}
+
+// allocStatus maps an allocator error to the gRPC code it stands for.
+func allocStatus(err error) error {
+	switch {
+	case errors.Is(err, allocator.ErrInvalid):
+		return status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, allocator.ErrNotFound):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, allocator.ErrConflict):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, allocator.ErrExhausted):
+		return status.Error(codes.ResourceExhausted, err.Error())
+	}
+	return toStatus(err)
+}
+
+// toAllocNetwork converts a stored network to the allocator's form.
+func toAllocNetwork(n *api.Network) (allocator.Network, error) {
+	out := allocator.Network{ID: n.GetId(), Name: n.GetSpec().GetName(), VNI: n.GetVni(), Ingress: n.GetIngress()}
+	var err error
+	if out.Subnet, err = netip.ParsePrefix(n.GetSubnet()); err != nil {
+		return allocator.Network{}, fmt.Errorf("stored network %s: subnet: %w", out.Name, err)
+	}
+	if n.GetGateway() != "" {
+		if out.Gateway, err = netip.ParseAddr(n.GetGateway()); err != nil {
+			return allocator.Network{}, fmt.Errorf("stored network %s: gateway: %w", out.Name, err)
+		}
+	}
+	return out, nil
+}
+
+// parseNetworkSpec checks a spec and returns the allocator's request for it.
+func parseNetworkSpec(spec *api.NetworkSpec) (allocator.Network, error) {
+	if spec == nil {
+		return allocator.Network{}, status.Error(codes.InvalidArgument, "spec: missing")
+	}
+	if spec.GetName() == "" {
+		return allocator.Network{}, status.Error(codes.InvalidArgument, "name: a network needs a name")
+	}
+	// Network names follow service names' rules: both end up as DNS-safe
+	// labels and interface-name parts.
+	if err := api.ValidateServiceName(spec.GetName()); err != nil {
+		return allocator.Network{}, toStatus(err)
+	}
+	req := allocator.Network{Name: spec.GetName()}
+	if s := spec.GetSubnet(); s != "" {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return allocator.Network{}, status.Errorf(codes.InvalidArgument, "subnet: %q is not a CIDR such as 10.20.0.0/24", s)
+		}
+		req.Subnet = p
+	}
+	if g := spec.GetGateway(); g != "" {
+		a, err := netip.ParseAddr(g)
+		if err != nil {
+			return allocator.Network{}, status.Errorf(codes.InvalidArgument, "gateway: %q is not an IP address", g)
+		}
+		req.Gateway = a
+	}
+	return req, nil
+}
+
+func (s *Server) CreateNetwork(ctx context.Context, req *api.CreateNetworkRequest) (*api.CreateNetworkResponse, error) {
+	want, err := parseNetworkSpec(req.GetSpec())
+	if err != nil {
+		return nil, err
+	}
+	want.ID = api.NewID()
+
+	s.networks.mu.Lock()
+	defer s.networks.mu.Unlock()
+	var (
+		existing *api.Network
+		stored   []*api.Network
+	)
+	s.view(func(tx store.ReadTx) {
+		existing = tx.NetworkByName(want.Name)
+		stored = tx.Networks()
+	})
+	if existing != nil {
+		return nil, status.Errorf(codes.AlreadyExists, "network %q already exists (id %s)", want.Name, api.ShortID(existing.GetId()))
+	}
+	alloc, err := allocator.New(s.networks.cfg)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "network allocator: %v", err)
+	}
+	var st allocator.Allocation
+	for _, n := range stored {
+		an, err := toAllocNetwork(n)
+		if err != nil {
+			return nil, status.Error(codes.Internal, err.Error())
+		}
+		st.Networks = append(st.Networks, an)
+	}
+	// A stored network that does not restore would let the new one overlap
+	// it unseen: refuse rather than allocate blind.
+	if err := alloc.Restore(st); err != nil {
+		return nil, status.Errorf(codes.Internal, "load the existing networks: %v", err)
+	}
+	got, err := alloc.AllocateNetwork(want)
+	if err != nil {
+		return nil, allocStatus(err)
+	}
+
+	now := timestamppb.New(s.now())
+	n := &api.Network{
+		Id:      got.ID,
+		Meta:    &api.Meta{CreatedAt: now, UpdatedAt: now},
+		Spec:    proto.Clone(req.GetSpec()).(*api.NetworkSpec),
+		Subnet:  got.Subnet.String(),
+		Gateway: got.Gateway.String(),
+		Vni:     got.VNI,
+		Ingress: got.Ingress,
+	}
+	if err := s.raft.Propose(ctx, store.Create(n)); err != nil {
+		if errors.Is(err, store.ErrExist) {
+			return nil, status.Errorf(codes.AlreadyExists, "network %q already exists", want.Name)
+		}
+		return nil, toStatus(err)
+	}
+	s.view(func(tx store.ReadTx) { n = tx.Network(n.GetId()) })
+	return &api.CreateNetworkResponse{Network: n}, nil
+}
+
+func (s *Server) lookupNetwork(ref string) (*api.Network, error) {
+	var (
+		n   *api.Network
+		err error
+	)
+	s.view(func(tx store.ReadTx) { n, err = tx.LookupNetwork(ref) })
+	return n, lookupStatus(err)
+}
+
+func (s *Server) GetNetwork(ctx context.Context, req *api.GetNetworkRequest) (*api.GetNetworkResponse, error) {
+	n, err := s.lookupNetwork(req.GetNetwork())
+	if err != nil {
+		return nil, err
+	}
+	return &api.GetNetworkResponse{Network: n}, nil
+}
+
+func (s *Server) ListNetworks(ctx context.Context, _ *api.ListNetworksRequest) (*api.ListNetworksResponse, error) {
+	var nets []*api.Network
+	s.view(func(tx store.ReadTx) { nets = tx.Networks() })
+	sort.Slice(nets, func(i, j int) bool { return nets[i].GetSpec().GetName() < nets[j].GetSpec().GetName() })
+	return &api.ListNetworksResponse{Networks: nets}, nil
+}
+
+func (s *Server) RemoveNetwork(ctx context.Context, req *api.RemoveNetworkRequest) (*api.RemoveNetworkResponse, error) {
+	n, err := s.lookupNetwork(req.GetNetwork())
+	if err != nil {
+		return nil, err
+	}
+	// The routing mesh needs its network on every node for as long as the
+	// cluster lives.
+	if n.GetIngress() {
+		return nil, status.Errorf(codes.FailedPrecondition, "network %q is the ingress network and cannot be removed", n.GetSpec().GetName())
+	}
+	if err := s.raft.Propose(ctx, store.Remove(n)); err != nil {
+		return nil, toStatus(err)
+	}
+	return &api.RemoveNetworkResponse{}, nil
+}

@@ -1,0 +1,428 @@
+package ipvs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/shoal-project/shoal/network/lb"
+)
+
+// DefaultMarkTable is the table an NftMarker owns unless told otherwise.
+const DefaultMarkTable = "shoal-ipvs-mark"
+
+// The marker table's layout:
+//
+//	prerouting (filter, mangle)  meta mark set ip daddr . l4proto . dport map @vip4
+//	output (route, mangle)       meta mark set ip6 daddr . l4proto . dport map @vip6
+//	                             fib daddr local, not loopback: meta mark set l4proto . dport map @published
+//	postrouting (nat, srcnat)    meta mark @masquerade masquerade
+//
+// A frontend owns one map element (and one element of @masquerade when it
+// masquerades), so a change to it touches nothing else. The output chain is
+// of type route so that the kernel routes local traffic again after the mark
+// changes, as iptables' mangle OUTPUT does.
+//
+// `nft list` prints the maps' marks byte-swapped on little-endian hosts:
+// google/nftables cannot record that a map's data is in host order. The
+// kernel sets the right mark; only the listing is off.
+const (
+	markChainPrerouting  = "prerouting"
+	markChainOutput      = "output"
+	markChainPostrouting = "postrouting"
+	markSetPublished     = "published"
+	markSetVIP4          = "vip4"
+	markSetVIP6          = "vip6"
+	markSetMasquerade    = "masquerade"
+)
+
+// markElementsPerMessage bounds the elements sent in one netlink message:
+// the element list is one attribute with a 16-bit length, which a few
+// hundred elements would overflow.
+const markElementsPerMessage = 256
+
+// rtnLocal is RTN_LOCAL, the fib address type of the node's own addresses.
+const rtnLocal = 2
+
+// MarkerOption configures an NftMarker.
+type MarkerOption func(*NftMarker)
+
+// WithMarkTable names the table the marker owns (tests use unique names).
+func WithMarkTable(name string) MarkerOption {
+	return func(m *NftMarker) { m.table.Name = name }
+}
+
+// WithMarkNetNS programs the marks inside the given network namespace
+// instead of the caller's. The handle must stay open until Close.
+func WithMarkNetNS(ns netns.NsHandle) MarkerOption { return func(m *NftMarker) { m.ns = ns } }
+
+// WithMarkLogger sets the logger (slog.Default otherwise).
+func WithMarkLogger(l *slog.Logger) MarkerOption { return func(m *NftMarker) { m.log = l } }
+
+// NftMarker is the Marker that sets the marks with nftables: one inet table
+// that marks each frontend's packets in prerouting (and output, for the
+// node's own traffic) and masquerades the marks of frontends that ask for
+// it. IPVS in NAT mode needs that masquerade so that backends reply through
+// the node; it also needs net.ipv4.vs.conntrack=1 so the nat hook sees IPVS
+// connections at all.
+//
+// SetMarks changes only what differs from its last success, in one
+// transaction; after any error the next SetMarks rebuilds the table. It is
+// safe for concurrent use.
+type NftMarker struct {
+	mu    sync.Mutex
+	ns    netns.NsHandle
+	log   *slog.Logger
+	conn  *nftables.Conn
+	table *nftables.Table
+	sets  markSets
+
+	// programmed is what the kernel holds as of the last successful flush.
+	programmed map[string]markEntry
+	dirty      bool
+	closed     bool
+
+	// beforeFlush lets tests add to a transaction before it is sent, to make
+	// it fail.
+	beforeFlush func(c *nftables.Conn, t *nftables.Table)
+}
+
+var _ Marker = (*NftMarker)(nil)
+
+// NewNftMarker returns a marker. It touches the kernel only on the first
+// SetMarks.
+func NewNftMarker(opts ...MarkerOption) (*NftMarker, error) {
+	m := &NftMarker{
+		ns:         -1,
+		log:        slog.Default(),
+		table:      &nftables.Table{Name: DefaultMarkTable, Family: nftables.TableFamilyINet},
+		programmed: map[string]markEntry{},
+		dirty:      true,
+	}
+	for _, o := range opts {
+		o(m)
+	}
+	if m.table.Name == "" {
+		return nil, errors.New("nftables mark table: empty name")
+	}
+	connOpts := []nftables.ConnOption{nftables.AsLasting()}
+	if m.ns.IsOpen() {
+		connOpts = append(connOpts, nftables.WithNetNSFd(int(m.ns)))
+	}
+	conn, err := nftables.New(connOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("open nftables connection: %w", err)
+	}
+	m.conn = conn
+	m.sets = newMarkSets(m.table)
+	m.log = m.log.With("table", m.table.Name)
+	return m, nil
+}
+
+// markEntry is one frontend's mark in kernel terms.
+type markEntry struct {
+	proto uint8
+	port  uint16
+	vip   netip.Addr
+	mark  uint32
+	masq  bool
+}
+
+func newMarkEntry(mk Mark) markEntry {
+	proto, _ := mk.Frontend.Protocol.Number() // validated
+	return markEntry{proto: proto, port: mk.Frontend.Port, vip: mk.Frontend.VIP, mark: mk.Mark, masq: mk.Frontend.Masquerade}
+}
+
+// validateMarks checks the frontends as lb.Validate does, and that every
+// mark is set and used once: two frontends on one mark would share an IPVS
+// service.
+func validateMarks(ms []Mark) error {
+	fs := make([]lb.Frontend, len(ms))
+	var errs []error
+	owner := make(map[uint32]string, len(ms))
+	for i, mk := range ms {
+		fs[i] = mk.Frontend
+		fs[i].Backends = nil
+		switch other, dup := owner[mk.Mark]; {
+		case mk.Mark == 0:
+			errs = append(errs, fmt.Errorf("frontend %q: mark 0 is no mark", mk.Frontend.Name))
+		case dup:
+			errs = append(errs, fmt.Errorf("frontend %q: mark %#x is already frontend %q's", mk.Frontend.Name, mk.Mark, other))
+		default:
+			owner[mk.Mark] = mk.Frontend.Name
+		}
+	}
+	return errors.Join(append([]error{lb.Validate(lb.State{Frontends: fs})}, errs...)...)
+}
+
+// SetMarks programs ms, changing only what differs from the last success.
+func (m *NftMarker) SetMarks(ctx context.Context, ms []Mark) error {
+	if err := validateMarks(ms); err != nil {
+		return fmt.Errorf("invalid marks: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return errors.New("nftables marker is closed")
+	}
+	desired := make(map[string]markEntry, len(ms))
+	for _, mk := range ms {
+		desired[mk.Frontend.Name] = newMarkEntry(mk)
+	}
+	full := m.dirty
+	if full {
+		m.writeFull(desired)
+	} else {
+		m.writeChanges(desired)
+	}
+	if m.beforeFlush != nil {
+		m.beforeFlush(m.conn, m.table)
+	}
+	if err := m.conn.Flush(); err != nil {
+		m.dirty = true
+		if full {
+			return fmt.Errorf("rebuild nftables table %s: %w", m.table.Name, err)
+		}
+		return fmt.Errorf("update nftables table %s (the next call rebuilds it): %w", m.table.Name, err)
+	}
+	m.programmed, m.dirty = desired, false
+	m.log.Debug("programmed IPVS marks", "frontends", len(desired), "full", full)
+	return nil
+}
+
+// Close deletes the table and everything in it.
+func (m *NftMarker) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil
+	}
+	m.closed = true
+	defer m.conn.CloseLasting()
+	// Adding first makes the delete succeed whether or not the table exists.
+	m.conn.AddTable(m.table)
+	m.conn.DelTable(m.table)
+	if err := m.conn.Flush(); err != nil {
+		return fmt.Errorf("delete nftables table %s: %w", m.table.Name, err)
+	}
+	return nil
+}
+
+type markSets struct {
+	published, vip4, vip6, masquerade *nftables.Set
+}
+
+func newMarkSets(t *nftables.Table) markSets {
+	return markSets{
+		published: &nftables.Set{
+			Table: t, Name: markSetPublished, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService),
+			DataType: nftables.TypeMark,
+		},
+		vip4: &nftables.Set{
+			Table: t, Name: markSetVIP4, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService),
+			DataType: nftables.TypeMark,
+		},
+		vip6: &nftables.Set{
+			Table: t, Name: markSetVIP6, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService),
+			DataType: nftables.TypeMark,
+		},
+		masquerade: &nftables.Set{
+			Table: t, Name: markSetMasquerade, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian,
+		},
+	}
+}
+
+func (s markSets) all() []*nftables.Set {
+	return []*nftables.Set{s.published, s.vip4, s.vip6, s.masquerade}
+}
+
+// writeFull queues a transaction that replaces the whole table.
+func (m *NftMarker) writeFull(desired map[string]markEntry) {
+	c, t := m.conn, m.table
+	// add, delete, add: the delete must not fail when the table is missing,
+	// and everything after it starts from an empty table.
+	c.AddTable(t)
+	c.DelTable(t)
+	c.AddTable(t)
+	m.sets = newMarkSets(t)
+	for _, s := range m.sets.all() {
+		// AddSet fails only on anonymous or constant sets.
+		_ = c.AddSet(s, nil)
+	}
+	pre := c.AddChain(&nftables.Chain{Name: markChainPrerouting, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle})
+	out := c.AddChain(&nftables.Chain{Name: markChainOutput, Table: t, Type: nftables.ChainTypeRoute,
+		Hooknum: nftables.ChainHookOutput, Priority: nftables.ChainPriorityMangle})
+	for _, ch := range []*nftables.Chain{pre, out} {
+		for _, r := range markRules(m.sets) {
+			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: r})
+		}
+	}
+	post := c.AddChain(&nftables.Chain{Name: markChainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
+		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
+	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: masqueradeMarks(m.sets.masquerade)})
+
+	names := make([]string, 0, len(desired))
+	for n := range desired {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	m.addElements(names, desired)
+}
+
+// writeChanges queues a transaction that turns programmed into desired,
+// touching only frontends that changed.
+func (m *NftMarker) writeChanges(desired map[string]markEntry) {
+	old := m.programmed
+	var gone, added []string
+	for n, oe := range old {
+		if ne, ok := desired[n]; !ok || ne != oe {
+			gone = append(gone, n)
+		}
+	}
+	for n, ne := range desired {
+		if oe, ok := old[n]; !ok || oe != ne {
+			added = append(added, n)
+		}
+	}
+	slices.Sort(gone)
+	slices.Sort(added)
+	// Deletes go first: two frontends may swap keys or marks in one call.
+	byset := map[*nftables.Set][]nftables.SetElement{}
+	for _, n := range gone {
+		s, key := m.element(old[n])
+		byset[s] = append(byset[s], nftables.SetElement{Key: key})
+		if old[n].masq {
+			byset[m.sets.masquerade] = append(byset[m.sets.masquerade], nftables.SetElement{Key: markKey(old[n].mark)})
+		}
+	}
+	for _, s := range m.sets.all() {
+		for chunk := range slices.Chunk(byset[s], markElementsPerMessage) {
+			// SetDeleteElements fails only for anonymous sets.
+			_ = m.conn.SetDeleteElements(s, chunk)
+		}
+	}
+	m.addElements(added, desired)
+}
+
+func (m *NftMarker) addElements(names []string, desired map[string]markEntry) {
+	byset := map[*nftables.Set][]nftables.SetElement{}
+	for _, n := range names {
+		e := desired[n]
+		s, key := m.element(e)
+		byset[s] = append(byset[s], nftables.SetElement{Key: key, Val: markKey(e.mark), Comment: n})
+		if e.masq {
+			byset[m.sets.masquerade] = append(byset[m.sets.masquerade], nftables.SetElement{Key: markKey(e.mark), Comment: n})
+		}
+	}
+	for _, s := range m.sets.all() {
+		for chunk := range slices.Chunk(byset[s], markElementsPerMessage) {
+			// SetAddElements fails only for anonymous sets.
+			_ = m.conn.SetAddElements(s, chunk)
+		}
+	}
+}
+
+// markKey is a mark as the kernel's meta mark register holds it.
+func markKey(mark uint32) []byte { return binaryutil.NativeEndian.PutUint32(mark) }
+
+// element returns the map a frontend's element lives in and its key. Each
+// part of a concatenated key is padded to 4 bytes, as the kernel's registers
+// are.
+func (m *NftMarker) element(e markEntry) (*nftables.Set, []byte) {
+	var key []byte
+	s := m.sets.published
+	if e.vip.IsValid() {
+		s = m.sets.vip4
+		if e.vip.Is6() {
+			s = m.sets.vip6
+		}
+		key = append(key, e.vip.AsSlice()...)
+	}
+	key = append(key, e.proto, 0, 0, 0)
+	key = append(key, byte(e.port>>8), byte(e.port), 0, 0)
+	return s, key
+}
+
+// markRules set the mark from the maps by destination. Loopback destinations
+// are left alone, as in the nft backend: masquerading 127.0.0.1 towards
+// another host needs route_localnet and is refused as martian otherwise.
+func markRules(s markSets) [][]expr.Any {
+	nfproto := func(p byte) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
+		}
+	}
+	// l4 loads l4proto and dport into the registers after an address that
+	// fills 32-bit registers first .. first+n-1.
+	l4 := func(first uint32) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: first},
+			&expr.Payload{DestRegister: first + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		}
+	}
+	setMark := func(set *nftables.Set, src uint32) []expr.Any {
+		return []expr.Any{
+			&expr.Lookup{SourceRegister: src, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
+			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+		}
+	}
+	local := []expr.Any{
+		&expr.Fib{Register: 1, ResultADDRTYPE: true, FlagDADDR: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(rtnLocal)},
+	}
+	loopback6 := [16]byte{15: 1}
+	const (
+		reg32_00 = 8 // NFT_REG32_00, the first 32-bit register
+		reg1     = 1 // NFT_REG_1, the first 128-bit register (= NFT_REG32_00..03)
+	)
+	return [][]expr.Any{
+		slices.Concat(nfproto(unix.NFPROTO_IPV4),
+			[]expr.Any{&expr.Payload{DestRegister: reg32_00, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}},
+			l4(reg32_00+1), setMark(s.vip4, reg32_00)),
+		slices.Concat(nfproto(unix.NFPROTO_IPV6),
+			[]expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}},
+			l4(reg32_00+4), setMark(s.vip6, reg1)),
+		slices.Concat(local, nfproto(unix.NFPROTO_IPV4),
+			[]expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{127}},
+			},
+			l4(reg32_00), setMark(s.published, reg32_00)),
+		slices.Concat(local, nfproto(unix.NFPROTO_IPV6),
+			[]expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: loopback6[:]},
+			},
+			l4(reg32_00), setMark(s.published, reg32_00)),
+	}
+}
+
+// masqueradeMarks masquerades connections whose mark is in the set. The mark
+// stays: IPVS is done with the packet by postrouting, and the mark is ours.
+func masqueradeMarks(set *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+		// fully-random: many clients behind one node must not collide on
+		// source ports (kube-proxy does the same).
+		&expr.Masq{FullyRandom: true},
+	}
+}

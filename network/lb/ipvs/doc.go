@@ -9,5 +9,11 @@
 // says the kernel has IPVS: elsewhere moby/ipvs reports success and does
 // nothing.
 //
-// It owns the IPVS services whose marks fall in its range, and nothing else.
+// NftMarker is the Marker for real kernels: one nftables table (by default
+// shoal-ipvs-mark) that marks each frontend's packets in prerouting and
+// output and masquerades the frontends that ask for it. NewKernel puts the
+// two together, and refuses where Available says there is no IPVS.
+//
+// It owns the IPVS services whose marks fall in its range and the marker's
+// table, and nothing else.
 package ipvs

@@ -75,6 +75,11 @@ type fakeControl struct {
 	loadErr      error
 	loadErrAfter int
 
+	networks         []*api.Network
+	networksCreated  []*api.NetworkSpec
+	networksRemoved  []string
+	createNetworkErr error
+
 	nodeUpdates  []*api.UpdateNodeRequest
 	nodesRemoved []*api.RemoveNodeRequest
 	tokenReqs    []*api.GetJoinTokenRequest
@@ -305,6 +310,64 @@ func (f *fakeControl) RemoveService(_ context.Context, req *api.RemoveServiceReq
 	}
 	f.removed = append(f.removed, svc.GetSpec().GetName())
 	return &api.RemoveServiceResponse{}, nil
+}
+
+func (f *fakeControl) lookupNetwork(ref string) (*api.Network, error) {
+	var prefixed []*api.Network
+	for _, n := range f.networks {
+		if n.GetId() == ref || n.GetSpec().GetName() == ref {
+			return n, nil
+		}
+		if strings.HasPrefix(n.GetId(), ref) {
+			prefixed = append(prefixed, n)
+		}
+	}
+	if len(prefixed) == 1 {
+		return prefixed[0], nil
+	}
+	return nil, status.Errorf(codes.NotFound, "network %q: not found", ref)
+}
+
+func (f *fakeControl) CreateNetwork(_ context.Context, req *api.CreateNetworkRequest, _ ...grpc.CallOption) (*api.CreateNetworkResponse, error) {
+	f.record("CreateNetwork")
+	if f.createNetworkErr != nil {
+		return nil, f.createNetworkErr
+	}
+	f.networksCreated = append(f.networksCreated, req.GetSpec())
+	n := &api.Network{
+		Id:      "netnewaaaaaaaaaaaaaaaaaaaa",
+		Meta:    &api.Meta{Version: 50, CreatedAt: ago(0)},
+		Spec:    req.GetSpec(),
+		Subnet:  "10.10.5.0/24",
+		Gateway: "10.10.5.1",
+		Vni:     4100,
+	}
+	f.networks = append(f.networks, n)
+	return &api.CreateNetworkResponse{Network: n}, nil
+}
+
+func (f *fakeControl) GetNetwork(_ context.Context, req *api.GetNetworkRequest, _ ...grpc.CallOption) (*api.GetNetworkResponse, error) {
+	f.record("GetNetwork")
+	n, err := f.lookupNetwork(req.GetNetwork())
+	if err != nil {
+		return nil, err
+	}
+	return &api.GetNetworkResponse{Network: n}, nil
+}
+
+func (f *fakeControl) ListNetworks(context.Context, *api.ListNetworksRequest, ...grpc.CallOption) (*api.ListNetworksResponse, error) {
+	f.record("ListNetworks")
+	return &api.ListNetworksResponse{Networks: f.networks}, nil
+}
+
+func (f *fakeControl) RemoveNetwork(_ context.Context, req *api.RemoveNetworkRequest, _ ...grpc.CallOption) (*api.RemoveNetworkResponse, error) {
+	f.record("RemoveNetwork")
+	n, err := f.lookupNetwork(req.GetNetwork())
+	if err != nil {
+		return nil, err
+	}
+	f.networksRemoved = append(f.networksRemoved, n.GetSpec().GetName())
+	return &api.RemoveNetworkResponse{}, nil
 }
 
 func (f *fakeControl) ListTasks(_ context.Context, req *api.ListTasksRequest, _ ...grpc.CallOption) (*api.ListTasksResponse, error) {

@@ -107,7 +107,7 @@ where a copy of that directory is. --socket is then ignored.`,
 		return usageError{cmd: cmd, err: err}
 	})
 	root.AddCommand(newServiceCommand(c), newNodeCommand(c))
-	root.AddCommand(newClusterCommand(c), newImageCommand(c))
+	root.AddCommand(newClusterCommand(c), newImageCommand(c), newNetworkCommand(c))
 	root.AddCommand(newLabCommand(c))
 	return root
 }

@@ -1,0 +1,237 @@
+package ctl
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+)
+
+func newNetworkCommand(c *cli) *cobra.Command {
+	return groupCommand("network", "Manage overlay networks",
+		newNetworkCreateCommand(c), newNetworkLsCommand(c),
+		newNetworkInspectCommand(c), newNetworkRmCommand(c))
+}
+
+// networkCreateFlags are what `network create` is told besides the name.
+type networkCreateFlags struct {
+	subnet, gateway string
+	labels          []string
+}
+
+// spec checks the flags and builds the spec. Subnet and gateway are parsed
+// here too so that a typo is reported without a round trip; the managers
+// check them again, with overlaps.
+func (f networkCreateFlags) spec(name string) (*api.NetworkSpec, error) {
+	if !serviceNameRE.MatchString(name) {
+		return nil, fmt.Errorf("invalid network name %q: use at most 63 lower-case letters, digits and '-', starting with a letter", name)
+	}
+	if f.subnet != "" {
+		if _, err := netip.ParsePrefix(f.subnet); err != nil {
+			return nil, fmt.Errorf("invalid --subnet %q: want a CIDR such as 10.20.0.0/24", f.subnet)
+		}
+	}
+	if f.gateway != "" {
+		if _, err := netip.ParseAddr(f.gateway); err != nil {
+			return nil, fmt.Errorf("invalid --gateway %q: want an IP address", f.gateway)
+		}
+		if f.subnet == "" {
+			return nil, errors.New("--gateway needs --subnet: the gateway must be inside a subnet you choose")
+		}
+	}
+	labels, err := parseLabels("--label", f.labels)
+	if err != nil {
+		return nil, err
+	}
+	return &api.NetworkSpec{Name: name, Subnet: f.subnet, Gateway: f.gateway, Labels: labels}, nil
+}
+
+func newNetworkCreateCommand(c *cli) *cobra.Command {
+	var f networkCreateFlags
+	cmd := &cobra.Command{
+		Use:   "create [flags] NAME",
+		Short: "Create an overlay network",
+		Long: `Create an overlay network. Without --subnet the managers pick the next free
+subnet from the cluster's pool; subnets of two networks never overlap. The
+gateway is the subnet's first address unless --gateway says otherwise.
+Prints the new network's ID.`,
+		Example: `  shoalctl network create --subnet 10.20.0.0/24 backend`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError{cmd: cmd, err: fmt.Errorf("%q requires exactly one NAME argument, got %d", cmd.CommandPath(), len(args))}
+			}
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&f.subnet, "subnet", "", "subnet in CIDR form (default: the next free one from the pool)")
+	fs.StringVar(&f.gateway, "gateway", "", "gateway address inside --subnet (default: its first address)")
+	fs.StringArrayVar(&f.labels, "label", nil, "network label KEY=VALUE (repeatable)")
+	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
+		spec, err := f.spec(args[0])
+		if err != nil {
+			return usageError{cmd: cmd, err: err}
+		}
+		client, err := c.control(cmd)
+		if err != nil {
+			return err
+		}
+		resp, err := client.CreateNetwork(cmd.Context(), &api.CreateNetworkRequest{Spec: spec})
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(cmd.OutOrStdout(), resp.GetNetwork().GetId())
+		return err
+	})
+	return cmd
+}
+
+// networkRow is a line of `network ls`, and what its --format templates see.
+type networkRow struct {
+	ID, Name, Subnet, Gateway string
+	VNI                       uint32
+	Ingress                   bool
+}
+
+func newNetworkLsCommand(c *cli) *cobra.Command {
+	var o outputFlags
+	cmd := &cobra.Command{
+		Use:     "ls",
+		Aliases: []string{"list"},
+		Short:   "List overlay networks",
+		Long: `List the overlay networks, sorted by name, with their allocated subnet,
+gateway and VXLAN id.
+
+--format TEMPLATE runs a Go template per network with the fields
+.ID .Name .Subnet .Gateway .VNI .Ingress
+and the functions json, join, lower and upper.`,
+		Args: noArgs,
+	}
+	o.register(cmd.Flags())
+	cmd.RunE = c.run(func(cmd *cobra.Command, _ []string) error {
+		p, err := newListPrinter(o)
+		if err != nil {
+			return err
+		}
+		client, err := c.control(cmd)
+		if err != nil {
+			return err
+		}
+		resp, err := client.ListNetworks(cmd.Context(), &api.ListNetworksRequest{})
+		if err != nil {
+			return err
+		}
+		return printList(cmd.OutOrStdout(), p, networkListing(p, resp.GetNetworks()))
+	})
+	return cmd
+}
+
+func networkListing(p *listPrinter, nets []*api.Network) listing[networkRow] {
+	nets = slices.Clone(nets)
+	slices.SortFunc(nets, func(a, b *api.Network) int {
+		if c := strings.Compare(a.GetSpec().GetName(), b.GetSpec().GetName()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.GetId(), b.GetId())
+	})
+	l := listing[networkRow]{
+		columns: []column[networkRow]{
+			{"ID", func(r networkRow) string { return r.ID }},
+			{"NAME", func(r networkRow) string { return r.Name }},
+			{"SUBNET", func(r networkRow) string { return r.Subnet }},
+			{"GATEWAY", func(r networkRow) string { return r.Gateway }},
+			{"VNI", func(r networkRow) string { return strconv.FormatUint(uint64(r.VNI), 10) }},
+		},
+		id: func(r networkRow) string { return r.ID },
+	}
+	for _, n := range nets {
+		l.rows = append(l.rows, networkRow{
+			ID:      p.shortID(n.GetId()),
+			Name:    n.GetSpec().GetName(),
+			Subnet:  n.GetSubnet(),
+			Gateway: n.GetGateway(),
+			VNI:     n.GetVni(),
+			Ingress: n.GetIngress(),
+		})
+		l.objects = append(l.objects, n)
+	}
+	return l
+}
+
+func newNetworkInspectCommand(c *cli) *cobra.Command {
+	var format string
+	cmd := &cobra.Command{
+		Use:   "inspect [flags] NETWORK...",
+		Short: "Show overlay networks in detail",
+		Long: `Show networks (by name, ID or unique ID prefix) as a JSON array.
+
+--format TEMPLATE runs a Go template per network over the api.Network type,
+so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.Subnet}},
+{{.Gateway}}, {{.Vni}}, {{json .Spec.Labels}}.`,
+		Example: `  shoalctl network inspect --format '{{.Subnet}}' backend`,
+		Args:    minArgs(1, "at least one NETWORK argument"),
+	}
+	cmd.Flags().StringVarP(&format, "format", "f", "", "print as \"json\" (default) or a Go template run per network")
+	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
+		if format != "" && format != "json" {
+			if _, err := parseTemplate(format); err != nil {
+				return err
+			}
+		}
+		client, err := c.control(cmd)
+		if err != nil {
+			return err
+		}
+		var (
+			found []*api.Network
+			errs  []error
+		)
+		for _, name := range args {
+			resp, err := client.GetNetwork(cmd.Context(), &api.GetNetworkRequest{Network: name})
+			if err != nil {
+				errs = append(errs, argError(name, err))
+				continue
+			}
+			found = append(found, resp.GetNetwork())
+		}
+		if err := printObjects(cmd.OutOrStdout(), format, found); err != nil {
+			return err
+		}
+		return errors.Join(errs...)
+	})
+	return cmd
+}
+
+func newNetworkRmCommand(c *cli) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "rm NETWORK...",
+		Aliases: []string{"remove"},
+		Short:   "Remove overlay networks",
+		Long: `Remove networks (by name, ID or unique ID prefix). Each removed network's
+argument is printed. Every argument is tried; the command fails if any
+could not be removed.`,
+		Args: minArgs(1, "at least one NETWORK argument"),
+	}
+	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
+		client, err := c.control(cmd)
+		if err != nil {
+			return err
+		}
+		var errs []error
+		for _, name := range args {
+			if _, err := client.RemoveNetwork(cmd.Context(), &api.RemoveNetworkRequest{Network: name}); err != nil {
+				errs = append(errs, argError(name, err))
+				continue
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), name)
+		}
+		return errors.Join(errs...)
+	})
+	return cmd
+}

@@ -117,7 +117,9 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 
 // Init creates a new cluster whose first node is self, a manager. cluster
 // may carry the CA and join tokens; its id, meta and defaults are filled in.
-func Init(ctx context.Context, cfg Config, cluster *api.Cluster, self *api.Node) (*Manager, error) {
+//
+// extra objects (the ingress network) are created in the same command.
+func Init(ctx context.Context, cfg Config, cluster *api.Cluster, self *api.Node, extra ...*api.StoreAction) (*Manager, error) {
 	if HasState(cfg.DataDir) {
 		return nil, fmt.Errorf("%s already holds a cluster: use `shoald run` to restart this node, or remove the directory to start over", cfg.DataDir)
 	}
@@ -147,7 +149,7 @@ func Init(ctx context.Context, cfg Config, cluster *api.Cluster, self *api.Node)
 		cluster.Spec.Dispatcher = &api.DispatcherConfig{HeartbeatPeriod: durationpb.New(dispatcher.DefaultHeartbeatPeriod)}
 	}
 	self.Meta = &api.Meta{CreatedAt: now}
-	if err := m.raft.Propose(ctx, store.Create(cluster), store.Create(self)); err != nil {
+	if err := m.raft.Propose(ctx, append([]*api.StoreAction{store.Create(cluster), store.Create(self)}, extra...)...); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("store cluster: %w", err)
 	}

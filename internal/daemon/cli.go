@@ -109,12 +109,16 @@ promote managers again afterwards. See docs/recovery.md.`,
 		RunE: run(Run),
 	}
 	runCmd.Flags().BoolVar(&cfg.ForceNewCluster, "force-new-cluster", false, "make this manager the only raft member, keeping the state (after a lost quorum)")
-	root.AddCommand(&cobra.Command{
+	initCmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a new cluster with this node as its first manager, then run the node",
 		Args:  cobra.NoArgs,
 		RunE:  run(Init),
-	}, &cobra.Command{
+	}
+	initCmd.Flags().StringVar(&cfg.IngressName, "ingress-name", DefaultIngressName, "name of the routing mesh's network")
+	initCmd.Flags().StringVar(&cfg.IngressSubnet, "ingress-subnet", "", "subnet of the routing mesh's network (default: the first free /24 of 10.0.0.0/8)")
+	initCmd.Flags().Uint32Var(&cfg.IngressVNI, "ingress-vni", 0, "VXLAN id of the routing mesh's network (default: the first free one from 4096)")
+	root.AddCommand(initCmd, &cobra.Command{
 		Use:   "join --token TOKEN MANAGER_ADDR",
 		Short: "Join an existing cluster through one of its managers, then run the node",
 		Long: `Join an existing cluster. The token (from ` + "`shoalctl cluster join-token worker|manager`" + `)

@@ -43,6 +43,10 @@ type Config struct {
 	AdvertiseAddr   string
 	HeartbeatPeriod time.Duration
 	HeartbeatGrace  time.Duration
+	// Ingress* configure the routing mesh's network that init creates.
+	IngressName   string
+	IngressSubnet string
+	IngressVNI    uint32
 	// ForceNewCluster (shoald run --force-new-cluster) makes this
 	// manager the only member of a new raft group with the old state.
 	ForceNewCluster bool

@@ -26,6 +26,7 @@ import (
 	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/dispatcher"
 	"github.com/shoal-project/shoal/manager/state"
+	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/worker"
 )
 
@@ -250,6 +251,10 @@ func Init(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	ingress, err := ingressNetwork(cfg.IngressName, cfg.IngressSubnet, cfg.IngressVNI)
+	if err != nil {
+		return err
+	}
 	lock, err := lockDataDir(cfg.DataDir)
 	if err != nil {
 		return err
@@ -338,7 +343,7 @@ func Init(ctx context.Context, cfg Config) error {
 	}
 	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	m, err := manager.Init(startCtx, n.managerConfig(sl), cluster, self)
+	m, err := manager.Init(startCtx, n.managerConfig(sl), cluster, self, store.Create(ingress))
 	if err != nil {
 		n.listener.Close()
 		undo()

@@ -20,6 +20,7 @@ type createFlags struct {
 	env                []string
 	labels             []string
 	constraints        []string
+	networks           []string
 	restartCondition   string
 	restartDelay       time.Duration
 	restartMaxDelay    time.Duration
@@ -53,6 +54,7 @@ command) in --replicas tasks, and print its ID.
 	fs.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable KEY=VALUE (repeatable)")
 	fs.StringArrayVar(&f.labels, "label", nil, "service label KEY=VALUE (repeatable)")
 	fs.StringArrayVar(&f.constraints, "constraint", nil, "placement constraint such as node.labels.zone==eu (repeatable)")
+	fs.StringArrayVar(&f.networks, "network", nil, "overlay network the tasks join, by name or id (repeatable)")
 	fs.StringVar(&f.restartCondition, "restart-condition", "", "when to replace a task that ended: any, on-failure or none (default any)")
 	fs.DurationVar(&f.restartDelay, "restart-delay", 0, "wait before replacing a failed task")
 	fs.DurationVar(&f.restartMaxDelay, "restart-max-delay", 0, "cap of the restart back-off (default 30s)")
@@ -185,10 +187,11 @@ func (f *createFlags) spec(fs *pflag.FlagSet, args []string) (*api.ServiceSpec, 
 		task.Placement = &api.Placement{Constraints: f.constraints}
 	}
 	return &api.ServiceSpec{
-		Name:   f.name,
-		Labels: labels,
-		Task:   task,
-		Mode:   &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: uint64(f.replicas)}},
+		Name:     f.name,
+		Labels:   labels,
+		Task:     task,
+		Mode:     &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: uint64(f.replicas)}},
+		Networks: f.networks,
 	}, nil
 }
 

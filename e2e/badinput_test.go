@@ -12,11 +12,13 @@ import (
 // non-zero exit, and changes nothing.
 func TestBadInput(t *testing.T) {
 	n := tc.NewSingle(t)
-	n.Ctl("service", "create", "--name", "web", "--replicas", "1", tc.Image)
+	n.Ctl("network", "create", "--subnet", "10.20.0.0/24", "backend")
+	n.Ctl("service", "create", "--name", "web", "--replicas", "1", "--network", "backend", tc.Image)
 	waitRunning(t, n, "web", 1)
 
 	state := func() string {
-		return n.Ctl("service", "ls", "--format", "json") + n.Ctl("service", "ps", "web", "--format", "json")
+		return n.Ctl("service", "ls", "--format", "json") + n.Ctl("service", "ps", "web", "--format", "json") +
+			n.Ctl("network", "ls", "--format", "json")
 	}
 	before := state()
 	for _, tt := range []struct {
@@ -38,6 +40,11 @@ func TestBadInput(t *testing.T) {
 		{"bad name", []string{"service", "create", "--name", "Bad_Name", tc.Image}, `"Bad_Name"`},
 		{"bad constraint", []string{"service", "create", "--name", "con", "--constraint", "node.colour==red", tc.Image}, "node.colour"},
 		{"bad restart condition", []string{"service", "create", "--name", "rc", "--restart-condition", "sometimes", tc.Image}, "sometimes"},
+		{"unknown network", []string{"service", "create", "--name", "net", "--network", "nope", tc.Image}, `network "nope": not found`},
+		{"overlapping subnet", []string{"network", "create", "--subnet", "10.20.0.0/16", "wide"}, "overlaps network backend"},
+		{"network in use", []string{"network", "rm", "backend"}, "in use by service web"},
+		{"ingress network", []string{"network", "rm", "ingress"}, "ingress network"},
+		{"malformed subnet", []string{"network", "create", "--subnet", "10.20.0/99", "bad"}, "10.20.0/99"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, err := n.Try(tt.args...)

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 
 	"google.golang.org/grpc/codes"
@@ -190,8 +192,53 @@ func (s *Server) RemoveNetwork(ctx context.Context, req *api.RemoveNetworkReques
 	if n.GetIngress() {
 		return nil, status.Errorf(codes.FailedPrecondition, "network %q is the ingress network and cannot be removed", n.GetSpec().GetName())
 	}
+	var users []string
+	s.view(func(tx store.ReadTx) {
+		for _, svc := range tx.Services() {
+			if slices.Contains(svc.GetSpec().GetNetworks(), n.GetId()) {
+				users = append(users, svc.GetSpec().GetName())
+			}
+		}
+	})
+	if len(users) > 0 {
+		sort.Strings(users)
+		return nil, status.Errorf(codes.FailedPrecondition, "network %q is in use by service %s: remove or update %s first",
+			n.GetSpec().GetName(), strings.Join(users, ", "), map[bool]string{true: "it", false: "them"}[len(users) == 1])
+	}
 	if err := s.raft.Propose(ctx, store.Remove(n)); err != nil {
 		return nil, toStatus(err)
 	}
 	return &api.RemoveNetworkResponse{}, nil
+}
+
+// resolveNetworks replaces the network names or ids a spec gives with the
+// networks' ids, refusing unknown ones and the ingress network (services
+// reach it by publishing ports).
+func (s *Server) resolveNetworks(spec *api.ServiceSpec) error {
+	if len(spec.GetNetworks()) == 0 {
+		return nil
+	}
+	var err error
+	ids := make([]string, 0, len(spec.GetNetworks()))
+	s.view(func(tx store.ReadTx) {
+		for _, ref := range spec.GetNetworks() {
+			n, lerr := tx.LookupNetwork(ref)
+			if lerr != nil {
+				err = status.Errorf(codes.NotFound, "networks: %v: create it with `shoalctl network create`", lerr)
+				return
+			}
+			if n.GetIngress() {
+				err = status.Errorf(codes.InvalidArgument, "networks: %q is the ingress network: services join it by publishing ports", ref)
+				return
+			}
+			if !slices.Contains(ids, n.GetId()) {
+				ids = append(ids, n.GetId())
+			}
+		}
+	})
+	if err != nil {
+		return err
+	}
+	spec.Networks = ids
+	return nil
 }

@@ -124,3 +124,43 @@ func TestRemoveNetworkRefused(t *testing.T) {
 	_, err = c.CreateNetwork(ctx, &api.CreateNetworkRequest{Spec: &api.NetworkSpec{Name: "x", Subnet: "10.0.0.0/16"}})
 	wantCode(t, err, codes.FailedPrecondition, "ingress")
 }
+
+// TestServiceNetworks: a service names networks; they are stored by id,
+// unknown ones and the ingress network are refused, and a network in use
+// cannot be removed.
+func TestServiceNetworks(t *testing.T) {
+	r, c := setup(t)
+	propose(t, r, store.Create(&api.Network{Id: "ingress-id", Spec: &api.NetworkSpec{Name: "ingress"}, Subnet: "10.0.0.0/24", Gateway: "10.0.0.1", Vni: 4096, Ingress: true}))
+	ctx := context.Background()
+	net, err := c.CreateNetwork(ctx, &api.CreateNetworkRequest{Spec: &api.NetworkSpec{Name: "backend", Subnet: "10.20.0.0/24"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := func(name string, networks ...string) *api.ServiceSpec {
+		return &api.ServiceSpec{Name: name, Networks: networks,
+			Task: &api.TaskSpec{Container: &api.ContainerSpec{Image: "img"}},
+			Mode: &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: 1}}}
+	}
+	_, err = c.CreateService(ctx, &api.CreateServiceRequest{Spec: spec("a", "nope")})
+	wantCode(t, err, codes.NotFound, "nope")
+	_, err = c.CreateService(ctx, &api.CreateServiceRequest{Spec: spec("a", "ingress")})
+	wantCode(t, err, codes.InvalidArgument, "ingress")
+	if got, _ := c.ListServices(ctx, &api.ListServicesRequest{}); len(got.GetServices()) != 0 {
+		t.Fatalf("refused services were stored: %v", got.GetServices())
+	}
+	created, err := c.CreateService(ctx, &api.CreateServiceRequest{Spec: spec("db", "backend", net.GetNetwork().GetId())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := created.GetService().GetSpec().GetNetworks(); len(got) != 1 || got[0] != net.GetNetwork().GetId() {
+		t.Fatalf("stored networks = %v, want [%s]", got, net.GetNetwork().GetId())
+	}
+	_, err = c.RemoveNetwork(ctx, &api.RemoveNetworkRequest{Network: "backend"})
+	wantCode(t, err, codes.FailedPrecondition, "in use by service db")
+	if _, err := c.RemoveService(ctx, &api.RemoveServiceRequest{Service: "db"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RemoveNetwork(ctx, &api.RemoveNetworkRequest{Network: "backend"}); err != nil {
+		t.Fatalf("remove an unused network: %v", err)
+	}
+}

@@ -130,6 +130,9 @@ func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceReques
 		return nil, err
 	}
 	api.ApplyServiceDefaults(spec)
+	if err := s.resolveNetworks(spec); err != nil {
+		return nil, err
+	}
 	var existing *api.Service
 	s.view(func(tx store.ReadTx) { existing = tx.ServiceByName(spec.GetName()) })
 	if existing != nil {
@@ -221,6 +224,9 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 		return nil, err
 	}
 	api.ApplyServiceDefaults(spec)
+	if err := s.resolveNetworks(spec); err != nil {
+		return nil, err
+	}
 	if v := req.GetVersion(); v != 0 && v != cur.GetMeta().GetVersion() {
 		return nil, status.Errorf(codes.Aborted, "service %q changed since it was read (version %d, now %d): read it again and retry", spec.GetName(), v, cur.GetMeta().GetVersion())
 	}

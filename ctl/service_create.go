@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/allocator"
 )
 
 // createFlags are the flags of `service create`.
@@ -21,6 +22,8 @@ type createFlags struct {
 	labels             []string
 	constraints        []string
 	networks           []string
+	publish            []string
+	endpointMode       string
 	restartCondition   string
 	restartDelay       time.Duration
 	restartMaxDelay    time.Duration
@@ -55,6 +58,8 @@ command) in --replicas tasks, and print its ID.
 	fs.StringArrayVar(&f.labels, "label", nil, "service label KEY=VALUE (repeatable)")
 	fs.StringArrayVar(&f.constraints, "constraint", nil, "placement constraint such as node.labels.zone==eu (repeatable)")
 	fs.StringArrayVar(&f.networks, "network", nil, "overlay network the tasks join, by name or id (repeatable)")
+	fs.StringArrayVar(&f.publish, "publish", nil, "publish a port: PUBLISHED:TARGET[/udp], TARGET (a port is picked from 30000-32767), or published=,target=,protocol=,mode=ingress|host (repeatable)")
+	fs.StringVar(&f.endpointMode, "endpoint-mode", "", "vip (default: a virtual IP per network) or dnsrr (DNS answers with the task addresses)")
 	fs.StringVar(&f.restartCondition, "restart-condition", "", "when to replace a task that ended: any, on-failure or none (default any)")
 	fs.DurationVar(&f.restartDelay, "restart-delay", 0, "wait before replacing a failed task")
 	fs.DurationVar(&f.restartMaxDelay, "restart-max-delay", 0, "cap of the restart back-off (default 30s)")
@@ -186,12 +191,29 @@ func (f *createFlags) spec(fs *pflag.FlagSet, args []string) (*api.ServiceSpec, 
 	if len(f.constraints) > 0 {
 		task.Placement = &api.Placement{Constraints: f.constraints}
 	}
+	var endpoint *api.EndpointSpec
+	if len(f.publish) > 0 || f.endpointMode != "" {
+		endpoint = &api.EndpointSpec{Mode: f.endpointMode}
+		switch f.endpointMode {
+		case "", "vip", "dnsrr":
+		default:
+			return nil, fmt.Errorf("invalid --endpoint-mode %q: want vip or dnsrr", f.endpointMode)
+		}
+		for _, p := range f.publish {
+			pc, err := allocator.ParsePublish(p)
+			if err != nil {
+				return nil, fmt.Errorf("invalid --publish %q: %w", p, err)
+			}
+			endpoint.Ports = append(endpoint.Ports, &api.PortConfig{Protocol: pc.Protocol, Target: uint32(pc.Target), Published: uint32(pc.Published), Mode: pc.Mode})
+		}
+	}
 	return &api.ServiceSpec{
 		Name:     f.name,
 		Labels:   labels,
 		Task:     task,
 		Mode:     &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: uint64(f.replicas)}},
 		Networks: f.networks,
+		Endpoint: endpoint,
 	}, nil
 }
 

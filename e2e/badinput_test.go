@@ -13,7 +13,7 @@ import (
 func TestBadInput(t *testing.T) {
 	n := tc.NewSingle(t)
 	n.Ctl("network", "create", "--subnet", "10.20.0.0/24", "backend")
-	n.Ctl("service", "create", "--name", "web", "--replicas", "1", "--network", "backend", tc.Image)
+	n.Ctl("service", "create", "--name", "web", "--replicas", "1", "--network", "backend", "--publish", "8080:80", tc.Image)
 	waitRunning(t, n, "web", 1)
 
 	state := func() string {
@@ -44,6 +44,9 @@ func TestBadInput(t *testing.T) {
 		{"overlapping subnet", []string{"network", "create", "--subnet", "10.20.0.0/16", "wide"}, "overlaps network backend"},
 		{"network in use", []string{"network", "rm", "backend"}, "in use by service web"},
 		{"ingress network", []string{"network", "rm", "ingress"}, "ingress network"},
+		{"published port in use", []string{"service", "create", "--name", "other", "--publish", "8080:80", tc.Image}, "published port 8080/tcp is already used by service web"},
+		{"malformed publish", []string{"service", "create", "--name", "other", "--publish", "80:abc", tc.Image}, `invalid --publish "80:abc"`},
+		{"malformed publish long form", []string{"service", "create", "--name", "other", "--publish", "published=8081,target=80,mode=bridge", tc.Image}, `invalid --publish`},
 		{"malformed subnet", []string{"network", "create", "--subnet", "10.20.0/99", "bad"}, "10.20.0/99"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

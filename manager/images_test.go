@@ -143,10 +143,16 @@ func TestImageReplication(t *testing.T) {
 	if _, err := os.Stat(tarballPath(m, badID)); !os.IsNotExist(err) {
 		t.Errorf("a copy with the wrong digest was kept: %v", err)
 	}
-	entries, _ := os.ReadDir(ImageDir(m.cfg.DataDir))
-	if len(entries) != 1 {
-		t.Errorf("image directory holds %d files, want the good tarball alone", len(entries))
-	}
+	// Retries of the bad copy come and go (an upload in progress is a
+	// temporary file); between them only the good tarball is there.
+	eventually(t, "only the good tarball in the image directory", func() (bool, string) {
+		entries, _ := os.ReadDir(ImageDir(m.cfg.DataDir))
+		names := make([]string, 0, len(entries))
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		return len(entries) == 1, fmt.Sprintf("files %v", names)
+	})
 
 	peer.set(badID, bad) // fixed: the retry gets it
 	eventually(t, "the second image copied after a retry", func() (bool, string) {

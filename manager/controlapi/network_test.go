@@ -164,3 +164,56 @@ func TestServiceNetworks(t *testing.T) {
 		t.Fatalf("remove an unused network: %v", err)
 	}
 }
+
+// TestServicePorts: published ports are allocated at create, a port held
+// by another service is refused naming it, a picked port stays put across
+// updates, and a removed service frees its ports.
+func TestServicePorts(t *testing.T) {
+	r, c := setup(t)
+	propose(t, r, store.Create(&api.Network{Id: "ingress-id", Spec: &api.NetworkSpec{Name: "ingress"}, Subnet: "10.0.0.0/24", Gateway: "10.0.0.1", Vni: 4096, Ingress: true}))
+	ctx := context.Background()
+	spec := func(name string, ports ...*api.PortConfig) *api.ServiceSpec {
+		return &api.ServiceSpec{Name: name, Endpoint: &api.EndpointSpec{Ports: ports},
+			Task: &api.TaskSpec{Container: &api.ContainerSpec{Image: "img"}},
+			Mode: &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: 1}}}
+	}
+	port := func(published, target uint32) *api.PortConfig {
+		return &api.PortConfig{Protocol: "tcp", Target: target, Published: published, Mode: "ingress"}
+	}
+	web, err := c.CreateService(ctx, &api.CreateServiceRequest{Spec: spec("web", port(8080, 80))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := web.GetService().GetEndpoint()
+	if len(ep.GetPorts()) != 1 || ep.GetPorts()[0].GetPublished() != 8080 || len(ep.GetVips()) != 1 || ep.GetVips()[0].GetNetworkId() != "ingress-id" {
+		t.Fatalf("web's endpoint = %v", ep)
+	}
+	_, err = c.CreateService(ctx, &api.CreateServiceRequest{Spec: spec("api", port(8080, 80))})
+	wantCode(t, err, codes.FailedPrecondition, "used by service web")
+	_, err = c.CreateService(ctx, &api.CreateServiceRequest{Spec: spec("big", port(8080, 70000))})
+	wantCode(t, err, codes.InvalidArgument, "1-65535")
+
+	auto, err := c.CreateService(ctx, &api.CreateServiceRequest{Spec: spec("auto", port(0, 80))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	picked := auto.GetService().GetEndpoint().GetPorts()[0].GetPublished()
+	if picked < 30000 || picked > 32767 {
+		t.Fatalf("picked port %d, want 30000-32767", picked)
+	}
+	s := auto.GetService().GetSpec()
+	s.GetReplicated().Replicas = 3
+	upd, err := c.UpdateService(ctx, &api.UpdateServiceRequest{Service: "auto", Spec: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := upd.GetService().GetEndpoint().GetPorts()[0].GetPublished(); got != picked {
+		t.Fatalf("scaling moved the picked port from %d to %d", picked, got)
+	}
+	if _, err := c.RemoveService(ctx, &api.RemoveServiceRequest{Service: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CreateService(ctx, &api.CreateServiceRequest{Spec: spec("api", port(8080, 80))}); err != nil {
+		t.Fatalf("port of a removed service still held: %v", err)
+	}
+}

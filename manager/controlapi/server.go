@@ -145,6 +145,11 @@ func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceReques
 		Spec:        spec,
 		SpecVersion: 1,
 	}
+	s.networks.mu.Lock()
+	defer s.networks.mu.Unlock()
+	if err := s.allocateEndpoint(svc); err != nil {
+		return nil, err
+	}
 	if err := s.raft.Propose(ctx, store.Create(svc)); err != nil {
 		if errors.Is(err, store.ErrExist) {
 			return nil, status.Errorf(codes.AlreadyExists, "service %q already exists", spec.GetName())
@@ -235,6 +240,11 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 	upd.Meta.UpdatedAt = timestamppb.New(s.now())
 	if !proto.Equal(cur.GetSpec().GetTask(), spec.GetTask()) {
 		upd.SpecVersion++
+	}
+	s.networks.mu.Lock()
+	defer s.networks.mu.Unlock()
+	if err := s.allocateEndpoint(upd); err != nil {
+		return nil, err
 	}
 	if err := s.raft.Propose(ctx, store.Update(upd)); err != nil {
 		return nil, toStatus(err)

@@ -259,40 +259,16 @@ type object interface {
 	GetMeta() *api.Meta
 }
 
+// ensureMeta returns the object's meta, creating it when absent. Every
+// stored message has a "meta" field; protoreflect reaches it for all of
+// them at once.
 func ensureMeta(o object) *api.Meta {
-	switch v := o.(type) {
-	case *api.Node:
-		if v.Meta == nil {
-			v.Meta = &api.Meta{}
-		}
-		return v.Meta
-	case *api.Service:
-		if v.Meta == nil {
-			v.Meta = &api.Meta{}
-		}
-		return v.Meta
-	case *api.Task:
-		if v.Meta == nil {
-			v.Meta = &api.Meta{}
-		}
-		return v.Meta
-	case *api.Cluster:
-		if v.Meta == nil {
-			v.Meta = &api.Meta{}
-		}
-		return v.Meta
-	case *api.Image:
-		if v.Meta == nil {
-			v.Meta = &api.Meta{}
-		}
-		return v.Meta
-	case *api.Network:
-		if v.Meta == nil {
-			v.Meta = &api.Meta{}
-		}
-		return v.Meta
+	m := o.ProtoReflect()
+	fd := m.Descriptor().Fields().ByName("meta")
+	if fd == nil {
+		panic(fmt.Sprintf("store: %T has no meta field", o))
 	}
-	panic(fmt.Sprintf("store: unknown object type %T", o))
+	return m.Mutable(fd).Message().Interface().(*api.Meta)
 }
 
 func target(a *api.StoreAction) (table string, obj object, id string) {

@@ -112,6 +112,14 @@ func advertiseAddr(flag, listen string) (string, error) {
 	return net.JoinHostPort("127.0.0.1", port), nil
 }
 
+// removeNodeState deletes what init and join write into a data dir, so a
+// failed attempt leaves it as it was.
+func removeNodeState(dataDir string) {
+	for _, p := range []string{certDir(dataDir), AdminDir(dataDir), manager.RaftDir(dataDir), nodeFilePath(dataDir)} {
+		os.RemoveAll(p)
+	}
+}
+
 // node is a running shoald: its identity, TLS material and listeners.
 type node struct {
 	cfg     Config
@@ -261,12 +269,7 @@ func Init(ctx context.Context, cfg Config) error {
 	}
 	defer lock.Close()
 	// Whatever fails from here on must leave the data dir as it was.
-	made := []string{certDir(cfg.DataDir), AdminDir(cfg.DataDir), manager.RaftDir(cfg.DataDir), nodeFilePath(cfg.DataDir)}
-	undo := func() {
-		for _, p := range made {
-			os.RemoveAll(p)
-		}
-	}
+	undo := func() { removeNodeState(cfg.DataDir) }
 	file := nodeFile{NodeID: api.NewID(), ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: []string{adv}}
 	exe, err := newExecutor(ctx, cfg, file.NodeID)
 	if err != nil {
@@ -446,12 +449,7 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 		return err
 	}
 	defer lock.Close()
-	made := []string{certDir(cfg.DataDir), AdminDir(cfg.DataDir), manager.RaftDir(cfg.DataDir), nodeFilePath(cfg.DataDir)}
-	undo := func() {
-		for _, p := range made {
-			os.RemoveAll(p)
-		}
-	}
+	undo := func() { removeNodeState(cfg.DataDir) }
 	// A refused join leaves nothing: not even the data dir it made.
 	joined := false
 	defer func() {

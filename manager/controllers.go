@@ -305,24 +305,15 @@ func (m *Manager) runScheduler(ctx context.Context) {
 	}
 }
 
-// schedulerRelevant reports whether changes may let the scheduler place
+// schedulerRelevant matches events that may let the scheduler place
 // something: new pending tasks, node changes, or tasks leaving nodes.
-func schedulerRelevant(changes []store.Change) bool {
-	for _, c := range changes {
-		if c.Reset {
-			return true
-		}
-		for _, ev := range c.Events {
-			switch o := ev.Object.(type) {
-			case *api.Node:
-				return true
-			case *api.Task:
-				if o.GetStatus().GetState() == api.TaskState_TASK_STATE_PENDING || api.IsTerminal(o.GetStatus().GetState()) ||
-					ev.Kind == api.StoreActionKind_STORE_ACTION_KIND_REMOVE {
-					return true
-				}
-			}
-		}
+func schedulerRelevant(ev store.Event) bool {
+	switch o := ev.Object.(type) {
+	case *api.Node:
+		return true
+	case *api.Task:
+		return o.GetStatus().GetState() == api.TaskState_TASK_STATE_PENDING || api.IsTerminal(o.GetStatus().GetState()) ||
+			ev.Kind == api.StoreActionKind_STORE_ACTION_KIND_REMOVE
 	}
 	return false
 }
@@ -350,7 +341,7 @@ func (m *Manager) schedulePass(ctx context.Context, sub *store.Subscription, sch
 			if !next.IsZero() && !time.Now().Before(next) {
 				return true
 			}
-			if schedulerRelevant(sub.Next()) {
+			if store.Affects(sub.Next(), schedulerRelevant) {
 				return true
 			}
 		}

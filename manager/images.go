@@ -106,26 +106,12 @@ func (r *imageReplicator) run(ctx context.Context) {
 			case <-collect.C:
 				r.collect()
 			case <-sub.Ready():
-				if imagesChanged(sub.Next()) {
+				if store.Affects(sub.Next(), store.IsImage) {
 					break wait
 				}
 			}
 		}
 	}
-}
-
-func imagesChanged(changes []store.Change) bool {
-	for _, c := range changes {
-		if c.Reset {
-			return true
-		}
-		for _, ev := range c.Events {
-			if _, ok := ev.Object.(*api.Image); ok {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // reconcile copies and records what this manager lacks; false means

@@ -359,7 +359,7 @@ func (s *Server) WatchTasks(req *api.WatchTasksRequest, stream api.Control_Watch
 			return nil
 		case <-sub.Ready():
 		}
-		if !touches(sub.Next(), svc.GetId()) {
+		if !store.Affects(sub.Next(), touches(svc.GetId())) {
 			continue
 		}
 		select {
@@ -374,23 +374,15 @@ func (s *Server) WatchTasks(req *api.WatchTasksRequest, stream api.Control_Watch
 	}
 }
 
-func touches(changes []store.Change, serviceID string) bool {
-	for _, c := range changes {
-		if c.Reset {
-			return true
+// touches matches events on a service or its tasks.
+func touches(serviceID string) func(store.Event) bool {
+	return func(ev store.Event) bool {
+		switch o := ev.Object.(type) {
+		case *api.Task:
+			return o.GetServiceId() == serviceID
+		case *api.Service:
+			return o.GetId() == serviceID
 		}
-		for _, ev := range c.Events {
-			switch o := ev.Object.(type) {
-			case *api.Task:
-				if o.GetServiceId() == serviceID {
-					return true
-				}
-			case *api.Service:
-				if o.GetId() == serviceID {
-					return true
-				}
-			}
-		}
+		return false
 	}
-	return false
 }

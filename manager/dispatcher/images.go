@@ -78,7 +78,7 @@ func (d *Dispatcher) Images(req *api.ImagesRequest, stream api.Dispatcher_Images
 			return nil
 		case <-sub.Ready():
 		}
-		if !touchesImages(sub.Next()) {
+		if !store.Affects(sub.Next(), store.IsImage) {
 			continue
 		}
 		timer := time.NewTimer(imagesCoalesce)
@@ -93,20 +93,6 @@ func (d *Dispatcher) Images(req *api.ImagesRequest, stream api.Dispatcher_Images
 			return err
 		}
 	}
-}
-
-func touchesImages(changes []store.Change) bool {
-	for _, c := range changes {
-		if c.Reset {
-			return true
-		}
-		for _, ev := range c.Events {
-			if _, ok := ev.Object.(*api.Image); ok {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // FetchImage streams a tarball this manager holds, in chunks. Any manager

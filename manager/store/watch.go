@@ -26,6 +26,28 @@ type Change struct {
 	Reset bool
 }
 
+// Affects reports whether changes may concern what match picks out: a
+// store reset may concern anything.
+func Affects(changes []Change, match func(Event) bool) bool {
+	for _, c := range changes {
+		if c.Reset {
+			return true
+		}
+		for _, ev := range c.Events {
+			if match(ev) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// IsImage matches events on images.
+func IsImage(ev Event) bool {
+	_, ok := ev.Object.(*api.Image)
+	return ok
+}
+
 // Subscription receives every Change from the moment it was made. Changes
 // are queued without bound, so a slow reader never blocks raft; readers are
 // the leader's own controllers, which keep up.

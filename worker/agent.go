@@ -38,10 +38,25 @@ type Config struct {
 	// OnDesiredRole, if set, hears the role the managers want this node
 	// to have, with every heartbeat.
 	OnDesiredRole func(api.NodeRole)
+	// Network, if set, hears the node's network view with every
+	// assignments message, before the message's task changes.
+	Network NetworkView
+	// DataAddr is the node's underlay address (its VTEP), reported to the
+	// managers so that other nodes can reach its overlays.
+	DataAddr string
 	// StateDir, if set, keeps the node's assignments on disk, so that
 	// after a restart the agent watches its tasks (and reports what
 	// happened to them) before any manager is reachable.
 	StateDir string
+}
+
+// NetworkView programs the node's networks: the worker's network agent.
+type NetworkView interface {
+	// Apply merges delta into the view (replacing it when full) and
+	// programs the result. It returns once the load balancers are
+	// programmed, so a backend removed in delta gets no new connections
+	// by then; on error it keeps retrying on its own.
+	Apply(ctx context.Context, delta *api.NetworkDelta, full bool) error
 }
 
 // Managers hands the agent connections to managers.
@@ -184,6 +199,7 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("describe node: %w", err)
 	}
+	desc.DataAddr = a.cfg.DataAddr
 	a.mu.Lock()
 	client := a.client
 	a.mu.Unlock()
@@ -275,6 +291,20 @@ func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, si
 		if err != nil {
 			return fmt.Errorf("assignments stream: %w", err)
 		}
+		full := msg.GetType() == api.AssignmentType_ASSIGNMENT_TYPE_FULL
+		if !full && msg.GetAppliesTo() != seq {
+			// A gap: our set is not what the dispatcher thinks. Reopen
+			// for a full set.
+			return fmt.Errorf("assignments: delta applies to %d but we hold %d; resyncing", msg.GetAppliesTo(), seq)
+		}
+		// Networks first: a backend leaves the load balancers before its
+		// container is stopped, and a new task's network exists before
+		// its container is connected.
+		if a.cfg.Network != nil && (full || msg.GetNetwork() != nil) {
+			if err := a.cfg.Network.Apply(ctx, msg.GetNetwork(), full); err != nil {
+				a.logger.Warn("apply network view; retrying in the background", "err", err)
+			}
+		}
 		switch msg.GetType() {
 		case api.AssignmentType_ASSIGNMENT_TYPE_FULL:
 			if err := a.applyFull(ctx, msg.GetChanges()); err != nil {
@@ -283,11 +313,6 @@ func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, si
 			a.firstSyncOnce.Do(func() { close(a.firstSync) })
 			a.markDirty()
 		case api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL:
-			if msg.GetAppliesTo() != seq {
-				// A gap: our set is not what the dispatcher thinks. Reopen
-				// for a full set.
-				return fmt.Errorf("assignments: delta applies to %d but we hold %d; resyncing", msg.GetAppliesTo(), seq)
-			}
 			for _, c := range msg.GetChanges() {
 				a.applyChange(c)
 			}

@@ -477,3 +477,48 @@ func agentStacks() string {
 	}
 	return strings.Join(out, "\n\n")
 }
+
+// recordingNetwork is a NetworkView that writes its calls into the fake
+// executor's call log, so their order against container verbs shows.
+type recordingNetwork struct{ e *fakeExecutor }
+
+func (n recordingNetwork) Apply(ctx context.Context, delta *api.NetworkDelta, full bool) error {
+	what := "delta"
+	if full {
+		what = "full"
+	}
+	n.e.record("network-"+what, strings.Join(delta.GetRemovedEndpoints(), ","))
+	return nil
+}
+
+// TestAgentAppliesNetworkBeforeTasks checks the order the routing mesh
+// relies on: the network view of a message (here: the task's backend
+// leaving) is applied before the message's task changes (its container
+// being stopped), and a delta with only network changes is applied too.
+func TestAgentAppliesNetworkBeforeTasks(t *testing.T) {
+	exe := newFakeExecutor()
+	disp := newFakeDispatcher()
+	h := startAgent(t, exe, disp, func(c *Config) { c.Network = recordingNetwork{exe} })
+	t1 := task("t1", stAssigned, stRunning)
+	s := disp.stream(t, 1)
+	disp.mu.Lock()
+	disp.sendNetLocked(s, api.AssignmentType_ASSIGNMENT_TYPE_FULL, &api.NetworkDelta{}, []*api.AssignmentChange{update(t1)})
+	disp.mu.Unlock()
+	disp.waitState(t, "t1", stRunning)
+	disp.mu.Lock()
+	disp.sendNetLocked(s, api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL, &api.NetworkDelta{RemovedEndpoints: []string{"t1"}},
+		[]*api.AssignmentChange{update(withDesired(t1, stShutdown))})
+	disp.sendNetLocked(s, api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL, &api.NetworkDelta{RemovedEndpoints: []string{"other"}}, nil)
+	disp.mu.Unlock()
+	eventually(t, "network-only delta applied", func() (bool, string) {
+		return len(exe.verbs("other")) == 1, fmt.Sprint(exe.verbs("other"))
+	})
+	disp.waitState(t, "t1", stShutdown)
+	h.stop()
+	want := []string{"network-full", "prepare", "start", "wait", "network-delta", "shutdown", "remove"}
+	got := exe.verbs("t1")
+	got = slices.Insert(got, 0, exe.verbs("")...)
+	if !slices.Equal(got, want) {
+		t.Errorf("calls = %v, want %v", got, want)
+	}
+}

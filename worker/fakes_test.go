@@ -315,7 +315,12 @@ func (d *fakeDispatcher) UpdateTaskStatus(ctx context.Context, req *api.UpdateTa
 
 // sendLocked queues a message numbered in the stream's sequence.
 func (d *fakeDispatcher) sendLocked(s *assignStream, typ api.AssignmentType, changes []*api.AssignmentChange) {
-	msg := &api.AssignmentsMessage{Type: typ, Changes: changes}
+	d.sendNetLocked(s, typ, nil, changes)
+}
+
+// sendNetLocked queues a message with a network delta.
+func (d *fakeDispatcher) sendNetLocked(s *assignStream, typ api.AssignmentType, network *api.NetworkDelta, changes []*api.AssignmentChange) {
+	msg := &api.AssignmentsMessage{Type: typ, Changes: changes, Network: network}
 	if typ == api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL {
 		msg.AppliesTo = s.seq
 	}

@@ -108,3 +108,18 @@ type ImageLoader interface {
 	// that checks the tarball's digest at its end can refuse the import.
 	LoadImage(ctx context.Context, img *api.Image, r io.Reader) ([]string, error)
 }
+
+// Network is the node's network agent as an executor needs it: it gives a
+// task's container its overlay interfaces and its resolver configuration.
+// Executors call it only for tasks with network attachments.
+type Network interface {
+	// ResolvConf returns the path of a file to mount at the container's
+	// /etc/resolv.conf, pointing at the node's embedded resolver.
+	ResolvConf(t *api.Task) (string, error)
+	// Attach gives the task, whose network namespace is at netnsPath, one
+	// interface per attachment. The executor calls it after the process
+	// exists and before it starts, so the process never runs unconnected.
+	Attach(ctx context.Context, t *api.Task, netnsPath string) error
+	// Detach removes what Attach made on the node's side.
+	Detach(ctx context.Context, t *api.Task) error
+}

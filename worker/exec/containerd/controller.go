@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 	"github.com/containerd/errdefs"
 	"github.com/containerd/errdefs/pkg/errgrpc"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/worker/exec"
@@ -69,6 +70,15 @@ func (c *controller) Prepare(ctx context.Context) error {
 		oci.WithHostname(hostname(c.task)),
 		// The default spec already asks for a new network namespace; a
 		// network attachment is added to it once the task has a pid.
+	}
+	if c.networked() {
+		path, err := c.e.cfg.Network.ResolvConf(c.task)
+		if err != nil {
+			return fmt.Errorf("prepare task %s: resolver configuration: %w", c.id, err)
+		}
+		specOpts = append(specOpts, oci.WithMounts([]specs.Mount{{
+			Destination: "/etc/resolv.conf", Type: "bind", Source: path, Options: []string{"rbind", "ro"},
+		}}))
 	}
 	if dir := spec.GetDir(); dir != "" {
 		specOpts = append(specOpts, oci.WithProcessCwd(dir))
@@ -130,7 +140,11 @@ func (c *controller) Start(ctx context.Context) error {
 		case alive(st.Status):
 			return exec.ErrTaskStarted
 		case st.Status == client.Created:
-			// An earlier Start made the process and died before starting it.
+			// An earlier Start made the process and died before starting it
+			// (perhaps before connecting it).
+			if err := c.attach(ctx, old); err != nil {
+				return err
+			}
 			if err := old.Start(ctx); err != nil {
 				return fmt.Errorf("start task %s: %w", c.id, err)
 			}
@@ -148,7 +162,11 @@ func (c *controller) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start task %s: create process: %w", c.id, err)
 	}
-	if err := t.Start(ctx); err != nil {
+	err = c.attach(ctx, t)
+	if err == nil {
+		err = t.Start(ctx)
+	}
+	if err != nil {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
 		if _, derr := t.Delete(dctx, client.WithProcessKill); derr != nil && !errdefs.IsNotFound(derr) {
@@ -157,6 +175,22 @@ func (c *controller) Start(ctx context.Context) error {
 		return fmt.Errorf("start task %s: %w", c.id, err)
 	}
 	c.log.Info("started process", "pid", t.Pid())
+	return nil
+}
+
+// networked reports whether the task gets overlay interfaces.
+func (c *controller) networked() bool {
+	return c.e.cfg.Network != nil && len(c.task.GetNetworks()) > 0
+}
+
+// attach connects a created, not yet started, process to its networks.
+func (c *controller) attach(ctx context.Context, t client.Task) error {
+	if !c.networked() {
+		return nil
+	}
+	if err := c.e.cfg.Network.Attach(ctx, c.task, fmt.Sprintf("/proc/%d/ns/net", t.Pid())); err != nil {
+		return fmt.Errorf("start task %s: connect to networks: %w", c.id, err)
+	}
 	return nil
 }
 
@@ -304,6 +338,13 @@ func (c *controller) Remove(ctx context.Context) error {
 	ctx = c.e.nsContext(ctx)
 	if err := c.remove(ctx); err != nil {
 		return fmt.Errorf("remove task %s: %w", c.id, err)
+	}
+	// The task's ends of its veths went with its namespace; the node's
+	// ends normally follow, but make sure.
+	if c.networked() {
+		if err := c.e.cfg.Network.Detach(ctx, c.task); err != nil {
+			return fmt.Errorf("remove task %s: %w", c.id, err)
+		}
 	}
 	if c.e.cfg.LogDir != "" {
 		if err := os.Remove(c.logPath()); err != nil && !errors.Is(err, os.ErrNotExist) {

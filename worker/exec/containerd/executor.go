@@ -56,6 +56,10 @@ type Config struct {
 	LogDir string
 	// Logger receives the executor's logs; slog.Default() when nil.
 	Logger *slog.Logger
+	// Network, when set, connects tasks that have network attachments:
+	// their resolv.conf is mounted from it, and their interfaces are made
+	// between creating the process and starting it.
+	Network exec.Network
 }
 
 func (c Config) withDefaults() Config {

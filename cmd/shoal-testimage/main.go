@@ -5,11 +5,14 @@
 //	shoal-testimage build -o echo.tar [--ref shoal.test/echo:latest]
 //	shoal-testimage import [--address SOCK] [--namespace shoal] echo.tar
 //	shoal-testimage get URL
+//	shoal-testimage load [-n 200] [-c 4] URL|udp://HOST:PORT   (JSON report)
+//	shoal-testimage stream [-bytes N] HOST:PORT                (JSON report)
 //	shoal-testimage purge NAMESPACE   (removes everything in it, and it)
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -27,6 +30,8 @@ const usage = `usage:
   shoal-testimage build -o FILE [--ref REF]
   shoal-testimage import [--address SOCK] [--namespace NS] FILE
   shoal-testimage get URL
+  shoal-testimage load [-n N] [-c C] [-timeout D] URL|udp://HOST:PORT
+  shoal-testimage stream [-bytes N] HOST:PORT
   shoal-testimage purge [--address SOCK] NAMESPACE`
 
 func main() {
@@ -113,6 +118,41 @@ func run(ctx context.Context, args []string) error {
 			return fmt.Errorf("GET %s: %s", args[1], resp.Status)
 		}
 		return nil
+	case "load":
+		// Many short requests, each on a new connection, counted by the
+		// task that answered: tests and benchmarks of the routing mesh
+		// run it inside a client network namespace.
+		fs := flag.NewFlagSet("load", flag.ContinueOnError)
+		n := fs.Int("n", 200, "requests in all")
+		c := fs.Int("c", 4, "requests at once")
+		timeout := fs.Duration("timeout", 5*time.Second, "bound on one request")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New(usage)
+		}
+		rep, err := testimage.Load(ctx, testimage.LoadConfig{Target: fs.Arg(0), Requests: *n, Concurrency: *c, Timeout: *timeout})
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(rep)
+	case "stream":
+		fs := flag.NewFlagSet("stream", flag.ContinueOnError)
+		size := fs.Int64("bytes", 64<<20, "bytes to send and read back")
+		if err := fs.Parse(args[1:]); err != nil {
+			return err
+		}
+		if fs.NArg() != 1 {
+			return errors.New(usage)
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
+		d, err := testimage.Stream(sctx, fs.Arg(0), *size)
+		if err != nil {
+			return err
+		}
+		return json.NewEncoder(os.Stdout).Encode(map[string]any{"bytes": *size, "elapsed": d})
 	default:
 		return fmt.Errorf("unknown command %q\n%s", args[0], usage)
 	}

@@ -4,13 +4,17 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
 
+	"github.com/shoal-project/shoal/internal/lab"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
+	"github.com/shoal-project/shoal/network/attach"
+	"github.com/shoal-project/shoal/network/overlay"
 )
 
 // TestMain runs the suite, then checks that it left nothing behind: no
@@ -59,8 +63,47 @@ func leaks() error {
 			found = append(found, "process "+p.Name()+": "+line)
 		}
 	}
+	found = append(found, networkLeaks()...)
 	if len(found) > 0 {
 		return fmt.Errorf("left behind:\n  %s", strings.Join(found, "\n  "))
 	}
 	return nil
+}
+
+// networkLeaks lists what the routing mesh could leave in the host's
+// namespace or mount table: overlay bridges and VXLAN devices, task veths,
+// shoal's nft tables, mounts of test nodes. (Lab nodes' own namespaces,
+// where these normally live, are checked by lab.Leftovers.)
+func networkLeaks() []string {
+	var found []string
+	if out, err := exec.Command("ip", "-o", "link", "show").Output(); err == nil {
+		for line := range strings.SplitSeq(string(out), "\n") {
+			fields := strings.Fields(line)
+			if len(fields) < 2 {
+				continue
+			}
+			name := strings.TrimSuffix(fields[1], ":")
+			name, _, _ = strings.Cut(name, "@")
+			for _, p := range []string{overlay.BridgePrefix, overlay.VXLANPrefix, attach.HostVethPrefix} {
+				if strings.HasPrefix(name, p) {
+					found = append(found, "link "+name)
+				}
+			}
+		}
+	}
+	if out, err := exec.Command("nft", "list", "tables").Output(); err == nil {
+		for line := range strings.SplitSeq(string(out), "\n") {
+			if strings.Contains(line, "shoal") {
+				found = append(found, "nft "+strings.TrimSpace(line))
+			}
+		}
+	}
+	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if strings.Contains(line, tc.NamespacePrefix) || strings.Contains(line, lab.NamespacePrefix) {
+				found = append(found, "mount "+line)
+			}
+		}
+	}
+	return found
 }

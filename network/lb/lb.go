@@ -32,6 +32,8 @@ func (p Protocol) Number() (uint8, error) {
 // on the network the frontend balances over.
 type Backend struct {
 	Addr netip.Addr
+	// Port is 0 exactly when the frontend balances every port (a VIP
+	// frontend with Port 0): the destination port is kept.
 	Port uint16
 }
 
@@ -46,6 +48,9 @@ type Frontend struct {
 	Protocol Protocol
 	// Port is the published port on any local address (and from the host
 	// itself) when VIP is not valid — ingress mode — or the VIP's port.
+	// Port 0 on a VIP frontend balances every port of the VIP (of its
+	// protocol) and keeps the destination port, as Swarm's fwmark VIPs do:
+	// its backends have port 0 too.
 	Port uint16
 	// VIP, when valid, balances traffic to VIP:Port instead of the published
 	// port (service VIPs, for traffic from tasks).
@@ -62,6 +67,9 @@ type Frontend struct {
 
 // IsVIP reports whether the frontend balances a VIP rather than a published port.
 func (f Frontend) IsVIP() bool { return f.VIP.IsValid() }
+
+// IsAnyPort reports whether the frontend balances every port of its VIP.
+func (f Frontend) IsAnyPort() bool { return f.VIP.IsValid() && f.Port == 0 }
 
 // State is the whole desired load balancer state of a node.
 type State struct {
@@ -98,8 +106,8 @@ func Validate(s State) error {
 		if _, err := f.Protocol.Number(); err != nil {
 			errs = append(errs, fmt.Errorf("frontend %q: %w", f.Name, err))
 		}
-		if f.Port == 0 {
-			errs = append(errs, fmt.Errorf("frontend %q: port 0", f.Name))
+		if f.Port == 0 && !f.VIP.IsValid() {
+			errs = append(errs, fmt.Errorf("frontend %q: port 0 (only a VIP frontend may balance every port)", f.Name))
 		}
 		if f.VIP.IsValid() && (f.VIP.Zone() != "" || f.VIP.IsUnspecified()) {
 			errs = append(errs, fmt.Errorf("frontend %q: VIP %s is not a usable address", f.Name, f.VIP))
@@ -122,8 +130,10 @@ func Validate(s State) error {
 			switch {
 			case !b.Addr.IsValid():
 				errs = append(errs, fmt.Errorf("frontend %q: backend with no address", f.Name))
-			case b.Port == 0:
+			case b.Port == 0 && f.Port != 0:
 				errs = append(errs, fmt.Errorf("frontend %q: backend %s has port 0", f.Name, b.Addr))
+			case b.Port != 0 && f.Port == 0:
+				errs = append(errs, fmt.Errorf("frontend %q: backend %s has a port, but the frontend balances every port and keeps it", f.Name, b))
 			case f.VIP.IsValid() && b.Addr.Is4() != f.VIP.Is4():
 				errs = append(errs, fmt.Errorf("frontend %q: backend %s is not in the VIP's address family (%s)", f.Name, b, f.VIP))
 			case len(f.Backends) > 0 && f.Backends[0].Addr.IsValid() && b.Addr.Is4() != f.Backends[0].Addr.Is4():
@@ -157,6 +167,12 @@ type key struct {
 // Key is what the kernel matches a frontend on: protocol and port, plus the
 // VIP for VIP frontends.
 func Key(f Frontend) string {
+	if f.IsAnyPort() {
+		if f.VIP.Is6() {
+			return fmt.Sprintf("[%s]:*/%s", f.VIP, f.Protocol)
+		}
+		return fmt.Sprintf("%s:*/%s", f.VIP, f.Protocol)
+	}
 	if f.VIP.IsValid() {
 		return fmt.Sprintf("%s/%s", netip.AddrPortFrom(f.VIP, f.Port), f.Protocol)
 	}

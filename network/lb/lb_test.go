@@ -13,6 +13,7 @@ func TestValidate(t *testing.T) {
 	}
 	ok := Frontend{Name: "svc:a:8080/tcp", Protocol: TCP, Port: 8080, Backends: []Backend{be("10.0.0.2:80"), be("10.0.0.3:80")}, Masquerade: true}
 	vip := Frontend{Name: "vip:a:80/tcp", Protocol: TCP, Port: 80, VIP: netip.MustParseAddr("10.0.1.2"), Backends: []Backend{be("10.0.0.2:80")}}
+	anyPort := Frontend{Name: "vip:a:*/tcp", Protocol: TCP, VIP: netip.MustParseAddr("10.0.1.2"), Backends: []Backend{{Addr: netip.MustParseAddr("10.0.0.2")}, {Addr: netip.MustParseAddr("10.0.0.3")}}}
 	with := func(f Frontend, mod func(*Frontend)) Frontend { mod(&f); return f }
 	tests := []struct {
 		name string
@@ -34,6 +35,10 @@ func TestValidate(t *testing.T) {
 		{"backend no address", State{Frontends: []Frontend{with(ok, func(f *Frontend) { f.Backends = []Backend{{Port: 80}} })}}, []string{"backend with no address"}},
 		{"backend twice", State{Frontends: []Frontend{with(ok, func(f *Frontend) { f.Backends = []Backend{be("10.0.0.2:80"), be("10.0.0.2:80")} })}}, []string{"backend 10.0.0.2:80 listed twice"}},
 		{"mixed families", State{Frontends: []Frontend{with(ok, func(f *Frontend) { f.Backends = []Backend{be("10.0.0.2:80"), be("[fd00::2]:80")} })}}, []string{"mix IPv4 and IPv6"}},
+		{"any-port vip with port-keeping backends", State{Frontends: []Frontend{vip, anyPort, with(anyPort, func(f *Frontend) { f.Name = "u"; f.Protocol = UDP })}}, nil},
+		{"any-port published port", State{Frontends: []Frontend{with(ok, func(f *Frontend) { f.Port = 0; f.Backends = nil })}}, []string{`"svc:a:8080/tcp": port 0 (only a VIP frontend`}},
+		{"any-port vip with a backend port", State{Frontends: []Frontend{with(anyPort, func(f *Frontend) { f.Backends = []Backend{be("10.0.0.2:80")} })}}, []string{`"vip:a:*/tcp": backend 10.0.0.2:80 has a port`}},
+		{"any-port vip twice", State{Frontends: []Frontend{anyPort, with(anyPort, func(f *Frontend) { f.Name = "other" })}}, []string{`"other": 10.0.1.2:*/tcp is already balanced by frontend "vip:a:*/tcp"`}},
 		{"all problems reported", State{Frontends: []Frontend{with(ok, func(f *Frontend) { f.Port = 0 }), with(vip, func(f *Frontend) { f.Protocol = "" })}}, []string{"port 0", `"vip:a:80/tcp": unknown protocol ""`}},
 	}
 	for _, tt := range tests {

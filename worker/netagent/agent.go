@@ -1,0 +1,534 @@
+package netagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"sync"
+	"time"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/network/attach"
+	"github.com/shoal-project/shoal/network/lb"
+	"github.com/shoal-project/shoal/network/lb/ipvs"
+	"github.com/shoal-project/shoal/network/lb/nft"
+	"github.com/shoal-project/shoal/network/overlay"
+	"github.com/vishvananda/netns"
+)
+
+// Load balancer backends Config.LBBackend may name.
+const (
+	LBAuto     = "auto"
+	LBNFTables = "nftables"
+	LBIPVS     = "ipvs"
+)
+
+// DefaultDNSPort is where the resolver listens when Config.DNSPort is 0:
+// tasks' resolv.conf cannot name another port.
+const DefaultDNSPort = 53
+
+// Retry back-off after a failed reconcile: quick enough that a transient
+// netlink error (EBUSY, a device being renamed) heals in about a second,
+// capped so a persistent failure is retried and logged twice a minute, not
+// in a loop.
+const (
+	retryFirst = 500 * time.Millisecond
+	retryMax   = 30 * time.Second
+)
+
+// Config says where and how an Agent works.
+type Config struct {
+	NodeID    string
+	DataAddr  netip.Addr // this node's underlay IP (VTEP)
+	LBBackend string     // "auto" (ipvs only if ipvs.Available(), else nftables), "nftables", "ipvs"
+	StateDir  string     // where per-task resolv.conf files live
+	NetNSPath string     // namespace to work in; "" = caller's
+	DNSPort   int        // port of the embedded resolver; 0 means 53
+	Upstreams []string   // upstream DNS servers "ip:port"; nil = read from /etc/resolv.conf
+	Logger    *slog.Logger
+}
+
+// Agent is a node's network agent. Its methods are safe for concurrent use.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+
+	overlays *overlay.Manager
+	attacher *attach.Attacher
+	masq     *attach.Masquerader
+	balancer lb.Balancer
+	dns      resolver // nil until network/dns is wired
+
+	// mu serialises reconciles and guards the view and what was applied.
+	mu   sync.Mutex
+	view *view
+	cur  *desired // the last computed desired state
+	// applied holds each part as last applied with success; a nil part is
+	// (re)applied at the next reconcile.
+	applied struct {
+		lb        *lb.State
+		overlays  []overlay.NetworkState
+		overlayOK bool
+		subnets   []netip.Prefix
+		subnetsOK bool
+		dnsAddrs  []netip.Addr
+		dnsOK     bool
+		forward   bool
+	}
+	// index is what DNS lookups read, swapped whole by reconciles.
+	index struct {
+		sync.RWMutex
+		x *dnsIndex
+	}
+
+	// retry is the background reconcile after a failure.
+	retryStop context.CancelFunc
+	retryDone chan struct{}
+	closed    bool
+}
+
+// New builds an Agent. It touches the kernel only at the first Apply.
+func New(cfg Config) (*Agent, error) {
+	if cfg.NodeID == "" {
+		return nil, errors.New("network agent: no node id")
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("network agent: no state directory")
+	}
+	if cfg.DNSPort == 0 {
+		cfg.DNSPort = DefaultDNSPort
+	}
+	if cfg.DNSPort < 0 || cfg.DNSPort > 65535 {
+		return nil, fmt.Errorf("network agent: DNS port %d out of range", cfg.DNSPort)
+	}
+	if cfg.LBBackend == "" {
+		cfg.LBBackend = LBAuto
+	}
+	switch cfg.LBBackend {
+	case LBAuto, LBNFTables, LBIPVS:
+	default:
+		return nil, fmt.Errorf("network agent: load balancer backend %q: want %q, %q or %q", cfg.LBBackend, LBAuto, LBNFTables, LBIPVS)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &Agent{cfg: cfg, log: log.With("component", "netagent", "node", cfg.NodeID), view: newView()}
+	a.cur = compute(a.view, cfg.NodeID)
+	ok := false
+	defer func() {
+		if !ok {
+			a.release()
+		}
+	}()
+	var err error
+	if a.overlays, err = overlay.NewManager(overlay.Config{UnderlayAddr: cfg.DataAddr, NetNSPath: cfg.NetNSPath, Logger: a.log}); err != nil {
+		return nil, fmt.Errorf("network agent: %w", err)
+	}
+	if a.attacher, err = attach.NewAttacher(cfg.NetNSPath); err != nil {
+		return nil, fmt.Errorf("network agent: %w", err)
+	}
+	if a.masq, err = attach.NewMasquerader(cfg.NetNSPath); err != nil {
+		return nil, fmt.Errorf("network agent: %w", err)
+	}
+	if a.balancer, err = a.newBalancer(); err != nil {
+		return nil, fmt.Errorf("network agent: %w", err)
+	}
+	if a.dns, err = newResolver(cfg, a.lookup, a.log); err != nil {
+		return nil, fmt.Errorf("network agent: DNS resolver: %w", err)
+	}
+	ok = true
+	return a, nil
+}
+
+func (a *Agent) newBalancer() (lb.Balancer, error) {
+	backend := a.cfg.LBBackend
+	if backend == LBAuto {
+		backend = LBNFTables
+		if ipvs.Available() {
+			backend = LBIPVS
+		}
+	}
+	a.log.Info("load balancer", "backend", backend)
+	if backend == LBIPVS {
+		b, err := ipvs.NewKernel(a.cfg.NetNSPath, ipvs.WithMarkLogger(a.log))
+		if err != nil {
+			return nil, fmt.Errorf("ipvs load balancer: %w", err)
+		}
+		return b, nil
+	}
+	opts := []nft.Option{nft.WithLogger(a.log)}
+	if a.cfg.NetNSPath != "" {
+		ns, err := netns.GetFromPath(a.cfg.NetNSPath)
+		if err != nil {
+			return nil, fmt.Errorf("open network namespace %s: %w", a.cfg.NetNSPath, err)
+		}
+		opts = append(opts, nft.WithNetNS(ns))
+		b, err := nft.New(opts...)
+		if err != nil {
+			ns.Close()
+			return nil, fmt.Errorf("nftables load balancer: %w", err)
+		}
+		return &nsBalancer{Balancer: b, ns: ns}, nil
+	}
+	b, err := nft.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nftables load balancer: %w", err)
+	}
+	return b, nil
+}
+
+// nsBalancer closes the namespace handle the nft balancer works in with it.
+type nsBalancer struct {
+	*nft.Balancer
+	ns netns.NsHandle
+}
+
+func (b *nsBalancer) Close() error {
+	err := b.Balancer.Close()
+	b.ns.Close()
+	return err
+}
+
+// Apply merges delta into the view (full replaces it) and reconciles the
+// kernel. On error the merged view is kept and a full reconcile is retried
+// in the background, with back-off, until it succeeds or Apply is called
+// again.
+func (a *Agent) Apply(ctx context.Context, delta *api.NetworkDelta, full bool) error {
+	a.stopRetry()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return errors.New("network agent is closed")
+	}
+	a.view.merge(delta, full)
+	a.cur = compute(a.view, a.cfg.NodeID)
+	for _, p := range a.cur.problems {
+		a.log.Warn("network view item not applied", "err", p)
+	}
+	err := a.reconcile(ctx)
+	if err != nil {
+		a.log.Error("network reconcile failed; retrying in the background", "err", err)
+		a.startRetry()
+	}
+	return err
+}
+
+// reconcile applies the parts of a.cur that differ from what was applied:
+// the load balancer first, so a backend that leaves is out of it when Apply
+// returns. Callers hold a.mu.
+func (a *Agent) reconcile(ctx context.Context) error {
+	d := a.cur
+	ap := &a.applied
+	var errs []error
+	a.setIndex(d.dns)
+	if ap.lb == nil || !reflect.DeepEqual(*ap.lb, d.lb) {
+		ap.lb = nil
+		if err := a.balancer.Apply(ctx, d.lb); err != nil {
+			errs = append(errs, fmt.Errorf("load balancer: %w", err))
+		} else {
+			s := d.lb
+			ap.lb = &s
+		}
+	}
+	if !ap.forward {
+		if err := enableForwarding(a.cfg.NetNSPath); err != nil {
+			errs = append(errs, err)
+		} else {
+			ap.forward = true
+		}
+	}
+	if !ap.overlayOK || !reflect.DeepEqual(ap.overlays, d.overlays) {
+		ap.overlayOK = false
+		if err := a.overlays.Apply(ctx, d.overlays); err != nil {
+			errs = append(errs, fmt.Errorf("overlays: %w", err))
+		} else {
+			ap.overlays, ap.overlayOK = d.overlays, true
+		}
+	}
+	if !ap.subnetsOK || !slices.Equal(ap.subnets, d.subnets) {
+		ap.subnetsOK = false
+		if err := a.syncMasquerade(d.subnets); err != nil {
+			errs = append(errs, err)
+		} else {
+			ap.subnets, ap.subnetsOK = d.subnets, true
+		}
+	}
+	if a.dns != nil && (!ap.dnsOK || !slices.Equal(ap.dnsAddrs, d.dnsAddrs)) {
+		ap.dnsOK = false
+		// The gateways are on the bridges only once the overlays are up; a
+		// failure there fails this too, and the retry brings both.
+		if err := a.dns.SetAddrs(d.dnsAddrs); err != nil {
+			errs = append(errs, fmt.Errorf("DNS listeners: %w", err))
+		} else {
+			ap.dnsAddrs, ap.dnsOK = d.dnsAddrs, true
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// syncMasquerade makes the masquerade rules exactly those of subnets.
+func (a *Agent) syncMasquerade(subnets []netip.Prefix) error {
+	have, err := a.masq.Subnets()
+	if err != nil {
+		return fmt.Errorf("masquerade: %w", err)
+	}
+	var errs []error
+	for _, s := range subnets {
+		if !slices.Contains(have, s) {
+			if err := a.masq.Ensure(s); err != nil {
+				errs = append(errs, fmt.Errorf("masquerade %s: %w", s, err))
+			}
+		}
+	}
+	for _, s := range have {
+		if !slices.Contains(subnets, s) {
+			if err := a.masq.Remove(s); err != nil {
+				errs = append(errs, fmt.Errorf("stop masquerading %s: %w", s, err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// startRetry starts the background reconcile. Callers hold a.mu.
+func (a *Agent) startRetry() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	a.retryStop, a.retryDone = cancel, done
+	go func() {
+		defer close(done)
+		wait := retryFirst
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			a.mu.Lock()
+			if ctx.Err() != nil {
+				a.mu.Unlock()
+				return
+			}
+			err := a.reconcile(ctx)
+			a.mu.Unlock()
+			if err == nil {
+				a.log.Info("network reconcile succeeded after retry")
+				return
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			wait = min(2*wait, retryMax)
+			a.log.Warn("network reconcile retry failed", "err", err, "next", wait)
+		}
+	}()
+}
+
+// stopRetry stops the background reconcile and waits for it. Callers must
+// not hold a.mu.
+func (a *Agent) stopRetry() {
+	a.mu.Lock()
+	stop, done := a.retryStop, a.retryDone
+	a.retryStop, a.retryDone = nil, nil
+	a.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+func (a *Agent) setIndex(x *dnsIndex) {
+	a.index.Lock()
+	a.index.x = x
+	a.index.Unlock()
+}
+
+// lookup is the resolver's Lookup.
+func (a *Agent) lookup(src netip.Addr, name string) ([]netip.Addr, bool) {
+	a.index.RLock()
+	x := a.index.x
+	a.index.RUnlock()
+	return x.lookup(src, name)
+}
+
+// attachmentID names the veth of a task on a network.
+func attachmentID(taskID, networkID string) string { return taskID + "/" + networkID }
+
+// Attach gives the task, whose network namespace is at netnsPath, one
+// interface per attachment (eth0, eth1, ... in order) with its address and
+// MAC, MTU underlay − 50, and a default route via the gateway of its first
+// non-ingress network (ingress's if it has no other). Attaching again
+// replaces the interfaces.
+func (a *Agent) Attach(ctx context.Context, t *api.Task, netnsPath string) error {
+	type plan struct {
+		spec    attach.Spec
+		ingress bool
+	}
+	a.mu.Lock()
+	var plans []plan
+	var err error
+	for i, na := range t.GetNetworks() {
+		n, ok := a.view.networks[na.GetNetworkId()]
+		if !ok {
+			err = fmt.Errorf("attach task %s: network %s is not in this node's network view yet (the managers send it with the task's assignment)", t.GetId(), na.GetNetworkId())
+			break
+		}
+		at, perr := parseAttachment(na)
+		if perr != nil {
+			err = fmt.Errorf("attach task %s: %w", t.GetId(), perr)
+			break
+		}
+		mtu, merr := a.overlays.MTU(overlay.Network{ID: n.GetId(), VNI: n.GetVni()})
+		if merr != nil {
+			err = fmt.Errorf("attach task %s: %w", t.GetId(), merr)
+			break
+		}
+		plans = append(plans, plan{ingress: n.GetIngress(), spec: attach.Spec{
+			ID:        attachmentID(t.GetId(), n.GetId()),
+			NetNSPath: netnsPath,
+			Bridge:    overlay.BridgeName(n.GetVni()),
+			Addr:      at.prefix,
+			MAC:       at.mac,
+			MTU:       mtu,
+			IfName:    fmt.Sprintf("eth%d", i),
+		}})
+		if gw, gerr := netip.ParseAddr(n.GetGateway()); gerr == nil {
+			plans[len(plans)-1].spec.Gateway = gw
+		}
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	route := slices.IndexFunc(plans, func(p plan) bool { return !p.ingress })
+	if route < 0 {
+		route = 0
+	}
+	for i := range plans {
+		if i != route {
+			plans[i].spec.Gateway = netip.Addr{}
+		}
+	}
+	for _, p := range plans {
+		if err := a.attacher.Attach(ctx, p.spec); err != nil {
+			return fmt.Errorf("attach task %s: %w", t.GetId(), err)
+		}
+	}
+	return nil
+}
+
+// Detach removes the host ends of the task's veths (the task's ends go with
+// them). What is already gone is no error.
+func (a *Agent) Detach(ctx context.Context, t *api.Task) error {
+	var errs []error
+	for _, na := range t.GetNetworks() {
+		if err := a.attacher.Detach(ctx, attachmentID(t.GetId(), na.GetNetworkId())); err != nil {
+			errs = append(errs, fmt.Errorf("detach task %s: %w", t.GetId(), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ResolvConf writes <StateDir>/resolv/<task id>.conf pointing the task at
+// the resolver on its first network's gateway and returns its path, or ""
+// when the task has no network.
+func (a *Agent) ResolvConf(t *api.Task) (string, error) {
+	if len(t.GetNetworks()) == 0 {
+		return "", nil
+	}
+	if t.GetId() == "" || t.GetId() != filepath.Base(t.GetId()) {
+		return "", fmt.Errorf("resolv.conf: task id %q is not a file name", t.GetId())
+	}
+	var server netip.Addr
+	a.mu.Lock()
+	for _, na := range t.GetNetworks() {
+		n, ok := a.view.networks[na.GetNetworkId()]
+		if !ok {
+			continue
+		}
+		if gw, err := netip.ParseAddr(n.GetGateway()); err == nil {
+			server = gw
+			break
+		}
+	}
+	a.mu.Unlock()
+	if !server.IsValid() {
+		return "", fmt.Errorf("resolv.conf of task %s: none of its networks is in this node's network view yet", t.GetId())
+	}
+	dir := filepath.Join(a.cfg.StateDir, "resolv")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("resolv.conf of task %s: %w", t.GetId(), err)
+	}
+	path := filepath.Join(dir, t.GetId()+".conf")
+	// ndots:0 sends every name to our resolver as given: service names have
+	// no dots, and no search domain would help.
+	content := fmt.Sprintf("nameserver %s\noptions ndots:0\n", server)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		return "", fmt.Errorf("resolv.conf of task %s: %w", t.GetId(), err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return "", fmt.Errorf("resolv.conf of task %s: %w", t.GetId(), err)
+	}
+	return path, nil
+}
+
+// Close stops the resolver and removes everything the agent made in the
+// kernel: the load balancer table, the overlay bridges and VXLAN devices,
+// and the masquerade rules. Task interfaces are the caller's to Detach.
+func (a *Agent) Close() error {
+	a.stopRetry()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return nil
+	}
+	a.closed = true
+	var errs []error
+	if a.dns != nil {
+		if err := a.dns.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("stop DNS: %w", err))
+		}
+		a.dns = nil
+	}
+	if err := a.balancer.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("remove load balancer: %w", err))
+	}
+	a.balancer = nil
+	if err := a.overlays.Apply(context.Background(), nil); err != nil {
+		errs = append(errs, fmt.Errorf("remove overlays: %w", err))
+	}
+	if err := a.syncMasquerade(nil); err != nil {
+		errs = append(errs, err)
+	}
+	a.release()
+	return errors.Join(errs...)
+}
+
+// release closes the handles New opened.
+func (a *Agent) release() {
+	if a.dns != nil {
+		a.dns.Close()
+	}
+	if a.balancer != nil {
+		// Closing removes the table; New never applied, so there is none.
+		a.balancer.Close()
+	}
+	if a.masq != nil {
+		a.masq.Close()
+	}
+	if a.attacher != nil {
+		a.attacher.Close()
+	}
+	if a.overlays != nil {
+		a.overlays.Close()
+	}
+}

@@ -1,0 +1,346 @@
+package netagent
+
+import (
+	"cmp"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/network/ipam"
+	"github.com/shoal-project/shoal/network/lb"
+	"github.com/shoal-project/shoal/network/overlay"
+)
+
+// desired is the kernel state a view asks of a node.
+type desired struct {
+	// overlays, by network id.
+	overlays []overlay.NetworkState
+	// subnets to masquerade egress for, sorted.
+	subnets []netip.Prefix
+	lb      lb.State
+	// dnsAddrs are the addresses the resolver listens on: every network's
+	// gateway, which the network's bridge carries. Sorted.
+	dnsAddrs []netip.Addr
+	dns      *dnsIndex
+	// problems are items of the view that could not be used (bad addresses,
+	// clashing ports); the rest is applied regardless.
+	problems []error
+}
+
+// Port modes and traffic policies as PortConfig spells them.
+const (
+	modeIngress    = "ingress"
+	modeHost       = "host"
+	trafficCluster = "cluster"
+	trafficLocal   = "local"
+	endpointDNSRR  = "dnsrr"
+)
+
+// network is a view network with its addresses parsed.
+type network struct {
+	api     *api.Network
+	subnet  netip.Prefix
+	gateway netip.Addr
+}
+
+// attachment is a parsed NetworkAttachment.
+type attachment struct {
+	network string
+	addr    netip.Addr
+	prefix  netip.Prefix
+	mac     net.HardwareAddr
+}
+
+func parseAttachment(a *api.NetworkAttachment) (attachment, error) {
+	p, err := netip.ParsePrefix(a.GetAddr())
+	if err != nil {
+		return attachment{}, fmt.Errorf("address on network %s: %w", a.GetNetworkId(), err)
+	}
+	at := attachment{network: a.GetNetworkId(), addr: p.Addr(), prefix: p}
+	if a.GetMac() == "" {
+		at.mac = ipam.MACFromIP(p.Addr())
+	} else if at.mac, err = net.ParseMAC(a.GetMac()); err != nil || len(at.mac) != 6 {
+		return attachment{}, fmt.Errorf("MAC %q on network %s: not an Ethernet address", a.GetMac(), a.GetNetworkId())
+	}
+	return at, nil
+}
+
+// endpoint is a parsed NetworkEndpoint.
+type endpoint struct {
+	api   *api.NetworkEndpoint
+	addrs []attachment
+}
+
+func (e *endpoint) on(network string) (attachment, bool) {
+	for _, a := range e.addrs {
+		if a.network == network {
+			return a, true
+		}
+	}
+	return attachment{}, false
+}
+
+// compute derives the desired kernel state of node self from v. It is pure:
+// the same view always gives the same (sorted) result.
+func compute(v *view, self string) *desired {
+	d := &desired{}
+	problem := func(format string, args ...any) { d.problems = append(d.problems, fmt.Errorf(format, args...)) }
+
+	// Networks.
+	nets := map[string]*network{}
+	var ingress *network
+	for _, id := range sortedKeys(v.networks) {
+		n := v.networks[id]
+		subnet, err := netip.ParsePrefix(n.GetSubnet())
+		if err != nil {
+			problem("network %s: subnet: %w", id, err)
+			continue
+		}
+		gw, err := netip.ParseAddr(n.GetGateway())
+		if err != nil {
+			problem("network %s: gateway: %w", id, err)
+			continue
+		}
+		nw := &network{api: n, subnet: subnet.Masked(), gateway: gw}
+		nets[id] = nw
+		if n.GetIngress() && ingress == nil {
+			ingress = nw
+		}
+	}
+
+	// Peers: VTEPs, and ingress addresses.
+	vteps := map[string]netip.Addr{}
+	ingressAddrs := map[string]attachment{}
+	for _, id := range sortedKeys(v.peers) {
+		p := v.peers[id]
+		vtep, err := netip.ParseAddr(p.GetDataAddr())
+		if err != nil {
+			problem("peer %s: data address: %w", id, err)
+			continue
+		}
+		vteps[id] = vtep
+		if p.GetIngress() != nil && p.GetIngress().GetAddr() != "" {
+			a, err := parseAttachment(p.GetIngress())
+			if err != nil {
+				problem("peer %s: ingress %w", id, err)
+				continue
+			}
+			ingressAddrs[id] = a
+		}
+	}
+
+	// Endpoints, by task id.
+	eps := map[string]*endpoint{}
+	for _, id := range sortedKeys(v.endpoints) {
+		e := v.endpoints[id]
+		ep := &endpoint{api: e}
+		for _, a := range e.GetNetworks() {
+			at, err := parseAttachment(a)
+			if err != nil {
+				problem("endpoint %s: %w", id, err)
+				continue
+			}
+			ep.addrs = append(ep.addrs, at)
+		}
+		eps[id] = ep
+	}
+	taskIDs := sortedKeys(eps)
+
+	// Overlays.
+	for _, id := range sortedKeys(nets) {
+		nw := nets[id]
+		ns := overlay.NetworkState{Network: overlay.Network{
+			ID: id, VNI: nw.api.GetVni(), Subnet: nw.subnet, Gateway: nw.gateway,
+		}}
+		for _, node := range sortedKeys(vteps) {
+			if node != self {
+				ns.Peers = append(ns.Peers, overlay.Peer{VTEP: vteps[node]})
+			}
+		}
+		ns.Peers = slices.CompactFunc(slices.SortedFunc(slices.Values(ns.Peers), func(a, b overlay.Peer) int {
+			return a.VTEP.Compare(b.VTEP)
+		}), func(a, b overlay.Peer) bool { return a.VTEP == b.VTEP })
+		for _, tid := range taskIDs {
+			ep := eps[tid]
+			node := ep.api.GetNodeId()
+			vtep, ok := vteps[node]
+			if node == self || !ok {
+				continue
+			}
+			if a, ok := ep.on(id); ok {
+				ns.Endpoints = append(ns.Endpoints, overlay.Endpoint{Addr: a.addr, MAC: a.mac, VTEP: vtep})
+			}
+		}
+		if nw == ingress {
+			if a, ok := ingressAddrs[self]; ok {
+				ns.NodeAddr = a.addr
+			}
+			// Other nodes' own addresses: mesh traffic they masquerade
+			// comes from these, and the replies must find them.
+			for _, node := range sortedKeys(ingressAddrs) {
+				if node != self {
+					a := ingressAddrs[node]
+					ns.Endpoints = append(ns.Endpoints, overlay.Endpoint{Addr: a.addr, MAC: a.mac, VTEP: vteps[node]})
+				}
+			}
+		}
+		slices.SortFunc(ns.Endpoints, func(a, b overlay.Endpoint) int { return a.Addr.Compare(b.Addr) })
+		d.overlays = append(d.overlays, ns)
+		d.subnets = append(d.subnets, nw.subnet)
+		d.dnsAddrs = append(d.dnsAddrs, nw.gateway)
+	}
+	slices.SortFunc(d.subnets, func(a, b netip.Prefix) int { return cmp.Or(a.Addr().Compare(b.Addr()), a.Bits()-b.Bits()) })
+	d.subnets = slices.Compact(d.subnets)
+	slices.SortFunc(d.dnsAddrs, netip.Addr.Compare)
+	d.dnsAddrs = slices.Compact(d.dnsAddrs)
+
+	// Serving endpoints per service, in task id order.
+	serving := map[string][]*endpoint{}
+	for _, tid := range taskIDs {
+		ep := eps[tid]
+		if ep.api.GetServing() {
+			serving[ep.api.GetServiceId()] = append(serving[ep.api.GetServiceId()], ep)
+		}
+	}
+
+	// Load balancer.
+	keys := map[string]string{} // lb.Key → frontend name, to refuse clashes before lb.Validate would refuse all
+	add := func(f lb.Frontend) {
+		k := lb.Key(f)
+		if other, dup := keys[k]; dup {
+			problem("frontend %s: %s is already balanced by %s; skipped", f.Name, k, other)
+			return
+		}
+		keys[k] = f.Name
+		sortBackends(f.Backends)
+		f.Backends = slices.Compact(f.Backends)
+		d.lb.Frontends = append(d.lb.Frontends, f)
+	}
+	for _, sid := range sortedKeys(v.services) {
+		s := v.services[sid]
+		for _, p := range s.GetEndpoint().GetPorts() {
+			proto := lb.Protocol(strings.ToLower(p.GetProtocol()))
+			if proto == "" {
+				proto = lb.TCP
+			}
+			if _, err := proto.Number(); err != nil {
+				problem("service %s: port %d: %w", sid, p.GetPublished(), err)
+				continue
+			}
+			if p.GetPublished() == 0 || p.GetPublished() > 65535 || p.GetTarget() == 0 || p.GetTarget() > 65535 {
+				problem("service %s: port %d→%d/%s: not a usable port pair", sid, p.GetPublished(), p.GetTarget(), proto)
+				continue
+			}
+			published, target := uint16(p.GetPublished()), uint16(p.GetTarget())
+			name := fmt.Sprintf("pub:%s:%d/%s", sid, published, proto)
+			f := lb.Frontend{Name: name, Protocol: proto, Port: published, Backends: []lb.Backend{}}
+			mode := cmp.Or(strings.ToLower(p.GetMode()), modeIngress)
+			traffic := cmp.Or(strings.ToLower(p.GetTraffic()), trafficCluster)
+			switch {
+			case mode == modeIngress && traffic == trafficCluster:
+				f.Masquerade = true
+				for _, ep := range serving[sid] {
+					if ingress == nil {
+						break
+					}
+					if a, ok := ep.on(ingress.api.GetId()); ok {
+						f.Backends = append(f.Backends, lb.Backend{Addr: a.addr, Port: target})
+					}
+				}
+			case mode == modeIngress && traffic == trafficLocal:
+				for _, ep := range serving[sid] {
+					if ingress == nil || ep.api.GetNodeId() != self {
+						continue
+					}
+					if a, ok := ep.on(ingress.api.GetId()); ok {
+						f.Backends = append(f.Backends, lb.Backend{Addr: a.addr, Port: target})
+					}
+				}
+			case mode == modeHost:
+				for _, ep := range serving[sid] {
+					if ep.api.GetNodeId() != self {
+						continue
+					}
+					// A host-mode task is on ingress only if the service
+					// also publishes in ingress mode; otherwise its first
+					// network's bridge reaches it as well.
+					a, ok := attachment{}, false
+					if ingress != nil {
+						a, ok = ep.on(ingress.api.GetId())
+					}
+					if !ok && len(ep.addrs) > 0 {
+						a, ok = ep.addrs[0], true
+					}
+					if ok {
+						f.Backends = append(f.Backends, lb.Backend{Addr: a.addr, Port: target})
+					}
+				}
+				if len(f.Backends) == 0 {
+					continue // only nodes running a task publish a host port
+				}
+			default:
+				problem("service %s: port %d/%s: unknown mode %q or traffic policy %q", sid, published, proto, p.GetMode(), p.GetTraffic())
+				continue
+			}
+			add(f)
+		}
+		if strings.EqualFold(s.GetMode(), endpointDNSRR) {
+			continue
+		}
+		for _, vip := range s.GetEndpoint().GetVips() {
+			nw, ok := nets[vip.GetNetworkId()]
+			if !ok {
+				continue
+			}
+			addr, err := parseVIP(vip.GetAddr())
+			if err != nil {
+				problem("service %s: VIP on network %s: %w", sid, vip.GetNetworkId(), err)
+				continue
+			}
+			var backends []lb.Backend
+			for _, ep := range serving[sid] {
+				if a, ok := ep.on(nw.api.GetId()); ok {
+					backends = append(backends, lb.Backend{Addr: a.addr})
+				}
+			}
+			// Port-agnostic, like Swarm's fwmark VIPs: a service with no
+			// published port is reachable on whatever port it listens on.
+			// Masquerade so that a backend on the asking task's own bridge
+			// replies through the node, not straight to the task.
+			for _, proto := range []lb.Protocol{lb.TCP, lb.UDP} {
+				add(lb.Frontend{
+					Name:     fmt.Sprintf("vip:%s:%s/%s", sid, nw.api.GetId(), proto),
+					Protocol: proto, VIP: addr,
+					Backends:   append([]lb.Backend{}, backends...),
+					Masquerade: true,
+				})
+			}
+		}
+	}
+	d.dns = newDNSIndex(v, nets, eps, ingress, serving)
+	return d
+}
+
+// parseVIP takes a VIP as CIDR (the allocator's form) or a bare address.
+func parseVIP(s string) (netip.Addr, error) {
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return p.Addr(), nil
+	}
+	return netip.ParseAddr(s)
+}
+
+func sortBackends(bs []lb.Backend) {
+	slices.SortFunc(bs, func(a, b lb.Backend) int { return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port)) })
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}

@@ -204,7 +204,7 @@ func (f *createFlags) spec(fs *pflag.FlagSet, args []string) (*api.ServiceSpec, 
 			if err != nil {
 				return nil, fmt.Errorf("invalid --publish %q: %w", p, err)
 			}
-			endpoint.Ports = append(endpoint.Ports, &api.PortConfig{Protocol: pc.Protocol, Target: uint32(pc.Target), Published: uint32(pc.Published), Mode: pc.Mode})
+			endpoint.Ports = append(endpoint.Ports, &api.PortConfig{Protocol: pc.Protocol, Target: uint32(pc.Target), Published: uint32(pc.Published), Mode: pc.Mode, Traffic: pc.Traffic})
 		}
 	}
 	return &api.ServiceSpec{

@@ -323,7 +323,10 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 	}
 
 	var ports []PortConfig
-	wantsIngress := false
+	// Any published port attaches the service to ingress: the nodes DNAT
+	// host-mode ports to the task's ingress address too. Only ingress-mode
+	// ports need a VIP there.
+	publishes, ingressVIP := false, false
 	seen := map[portKey]bool{}
 	for _, p := range req.Ports {
 		p, err := p.normalized()
@@ -337,11 +340,12 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 			}
 			seen[k] = true
 		}
-		wantsIngress = wantsIngress || p.Mode == ModeIngress
+		publishes = true
+		ingressVIP = ingressVIP || p.Mode == ModeIngress
 		ports = append(ports, p)
 	}
-	if wantsIngress {
-		if mode == EndpointModeDNSRR {
+	if publishes {
+		if ingressVIP && mode == EndpointModeDNSRR {
 			return ServiceAllocation{}, fmt.Errorf("%w: ports published in ingress mode need a VIP, so they cannot be used with endpoint mode dnsrr; publish them with mode=host", ErrInvalid)
 		}
 		in := a.ingress()
@@ -392,7 +396,7 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 	s := ServiceAllocation{ServiceID: req.ID, Name: req.Name, EndpointMode: mode, Ports: ports}
 	for _, n := range nets {
 		s.Networks = append(s.Networks, n.ID)
-		if mode != EndpointModeVIP {
+		if mode != EndpointModeVIP || (n.Ingress && !ingressVIP) {
 			continue
 		}
 		if i := slices.IndexFunc(old.VIPs, func(v VIP) bool { return v.NetworkID == n.ID }); i >= 0 {

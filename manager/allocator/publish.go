@@ -8,8 +8,10 @@ import (
 
 // ParsePublish parses a --publish value in Docker's short form
 // ("8080:80", "8080:80/udp", "80", "80/udp") or long form
-// ("published=8080,target=80,protocol=udp,mode=host"). The result is
-// normalised: protocol and mode are always set.
+// ("published=8080,target=80,protocol=udp,mode=host",
+// "target=80,traffic=local"). The result is normalised: protocol and mode
+// are always set; traffic only when given (it is only valid in ingress
+// mode).
 func ParsePublish(s string) (PortConfig, error) {
 	var (
 		p   PortConfig
@@ -83,8 +85,10 @@ func parseLong(s string) (PortConfig, error) {
 			p.Protocol, err = parseProtocol(val)
 		case "mode":
 			p.Mode, err = parseMode(val)
+		case "traffic":
+			p.Traffic, err = parseTraffic(val)
 		default:
-			err = fmt.Errorf("%w: unknown key %q (want published, target, protocol or mode)", ErrInvalid, key)
+			err = fmt.Errorf("%w: unknown key %q (want published, target, protocol, mode or traffic)", ErrInvalid, key)
 		}
 		if err != nil {
 			return PortConfig{}, err
@@ -93,7 +97,28 @@ func parseLong(s string) (PortConfig, error) {
 	if !seen["target"] {
 		return PortConfig{}, fmt.Errorf("%w: target is required", ErrInvalid)
 	}
+	if err := checkTrafficMode(p); err != nil {
+		return PortConfig{}, err
+	}
 	return p, nil
+}
+
+func parseTraffic(s string) (string, error) {
+	switch t := strings.ToLower(s); t {
+	case TrafficCluster, TrafficLocal:
+		return t, nil
+	default:
+		return "", fmt.Errorf("%w: traffic %q: want cluster or local", ErrInvalid, s)
+	}
+}
+
+// checkTrafficMode refuses a traffic policy on a host-mode port: host
+// ports only ever reach the node's own tasks.
+func checkTrafficMode(p PortConfig) error {
+	if p.Traffic != "" && p.Mode != ModeIngress {
+		return fmt.Errorf("%w: traffic=%s is only valid with mode=ingress (a mode=%s port always stays on its node)", ErrInvalid, p.Traffic, p.Mode)
+	}
+	return nil
 }
 
 func parsePort(what, s string) (uint16, error) {
@@ -132,6 +157,9 @@ func (p PortConfig) String() string {
 		fmt.Fprintf(&b, "published=%d,", p.Published)
 	}
 	fmt.Fprintf(&b, "target=%d,protocol=%s,mode=%s", p.Target, p.Protocol, p.Mode)
+	if p.Traffic != "" {
+		fmt.Fprintf(&b, ",traffic=%s", p.Traffic)
+	}
 	return b.String()
 }
 
@@ -148,6 +176,14 @@ func (p PortConfig) normalized() (PortConfig, error) {
 		return PortConfig{}, err
 	}
 	if p.Mode, err = parseMode(p.Mode); err != nil {
+		return PortConfig{}, err
+	}
+	if p.Traffic != "" {
+		if p.Traffic, err = parseTraffic(p.Traffic); err != nil {
+			return PortConfig{}, err
+		}
+	}
+	if err := checkTrafficMode(p); err != nil {
 		return PortConfig{}, err
 	}
 	if p.Target == 0 {

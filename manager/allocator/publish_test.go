@@ -21,6 +21,8 @@ func TestParsePublish(t *testing.T) {
 		{in: "mode=host,published=9000,target=80", want: PortConfig{Protocol: "tcp", Published: 9000, Target: 80, Mode: "host"}},
 		{in: "target=80", want: PortConfig{Protocol: "tcp", Target: 80, Mode: "ingress"}},
 		{in: " target = 80 , mode = Host ", want: PortConfig{Protocol: "tcp", Target: 80, Mode: "host"}},
+		{in: "target=80,traffic=local", want: PortConfig{Protocol: "tcp", Target: 80, Mode: "ingress", Traffic: "local"}},
+		{in: "traffic=Cluster,published=8080,target=80,mode=ingress", want: PortConfig{Protocol: "tcp", Published: 8080, Target: 80, Mode: "ingress", Traffic: "cluster"}},
 
 		{in: "", wantErr: `target port "": want a number from 1 to 65535`},
 		{in: "0", wantErr: `target port "0": want a number`},
@@ -40,6 +42,11 @@ func TestParsePublish(t *testing.T) {
 		{in: "target=80,host", wantErr: `field "host" is not KEY=VALUE`},
 		{in: "target=", wantErr: `target port ""`},
 		{in: "published=0,target=80", wantErr: `published port "0"`},
+		{in: "target=80,traffic=nearby", wantErr: `traffic "nearby": want cluster or local`},
+		{in: "target=80,traffic=", wantErr: `traffic "": want cluster or local`},
+		{in: "target=80,mode=host,traffic=local", wantErr: "traffic=local is only valid with mode=ingress"},
+		{in: "traffic=cluster,mode=host,target=80", wantErr: "traffic=cluster is only valid with mode=ingress"},
+		{in: "target=80,traffic=local,traffic=cluster", wantErr: "traffic given twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {
@@ -64,6 +71,7 @@ func TestPortConfigStringRoundTrips(t *testing.T) {
 	for _, p := range []PortConfig{
 		{Protocol: "tcp", Target: 80, Mode: "ingress"},
 		{Protocol: "udp", Published: 5353, Target: 53, Mode: "host"},
+		{Protocol: "tcp", Published: 8080, Target: 80, Mode: "ingress", Traffic: "local"},
 	} {
 		got, err := ParsePublish(p.String())
 		if err != nil || got != p {
@@ -75,7 +83,7 @@ func TestPortConfigStringRoundTrips(t *testing.T) {
 // FuzzParsePublish checks that ParsePublish never panics, that what it
 // accepts is complete, and that its long form reads back the same.
 func FuzzParsePublish(f *testing.F) {
-	for _, s := range []string{"8080:80", "8080:80/udp", "80", "published=5353,target=53,protocol=udp", "mode=host,published=9000,target=80", "1.2.3.4:80:80", "a=b=c", ",,", "80/udp/tcp", "target=80,target=80"} {
+	for _, s := range []string{"8080:80", "8080:80/udp", "80", "published=5353,target=53,protocol=udp", "mode=host,published=9000,target=80", "1.2.3.4:80:80", "a=b=c", ",,", "80/udp/tcp", "target=80,target=80", "target=80,traffic=local", "mode=host,target=80,traffic=cluster"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -88,6 +96,9 @@ func FuzzParsePublish(f *testing.F) {
 		}
 		if p.Target == 0 || (p.Protocol != ProtocolTCP && p.Protocol != ProtocolUDP) || (p.Mode != ModeIngress && p.Mode != ModeHost) {
 			t.Fatalf("ParsePublish(%q) accepted an incomplete port %+v", s, p)
+		}
+		if (p.Traffic != "" && p.Traffic != TrafficCluster && p.Traffic != TrafficLocal) || (p.Traffic != "" && p.Mode != ModeIngress) {
+			t.Fatalf("ParsePublish(%q) accepted traffic %q with mode %s", s, p.Traffic, p.Mode)
 		}
 		again, err := ParsePublish(p.String())
 		if err != nil || again != p {

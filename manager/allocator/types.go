@@ -22,6 +22,14 @@ const (
 
 	EndpointModeVIP   = "vip"
 	EndpointModeDNSRR = "dnsrr"
+
+	// TrafficCluster (the default for ingress ports) balances from every
+	// node to every task and masquerades, so replies return through the
+	// node that took the connection.
+	TrafficCluster = "cluster"
+	// TrafficLocal sends a node's connections only to its own tasks,
+	// without masquerade, so tasks see the client's address.
+	TrafficLocal = "local"
 )
 
 // Errors wrapped by the allocator, one per gRPC status the API edge returns.
@@ -58,6 +66,9 @@ type PortConfig struct {
 	// from the dynamic range (ingress mode) or leaves it to the node (host mode).
 	Published uint16
 	Mode      string // ModeIngress or ModeHost; "" means ingress
+	// Traffic is TrafficCluster or TrafficLocal for ingress ports; ""
+	// means cluster. Host ports take none: they only reach local tasks.
+	Traffic string
 }
 
 // ServiceNeeds is what a service asks of the allocator.
@@ -65,7 +76,8 @@ type ServiceNeeds struct {
 	ID, Name string
 	// Networks are the ids (or names) of the overlay networks the service
 	// is attached to, not counting ingress, which the allocator adds when
-	// the service publishes a port in ingress mode.
+	// the service publishes a port (in host mode too: the node DNATs host
+	// ports to the task's ingress address).
 	Networks     []string
 	Ports        []PortConfig
 	EndpointMode string // EndpointModeVIP or EndpointModeDNSRR; "" means vip
@@ -97,10 +109,12 @@ type ServiceAllocation struct {
 	ServiceID, Name string
 	EndpointMode    string
 	// Networks are the network ids the service is attached to, ingress last
-	// when it publishes ingress ports.
+	// when it publishes ports.
 	Networks []string
-	VIPs     []VIP        // one per network, none in dnsrr mode
-	Ports    []PortConfig // normalised, with Published filled in for ingress ports
+	// VIPs: one per network, none in dnsrr mode, and none on ingress
+	// unless a port is published in ingress mode.
+	VIPs  []VIP
+	Ports []PortConfig // normalised, with Published filled in for ingress ports
 }
 
 // TaskAllocation is what a task was given.

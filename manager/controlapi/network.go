@@ -3,7 +3,6 @@ package controlapi
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"slices"
 	"sort"
@@ -17,22 +16,52 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/manager/allocator"
+	"github.com/shoal-project/shoal/manager/allocator/stored"
 	"github.com/shoal-project/shoal/manager/store"
 )
 
-// networkCreator serialises network creation on this manager: the
-// allocation is decided from the store's networks and must reach the store
-// before the next one is decided, or two creates could both take the same
-// pool subnet or VNI.
+// networkCreator serialises network allocations on this manager: each is
+// decided from the store and must reach the store before the next one is
+// decided, or two could both take the same pool subnet, VNI or address.
 type networkCreator struct {
-	mu  sync.Mutex
+	mu  allocLock
 	cfg allocator.Config
+}
+
+// allocLock is the server's own mutex, or the one WithAllocationLock shares.
+type allocLock struct {
+	shared *sync.Mutex
+	own    sync.Mutex
+}
+
+func (l *allocLock) Lock() {
+	if l.shared != nil {
+		l.shared.Lock()
+		return
+	}
+	l.own.Lock()
+}
+
+func (l *allocLock) Unlock() {
+	if l.shared != nil {
+		l.shared.Unlock()
+		return
+	}
+	l.own.Unlock()
 }
 
 // WithNetworkConfig sets the pool, subnet size and VNI range networks are
 // allocated from (zero fields take the allocator's defaults).
 func WithNetworkConfig(cfg allocator.Config) Option {
 	return func(s *Server) { s.networks.cfg = cfg }
+}
+
+// WithAllocationLock makes the server take mu around every network
+// allocation: the leader's allocator controller takes the same lock while
+// it allocates task and node addresses, so a VIP and a task address are
+// never decided from the same store at once on this manager.
+func WithAllocationLock(mu *sync.Mutex) Option {
+	return func(s *Server) { s.networks.mu.shared = mu }
 }
 
 // allocStatus maps an allocator error to the gRPC code it stands for.
@@ -48,21 +77,6 @@ func allocStatus(err error) error {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	}
 	return toStatus(err)
-}
-
-// toAllocNetwork converts a stored network to the allocator's form.
-func toAllocNetwork(n *api.Network) (allocator.Network, error) {
-	out := allocator.Network{ID: n.GetId(), Name: n.GetSpec().GetName(), VNI: n.GetVni(), Ingress: n.GetIngress()}
-	var err error
-	if out.Subnet, err = netip.ParsePrefix(n.GetSubnet()); err != nil {
-		return allocator.Network{}, fmt.Errorf("stored network %s: subnet: %w", out.Name, err)
-	}
-	if n.GetGateway() != "" {
-		if out.Gateway, err = netip.ParseAddr(n.GetGateway()); err != nil {
-			return allocator.Network{}, fmt.Errorf("stored network %s: gateway: %w", out.Name, err)
-		}
-	}
-	return out, nil
 }
 
 // parseNetworkSpec checks a spec and returns the allocator's request for it.
@@ -107,11 +121,11 @@ func (s *Server) CreateNetwork(ctx context.Context, req *api.CreateNetworkReques
 	defer s.networks.mu.Unlock()
 	var (
 		existing *api.Network
-		stored   []*api.Network
+		nets     []*api.Network
 	)
 	s.view(func(tx store.ReadTx) {
 		existing = tx.NetworkByName(want.Name)
-		stored = tx.Networks()
+		nets = tx.Networks()
 	})
 	if existing != nil {
 		return nil, status.Errorf(codes.AlreadyExists, "network %q already exists (id %s)", want.Name, api.ShortID(existing.GetId()))
@@ -121,8 +135,8 @@ func (s *Server) CreateNetwork(ctx context.Context, req *api.CreateNetworkReques
 		return nil, status.Errorf(codes.Internal, "network allocator: %v", err)
 	}
 	var st allocator.Allocation
-	for _, n := range stored {
-		an, err := toAllocNetwork(n)
+	for _, n := range nets {
+		an, err := stored.Network(n)
 		if err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}

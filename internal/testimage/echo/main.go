@@ -14,9 +14,19 @@
 //	ECHO_EXIT_CODE   --exit-code    status for that exit (default 3)
 //
 // Port 0 picks a free port; the start line on stdout reports the real ones.
+//
+// Run with a command instead, echo is a client, so tests can run it inside a
+// task's namespaces (nsenter) and see the network and /etc/resolv.conf the
+// task sees. It prints what it got on stdout and exits 1 on failure:
+//
+//	echo get URL                 HTTP GET, prints the body (a status other than 2xx fails)
+//	echo resolve NAME            prints NAME's IPv4 addresses, one per line, in ascending order,
+//	                             resolved by the Go resolver from /etc/resolv.conf and /etc/hosts
+//	echo udp HOST:PORT MESSAGE   sends MESSAGE in one datagram, prints the reply
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -26,6 +36,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
@@ -48,6 +59,14 @@ const (
 	// defaultCrashCode is distinct from 1 (generic error) and 2 (usage) so
 	// tests can tell a requested crash from a broken start.
 	defaultCrashCode = 3
+
+	// Client timeouts: long enough for a first ARP exchange or a resolver
+	// trying a second nameserver, short enough that a test expecting a
+	// failure is not slowed down much. A datagram lost is lost, so udp waits
+	// least.
+	getTimeout     = 5 * time.Second
+	resolveTimeout = 5 * time.Second
+	udpTimeout     = 2 * time.Second
 )
 
 type config struct {
@@ -60,6 +79,15 @@ type config struct {
 }
 
 func main() {
+	if len(os.Args) > 1 {
+		if cmd, ok := clientCommands[os.Args[1]]; ok {
+			// The Go resolver reads /etc/resolv.conf itself, which is what
+			// the client mode is for; cgo would ask libc, which the static
+			// image may not have anyway.
+			net.DefaultResolver.PreferGo = true
+			os.Exit(runClient(cmd, os.Args[1:], os.Stdout, os.Stderr, net.DefaultResolver))
+		}
+	}
 	log := slog.New(slog.NewTextHandler(os.Stdout, nil))
 	cfg, err := parseConfig(os.Args[1:], os.Getenv)
 	if err != nil {
@@ -333,4 +361,94 @@ func serveUDP(conn net.PacketConn, hostname string, log *slog.Logger) {
 			log.Warn("udp echo reply", "remote", from.String(), "err", err)
 		}
 	}
+}
+
+// clientCommand is one client mode: its arguments after the command name.
+type clientCommand struct {
+	usage string
+	nargs int
+	run   func(args []string, stdout io.Writer, r *net.Resolver) error
+}
+
+var clientCommands = map[string]clientCommand{
+	"get":     {usage: "get URL", nargs: 1, run: func(a []string, w io.Writer, _ *net.Resolver) error { return httpGet(a[0], w) }},
+	"resolve": {usage: "resolve NAME", nargs: 1, run: func(a []string, w io.Writer, r *net.Resolver) error { return resolve(r, a[0], w) }},
+	"udp":     {usage: "udp HOST:PORT MESSAGE", nargs: 2, run: func(a []string, w io.Writer, _ *net.Resolver) error { return udpSend(a[0], a[1], w) }},
+}
+
+// runClient runs a client command (args[0] names it) and returns the exit
+// status: 0 done, 1 failed, 2 usage.
+func runClient(cmd clientCommand, args []string, stdout, stderr io.Writer, r *net.Resolver) int {
+	if len(args)-1 != cmd.nargs {
+		fmt.Fprintln(stderr, "usage: echo", cmd.usage)
+		return 2
+	}
+	if err := cmd.run(args[1:], stdout, r); err != nil {
+		fmt.Fprintln(stderr, "echo:", err)
+		return 1
+	}
+	return 0
+}
+
+// httpGet prints the body of url. The body is printed even for an error
+// status, since it usually says what went wrong.
+func httpGet(url string, w io.Writer) error {
+	client := &http.Client{Timeout: getTimeout}
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("read body of %s: %w", url, err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// resolve prints the IPv4 addresses of name, one per line, in ascending
+// order so that tests can compare the output with a list.
+func resolve(r *net.Resolver, name string, w io.Writer) error {
+	ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+	defer cancel()
+	addrs, err := r.LookupNetIP(ctx, "ip4", name)
+	if err != nil {
+		return err
+	}
+	for i, a := range addrs {
+		addrs[i] = a.Unmap()
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	for _, a := range slices.Compact(addrs) {
+		fmt.Fprintln(w, a)
+	}
+	return nil
+}
+
+// udpSend sends msg in one datagram to addr and prints the reply.
+func udpSend(addr, msg string, w io.Writer) error {
+	conn, err := net.DialTimeout("udp", addr, udpTimeout)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(udpTimeout)); err != nil {
+		return err
+	}
+	if _, err := conn.Write([]byte(msg)); err != nil {
+		return fmt.Errorf("send to %s: %w", addr, err)
+	}
+	buf := make([]byte, maxDatagram)
+	n, err := conn.Read(buf)
+	if err != nil {
+		return fmt.Errorf("no reply from %s: %w", addr, err)
+	}
+	reply := buf[:n]
+	if !bytes.HasSuffix(reply, []byte("\n")) {
+		reply = append(reply, '\n')
+	}
+	_, err = w.Write(reply)
+	return err
 }

@@ -2,17 +2,21 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // asServerEnv makes the test binary act as the echo command, so the tests
@@ -361,6 +365,179 @@ func BenchmarkShutdown(b *testing.B) {
 		s.cmd.Process.Signal(syscall.SIGTERM)
 		if code := s.exitCode(b); code != 0 {
 			b.Fatalf("exit status %d", code)
+		}
+	}
+}
+
+// client runs a client command in-process and returns its status and
+// output.
+func client(t *testing.T, r *net.Resolver, args ...string) (int, string, string) {
+	t.Helper()
+	cmd, ok := clientCommands[args[0]]
+	if !ok {
+		t.Fatalf("no client command %q", args[0])
+	}
+	var stdout, stderr strings.Builder
+	code := runClient(cmd, args, &stdout, &stderr, r)
+	return code, stdout.String(), stderr.String()
+}
+
+// closedPort is a 127.0.0.1 address nothing listens on.
+func closedPort(t *testing.T, network string) string {
+	t.Helper()
+	var addr string
+	if network == "udp" {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = pc.LocalAddr().String()
+		pc.Close()
+	} else {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr = ln.Addr().String()
+		ln.Close()
+	}
+	return addr
+}
+
+func TestClientGet(t *testing.T) {
+	s := startServer(t, []string{"SHOAL_TASK_NAME=web.1.xyz"})
+	failing := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "no backend", http.StatusServiceUnavailable)
+	}))
+	defer failing.Close()
+
+	for _, tc := range []struct {
+		name, url string
+		code      int
+		stdout    string // a line of it
+	}{
+		{"healthz", "http://" + s.http + "/healthz", 0, "ok"},
+		{"report", "http://" + s.http + "/", 0, "task=web.1.xyz"},
+		{"error status", failing.URL, 1, "no backend"},
+		{"nothing listening", "http://" + closedPort(t, "tcp") + "/", 1, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := client(t, nil, "get", tc.url)
+			if code != tc.code {
+				t.Errorf("exit %d, want %d (stderr %q)", code, tc.code, stderr)
+			}
+			if tc.stdout != "" && !contains(strings.Split(stdout, "\n"), tc.stdout) {
+				t.Errorf("stdout %q lacks line %q", stdout, tc.stdout)
+			}
+			if (code != 0) != (stderr != "") {
+				t.Errorf("exit %d with stderr %q", code, stderr)
+			}
+		})
+	}
+}
+
+// fakeResolver is a Go resolver whose every query goes to a DNS server on
+// loopback that knows web.example (three IPv4 addresses, one twice, and an
+// IPv6 one) and nothing else.
+func fakeResolver(t *testing.T) *net.Resolver {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+		m := new(dns.Msg).SetReply(req)
+		q := req.Question[0]
+		hdr := dns.RR_Header{Name: q.Name, Rrtype: q.Qtype, Class: dns.ClassINET, Ttl: 5}
+		switch {
+		case q.Name != "web.example.":
+			m.Rcode = dns.RcodeNameError
+		case q.Qtype == dns.TypeA:
+			for _, ip := range []string{"10.0.0.10", "10.0.0.9", "10.0.0.2", "10.0.0.9"} {
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr, A: net.ParseIP(ip)})
+			}
+		case q.Qtype == dns.TypeAAAA:
+			m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr, AAAA: net.ParseIP("fd00::1")})
+		}
+		w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go srv.ActivateAndServe()
+	<-started
+	t.Cleanup(func() { srv.Shutdown() })
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", pc.LocalAddr().String())
+	}}
+}
+
+func TestClientResolve(t *testing.T) {
+	r := fakeResolver(t)
+	for _, tc := range []struct {
+		name   string
+		code   int
+		stdout string
+	}{
+		{"web.example.", 0, "10.0.0.2\n10.0.0.9\n10.0.0.10\n"},
+		{"127.0.0.7", 0, "127.0.0.7\n"},
+		{"missing.example.", 1, ""},
+		{"not a name", 1, ""},
+	} {
+		code, stdout, stderr := client(t, r, "resolve", tc.name)
+		if code != tc.code || stdout != tc.stdout {
+			t.Errorf("resolve %q: exit %d, stdout %q (stderr %q); want exit %d, stdout %q",
+				tc.name, code, stdout, stderr, tc.code, tc.stdout)
+		}
+	}
+}
+
+func TestClientUDP(t *testing.T) {
+	s := startServer(t, nil)
+	code, stdout, stderr := client(t, nil, "udp", s.udp, "ping")
+	if code != 0 || !strings.HasPrefix(stdout, "hostname=") || !strings.HasSuffix(stdout, " ping\n") {
+		t.Errorf("udp to echo: exit %d, stdout %q, stderr %q; want the echo's reply", code, stdout, stderr)
+	}
+	if code, _, stderr := client(t, nil, "udp", closedPort(t, "udp"), "ping"); code != 1 || stderr == "" {
+		t.Errorf("udp to a closed port: exit %d, stderr %q; want 1 with a reason", code, stderr)
+	}
+}
+
+func TestClientUsage(t *testing.T) {
+	for _, args := range [][]string{{"get"}, {"resolve", "a", "b"}, {"udp", "127.0.0.1:1"}} {
+		if code, _, stderr := client(t, nil, args...); code != 2 || !strings.Contains(stderr, "usage") {
+			t.Errorf("%q: exit %d, stderr %q; want 2 with usage", args, code, stderr)
+		}
+	}
+}
+
+// TestClientCommandLine runs the client mode as e2e tests do: as the
+// binary, through main.
+func TestClientCommandLine(t *testing.T) {
+	s := startServer(t, nil)
+	for _, tc := range []struct {
+		args   []string
+		code   int
+		stdout string
+	}{
+		{[]string{"get", "http://" + s.http + "/healthz"}, 0, "ok"},
+		{[]string{"resolve", "127.0.0.9"}, 0, "127.0.0.9\n"},
+		{[]string{"resolve", "not a name"}, 1, ""},
+		{[]string{"udp", s.udp}, 2, ""},
+	} {
+		cmd := exec.Command(os.Args[0], tc.args...)
+		cmd.Env = append(os.Environ(), asServerEnv+"=1")
+		var stdout strings.Builder
+		cmd.Stdout = &stdout
+		err := cmd.Run()
+		code := 0
+		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		if code != tc.code || stdout.String() != tc.stdout {
+			t.Errorf("%q: exit %d, stdout %q; want exit %d, stdout %q", tc.args, code, stdout.String(), tc.code, tc.stdout)
 		}
 	}
 }

@@ -231,6 +231,10 @@ func service(mark uint32, f lb.Frontend) *ipvs.Service {
 	return &ipvs.Service{FWMark: mark, AddressFamily: family, SchedName: scheduler}
 }
 
+// destination is a real server of a fwmark service. Port 0 (an any-port
+// VIP's backend) keeps each connection's destination port: IPVS uses the
+// virtual port when a real server has none, and a fwmark service covers
+// every port its mark is set on.
 func destination(be lb.Backend) *ipvs.Destination {
 	family := uint16(syscall.AF_INET)
 	if be.Addr.Is6() {

@@ -23,10 +23,15 @@ const DefaultMarkTable = "shoal-ipvs-mark"
 
 // The marker table's layout:
 //
-//	prerouting (filter, mangle)  meta mark set ip daddr . l4proto . dport map @vip4
-//	output (route, mangle)       meta mark set ip6 daddr . l4proto . dport map @vip6
+//	prerouting (filter, mangle)  meta mark set ip daddr . l4proto map @vip4any
+//	output (route, mangle)       meta mark set ip6 daddr . l4proto map @vip6any
+//	                             meta mark set ip daddr . l4proto . dport map @vip4
+//	                             meta mark set ip6 daddr . l4proto . dport map @vip6
 //	                             fib daddr local, not loopback: meta mark set l4proto . dport map @published
 //	postrouting (nat, srcnat)    meta mark @masquerade masquerade
+//
+// Any-port VIPs (lb.Frontend.IsAnyPort) are marked first, so that a
+// frontend on one port of the same VIP overwrites the mark and wins.
 //
 // A frontend owns one map element (and one element of @masquerade when it
 // masquerades), so a change to it touches nothing else. The output chain is
@@ -44,6 +49,8 @@ const (
 	markSetVIP4          = "vip4"
 	markSetVIP6          = "vip6"
 	markSetMasquerade    = "masquerade"
+	markSetVIP4Any       = "vip4any"
+	markSetVIP6Any       = "vip6any"
 )
 
 // markElementsPerMessage bounds the elements sent in one netlink message:
@@ -222,7 +229,7 @@ func (m *NftMarker) Close() error {
 }
 
 type markSets struct {
-	published, vip4, vip6, masquerade *nftables.Set
+	published, vip4, vip6, vip4any, vip6any, masquerade *nftables.Set
 }
 
 func newMarkSets(t *nftables.Table) markSets {
@@ -242,6 +249,16 @@ func newMarkSets(t *nftables.Table) markSets {
 			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService),
 			DataType: nftables.TypeMark,
 		},
+		vip4any: &nftables.Set{
+			Table: t, Name: markSetVIP4Any, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto),
+			DataType: nftables.TypeMark,
+		},
+		vip6any: &nftables.Set{
+			Table: t, Name: markSetVIP6Any, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto),
+			DataType: nftables.TypeMark,
+		},
 		masquerade: &nftables.Set{
 			Table: t, Name: markSetMasquerade, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian,
 		},
@@ -249,7 +266,7 @@ func newMarkSets(t *nftables.Table) markSets {
 }
 
 func (s markSets) all() []*nftables.Set {
-	return []*nftables.Set{s.published, s.vip4, s.vip6, s.masquerade}
+	return []*nftables.Set{s.published, s.vip4, s.vip6, s.vip4any, s.vip6any, s.masquerade}
 }
 
 // writeFull queues a transaction that replaces the whole table.
@@ -348,6 +365,14 @@ func markKey(mark uint32) []byte { return binaryutil.NativeEndian.PutUint32(mark
 func (m *NftMarker) element(e markEntry) (*nftables.Set, []byte) {
 	var key []byte
 	s := m.sets.published
+	if e.vip.IsValid() && e.port == 0 {
+		s = m.sets.vip4any
+		if e.vip.Is6() {
+			s = m.sets.vip6any
+		}
+		key = append(key, e.vip.AsSlice()...)
+		return s, append(key, e.proto, 0, 0, 0)
+	}
 	if e.vip.IsValid() {
 		s = m.sets.vip4
 		if e.vip.Is6() {
@@ -394,6 +419,12 @@ func markRules(s markSets) [][]expr.Any {
 		reg1     = 1 // NFT_REG_1, the first 128-bit register (= NFT_REG32_00..03)
 	)
 	return [][]expr.Any{
+		slices.Concat(nfproto(unix.NFPROTO_IPV4),
+			[]expr.Any{&expr.Payload{DestRegister: reg32_00, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}},
+			l4(reg32_00 + 1)[:1], setMark(s.vip4any, reg32_00)),
+		slices.Concat(nfproto(unix.NFPROTO_IPV6),
+			[]expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}},
+			l4(reg32_00 + 4)[:1], setMark(s.vip6any, reg1)),
 		slices.Concat(nfproto(unix.NFPROTO_IPV4),
 			[]expr.Any{&expr.Payload{DestRegister: reg32_00, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}},
 			l4(reg32_00+1), setMark(s.vip4, reg32_00)),

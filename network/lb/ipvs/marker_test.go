@@ -89,7 +89,7 @@ func readMarks(t *testing.T, c *nftables.Conn) []string {
 	t.Helper()
 	tbl := &nftables.Table{Name: testMarkTable, Family: nftables.TableFamilyINet}
 	var out []string
-	for _, name := range []string{markSetPublished, markSetVIP4, markSetVIP6, markSetMasquerade} {
+	for _, name := range []string{markSetPublished, markSetVIP4, markSetVIP6, markSetVIP4Any, markSetVIP6Any, markSetMasquerade} {
 		s, err := c.GetSetByName(tbl, name)
 		if err != nil {
 			t.Fatalf("get set %s: %v", name, err)
@@ -132,6 +132,8 @@ func testMarks() []Mark {
 		{lb.Frontend{Name: "vip:web:80/tcp", Protocol: lb.TCP, Port: 80, VIP: netip.MustParseAddr("10.231.9.9")}, 0x102},
 		{lb.Frontend{Name: "vip:web6:80/tcp", Protocol: lb.TCP, Port: 80, VIP: netip.MustParseAddr("fd00:231::9")}, 0x103},
 		{lb.Frontend{Name: "svc:keep:7000/udp", Protocol: lb.UDP, Port: 7000}, 0x104},
+		{lb.Frontend{Name: "vip:any:tcp", Protocol: lb.TCP, VIP: netip.MustParseAddr("10.231.9.9"), Masquerade: true}, 0x105},
+		{lb.Frontend{Name: "vip:any6:udp", Protocol: lb.UDP, VIP: netip.MustParseAddr("fd00:231::9")}, 0x106},
 	}
 }
 
@@ -149,7 +151,8 @@ func TestKernelMarkerProgramsMarks(t *testing.T) {
 	// Marks swapped between two frontends and a key moved, in one call.
 	ms[0].Mark, ms[1].Mark = ms[1].Mark, ms[0].Mark
 	ms[2].Frontend.Port = 8081
-	ms = ms[:4]
+	ms[5].Frontend.Protocol = lb.UDP
+	ms = slices.Delete(ms, 4, 5)
 	setMarks(t, m, ms...)
 	if got, want := readMarks(t, c), wantMarks(ms...); !slices.Equal(got, want) {
 		t.Errorf("after a change:\ngot  %q\nwant %q", got, want)
@@ -432,6 +435,7 @@ func TestKernelMarkerMarksPackets(t *testing.T) {
 		Mark{lb.Frontend{Name: "svc:dns:5353/udp", Protocol: lb.UDP, Port: 5353, Masquerade: true}, 0x100},
 		Mark{lb.Frontend{Name: "vip:dns:53/udp", Protocol: lb.UDP, Port: 53, VIP: vip}, 0x101},
 		Mark{lb.Frontend{Name: "svc:web:5353/tcp", Protocol: lb.TCP, Port: 5353}, 0x102},
+		Mark{lb.Frontend{Name: "vip:any:udp", Protocol: lb.UDP, VIP: vip}, 0x103},
 	)
 	c := readConn(t, tp.RouterNS)
 	tbl := addCounters(t, c, []counter{
@@ -441,6 +445,7 @@ func TestKernelMarkerMarksPackets(t *testing.T) {
 		{name: "local", hook: nftables.ChainHookOutput, mark: 0x100},
 		{name: "other port", hook: nftables.ChainHookPrerouting, port: 6000, unmarked: true},
 		{name: "other port marked", hook: nftables.ChainHookPrerouting, port: 6000, mark: 0x100},
+		{name: "any-port vip", hook: nftables.ChainHookPrerouting, mark: 0x103},
 	})
 
 	// Nothing listens: the replies (port unreachable, or none) do not
@@ -448,8 +453,11 @@ func TestKernelMarkerMarksPackets(t *testing.T) {
 	lbtest.Request(t, tp.Client, "udp", netip.AddrPortFrom(lbtest.RouterAddr, 5353), 1)
 	lbtest.Request(t, tp.Client, "udp", netip.AddrPortFrom(vip, 53), 1)
 	lbtest.Request(t, tp.Client, "udp", netip.AddrPortFrom(lbtest.RouterAddr, 6000), 1)
+	// Any other port of the VIP takes its any-port frontend's mark; port 53
+	// above kept its own frontend's.
+	lbtest.Request(t, tp.Client, "udp", netip.AddrPortFrom(vip, 6001), 1)
 	got := readCounters(t, c, tbl)
-	want := map[string]uint64{"published": 1, "vip": 1, "tcp mark on udp": 0, "local": 0, "other port": 1, "other port marked": 0}
+	want := map[string]uint64{"published": 1, "vip": 1, "tcp mark on udp": 0, "local": 0, "other port": 1, "other port marked": 0, "any-port vip": 1}
 	if !maps.Equal(got, want) {
 		t.Errorf("packets from the client counted %v, want %v", got, want)
 	}

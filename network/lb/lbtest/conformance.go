@@ -64,13 +64,18 @@ func Want(s lb.State) map[string]Programmed {
 	return out
 }
 
+// anyPortBackend is a backend of an any-port VIP frontend.
+func anyPortBackend(s string) lb.Backend { return lb.Backend{Addr: netip.MustParseAddr(s)} }
+
 func mustBackend(s string) lb.Backend {
 	ap := netip.MustParseAddrPort(s)
 	return lb.Backend{Addr: ap.Addr(), Port: ap.Port()}
 }
 
 // conformanceState covers every kind of frontend: published TCP and UDP,
-// with and without masquerade, without backends, IPv4 and IPv6 VIPs.
+// with and without masquerade, without backends, IPv4 and IPv6 VIPs, and
+// any-port VIPs (port 0, backends keep the destination port) beside a VIP
+// on one port.
 func conformanceState() lb.State {
 	return lb.State{Frontends: []lb.Frontend{
 		{Name: "svc:web:8080/tcp", Protocol: lb.TCP, Port: 8080, Masquerade: true,
@@ -84,6 +89,12 @@ func conformanceState() lb.State {
 			Backends: []lb.Backend{mustBackend("10.231.0.10:80"), mustBackend("10.231.0.11:80")}},
 		{Name: "vip:v6:80/tcp", Protocol: lb.TCP, Port: 80, VIP: netip.MustParseAddr("fd31::2"),
 			Backends: []lb.Backend{mustBackend("[fd31::10]:80")}},
+		{Name: "vip:any:tcp", Protocol: lb.TCP, VIP: netip.MustParseAddr("10.231.9.2"), Masquerade: true,
+			Backends: []lb.Backend{anyPortBackend("10.231.0.12"), anyPortBackend("10.231.0.13")}},
+		{Name: "vip:any:udp", Protocol: lb.UDP, VIP: netip.MustParseAddr("10.231.9.4"),
+			Backends: []lb.Backend{anyPortBackend("10.231.0.12")}},
+		{Name: "vip:any6:tcp", Protocol: lb.TCP, VIP: netip.MustParseAddr("fd31::3"),
+			Backends: []lb.Backend{anyPortBackend("fd31::11")}},
 	}}
 }
 
@@ -132,6 +143,20 @@ var changes = []change{
 			Backends: []lb.Backend{mustBackend("10.231.0.30:7000"), mustBackend("10.231.0.31:7000")}})
 	}},
 	{"reorder backends", func(fs []lb.Frontend) []lb.Frontend { slices.Reverse(fs[0].Backends); return fs }},
+	{"add an any-port backend", func(fs []lb.Frontend) []lb.Frontend {
+		fs[6].Backends = append(fs[6].Backends, anyPortBackend("10.231.0.14"))
+		return fs
+	}},
+	{"remove every any-port backend", func(fs []lb.Frontend) []lb.Frontend { fs[7].Backends = nil; return fs }},
+	{"any-port VIP becomes one port", func(fs []lb.Frontend) []lb.Frontend {
+		fs[7].Port, fs[7].Backends = 53, []lb.Backend{mustBackend("10.231.0.12:53")}
+		return fs
+	}},
+	{"one-port VIP becomes any-port", func(fs []lb.Frontend) []lb.Frontend {
+		fs[4].Port, fs[4].VIP, fs[4].Backends = 0, netip.MustParseAddr("10.231.9.6"), []lb.Backend{anyPortBackend("10.231.0.10")}
+		return fs
+	}},
+	{"move an any-port VIP", func(fs []lb.Frontend) []lb.Frontend { fs[6].VIP = netip.MustParseAddr("10.231.9.5"); return fs }},
 }
 
 // Run is the conformance suite: every lb.Balancer backend passes it, at

@@ -106,7 +106,7 @@ func readTable(t testing.TB, ns netns.NsHandle, table string) map[string]lbtest.
 		}
 		return es
 	}
-	for _, set := range []string{setPublished, setVIP4, setVIP6} {
+	for _, set := range []string{setPublished, setVIP4, setVIP6, setVIP4Any, setVIP6Any} {
 		for _, e := range elements(set) {
 			p := lbtest.Programmed{Key: elementKeyString(t, set, e.Key)}
 			feChain := verdictChain(t, e)
@@ -154,9 +154,13 @@ func isMarkSet(x expr.Any) bool {
 }
 
 // dnatMapBackend reads an element of a DNAT map: address . port, the port
-// padded to 4 bytes.
+// padded to 4 bytes, or a bare address (any-port VIPs: port 0).
 func dnatMapBackend(t testing.TB, e nftables.SetElement) string {
 	t.Helper()
+	if len(e.Val) == 4 || len(e.Val) == 16 {
+		addr, _ := netip.AddrFromSlice(e.Val)
+		return lb.Backend{Addr: addr}.String()
+	}
 	if len(e.Val) != 8 && len(e.Val) != 20 {
 		t.Fatalf("DNAT map element %x: value %x is not address . port", e.Key, e.Val)
 	}
@@ -189,12 +193,20 @@ func verdictChain(t testing.TB, e nftables.SetElement) string {
 func elementKeyString(t testing.TB, set string, key []byte) string {
 	var vip netip.Addr
 	switch set {
-	case setVIP4:
+	case setVIP4, setVIP4Any:
 		vip, _ = netip.AddrFromSlice(key[:4])
 		key = key[4:]
-	case setVIP6:
+	case setVIP6, setVIP6Any:
 		vip, _ = netip.AddrFromSlice(key[:16])
 		key = key[16:]
+	}
+	if set == setVIP4Any || set == setVIP6Any {
+		// proto, padded; the port is "any" (0).
+		if len(key) != 4 {
+			t.Errorf("map %s: key %x has the wrong length", set, key)
+			return fmt.Sprintf("bad key %x", key)
+		}
+		key = append(key, 0, 0, 0, 0)
 	}
 	if len(key) != 8 {
 		t.Errorf("map %s: key %x has the wrong length", set, key)

@@ -356,3 +356,54 @@ func TestKernelCloseRemovesTable(t *testing.T) {
 		t.Error("Apply after Close: nil error")
 	}
 }
+
+// TestKernelAnyPortVIP checks that an any-port VIP (Port 0) balances every
+// port of its protocol to its backends, keeping the destination port, and
+// that a frontend on one port of the same VIP takes precedence.
+func TestKernelAnyPortVIP(t *testing.T) {
+	tp := lbtest.NewTopology(t, 2)
+	for i := range 2 {
+		tp.Serve(t, i, "tcp", 80)
+		tp.Serve(t, i, "tcp", 8080)
+		tp.Serve(t, i, "udp", 53)
+	}
+	b := newBalancer(t, tp)
+	vip := netip.MustParseAddr("10.231.9.7")
+	both := []lb.Backend{{Addr: lbtest.BackendAddr(0)}, {Addr: lbtest.BackendAddr(1)}}
+	apply(t, b,
+		lb.Frontend{Name: "vip:any:tcp", Protocol: lb.TCP, VIP: vip, Backends: both},
+		lb.Frontend{Name: "vip:any:udp", Protocol: lb.UDP, VIP: vip, Backends: both, Masquerade: true},
+	)
+	at := func(port uint16) netip.AddrPort { return netip.AddrPortFrom(vip, port) }
+	for _, port := range []uint16{80, 8080} {
+		replies := lbtest.Request(t, tp.Client, "tcp", at(port), requestsPerCheck)
+		wantSpread(t, fmt.Sprintf("tcp %d", port), replies, "backend0", "backend1")
+		for _, r := range replies {
+			if r.Err == "" && r.Seen != lbtest.ClientAddr.String() {
+				t.Errorf("tcp %d: backend %s saw client %s, want %s (no masquerade)", port, r.Backend, r.Seen, lbtest.ClientAddr)
+			}
+		}
+	}
+	replies := lbtest.Request(t, tp.Client, "udp", at(53), requestsPerCheck)
+	wantSpread(t, "udp 53", replies, "backend0", "backend1")
+	for _, r := range replies {
+		if r.Err == "" && r.Seen != lbtest.RouterBridgeAddr.String() {
+			t.Errorf("udp 53: backend %s saw client %s, want the router %s (masquerade)", r.Backend, r.Seen, lbtest.RouterBridgeAddr)
+		}
+	}
+	// Nothing listens on 81 on the backends: they refuse, the VIP does not
+	// swallow it.
+	wantSpread(t, "tcp 81", lbtest.Request(t, tp.Client, "tcp", at(81), 3), "error: refused")
+
+	apply(t, b,
+		lb.Frontend{Name: "vip:any:tcp", Protocol: lb.TCP, VIP: vip, Backends: both},
+		lb.Frontend{Name: "vip:one:8080/tcp", Protocol: lb.TCP, VIP: vip, Port: 8080, Backends: []lb.Backend{backend(1, 80)}},
+	)
+	wantSpread(t, "tcp 8080 with its own frontend", lbtest.Request(t, tp.Client, "tcp", at(8080), 10), "backend1")
+	wantSpread(t, "tcp 80 still any-port", lbtest.Request(t, tp.Client, "tcp", at(80), requestsPerCheck), "backend0", "backend1")
+	for _, r := range lbtest.Request(t, tp.Client, "udp", at(53), 3) {
+		if r.Err == "" {
+			t.Errorf("removed any-port UDP VIP still answered by %s", r.Backend)
+		}
+	}
+}

@@ -220,11 +220,14 @@ func (b *Balancer) forgetUDPFlows(old, desired map[string]*frontend) {
 				continue
 			}
 			f := &netlink.ConntrackFilter{}
-			if err := errors.Join(
+			errs := []error{
 				f.AddProtocol(unix.IPPROTO_UDP),
 				f.AddIP(netlink.ConntrackReplySrcIP, be.Addr.AsSlice()),
-				f.AddPort(netlink.ConntrackOrigDstPort, of.port),
-			); err != nil {
+			}
+			if of.port != 0 { // an any-port VIP's flows are on every port
+				errs = append(errs, f.AddPort(netlink.ConntrackOrigDstPort, of.port))
+			}
+			if err := errors.Join(errs...); err != nil {
 				b.log.Warn("build conntrack filter", "frontend", name, "backend", be.String(), "err", err)
 				continue
 			}

@@ -17,9 +17,11 @@ import (
 //	prerouting, output (nat, dstnat)  jump services
 //	services                          ip daddr . l4proto . dport vmap @vip4
 //	                                  ip6 daddr . l4proto . dport vmap @vip6
+//	                                  ip daddr . l4proto vmap @vip4any
+//	                                  ip6 daddr . l4proto vmap @vip6any
 //	                                  fib daddr local, not loopback: l4proto . dport vmap @published
 //	fe-…  (one per frontend)          [mark for masquerade] dnat to numgen random mod N map { i : addr . port },
-//	                                  or reject
+//	                                  (any-port VIPs: map { i : addr }, keeping the port), or reject
 //	postrouting (nat, srcnat)         marked: clear the mark, masquerade
 //
 // A frontend owns its map element and its chain, so a change to it touches
@@ -36,6 +38,10 @@ const (
 	setPublished     = "published"
 	setVIP4          = "vip4"
 	setVIP6          = "vip6"
+	// Any-port VIPs (lb.Frontend.IsAnyPort), after the exact ones so a
+	// frontend on one port of a VIP wins over the VIP's any-port frontend.
+	setVIP4Any = "vip4any"
+	setVIP6Any = "vip6any"
 )
 
 // maxChainName keeps generated names well under the kernel's limit
@@ -51,7 +57,11 @@ const elementsPerMessage = 256
 const rtnLocal = 2
 
 type sets struct {
-	published, vip4, vip6 *nftables.Set
+	published, vip4, vip6, vip4any, vip6any *nftables.Set
+}
+
+func (s sets) all() []*nftables.Set {
+	return []*nftables.Set{s.published, s.vip4, s.vip6, s.vip4any, s.vip6any}
 }
 
 func newSets(t *nftables.Table) sets {
@@ -69,6 +79,16 @@ func newSets(t *nftables.Table) sets {
 		vip6: &nftables.Set{
 			Table: t, Name: setVIP6, IsMap: true, Concatenation: true,
 			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService),
+			DataType: nftables.TypeVerdict,
+		},
+		vip4any: &nftables.Set{
+			Table: t, Name: setVIP4Any, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto),
+			DataType: nftables.TypeVerdict,
+		},
+		vip6any: &nftables.Set{
+			Table: t, Name: setVIP6Any, IsMap: true, Concatenation: true,
+			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto),
 			DataType: nftables.TypeVerdict,
 		},
 	}
@@ -108,7 +128,7 @@ func (b *Balancer) writeFull(desired map[string]*frontend) {
 	c.DelTable(t)
 	c.AddTable(t)
 	b.sets = newSets(t)
-	for _, s := range []*nftables.Set{b.sets.published, b.sets.vip4, b.sets.vip6} {
+	for _, s := range b.sets.all() {
 		// AddSet only fails on anonymous or constant sets.
 		_ = c.AddSet(s, nil)
 	}
@@ -238,18 +258,26 @@ func (b *Balancer) addDNATMapRule(f *frontend) {
 	if f.backends[0].Addr.Is6() {
 		addrType, family, portReg = nftables.TypeIP6Addr, unix.NFPROTO_IPV6, nftReg2
 	}
+	// An any-port VIP maps to addresses only: DNAT without a port keeps
+	// the packet's.
+	anyPort := f.port == 0
+	dataType := nftables.MustConcatSetType(addrType, nftables.TypeInetService)
+	if anyPort {
+		dataType = addrType
+	}
 	m := &nftables.Set{
 		Table: t, Anonymous: true, Constant: true, IsMap: true,
 		KeyType: nftables.TypeInteger, KeyByteOrder: binaryutil.NativeEndian,
-		DataType: nftables.MustConcatSetType(addrType, nftables.TypeInetService),
+		DataType: dataType,
 	}
 	elems := make([]nftables.SetElement, len(f.backends))
 	for i, be := range f.backends {
-		elems[i] = nftables.SetElement{
-			Key: binaryutil.NativeEndian.PutUint32(uint32(i)),
+		val := be.Addr.AsSlice()
+		if !anyPort {
 			// The port is padded to a 4-byte register, as in any concatenation.
-			Val: append(be.Addr.AsSlice(), byte(be.Port>>8), byte(be.Port), 0, 0),
+			val = append(val, byte(be.Port>>8), byte(be.Port), 0, 0)
 		}
+		elems[i] = nftables.SetElement{Key: binaryutil.NativeEndian.PutUint32(uint32(i)), Val: val}
 	}
 	// AddSet fails only for anonymous sets that are not constant.
 	_ = c.AddSet(m, elems)
@@ -260,11 +288,15 @@ func (b *Balancer) addDNATMapRule(f *frontend) {
 	if f.masq {
 		e = append(e, markForMasquerade(b.mark)...)
 	}
+	nat := &expr.NAT{Type: expr.NATTypeDestNAT, Family: family,
+		RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: portReg, RegProtoMax: portReg, Specified: true}
+	if anyPort {
+		nat.RegProtoMin, nat.RegProtoMax, nat.Specified = 0, 0, false
+	}
 	e = append(e,
 		&expr.Numgen{Register: 1, Modulus: uint32(len(f.backends)), Type: unix.NFT_NG_RANDOM},
 		&expr.Lookup{SourceRegister: 1, DestRegister: 1, IsDestRegSet: true, SetName: m.Name, SetID: m.ID},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: family,
-			RegAddrMin: 1, RegAddrMax: 1, RegProtoMin: portReg, RegProtoMax: portReg, Specified: true},
+		nat,
 	)
 	c.AddRule(&nftables.Rule{Table: t, Chain: &nftables.Chain{Name: f.chain, Table: t}, Exprs: e})
 }
@@ -298,7 +330,7 @@ func (b *Balancer) addElements(names []string, desired map[string]*frontend) {
 			Comment:     f.name,
 		})
 	}
-	for _, s := range []*nftables.Set{b.sets.published, b.sets.vip4, b.sets.vip6} {
+	for _, s := range b.sets.all() {
 		for chunk := range slices.Chunk(byset[s], elementsPerMessage) {
 			// SetAddElements fails only for anonymous sets.
 			_ = b.conn.SetAddElements(s, chunk)
@@ -317,7 +349,15 @@ func (b *Balancer) delElement(f *frontend) {
 func (b *Balancer) element(f *frontend) (*nftables.Set, []byte) {
 	var key []byte
 	s := b.sets.published
-	if f.vip.IsValid() {
+	switch {
+	case f.vip.IsValid() && f.port == 0:
+		s = b.sets.vip4any
+		if f.vip.Is6() {
+			s = b.sets.vip6any
+		}
+		key = append(key, f.vip.AsSlice()...)
+		return s, append(key, f.proto, 0, 0, 0)
+	case f.vip.IsValid():
 		s = b.sets.vip4
 		if f.vip.Is6() {
 			s = b.sets.vip6
@@ -366,6 +406,12 @@ func servicesRules(s sets) [][]expr.Any {
 		cat(nfproto(unix.NFPROTO_IPV6),
 			[]expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}},
 			l4v6, []expr.Any{vmap(s.vip6)}),
+		cat(nfproto(unix.NFPROTO_IPV4),
+			[]expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}},
+			l4[:1], []expr.Any{vmap(s.vip4any)}),
+		cat(nfproto(unix.NFPROTO_IPV6),
+			[]expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}},
+			l4v6[:1], []expr.Any{vmap(s.vip6any)}),
 		cat(local, nfproto(unix.NFPROTO_IPV4),
 			[]expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 1},

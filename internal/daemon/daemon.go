@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -12,6 +13,7 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	ctrexec "github.com/shoal-project/shoal/worker/exec/containerd"
+	"github.com/shoal-project/shoal/worker/netagent"
 )
 
 // Defaults a node starts with.
@@ -50,6 +52,9 @@ type Config struct {
 	// ForceNewCluster (shoald run --force-new-cluster) makes this
 	// manager the only member of a new raft group with the old state.
 	ForceNewCluster bool
+	// LBBackend is the routing mesh's load balancer: auto, nftables or
+	// ipvs (netagent.LBAuto...).
+	LBBackend string
 	// LogLevel is the --log-level the node runs with (kept to restart in
 	// a new role).
 	LogLevel string
@@ -77,6 +82,9 @@ func (c *Config) defaults() {
 	if c.ListenAddr == "" {
 		c.ListenAddr = DefaultListenAddr
 	}
+	if c.LBBackend == "" {
+		c.LBBackend = netagent.LBAuto
+	}
 }
 
 // lockDataDir makes sure one shoald owns a data dir. The lock goes with
@@ -96,25 +104,51 @@ func lockDataDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
-func newExecutor(ctx context.Context, cfg Config, nodeID string) (*executor, error) {
+// newExecutor connects to containerd and sets up the node's network
+// agent, which the executor uses to connect tasks. The agent's kernel
+// state (overlays, load balancers, task interfaces) outlives shoald, as
+// the containers do, so that published services keep answering while
+// shoald restarts; the next full network view reconciles it.
+func newExecutor(ctx context.Context, cfg Config, file nodeFile) (*executor, error) {
+	host, _, err := net.SplitHostPort(file.AdvertiseAddr)
+	if err != nil {
+		return nil, fmt.Errorf("advertise address %q: %w", file.AdvertiseAddr, err)
+	}
+	dataAddr, err := netip.ParseAddr(host)
+	if err != nil {
+		return nil, fmt.Errorf("advertise address %q: %w", file.AdvertiseAddr, err)
+	}
+	network, err := netagent.New(netagent.Config{
+		NodeID:    file.NodeID,
+		DataAddr:  dataAddr.Unmap(),
+		LBBackend: cfg.LBBackend,
+		StateDir:  filepath.Join(cfg.DataDir, "network"),
+		Logger:    cfg.Logger.With("component", "network"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("network agent: %w", err)
+	}
 	exe, err := ctrexec.New(ctx, ctrexec.Config{
 		Address:   cfg.ContainerdAddress,
 		Namespace: cfg.ContainerdNamespace,
-		NodeID:    nodeID,
+		NodeID:    file.NodeID,
 		LogDir:    filepath.Join(cfg.DataDir, "logs"),
 		Logger:    cfg.Logger.With("component", "executor"),
+		Network:   network,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to containerd at %s: %w (is containerd running?)", cfg.ContainerdAddress, err)
 	}
-	return &executor{Executor: exe, hostname: cfg.Hostname}, nil
+	return &executor{Executor: exe, hostname: cfg.Hostname, network: network, dataAddr: dataAddr.Unmap().String()}, nil
 }
 
-// executor names the node as configured: lab nodes share one host and so
-// one kernel hostname.
+// executor names the node as configured (lab nodes share one host and so
+// one kernel hostname) and carries the node's network agent.
 type executor struct {
 	*ctrexec.Executor
 	hostname string
+	network  *netagent.Agent
+	dataAddr string
 }
 
 func (e *executor) Describe(ctx context.Context) (*api.NodeDescription, error) {

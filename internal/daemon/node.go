@@ -271,7 +271,7 @@ func Init(ctx context.Context, cfg Config) error {
 	// Whatever fails from here on must leave the data dir as it was.
 	undo := func() { removeNodeState(cfg.DataDir) }
 	file := nodeFile{NodeID: api.NewID(), ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: []string{adv}}
-	exe, err := newExecutor(ctx, cfg, file.NodeID)
+	exe, err := newExecutor(ctx, cfg, file)
 	if err != nil {
 		return err
 	}
@@ -383,7 +383,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	exe, err := newExecutor(ctx, cfg, file.NodeID)
+	exe, err := newExecutor(ctx, cfg, file)
 	if err != nil {
 		return err
 	}
@@ -519,7 +519,7 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 		undo()
 		return err
 	}
-	exe, err := newExecutor(ctx, cfg, file.NodeID)
+	exe, err := newExecutor(ctx, cfg, file)
 	if err != nil {
 		return err
 	}
@@ -649,6 +649,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 	agent := worker.New(worker.Config{
 		NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker"),
 		StateDir: filepath.Join(cfg.DataDir, "worker"),
+		Network:  exe.network, DataAddr: exe.dataAddr,
 		OnDesiredRole: func(r api.NodeRole) {
 			if ca.RoleOf(r) != n.role {
 				select {

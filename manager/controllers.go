@@ -4,12 +4,15 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/allocator"
+	"github.com/shoal-project/shoal/manager/allocator/stored"
 	"github.com/shoal-project/shoal/manager/orchestrator"
 	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/scheduler"
@@ -169,13 +172,41 @@ func (m *Manager) runOrchestrator(ctx context.Context) {
 	}
 }
 
+// allocRetry is how long a task whose network allocation failed (an
+// exhausted subnet, a service not allocated) waits before the next try,
+// unless something that may free addresses happens first. Each try
+// rebuilds the allocator from the store, so not much more often than this.
+const allocRetry = time.Second
+
 // runAllocator moves NEW tasks to PENDING once their restart delay has
-// passed. Network allocation (IPs, VIPs, ports) joins this step later.
+// passed, with an address and MAC on every network of their service's
+// endpoint (ingress included) stored on the task in the same update. A
+// task that cannot be allocated stays NEW, says why in its status, and is
+// tried again. It also gives every node its address on the ingress
+// network.
+//
+// The allocator is rebuilt from the store for each batch rather than kept
+// up to date from events: the store is the only truth, a new leader needs
+// nothing else, and freeing is implicit (removed tasks and nodes, and
+// terminal tasks, hold nothing; see stored.Allocation).
 func (m *Manager) runAllocator(ctx context.Context) {
 	sub := m.raft.Store().Subscribe()
 	defer sub.Close()
 	log := m.logger.With("component", "allocator")
-	candidates := map[string]bool{}
+	alloc, err := allocator.New(allocator.Config{})
+	if err != nil {
+		log.Error("network allocator", "err", err) // the default config is valid
+		return
+	}
+	var (
+		candidates = map[string]bool{}
+		// failed holds tasks whose last allocation failed: they are tried
+		// again at retryAt, or as soon as addresses may have been freed.
+		failed     = map[string]bool{}
+		retryAt    time.Time
+		nodesDirty bool
+		lastErr    string
+	)
 	scanAll := func() {
 		m.raft.Store().View(func(tx store.ReadTx) {
 			for _, t := range tx.Tasks() {
@@ -184,19 +215,26 @@ func (m *Manager) runAllocator(ctx context.Context) {
 				}
 			}
 		})
+		nodesDirty = true
+		clear(failed)
 	}
 	scanAll()
 	for {
 		now := time.Now()
 		var (
-			actions []*api.StoreAction
-			next    time.Time
+			due  []string
+			next time.Time
 		)
+		if !retryAt.IsZero() && !now.Before(retryAt) {
+			clear(failed)
+			retryAt = time.Time{}
+		}
 		m.raft.Store().View(func(tx store.ReadTx) {
 			for id := range candidates {
 				t := tx.Task(id)
-				if t == nil || t.GetStatus().GetState() != api.TaskState_TASK_STATE_NEW {
+				if t == nil || t.GetStatus().GetState() != api.TaskState_TASK_STATE_NEW || t.GetDesiredState() != api.TaskState_TASK_STATE_RUNNING {
 					delete(candidates, id)
+					delete(failed, id)
 					continue
 				}
 				if nb := t.GetNotBefore(); nb != nil && nb.AsTime().After(now) {
@@ -205,23 +243,42 @@ func (m *Manager) runAllocator(ctx context.Context) {
 					}
 					continue
 				}
-				if t.GetDesiredState() != api.TaskState_TASK_STATE_RUNNING {
-					delete(candidates, id)
-					continue
+				if !failed[id] {
+					due = append(due, id)
 				}
-				upd := proto.Clone(t).(*api.Task)
-				upd.Status = &api.TaskStatus{State: api.TaskState_TASK_STATE_PENDING, Message: "pending", Timestamp: timestamppb.New(now)}
-				actions = append(actions, store.Update(upd))
-				delete(candidates, id)
 			}
 		})
-		if err := m.propose(ctx, actions); err != nil {
-			if ctx.Err() != nil {
-				return
+		if len(due) > 0 || nodesDirty {
+			res, err := m.allocate(ctx, alloc, due, nodesDirty)
+			switch {
+			case err != nil:
+				if ctx.Err() != nil {
+					return
+				}
+				log.Warn("allocate networks; retrying", "err", err)
+				scanAll()
+				next = time.Now().Add(retryDelay)
+			default:
+				for _, id := range due {
+					if !res.failed[id] {
+						delete(candidates, id)
+					}
+				}
+				for id := range res.failed {
+					failed[id] = true
+				}
+				nodesDirty = res.nodesFailed
+				if len(failed) > 0 || nodesDirty {
+					retryAt = time.Now().Add(allocRetry)
+				}
 			}
-			log.Warn("move tasks to pending; retrying", "err", err)
-			scanAll()
-			next = time.Now().Add(retryDelay)
+			if res.restoreErr != "" && res.restoreErr != lastErr {
+				log.Warn("stored network allocations clash; the objects named were skipped", "err", res.restoreErr)
+			}
+			lastErr = res.restoreErr
+		}
+		if !retryAt.IsZero() && (next.IsZero() || retryAt.Before(next)) {
+			next = retryAt
 		}
 		if !wait(ctx, sub, next) {
 			return
@@ -232,13 +289,154 @@ func (m *Manager) runAllocator(ctx context.Context) {
 				continue
 			}
 			for _, ev := range c.Events {
-				if t, ok := ev.Object.(*api.Task); ok && ev.Kind != api.StoreActionKind_STORE_ACTION_KIND_REMOVE &&
-					t.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
-					candidates[t.GetId()] = true
+				removed := ev.Kind == api.StoreActionKind_STORE_ACTION_KIND_REMOVE
+				switch o := ev.Object.(type) {
+				case *api.Task:
+					if !removed && o.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
+						candidates[o.GetId()] = true
+					}
+					if len(o.GetNetworks()) > 0 && (removed || api.IsTerminal(o.GetStatus().GetState())) {
+						clear(failed) // addresses were freed
+					}
+				case *api.Service:
+					clear(failed) // a service allocated, changed or gone
+				case *api.Network:
+					clear(failed)
+					nodesDirty = true // the ingress network may be new
+				case *api.Node:
+					if removed {
+						clear(failed)
+					} else if o.GetIngress() == nil {
+						nodesDirty = true
+					}
 				}
 			}
 		}
 	}
+}
+
+// allocation is what one allocator pass did.
+type allocation struct {
+	// failed holds the tasks left NEW because they could not be allocated.
+	failed map[string]bool
+	// nodesFailed is set when a node could not get its ingress address.
+	nodesFailed bool
+	// restoreErr names stored allocations that clash and were skipped.
+	restoreErr string
+}
+
+// allocate runs one pass: the due tasks that are still NEW move to
+// PENDING with their addresses (or record why they cannot), and, when
+// nodes is set, nodes without an ingress address get one. It holds
+// allocMu from reading the store until the results are committed, so the
+// control API never decides from a store missing them.
+func (m *Manager) allocate(ctx context.Context, alloc *allocator.Allocator, due []string, nodes bool) (allocation, error) {
+	m.allocMu.Lock()
+	defer m.allocMu.Unlock()
+	res := allocation{failed: map[string]bool{}}
+	slices.Sort(due) // the same store gives the same addresses
+	var (
+		tasks   []*api.Task
+		needs   = map[string]bool{} // tasks whose service has networks
+		bare    []*api.Node         // nodes without an address on ingress
+		st      allocator.Allocation
+		stErr   error
+		rebuild bool
+		ingress *api.Network
+	)
+	m.raft.Store().View(func(tx store.ReadTx) {
+		for _, id := range due {
+			t := tx.Task(id)
+			if t == nil || t.GetStatus().GetState() != api.TaskState_TASK_STATE_NEW || t.GetDesiredState() != api.TaskState_TASK_STATE_RUNNING {
+				continue
+			}
+			tasks = append(tasks, t)
+			svc := tx.Service(t.GetServiceId())
+			if len(svc.GetEndpoint().GetNetworks()) > 0 {
+				needs[id] = true
+				rebuild = true
+			}
+		}
+		if nodes {
+			for _, n := range tx.Networks() {
+				if n.GetIngress() {
+					ingress = n
+				}
+			}
+			for _, n := range tx.Nodes() {
+				if ingress != nil && n.GetIngress().GetNetworkId() != ingress.GetId() {
+					bare = append(bare, n)
+					rebuild = true
+				}
+			}
+		}
+		if rebuild {
+			st, stErr = stored.Allocation(tx)
+		}
+	})
+	if stErr != nil {
+		return res, fmt.Errorf("load the network allocations: %w", stErr)
+	}
+	if rebuild {
+		if err := alloc.Restore(st); err != nil {
+			res.restoreErr = err.Error()
+		}
+	}
+
+	now := timestamppb.Now()
+	actions := make([]*api.StoreAction, 0, len(tasks))
+	for _, t := range tasks {
+		upd := proto.Clone(t).(*api.Task)
+		if needs[t.GetId()] {
+			got, err := alloc.AllocateTask(allocator.TaskNeeds{ID: t.GetId(), ServiceID: t.GetServiceId(), NodeID: t.GetNodeId()})
+			if err != nil {
+				res.failed[t.GetId()] = true
+				why := fmt.Sprintf("network allocation failed: %v", err)
+				if t.GetStatus().GetErr() == why {
+					continue
+				}
+				upd.Status.Err = why
+				upd.Status.Timestamp = now
+				upd.Meta.UpdatedAt = now
+				actions = append(actions, store.Update(upd))
+				continue
+			}
+			upd.Networks = stored.APIAttachments(got.Attachments)
+		}
+		upd.Status = &api.TaskStatus{State: api.TaskState_TASK_STATE_PENDING, Message: "pending", Timestamp: now}
+		upd.Meta.UpdatedAt = now
+		actions = append(actions, store.Update(upd))
+	}
+	if err := m.propose(ctx, actions); err != nil {
+		return res, fmt.Errorf("move tasks to pending: %w", err)
+	}
+
+	// Nodes go in their own commands: one racing a dispatcher write must
+	// not hold back the tasks.
+	actions = actions[:0]
+	for _, n := range bare {
+		got, err := alloc.AllocateNode(n.GetId())
+		if err != nil {
+			res.nodesFailed = true
+			m.logger.Warn("allocate node ingress address; retrying", "component", "allocator", "node", n.GetId(), "err", err)
+			continue
+		}
+		upd := proto.Clone(n).(*api.Node)
+		upd.Ingress = stored.APIAttachment(got.Ingress)
+		if upd.Meta == nil {
+			upd.Meta = &api.Meta{}
+		}
+		upd.Meta.UpdatedAt = now
+		actions = append(actions, store.Update(upd))
+	}
+	if err := m.propose(ctx, actions); err != nil {
+		if ctx.Err() != nil {
+			return res, err
+		}
+		m.logger.Warn("store node ingress addresses; retrying", "component", "allocator", "err", err)
+		res.nodesFailed = true
+	}
+	return res, nil
 }
 
 // occupies reports whether a task counts against its node.

@@ -60,6 +60,11 @@ type Manager struct {
 	ca         *ca.Server
 	membership *membership
 	images     *imageReplicator
+	// allocMu serialises network allocations on this manager: the control
+	// API's (networks, VIPs, ports) and the allocator controller's (task
+	// and node addresses), each decided from the store and proposed
+	// before the next one is decided.
+	allocMu sync.Mutex
 }
 
 // RaftDir is where a node's raft state lives under its data dir.
@@ -97,7 +102,7 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 		return nil, err
 	}
 	m.images = newImageReplicator(m, imageDir)
-	m.control = controlapi.New(r, cfg.NodeID, controlapi.WithImageStore(imageDir))
+	m.control = controlapi.New(r, cfg.NodeID, controlapi.WithImageStore(imageDir), controlapi.WithAllocationLock(&m.allocMu))
 	cfg.Dispatcher.Tarballs = imageDir
 	if cfg.Dispatcher.Leader == nil {
 		cfg.Dispatcher.Leader = func() (bool, string) { return r.IsLeader(), r.LeaderAddr() }

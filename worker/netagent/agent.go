@@ -62,6 +62,7 @@ type Agent struct {
 	overlays *overlay.Manager
 	attacher *attach.Attacher
 	masq     *attach.Masquerader
+	vips     *vipAddrs
 	balancer lb.Balancer
 	dns      resolver // nil until network/dns is wired
 
@@ -79,6 +80,8 @@ type Agent struct {
 		subnetsOK bool
 		dnsAddrs  []netip.Addr
 		dnsOK     bool
+		vips      []netip.Addr
+		vipsOK    bool
 		forward   bool
 	}
 	// index is what DNS lookups read, swapped whole by reconciles.
@@ -135,6 +138,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
 	if a.masq, err = attach.NewMasquerader(cfg.NetNSPath); err != nil {
+		return nil, fmt.Errorf("network agent: %w", err)
+	}
+	if a.vips, err = newVIPAddrs(cfg.NetNSPath); err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
 	if a.balancer, err = a.newBalancer(); err != nil {
@@ -235,6 +241,16 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		} else {
 			s := d.lb
 			ap.lb = &s
+		}
+	}
+	// The VIPs once their frontends exist, so no task's ARP is answered for
+	// a VIP the node cannot balance yet.
+	if !ap.vipsOK || !slices.Equal(ap.vips, d.vips) {
+		ap.vipsOK = false
+		if err := a.vips.sync(d.vips); err != nil {
+			errs = append(errs, err)
+		} else {
+			ap.vips, ap.vipsOK = d.vips, true
 		}
 	}
 	if !ap.forward {
@@ -509,6 +525,9 @@ func (a *Agent) Close() error {
 	if err := a.syncMasquerade(nil); err != nil {
 		errs = append(errs, err)
 	}
+	if err := a.vips.sync(nil); err != nil {
+		errs = append(errs, err)
+	}
 	a.release()
 	return errors.Join(errs...)
 }
@@ -524,6 +543,9 @@ func (a *Agent) release() {
 	}
 	if a.masq != nil {
 		a.masq.Close()
+	}
+	if a.vips != nil {
+		a.vips.close()
 	}
 	if a.attacher != nil {
 		a.attacher.Close()

@@ -24,7 +24,10 @@ type desired struct {
 	// dnsAddrs are the addresses the resolver listens on: every network's
 	// gateway, which the network's bridge carries. Sorted.
 	dnsAddrs []netip.Addr
-	dns      *dnsIndex
+	// vips are the VIPs of the load balancer's frontends, sorted: the node
+	// holds them so that tasks' ARP for them is answered.
+	vips []netip.Addr
+	dns  *dnsIndex
 	// problems are items of the view that could not be used (bad addresses,
 	// clashing ports); the rest is applied regardless.
 	problems []error
@@ -320,6 +323,13 @@ func compute(v *view, self string) *desired {
 			}
 		}
 	}
+	for _, f := range d.lb.Frontends {
+		if f.VIP.IsValid() {
+			d.vips = append(d.vips, f.VIP)
+		}
+	}
+	slices.SortFunc(d.vips, netip.Addr.Compare)
+	d.vips = slices.Compact(d.vips)
 	d.dns = newDNSIndex(v, nets, eps, ingress, serving)
 	return d
 }

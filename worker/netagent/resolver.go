@@ -3,21 +3,32 @@ package netagent
 import (
 	"log/slog"
 	"net/netip"
+
+	"github.com/shoal-project/shoal/network/dns"
 )
 
-// resolver is the embedded DNS server (network/dns) as the agent drives it.
+// resolver is the embedded DNS server as the agent drives it (a
+// *dns.Server).
 type resolver interface {
 	// SetAddrs makes it listen (UDP and TCP) on exactly these addresses.
 	SetAddrs(addrs []netip.Addr) error
 	Close() error
 }
 
-// lookupFunc is network/dns's Lookup: ok=false means not ours, forward.
-type lookupFunc func(src netip.Addr, name string) (addrs []netip.Addr, ok bool)
+var _ resolver = (*dns.Server)(nil)
 
-// newResolver starts the node's resolver. Until network/dns is in the tree
-// the agent runs without one (nil) and says so.
-var newResolver = func(cfg Config, lookup lookupFunc, log *slog.Logger) (resolver, error) {
-	log.Warn("embedded DNS resolver not built in yet; tasks' service names will not resolve")
-	return nil, nil
+// newResolver builds the node's resolver; it listens nowhere until the
+// first reconcile gives it the gateways.
+func newResolver(cfg Config, lookup dns.Lookup, log *slog.Logger) (resolver, error) {
+	s, err := dns.NewServer(dns.Config{
+		Port:      cfg.DNSPort,
+		Upstreams: cfg.Upstreams,
+		Lookup:    lookup,
+		Logger:    log.With("component", "dns"),
+		NetNSPath: cfg.NetNSPath,
+	})
+	if err != nil {
+		return nil, err // not a nil *dns.Server in a non-nil interface
+	}
+	return s, nil
 }

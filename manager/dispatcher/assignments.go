@@ -21,6 +21,11 @@ func assigned(t *api.Task, nodeID string) bool {
 // change. Deltas carry the sequence they apply to; the stream is the only
 // writer of sequences for its worker, so a worker that sees a gap (only
 // possible across reconnects) asks again and gets a full set.
+//
+// Every message also carries the node's network view (see viewOf): whole
+// in a FULL message, what changed in an INCREMENTAL one, read from the
+// same version of the store as the task changes beside it. A change of
+// the view alone is sent too, with no task changes.
 func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatcher_AssignmentsServer) error {
 	ctx := stream.Context()
 	s, err := d.lookup(ctx, req.GetSessionId())
@@ -33,11 +38,16 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 	// sent holds the version of each task the worker has, to send only
 	// real changes.
 	sent := map[string]uint64{}
+	// sentView is the network view the worker holds.
+	var sentView netView
 	var seq uint64
 	full := func() error {
 		var tasks []*api.Task
-		d.raft.Store().View(func(tx store.ReadTx) { tasks = tx.TasksOfNode(s.nodeID) })
-		msg := &api.AssignmentsMessage{Type: api.AssignmentType_ASSIGNMENT_TYPE_FULL}
+		d.raft.Store().View(func(tx store.ReadTx) {
+			tasks = tx.TasksOfNode(s.nodeID)
+			sentView = viewOf(tx, s.nodeID)
+		})
+		msg := &api.AssignmentsMessage{Type: api.AssignmentType_ASSIGNMENT_TYPE_FULL, Network: sentView.delta(netView{})}
 		sent = map[string]uint64{}
 		for _, t := range tasks {
 			if assigned(t, s.nodeID) {
@@ -73,7 +83,7 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 		}
 		changes = append(changes, sub.Next()...)
 
-		reset := false
+		reset, netDirty := false, false
 		touched := map[string]bool{}
 		for _, c := range changes {
 			if c.Reset {
@@ -86,6 +96,7 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 						touched[t.GetId()] = true
 					}
 				}
+				netDirty = netDirty || affectsNetworks(ev)
 			}
 		}
 		if reset {
@@ -94,11 +105,16 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 			}
 			continue
 		}
-		if len(touched) == 0 {
+		if len(touched) == 0 && !netDirty {
 			continue
 		}
-		msg := &api.AssignmentsMessage{Type: api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL, AppliesTo: seq}
+		msg := &api.AssignmentsMessage{Type: api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL, AppliesTo: seq, Network: &api.NetworkDelta{}}
 		d.raft.Store().View(func(tx store.ReadTx) {
+			if netDirty {
+				view := viewOf(tx, s.nodeID)
+				msg.Network = view.delta(sentView)
+				sentView = view
+			}
 			for id := range touched {
 				t := tx.Task(id)
 				_, had := sent[id]
@@ -118,7 +134,7 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 				}
 			}
 		})
-		if len(msg.Changes) == 0 {
+		if len(msg.Changes) == 0 && emptyDelta(msg.GetNetwork()) {
 			continue
 		}
 		seq++

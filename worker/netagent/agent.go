@@ -19,6 +19,7 @@ import (
 	"github.com/shoal-project/shoal/network/lb/ipvs"
 	"github.com/shoal-project/shoal/network/lb/nft"
 	"github.com/shoal-project/shoal/network/overlay"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 )
 
@@ -63,8 +64,12 @@ type Agent struct {
 	attacher *attach.Attacher
 	masq     *attach.Masquerader
 	vips     *vipAddrs
+	// host is a netlink handle in the node's namespace.
+	host     *netlink.Handle
 	balancer lb.Balancer
-	dns      resolver // nil until network/dns is wired
+	dns      resolver
+	// sysctls the namespace needs: forwarding, and what the LB backend needs.
+	sysctls []sysctl
 
 	// mu serialises reconciles and guards the view and what was applied.
 	mu   sync.Mutex
@@ -82,7 +87,7 @@ type Agent struct {
 		dnsOK     bool
 		vips      []netip.Addr
 		vipsOK    bool
-		forward   bool
+		sysctls   bool
 	}
 	// index is what DNS lookups read, swapped whole by reconciles.
 	index struct {
@@ -90,10 +95,14 @@ type Agent struct {
 		x *dnsIndex
 	}
 
-	// retry is the background reconcile after a failure.
+	// retryStop cancels the background reconcile after a failure, if one
+	// runs; retries counts those goroutines so Close can wait for them.
 	retryStop context.CancelFunc
-	retryDone chan struct{}
+	retries   sync.WaitGroup
 	closed    bool
+	// problems are the view problems last logged, so a bad item is logged
+	// when it appears, not at every Apply.
+	problems map[string]bool
 }
 
 // New builds an Agent. It touches the kernel only at the first Apply.
@@ -140,9 +149,10 @@ func New(cfg Config) (*Agent, error) {
 	if a.masq, err = attach.NewMasquerader(cfg.NetNSPath); err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
-	if a.vips, err = newVIPAddrs(cfg.NetNSPath); err != nil {
+	if a.host, err = hostHandle(cfg.NetNSPath); err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
+	a.vips = &vipAddrs{nl: a.host}
 	if a.balancer, err = a.newBalancer(); err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
@@ -162,7 +172,9 @@ func (a *Agent) newBalancer() (lb.Balancer, error) {
 		}
 	}
 	a.log.Info("load balancer", "backend", backend)
+	a.sysctls = []sysctl{ipForward}
 	if backend == LBIPVS {
+		a.sysctls = append(a.sysctls, ipvsConntrack)
 		b, err := ipvs.NewKernel(a.cfg.NetNSPath, ipvs.WithMarkLogger(a.log))
 		if err != nil {
 			return nil, fmt.Errorf("ipvs load balancer: %w", err)
@@ -207,17 +219,24 @@ func (b *nsBalancer) Close() error {
 // in the background, with back-off, until it succeeds or Apply is called
 // again.
 func (a *Agent) Apply(ctx context.Context, delta *api.NetworkDelta, full bool) error {
-	a.stopRetry()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return errors.New("network agent is closed")
 	}
+	// A retry still waiting gives up: this reconcile supersedes it, and one
+	// that holds the lock now sees its context cancelled when it resumes.
+	a.cancelRetry()
 	a.view.merge(delta, full)
 	a.cur = compute(a.view, a.cfg.NodeID)
+	problems := make(map[string]bool, len(a.cur.problems))
 	for _, p := range a.cur.problems {
-		a.log.Warn("network view item not applied", "err", p)
+		problems[p.Error()] = true
+		if !a.problems[p.Error()] {
+			a.log.Warn("network view item not applied", "err", p)
+		}
 	}
+	a.problems = problems
 	err := a.reconcile(ctx)
 	if err != nil {
 		a.log.Error("network reconcile failed; retrying in the background", "err", err)
@@ -253,11 +272,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			ap.vips, ap.vipsOK = d.vips, true
 		}
 	}
-	if !ap.forward {
-		if err := enableForwarding(a.cfg.NetNSPath); err != nil {
+	if !ap.sysctls {
+		if err := setSysctls(a.cfg.NetNSPath, a.sysctls); err != nil {
 			errs = append(errs, err)
 		} else {
-			ap.forward = true
+			ap.sysctls = true
 		}
 	}
 	if !ap.overlayOK || !reflect.DeepEqual(ap.overlays, d.overlays) {
@@ -315,11 +334,12 @@ func (a *Agent) syncMasquerade(subnets []netip.Prefix) error {
 
 // startRetry starts the background reconcile. Callers hold a.mu.
 func (a *Agent) startRetry() {
+	a.cancelRetry()
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	a.retryStop, a.retryDone = cancel, done
+	a.retryStop = cancel
+	a.retries.Add(1)
 	go func() {
-		defer close(done)
+		defer a.retries.Done()
 		wait := retryFirst
 		for {
 			select {
@@ -347,16 +367,11 @@ func (a *Agent) startRetry() {
 	}()
 }
 
-// stopRetry stops the background reconcile and waits for it. Callers must
-// not hold a.mu.
-func (a *Agent) stopRetry() {
-	a.mu.Lock()
-	stop, done := a.retryStop, a.retryDone
-	a.retryStop, a.retryDone = nil, nil
-	a.mu.Unlock()
-	if stop != nil {
-		stop()
-		<-done
+// cancelRetry stops the background reconcile, if any. Callers hold a.mu.
+func (a *Agent) cancelRetry() {
+	if a.retryStop != nil {
+		a.retryStop()
+		a.retryStop = nil
 	}
 }
 
@@ -380,8 +395,8 @@ func attachmentID(taskID, networkID string) string { return taskID + "/" + netwo
 // Attach gives the task, whose network namespace is at netnsPath, one
 // interface per attachment (eth0, eth1, ... in order) with its address and
 // MAC, MTU underlay − 50, and a default route via the gateway of its first
-// non-ingress network (ingress's if it has no other). Attaching again
-// replaces the interfaces.
+// non-ingress network (ingress's if it has no other). Interfaces already as
+// asked are left alone; any other is replaced.
 func (a *Agent) Attach(ctx context.Context, t *api.Task, netnsPath string) error {
 	type plan struct {
 		spec    attach.Spec
@@ -433,6 +448,9 @@ func (a *Agent) Attach(ctx context.Context, t *api.Task, netnsPath string) error
 		}
 	}
 	for _, p := range plans {
+		if attached(a.host, p.spec) {
+			continue
+		}
 		if err := a.attacher.Attach(ctx, p.spec); err != nil {
 			return fmt.Errorf("attach task %s: %w", t.GetId(), err)
 		}
@@ -501,13 +519,17 @@ func (a *Agent) ResolvConf(t *api.Task) (string, error) {
 // kernel: the load balancer table, the overlay bridges and VXLAN devices,
 // and the masquerade rules. Task interfaces are the caller's to Detach.
 func (a *Agent) Close() error {
-	a.stopRetry()
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	if a.closed {
+		a.mu.Unlock()
 		return nil
 	}
 	a.closed = true
+	a.cancelRetry()
+	a.mu.Unlock()
+	a.retries.Wait()
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	var errs []error
 	if a.dns != nil {
 		if err := a.dns.Close(); err != nil {
@@ -544,8 +566,8 @@ func (a *Agent) release() {
 	if a.masq != nil {
 		a.masq.Close()
 	}
-	if a.vips != nil {
-		a.vips.close()
+	if a.host != nil {
+		a.host.Close()
 	}
 	if a.attacher != nil {
 		a.attacher.Close()

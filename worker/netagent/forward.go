@@ -2,6 +2,7 @@ package netagent
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -9,21 +10,34 @@ import (
 	"github.com/vishvananda/netns"
 )
 
+// sysctl is one setting the node's namespace needs, as its /proc/sys path.
+type sysctl struct {
+	path, value string
+}
+
 const ipForwardPath = "/proc/sys/net/ipv4/ip_forward"
 
-// enableForwarding sets net.ipv4.ip_forward=1 in the namespace at path (""
-// = the caller's): the node routes mesh and VIP traffic between its bridges
-// and the world. /proc/sys/net shows the namespace of the thread that opens
-// it, so the file is opened on a locked thread that enters the namespace
-// and leaves again; a thread that cannot leave is never unlocked, so the
-// runtime ends it instead of reusing it.
-func enableForwarding(path string) error {
+var (
+	// ipForward: the node routes mesh and VIP traffic between its bridges
+	// and the world.
+	ipForward = sysctl{ipForwardPath, "1"}
+	// ipvsConntrack: IPVS in NAT mode must create conntrack entries, or the
+	// masquerade in postrouting never sees its connections.
+	ipvsConntrack = sysctl{"/proc/sys/net/ipv4/vs/conntrack", "1"}
+)
+
+// setSysctls writes the settings in the namespace at path ("" = the
+// caller's). /proc/sys/net shows the namespace of the thread that opens it,
+// so the files are opened on a locked thread that enters the namespace and
+// leaves again; a thread that cannot leave is never unlocked, so the runtime
+// ends it instead of reusing it.
+func setSysctls(path string, settings []sysctl) error {
 	if path == "" {
-		return writeForward()
+		return writeSysctls(settings)
 	}
 	target, err := netns.GetFromPath(path)
 	if err != nil {
-		return fmt.Errorf("ip_forward: open network namespace %s: %w", path, err)
+		return fmt.Errorf("sysctl: open network namespace %s: %w", path, err)
 	}
 	defer target.Close()
 	errc := make(chan error, 1)
@@ -32,19 +46,19 @@ func enableForwarding(path string) error {
 		orig, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("ip_forward: current network namespace: %w", err)
+			errc <- fmt.Errorf("sysctl: current network namespace: %w", err)
 			return
 		}
 		defer orig.Close()
 		if err := netns.Set(target); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("ip_forward: enter network namespace %s: %w", path, err)
+			errc <- fmt.Errorf("sysctl: enter network namespace %s: %w", path, err)
 			return
 		}
-		werr := writeForward()
+		werr := writeSysctls(settings)
 		if err := netns.Set(orig); err != nil {
 			// Stay locked: the goroutine exits and the thread with it.
-			errc <- fmt.Errorf("ip_forward: leave network namespace %s: %w", path, err)
+			errc <- errors.Join(werr, fmt.Errorf("sysctl: leave network namespace %s: %w", path, err))
 			return
 		}
 		runtime.UnlockOSThread()
@@ -53,13 +67,16 @@ func enableForwarding(path string) error {
 	return <-errc
 }
 
-func writeForward() error {
-	cur, err := os.ReadFile(ipForwardPath)
-	if err == nil && bytes.Equal(bytes.TrimSpace(cur), []byte("1")) {
-		return nil
+func writeSysctls(settings []sysctl) error {
+	var errs []error
+	for _, s := range settings {
+		cur, err := os.ReadFile(s.path)
+		if err == nil && bytes.Equal(bytes.TrimSpace(cur), []byte(s.value)) {
+			continue
+		}
+		if err := os.WriteFile(s.path, []byte(s.value+"\n"), 0o644); err != nil {
+			errs = append(errs, fmt.Errorf("set %s to %s: %w", s.path, s.value, err))
+		}
 	}
-	if err := os.WriteFile(ipForwardPath, []byte("1\n"), 0o644); err != nil {
-		return fmt.Errorf("enable IPv4 forwarding: %w", err)
-	}
-	return nil
+	return errors.Join(errs...)
 }

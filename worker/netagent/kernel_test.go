@@ -183,9 +183,18 @@ func TestKernelAgent(t *testing.T) {
 		}
 		t.Cleanup(func() { a.Detach(ctx, x.task) })
 	}
-	// Attaching again is harmless.
+	// Attaching again leaves the interfaces as they are: same ifindex.
+	before := taskWeb.MustRun(t, "ip", "-o", "link", "show")
 	if err := a.Attach(ctx, web, taskWeb.Path); err != nil {
 		t.Fatalf("second Attach: %v", err)
+	}
+	if after := taskWeb.MustRun(t, "ip", "-o", "link", "show"); after != before {
+		t.Errorf("second Attach replaced the task's interfaces:\n%s\nwas\n%s", after, before)
+	}
+	// One that differs is replaced: the route was removed behind its back.
+	taskWeb.MustRun(t, "ip", "route", "del", "default")
+	if err := a.Attach(ctx, web, taskWeb.Path); err != nil {
+		t.Fatalf("Attach after the route went: %v", err)
 	}
 	netnstest.Listen(t, taskWeb, ":80")
 

@@ -26,27 +26,27 @@ type vipAddrs struct {
 	nl *netlink.Handle
 }
 
-func newVIPAddrs(path string) (*vipAddrs, error) {
+// hostHandle opens a netlink handle in the namespace at path ("" = the
+// caller's); its sockets stay in that namespace.
+func hostHandle(path string) (*netlink.Handle, error) {
 	if path == "" {
 		h, err := netlink.NewHandle()
 		if err != nil {
-			return nil, fmt.Errorf("VIP addresses: open netlink: %w", err)
+			return nil, fmt.Errorf("open netlink: %w", err)
 		}
-		return &vipAddrs{nl: h}, nil
+		return h, nil
 	}
 	ns, err := netns.GetFromPath(path)
 	if err != nil {
-		return nil, fmt.Errorf("VIP addresses: open network namespace %s: %w", path, err)
+		return nil, fmt.Errorf("open network namespace %s: %w", path, err)
 	}
 	defer ns.Close()
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
-		return nil, fmt.Errorf("VIP addresses: netlink in %s: %w", path, err)
+		return nil, fmt.Errorf("netlink in %s: %w", path, err)
 	}
-	return &vipAddrs{nl: h}, nil
+	return h, nil
 }
-
-func (v *vipAddrs) close() { v.nl.Close() }
 
 // sync makes the labelled loopback addresses exactly want (IPv4 only: the
 // overlays are).

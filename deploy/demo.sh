@@ -1,7 +1,8 @@
 #!/bin/sh
 # `make demo`: a local three-node cluster (one manager, two workers, each in
 # its own network namespace: `shoalctl lab`), a replicated service of the
-# echo image (built here: no registry needed), and every replica answering.
+# echo image (built here: no registry needed) published on port 8080 through
+# the routing mesh, and every node answering on it.
 # `make demo-down` (this script with "down") removes it all.
 set -eu
 cd "$(dirname "$0")/.."
@@ -31,23 +32,26 @@ echo
 echo "==> shoalctl node ls"
 $CTL node ls
 echo
-echo "==> shoalctl service create --name web --replicas 3 --env GREETING=hello shoal.test/echo:latest"
-$CTL service create --name web --replicas 3 --env GREETING=hello shoal.test/echo:latest
+echo "==> shoalctl service create --name web --replicas 2 --publish 8080:80 --env GREETING=hello shoal.test/echo:latest"
+$CTL service create --name web --replicas 2 --publish 8080:80 --env GREETING=hello shoal.test/echo:latest
 echo
 echo "==> shoalctl service ps web"
 $CTL service ps web
 echo
-echo "==> every replica answers, wherever it runs (HTTP GET inside each task's network namespace)"
-for ns in $(ctr namespaces ls -q | grep '^shoal-lab-'); do
-	for pid in $(ctr -n "$ns" tasks ls 2>/dev/null | awk 'NR>1 && $3=="RUNNING" {print $2}'); do
-		echo "-- on ${ns#shoal-lab-}:"
-		nsenter -t "$pid" -n $BIN/shoal-testimage get http://127.0.0.1:80/ | grep -E '^(hostname|task|env GREETING)='
+echo "==> port 8080 answers on every node, also the one without a replica (routing mesh)"
+# This host is on the lab's bridge, so it reaches every node's address
+# like a client on the network would.
+for addr in $($CTL lab status --format json | sed -n 's/.*"address": *"\([0-9.]*\)".*/\1/p'); do
+	for i in 1 2 3; do
+		printf '%s:8080 -> ' "$addr"
+		$BIN/shoal-testimage get "http://$addr:8080/" | sed -n 's/^task=//p'
 	done
 done
 cat <<EOT
 
 The demo cluster keeps running; plain shoalctl talks to it. Try:
   $CTL service scale web=6
+  $BIN/shoal-testimage load -n 200 http://10.213.0.3:8080
   $CTL node update --availability drain worker1
   $CTL service ps web
   $CTL lab status

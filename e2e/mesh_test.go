@@ -166,12 +166,19 @@ func TestRoutingMesh(t *testing.T) {
 	c.ctl(t, m, "service", "create", "--name", "front", "--replicas", "1", "--network", "backend", tc.Image)
 	db := c.converged(t, "db", want{replicas: 2})
 	front := c.converged(t, "front", want{replicas: 1})
-	var dbSvc []*api.Service
-	dbSvc = decodeLines(t, c.ctl(t, m, "service", "inspect", "db", "--format", "json"), func() *api.Service { return &api.Service{} })
-	if len(dbSvc) != 1 || len(dbSvc[0].GetEndpoint().GetVips()) != 1 {
-		t.Fatalf("db: want one service with one VIP, got %v", dbSvc)
+	control, closer, err := c.Client(m)
+	if err != nil {
+		t.Fatal(err)
 	}
-	vip, _, _ := strings.Cut(dbSvc[0].GetEndpoint().GetVips()[0].GetAddr(), "/")
+	defer closer.Close()
+	dbSvc, err := control.GetService(t.Context(), &api.GetServiceRequest{Service: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if vips := dbSvc.GetService().GetEndpoint().GetVips(); len(vips) != 1 {
+		t.Fatalf("db: want one VIP, got %v", vips)
+	}
+	vip, _, _ := strings.Cut(dbSvc.GetService().GetEndpoint().GetVips()[0].GetAddr(), "/")
 	var dbIPs []string
 	for _, task := range db {
 		for _, a := range task.GetNetworks() {

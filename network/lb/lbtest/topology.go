@@ -110,6 +110,9 @@ func NewTopology(t testing.TB, n int) *Topology {
 		veth := fmt.Sprintf("vb%d", i)
 		run(t, "ip", "-n", r, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", b)
 		run(t, "ip", "-n", r, "link", "set", veth, "master", "br0", "up")
+		// Hairpin: with br_netfilter, a backend's connection DNATed back to
+		// itself is bridged out of the port it came in on.
+		run(t, "ip", "-n", r, "link", "set", veth, "type", "bridge_slave", "hairpin", "on")
 		run(t, "ip", "-n", b, "addr", "add", BackendAddr(i).String()+"/24", "dev", "eth0")
 		run(t, "ip", "-n", b, "link", "set", "eth0", "up")
 		run(t, "ip", "-n", b, "route", "add", "default", "via", RouterBridgeAddr.String())

@@ -407,3 +407,48 @@ func TestKernelAnyPortVIP(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelHairpin checks that a task reaching its own service through a
+// frontend that keeps client addresses, and sent to itself, is masqueraded
+// (else it would answer itself from the wrong address), while other
+// clients keep theirs.
+func TestKernelHairpin(t *testing.T) {
+	tp := lbtest.NewTopology(t, 1)
+	tp.Serve(t, 0, "tcp", 80)
+	b := newBalancer(t, tp)
+	vip := netip.MustParseAddr("10.231.9.8")
+	apply(t, b,
+		lb.Frontend{Name: "vip:self:80/tcp", Protocol: lb.TCP, Port: 80, VIP: vip, Backends: []lb.Backend{backend(0, 80)}},
+		lb.Frontend{Name: "vip:self:any/tcp", Protocol: lb.TCP, VIP: netip.MustParseAddr("10.231.9.9"), Backends: []lb.Backend{{Addr: lbtest.BackendAddr(0)}}},
+		lb.Frontend{Name: "svc:local:7000/tcp", Protocol: lb.TCP, Port: 7000, Backends: []lb.Backend{backend(0, 80)}},
+	)
+	for _, target := range []netip.AddrPort{
+		netip.AddrPortFrom(vip, 80),
+		netip.MustParseAddrPort("10.231.9.9:80"),
+		netip.AddrPortFrom(lbtest.RouterBridgeAddr, 7000),
+	} {
+		for _, r := range lbtest.Request(t, tp.Backends[0], "tcp", target, 3) {
+			if r.Err != "" || r.Seen != lbtest.RouterBridgeAddr.String() {
+				t.Errorf("backend0 to itself through %s: %+v, want an answer seeing the router %s", target, r, lbtest.RouterBridgeAddr)
+			}
+		}
+		for _, r := range lbtest.Request(t, tp.Client, "tcp", target, 3) {
+			if r.Err != "" || r.Seen != lbtest.ClientAddr.String() {
+				t.Errorf("client through %s: %+v, want an answer seeing the client %s", target, r, lbtest.ClientAddr)
+			}
+		}
+	}
+	// The hairpin entry goes with the backend.
+	apply(t, b)
+	c, err := nftables.New(nftables.WithNetNSFd(int(tp.RouterNS)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := c.GetSetByName(&nftables.Table{Name: "shoal-lb-test", Family: nftables.TableFamilyINet}, setHairpin4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if es, err := c.GetSetElements(s); err != nil || len(es) != 0 {
+		t.Errorf("hairpin set after removing every frontend: %d elements, %v", len(es), err)
+	}
+}

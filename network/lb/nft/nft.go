@@ -63,6 +63,9 @@ type Balancer struct {
 
 	// programmed is what the kernel holds, as of the last successful Flush.
 	programmed map[string]*frontend
+	// hairpin counts, per backend address in the hairpin sets, the
+	// frontends' backends that have it, likewise.
+	hairpin map[netip.Addr]int
 	// dirty means the kernel may not match programmed (first Apply, or any
 	// error since): the next Apply rebuilds the table from scratch.
 	dirty  bool
@@ -83,6 +86,7 @@ func New(opts ...Option) (*Balancer, error) {
 		log:        slog.Default(),
 		table:      &nftables.Table{Name: DefaultTable, Family: nftables.TableFamilyINet},
 		programmed: map[string]*frontend{},
+		hairpin:    map[netip.Addr]int{},
 		dirty:      true,
 	}
 	for _, o := range opts {
@@ -164,10 +168,13 @@ func (b *Balancer) Apply(ctx context.Context, s lb.State) error {
 		desired[f.Name] = nf
 	}
 	full := b.dirty
+	var hairpin map[netip.Addr]int // the change to b.hairpin
 	if full {
-		b.writeFull(desired)
+		hairpin = hairpinChange(nil, desired)
+		b.writeFull(desired, hairpin)
 	} else {
-		b.writeChanges(desired)
+		hairpin = hairpinChange(b.programmed, desired)
+		b.writeChanges(desired, hairpin)
 	}
 	if b.beforeFlush != nil {
 		b.beforeFlush(b.conn, b.table)
@@ -180,6 +187,10 @@ func (b *Balancer) Apply(ctx context.Context, s lb.State) error {
 		return fmt.Errorf("update nftables table %s (the next apply rebuilds it): %w", b.table.Name, err)
 	}
 	old := b.programmed
+	if full {
+		b.hairpin = map[netip.Addr]int{}
+	}
+	applyCounts(b.hairpin, hairpin)
 	b.programmed, b.dirty = desired, false
 	b.forgetUDPFlows(old, desired)
 	return nil

@@ -3,6 +3,7 @@ package nft
 import (
 	"crypto/sha256"
 	"encoding/base32"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -23,6 +24,12 @@ import (
 //	fe-…  (one per frontend)          [mark for masquerade] dnat to numgen random mod N map { i : addr . port },
 //	                                  (any-port VIPs: map { i : addr }, keeping the port), or reject
 //	postrouting (nat, srcnat)         marked: clear the mark, masquerade
+//	                                  ip saddr . ip daddr @hairpin4 masquerade (and ip6 @hairpin6)
+//
+// The hairpin sets hold "b . b" for every backend address b: a connection
+// DNATed back to the task that opened it (a task calling its own service)
+// is masqueraded even when its frontend keeps client addresses, or the
+// task's reply would go to itself, from the wrong address.
 //
 // A frontend owns its map element and its chain, so a change to it touches
 // nothing else. A chain per backend behind a numgen verdict map (as
@@ -40,8 +47,10 @@ const (
 	setVIP6          = "vip6"
 	// Any-port VIPs (lb.Frontend.IsAnyPort), after the exact ones so a
 	// frontend on one port of a VIP wins over the VIP's any-port frontend.
-	setVIP4Any = "vip4any"
-	setVIP6Any = "vip6any"
+	setVIP4Any  = "vip4any"
+	setVIP6Any  = "vip6any"
+	setHairpin4 = "hairpin4"
+	setHairpin6 = "hairpin6"
 )
 
 // maxChainName keeps generated names well under the kernel's limit
@@ -58,10 +67,11 @@ const rtnLocal = 2
 
 type sets struct {
 	published, vip4, vip6, vip4any, vip6any *nftables.Set
+	hairpin4, hairpin6                      *nftables.Set
 }
 
 func (s sets) all() []*nftables.Set {
-	return []*nftables.Set{s.published, s.vip4, s.vip6, s.vip4any, s.vip6any}
+	return []*nftables.Set{s.published, s.vip4, s.vip6, s.vip4any, s.vip6any, s.hairpin4, s.hairpin6}
 }
 
 func newSets(t *nftables.Table) sets {
@@ -90,6 +100,14 @@ func newSets(t *nftables.Table) sets {
 			Table: t, Name: setVIP6Any, IsMap: true, Concatenation: true,
 			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto),
 			DataType: nftables.TypeVerdict,
+		},
+		hairpin4: &nftables.Set{
+			Table: t, Name: setHairpin4, Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr),
+		},
+		hairpin6: &nftables.Set{
+			Table: t, Name: setHairpin6, Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr),
 		},
 	}
 }
@@ -120,7 +138,7 @@ func chainName(prefix, identity string) string {
 func frontendChain(name string) string { return chainName("fe", name) }
 
 // writeFull queues a transaction that replaces the whole table.
-func (b *Balancer) writeFull(desired map[string]*frontend) {
+func (b *Balancer) writeFull(desired map[string]*frontend, hairpin map[netip.Addr]int) {
 	c, t := b.conn, b.table
 	// add, delete, add: the delete must not fail when the table is missing,
 	// and everything after it starts from an empty table.
@@ -147,6 +165,9 @@ func (b *Balancer) writeFull(desired map[string]*frontend) {
 	post := c.AddChain(&nftables.Chain{Name: chainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: masqueradeMarked(b.mark)})
+	for _, r := range hairpinRules(b.sets) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: r})
+	}
 	for _, r := range servicesRules(b.sets) {
 		c.AddRule(&nftables.Rule{Table: t, Chain: services, Exprs: r})
 	}
@@ -156,11 +177,12 @@ func (b *Balancer) writeFull(desired map[string]*frontend) {
 		b.addFrontendChain(desired[n])
 	}
 	b.addElements(names, desired)
+	b.hairpinElements(nil, hairpin)
 }
 
 // writeChanges queues a transaction that turns programmed into desired,
 // touching only frontends that changed.
-func (b *Balancer) writeChanges(desired map[string]*frontend) {
+func (b *Balancer) writeChanges(desired map[string]*frontend, hairpin map[netip.Addr]int) {
 	c, t := b.conn, b.table
 	old := b.programmed
 	var removed, added, changed []string
@@ -208,6 +230,86 @@ func (b *Balancer) writeChanges(desired map[string]*frontend) {
 	// Chains last, once nothing jumps to them.
 	for _, n := range removed {
 		c.DelChain(&nftables.Chain{Name: old[n].chain, Table: t})
+	}
+	b.hairpinElements(b.hairpin, hairpin)
+}
+
+// hairpinChange is what one Apply changes in the hairpin sets: per backend
+// address, how many more (or fewer) backends of frontends have it, counted
+// only over frontends whose backends changed, so an Apply that moves one
+// backend does not walk them all.
+func hairpinChange(old, desired map[string]*frontend) map[netip.Addr]int {
+	adj := map[netip.Addr]int{}
+	for n, nf := range desired {
+		of := old[n]
+		if of != nil && slices.Equal(of.backends, nf.backends) {
+			continue
+		}
+		for _, be := range nf.backends {
+			adj[be.Addr]++
+		}
+		if of != nil {
+			for _, be := range of.backends {
+				adj[be.Addr]--
+			}
+		}
+	}
+	for n, of := range old {
+		if _, ok := desired[n]; !ok {
+			for _, be := range of.backends {
+				adj[be.Addr]--
+			}
+		}
+	}
+	return adj
+}
+
+// hairpinElements queues the hairpin set changes that adj makes to counts
+// (the addresses programmed, with how many backends have each).
+func (b *Balancer) hairpinElements(counts map[netip.Addr]int, adj map[netip.Addr]int) {
+	var add, del []netip.Addr
+	for a, d := range adj {
+		before := counts[a]
+		switch after := before + d; {
+		case before == 0 && after > 0:
+			add = append(add, a)
+		case before > 0 && after <= 0:
+			del = append(del, a)
+		}
+	}
+	slices.SortFunc(add, netip.Addr.Compare)
+	slices.SortFunc(del, netip.Addr.Compare)
+	elems := func(addrs []netip.Addr) map[*nftables.Set][]nftables.SetElement {
+		m := map[*nftables.Set][]nftables.SetElement{}
+		for _, a := range addrs {
+			s := b.sets.hairpin4
+			if a.Is6() {
+				s = b.sets.hairpin6
+			}
+			m[s] = append(m[s], nftables.SetElement{Key: append(a.AsSlice(), a.AsSlice()...)})
+		}
+		return m
+	}
+	dels, adds := elems(del), elems(add)
+	for _, s := range []*nftables.Set{b.sets.hairpin4, b.sets.hairpin6} {
+		for chunk := range slices.Chunk(dels[s], elementsPerMessage) {
+			// SetDeleteElements and SetAddElements fail only for anonymous sets.
+			_ = b.conn.SetDeleteElements(s, chunk)
+		}
+		for chunk := range slices.Chunk(adds[s], elementsPerMessage) {
+			_ = b.conn.SetAddElements(s, chunk)
+		}
+	}
+}
+
+// applyCounts adds adj to counts, dropping addresses no backend has.
+func applyCounts(counts, adj map[netip.Addr]int) {
+	for a, d := range adj {
+		if n := counts[a] + d; n > 0 {
+			counts[a] = n
+		} else {
+			delete(counts, a)
+		}
 	}
 }
 
@@ -428,6 +530,30 @@ func servicesRules(s sets) [][]expr.Any {
 }
 
 var netipLoopback6 = [16]byte{15: 1}
+
+// hairpinRules masquerade connections whose destination, after DNAT, is
+// their own source.
+func hairpinRules(s sets) [][]expr.Any {
+	const (
+		reg32_00 = 8 // NFT_REG32_00
+		reg1     = 1 // NFT_REG_1: 16 bytes, NFT_REG32_00..03
+		reg2     = 2 // NFT_REG_2: 16 bytes, NFT_REG32_04..07
+	)
+	rule := func(proto byte, addrOff, addrLen, src, dst uint32, set *nftables.Set) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+			&expr.Payload{DestRegister: src, Base: expr.PayloadBaseNetworkHeader, Offset: addrOff, Len: addrLen},
+			&expr.Payload{DestRegister: dst, Base: expr.PayloadBaseNetworkHeader, Offset: addrOff + addrLen, Len: addrLen},
+			&expr.Lookup{SourceRegister: src, SetName: set.Name, SetID: set.ID},
+			&expr.Masq{FullyRandom: true},
+		}
+	}
+	return [][]expr.Any{
+		rule(unix.NFPROTO_IPV4, 12, 4, reg32_00, reg32_00+1, s.hairpin4),
+		rule(unix.NFPROTO_IPV6, 8, 16, reg1, reg2, s.hairpin6),
+	}
+}
 
 // masqueradeMarked masquerades connections a backend chain marked, clearing
 // the mark so it does not leak into later routing decisions.

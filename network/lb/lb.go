@@ -60,8 +60,11 @@ type Frontend struct {
 	// rather than left to time out.
 	Backends []Backend
 	// Masquerade SNATs to the node so replies come back through it (ingress).
-	// When false (source-IP mode) only local backends should be given, and
-	// the client's address is kept.
+	// When false the client's address is kept, so replies must pass the node
+	// some other way: local backends routing through it (source-IP mode), or
+	// VIP backends whose replies the node's bridges hand to conntrack
+	// (br_netfilter). Either way a connection sent back to the task that
+	// opened it is masqueraded (hairpin).
 	Masquerade bool
 }
 

@@ -70,6 +70,9 @@ type Agent struct {
 	dns      resolver
 	// sysctls the namespace needs: forwarding, and what the LB backend needs.
 	sysctls []sysctl
+	ipvs    bool
+	// vipMasquerade: see compute.
+	vipMasquerade bool
 
 	// mu serialises reconciles and guards the view and what was applied.
 	mu   sync.Mutex
@@ -105,7 +108,9 @@ type Agent struct {
 	problems map[string]bool
 }
 
-// New builds an Agent. It touches the kernel only at the first Apply.
+// New builds an Agent. Of the kernel it only asks, in the namespace, for
+// br_netfilter's conntrack on bridged traffic (see compute); the rest waits
+// for the first Apply.
 func New(cfg Config) (*Agent, error) {
 	if cfg.NodeID == "" {
 		return nil, errors.New("network agent: no node id")
@@ -132,7 +137,6 @@ func New(cfg Config) (*Agent, error) {
 		log = slog.Default()
 	}
 	a := &Agent{cfg: cfg, log: log.With("component", "netagent", "node", cfg.NodeID), view: newView()}
-	a.cur = compute(a.view, cfg.NodeID)
 	ok := false
 	defer func() {
 		if !ok {
@@ -159,6 +163,16 @@ func New(cfg Config) (*Agent, error) {
 	if a.dns, err = newResolver(cfg, a.lookup, a.log); err != nil {
 		return nil, fmt.Errorf("network agent: DNS resolver: %w", err)
 	}
+	a.vipMasquerade = true
+	if !a.ipvs {
+		if err := setSysctls(cfg.NetNSPath, []sysctl{bridgeNFCall}); err != nil {
+			a.log.Warn("bridged traffic bypasses conntrack, so service VIPs reach only tasks on this node; load br_netfilter (modprobe br_netfilter) and restart", "err", err)
+		} else {
+			a.vipMasquerade = false
+			a.sysctls = append(a.sysctls, bridgeNFCall)
+		}
+	}
+	a.cur = compute(a.view, cfg.NodeID, a.vipMasquerade)
 	ok = true
 	return a, nil
 }
@@ -174,6 +188,9 @@ func (a *Agent) newBalancer() (lb.Balancer, error) {
 	a.log.Info("load balancer", "backend", backend)
 	a.sysctls = []sysctl{ipForward}
 	if backend == LBIPVS {
+		// VIPs keep masquerading under IPVS: its NAT of bridged replies
+		// is not what the nft backend's conntrack does, and untested.
+		a.ipvs = true
 		a.sysctls = append(a.sysctls, ipvsConntrack)
 		b, err := ipvs.NewKernel(a.cfg.NetNSPath, ipvs.WithMarkLogger(a.log))
 		if err != nil {
@@ -228,7 +245,7 @@ func (a *Agent) Apply(ctx context.Context, delta *api.NetworkDelta, full bool) e
 	// that holds the lock now sees its context cancelled when it resumes.
 	a.cancelRetry()
 	a.view.merge(delta, full)
-	a.cur = compute(a.view, a.cfg.NodeID)
+	a.cur = compute(a.view, a.cfg.NodeID, a.vipMasquerade)
 	problems := make(map[string]bool, len(a.cur.problems))
 	for _, p := range a.cur.problems {
 		problems[p.Error()] = true
@@ -448,11 +465,20 @@ func (a *Agent) Attach(ctx context.Context, t *api.Task, netnsPath string) error
 		}
 	}
 	for _, p := range plans {
-		if attached(a.host, p.spec) {
-			continue
+		if !attached(a.host, p.spec) {
+			if err := a.attacher.Attach(ctx, p.spec); err != nil {
+				return fmt.Errorf("attach task %s: %w", t.GetId(), err)
+			}
 		}
-		if err := a.attacher.Attach(ctx, p.spec); err != nil {
-			return fmt.Errorf("attach task %s: %w", t.GetId(), err)
+		// Hairpin: a task sent to itself through a VIP gets the frame back
+		// out of its own port, which br_netfilter bridges it to.
+		name := attach.HostVethName(p.spec.ID)
+		l, err := a.host.LinkByName(name)
+		if err == nil {
+			err = a.host.LinkSetHairpin(l, true)
+		}
+		if err != nil {
+			return fmt.Errorf("attach task %s: hairpin on %s: %w", t.GetId(), name, err)
 		}
 	}
 	return nil

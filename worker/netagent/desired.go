@@ -88,7 +88,14 @@ func (e *endpoint) on(network string) (attachment, bool) {
 
 // compute derives the desired kernel state of node self from v. It is pure:
 // the same view always gives the same (sorted) result.
-func compute(v *view, self string) *desired {
+//
+// vipMasquerade says how VIP frontends send replies back: false when the
+// node's bridges hand bridged traffic to conntrack (br_netfilter), so that a
+// backend's reply, which goes straight to the client task over the overlay,
+// is un-DNATed on the way; true where they cannot, which keeps VIPs working
+// for backends on this node only (the reply to the gateway, which every
+// node has, would not come back from another one).
+func compute(v *view, self string, vipMasquerade bool) *desired {
 	d := &desired{}
 	problem := func(format string, args ...any) { d.problems = append(d.problems, fmt.Errorf(format, args...)) }
 
@@ -311,14 +318,12 @@ func compute(v *view, self string) *desired {
 			}
 			// Port-agnostic, like Swarm's fwmark VIPs: a service with no
 			// published port is reachable on whatever port it listens on.
-			// Masquerade so that a backend on the asking task's own bridge
-			// replies through the node, not straight to the task.
 			for _, proto := range []lb.Protocol{lb.TCP, lb.UDP} {
 				add(lb.Frontend{
 					Name:     fmt.Sprintf("vip:%s:%s/%s", sid, nw.api.GetId(), proto),
 					Protocol: proto, VIP: addr,
 					Backends:   append([]lb.Backend{}, backends...),
-					Masquerade: true,
+					Masquerade: vipMasquerade,
 				})
 			}
 		}

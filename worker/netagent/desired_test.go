@@ -109,7 +109,7 @@ func frontends(d *desired) map[string]lb.Frontend {
 
 func TestComputeLoadBalancer(t *testing.T) {
 	vipTCP := func(svc, vip string, backends ...string) lb.Frontend {
-		return lb.Frontend{Name: "vip:" + svc + ":app/tcp", Protocol: lb.TCP, VIP: netip.MustParseAddr(vip), Backends: bes(backends...), Masquerade: true}
+		return lb.Frontend{Name: "vip:" + svc + ":app/tcp", Protocol: lb.TCP, VIP: netip.MustParseAddr(vip), Backends: bes(backends...)}
 	}
 	tests := []struct {
 		name   string
@@ -125,7 +125,7 @@ func TestComputeLoadBalancer(t *testing.T) {
 			want: []lb.Frontend{
 				{Name: "pub:web:8080/tcp", Protocol: lb.TCP, Port: 8080, Masquerade: true, Backends: bes("10.255.0.10:80", "10.255.0.11:80")},
 				vipTCP("web", "10.0.1.2", "10.0.1.10", "10.0.1.11"),
-				{Name: "vip:web:app/udp", Protocol: lb.UDP, VIP: netip.MustParseAddr("10.0.1.2"), Masquerade: true, Backends: bes("10.0.1.10", "10.0.1.11")},
+				{Name: "vip:web:app/udp", Protocol: lb.UDP, VIP: netip.MustParseAddr("10.0.1.2"), Backends: bes("10.0.1.10", "10.0.1.11")},
 				vipTCP("client", "10.0.1.3", "10.0.1.20"),
 			},
 		},
@@ -218,7 +218,7 @@ func TestComputeLoadBalancer(t *testing.T) {
 				full := i == 0 || tt.name == "full delta replaces the view"
 				v.merge(d, full)
 			}
-			d := compute(v, self)
+			d := compute(v, self, false)
 			for _, p := range d.problems {
 				t.Errorf("problem: %v", p)
 			}
@@ -259,7 +259,7 @@ func mapKeys[V any](m map[string]V) func(func(string) bool) {
 }
 
 func TestComputeOverlays(t *testing.T) {
-	d := compute(viewOf(baseDelta()), self)
+	d := compute(viewOf(baseDelta()), self, false)
 	ip := netip.MustParseAddr
 	mk := func(addr, vtep string) overlay.Endpoint {
 		return overlay.Endpoint{Addr: ip(addr), MAC: ipam.MACFromIP(ip(addr)), VTEP: ip(vtep)}
@@ -294,7 +294,7 @@ func TestComputeOverlays(t *testing.T) {
 
 	// An endpoint on a node without a peer entry has no VTEP: skipped. A
 	// removed peer is no longer flooded to.
-	d = compute(viewOf(baseDelta(), &api.NetworkDelta{RemovedPeers: []string{"n3"}}), self)
+	d = compute(viewOf(baseDelta(), &api.NetworkDelta{RemovedPeers: []string{"n3"}}), self, false)
 	for _, ns := range d.overlays {
 		for _, e := range ns.Endpoints {
 			if e.VTEP == ip("192.168.0.3") {
@@ -308,7 +308,7 @@ func TestComputeOverlays(t *testing.T) {
 }
 
 func TestComputeIsStable(t *testing.T) {
-	a, b := compute(viewOf(baseDelta()), self), compute(viewOf(baseDelta()), self)
+	a, b := compute(viewOf(baseDelta()), self, false), compute(viewOf(baseDelta()), self, false)
 	a.dns, b.dns = nil, nil
 	if !reflect.DeepEqual(a, b) {
 		t.Error("two computations of one view differ")
@@ -319,7 +319,7 @@ func TestComputeReportsBadItems(t *testing.T) {
 	d := baseDelta()
 	d.Networks = append(d.Networks, &api.Network{Id: "bad", Subnet: "nonsense", Gateway: "10.9.0.1", Vni: 5000})
 	d.Services = append(d.Services, svc("clash", "clash", "vip", []*api.PortConfig{port("tcp", 80, 8080, "", "")}))
-	got := compute(viewOf(d), self)
+	got := compute(viewOf(d), self, false)
 	var msgs []string
 	for _, p := range got.problems {
 		msgs = append(msgs, p.Error())
@@ -344,7 +344,7 @@ func TestLookup(t *testing.T) {
 		ep("d2", "n3", "db", false, att("app", "10.0.1.31/24")),
 		ep("lonely", "n1", "other", true, att("ing", "10.255.0.40/16")),
 	)
-	x := compute(viewOf(d), self).dns
+	x := compute(viewOf(d), self, false).dns
 	client := netip.MustParseAddr("10.0.1.20")
 	tests := []struct {
 		src, name string
@@ -379,5 +379,18 @@ func TestLookup(t *testing.T) {
 				t.Errorf("lookup(%s, %q) = %q, want %q", tt.src, tt.name, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestComputeVIPMasquerade(t *testing.T) {
+	for _, masq := range []bool{false, true} {
+		for _, f := range compute(viewOf(baseDelta()), self, masq).lb.Frontends {
+			if f.IsVIP() && f.Masquerade != masq {
+				t.Errorf("vipMasquerade=%v: frontend %s has Masquerade=%v", masq, f.Name, f.Masquerade)
+			}
+			if !f.IsVIP() && !f.Masquerade {
+				t.Errorf("vipMasquerade=%v: published frontend %s lost its masquerade", masq, f.Name)
+			}
+		}
 	}
 }

@@ -232,6 +232,10 @@ func TestKernelAgent(t *testing.T) {
 		if err := netnstest.Dial(taskClient, kVIP+":81"); err == nil {
 			t.Error("VIP port 81: connected, but nothing listens there")
 		}
+		// The only backend calls its own service: hairpin.
+		if err := netnstest.Dial(taskWeb, kVIP+":80"); err != nil {
+			t.Errorf("backend to its own VIP: %v", err)
+		}
 	})
 	t.Run("DNS", func(t *testing.T) {
 		server := fmt.Sprintf("%s:%d", kAppGW, kDNSPort)

@@ -8,6 +8,10 @@
 // everywhere) and ipvs (where the kernel has IPVS). lbtest holds the
 // conformance suite both pass.
 //
+// A VIP frontend with port 0 balances every port of its VIP and protocol,
+// keeping the destination port (Swarm's fwmark VIPs behave so): services
+// without published ports answer on whatever port they listen on.
+//
 // This package owns no kernel state and talks to nothing: it is types and
 // validation only.
 package lb

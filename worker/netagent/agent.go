@@ -78,20 +78,9 @@ type Agent struct {
 	mu   sync.Mutex
 	view *view
 	cur  *desired // the last computed desired state
-	// applied holds each part as last applied with success; a nil part is
-	// (re)applied at the next reconcile.
-	applied struct {
-		lb        *lb.State
-		overlays  []overlay.NetworkState
-		overlayOK bool
-		subnets   []netip.Prefix
-		subnetsOK bool
-		dnsAddrs  []netip.Addr
-		dnsOK     bool
-		vips      []netip.Addr
-		vipsOK    bool
-		sysctls   bool
-	}
+	// applied holds each part as last applied with success; a part not
+	// marked applied is (re)applied at the next reconcile.
+	applied applied
 	// index is what DNS lookups read, swapped whole by reconciles.
 	index struct {
 		sync.RWMutex
@@ -106,6 +95,20 @@ type Agent struct {
 	// problems are the view problems last logged, so a bad item is logged
 	// when it appears, not at every Apply.
 	problems map[string]bool
+}
+
+// applied is what a reconcile found in place or put there.
+type applied struct {
+	lb        *lb.State
+	overlays  []overlay.NetworkState
+	overlayOK bool
+	subnets   []netip.Prefix
+	subnetsOK bool
+	dnsAddrs  []netip.Addr
+	dnsOK     bool
+	vips      []netip.Addr
+	vipsOK    bool
+	sysctls   bool
 }
 
 // New builds an Agent. Of the kernel it only asks, in the namespace, for
@@ -314,8 +317,6 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 	if a.dns != nil && (!ap.dnsOK || !slices.Equal(ap.dnsAddrs, d.dnsAddrs)) {
 		ap.dnsOK = false
-		// The gateways are on the bridges only once the overlays are up; a
-		// failure there fails this too, and the retry brings both.
 		if err := a.dns.SetAddrs(d.dnsAddrs); err != nil {
 			errs = append(errs, fmt.Errorf("DNS listeners: %w", err))
 		} else {
@@ -369,6 +370,10 @@ func (a *Agent) startRetry() {
 				a.mu.Unlock()
 				return
 			}
+			// Everything again, not only what failed: a failure may have
+			// left any part half done, and each part's apply is a
+			// difference against the kernel, cheap where nothing is off.
+			a.applied = applied{}
 			err := a.reconcile(ctx)
 			a.mu.Unlock()
 			if err == nil {

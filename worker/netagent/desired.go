@@ -62,6 +62,9 @@ func parseAttachment(a *api.NetworkAttachment) (attachment, error) {
 	if err != nil {
 		return attachment{}, fmt.Errorf("address on network %s: %w", a.GetNetworkId(), err)
 	}
+	if !p.Addr().Is4() {
+		return attachment{}, fmt.Errorf("address %s on network %s: the overlays are IPv4", p, a.GetNetworkId())
+	}
 	at := attachment{network: a.GetNetworkId(), addr: p.Addr(), prefix: p}
 	if a.GetMac() == "" {
 		at.mac = ipam.MACFromIP(p.Addr())
@@ -101,6 +104,7 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 
 	// Networks.
 	nets := map[string]*network{}
+	vnis := map[uint32]string{}
 	var ingress *network
 	for _, id := range sortedKeys(v.networks) {
 		n := v.networks[id]
@@ -114,6 +118,21 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 			problem("network %s: gateway: %w", id, err)
 			continue
 		}
+		switch {
+		case !subnet.Addr().Is4():
+			problem("network %s: subnet %s: the overlays are IPv4", id, subnet)
+			continue
+		case !subnet.Contains(gw):
+			problem("network %s: gateway %s is not in subnet %s", id, gw, subnet)
+			continue
+		case n.GetVni() < 1 || n.GetVni() > 1<<24-1:
+			problem("network %s: VNI %d out of range 1-%d", id, n.GetVni(), 1<<24-1)
+			continue
+		case vnis[n.GetVni()] != "":
+			problem("network %s: VNI %d is network %s's too", id, n.GetVni(), vnis[n.GetVni()])
+			continue
+		}
+		vnis[n.GetVni()] = id
 		nw := &network{api: n, subnet: subnet.Masked(), gateway: gw}
 		nets[id] = nw
 		if n.GetIngress() && ingress == nil {
@@ -129,6 +148,10 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 		vtep, err := netip.ParseAddr(p.GetDataAddr())
 		if err != nil {
 			problem("peer %s: data address: %w", id, err)
+			continue
+		}
+		if !vtep.Is4() {
+			problem("peer %s: data address %s: VXLAN runs over IPv4 here", id, vtep)
 			continue
 		}
 		vteps[id] = vtep
@@ -159,6 +182,16 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 	}
 	taskIDs := sortedKeys(eps)
 
+	// inSubnet reports whether an address may go into the network's overlay
+	// state: one the overlay would refuse fails the whole network there.
+	inSubnet := func(a attachment, nw *network, what string) bool {
+		if !nw.subnet.Contains(a.addr) || a.addr == nw.gateway {
+			problem("network %s: %s %s is not a host address of %s other than the gateway", nw.api.GetId(), what, a.addr, nw.subnet)
+			return false
+		}
+		return true
+	}
+
 	// Overlays.
 	for _, id := range sortedKeys(nets) {
 		nw := nets[id]
@@ -180,20 +213,20 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 			if node == self || !ok {
 				continue
 			}
-			if a, ok := ep.on(id); ok {
+			if a, ok := ep.on(id); ok && inSubnet(a, nw, "endpoint "+tid) {
 				ns.Endpoints = append(ns.Endpoints, overlay.Endpoint{Addr: a.addr, MAC: a.mac, VTEP: vtep})
 			}
 		}
 		if nw == ingress {
-			if a, ok := ingressAddrs[self]; ok {
+			if a, ok := ingressAddrs[self]; ok && inSubnet(a, nw, "this node's ingress address") {
 				ns.NodeAddr = a.addr
 			}
 			// Other nodes' own addresses: mesh traffic they masquerade
 			// comes from these, and the replies must find them.
 			for _, node := range sortedKeys(ingressAddrs) {
-				if node != self {
-					a := ingressAddrs[node]
-					ns.Endpoints = append(ns.Endpoints, overlay.Endpoint{Addr: a.addr, MAC: a.mac, VTEP: vteps[node]})
+				vtep, ok := vteps[node]
+				if a := ingressAddrs[node]; node != self && ok && inSubnet(a, nw, "node "+node+"'s ingress address") {
+					ns.Endpoints = append(ns.Endpoints, overlay.Endpoint{Addr: a.addr, MAC: a.mac, VTEP: vtep})
 				}
 			}
 		}
@@ -308,6 +341,10 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 			addr, err := parseVIP(vip.GetAddr())
 			if err != nil {
 				problem("service %s: VIP on network %s: %w", sid, vip.GetNetworkId(), err)
+				continue
+			}
+			if !addr.Is4() || addr.IsUnspecified() {
+				problem("service %s: VIP %s on network %s: not a usable IPv4 address", sid, addr, vip.GetNetworkId())
 				continue
 			}
 			var backends []lb.Backend

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -49,8 +50,11 @@ func TestKernelMeshAcrossNodes(t *testing.T) {
 		Peers:     []*api.NetworkPeer{peer("n1", "10.240.0.1", "10.250.0.2"), peer("n2", "10.240.0.2", "10.250.0.3")},
 		Endpoints: []*api.NetworkEndpoint{web, clt},
 		Services: []*api.ServiceEndpoint{
-			svc("web", "web", "vip", []*api.PortConfig{port("tcp", 80, 8080, "", "")},
-				&api.EndpointVIP{NetworkId: "app", Addr: kVIP + "/24"}),
+			svc("web", "web", "vip", []*api.PortConfig{
+				port("tcp", 80, 8080, "", ""),
+				port("tcp", 80, 9090, "ingress", "local"),
+				port("tcp", 80, 9191, "host", ""),
+			}, &api.EndpointVIP{NetworkId: "app", Addr: kVIP + "/24"}),
 			svc("client", "client", "vip", nil),
 		},
 	}
@@ -79,6 +83,16 @@ func TestKernelMeshAcrossNodes(t *testing.T) {
 	t.Run("published port on the task's own node", func(t *testing.T) {
 		if err := netnstest.Dial(n2, "10.240.0.2:8080"); err != nil {
 			t.Fatal(err)
+		}
+	})
+	t.Run("traffic local and host mode only where the task runs", func(t *testing.T) {
+		for _, p := range []string{"9090", "9191"} {
+			if err := netnstest.Dial(client, "10.242.0.1:"+p); err == nil || !strings.Contains(err.Error(), "refused") {
+				t.Errorf("port %s on n1, which runs no web task: %v, want connection refused", p, err)
+			}
+			if err := netnstest.Dial(n2, "10.240.0.2:"+p); err != nil {
+				t.Errorf("port %s on n2, which runs the task: %v", p, err)
+			}
 		}
 	})
 	t.Run("task to task across the overlay", func(t *testing.T) {

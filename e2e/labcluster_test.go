@@ -90,7 +90,9 @@ func newLabCluster(t *testing.T, managers, workers int) *labCluster {
 	}
 	c := &labCluster{Lab: l, bin: bin}
 	t.Cleanup(func() {
-		if t.Failed() {
+		// Kept before Down removes them, also when the test passed so
+		// far: Down's own checks may still fail it.
+		if t.Failed() || os.Getenv(logDirEnv) != "" {
 			c.keepLogs(t)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

@@ -255,12 +255,16 @@ func TestRoutingMesh(t *testing.T) {
 	rep := c.loadFrom(t, client, meshRequests, "http://"+addrOf[target]+":8080")
 	servedOnlyBy(t, "web after a kill", rep, meshRequests, taskNames(running))
 
-	// Removing every service leaves no task interface on any node.
+	// Removing every service leaves no container and no task interface on
+	// any node.
 	for _, svc := range []string{"web", "dgram", "api", "keep", "db", "front"} {
 		c.ctl(t, m, "service", "rm", svc)
 	}
-	tc.Eventually(t, clusterConverge, "no task interfaces left", func() (bool, string) {
+	tc.Eventually(t, clusterConverge, "no containers or task interfaces left", func() (bool, string) {
 		for _, n := range c.Nodes() {
+			if cs := c.containers(t, n.Name); len(cs) > 0 {
+				return false, fmt.Sprintf("%s still has %d containers", n.Name, len(cs))
+			}
 			out, err := exec.Command("ip", "-n", n.Namespace, "-o", "link", "show").CombinedOutput()
 			if err != nil {
 				return false, fmt.Sprintf("links of %s: %v %s", n.Name, err, out)

@@ -49,6 +49,9 @@ func Down(ctx context.Context, containerdAddress string, log *slog.Logger) error
 	if err := purgeContainerd(ctx, containerdAddress, log); err != nil {
 		errs = append(errs, err)
 	}
+	if err := killOrphanShims(ctx, log); err != nil {
+		errs = append(errs, err)
+	}
 	if err := unmountUnder(DataRoot, RunRoot); err != nil {
 		errs = append(errs, err)
 	}
@@ -128,6 +131,26 @@ func killLabProcesses(ctx context.Context, log *slog.Logger) error {
 	for _, p := range procs {
 		log.Info("killing lab process", "pid", p.pid, "cmd", strings.Join(redactToken(p.args), " "))
 		pids = append(pids, p.pid)
+	}
+	return killAndWait(ctx, pids)
+}
+
+// killOrphanShims ends the containerd shims of lab namespaces that outlived
+// the purge. containerd shuts a shim down as part of deleting its task; a
+// node killed while it was deleting a task (a service removed just before
+// Down) can leave the shim without a task, and containerd then never
+// stops it.
+func killOrphanShims(ctx context.Context, log *slog.Logger) error {
+	procs, err := listProcs()
+	if err != nil {
+		return err
+	}
+	var pids []int
+	for _, p := range procs {
+		if i := slices.Index(p.args, "-namespace"); i >= 0 && i+1 < len(p.args) && strings.HasPrefix(p.args[i+1], NamespacePrefix) {
+			log.Info("killing orphaned containerd shim", "pid", p.pid, "namespace", p.args[i+1])
+			pids = append(pids, p.pid)
+		}
 	}
 	return killAndWait(ctx, pids)
 }

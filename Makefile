@@ -49,10 +49,13 @@ e2e: build
 test: setup proto-check vet build
 	$(GOTEST) $(TESTFLAGS) ./...
 
-# Benchmarks: end to end against containerd and a lab cluster (./bench),
-# the scheduler with its raft commits (./manager), the scheduler alone.
+# Benchmarks: end to end against containerd and a lab cluster (./bench,
+# including the routing mesh against direct traffic), the scheduler with its
+# raft commits (./manager), the nftables load balancer (1,000 services x 10
+# backends, one change), the scheduler alone.
 bench: setup build
 	$(GOTEST) -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/... ./manager/ | tee $(BIN)/bench.txt
+	$(GOTEST) -run '^$$' -bench . -timeout 20m ./network/lb/nft/ | tee -a $(BIN)/bench.txt
 	$(GOTEST) -run '^$$' -bench . -timeout 20m ./scheduler/ | tee -a $(BIN)/bench.txt
 
 demo: setup build

@@ -98,6 +98,13 @@ func networkLeaks() []string {
 			}
 		}
 	}
+	if entries, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), tc.NamespacePrefix) {
+				found = append(found, "network namespace "+e.Name())
+			}
+		}
+	}
 	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		for line := range strings.SplitSeq(string(b), "\n") {
 			if strings.Contains(line, tc.NamespacePrefix) || strings.Contains(line, lab.NamespacePrefix) {

@@ -144,7 +144,17 @@ func NewSingle(t testing.TB) *Node {
 	}
 	n.args = []string{"--data-dir", n.DataDir, "--socket", n.Socket, "--containerd-namespace", n.Namespace, "--hostname", n.Name, "--log-level", "debug",
 		"--listen-addr", "127.0.0.1:" + strconv.Itoa(freePort(t))}
+	// The node runs in a network namespace of its own, named like its
+	// containerd namespace: the overlay devices and nft tables its
+	// network agent makes (and keeps after shoald stops, as on a real
+	// host) go with the namespace at clean-up.
+	if out, err := exec.Command("ip", "netns", "add", n.Namespace).CombinedOutput(); err != nil {
+		t.Fatalf("create network namespace %s: %v %s", n.Namespace, err, out)
+	}
 	t.Cleanup(n.cleanup)
+	if out, err := exec.Command("ip", "-n", n.Namespace, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("set lo up in %s: %v %s", n.Namespace, err, out)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if _, err := testimage.LoadEcho(ctx, ContainerdAddress, n.Namespace); err != nil {
@@ -167,7 +177,7 @@ func (n *Node) Start(verb string) {
 		n.mu.Unlock()
 		n.t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(n.bin, "shoald"), append([]string{verb}, n.args...)...)
+	cmd := n.inNetns(append([]string{filepath.Join(n.bin, "shoald"), verb}, n.args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Pdeathsig: a crashed test binary must not leave daemons running.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -278,9 +288,15 @@ func (n *Node) Ctl(args ...string) string {
 // Shoald runs a shoald subcommand to completion with this node's flags
 // (for commands expected to fail fast, like a second init).
 func (n *Node) Shoald(args ...string) (string, error) {
-	cmd := exec.Command(filepath.Join(n.bin, "shoald"), append(args, n.args...)...)
+	cmd := n.inNetns(append(append([]string{filepath.Join(n.bin, "shoald")}, args...), n.args...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// inNetns is a command that runs argv in the node's network namespace;
+// `ip netns exec` execs it, so the process is argv[0] itself.
+func (n *Node) inNetns(argv ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", n.Namespace}, argv...)...)
 }
 
 // Tasks returns a service's tasks as the API reports them.
@@ -402,6 +418,9 @@ func (n *Node) cleanup() {
 	}
 	if err := RemoveNamespace(n.Namespace); err != nil {
 		n.t.Errorf("clean up containerd namespace %s: %v", n.Namespace, err)
+	}
+	if out, err := exec.Command("ip", "netns", "del", n.Namespace).CombinedOutput(); err != nil {
+		n.t.Errorf("remove network namespace %s: %v %s", n.Namespace, err, out)
 	}
 }
 

@@ -1,0 +1,157 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/lab"
+	tc "github.com/shoal-project/shoal/internal/testcluster"
+	"github.com/shoal-project/shoal/internal/testimage"
+)
+
+// Sizes of the mesh benchmark's runs.
+const (
+	meshRequests    = 3000
+	meshConcurrency = 8
+	meshStreamBytes = 256 << 20
+)
+
+// BenchmarkMesh measures the routing mesh against its baseline in the same
+// run, on a lab of one manager and two workers with one replica on
+// worker1: many short HTTP requests (each on a new connection) and one
+// bulk TCP stream from a client on the underlay, (a) through the published
+// port of worker2, which has no replica (DNAT, VXLAN to worker1,
+// masquerade), and (b) straight to the task's address, routed by worker1
+// (the client gets a route to the ingress subnet through it). Ratios are
+// mesh / direct: throughput ≥ 0.9 is the goal.
+func BenchmarkMesh(b *testing.B) {
+	tc.Skip(b)
+	ctx := context.Background()
+	release, err := lab.Exclusive(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer release()
+	if left := lab.Leftovers(ctx, tc.ContainerdAddress); len(left) > 0 {
+		b.Skipf("a lab is up (%v): run `shoalctl lab down` first", left)
+	}
+	bin := tc.Binaries(b)
+	img := filepath.Join(b.TempDir(), "echo.tar")
+	if err := testimage.BuildEcho(ctx, img, testimage.EchoRef); err != nil {
+		b.Fatal(err)
+	}
+	l, err := lab.Up(ctx, lab.Config{Managers: 1, Workers: 2, Shoald: filepath.Join(bin, "shoald"), Images: []string{img}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Down(context.Background())
+	client, err := l.AddClient()
+	if err != nil {
+		b.Fatal(err)
+	}
+	c, closer, err := l.Client("manager1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer closer.Close()
+
+	spec := &api.ServiceSpec{
+		Name: "web",
+		Task: &api.TaskSpec{
+			Container: &api.ContainerSpec{Image: tc.Image},
+			Placement: &api.Placement{Constraints: []string{"node.hostname==worker1"}},
+		},
+		Mode:     &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: 1}},
+		Endpoint: &api.EndpointSpec{Ports: []*api.PortConfig{{Protocol: "tcp", Target: 80, Published: 8080, Mode: "ingress"}, {Protocol: "tcp", Target: 7, Published: 8007, Mode: "ingress"}}},
+	}
+	if _, err := c.CreateService(ctx, &api.CreateServiceRequest{Spec: spec}); err != nil {
+		b.Fatal(err)
+	}
+	var task *api.Task
+	waitFor(b, 2*time.Minute, "web running", func() bool {
+		resp, err := c.ListTasks(ctx, &api.ListTasksRequest{Service: "web"})
+		if err != nil {
+			return false
+		}
+		for _, t := range resp.GetTasks() {
+			if t.GetStatus().GetState() == api.TaskState_TASK_STATE_RUNNING && len(t.GetNetworks()) > 0 {
+				task = t
+				return true
+			}
+		}
+		return false
+	})
+	taskIP, subnet := "", ""
+	for _, a := range task.GetNetworks() {
+		taskIP, _, _ = strings.Cut(a.GetAddr(), "/")
+		if resp, err := c.GetNetwork(ctx, &api.GetNetworkRequest{Network: a.GetNetworkId()}); err == nil {
+			subnet = resp.GetNetwork().GetSubnet()
+		}
+	}
+	w1, _ := l.Node("worker1")
+	w2, _ := l.Node("worker2")
+	if out, err := exec.Command("ip", "-n", client.Namespace, "route", "add", subnet, "via", w1.Addr.String()).CombinedOutput(); err != nil {
+		b.Fatalf("route to %s via worker1: %v %s", subnet, err, out)
+	}
+
+	run := func(args ...string) map[string]any {
+		cmd := exec.Command(filepath.Join(bin, "shoal-testimage"), args...)
+		var out bytes.Buffer
+		cmd.Stdout = &out
+		if err := client.Start(cmd); err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Wait(); err != nil {
+			b.Fatalf("shoal-testimage %v: %v %s", args, err, out.String())
+		}
+		var m map[string]any
+		if err := json.Unmarshal(out.Bytes(), &m); err != nil {
+			b.Fatalf("decode %q: %v", out.String(), err)
+		}
+		return m
+	}
+	load := func(target string) (rps, p50, p99 float64) {
+		m := run("load", "-n", fmt.Sprint(meshRequests), "-c", fmt.Sprint(meshConcurrency), target)
+		if ok := m["ok"].(float64); ok != meshRequests {
+			b.Fatalf("%s: %v of %d requests succeeded: %v", target, ok, meshRequests, m["errors"])
+		}
+		elapsed := time.Duration(m["elapsed"].(float64))
+		return meshRequests / elapsed.Seconds(), time.Duration(m["p50"].(float64)).Seconds() * 1000, time.Duration(m["p99"].(float64)).Seconds() * 1000
+	}
+	stream := func(addr string) float64 {
+		m := run("stream", "-bytes", fmt.Sprint(meshStreamBytes), addr)
+		return meshStreamBytes / (1 << 20) / time.Duration(m["elapsed"].(float64)).Seconds()
+	}
+	// Warm both paths, then alternate so drift on a shared machine hits
+	// both alike.
+	load("http://" + w2.Addr.String() + ":8080")
+	load("http://" + taskIP + ":80")
+	var meshRPS, directRPS, meshP50, directP50, meshP99, directP99, meshMBs, directMBs float64
+	const rounds = 2
+	for range rounds {
+		r, p5, p9 := load("http://" + w2.Addr.String() + ":8080")
+		meshRPS, meshP50, meshP99 = meshRPS+r/rounds, meshP50+p5/rounds, meshP99+p9/rounds
+		r, p5, p9 = load("http://" + taskIP + ":80")
+		directRPS, directP50, directP99 = directRPS+r/rounds, directP50+p5/rounds, directP99+p9/rounds
+		meshMBs += stream(w2.Addr.String()+":8007") / rounds
+		directMBs += stream(taskIP+":7") / rounds
+	}
+	b.ReportMetric(meshRPS, "mesh-req/s")
+	b.ReportMetric(directRPS, "direct-req/s")
+	b.ReportMetric(meshRPS/directRPS, "req-ratio")
+	b.ReportMetric(meshP50, "mesh-p50-ms")
+	b.ReportMetric(directP50, "direct-p50-ms")
+	b.ReportMetric(meshP99, "mesh-p99-ms")
+	b.ReportMetric(directP99, "direct-p99-ms")
+	b.ReportMetric(meshMBs, "mesh-stream-MB/s")
+	b.ReportMetric(directMBs, "direct-stream-MB/s")
+	b.ReportMetric(meshMBs/directMBs, "stream-ratio")
+}

@@ -76,8 +76,7 @@ func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) converge
 		if !upToDate(svc, t) {
 			continue
 		}
-		if st := t.GetStatus().GetState(); (st == api.TaskState_TASK_STATE_FAILED || st == api.TaskState_TASK_STATE_REJECTED) &&
-			t.GetMeta().GetVersion() > since && (c.failed == nil || slot < c.failed.GetSlot()) {
+		if stuck(t) && t.GetMeta().GetVersion() > since && (c.failed == nil || slot < c.failed.GetSlot()) {
 			c.failed = t
 		}
 		if wanted && newer(t, c.slots[slot-1]) {
@@ -92,6 +91,19 @@ func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) converge
 	c.converged = c.failed == nil && !extraRunning &&
 		svc.GetSpecVersion() >= minSpec && c.running == c.replicas
 	return c
+}
+
+// stuck reports whether a task cannot run as made: it failed, was
+// rejected, or the managers could not allocate it (a NEW task with an
+// error, such as a network without free addresses, which they retry).
+func stuck(t *api.Task) bool {
+	switch t.GetStatus().GetState() {
+	case api.TaskState_TASK_STATE_FAILED, api.TaskState_TASK_STATE_REJECTED:
+		return true
+	case api.TaskState_TASK_STATE_NEW:
+		return t.GetStatus().GetErr() != ""
+	}
+	return false
 }
 
 // upToDate reports whether t was made from the service's current task

@@ -110,6 +110,16 @@ func TestAssess(t *testing.T) {
 			failedSlot: 1,
 		},
 		{
+			name: "allocation failure", replicas: 2,
+			tasks:      tasks(tk{slot: 1, state: stRunning}, tk{slot: 2, state: api.TaskState_TASK_STATE_NEW, err: "network allocation failed: no free address"}),
+			running:    1,
+			failedSlot: 2,
+		},
+		{
+			name: "new task waiting for its restart delay", replicas: 1,
+			tasks: tasks(tk{slot: 1, state: api.TaskState_TASK_STATE_NEW}),
+		},
+		{
 			name: "failure before the change is history", replicas: 1,
 			tasks:     tasks(tk{slot: 1, state: stFailed, desired: stShutdown, version: 5, age: time.Hour}, tk{slot: 1, state: stRunning}),
 			converged: true, running: 1,

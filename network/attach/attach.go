@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 
+	"github.com/shoal-project/shoal/network"
 	"github.com/shoal-project/shoal/network/ipam"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -58,7 +59,7 @@ type Attacher struct {
 // NewAttacher works with bridges in the namespace at hostNetNSPath (empty:
 // the caller's), which is where the overlay.Manager of the node works.
 func NewAttacher(hostNetNSPath string) (*Attacher, error) {
-	h, err := handleAt(hostNetNSPath)
+	h, err := network.NetlinkHandle(hostNetNSPath)
 	if err != nil {
 		return nil, fmt.Errorf("attach: host namespace: %w", err)
 	}
@@ -67,25 +68,6 @@ func NewAttacher(hostNetNSPath string) (*Attacher, error) {
 
 // Close releases the host netlink handle.
 func (a *Attacher) Close() { a.host.Close() }
-
-// handleAt opens a netlink handle whose sockets live in the namespace at
-// path. The sockets keep working in that namespace without any thread of
-// ours entering it beyond their creation.
-func handleAt(path string) (*netlink.Handle, error) {
-	if path == "" {
-		return netlink.NewHandle()
-	}
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("open network namespace %s: %w", path, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", path, err)
-	}
-	return h, nil
-}
 
 // Attach creates the veth pair of s. An interface left by an earlier Attach
 // with the same ID is replaced, so a retry after a crash starts clean. On

@@ -15,9 +15,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/shoal-project/shoal/network"
 	"github.com/shoal-project/shoal/network/ipam"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -116,7 +116,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	h, err := openHandle(cfg.NetNSPath)
+	h, err := network.NetlinkHandle(cfg.NetNSPath)
 	if err != nil {
 		return nil, err
 	}
@@ -126,27 +126,6 @@ func NewManager(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	return m, nil
-}
-
-func openHandle(path string) (*netlink.Handle, error) {
-	if path == "" {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return nil, fmt.Errorf("overlay: open netlink: %w", err)
-		}
-		return h, nil
-	}
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("overlay: open network namespace %s: %w", path, err)
-	}
-	// The handle's sockets keep the namespace alive; the fd is not needed.
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("overlay: open netlink in %s: %w", path, err)
-	}
-	return h, nil
 }
 
 // Close releases the netlink handle. Devices stay: they carry traffic of

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	shoalnet "github.com/shoal-project/shoal/network"
 	"github.com/shoal-project/shoal/network/attach"
 	"github.com/shoal-project/shoal/network/lb"
 	"github.com/shoal-project/shoal/network/lb/ipvs"
@@ -156,7 +157,7 @@ func New(cfg Config) (*Agent, error) {
 	if a.masq, err = attach.NewMasquerader(cfg.NetNSPath); err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
-	if a.host, err = hostHandle(cfg.NetNSPath); err != nil {
+	if a.host, err = shoalnet.NetlinkHandle(cfg.NetNSPath); err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
 	a.vips = &vipAddrs{nl: a.host}

@@ -8,7 +8,6 @@ import (
 	"slices"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,28 +23,6 @@ const vipLabel = "lo:shoalvip"
 // or a dummy device, which not every kernel has.
 type vipAddrs struct {
 	nl *netlink.Handle
-}
-
-// hostHandle opens a netlink handle in the namespace at path ("" = the
-// caller's); its sockets stay in that namespace.
-func hostHandle(path string) (*netlink.Handle, error) {
-	if path == "" {
-		h, err := netlink.NewHandle()
-		if err != nil {
-			return nil, fmt.Errorf("open netlink: %w", err)
-		}
-		return h, nil
-	}
-	ns, err := netns.GetFromPath(path)
-	if err != nil {
-		return nil, fmt.Errorf("open network namespace %s: %w", path, err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		return nil, fmt.Errorf("netlink in %s: %w", path, err)
-	}
-	return h, nil
 }
 
 // sync makes the labelled loopback addresses exactly want (IPv4 only: the

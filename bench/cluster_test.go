@@ -3,41 +3,20 @@ package bench
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"sort"
 	"testing"
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/internal/lab"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
-	"github.com/shoal-project/shoal/internal/testimage"
 )
 
 // BenchmarkCluster measures fail-over on a lab cluster of 3 managers and 4
 // workers: leader killed → first successful write; worker cut off → all
 // its replacements running; 30 replicas over the 4 workers → all running.
 func BenchmarkCluster(b *testing.B) {
-	tc.Skip(b)
 	ctx := context.Background()
-	release, err := lab.Exclusive(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer release()
-	if left := lab.Leftovers(ctx, tc.ContainerdAddress); len(left) > 0 {
-		b.Skipf("a lab is up (%v): run `shoalctl lab down` first", left)
-	}
-	bin := tc.Binaries(b)
-	img := filepath.Join(b.TempDir(), "echo.tar")
-	if err := testimage.BuildEcho(ctx, img, testimage.EchoRef); err != nil {
-		b.Fatal(err)
-	}
-	l, err := lab.Up(ctx, lab.Config{Managers: 3, Workers: 4, Shoald: filepath.Join(bin, "shoald"), Images: []string{img}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Down(context.Background())
+	l, _ := benchLab(b, 3, 4)
 
 	client := func(name string) api.ControlClient {
 		c, closer, err := l.Client(name)

@@ -12,9 +12,7 @@ import (
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/internal/lab"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
-	"github.com/shoal-project/shoal/internal/testimage"
 )
 
 // Sizes of the mesh benchmark's runs.
@@ -33,26 +31,8 @@ const (
 // (the client gets a route to the ingress subnet through it). Ratios are
 // mesh / direct: throughput ≥ 0.9 is the goal.
 func BenchmarkMesh(b *testing.B) {
-	tc.Skip(b)
 	ctx := context.Background()
-	release, err := lab.Exclusive(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer release()
-	if left := lab.Leftovers(ctx, tc.ContainerdAddress); len(left) > 0 {
-		b.Skipf("a lab is up (%v): run `shoalctl lab down` first", left)
-	}
-	bin := tc.Binaries(b)
-	img := filepath.Join(b.TempDir(), "echo.tar")
-	if err := testimage.BuildEcho(ctx, img, testimage.EchoRef); err != nil {
-		b.Fatal(err)
-	}
-	l, err := lab.Up(ctx, lab.Config{Managers: 1, Workers: 2, Shoald: filepath.Join(bin, "shoald"), Images: []string{img}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer l.Down(context.Background())
+	l, bin := benchLab(b, 1, 2)
 	client, err := l.AddClient()
 	if err != nil {
 		b.Fatal(err)

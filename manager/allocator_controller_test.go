@@ -135,6 +135,11 @@ func TestAllocationFailureShowsAndTerminalTasksFree(t *testing.T) {
 	// A /29 has 6 host addresses: the gateway, the node and the VIP leave 3.
 	m, _ := startManagerWithIngress(t, "10.255.0.0/29")
 	setNode(t, m, ready)
+	// The node joined before the service: it has its address first (with
+	// both in one batch the tasks could take the last one).
+	eventually(t, "node ingress address", func() (bool, string) {
+		return storedNodeOf(m, selfID).GetIngress() != nil, "none yet"
+	})
 	s := spec("web", 5)
 	s.Endpoint = &api.EndpointSpec{Ports: []*api.PortConfig{{Target: 80}}}
 	svc := createService(t, m, s)

@@ -116,6 +116,30 @@ func TestRoutingMesh(t *testing.T) {
 		t.Errorf("every node runs a replica of web (%v): the test did not cover a node without one", withTask)
 	}
 
+	// The routing mesh is kernel state: it keeps answering while a node's
+	// shoald is down, and after it is back.
+	var idle string
+	for _, n := range c.names(lab.RoleWorker) {
+		if withTask[n] == 0 {
+			idle = n
+		}
+	}
+	if idle != "" {
+		if err := c.KillNode(t.Context(), idle); err != nil {
+			t.Fatal(err)
+		}
+		rep := c.loadFrom(t, client, 50, "http://"+addrOf[idle]+":8080")
+		servedOnlyBy(t, "web through "+idle+" with its shoald killed", rep, 50, taskNames(running))
+		if err := c.StartNode(t.Context(), idle); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitReady(t.Context(), idle); err != nil {
+			t.Fatal(err)
+		}
+		rep = c.loadFrom(t, client, 50, "http://"+addrOf[idle]+":8080")
+		servedOnlyBy(t, "web through "+idle+" after its shoald restarted", rep, 50, taskNames(running))
+	}
+
 	// UDP through the mesh (the echo server answers datagrams on its HTTP
 	// port number).
 	c.ctl(t, m, "service", "create", "--name", "dgram", "--replicas", "1", "--publish", "published=5353,target=80,protocol=udp", tc.Image)

@@ -31,8 +31,12 @@ func TestClusterRoles(t *testing.T) {
 		return r == api.NodeRole_NODE_ROLE_MANAGER && reachable, state
 	})
 	// A write through the promoted node proves it serves the control API
-	// as a manager (and forwards to the leader when it is not one).
-	c.ctl(t, "worker1", "service", "create", "--detach", "--name", "via-promoted", "--replicas", "0", tc.Image)
+	// as a manager (and forwards to the leader when it is not one: an
+	// allocating call, made by the leader, and readable here at once).
+	c.ctl(t, "worker1", "service", "create", "--detach", "--name", "via-promoted", "--replicas", "0", "--publish", "8090:80", tc.Image)
+	if out := c.ctl(t, "worker1", "service", "inspect", "via-promoted"); !strings.Contains(out, "8090") {
+		t.Errorf("service made through worker1 does not show its published port 8090 there:\n%s", out)
+	}
 
 	c.ctl(t, "manager1", "node", "demote", "worker1")
 	tc.Eventually(t, time.Minute, "worker1 a worker again", func() (bool, string) {

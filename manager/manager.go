@@ -56,6 +56,7 @@ type Manager struct {
 	logger     *slog.Logger
 	raft       *state.Node
 	control    *controlapi.Server
+	forward    controlForward
 	dispatcher *dispatcher.Dispatcher
 	ca         *ca.Server
 	membership *membership
@@ -217,7 +218,7 @@ func (m *Manager) SetForwarder(dial func(ctx context.Context, addr string) (api.
 
 // Register adds the manager's gRPC services to a server.
 func (m *Manager) Register(s *grpc.Server) {
-	api.RegisterControlServer(s, m.control)
+	api.RegisterControlServer(s, controlServer{m.control, m})
 	api.RegisterDispatcherServer(s, m.dispatcher)
 	api.RegisterCAServer(s, m.ca)
 	api.RegisterRaftMembershipServer(s, m.membership)
@@ -226,7 +227,7 @@ func (m *Manager) Register(s *grpc.Server) {
 // RegisterLocal adds the services of the node's unix socket: the control
 // API only.
 func (m *Manager) RegisterLocal(s *grpc.Server) {
-	api.RegisterControlServer(s, m.control)
+	api.RegisterControlServer(s, controlServer{m.control, m})
 }
 
 // State is the raft member (tests and benchmarks).

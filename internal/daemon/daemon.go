@@ -123,7 +123,7 @@ func newExecutor(ctx context.Context, cfg Config, file nodeFile) (*executor, err
 		DataAddr:  dataAddr.Unmap(),
 		LBBackend: cfg.LBBackend,
 		StateDir:  filepath.Join(cfg.DataDir, "network"),
-		Logger:    cfg.Logger.With("component", "network"),
+		Logger:    cfg.Logger,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)

@@ -580,6 +580,15 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 			}
 			return api.NewRaftMembershipClient(c), nil
 		})
+		// Allocating control calls go to the leader, which allocates
+		// from one store under one lock.
+		n.mgr.SetControlForwarder(func(ctx context.Context, addr string) (api.ControlClient, error) {
+			c, err := n.dial(addr)
+			if err != nil {
+				return nil, err
+			}
+			return api.NewControlClient(c), nil
+		})
 		// Image tarballs are copied between managers over the same
 		// connections.
 		n.mgr.SetPeerDialer(func(ctx context.Context, addr string) (api.DispatcherClient, error) {

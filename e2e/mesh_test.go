@@ -15,6 +15,7 @@ import (
 	"github.com/shoal-project/shoal/internal/lab"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
+	"github.com/shoal-project/shoal/network/overlay"
 )
 
 // meshRequests is how many requests the mesh test sends to each node.
@@ -299,7 +300,36 @@ func TestRoutingMesh(t *testing.T) {
 		}
 		return true, ""
 	})
+	// Nor any published port or VIP in any node's load balancer.
+	for _, n := range c.Nodes() {
+		out, err := exec.Command("ip", "netns", "exec", n.Namespace, "nft", "list", "table", "inet", "shoal-lb").CombinedOutput()
+		if err != nil {
+			t.Errorf("list the load balancer of %s: %v %s", n.Name, err, out)
+			continue
+		}
+		for _, gone := range []string{"8080", "8081", "5353", "9000", vip} {
+			if strings.Contains(string(out), gone) {
+				t.Errorf("%s's load balancer still mentions %s after every service was removed:\n%s", n.Name, gone, out)
+			}
+		}
+	}
+
+	// Removing the network removes its bridge and VXLAN device everywhere.
+	backend, err := control.GetNetwork(t.Context(), &api.GetNetworkRequest{Network: "backend"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	c.ctl(t, m, "network", "rm", "backend")
+	bridge := overlay.BridgeName(backend.GetNetwork().GetVni())
+	tc.Eventually(t, clusterConverge, "no "+bridge+" on any node", func() (bool, string) {
+		for _, n := range c.Nodes() {
+			out, err := exec.Command("ip", "-n", n.Namespace, "-o", "link", "show").CombinedOutput()
+			if err != nil || strings.Contains(string(out), bridge) || strings.Contains(string(out), overlay.VXLANName(backend.GetNetwork().GetVni())) {
+				return false, fmt.Sprintf("%s: %v\n%s", n.Name, err, out)
+			}
+		}
+		return true, ""
+	})
 }
 
 // hostnameOf is the hostname of a service's only running task, as the

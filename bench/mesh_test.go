@@ -12,7 +12,9 @@ import (
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/lab"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
+	"github.com/shoal-project/shoal/internal/testimage"
 )
 
 // Sizes of the mesh benchmark's runs.
@@ -124,6 +126,10 @@ func BenchmarkMesh(b *testing.B) {
 		meshMBs += stream(w2.Addr.String()+":8007") / rounds
 		directMBs += stream(taskIP+":7") / rounds
 	}
+	// Scaling down under load: with the drain delay, requests through the
+	// mesh should not fail while replicas go away.
+	b.ReportMetric(float64(scaleDownFailures(b, c, client, bin, "http://"+w2.Addr.String()+":8080")), "scale-down-failed-req")
+
 	b.ReportMetric(meshRPS, "mesh-req/s")
 	b.ReportMetric(directRPS, "direct-req/s")
 	b.ReportMetric(meshRPS/directRPS, "req-ratio")
@@ -134,4 +140,57 @@ func BenchmarkMesh(b *testing.B) {
 	b.ReportMetric(meshMBs, "mesh-stream-MB/s")
 	b.ReportMetric(directMBs, "direct-stream-MB/s")
 	b.ReportMetric(meshMBs/directMBs, "stream-ratio")
+}
+
+// scaleDownFailures scales web to 4, then runs requests through target
+// while scaling it to 1, and returns how many failed.
+func scaleDownFailures(b *testing.B, c api.ControlClient, client lab.Client, bin, target string) int {
+	ctx := context.Background()
+	scale := func(n uint64) {
+		got, err := c.GetService(ctx, &api.GetServiceRequest{Service: "web"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		spec := got.GetService().GetSpec()
+		spec.Mode = &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: n}}
+		if _, err := c.UpdateService(ctx, &api.UpdateServiceRequest{Service: "web", Version: got.GetService().GetMeta().GetVersion(), Spec: spec}); err != nil {
+			b.Fatal(err)
+		}
+		waitFor(b, 2*time.Minute, fmt.Sprintf("%d running", n), func() bool {
+			resp, err := c.ListTasks(ctx, &api.ListTasksRequest{Service: "web"})
+			if err != nil {
+				return false
+			}
+			running, other := uint64(0), 0
+			for _, t := range resp.GetTasks() {
+				switch {
+				case t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING && t.GetStatus().GetState() == api.TaskState_TASK_STATE_RUNNING:
+					running++
+				case !api.IsTerminal(t.GetStatus().GetState()):
+					other++
+				}
+			}
+			return running == n && other == 0
+		})
+	}
+	scale(4)
+	cmd := exec.Command(filepath.Join(bin, "shoal-testimage"), "load", "-n", "3000", "-c", "4", target)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	if err := client.Start(cmd); err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	scale(1)
+	if err := cmd.Wait(); err != nil {
+		b.Fatalf("load during scale-down: %v %s", err, out.String())
+	}
+	var rep testimage.LoadReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		b.Fatal(err)
+	}
+	if rep.Failed > 0 {
+		b.Logf("requests failed during scale-down: %v", rep.Errors)
+	}
+	return rep.Failed
 }

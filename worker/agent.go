@@ -41,6 +41,10 @@ type Config struct {
 	// Network, if set, hears the node's network view with every
 	// assignments message, before the message's task changes.
 	Network NetworkView
+	// DrainDelay is how long a running task with network attachments
+	// keeps running after the managers asked it to stop, so that every
+	// node has taken it out of its load balancers first; 0 stops at once.
+	DrainDelay time.Duration
 	// DataAddr is the node's underlay address (its VTEP), reported to the
 	// managers so that other nodes can reach its overlays.
 	DataAddr string

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -520,5 +521,30 @@ func TestAgentAppliesNetworkBeforeTasks(t *testing.T) {
 	got = slices.Insert(got, 0, exe.verbs("")...)
 	if !slices.Equal(got, want) {
 		t.Errorf("calls = %v, want %v", got, want)
+	}
+}
+
+// TestAgentDrainsBackends checks that a running task with network
+// attachments is stopped only after the drain delay (here longer than the
+// test), while a task without networks stops at once; and that an agent
+// stopping meanwhile leaves the draining task's container alone.
+func TestAgentDrainsBackends(t *testing.T) {
+	exe := newFakeExecutor()
+	disp := newFakeDispatcher()
+	h := startAgent(t, exe, disp, func(c *Config) { c.DrainDelay = time.Hour })
+	backend := task("backend", stAssigned, stRunning)
+	backend.Networks = []*api.NetworkAttachment{{NetworkId: "ingress", Addr: "10.0.0.5/24"}}
+	plain := task("plain", stAssigned, stRunning)
+	disp.full(t, 1, backend, plain)
+	disp.waitState(t, "backend", stRunning)
+	disp.waitState(t, "plain", stRunning)
+	disp.delta(t, 1, update(withDesired(backend, stShutdown)), update(withDesired(plain, stShutdown)))
+	disp.waitState(t, "plain", stShutdown)
+	if v := exe.verbs("backend"); slices.Contains(v, "shutdown") {
+		t.Fatalf("the backend was stopped without draining: %v", v)
+	}
+	h.stop()
+	if v := exe.verbs("backend"); slices.Contains(v, "shutdown") || slices.Contains(v, "remove") {
+		t.Errorf("the agent stopping made the draining backend stop: %v", v)
 	}
 }

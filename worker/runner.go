@@ -263,12 +263,41 @@ func (r *runner) exited(err error) {
 	}
 }
 
+// drain gives the other nodes time to take a running task out of their
+// load balancers before it is stopped. The message that stops it removed
+// its backend here already, and the same change reaches every node at
+// about the same time; the delay covers a node that applies it a little
+// later, so no new connection meets a process that is going away. Tasks
+// without networks are nobody's backend and stop at once.
+//
+// It reports false when the agent stopped meanwhile: the task is then left
+// as it is, for the next full set of assignments to settle.
+func (r *runner) drain(running bool) bool {
+	r.mu.Lock()
+	networked := len(r.task.GetNetworks()) > 0
+	r.mu.Unlock()
+	delay := r.agent.cfg.DrainDelay
+	if !running || delay <= 0 || !networked || r.state() != api.TaskState_TASK_STATE_RUNNING {
+		return true
+	}
+	r.logger.Debug("draining before stop", "delay", delay)
+	select {
+	case <-time.After(delay):
+		return true
+	case <-r.ctx.Done():
+		return false
+	}
+}
+
 // stop shuts the container down and removes it. The state is SHUTDOWN
 // unless the task had already ended on its own.
 func (r *runner) stop(waiting bool, waitDone chan error) {
 	ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
 	defer cancel()
 	if !api.IsTerminal(r.state()) || waiting {
+		if !r.drain(waiting) {
+			return
+		}
 		if err := r.ctrl.Shutdown(ctx); err != nil {
 			r.logger.Warn("shut down container", "err", err)
 		}

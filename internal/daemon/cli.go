@@ -40,7 +40,7 @@ func reexec(cfg Config) error {
 	args := []string{self, "run",
 		"--data-dir", cfg.DataDir, "--socket", cfg.Socket,
 		"--containerd-address", cfg.ContainerdAddress, "--containerd-namespace", cfg.ContainerdNamespace,
-		"--listen-addr", cfg.ListenAddr, "--log-level", cfg.LogLevel, "--lb-backend", cfg.LBBackend,
+		"--listen-addr", cfg.ListenAddr, "--log-level", cfg.LogLevel, "--lb-backend", cfg.LBBackend, "--drain-delay", cfg.DrainDelay.String(),
 	}
 	if cfg.Hostname != "" {
 		args = append(args, "--hostname", cfg.Hostname)
@@ -76,6 +76,7 @@ func newCommand() *cobra.Command {
 	flags.StringVar(&cfg.ContainerdNamespace, "containerd-namespace", DefaultNamespace, "containerd namespace of this node's containers")
 	flags.StringVar(&cfg.Hostname, "hostname", "", "name of this node (default: the host's name)")
 	flags.DurationVar(&cfg.HeartbeatPeriod, "heartbeat-period", 0, "how often workers heartbeat, jittered ±10% (managers; default 750ms)")
+	flags.DurationVar(&cfg.DrainDelay, "drain-delay", DefaultDrainDelay, "how long a task with published ports or networks keeps running after it is told to stop, while every node takes it out of its load balancers (0: stop at once)")
 	flags.StringVar(&cfg.LBBackend, "lb-backend", "auto", "routing mesh load balancer: auto (ipvs where the kernel has IPVS, else nftables), nftables or ipvs")
 	flags.DurationVar(&cfg.HeartbeatGrace, "heartbeat-grace", 0, "how long a silent node stays Ready before it is marked down and its tasks replaced (managers; default 3 heartbeat periods)")
 	flags.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

@@ -23,6 +23,9 @@ const (
 	DefaultNamespace  = "shoal"
 	DefaultContainerd = "/run/containerd/containerd.sock"
 	DefaultListenAddr = "0.0.0.0:4242"
+	// DefaultDrainDelay covers a node that applies a backend's removal a
+	// little after the task's own node (see worker.Config.DrainDelay).
+	DefaultDrainDelay = 500 * time.Millisecond
 	// stopTimeout bounds a graceful stop of the gRPC server before open
 	// streams are cut.
 	stopTimeout = 5 * time.Second
@@ -52,6 +55,10 @@ type Config struct {
 	// ForceNewCluster (shoald run --force-new-cluster) makes this
 	// manager the only member of a new raft group with the old state.
 	ForceNewCluster bool
+	// DrainDelay is how long a task that serves traffic keeps running
+	// after it was told to stop, while the nodes take it out of their load
+	// balancers.
+	DrainDelay time.Duration
 	// LBBackend is the routing mesh's load balancer: auto, nftables or
 	// ipvs (netagent.LBAuto...).
 	LBBackend string

@@ -658,7 +658,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 	agent := worker.New(worker.Config{
 		NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker"),
 		StateDir: filepath.Join(cfg.DataDir, "worker"),
-		Network:  exe.network, DataAddr: exe.dataAddr,
+		Network:  exe.network, DataAddr: exe.dataAddr, DrainDelay: cfg.DrainDelay,
 		OnDesiredRole: func(r api.NodeRole) {
 			if ca.RoleOf(r) != n.role {
 				select {

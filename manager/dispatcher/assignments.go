@@ -83,7 +83,8 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 		}
 		changes = append(changes, sub.Next()...)
 
-		reset, netDirty := false, false
+		reset := false
+		net := newNetChanges()
 		touched := map[string]bool{}
 		for _, c := range changes {
 			if c.Reset {
@@ -96,7 +97,7 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 						touched[t.GetId()] = true
 					}
 				}
-				netDirty = netDirty || affectsNetworks(ev)
+				net.note(ev, s.nodeID)
 			}
 		}
 		if reset {
@@ -105,15 +106,13 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 			}
 			continue
 		}
-		if len(touched) == 0 && !netDirty {
+		if len(touched) == 0 && net.empty() {
 			continue
 		}
 		msg := &api.AssignmentsMessage{Type: api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL, AppliesTo: seq, Network: &api.NetworkDelta{}}
 		d.raft.Store().View(func(tx store.ReadTx) {
-			if netDirty {
-				view := viewOf(tx, s.nodeID)
-				msg.Network = view.delta(sentView)
-				sentView = view
+			if !net.empty() {
+				msg.Network = sentView.update(tx, s.nodeID, net)
 			}
 			for id := range touched {
 				t := tx.Task(id)

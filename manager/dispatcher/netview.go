@@ -43,19 +43,43 @@ func hasAddress(t *api.Task) bool {
 //   - services: every service with a VIP or network on these networks, or
 //     a published port.
 //
-// It reads every task, node and service: O(cluster) per call.
+// It reads every task, node and service: O(cluster) per call, so streams
+// call it for FULL messages and network changes only, and otherwise keep
+// their view with update, in O(changes).
 func viewOf(tx store.ReadTx, nodeID string) netView {
 	v := netView{
-		networks:  map[string]*api.Network{},
+		networks:  networksOf(tx, nodeID),
 		peers:     map[string]*api.NetworkPeer{},
 		endpoints: map[string]*api.NetworkEndpoint{},
 		services:  map[string]*api.ServiceEndpoint{},
 	}
+	for _, n := range tx.Nodes() {
+		if p := peerOf(n); p != nil {
+			v.peers[n.GetId()] = p
+		}
+	}
+	for _, t := range tx.Tasks() {
+		if e := v.endpointOf(t); e != nil {
+			v.endpoints[t.GetId()] = e
+		}
+	}
+	for _, svc := range tx.Services() {
+		if e := v.serviceOf(svc); e != nil {
+			v.services[svc.GetId()] = e
+		}
+	}
+	return v
+}
+
+// networksOf is the networks part of nodeID's view: ingress and the
+// networks of the node's tasks that have not ended.
+func networksOf(tx store.ReadTx, nodeID string) map[string]*api.Network {
+	out := map[string]*api.Network{}
 	byID := map[string]*api.Network{}
 	for _, n := range tx.Networks() {
 		byID[n.GetId()] = n
 		if n.GetIngress() {
-			v.networks[n.GetId()] = n
+			out[n.GetId()] = n
 		}
 	}
 	for _, t := range tx.TasksOfNode(nodeID) {
@@ -64,50 +88,163 @@ func viewOf(tx store.ReadTx, nodeID string) netView {
 		}
 		for _, at := range t.GetNetworks() {
 			if n := byID[at.GetNetworkId()]; n != nil {
-				v.networks[n.GetId()] = n
+				out[n.GetId()] = n
 			}
 		}
 	}
-	for _, n := range tx.Nodes() {
-		if addr := n.GetDescription().GetDataAddr(); addr != "" {
-			v.peers[n.GetId()] = &api.NetworkPeer{NodeId: n.GetId(), DataAddr: addr, Ingress: n.GetIngress()}
+	return out
+}
+
+// peerOf is a node's peer entry; nil without a data address.
+func peerOf(n *api.Node) *api.NetworkPeer {
+	addr := n.GetDescription().GetDataAddr()
+	if n == nil || addr == "" {
+		return nil
+	}
+	return &api.NetworkPeer{NodeId: n.GetId(), DataAddr: addr, Ingress: n.GetIngress()}
+}
+
+// endpointOf is a task's endpoint in v (its attachments on v's networks);
+// nil when it has none or no live interface.
+func (v netView) endpointOf(t *api.Task) *api.NetworkEndpoint {
+	if !hasAddress(t) {
+		return nil
+	}
+	var ats []*api.NetworkAttachment
+	for _, at := range t.GetNetworks() {
+		if v.networks[at.GetNetworkId()] != nil {
+			ats = append(ats, at)
 		}
 	}
-	for _, t := range tx.Tasks() {
-		if !hasAddress(t) {
-			continue
+	if len(ats) == 0 {
+		return nil
+	}
+	return &api.NetworkEndpoint{
+		TaskId: t.GetId(), NodeId: t.GetNodeId(), ServiceId: t.GetServiceId(), Networks: ats,
+		Serving: t.GetStatus().GetState() == api.TaskState_TASK_STATE_RUNNING && t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING,
+	}
+}
+
+// serviceOf is a service's entry in v: services with a published port or
+// a VIP or network among v's networks; nil otherwise.
+func (v netView) serviceOf(svc *api.Service) *api.ServiceEndpoint {
+	ep := svc.GetEndpoint()
+	if ep == nil {
+		return nil
+	}
+	on := len(ep.GetPorts()) > 0 ||
+		slices.ContainsFunc(ep.GetVips(), func(vip *api.EndpointVIP) bool { return v.networks[vip.GetNetworkId()] != nil }) ||
+		slices.ContainsFunc(ep.GetNetworks(), func(id string) bool { return v.networks[id] != nil })
+	if !on {
+		return nil
+	}
+	return &api.ServiceEndpoint{
+		ServiceId: svc.GetId(), Name: svc.GetSpec().GetName(),
+		Mode: cmp.Or(svc.GetSpec().GetEndpoint().GetMode(), "vip"), Endpoint: ep,
+	}
+}
+
+// netChanges are the ids of the objects a batch of store events changed
+// that may concern network views.
+type netChanges struct {
+	networks bool // any network: the whole view is recomputed
+	tasks    map[string]bool
+	services map[string]bool
+	nodes    map[string]bool
+	// ofNode is set when a task of the node itself changed, which may
+	// change the node's set of networks.
+	ofNode bool
+}
+
+func newNetChanges() netChanges {
+	return netChanges{tasks: map[string]bool{}, services: map[string]bool{}, nodes: map[string]bool{}}
+}
+
+// note records ev if it may change some node's view (see affectsNetworks).
+func (c *netChanges) note(ev store.Event, nodeID string) {
+	if !affectsNetworks(ev) {
+		return
+	}
+	switch o := ev.Object.(type) {
+	case *api.Network:
+		c.networks = true
+	case *api.Service:
+		c.services[o.GetId()] = true
+	case *api.Task:
+		c.tasks[o.GetId()] = true
+		old, _ := ev.Old.(*api.Task)
+		c.ofNode = c.ofNode || o.GetNodeId() == nodeID || old.GetNodeId() == nodeID
+	case *api.Node:
+		c.nodes[o.GetId()] = true
+	}
+}
+
+func (c netChanges) empty() bool {
+	return !c.networks && len(c.tasks) == 0 && len(c.services) == 0 && len(c.nodes) == 0
+}
+
+// update brings the view a stream sent up to date with the changes and
+// returns the delta, in O(changes): only the changed objects are read
+// again. A change of the networks themselves, or of the node's own set of
+// networks (its first task on a network, its last one leaving), makes it
+// recompute the whole view instead.
+func (v *netView) update(tx store.ReadTx, nodeID string, c netChanges) *api.NetworkDelta {
+	if c.networks || (c.ofNode && !sameKeys(networksOf(tx, nodeID), v.networks)) {
+		view := viewOf(tx, nodeID)
+		d := view.delta(*v)
+		*v = view
+		return d
+	}
+	d := &api.NetworkDelta{}
+	for _, id := range slices.Sorted(maps.Keys(c.nodes)) {
+		d.Peers, d.RemovedPeers = refresh(v.peers, id, peerOf(tx.Node(id)), d.Peers, d.RemovedPeers)
+	}
+	for _, id := range slices.Sorted(maps.Keys(c.tasks)) {
+		var e *api.NetworkEndpoint
+		if t := tx.Task(id); t != nil {
+			e = v.endpointOf(t)
 		}
-		var ats []*api.NetworkAttachment
-		for _, at := range t.GetNetworks() {
-			if v.networks[at.GetNetworkId()] != nil {
-				ats = append(ats, at)
-			}
+		d.Endpoints, d.RemovedEndpoints = refresh(v.endpoints, id, e, d.Endpoints, d.RemovedEndpoints)
+	}
+	for _, id := range slices.Sorted(maps.Keys(c.services)) {
+		var e *api.ServiceEndpoint
+		if svc := tx.Service(id); svc != nil {
+			e = v.serviceOf(svc)
 		}
-		if len(ats) == 0 {
-			continue
-		}
-		v.endpoints[t.GetId()] = &api.NetworkEndpoint{
-			TaskId: t.GetId(), NodeId: t.GetNodeId(), ServiceId: t.GetServiceId(), Networks: ats,
-			Serving: t.GetStatus().GetState() == api.TaskState_TASK_STATE_RUNNING && t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING,
+		d.Services, d.RemovedServices = refresh(v.services, id, e, d.Services, d.RemovedServices)
+	}
+	return d
+}
+
+// refresh sets sent[id] to cur (nil: absent) and appends to changed or
+// removed what the worker must hear of it.
+func refresh[T interface {
+	proto.Message
+	comparable
+}](sent map[string]T, id string, cur T, changed []T, removed []string) ([]T, []string) {
+	var zero T
+	old, had := sent[id]
+	switch {
+	case cur == zero && had:
+		delete(sent, id)
+		removed = append(removed, id)
+	case cur != zero && (!had || !proto.Equal(old, cur)):
+		sent[id] = cur
+		changed = append(changed, cur)
+	}
+	return changed, removed
+}
+
+func sameKeys[V any](a, b map[string]V) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			return false
 		}
 	}
-	for _, svc := range tx.Services() {
-		ep := svc.GetEndpoint()
-		if ep == nil {
-			continue
-		}
-		on := len(ep.GetPorts()) > 0 ||
-			slices.ContainsFunc(ep.GetVips(), func(vip *api.EndpointVIP) bool { return v.networks[vip.GetNetworkId()] != nil }) ||
-			slices.ContainsFunc(ep.GetNetworks(), func(id string) bool { return v.networks[id] != nil })
-		if !on {
-			continue
-		}
-		v.services[svc.GetId()] = &api.ServiceEndpoint{
-			ServiceId: svc.GetId(), Name: svc.GetSpec().GetName(),
-			Mode: cmp.Or(svc.GetSpec().GetEndpoint().GetMode(), "vip"), Endpoint: ep,
-		}
-	}
-	return v
+	return true
 }
 
 // delta returns what turns old (the zero netView for a full view) into v.

@@ -52,10 +52,10 @@ test: setup proto-check vet build
 # Benchmarks: end to end against containerd and a lab cluster (./bench,
 # including the routing mesh against direct traffic), the scheduler with its
 # raft commits (./manager), the nftables load balancer (1,000 services x 10
-# backends, one change), the scheduler alone.
+# backends, one change), the dispatcher's network views, the scheduler alone.
 bench: setup build
 	$(GOTEST) -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/... ./manager/ | tee $(BIN)/bench.txt
-	$(GOTEST) -run '^$$' -bench . -timeout 20m ./network/lb/nft/ | tee -a $(BIN)/bench.txt
+	$(GOTEST) -run '^$$' -bench . -timeout 20m ./network/lb/nft/ ./manager/dispatcher/ | tee -a $(BIN)/bench.txt
 	$(GOTEST) -run '^$$' -bench . -timeout 20m ./scheduler/ | tee -a $(BIN)/bench.txt
 
 demo: setup build

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -19,33 +18,10 @@ import (
 // subnet, as `shoald init` creates it.
 func startManagerWithIngress(t *testing.T, subnet string) (*Manager, *api.Network) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), settle)
-	defer cancel()
 	p := netip.MustParsePrefix(subnet)
 	ingress := &api.Network{Id: "ingress-id", Meta: &api.Meta{CreatedAt: timestamppb.Now()}, Spec: &api.NetworkSpec{Name: "ingress"},
 		Subnet: p.String(), Gateway: p.Addr().Next().String(), Vni: 4096, Ingress: true}
-	self := &api.Node{Id: selfID, Role: api.NodeRole_NODE_ROLE_MANAGER, Description: &api.NodeDescription{Hostname: "host-1"}}
-	m, err := Init(ctx, testConfig(t.TempDir()), nil, self, store.Create(ingress))
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, stop := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := m.Run(runCtx); err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
-	t.Cleanup(func() {
-		stop()
-		wg.Wait()
-		if err := m.Close(); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	return m, ingress
+	return startManager(t, store.Create(ingress)), ingress
 }
 
 func storedNodeOf(m *Manager, id string) *api.Node {

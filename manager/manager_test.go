@@ -40,13 +40,14 @@ func testConfig(dir string) Config {
 }
 
 // startManager initialises a cluster in a temp dir and runs its
-// controllers until the test ends.
-func startManager(t *testing.T) *Manager {
+// controllers until the test ends. extra are stored at init with the
+// cluster.
+func startManager(t *testing.T, extra ...*api.StoreAction) *Manager {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), settle)
 	defer cancel()
 	self := &api.Node{Id: selfID, Role: api.NodeRole_NODE_ROLE_MANAGER, Description: &api.NodeDescription{Hostname: "host-1", Os: "linux", Arch: "amd64"}}
-	m, err := Init(ctx, testConfig(t.TempDir()), nil, self)
+	m, err := Init(ctx, testConfig(t.TempDir()), nil, self, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,8 @@ import (
 type ControlDialer func(ctx context.Context, addr string) (api.ControlClient, error)
 
 // SetControlForwarder makes this manager, while it follows, send the
-// control calls that allocate addresses and ports to the leader. The
+// control calls that allocate addresses and ports (and network removal,
+// which must see every allocation) to the leader. The
 // leader's allocator controller and its control API allocate under one
 // lock from one store; a follower allocating from its own copy could hand
 // out an address the leader just gave a task, since the store's version
@@ -117,4 +118,17 @@ func (c controlServer) CreateNetwork(ctx context.Context, req *api.CreateNetwork
 			return l.CreateNetwork(ctx, req)
 		},
 		func(r *api.CreateNetworkResponse) *api.Meta { return r.GetNetwork().GetMeta() })
+}
+
+// RemoveNetwork goes to the leader too: its check that no service uses the
+// network must see the services the leader is making.
+func (c controlServer) RemoveNetwork(ctx context.Context, req *api.RemoveNetworkRequest) (*api.RemoveNetworkResponse, error) {
+	l, err := c.leader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if l == nil {
+		return c.Server.RemoveNetwork(ctx, req)
+	}
+	return l.RemoveNetwork(ctx, req)
 }

@@ -608,7 +608,7 @@ func newFixture() *fakeControl {
 		services: []*api.Service{web, apiSvc},
 		counts: map[string]*api.ServiceCounts{
 			svcWeb: {Desired: 3, Running: 2},
-			svcAPI: {Desired: 2, Running: 1},
+			svcAPI: {Desired: 2, Running: 1, Unallocated: 1},
 		},
 		tasks: []*api.Task{
 			task("taskweb1oldaaaaaaaaaaaaaaa", web, 1, nodeBravo, shutdown, failed, 5*time.Minute, 2*time.Minute,

@@ -88,7 +88,7 @@ func serviceListing(p *listPrinter, resp *api.ListServicesResponse) listing[serv
 			ID:       p.shortID(s.GetId()),
 			Name:     s.GetSpec().GetName(),
 			Mode:     serviceMode(s.GetSpec()),
-			Replicas: fmt.Sprintf("%d/%d", counts.GetRunning(), counts.GetDesired()),
+			Replicas: replicas(counts),
 			Image:    s.GetSpec().GetTask().GetContainer().GetImage(),
 		})
 		l.objects = append(l.objects, s)
@@ -320,4 +320,14 @@ func stateTitle(s api.TaskState) string {
 		return ""
 	}
 	return title(api.StateName(s))
+}
+
+// replicas is the REPLICAS column: running/desired, and the tasks the
+// managers could not allocate, which otherwise only `service ps` shows.
+func replicas(c *api.ServiceCounts) string {
+	s := fmt.Sprintf("%d/%d", c.GetRunning(), c.GetDesired())
+	if n := c.GetUnallocated(); n > 0 {
+		s += fmt.Sprintf(" (%d unallocated)", n)
+	}
+	return s
 }

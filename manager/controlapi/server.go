@@ -182,8 +182,14 @@ func lookupStatus(err error) error {
 func counts(svc *api.Service, tasks []*api.Task) *api.ServiceCounts {
 	c := &api.ServiceCounts{Desired: svc.GetSpec().GetReplicated().GetReplicas()}
 	for _, t := range tasks {
-		if t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING && t.GetStatus().GetState() == api.TaskState_TASK_STATE_RUNNING {
+		if t.GetDesiredState() != api.TaskState_TASK_STATE_RUNNING {
+			continue
+		}
+		switch st := t.GetStatus(); {
+		case st.GetState() == api.TaskState_TASK_STATE_RUNNING:
 			c.Running++
+		case st.GetState() == api.TaskState_TASK_STATE_NEW && st.GetErr() != "":
+			c.Unallocated++
 		}
 	}
 	return c

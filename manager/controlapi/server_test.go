@@ -430,6 +430,9 @@ func TestListServicesCounts(t *testing.T) {
 		tk("w3", api.TaskState_TASK_STATE_FAILED, running),
 		tk("w4", api.TaskState_TASK_STATE_STARTING, running),
 		tk("w5", running, running))
+	unallocated := &api.Task{Id: "w6", ServiceId: web.GetId(), ServiceName: "web", Slot: 3, DesiredState: running,
+		Status: &api.TaskStatus{State: api.TaskState_TASK_STATE_NEW, Err: "network allocation failed: no free address"}}
+	propose(t, r, store.Create(unallocated), tk("w7", api.TaskState_TASK_STATE_NEW, running)) // w7: waiting, no error
 
 	resp, err := c.ListServices(context.Background(), &api.ListServicesRequest{})
 	if err != nil {
@@ -443,16 +446,16 @@ func TestListServicesCounts(t *testing.T) {
 		t.Errorf("services = %v, want api,web (by name)", names)
 	}
 	tests := []struct {
-		id               string
-		desired, running uint64
+		id                            string
+		desired, running, unallocated uint64
 	}{
-		{web.GetId(), 3, 2},
-		{apiSvc.GetId(), 1, 0},
+		{web.GetId(), 3, 2, 1},
+		{apiSvc.GetId(), 1, 0, 0},
 	}
 	for _, tc := range tests {
 		got := resp.GetCounts()[tc.id]
-		if got.GetDesired() != tc.desired || got.GetRunning() != tc.running {
-			t.Errorf("counts of %s = %v, want desired %d running %d", tc.id, got, tc.desired, tc.running)
+		if got.GetDesired() != tc.desired || got.GetRunning() != tc.running || got.GetUnallocated() != tc.unallocated {
+			t.Errorf("counts of %s = %v, want desired %d running %d unallocated %d", tc.id, got, tc.desired, tc.running, tc.unallocated)
 		}
 	}
 	one, err := c.GetService(context.Background(), &api.GetServiceRequest{Service: "web"})

@@ -499,7 +499,18 @@ func (a *Agent) Detach(ctx context.Context, t *api.Task) error {
 			errs = append(errs, fmt.Errorf("detach task %s: %w", t.GetId(), err))
 		}
 	}
+	// The container that mounted it is gone.
+	if id := t.GetId(); id != "" && id == filepath.Base(id) {
+		if err := os.Remove(a.resolvPath(id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("detach task %s: %w", id, err))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// resolvPath is where the task's resolv.conf is written.
+func (a *Agent) resolvPath(taskID string) string {
+	return filepath.Join(a.cfg.StateDir, "resolv", taskID+".conf")
 }
 
 // ResolvConf writes <StateDir>/resolv/<task id>.conf pointing the task at
@@ -532,7 +543,7 @@ func (a *Agent) ResolvConf(t *api.Task) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("resolv.conf of task %s: %w", t.GetId(), err)
 	}
-	path := filepath.Join(dir, t.GetId()+".conf")
+	path := a.resolvPath(t.GetId())
 	// ndots:0 sends every name to our resolver as given: service names have
 	// no dots, and no search domain would help.
 	content := fmt.Sprintf("nameserver %s\noptions ndots:0\n", server)

@@ -321,6 +321,9 @@ func TestKernelAgent(t *testing.T) {
 		if err := a.Detach(ctx, clientTask); err != nil {
 			t.Fatal(err)
 		}
+		if entries, _ := os.ReadDir(filepath.Join(a.cfg.StateDir, "resolv")); len(entries) != 0 {
+			t.Errorf("resolv.conf files left after Detach: %v", entries)
+		}
 		if l := node.MustRun(t, "ip", "-o", "addr", "show", "dev", "lo"); !strings.Contains(l, kVIP+"/32") {
 			t.Errorf("node loopback before Close:\n%s\nwant the VIP %s", l, kVIP)
 		}

@@ -452,8 +452,9 @@ func masqueradeMarks(set *nftables.Set) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
-		// fully-random: many clients behind one node must not collide on
-		// source ports (kube-proxy does the same).
-		&expr.Masq{FullyRandom: true},
+		// Port-preserving, not fully-random: see masqueradeMarked in
+		// network/lb/nft (random ports meet the tasks' TIME_WAIT PAWS
+		// checks under connection churn).
+		&expr.Masq{},
 	}
 }

@@ -133,7 +133,7 @@ func newExecutor(ctx context.Context, cfg Config, file nodeFile) (*executor, err
 		Logger:    cfg.Logger,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("network agent: %w", err)
+		return nil, err
 	}
 	exe, err := ctrexec.New(ctx, ctrexec.Config{
 		Address:   cfg.ContainerdAddress,

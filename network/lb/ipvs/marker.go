@@ -13,9 +13,9 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/shoal-project/shoal/network/lb"
+	"github.com/shoal-project/shoal/network/lb/internal/dispatch"
 )
 
 // DefaultMarkTable is the table an NftMarker owns unless told otherwise.
@@ -45,21 +45,14 @@ const (
 	markChainPrerouting  = "prerouting"
 	markChainOutput      = "output"
 	markChainPostrouting = "postrouting"
-	markSetPublished     = "published"
-	markSetVIP4          = "vip4"
-	markSetVIP6          = "vip6"
-	markSetMasquerade    = "masquerade"
-	markSetVIP4Any       = "vip4any"
-	markSetVIP6Any       = "vip6any"
+	// The dispatch maps are named in package dispatch.
+	markSetMasquerade = "masquerade"
 )
 
 // markElementsPerMessage bounds the elements sent in one netlink message:
 // the element list is one attribute with a 16-bit length, which a few
 // hundred elements would overflow.
 const markElementsPerMessage = 256
-
-// rtnLocal is RTN_LOCAL, the fib address type of the node's own addresses.
-const rtnLocal = 2
 
 // MarkerOption configures an NftMarker.
 type MarkerOption func(*NftMarker)
@@ -229,36 +222,13 @@ func (m *NftMarker) Close() error {
 }
 
 type markSets struct {
-	published, vip4, vip6, vip4any, vip6any, masquerade *nftables.Set
+	dispatch.Maps
+	masquerade *nftables.Set
 }
 
 func newMarkSets(t *nftables.Table) markSets {
 	return markSets{
-		published: &nftables.Set{
-			Table: t, Name: markSetPublished, IsMap: true, Concatenation: true,
-			KeyType:  nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService),
-			DataType: nftables.TypeMark,
-		},
-		vip4: &nftables.Set{
-			Table: t, Name: markSetVIP4, IsMap: true, Concatenation: true,
-			KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService),
-			DataType: nftables.TypeMark,
-		},
-		vip6: &nftables.Set{
-			Table: t, Name: markSetVIP6, IsMap: true, Concatenation: true,
-			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService),
-			DataType: nftables.TypeMark,
-		},
-		vip4any: &nftables.Set{
-			Table: t, Name: markSetVIP4Any, IsMap: true, Concatenation: true,
-			KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto),
-			DataType: nftables.TypeMark,
-		},
-		vip6any: &nftables.Set{
-			Table: t, Name: markSetVIP6Any, IsMap: true, Concatenation: true,
-			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto),
-			DataType: nftables.TypeMark,
-		},
+		Maps: dispatch.NewMaps(t, nftables.TypeMark),
 		masquerade: &nftables.Set{
 			Table: t, Name: markSetMasquerade, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian,
 		},
@@ -266,7 +236,7 @@ func newMarkSets(t *nftables.Table) markSets {
 }
 
 func (s markSets) all() []*nftables.Set {
-	return []*nftables.Set{s.published, s.vip4, s.vip6, s.vip4any, s.vip6any, s.masquerade}
+	return append(s.Maps.All(), s.masquerade)
 }
 
 // writeFull queues a transaction that replaces the whole table.
@@ -363,87 +333,19 @@ func markKey(mark uint32) []byte { return binaryutil.NativeEndian.PutUint32(mark
 // part of a concatenated key is padded to 4 bytes, as the kernel's registers
 // are.
 func (m *NftMarker) element(e markEntry) (*nftables.Set, []byte) {
-	var key []byte
-	s := m.sets.published
-	if e.vip.IsValid() && e.port == 0 {
-		s = m.sets.vip4any
-		if e.vip.Is6() {
-			s = m.sets.vip6any
-		}
-		key = append(key, e.vip.AsSlice()...)
-		return s, append(key, e.proto, 0, 0, 0)
-	}
-	if e.vip.IsValid() {
-		s = m.sets.vip4
-		if e.vip.Is6() {
-			s = m.sets.vip6
-		}
-		key = append(key, e.vip.AsSlice()...)
-	}
-	key = append(key, e.proto, 0, 0, 0)
-	key = append(key, byte(e.port>>8), byte(e.port), 0, 0)
-	return s, key
+	return m.sets.Element(e.proto, e.port, e.vip)
 }
 
-// markRules set the mark from the maps by destination. Loopback destinations
-// are left alone, as in the nft backend: masquerading 127.0.0.1 towards
-// another host needs route_localnet and is refused as martian otherwise.
+// markRules set the mark from the maps by destination. A later match
+// overrides an earlier one, so any-port VIPs come first and a frontend on
+// one port of a VIP wins.
 func markRules(s markSets) [][]expr.Any {
-	nfproto := func(p byte) []expr.Any {
+	return s.Rules(func(set *nftables.Set, keyReg uint32) []expr.Any {
 		return []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
-		}
-	}
-	// l4 loads l4proto and dport into the registers after an address that
-	// fills 32-bit registers first .. first+n-1.
-	l4 := func(first uint32) []expr.Any {
-		return []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: first},
-			&expr.Payload{DestRegister: first + 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		}
-	}
-	setMark := func(set *nftables.Set, src uint32) []expr.Any {
-		return []expr.Any{
-			&expr.Lookup{SourceRegister: src, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
+			&expr.Lookup{SourceRegister: keyReg, DestRegister: 1, IsDestRegSet: true, SetName: set.Name, SetID: set.ID},
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 		}
-	}
-	local := []expr.Any{
-		&expr.Fib{Register: 1, ResultADDRTYPE: true, FlagDADDR: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(rtnLocal)},
-	}
-	loopback6 := [16]byte{15: 1}
-	const (
-		reg32_00 = 8 // NFT_REG32_00, the first 32-bit register
-		reg1     = 1 // NFT_REG_1, the first 128-bit register (= NFT_REG32_00..03)
-	)
-	return [][]expr.Any{
-		slices.Concat(nfproto(unix.NFPROTO_IPV4),
-			[]expr.Any{&expr.Payload{DestRegister: reg32_00, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}},
-			l4(reg32_00 + 1)[:1], setMark(s.vip4any, reg32_00)),
-		slices.Concat(nfproto(unix.NFPROTO_IPV6),
-			[]expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}},
-			l4(reg32_00 + 4)[:1], setMark(s.vip6any, reg1)),
-		slices.Concat(nfproto(unix.NFPROTO_IPV4),
-			[]expr.Any{&expr.Payload{DestRegister: reg32_00, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}},
-			l4(reg32_00+1), setMark(s.vip4, reg32_00)),
-		slices.Concat(nfproto(unix.NFPROTO_IPV6),
-			[]expr.Any{&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}},
-			l4(reg32_00+4), setMark(s.vip6, reg1)),
-		slices.Concat(local, nfproto(unix.NFPROTO_IPV4),
-			[]expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 1},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{127}},
-			},
-			l4(reg32_00), setMark(s.published, reg32_00)),
-		slices.Concat(local, nfproto(unix.NFPROTO_IPV6),
-			[]expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: loopback6[:]},
-			},
-			l4(reg32_00), setMark(s.published, reg32_00)),
-	}
+	}, true)
 }
 
 // masqueradeMarks masquerades connections whose mark is in the set. The mark

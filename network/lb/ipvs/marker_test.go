@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shoal-project/shoal/network/lb"
+	"github.com/shoal-project/shoal/network/lb/internal/dispatch"
 	"github.com/shoal-project/shoal/network/lb/lbtest"
 )
 
@@ -89,7 +90,7 @@ func readMarks(t *testing.T, c *nftables.Conn) []string {
 	t.Helper()
 	tbl := &nftables.Table{Name: testMarkTable, Family: nftables.TableFamilyINet}
 	var out []string
-	for _, name := range []string{markSetPublished, markSetVIP4, markSetVIP6, markSetVIP4Any, markSetVIP6Any, markSetMasquerade} {
+	for _, name := range []string{dispatch.SetPublished, dispatch.SetVIP4, dispatch.SetVIP6, dispatch.SetVIP4Any, dispatch.SetVIP6Any, markSetMasquerade} {
 		s, err := c.GetSetByName(tbl, name)
 		if err != nil {
 			t.Fatalf("get set %s: %v", name, err)
@@ -289,7 +290,7 @@ func TestKernelMarkerFailedTransactionResyncs(t *testing.T) {
 	// An element of the wrong key length makes the kernel refuse the whole
 	// transaction.
 	m.beforeFlush = func(c *nftables.Conn, tbl *nftables.Table) {
-		c.SetAddElements(&nftables.Set{Table: tbl, Name: markSetPublished, IsMap: true},
+		c.SetAddElements(&nftables.Set{Table: tbl, Name: dispatch.SetPublished, IsMap: true},
 			[]nftables.SetElement{{Key: []byte{1}, Val: markKey(1)}})
 	}
 	changed := slices.Clone(ms)
@@ -304,13 +305,13 @@ func TestKernelMarkerFailedTransactionResyncs(t *testing.T) {
 
 	// Someone else's edit, which only a full resync repairs.
 	tbl := &nftables.Table{Name: testMarkTable, Family: nftables.TableFamilyINet}
-	s, err := c.GetSetByName(tbl, markSetPublished)
+	s, err := c.GetSetByName(tbl, dispatch.SetPublished)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c.FlushSet(s)
 	if err := c.Flush(); err != nil {
-		t.Fatalf("flush set %s: %v", markSetPublished, err)
+		t.Fatalf("flush set %s: %v", dispatch.SetPublished, err)
 	}
 	setMarks(t, m, changed...)
 	if got, want := readMarks(t, c), wantMarks(changed...); !slices.Equal(got, want) {

@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/shoal-project/shoal/network/lb"
+	"github.com/shoal-project/shoal/network/lb/internal/dispatch"
 	"github.com/shoal-project/shoal/network/lb/lbtest"
 )
 
@@ -39,9 +40,9 @@ func TestConformance(t *testing.T) {
 					t.Fatalf("open nftables connection: %v", err)
 				}
 				tbl := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
-				c.FlushSet(&nftables.Set{Table: tbl, Name: setPublished})
+				c.FlushSet(&nftables.Set{Table: tbl, Name: dispatch.SetPublished})
 				if err := c.Flush(); err != nil {
-					t.Fatalf("flush map %s: %v", setPublished, err)
+					t.Fatalf("flush map %s: %v", dispatch.SetPublished, err)
 				}
 			},
 			FailNext: func() {
@@ -49,7 +50,7 @@ func TestConformance(t *testing.T) {
 					b.beforeFlush = nil
 					// An element jumping to a missing chain makes the kernel
 					// refuse the whole transaction.
-					c.SetAddElements(&nftables.Set{Table: tbl, Name: setPublished}, []nftables.SetElement{{
+					c.SetAddElements(&nftables.Set{Table: tbl, Name: dispatch.SetPublished}, []nftables.SetElement{{
 						Key:         []byte{17, 0, 0, 0, 0x10, 0x00, 0, 0},
 						VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: "no-such-chain"},
 					}})
@@ -106,7 +107,7 @@ func readTable(t testing.TB, ns netns.NsHandle, table string) map[string]lbtest.
 		}
 		return es
 	}
-	for _, set := range []string{setPublished, setVIP4, setVIP6, setVIP4Any, setVIP6Any} {
+	for _, set := range []string{dispatch.SetPublished, dispatch.SetVIP4, dispatch.SetVIP6, dispatch.SetVIP4Any, dispatch.SetVIP6Any} {
 		for _, e := range elements(set) {
 			p := lbtest.Programmed{Key: elementKeyString(t, set, e.Key)}
 			feChain := verdictChain(t, e)
@@ -193,14 +194,14 @@ func verdictChain(t testing.TB, e nftables.SetElement) string {
 func elementKeyString(t testing.TB, set string, key []byte) string {
 	var vip netip.Addr
 	switch set {
-	case setVIP4, setVIP4Any:
+	case dispatch.SetVIP4, dispatch.SetVIP4Any:
 		vip, _ = netip.AddrFromSlice(key[:4])
 		key = key[4:]
-	case setVIP6, setVIP6Any:
+	case dispatch.SetVIP6, dispatch.SetVIP6Any:
 		vip, _ = netip.AddrFromSlice(key[:16])
 		key = key[16:]
 	}
-	if set == setVIP4Any || set == setVIP6Any {
+	if set == dispatch.SetVIP4Any || set == dispatch.SetVIP6Any {
 		// proto, padded; the port is "any" (0).
 		if len(key) != 4 {
 			t.Errorf("map %s: key %x has the wrong length", set, key)

@@ -13,6 +13,7 @@ import (
 	"github.com/google/nftables/expr"
 
 	"github.com/shoal-project/shoal/network/lb"
+	"github.com/shoal-project/shoal/network/lb/internal/dispatch"
 	"github.com/shoal-project/shoal/network/lb/lbtest"
 )
 
@@ -304,7 +305,7 @@ func TestKernelFailedTransactionKeepsRulesAndResyncs(t *testing.T) {
 	// An element jumping to a chain that does not exist makes the kernel
 	// refuse the whole transaction.
 	b.beforeFlush = func(c *nftables.Conn, tbl *nftables.Table) {
-		set := &nftables.Set{Table: tbl, Name: setPublished}
+		set := &nftables.Set{Table: tbl, Name: dispatch.SetPublished}
 		c.SetAddElements(set, []nftables.SetElement{{
 			Key:         []byte{17, 0, 0, 0, 0x10, 0x00, 0, 0},
 			VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: "no-such-chain"},

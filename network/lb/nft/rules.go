@@ -10,6 +10,8 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
+
+	"github.com/shoal-project/shoal/network/lb/internal/dispatch"
 	"golang.org/x/sys/unix"
 )
 
@@ -42,13 +44,9 @@ const (
 	chainOutput      = "output"
 	chainPostrouting = "postrouting"
 	chainServices    = "services"
-	setPublished     = "published"
-	setVIP4          = "vip4"
-	setVIP6          = "vip6"
-	// Any-port VIPs (lb.Frontend.IsAnyPort), after the exact ones so a
-	// frontend on one port of a VIP wins over the VIP's any-port frontend.
-	setVIP4Any  = "vip4any"
-	setVIP6Any  = "vip6any"
+	// The dispatch maps are named in package dispatch; any-port VIPs
+	// (lb.Frontend.IsAnyPort) come after the exact ones, so a frontend on
+	// one port of a VIP wins over the VIP's any-port frontend.
 	setHairpin4 = "hairpin4"
 	setHairpin6 = "hairpin6"
 )
@@ -62,45 +60,18 @@ const maxChainName = 120
 // elements overflow it and the kernel reads garbage.
 const elementsPerMessage = 256
 
-// rtnLocal is RTN_LOCAL, the fib address type of the node's own addresses.
-const rtnLocal = 2
-
 type sets struct {
-	published, vip4, vip6, vip4any, vip6any *nftables.Set
-	hairpin4, hairpin6                      *nftables.Set
+	dispatch.Maps
+	hairpin4, hairpin6 *nftables.Set
 }
 
 func (s sets) all() []*nftables.Set {
-	return []*nftables.Set{s.published, s.vip4, s.vip6, s.vip4any, s.vip6any, s.hairpin4, s.hairpin6}
+	return append(s.Maps.All(), s.hairpin4, s.hairpin6)
 }
 
 func newSets(t *nftables.Table) sets {
 	return sets{
-		published: &nftables.Set{
-			Table: t, Name: setPublished, IsMap: true, Concatenation: true,
-			KeyType:  nftables.MustConcatSetType(nftables.TypeInetProto, nftables.TypeInetService),
-			DataType: nftables.TypeVerdict,
-		},
-		vip4: &nftables.Set{
-			Table: t, Name: setVIP4, IsMap: true, Concatenation: true,
-			KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService),
-			DataType: nftables.TypeVerdict,
-		},
-		vip6: &nftables.Set{
-			Table: t, Name: setVIP6, IsMap: true, Concatenation: true,
-			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService),
-			DataType: nftables.TypeVerdict,
-		},
-		vip4any: &nftables.Set{
-			Table: t, Name: setVIP4Any, IsMap: true, Concatenation: true,
-			KeyType:  nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto),
-			DataType: nftables.TypeVerdict,
-		},
-		vip6any: &nftables.Set{
-			Table: t, Name: setVIP6Any, IsMap: true, Concatenation: true,
-			KeyType:  nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto),
-			DataType: nftables.TypeVerdict,
-		},
+		Maps: dispatch.NewMaps(t, nftables.TypeVerdict),
 		hairpin4: &nftables.Set{
 			Table: t, Name: setHairpin4, Concatenation: true,
 			KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr),
@@ -449,87 +420,15 @@ func (b *Balancer) delElement(f *frontend) {
 // part of a concatenated key is padded to 4 bytes, as the kernel's registers
 // are.
 func (b *Balancer) element(f *frontend) (*nftables.Set, []byte) {
-	var key []byte
-	s := b.sets.published
-	switch {
-	case f.vip.IsValid() && f.port == 0:
-		s = b.sets.vip4any
-		if f.vip.Is6() {
-			s = b.sets.vip6any
-		}
-		key = append(key, f.vip.AsSlice()...)
-		return s, append(key, f.proto, 0, 0, 0)
-	case f.vip.IsValid():
-		s = b.sets.vip4
-		if f.vip.Is6() {
-			s = b.sets.vip6
-		}
-		key = append(key, f.vip.AsSlice()...)
-	}
-	key = append(key, f.proto, 0, 0, 0)
-	key = append(key, byte(f.port>>8), byte(f.port), 0, 0)
-	return s, key
+	return b.sets.Element(f.proto, f.port, f.vip)
 }
 
-// servicesRules dispatch to a frontend by destination. Loopback destinations
-// are left alone: DNAT from 127.0.0.1 to another host needs route_localnet
-// and is refused as martian otherwise (kube-proxy skips them too).
+// servicesRules dispatch to a frontend's chain by destination.
 func servicesRules(s sets) [][]expr.Any {
-	l4 := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 9},
-		&expr.Payload{DestRegister: 10, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	}
-	l4v6 := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 12},
-		&expr.Payload{DestRegister: 13, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	}
-	vmap := func(set *nftables.Set) expr.Any {
-		return &expr.Lookup{SourceRegister: 1, DestRegister: 0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID}
-	}
-	nfproto := func(p byte) []expr.Any {
-		return []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p}},
-		}
-	}
-	local := []expr.Any{
-		&expr.Fib{Register: 1, ResultADDRTYPE: true, FlagDADDR: true},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(rtnLocal)},
-	}
-	publishedKey := []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Payload{DestRegister: 9, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-	}
-	cat := func(parts ...[]expr.Any) []expr.Any { return slices.Concat(parts...) }
-	return [][]expr.Any{
-		cat(nfproto(unix.NFPROTO_IPV4),
-			[]expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}},
-			l4, []expr.Any{vmap(s.vip4)}),
-		cat(nfproto(unix.NFPROTO_IPV6),
-			[]expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}},
-			l4v6, []expr.Any{vmap(s.vip6)}),
-		cat(nfproto(unix.NFPROTO_IPV4),
-			[]expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}},
-			l4[:1], []expr.Any{vmap(s.vip4any)}),
-		cat(nfproto(unix.NFPROTO_IPV6),
-			[]expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16}},
-			l4v6[:1], []expr.Any{vmap(s.vip6any)}),
-		cat(local, nfproto(unix.NFPROTO_IPV4),
-			[]expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 1},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{127}},
-			},
-			publishedKey, []expr.Any{vmap(s.published)}),
-		cat(local, nfproto(unix.NFPROTO_IPV6),
-			[]expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 24, Len: 16},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: netipLoopback6[:]},
-			},
-			publishedKey, []expr.Any{vmap(s.published)}),
-	}
+	return s.Rules(func(set *nftables.Set, keyReg uint32) []expr.Any {
+		return []expr.Any{&expr.Lookup{SourceRegister: keyReg, DestRegister: 0, IsDestRegSet: true, SetName: set.Name, SetID: set.ID}}
+	}, false)
 }
-
-var netipLoopback6 = [16]byte{15: 1}
 
 // hairpinRules masquerade connections whose destination, after DNAT, is
 // their own source.

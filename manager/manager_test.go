@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -74,11 +75,20 @@ func startManager(t *testing.T, extra ...*api.StoreAction) *Manager {
 // operator would.
 func setNode(t *testing.T, m *Manager, fn func(n *api.Node)) {
 	t.Helper()
-	var n *api.Node
-	m.State().Store().View(func(tx store.ReadTx) { n = proto.Clone(tx.Node(selfID)).(*api.Node) })
-	fn(n)
-	if err := m.State().Propose(context.Background(), store.Update(n)); err != nil {
-		t.Fatal(err)
+	// The leader's controllers write the node too (its ingress address):
+	// read, change and write again when they got there first.
+	for {
+		var n *api.Node
+		m.State().Store().View(func(tx store.ReadTx) { n = proto.Clone(tx.Node(selfID)).(*api.Node) })
+		fn(n)
+		err := m.State().Propose(context.Background(), store.Update(n))
+		if errors.Is(err, store.ErrSequenceConflict) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return
 	}
 }
 

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"strconv"
 	"syscall"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/shoal-project/shoal/network"
 )
 
 // sockets are the UDP and TCP sockets of one address, or why they could not
@@ -38,51 +38,12 @@ func (sk sockets) close() {
 // switched. The error is for the namespace switch; per-address failures are
 // in the sockets.
 func listenAll(nsPath string, addrs []netip.Addr, port int) ([]sockets, error) {
-	if nsPath == "" {
-		return listenHere(addrs, port), nil
-	}
-	type result struct {
-		socks []sockets
-		err   error
-	}
-	done := make(chan result, 1)
-	go func() {
-		socks, err := inNetNS(nsPath, func() []sockets { return listenHere(addrs, port) })
-		done <- result{socks, err}
-	}()
-	r := <-done
-	return r.socks, r.err
-}
-
-// inNetNS runs fn on a thread switched into the namespace at nsPath. If the
-// thread cannot be switched back it stays locked, so the runtime discards it
-// when the calling goroutine ends instead of reusing a thread in the wrong
-// namespace. Call it on a goroutine of its own.
-func inNetNS(nsPath string, fn func() []sockets) ([]sockets, error) {
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("open current network namespace: %w", err)
-	}
-	defer orig.Close()
-	target, err := netns.GetFromPath(nsPath)
-	if err != nil {
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("open network namespace %s: %w", nsPath, err)
-	}
-	defer target.Close()
-	if err := netns.Set(target); err != nil {
-		// setns failing leaves the thread where it was, but stay safe:
-		// keep it locked so it is not reused.
-		return nil, fmt.Errorf("enter network namespace %s: %w", nsPath, err)
-	}
-	socks := fn()
-	if err := netns.Set(orig); err != nil {
-		return socks, fmt.Errorf("return from network namespace %s: %w (the thread is discarded)", nsPath, err)
-	}
-	runtime.UnlockOSThread()
-	return socks, nil
+	var socks []sockets
+	err := network.InNetNS(nsPath, func() error {
+		socks = listenHere(addrs, port)
+		return nil
+	})
+	return socks, err
 }
 
 // listenHere opens the sockets in the calling thread's network namespace.

@@ -5,9 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 
-	"github.com/vishvananda/netns"
+	shoalnet "github.com/shoal-project/shoal/network"
 )
 
 // sysctl is one setting the node's namespace needs, as its /proc/sys path.
@@ -31,44 +30,12 @@ var (
 )
 
 // setSysctls writes the settings in the namespace at path ("" = the
-// caller's). /proc/sys/net shows the namespace of the thread that opens it,
-// so the files are opened on a locked thread that enters the namespace and
-// leaves again; a thread that cannot leave is never unlocked, so the runtime
-// ends it instead of reusing it.
+// caller's): /proc/sys/net shows the namespace of the thread that opens it.
 func setSysctls(path string, settings []sysctl) error {
-	if path == "" {
-		return writeSysctls(settings)
+	if err := shoalnet.InNetNS(path, func() error { return writeSysctls(settings) }); err != nil {
+		return fmt.Errorf("sysctl: %w", err)
 	}
-	target, err := netns.GetFromPath(path)
-	if err != nil {
-		return fmt.Errorf("sysctl: open network namespace %s: %w", path, err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("sysctl: current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("sysctl: enter network namespace %s: %w", path, err)
-			return
-		}
-		werr := writeSysctls(settings)
-		if err := netns.Set(orig); err != nil {
-			// Stay locked: the goroutine exits and the thread with it.
-			errc <- errors.Join(werr, fmt.Errorf("sysctl: leave network namespace %s: %w", path, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- werr
-	}()
-	return <-errc
+	return nil
 }
 
 func writeSysctls(settings []sysctl) error {

@@ -12,10 +12,9 @@ import (
 )
 
 // netView is what one node needs to know of the cluster's networks to
-// build its overlays, load balancers and DNS, keyed by id. It is computed
-// from the store, whole, for each batch of changes that may concern it;
-// what a stream sent is kept as a netView so that it sends only the
-// difference.
+// build its overlays, load balancers and DNS, keyed by id. A stream keeps
+// what it sent as a netView, brings it up to date with each batch of
+// changes (update) and sends only the difference.
 type netView struct {
 	networks  map[string]*api.Network
 	peers     map[string]*api.NetworkPeer
@@ -189,7 +188,8 @@ func (c netChanges) empty() bool {
 // networks (its first task on a network, its last one leaving), makes it
 // recompute the whole view instead.
 func (v *netView) update(tx store.ReadTx, nodeID string, c netChanges) *api.NetworkDelta {
-	if c.networks || (c.ofNode && !sameKeys(networksOf(tx, nodeID), v.networks)) {
+	sameNetworks := func(_, _ *api.Network) bool { return true } // a changed network sets c.networks
+	if c.networks || (c.ofNode && !maps.EqualFunc(networksOf(tx, nodeID), v.networks, sameNetworks)) {
 		view := viewOf(tx, nodeID)
 		d := view.delta(*v)
 		*v = view
@@ -233,18 +233,6 @@ func refresh[T interface {
 		changed = append(changed, cur)
 	}
 	return changed, removed
-}
-
-func sameKeys[V any](a, b map[string]V) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for k := range a {
-		if _, ok := b[k]; !ok {
-			return false
-		}
-	}
-	return true
 }
 
 // delta returns what turns old (the zero netView for a full view) into v.

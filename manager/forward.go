@@ -123,12 +123,10 @@ func (c controlServer) CreateNetwork(ctx context.Context, req *api.CreateNetwork
 // RemoveNetwork goes to the leader too: its check that no service uses the
 // network must see the services the leader is making.
 func (c controlServer) RemoveNetwork(ctx context.Context, req *api.RemoveNetworkRequest) (*api.RemoveNetworkResponse, error) {
-	l, err := c.leader(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if l == nil {
-		return c.Server.RemoveNetwork(ctx, req)
-	}
-	return l.RemoveNetwork(ctx, req)
+	return forward(ctx, c, req, c.Server.RemoveNetwork,
+		func(l api.ControlClient, ctx context.Context, req *api.RemoveNetworkRequest) (*api.RemoveNetworkResponse, error) {
+			return l.RemoveNetwork(ctx, req)
+		},
+		// The answer names no version to wait for.
+		func(*api.RemoveNetworkResponse) *api.Meta { return nil })
 }

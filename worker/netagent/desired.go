@@ -3,6 +3,7 @@ package netagent
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -106,7 +107,7 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 	nets := map[string]*network{}
 	vnis := map[uint32]string{}
 	var ingress *network
-	for _, id := range sortedKeys(v.networks) {
+	for _, id := range slices.Sorted(maps.Keys(v.networks)) {
 		n := v.networks[id]
 		subnet, err := netip.ParsePrefix(n.GetSubnet())
 		if err != nil {
@@ -143,7 +144,7 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 	// Peers: VTEPs, and ingress addresses.
 	vteps := map[string]netip.Addr{}
 	ingressAddrs := map[string]attachment{}
-	for _, id := range sortedKeys(v.peers) {
+	for _, id := range slices.Sorted(maps.Keys(v.peers)) {
 		p := v.peers[id]
 		vtep, err := netip.ParseAddr(p.GetDataAddr())
 		if err != nil {
@@ -167,7 +168,7 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 
 	// Endpoints, by task id.
 	eps := map[string]*endpoint{}
-	for _, id := range sortedKeys(v.endpoints) {
+	for _, id := range slices.Sorted(maps.Keys(v.endpoints)) {
 		e := v.endpoints[id]
 		ep := &endpoint{api: e}
 		for _, a := range e.GetNetworks() {
@@ -180,7 +181,7 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 		}
 		eps[id] = ep
 	}
-	taskIDs := sortedKeys(eps)
+	taskIDs := slices.Sorted(maps.Keys(eps))
 
 	// inSubnet reports whether an address may go into the network's overlay
 	// state: one the overlay would refuse fails the whole network there.
@@ -193,12 +194,12 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 	}
 
 	// Overlays.
-	for _, id := range sortedKeys(nets) {
+	for _, id := range slices.Sorted(maps.Keys(nets)) {
 		nw := nets[id]
 		ns := overlay.NetworkState{Network: overlay.Network{
 			ID: id, VNI: nw.api.GetVni(), Subnet: nw.subnet, Gateway: nw.gateway,
 		}}
-		for _, node := range sortedKeys(vteps) {
+		for _, node := range slices.Sorted(maps.Keys(vteps)) {
 			if node != self {
 				ns.Peers = append(ns.Peers, overlay.Peer{VTEP: vteps[node]})
 			}
@@ -223,7 +224,7 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 			}
 			// Other nodes' own addresses: mesh traffic they masquerade
 			// comes from these, and the replies must find them.
-			for _, node := range sortedKeys(ingressAddrs) {
+			for _, node := range slices.Sorted(maps.Keys(ingressAddrs)) {
 				vtep, ok := vteps[node]
 				if a := ingressAddrs[node]; node != self && ok && inSubnet(a, nw, "node "+node+"'s ingress address") {
 					ns.Endpoints = append(ns.Endpoints, overlay.Endpoint{Addr: a.addr, MAC: a.mac, VTEP: vtep})
@@ -262,7 +263,7 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 		f.Backends = slices.Compact(f.Backends)
 		d.lb.Frontends = append(d.lb.Frontends, f)
 	}
-	for _, sid := range sortedKeys(v.services) {
+	for _, sid := range slices.Sorted(maps.Keys(v.services)) {
 		s := v.services[sid]
 		for _, p := range s.GetEndpoint().GetPorts() {
 			proto := lb.Protocol(strings.ToLower(p.GetProtocol()))
@@ -386,13 +387,4 @@ func parseVIP(s string) (netip.Addr, error) {
 
 func sortBackends(bs []lb.Backend) {
 	slices.SortFunc(bs, func(a, b lb.Backend) int { return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port)) })
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }

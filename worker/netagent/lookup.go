@@ -1,6 +1,7 @@
 package netagent
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -33,14 +34,14 @@ func newDNSIndex(v *view, nets map[string]*network, eps map[string]*endpoint, in
 		ingressID = ingress.api.GetId()
 	}
 	x := &dnsIndex{asker: map[netip.Addr][]string{}, services: map[string]*dnsService{}}
-	for _, tid := range sortedKeys(eps) {
+	for _, tid := range slices.Sorted(maps.Keys(eps)) {
 		for _, a := range eps[tid].addrs {
 			if a.network != ingressID {
 				x.asker[a.addr] = append(x.asker[a.addr], a.network)
 			}
 		}
 	}
-	for _, sid := range sortedKeys(v.services) {
+	for _, sid := range slices.Sorted(maps.Keys(v.services)) {
 		s := v.services[sid]
 		name := strings.ToLower(s.GetName())
 		if name == "" {

@@ -147,12 +147,22 @@ func killOrphanShims(ctx context.Context, log *slog.Logger) error {
 	}
 	var pids []int
 	for _, p := range procs {
-		if i := slices.Index(p.args, "-namespace"); i >= 0 && i+1 < len(p.args) && strings.HasPrefix(p.args[i+1], NamespacePrefix) {
-			log.Info("killing orphaned containerd shim", "pid", p.pid, "namespace", p.args[i+1])
+		if ns, ok := labShim(p); ok {
+			log.Info("killing orphaned containerd shim", "pid", p.pid, "namespace", ns)
 			pids = append(pids, p.pid)
 		}
 	}
 	return killAndWait(ctx, pids)
+}
+
+// labShim reports whether p is a containerd shim of a lab node's
+// containerd namespace, and which.
+func labShim(p procInfo) (namespace string, ok bool) {
+	i := slices.Index(p.args, "-namespace")
+	if i < 0 || i+1 >= len(p.args) || !strings.HasPrefix(p.args[i+1], NamespacePrefix) {
+		return "", false
+	}
+	return p.args[i+1], true
 }
 
 // purgeContainerd removes every containerd namespace of a lab node.
@@ -280,8 +290,8 @@ func Leftovers(ctx context.Context, containerdAddress string) []string {
 	}
 	if procs, err := listProcs(); err == nil {
 		for _, p := range procs {
-			if i := slices.Index(p.args, "-namespace"); i >= 0 && i+1 < len(p.args) && strings.HasPrefix(p.args[i+1], NamespacePrefix) {
-				found = append(found, "containerd shim "+strconv.Itoa(p.pid)+" of "+p.args[i+1])
+			if ns, ok := labShim(p); ok {
+				found = append(found, "containerd shim "+strconv.Itoa(p.pid)+" of "+ns)
 			}
 		}
 	}

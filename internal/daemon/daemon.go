@@ -121,13 +121,14 @@ func newExecutor(ctx context.Context, cfg Config, file nodeFile) (*executor, err
 	if err != nil {
 		return nil, fmt.Errorf("advertise address %q: %w", file.AdvertiseAddr, err)
 	}
-	dataAddr, err := netip.ParseAddr(host)
+	ip, err := netip.ParseAddr(host)
 	if err != nil {
 		return nil, fmt.Errorf("advertise address %q: %w", file.AdvertiseAddr, err)
 	}
+	dataAddr := ip.Unmap()
 	network, err := netagent.New(netagent.Config{
 		NodeID:    file.NodeID,
-		DataAddr:  dataAddr.Unmap(),
+		DataAddr:  dataAddr,
 		LBBackend: cfg.LBBackend,
 		StateDir:  filepath.Join(cfg.DataDir, "network"),
 		Logger:    cfg.Logger,
@@ -146,7 +147,7 @@ func newExecutor(ctx context.Context, cfg Config, file nodeFile) (*executor, err
 	if err != nil {
 		return nil, fmt.Errorf("connect to containerd at %s: %w (is containerd running?)", cfg.ContainerdAddress, err)
 	}
-	return &executor{Executor: exe, hostname: cfg.Hostname, network: network, dataAddr: dataAddr.Unmap().String()}, nil
+	return &executor{Executor: exe, hostname: cfg.Hostname, network: network, dataAddr: dataAddr.String()}, nil
 }
 
 // executor names the node as configured (lab nodes share one host and so

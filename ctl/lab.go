@@ -19,7 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/vishvananda/netns"
 
-	"github.com/shoal-project/shoal/internal/lab"
+	"github.com/shoal-project/shoal/lab"
 )
 
 // labSocket is the lab's context: the socket plain shoalctl talks to

@@ -21,9 +21,9 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/internal/lab"
+	"github.com/shoal-project/shoal/image"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
-	"github.com/shoal-project/shoal/internal/testimage"
+	"github.com/shoal-project/shoal/lab"
 	"github.com/shoal-project/shoal/manager/ca"
 )
 
@@ -126,7 +126,7 @@ func TestCluster(t *testing.T) {
 				t.Cleanup(func() {
 					ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
 					defer cancel()
-					if err := testimage.PurgeNamespace(ctx, c.ContainerdAddress(), ns); err != nil {
+					if err := image.PurgeNamespace(ctx, c.ContainerdAddress(), ns); err != nil {
 						t.Errorf("remove containerd namespace %s: %v", ns, err)
 					}
 				})

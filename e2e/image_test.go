@@ -18,9 +18,10 @@ import (
 	"github.com/containerd/errdefs"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/internal/lab"
+	"github.com/shoal-project/shoal/image"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
+	"github.com/shoal-project/shoal/lab"
 	ctrexec "github.com/shoal-project/shoal/worker/exec/containerd"
 )
 
@@ -154,7 +155,7 @@ func TestImageLoad(t *testing.T) {
 	}
 	pctx, pcancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer pcancel()
-	if err := testimage.PurgeNamespace(pctx, l.ContainerdAddress(), worker.Namespace); err != nil {
+	if err := image.PurgeNamespace(pctx, l.ContainerdAddress(), worker.Namespace); err != nil {
 		t.Fatalf("purge %s: %v", worker.Namespace, err)
 	}
 	if _, ok := nodeImage(t, worker.Namespace, tc.Image); ok {

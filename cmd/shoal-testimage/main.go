@@ -23,6 +23,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shoal-project/shoal/image"
 	"github.com/shoal-project/shoal/internal/testimage"
 )
 
@@ -78,7 +79,7 @@ func run(ctx context.Context, args []string) error {
 			return err
 		}
 		defer f.Close()
-		names, err := testimage.Import(ctx, *address, *namespace, f)
+		names, err := image.ImportTo(ctx, *address, *namespace, f)
 		if err != nil {
 			return err
 		}
@@ -95,7 +96,7 @@ func run(ctx context.Context, args []string) error {
 		if fs.NArg() != 1 {
 			return errors.New(usage)
 		}
-		return testimage.PurgeNamespace(ctx, *address, fs.Arg(0))
+		return image.PurgeNamespace(ctx, *address, fs.Arg(0))
 	case "get":
 		// The demo runs this under nsenter to reach a task on its own
 		// loopback; hosts may have no curl.

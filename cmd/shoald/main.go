@@ -4,7 +4,7 @@ package main
 import (
 	"os"
 
-	"github.com/shoal-project/shoal/internal/daemon"
+	"github.com/shoal-project/shoal/daemon"
 )
 
 func main() {

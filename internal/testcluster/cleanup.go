@@ -5,9 +5,10 @@ import (
 	"time"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
-	"github.com/shoal-project/shoal/internal/testimage"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/shoal-project/shoal/image"
 )
 
 type snapshotInfo = snapshots.Info
@@ -23,5 +24,5 @@ func protojsonUnmarshal(b []byte, m proto.Message) error {
 func RemoveNamespace(namespace string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	return testimage.PurgeNamespace(ctx, ContainerdAddress, namespace)
+	return image.PurgeNamespace(ctx, ContainerdAddress, namespace)
 }

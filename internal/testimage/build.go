@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -14,13 +12,10 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"time"
 
-	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/shoal-project/shoal/worker/exec/containerd/imageimport"
+	"github.com/shoal-project/shoal/image"
 )
 
 // EchoRef is the reference tests use for the echo image.
@@ -29,9 +24,6 @@ const EchoRef = "shoal.test/echo:latest"
 const (
 	modulePath = "github.com/shoal-project/shoal"
 	echoPkg    = "./internal/testimage/echo"
-	// dialTimeout bounds connecting to containerd: the socket is local, so
-	// a longer wait means containerd is not running.
-	dialTimeout = 10 * time.Second
 )
 
 // BuildEcho compiles internal/testimage/echo as a static binary and writes
@@ -164,26 +156,6 @@ func buildStatic(ctx context.Context, root, pkg string) ([]byte, error) {
 	return bin, nil
 }
 
-// Import loads an OCI or Docker image tarball into containerd (address is
-// the socket path) in namespace, and unpacks each image for the default
-// snapshotter, so a container can be created from it right away. It
-// returns the names of the images imported. A failed import leaves no
-// content behind. It is the worker's import (package imageimport), with
-// its own connection.
-func Import(ctx context.Context, address, namespace string, r io.Reader) ([]string, error) {
-	if namespace == "" {
-		return nil, errors.New("import image: containerd namespace is empty")
-	}
-	c, err := containerd.New(address, containerd.WithDefaultNamespace(namespace), containerd.WithTimeout(dialTimeout))
-	if err != nil {
-		return nil, fmt.Errorf("connect to containerd at %s: %w", address, err)
-	}
-	defer c.Close()
-	// An empty snapshotter name means containerd's default (overlayfs
-	// here), or the namespace's own default when it has one.
-	return imageimport.Import(namespaces.WithNamespace(ctx, namespace), c, "", r)
-}
-
 // echoCache keeps the echo image of this process: every test in a package
 // may load it into its own namespace, and building once is enough.
 var echoCache struct {
@@ -206,7 +178,7 @@ func LoadEcho(ctx context.Context, address, namespace string) (string, error) {
 	tarball := echoCache.tarball
 	echoCache.Unlock()
 
-	names, err := Import(ctx, address, namespace, bytes.NewReader(tarball))
+	names, err := image.ImportTo(ctx, address, namespace, bytes.NewReader(tarball))
 	if err != nil {
 		return "", err
 	}

@@ -20,6 +20,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/shoal-project/shoal/image"
 )
 
 const (
@@ -199,7 +201,7 @@ func TestImportEcho(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		names, err := Import(ctx, containerdSocket, ns, f)
+		names, err := image.ImportTo(ctx, containerdSocket, ns, f)
 		f.Close()
 		if err != nil {
 			t.Fatalf("import %d: %v", i, err)
@@ -324,7 +326,7 @@ func TestImportRejects(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if names, err := Import(ctx, containerdSocket, tt.namespace, bytes.NewReader(tt.tarball)); err == nil {
+			if names, err := image.ImportTo(ctx, containerdSocket, tt.namespace, bytes.NewReader(tt.tarball)); err == nil {
 				t.Errorf("Import accepted it, named %q", names)
 			}
 		})

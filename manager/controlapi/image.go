@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/internal/imagetar"
+	"github.com/shoal-project/shoal/image"
 	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/manager/tarballs"
 )
@@ -75,7 +75,7 @@ func (s *Server) LoadImage(stream api.Control_LoadImageServer) error {
 	names, err := inspectIncoming(in)
 	if err != nil {
 		in.Discard()
-		if errors.Is(err, imagetar.ErrNotImage) || errors.Is(err, imagetar.ErrNoNames) {
+		if errors.Is(err, image.ErrNotImage) || errors.Is(err, image.ErrNoNames) {
 			return status.Errorf(codes.InvalidArgument, "%v: give an OCI image layout tarball or the output of `docker save NAME:TAG`", err)
 		}
 		return toStatus(err)
@@ -108,7 +108,7 @@ func inspectIncoming(in *tarballs.Incoming) ([]string, error) {
 		return nil, fmt.Errorf("read back image tarball: %w", err)
 	}
 	defer f.Close()
-	return imagetar.Inspect(f)
+	return image.Inspect(f)
 }
 
 // sizeLimit prints a byte limit for people.

@@ -14,7 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/internal/imagetar"
+	"github.com/shoal-project/shoal/image"
 	"github.com/shoal-project/shoal/manager/store"
 )
 
@@ -101,7 +101,7 @@ func (d *Dispatcher) Images(req *api.ImagesRequest, stream api.Dispatcher_Images
 // NotFound means this manager lacks it; the message names the holders.
 func (d *Dispatcher) FetchImage(req *api.FetchImageRequest, stream api.Dispatcher_FetchImageServer) error {
 	id := req.GetId()
-	if !imagetar.ValidDigest(id) {
+	if !image.ValidDigest(id) {
 		return status.Errorf(codes.InvalidArgument, "id %q: want an image digest, sha256:<64 hex digits>", id)
 	}
 	var img *api.Image

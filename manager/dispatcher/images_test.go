@@ -30,7 +30,7 @@ func managerNode(id, addr string) *api.Node {
 	return n
 }
 
-func image(id string, names ...string) *api.Image {
+func newImage(id string, names ...string) *api.Image {
 	return &api.Image{Id: id, Names: names, Holders: []string{"m1"}}
 }
 
@@ -47,7 +47,7 @@ func imageIDs(msg *api.ImagesMessage) []string {
 
 func TestImagesStream(t *testing.T) {
 	r := newRaft(t)
-	a, b := image(digest("a"), "web:1"), image(digest("b"), "api:1")
+	a, b := newImage(digest("a"), "web:1"), newImage(digest("b"), "api:1")
 	propose(t, r, store.Create(node("n1")), store.Create(managerNode("m1", "10.0.0.1:4242")),
 		store.Create(managerNode("m2", "")), store.Create(managerNode("m3", "10.0.0.3:4242")), store.Create(a))
 	c := serve(t, New(r, Config{Logger: quietLogger()}))
@@ -148,7 +148,7 @@ func TestFetchImage(t *testing.T) {
 	rand.Read(content)
 	id := keep(t, d, content)
 	missing := digest("c")
-	propose(t, r, store.Create(image(id, "web:1")), store.Create(&api.Image{Id: missing, Names: []string{"api:1"}, Holders: []string{"m2", "m3"}}))
+	propose(t, r, store.Create(newImage(id, "web:1")), store.Create(&api.Image{Id: missing, Names: []string{"api:1"}, Holders: []string{"m2", "m3"}}))
 	// A follower serves tarballs too.
 	c := serve(t, New(r, Config{Logger: quietLogger(), Tarballs: d, Leader: func() (bool, string) { return false, "elsewhere" }}))
 

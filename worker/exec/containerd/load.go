@@ -11,7 +11,7 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/worker/exec"
-	"github.com/shoal-project/shoal/worker/exec/containerd/imageimport"
+	"github.com/shoal-project/shoal/image"
 )
 
 // LabelImageTarball is put on every image imported from a tarball the
@@ -46,7 +46,7 @@ func (e *Executor) HasImage(ctx context.Context, img *api.Image) (bool, error) {
 // once r has been read to its end without error.
 func (e *Executor) LoadImage(ctx context.Context, img *api.Image, r io.Reader) ([]string, error) {
 	ctx = e.nsContext(ctx)
-	names, err := imageimport.Import(ctx, e.client, e.snapshotter, r)
+	names, err := image.Import(ctx, e.client, e.snapshotter, r)
 	if err != nil {
 		// A failed import may have moved names already; they no longer
 		// refer to what their label says.

@@ -1,4 +1,4 @@
-package imagetar
+package image
 
 import (
 	"archive/tar"

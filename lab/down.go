@@ -16,7 +16,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 	"golang.org/x/sys/unix"
 
-	"github.com/shoal-project/shoal/internal/testimage"
+	"github.com/shoal-project/shoal/image"
 )
 
 // containerdDialTimeout bounds connecting to containerd in Down: a
@@ -186,7 +186,7 @@ func purgeContainerd(ctx context.Context, address string, log *slog.Logger) erro
 		}
 		log.Info("removing containerd namespace", "namespace", ns)
 		pctx, cancel := context.WithTimeout(ctx, purgeTimeout)
-		err := testimage.PurgeNamespace(pctx, address, ns)
+		err := image.PurgeNamespace(pctx, address, ns)
 		cancel()
 		if err != nil {
 			errs = append(errs, fmt.Errorf("remove containerd namespace %s: %w", ns, err))

@@ -1,4 +1,4 @@
-package imageimport
+package image
 
 import (
 	"context"
@@ -10,11 +10,12 @@ import (
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/core/leases"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
-
-	"github.com/shoal-project/shoal/internal/imagetar"
 )
 
 const (
+	// dialTimeout bounds connecting to containerd: the socket is local, so
+	// a longer wait means containerd is not running.
+	dialTimeout = 10 * time.Second
 	// leaseExpiry is a backstop: the lease is deleted when Import returns,
 	// and expires by itself only if the process dies mid-import.
 	leaseExpiry = time.Hour
@@ -55,7 +56,7 @@ func Import(ctx context.Context, c *client.Client, snapshotter string, r io.Read
 	}()
 	ctx = leases.WithLease(ctx, lease.ID)
 
-	imgs, err := c.Import(ctx, r, client.WithImageRefTranslator(imagetar.RefName))
+	imgs, err := c.Import(ctx, r, client.WithImageRefTranslator(RefName))
 	if err != nil {
 		return nil, fmt.Errorf("import image tarball into namespace %s: %w", ns, err)
 	}
@@ -69,4 +70,23 @@ func Import(ctx context.Context, c *client.Client, snapshotter string, r io.Read
 		names = append(names, img.Name)
 	}
 	return names, nil
+}
+
+// ImportTo loads an OCI or Docker image tarball into containerd (address is
+// the socket path) in namespace, and unpacks each image for the default
+// snapshotter, so a container can be created from it right away. It
+// returns the names of the images imported. A failed import leaves no
+// content behind. It is Import with a connection of its own.
+func ImportTo(ctx context.Context, address, namespace string, r io.Reader) ([]string, error) {
+	if namespace == "" {
+		return nil, errors.New("import image: containerd namespace is empty")
+	}
+	c, err := client.New(address, client.WithDefaultNamespace(namespace), client.WithTimeout(dialTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("connect to containerd at %s: %w", address, err)
+	}
+	defer c.Close()
+	// An empty snapshotter name means containerd's default (overlayfs
+	// here), or the namespace's own default when it has one.
+	return Import(namespaces.WithNamespace(ctx, namespace), c, "", r)
 }

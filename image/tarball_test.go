@@ -1,4 +1,4 @@
-package imagetar_test
+package image_test
 
 import (
 	"archive/tar"
@@ -12,7 +12,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
-	"github.com/shoal-project/shoal/internal/imagetar"
+	"github.com/shoal-project/shoal/image"
 	"github.com/shoal-project/shoal/internal/testimage"
 )
 
@@ -105,35 +105,35 @@ func TestInspect(t *testing.T) {
 	}{
 		{name: "testimage OCI layout", tarball: echo, want: []string{"shoal.test/echo:1"}},
 		{name: "short name normalised by the writer", tarball: writeOCI(t, "web"), want: []string{"docker.io/library/web:latest"}},
-		{name: "containerd annotation wins", tarball: tarball(t, ociIndex(t, map[string]string{imagetar.AnnotationImageName: "example.com/a:1", ocispec.AnnotationRefName: "example.com/b:2"})...),
+		{name: "containerd annotation wins", tarball: tarball(t, ociIndex(t, map[string]string{image.AnnotationImageName: "example.com/a:1", ocispec.AnnotationRefName: "example.com/b:2"})...),
 			want: []string{"example.com/a:1"}},
 		{name: "full ref.name", tarball: tarball(t, ociIndex(t, map[string]string{ocispec.AnnotationRefName: "web:2"})...), want: []string{"docker.io/library/web:2"}},
 		{name: "several manifests, repeats once", tarball: tarball(t, ociIndex(t,
-			map[string]string{imagetar.AnnotationImageName: "example.com/a:1"},
-			map[string]string{imagetar.AnnotationImageName: "example.com/b:1"},
-			map[string]string{imagetar.AnnotationImageName: "example.com/a:1"},
+			map[string]string{image.AnnotationImageName: "example.com/a:1"},
+			map[string]string{image.AnnotationImageName: "example.com/b:1"},
+			map[string]string{image.AnnotationImageName: "example.com/a:1"},
 			nil)...), want: []string{"example.com/a:1", "example.com/b:1"}},
-		{name: "bare tag ref.name names nothing", tarball: tarball(t, ociIndex(t, map[string]string{ocispec.AnnotationRefName: "latest"})...), err: imagetar.ErrNoNames},
-		{name: "no annotations", tarball: tarball(t, ociIndex(t, nil)...), err: imagetar.ErrNoNames},
+		{name: "bare tag ref.name names nothing", tarball: tarball(t, ociIndex(t, map[string]string{ocispec.AnnotationRefName: "latest"})...), err: image.ErrNoNames},
+		{name: "no annotations", tarball: tarball(t, ociIndex(t, nil)...), err: image.ErrNoNames},
 		{name: "docker save", tarball: dockerArchive(t, []string{"web:1.0", "docker.io/library/web:1.0", "example.com/x/web"}, true),
 			want: []string{"docker.io/library/web:1.0", "example.com/x/web:latest"}},
-		{name: "docker save without tags", tarball: dockerArchive(t, nil, true), err: imagetar.ErrNoNames},
-		{name: "docker save missing a layer", tarball: dockerArchive(t, []string{"web:1.0"}, false), err: imagetar.ErrNotImage},
-		{name: "docker save with a bad tag", tarball: dockerArchive(t, []string{"Web:UPPER:case"}, true), err: imagetar.ErrNotImage},
-		{name: "index.json without oci-layout", tarball: tarball(t, ociIndex(t, map[string]string{imagetar.AnnotationImageName: "a:1"})[1:]...), err: imagetar.ErrNotImage},
-		{name: "oci-layout without index.json", tarball: tarball(t, entry{name: "oci-layout", data: layout}), err: imagetar.ErrNotImage},
-		{name: "unsupported layout version", tarball: tarball(t, append([]entry{{name: "oci-layout", data: `{"imageLayoutVersion":"2.0.0"}`}}, ociIndex(t, map[string]string{imagetar.AnnotationImageName: "a:1"})[1:]...)...), err: imagetar.ErrNotImage},
-		{name: "index names a missing manifest", tarball: tarball(t, ociIndex(t, map[string]string{imagetar.AnnotationImageName: "a:1"})[:2]...), err: imagetar.ErrNotImage},
-		{name: "index.json is not JSON", tarball: tarball(t, entry{name: "oci-layout", data: layout}, entry{name: "index.json", data: "{"}), err: imagetar.ErrNotImage},
-		{name: "a tarball of something else", tarball: tarball(t, entry{name: "README", data: "hello"}), err: imagetar.ErrNotImage},
-		{name: "empty tarball", tarball: tarball(t), err: imagetar.ErrNotImage},
-		{name: "no bytes", tarball: nil, err: imagetar.ErrNotImage},
-		{name: "random bytes", tarball: random, err: imagetar.ErrNotImage},
-		{name: "truncated", tarball: echo[:len(echo)/2], err: imagetar.ErrNotImage},
+		{name: "docker save without tags", tarball: dockerArchive(t, nil, true), err: image.ErrNoNames},
+		{name: "docker save missing a layer", tarball: dockerArchive(t, []string{"web:1.0"}, false), err: image.ErrNotImage},
+		{name: "docker save with a bad tag", tarball: dockerArchive(t, []string{"Web:UPPER:case"}, true), err: image.ErrNotImage},
+		{name: "index.json without oci-layout", tarball: tarball(t, ociIndex(t, map[string]string{image.AnnotationImageName: "a:1"})[1:]...), err: image.ErrNotImage},
+		{name: "oci-layout without index.json", tarball: tarball(t, entry{name: "oci-layout", data: layout}), err: image.ErrNotImage},
+		{name: "unsupported layout version", tarball: tarball(t, append([]entry{{name: "oci-layout", data: `{"imageLayoutVersion":"2.0.0"}`}}, ociIndex(t, map[string]string{image.AnnotationImageName: "a:1"})[1:]...)...), err: image.ErrNotImage},
+		{name: "index names a missing manifest", tarball: tarball(t, ociIndex(t, map[string]string{image.AnnotationImageName: "a:1"})[:2]...), err: image.ErrNotImage},
+		{name: "index.json is not JSON", tarball: tarball(t, entry{name: "oci-layout", data: layout}, entry{name: "index.json", data: "{"}), err: image.ErrNotImage},
+		{name: "a tarball of something else", tarball: tarball(t, entry{name: "README", data: "hello"}), err: image.ErrNotImage},
+		{name: "empty tarball", tarball: tarball(t), err: image.ErrNotImage},
+		{name: "no bytes", tarball: nil, err: image.ErrNotImage},
+		{name: "random bytes", tarball: random, err: image.ErrNotImage},
+		{name: "truncated", tarball: echo[:len(echo)/2], err: image.ErrNotImage},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := imagetar.Inspect(bytes.NewReader(tt.tarball))
+			got, err := image.Inspect(bytes.NewReader(tt.tarball))
 			if tt.err != nil {
 				if !errors.Is(err, tt.err) {
 					t.Fatalf("Inspect = %q, %v; want an error wrapping %q", got, err, tt.err)
@@ -161,7 +161,7 @@ func TestRefName(t *testing.T) {
 		{"Not A Ref:/", ""},
 	}
 	for _, tt := range tests {
-		if got := imagetar.RefName(tt.in); got != tt.want {
+		if got := image.RefName(tt.in); got != tt.want {
 			t.Errorf("RefName(%q) = %q, want %q", tt.in, got, tt.want)
 		}
 	}
@@ -180,7 +180,7 @@ func TestValidDigest(t *testing.T) {
 		{"", false},
 	}
 	for _, tt := range tests {
-		if got := imagetar.ValidDigest(tt.in); got != tt.want {
+		if got := image.ValidDigest(tt.in); got != tt.want {
 			t.Errorf("ValidDigest(%q) = %v, want %v", tt.in, got, tt.want)
 		}
 	}
@@ -194,11 +194,11 @@ func FuzzInspect(f *testing.F) {
 	f.Add(tarball(f, ociIndex(f, map[string]string{ocispec.AnnotationRefName: "latest"})...))
 	f.Add([]byte("not a tarball"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		names, err := imagetar.Inspect(bytes.NewReader(b))
+		names, err := image.Inspect(bytes.NewReader(b))
 		if err == nil && len(names) == 0 {
 			t.Fatalf("accepted a tarball without names")
 		}
-		if err != nil && !errors.Is(err, imagetar.ErrNotImage) && !errors.Is(err, imagetar.ErrNoNames) {
+		if err != nil && !errors.Is(err, image.ErrNotImage) && !errors.Is(err, image.ErrNoNames) {
 			t.Fatalf("error %v wraps neither ErrNotImage nor ErrNoNames", err)
 		}
 	})

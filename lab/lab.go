@@ -17,7 +17,7 @@ import (
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/internal/testimage"
+	"github.com/shoal-project/shoal/image"
 )
 
 // Lab is a lab that is up: made by Up in this process, or read back by
@@ -175,7 +175,7 @@ func importImage(ctx context.Context, address, namespace, path string) error {
 		return fmt.Errorf("image tarball: %w", err)
 	}
 	defer f.Close()
-	if _, err := testimage.Import(ctx, address, namespace, f); err != nil {
+	if _, err := image.ImportTo(ctx, address, namespace, f); err != nil {
 		return fmt.Errorf("import %s into %s: %w", path, namespace, err)
 	}
 	return nil

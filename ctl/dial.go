@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
 )
 
 // target says where shoald's Control API is: the local unix socket, or a
@@ -90,16 +91,9 @@ func dialTarget(_ context.Context, t target) (api.ControlClient, io.Closer, erro
 	return api.NewControlClient(conn), conn, nil
 }
 
-const (
-	// defaultPort is shoald's default --listen-addr port, which serves the
-	// Control API, the dispatcher and raft alike.
-	defaultPort = "4242"
-	// managerServerName is the name every manager certificate carries
-	// whatever the address it is reached at: managers move and are reached
-	// through NAT and lab namespaces, so the CA vouches for the role, not
-	// for an address.
-	managerServerName = "shoal-manager"
-)
+// defaultPort is shoald's default --listen-addr port, which serves the
+// Control API, the dispatcher and raft alike.
+var defaultPort = strconv.Itoa(identity.DefaultPort)
 
 // hostAddr is --host as HOST:PORT, the port defaulting to shoald's. It
 // is checked before connecting, as arguments are.
@@ -129,9 +123,6 @@ func hostAddr(host string) (string, error) {
 	return net.JoinHostPort(name, port), nil
 }
 
-// adminFiles are the admin credentials `shoald init` writes.
-var adminFiles = struct{ ca, cert, key string }{"ca.pem", "cert.pem", "key.pem"}
-
 // adminTLSConfig reads the admin credentials in dir: the cluster's CA, to
 // know the managers, and the admin certificate, to be known by them.
 func adminTLSConfig(dir string, now time.Time) (*tls.Config, error) {
@@ -148,43 +139,36 @@ func adminTLSConfig(dir string, now time.Time) (*tls.Config, error) {
 		}
 		return b, nil
 	}
-	caPEM, err := read(adminFiles.ca, "the cluster's CA certificate")
+	caPEM, err := read(identity.CAFile, "the cluster's CA certificate")
 	if err != nil {
 		return nil, err
 	}
-	certPEM, err := read(adminFiles.cert, "the admin certificate")
+	certPEM, err := read(identity.CertFile, "the admin certificate")
 	if err != nil {
 		return nil, err
 	}
-	keyPEM, err := read(adminFiles.key, "the admin key")
+	keyPEM, err := read(identity.KeyFile, "the admin key")
 	if err != nil {
 		return nil, err
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(caPEM) {
-		return nil, credentialsError(filepath.Join(dir, adminFiles.ca), "the cluster's CA certificate", errors.New("no PEM certificate in it"))
+		return nil, credentialsError(filepath.Join(dir, identity.CAFile), "the cluster's CA certificate", errors.New("no PEM certificate in it"))
 	}
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return nil, credentialsError(filepath.Join(dir, adminFiles.cert), "the admin certificate and key",
-			fmt.Errorf("with %s: %w", adminFiles.key, err))
+		return nil, credentialsError(filepath.Join(dir, identity.CertFile), "the admin certificate and key",
+			fmt.Errorf("with %s: %w", identity.KeyFile, err))
 	}
 	// An expired certificate would only show up as a handshake the
 	// managers refuse; say it plainly instead.
 	if leaf := pair.Leaf; leaf != nil && now.After(leaf.NotAfter) {
-		return nil, credentialsError(filepath.Join(dir, adminFiles.cert), "the admin certificate",
+		return nil, credentialsError(filepath.Join(dir, identity.CertFile), "the admin certificate",
 			fmt.Errorf("expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339)))
 	}
-	return &tls.Config{
-		MinVersion: tls.VersionTLS13,
-		// Always present the admin certificate. With Certificates, Go
-		// sends none when the server's list of acceptable CAs does not
-		// name its issuer, and a manager would then see an anonymous
-		// caller instead of refusing a certificate from the wrong cluster.
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil },
-		RootCAs:              pool,
-		ServerName:           managerServerName,
-	}, nil
+	// Managers are verified by role (ManagerServerName), not address:
+	// they move and are reached through NAT and lab namespaces.
+	return identity.ClientConfig(identity.NewKeypair(pair), pool, identity.ManagerServerName, identity.ALPNGRPC), nil
 }
 
 // credentialsError says which admin credential file is the problem and
@@ -311,8 +295,8 @@ func probeTLS(ctx context.Context, addr string, cfg *tls.Config) string {
 // an Unavailable transport error, by which side refused whom; nil when msg
 // is not about TLS.
 func tlsError(t target, msg string) error {
-	ca := filepath.Join(t.tlsDir, adminFiles.ca)
-	cert := filepath.Join(t.tlsDir, adminFiles.cert)
+	ca := filepath.Join(t.tlsDir, identity.CAFile)
+	cert := filepath.Join(t.tlsDir, identity.CertFile)
 	switch {
 	// We refused the manager: its certificate is not from our CA, or is
 	// not a manager's.
@@ -320,7 +304,7 @@ func tlsError(t target, msg string) error {
 		return fmt.Errorf("cannot reach shoald at %s: its certificate is not signed by the CA in %s: is %s the admin credentials of this cluster?", t, ca, t.tlsDir)
 	case strings.Contains(msg, "x509: certificate is valid for"), strings.Contains(msg, "x509: certificate has expired"),
 		strings.Contains(msg, "tls: failed to verify certificate"):
-		return fmt.Errorf("cannot reach shoald at %s: its certificate is not a valid %s certificate of the CA in %s: %s", t, managerServerName, ca, tlsDetail(msg))
+		return fmt.Errorf("cannot reach shoald at %s: its certificate is not a valid %s certificate of the CA in %s: %s", t, identity.ManagerServerName, ca, tlsDetail(msg))
 	// The manager refused us (TLS alerts as the client sees them).
 	case strings.Contains(msg, "tls: unknown certificate authority"), strings.Contains(msg, "tls: bad certificate"),
 		strings.Contains(msg, "tls: certificate required"), strings.Contains(msg, "tls: certificate revoked"),

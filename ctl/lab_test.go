@@ -18,9 +18,9 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/lab"
 	"github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
+	"github.com/shoal-project/shoal/lab"
 )
 
 func TestLabArgErrors(t *testing.T) {

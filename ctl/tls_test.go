@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
 )
 
 // testCA is a throwaway certificate authority.
@@ -95,7 +96,7 @@ func (ca *testCA) issue(t *testing.T, cn string, dnsNames []string, notAfter tim
 func adminDir(t *testing.T, caPEM, certPEM, keyPEM []byte) string {
 	t.Helper()
 	dir := t.TempDir()
-	for name, b := range map[string][]byte{adminFiles.ca: caPEM, adminFiles.cert: certPEM, adminFiles.key: keyPEM} {
+	for name, b := range map[string][]byte{identity.CAFile: caPEM, identity.CertFile: certPEM, identity.KeyFile: keyPEM} {
 		if b == nil {
 			continue
 		}
@@ -112,7 +113,7 @@ func adminDir(t *testing.T, caPEM, certPEM, keyPEM []byte) string {
 // required: shoald takes anonymous callers, for joining nodes).
 func serveTLS(t *testing.T, ca *testCA, clientAuth tls.ClientAuthType) string {
 	t.Helper()
-	certPEM, keyPEM := ca.issue(t, "manager-1", []string{managerServerName}, time.Now().Add(time.Hour))
+	certPEM, keyPEM := ca.issue(t, "manager-1", []string{identity.ManagerServerName}, time.Now().Add(time.Hour))
 	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		t.Fatal(err)

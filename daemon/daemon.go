@@ -8,21 +8,25 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
 	ctrexec "github.com/shoal-project/shoal/worker/exec/containerd"
 	"github.com/shoal-project/shoal/worker/netagent"
 )
 
 // Defaults a node starts with.
+// DefaultListenAddr is every address on the cluster port.
+var DefaultListenAddr = net.JoinHostPort("0.0.0.0", strconv.Itoa(identity.DefaultPort))
+
 const (
 	DefaultDataDir    = "/var/lib/shoal"
 	DefaultSocket     = "/run/shoal/shoald.sock"
 	DefaultNamespace  = "shoal"
 	DefaultContainerd = "/run/containerd/containerd.sock"
-	DefaultListenAddr = "0.0.0.0:4242"
 	// DefaultDrainDelay covers a node that applies a backend's removal a
 	// little after the task's own node (see worker.Config.DrainDelay).
 	DefaultDrainDelay = 500 * time.Millisecond

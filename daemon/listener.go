@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-project/shoal/identity"
 	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/state"
 )
@@ -72,7 +73,7 @@ func (l *clusterListener) handshake(c net.Conn) {
 		return
 	}
 	cs := tc.ConnectionState()
-	if cs.NegotiatedProtocol == ca.ALPNRaft {
+	if cs.NegotiatedProtocol == identity.ALPNRaft {
 		l.mu.Lock()
 		r := l.raft
 		l.mu.Unlock()

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
 	"github.com/shoal-project/shoal/manager"
 	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/dispatcher"
@@ -124,10 +125,10 @@ func removeNodeState(dataDir string) {
 type node struct {
 	cfg     Config
 	file    nodeFile
-	creds   ca.Credentials
-	keypair *ca.Keypair
+	creds   identity.Credentials
+	keypair *identity.Keypair
 	roots   *x509.CertPool
-	role    ca.Role
+	role    identity.Role
 
 	listener *clusterListener
 	mgr      *manager.Manager
@@ -136,7 +137,7 @@ type node struct {
 	conns  map[string]*grpc.ClientConn
 }
 
-func newNode(cfg Config, file nodeFile, creds ca.Credentials) (*node, error) {
+func newNode(cfg Config, file nodeFile, creds identity.Credentials) (*node, error) {
 	kp, err := creds.Keypair()
 	if err != nil {
 		return nil, err
@@ -174,7 +175,7 @@ func (n *node) dial(addr string) (*grpc.ClientConn, error) {
 // newConn makes a new mutual-TLS connection to a manager; the caller owns
 // it (the worker's manager pool keeps its own).
 func (n *node) newConn(addr string) (*grpc.ClientConn, error) {
-	tlsCfg := ca.ClientConfig(n.keypair, n.roots, ca.ManagerServerName, ca.ALPNGRPC)
+	tlsCfg := identity.ClientConfig(n.keypair, n.roots, identity.ManagerServerName, identity.ALPNGRPC)
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
 		return nil, fmt.Errorf("dial manager %s: %w", addr, err)
@@ -204,7 +205,7 @@ func (n *node) authorizer() ca.Authorizer {
 // listen opens the cluster port (managers only: workers serve nothing)
 // and returns raft's stream layer on it.
 func (n *node) listen() (*state.StreamLayer, error) {
-	l, err := listenCluster(n.file.ListenAddr, ca.ServerConfig(n.keypair, n.roots), ca.Authorizer{}, n.cfg.Logger)
+	l, err := listenCluster(n.file.ListenAddr, identity.ServerConfig(n.keypair, n.roots), ca.Authorizer{}, n.cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", n.file.ListenAddr, err)
 	}
@@ -224,7 +225,7 @@ func (n *node) raftTransport() (*state.StreamLayer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("advertise address %q: %w", n.file.AdvertiseAddr, err)
 	}
-	sl := state.NewStreamLayer(addr, ca.ClientConfig(n.keypair, n.roots, ca.ManagerServerName, ca.ALPNRaft))
+	sl := state.NewStreamLayer(addr, identity.ClientConfig(n.keypair, n.roots, identity.ManagerServerName, identity.ALPNRaft))
 	return sl, nil
 }
 
@@ -236,7 +237,7 @@ func (n *node) managerConfig(transport *state.StreamLayer) manager.Config {
 		Dispatcher: dispatcher.Config{HeartbeatPeriod: n.cfg.HeartbeatPeriod, Grace: n.cfg.HeartbeatGrace},
 		Transport:  state.NewNetworkTransport(transport, nil),
 		Identify: func(ctx context.Context) (string, error) {
-			id, err := ca.IdentityFromContext(ctx)
+			id, err := identity.IdentityFromContext(ctx)
 			if err != nil {
 				return "", err
 			}
@@ -282,15 +283,15 @@ func Init(ctx context.Context, cfg Config) error {
 	}
 
 	clusterID := api.NewID()
-	rootPB, err := ca.NewRootCA(clusterID)
+	rootPB, err := identity.NewRootCA(clusterID)
 	if err != nil {
 		return err
 	}
-	root, err := ca.ParseRootCA(rootPB)
+	root, err := identity.ParseRootCA(rootPB)
 	if err != nil {
 		return err
 	}
-	keyPEM, csrPEM, err := ca.NewKeyAndCSR()
+	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
 	if err != nil {
 		return err
 	}
@@ -302,20 +303,20 @@ func Init(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	workerToken, err := ca.GenerateToken(rootPB.GetDigest())
+	workerToken, err := identity.GenerateToken(rootPB.GetDigest())
 	if err != nil {
 		return err
 	}
-	managerToken, err := ca.GenerateToken(rootPB.GetDigest())
+	managerToken, err := identity.GenerateToken(rootPB.GetDigest())
 	if err != nil {
 		return err
 	}
-	creds := ca.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: certPEM, KeyPEM: keyPEM}
-	if err := ca.SaveCredentials(certDir(cfg.DataDir), creds); err != nil {
+	creds := identity.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: certPEM, KeyPEM: keyPEM}
+	if err := identity.SaveCredentials(certDir(cfg.DataDir), creds); err != nil {
 		undo()
 		return err
 	}
-	if err := ca.SaveCredentials(AdminDir(cfg.DataDir), ca.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: adminCert, KeyPEM: adminKey}); err != nil {
+	if err := identity.SaveCredentials(AdminDir(cfg.DataDir), identity.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: adminCert, KeyPEM: adminKey}); err != nil {
 		undo()
 		return err
 	}
@@ -336,7 +337,7 @@ func Init(ctx context.Context, cfg Config) error {
 		Description:   desc,
 		Status:        &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: adv},
 		ManagerStatus: &api.ManagerStatus{RaftAddr: adv, Leader: true, Reachable: true},
-		Certificate:   ca.CertificateRecord(cert, api.NodeRole_NODE_ROLE_MANAGER),
+		Certificate:   identity.CertificateRecord(cert, api.NodeRole_NODE_ROLE_MANAGER),
 	}
 	cluster := &api.Cluster{
 		Id:         clusterID,
@@ -375,7 +376,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer lock.Close()
-	creds, err := ca.LoadCredentials(certDir(cfg.DataDir))
+	creds, err := identity.LoadCredentials(certDir(cfg.DataDir))
 	if err != nil {
 		return fmt.Errorf("%w (the node's certificates are in %s)", err, certDir(cfg.DataDir))
 	}
@@ -389,7 +390,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer exe.Close()
 	switch {
-	case n.role == ca.RoleManager:
+	case n.role == identity.RoleManager:
 		sl, err := n.listen()
 		if err != nil {
 			return err
@@ -431,12 +432,12 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	if _, err := os.Stat(nodeFilePath(cfg.DataDir)); err == nil || manager.HasState(cfg.DataDir) {
 		return fmt.Errorf("%s already holds a node: use `shoald run`, or remove the directory to join afresh", cfg.DataDir)
 	}
-	tok, err := ca.ParseToken(token)
+	tok, err := identity.ParseToken(token)
 	if err != nil {
 		return err
 	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		addr = net.JoinHostPort(addr, strconv.Itoa(4242))
+		addr = net.JoinHostPort(addr, strconv.Itoa(identity.DefaultPort))
 	}
 	adv, err := advertiseAddr(cfg.AdvertiseAddr, cfg.ListenAddr)
 	if err != nil {
@@ -476,7 +477,7 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	desc := hostDescription(cfg.Hostname, engine)
 
 	// Trust the manager only if its chain holds the CA the token names.
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(ca.JoinConfig(tok.Digest))))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.JoinConfig(tok.Digest))))
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", addr, err)
 	}
@@ -486,10 +487,10 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	if err != nil {
 		return fmt.Errorf("join %s: %w", addr, errMessage(err))
 	}
-	if _, err := ca.VerifyRootCA(root.GetCertPem(), tok.Digest); err != nil {
+	if _, err := identity.VerifyRootCA(root.GetCertPem(), tok.Digest); err != nil {
 		return fmt.Errorf("join %s: %w", addr, err)
 	}
-	keyPEM, csrPEM, err := ca.NewKeyAndCSR()
+	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
 	if err != nil {
 		return err
 	}
@@ -499,8 +500,8 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	if err != nil {
 		return fmt.Errorf("join %s: %w", addr, errMessage(err))
 	}
-	creds := ca.Credentials{CACertPEM: root.GetCertPem(), CertPEM: issued.GetCertPem(), KeyPEM: keyPEM}
-	if err := ca.SaveCredentials(certDir(cfg.DataDir), creds); err != nil {
+	creds := identity.Credentials{CACertPEM: root.GetCertPem(), CertPEM: issued.GetCertPem(), KeyPEM: keyPEM}
+	if err := identity.SaveCredentials(certDir(cfg.DataDir), creds); err != nil {
 		undo()
 		return err
 	}
@@ -525,7 +526,7 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	}
 	defer exe.Close()
 	cfg.Logger.Info("joined the cluster", "node", file.NodeID, "role", n.role, "managers", strings.Join(managers, ","))
-	if n.role == ca.RoleManager {
+	if n.role == identity.RoleManager {
 		sl, err := n.listen()
 		if err != nil {
 			return err
@@ -607,7 +608,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 
 	if n.mgr != nil {
 		auth := n.authorizer()
-		tcpSrv := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(ca.AcceptedTLSCredentials())}, auth.ServerOptions()...)...)
+		tcpSrv := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, auth.ServerOptions()...)...)
 		n.mgr.Register(tcpSrv)
 		servers = append(servers, tcpSrv)
 		wg.Add(2)
@@ -629,7 +630,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 		return err
 	}
 	defer os.Remove(cfg.Socket)
-	local := ca.LocalIdentity(n.file.NodeID)
+	local := identity.LocalIdentity(n.file.NodeID)
 	unixSrv := grpc.NewServer(append(ca.Authorizer{Local: &local}.ServerOptions(),
 		// A worker has no control API: say where it is.
 		grpc.UnknownServiceHandler(func(any, grpc.ServerStream) error {
@@ -660,7 +661,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 		StateDir: filepath.Join(cfg.DataDir, "worker"),
 		Network:  exe.network, DataAddr: exe.dataAddr, DrainDelay: cfg.DrainDelay,
 		OnDesiredRole: func(r api.NodeRole) {
-			if ca.RoleOf(r) != n.role {
+			if identity.RoleOf(r) != n.role {
 				select {
 				case roleChange <- r:
 				default:
@@ -695,7 +696,7 @@ wait:
 				cfg.Logger.Warn("renew certificate for a new role", "want", want, "err", err)
 				continue
 			}
-			if n.role == ca.RoleOf(want) {
+			if n.role == identity.RoleOf(want) {
 				cfg.Logger.Info("node role changed: restarting in it", "role", n.role)
 				runErr = ErrRoleChanged
 				break wait
@@ -736,7 +737,7 @@ func (n *node) renewLoop(ctx context.Context, pool *worker.ManagerPool) {
 			return
 		case <-t.C:
 		}
-		if leaf := n.keypair.Leaf(); leaf == nil || !ca.NeedsRenewal(leaf, time.Now()) {
+		if leaf := n.keypair.Leaf(); leaf == nil || !identity.NeedsRenewal(leaf, time.Now()) {
 			continue
 		}
 		if err := n.renew(ctx, pool); err != nil {
@@ -750,7 +751,7 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 	if err != nil {
 		return err
 	}
-	keyPEM, csrPEM, err := ca.NewKeyAndCSR()
+	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
 	if err != nil {
 		return err
 	}
@@ -758,12 +759,12 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 	if err != nil {
 		return fmt.Errorf("via %s: %w", addr, err)
 	}
-	creds := ca.Credentials{CACertPEM: n.creds.CACertPEM, CertPEM: resp.GetCertPem(), KeyPEM: keyPEM}
+	creds := identity.Credentials{CACertPEM: n.creds.CACertPEM, CertPEM: resp.GetCertPem(), KeyPEM: keyPEM}
 	cert, err := creds.TLSCertificate()
 	if err != nil {
 		return err
 	}
-	if err := ca.SaveCredentials(certDir(n.cfg.DataDir), creds); err != nil {
+	if err := identity.SaveCredentials(certDir(n.cfg.DataDir), creds); err != nil {
 		return err
 	}
 	id, err := creds.Identity()

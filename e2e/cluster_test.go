@@ -21,10 +21,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
 	"github.com/shoal-project/shoal/image"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/lab"
-	"github.com/shoal-project/shoal/manager/ca"
 )
 
 // TestCluster is an operator's session with a five-node cluster: three
@@ -548,7 +548,7 @@ func TestClusterSecurity(t *testing.T) {
 	})
 
 	t.Run("TLS client without a certificate refused", func(t *testing.T) {
-		creds, err := ca.LoadCredentials(credentialsDir(w1))
+		creds, err := identity.LoadCredentials(credentialsDir(w1))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -556,7 +556,7 @@ func TestClusterSecurity(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		conn := dialWith(t, addr, credentials.NewTLS(ca.ClientConfig(nil, roots, ca.ManagerServerName, ca.ALPNGRPC)))
+		conn := dialWith(t, addr, credentials.NewTLS(identity.ClientConfig(nil, roots, identity.ManagerServerName, identity.ALPNGRPC)))
 		ctx, cancel := context.WithTimeout(t.Context(), rpcTimeout)
 		defer cancel()
 		_, err = api.NewControlClient(conn).ListNodes(ctx, &api.ListNodesRequest{})
@@ -576,7 +576,7 @@ func TestClusterSecurity(t *testing.T) {
 			_, err = s.Recv()
 		}
 		wantCode(t, "Session of the removed worker2", err, codes.PermissionDenied)
-		keyPEM, csrPEM, err := ca.NewKeyAndCSR()
+		keyPEM, csrPEM, err := identity.NewKeyAndCSR()
 		if err != nil || len(keyPEM) == 0 {
 			t.Fatal(err)
 		}

@@ -21,10 +21,10 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/lab"
+	"github.com/shoal-project/shoal/identity"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
-	"github.com/shoal-project/shoal/manager/ca"
+	"github.com/shoal-project/shoal/lab"
 )
 
 // Timings of the lab suite. They bound waiting; none is a measurement.
@@ -439,7 +439,7 @@ func credentialsDir(n lab.Node) string { return filepath.Join(n.DataDir, "certif
 // another member of the cluster would.
 func dialCluster(t *testing.T, addr, dir string) *grpc.ClientConn {
 	t.Helper()
-	creds, err := ca.LoadCredentials(dir)
+	creds, err := identity.LoadCredentials(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -451,7 +451,7 @@ func dialCluster(t *testing.T, addr, dir string) *grpc.ClientConn {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return dialWith(t, addr, credentials.NewTLS(ca.ClientConfig(kp, roots, ca.ManagerServerName, ca.ALPNGRPC)))
+	return dialWith(t, addr, credentials.NewTLS(identity.ClientConfig(kp, roots, identity.ManagerServerName, identity.ALPNGRPC)))
 }
 
 // dialWith makes a gRPC connection to addr with creds, closed when the

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/shoal-project/shoal/identity"
 )
 
 // Names and places the lab owns. Down finds leftovers by these alone.
@@ -31,7 +33,7 @@ const (
 	// host's own networks, and Up checks that it does not.
 	DefaultSubnet = "10.213.0.0/24"
 	// Port is where every node's shoald listens on its underlay address.
-	Port = 4242
+	Port = identity.DefaultPort
 	// DefaultContainerd is the host's containerd, shared by all nodes.
 	DefaultContainerd = "/run/containerd/containerd.sock"
 

@@ -3,7 +3,6 @@ package ca
 import (
 	"context"
 	"crypto/tls"
-	"fmt"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -13,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
 	"github.com/shoal-project/shoal/manager/store"
 )
 
@@ -20,10 +20,10 @@ import (
 // certificate (joining nodes).
 type policy struct {
 	anyone bool
-	roles  []Role
+	roles  []identity.Role
 }
 
-func (p policy) allows(r Role) bool {
+func (p policy) allows(r identity.Role) bool {
 	for _, x := range p.roles {
 		if x == r {
 			return true
@@ -39,13 +39,13 @@ var (
 	methodPolicies = map[string]policy{
 		api.CA_GetRootCACertificate_FullMethodName: {anyone: true},
 		api.CA_IssueNodeCertificate_FullMethodName: {anyone: true},
-		api.CA_RenewNodeCertificate_FullMethodName: {roles: []Role{RoleWorker, RoleManager}},
+		api.CA_RenewNodeCertificate_FullMethodName: {roles: []identity.Role{identity.RoleWorker, identity.RoleManager}},
 	}
 	servicePolicies = map[string]policy{
-		api.Control_ServiceDesc.ServiceName: {roles: []Role{RoleAdmin, RoleManager}},
+		api.Control_ServiceDesc.ServiceName: {roles: []identity.Role{identity.RoleAdmin, identity.RoleManager}},
 		// The dispatcher checks itself that a worker acts for its own node.
-		api.Dispatcher_ServiceDesc.ServiceName:     {roles: []Role{RoleWorker, RoleManager}},
-		api.RaftMembership_ServiceDesc.ServiceName: {roles: []Role{RoleManager}},
+		api.Dispatcher_ServiceDesc.ServiceName:     {roles: []identity.Role{identity.RoleWorker, identity.RoleManager}},
+		api.RaftMembership_ServiceDesc.ServiceName: {roles: []identity.Role{identity.RoleManager}},
 	}
 )
 
@@ -72,11 +72,11 @@ type Authorizer struct {
 	// Check, when set, runs for every caller that presents a certificate
 	// and calls a method that needs one; it refuses certificates that are
 	// valid but no longer current (see Checker).
-	Check func(ctx context.Context, id Identity) error
+	Check func(ctx context.Context, id identity.Identity) error
 	// Local, when set, is the identity given to peers without TLS. Set it
 	// only on the server for the node's unix socket (mode 0600, root
 	// only); on the cluster port, peers without TLS are refused.
-	Local *Identity
+	Local *identity.Identity
 }
 
 // authorize decides whether the peer of ctx may call method, and returns
@@ -87,7 +87,7 @@ func (a Authorizer) authorize(ctx context.Context, method string) (context.Conte
 		return nil, status.Errorf(codes.PermissionDenied, "no caller may call %s", method)
 	}
 	var (
-		id       Identity
+		id       identity.Identity
 		haveID   bool
 		local    bool
 		tlsState *tls.ConnectionState
@@ -100,7 +100,7 @@ func (a Authorizer) authorize(ctx context.Context, method string) (context.Conte
 	switch {
 	case tlsState != nil && len(tlsState.VerifiedChains) > 0:
 		var err error
-		if id, err = IdentityFromState(*tlsState); err != nil {
+		if id, err = identity.IdentityFromState(*tlsState); err != nil {
 			return nil, err
 		}
 		haveID = true
@@ -113,7 +113,7 @@ func (a Authorizer) authorize(ctx context.Context, method string) (context.Conte
 	}
 	if pol.anyone {
 		if haveID {
-			ctx = WithIdentity(ctx, id)
+			ctx = identity.WithIdentity(ctx, id)
 		}
 		return ctx, nil
 	}
@@ -134,7 +134,7 @@ func (a Authorizer) authorize(ctx context.Context, method string) (context.Conte
 			return nil, status.Error(codes.PermissionDenied, err.Error())
 		}
 	}
-	return WithIdentity(ctx, id), nil
+	return identity.WithIdentity(ctx, id), nil
 }
 
 // UnaryInterceptor authorizes unary calls.
@@ -176,17 +176,17 @@ func (s *authorizedStream) Context() context.Context { return s.ctx }
 
 // AuthorizeRaft checks the peer of an accepted raft connection (ALPN
 // ALPNRaft, not gRPC): only current managers may speak raft.
-func (a Authorizer) AuthorizeRaft(ctx context.Context, cs tls.ConnectionState) (Identity, error) {
-	id, err := IdentityFromState(cs)
+func (a Authorizer) AuthorizeRaft(ctx context.Context, cs tls.ConnectionState) (identity.Identity, error) {
+	id, err := identity.IdentityFromState(cs)
 	if err != nil {
-		return Identity{}, err
+		return identity.Identity{}, err
 	}
-	if id.Role != RoleManager {
-		return Identity{}, status.Errorf(codes.PermissionDenied, "%s certificates may not speak raft", id.Role)
+	if id.Role != identity.RoleManager {
+		return identity.Identity{}, status.Errorf(codes.PermissionDenied, "%s certificates may not speak raft", id.Role)
 	}
 	if a.Check != nil {
 		if err := a.Check(ctx, id); err != nil {
-			return Identity{}, err
+			return identity.Identity{}, err
 		}
 	}
 	return id, nil
@@ -195,9 +195,9 @@ func (a Authorizer) AuthorizeRaft(ctx context.Context, cs tls.ConnectionState) (
 // Checker returns the Authorizer's Check for a manager's store: the node a
 // certificate names must still exist, and the certificate must be the one
 // the store records for it. Admin certificates are not tied to a node.
-func Checker(st *store.Store) func(ctx context.Context, id Identity) error {
-	return func(_ context.Context, id Identity) error {
-		if id.Role == RoleAdmin {
+func Checker(st *store.Store) func(ctx context.Context, id identity.Identity) error {
+	return func(_ context.Context, id identity.Identity) error {
+		if id.Role == identity.RoleAdmin {
 			return nil
 		}
 		if !id.IsNode() {
@@ -209,7 +209,7 @@ func Checker(st *store.Store) func(ctx context.Context, id Identity) error {
 	}
 }
 
-func checkNodeCert(n *api.Node, id Identity) error {
+func checkNodeCert(n *api.Node, id identity.Identity) error {
 	if n == nil {
 		return status.Errorf(codes.PermissionDenied, "node %s was removed from the cluster: join it again with a join token", id.NodeID)
 	}
@@ -220,12 +220,4 @@ func checkNodeCert(n *api.Node, id Identity) error {
 		return status.Errorf(codes.PermissionDenied, "certificate %s of node %s was replaced by %s: use the current certificate", id.Serial, id.NodeID, rec)
 	}
 	return nil
-}
-
-// String formats an identity for logs.
-func (id Identity) String() string {
-	if id.Serial == "" {
-		return fmt.Sprintf("%s %s", id.Role, id.NodeID)
-	}
-	return fmt.Sprintf("%s %s (certificate %s)", id.Role, id.NodeID, id.Serial)
 }

@@ -17,6 +17,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
+	"github.com/shoal-project/shoal/identity/identitytest"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
 )
@@ -27,7 +29,7 @@ import (
 type fakeControl struct{ api.UnimplementedControlServer }
 
 func (fakeControl) GetCluster(ctx context.Context, _ *api.GetClusterRequest) (*api.GetClusterResponse, error) {
-	id, ok := IdentityFrom(ctx)
+	id, ok := identity.IdentityFrom(ctx)
 	if !ok {
 		return nil, status.Error(codes.Internal, "handler got no identity")
 	}
@@ -65,7 +67,7 @@ func start(t *testing.T, srv *grpc.Server, lis net.Listener) {
 }
 
 // serveTLS runs the cluster port's gRPC server on loopback.
-func serveTLS(t *testing.T, n *state.Node, server issued, pool Credentials) string {
+func serveTLS(t *testing.T, n *state.Node, server identitytest.Issued, pool identity.Credentials) string {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -76,25 +78,25 @@ func serveTLS(t *testing.T, n *state.Node, server issued, pool Credentials) stri
 		t.Fatal(err)
 	}
 	auth := Authorizer{Check: Checker(n.Store())}
-	opts := append(auth.ServerOptions(), grpc.Creds(credentials.NewTLS(ServerConfig(server.keypair(t), p))))
+	opts := append(auth.ServerOptions(), grpc.Creds(credentials.NewTLS(identity.ServerConfig(server.Keypair(t), p))))
 	srv := grpc.NewServer(opts...)
 	registerAll(srv, n)
 	start(t, srv, lis)
 	return lis.Addr().String()
 }
 
-func dialTLS(t *testing.T, addr string, client *issued, ca Credentials) *grpc.ClientConn {
+func dialTLS(t *testing.T, addr string, client *identitytest.Issued, ca identity.Credentials) *grpc.ClientConn {
 	t.Helper()
 	p, err := ca.Pool()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var kp *Keypair
+	var kp *identity.Keypair
 	if client != nil {
-		kp = client.keypair(t)
+		kp = client.Keypair(t)
 	}
 	cc, err := grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(credentials.NewTLS(ClientConfig(kp, p, ManagerServerName, ALPNGRPC))))
+		grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientConfig(kp, p, identity.ManagerServerName, identity.ALPNGRPC))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,21 +168,21 @@ const passed = codes.Unimplemented // a fake handler was reached
 // the real TLS configs and interceptors, and calls every kind of method as
 // every kind of caller.
 func TestAuthorizationOverTLS(t *testing.T) {
-	stored, r := newTestCA(t, "c1")
-	_, other := newTestCA(t, "c2")
+	stored, r := identitytest.NewCA(t, "c1")
+	_, other := identitytest.NewCA(t, "c2")
 	n := newRaft(t, stored)
-	manager := issueNode(t, r, "m1", api.NodeRole_NODE_ROLE_MANAGER)
+	manager := identitytest.IssueNode(t, r, "m1", api.NodeRole_NODE_ROLE_MANAGER)
 	addNode(t, n, manager, "127.0.0.1:4242")
-	worker := issueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)
+	worker := identitytest.IssueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)
 	addNode(t, n, worker, "127.0.0.1:4243")
-	admin := issueAdmin(t, r)
-	removed := issueNode(t, r, "gone", api.NodeRole_NODE_ROLE_WORKER) // never recorded
-	replaced := issueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)  // w1 holds another serial
+	admin := identitytest.IssueAdmin(t, r)
+	removed := identitytest.IssueNode(t, r, "gone", api.NodeRole_NODE_ROLE_WORKER) // never recorded
+	replaced := identitytest.IssueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)  // w1 holds another serial
 	now := time.Now()
-	expired := issueWindow(t, r, "m1", RoleManager, now.Add(-48*time.Hour), now.Add(-time.Hour))
-	stranger := issueNode(t, other, "m1", api.NodeRole_NODE_ROLE_MANAGER)
+	expired := identitytest.IssueWindow(t, stored, "m1", identity.RoleManager, now.Add(-48*time.Hour), now.Add(-time.Hour))
+	stranger := identitytest.IssueNode(t, other, "m1", api.NodeRole_NODE_ROLE_MANAGER)
 
-	addr := serveTLS(t, n, manager, manager.creds)
+	addr := serveTLS(t, n, manager, manager.Creds)
 
 	deny := func(msg string) want { return want{codes.PermissionDenied, msg} }
 	unauth := want{codes.Unauthenticated, "needs a client certificate"}
@@ -192,7 +194,7 @@ func TestAuthorizationOverTLS(t *testing.T) {
 
 	tests := []struct {
 		name   string
-		client *issued
+		client *identitytest.Issued
 		want   map[string]want
 	}{
 		{"anonymous", nil, map[string]want{
@@ -252,7 +254,7 @@ func TestAuthorizationOverTLS(t *testing.T) {
 		}},
 		{"replaced certificate", &replaced, map[string]want{
 			"CA/GetRootCACertificate": {code: codes.OK},
-			"CA/RenewNodeCertificate": deny("certificate " + replaced.id.Serial + " of node w1 was replaced"),
+			"CA/RenewNodeCertificate": deny("certificate " + replaced.ID.Serial + " of node w1 was replaced"),
 			"Control/GetCluster":      deny("worker certificates may not call"),
 			"Control/CreateService":   deny("worker certificates may not call"),
 			"Control/WatchTasks":      deny("worker certificates may not call"),
@@ -266,7 +268,7 @@ func TestAuthorizationOverTLS(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cc := dialTLS(t, addr, tt.client, manager.creds)
+			cc := dialTLS(t, addr, tt.client, manager.Creds)
 			for name, w := range tt.want {
 				ctx, cancel := context.WithTimeout(context.Background(), settle)
 				err := calls[name](ctx, cc)
@@ -284,10 +286,10 @@ func TestAuthorizationOverTLS(t *testing.T) {
 
 	// The handler sees the caller's identity.
 	for _, c := range []struct {
-		client issued
+		client identitytest.Issued
 		want   string
 	}{{manager, "manager/m1"}, {admin, "admin/admin"}} {
-		resp, err := api.NewControlClient(dialTLS(t, addr, &c.client, manager.creds)).GetCluster(context.Background(), &api.GetClusterRequest{})
+		resp, err := api.NewControlClient(dialTLS(t, addr, &c.client, manager.Creds)).GetCluster(context.Background(), &api.GetClusterRequest{})
 		if err != nil || resp.GetCluster().GetId() != c.want {
 			t.Errorf("handler saw %q, %v; want %q", resp.GetCluster().GetId(), err, c.want)
 		}
@@ -297,7 +299,7 @@ func TestAuthorizationOverTLS(t *testing.T) {
 // TestLocalSocket: on the unix socket's server, peers without TLS are the
 // local admin; on any other server they are refused.
 func TestLocalSocket(t *testing.T) {
-	stored, _ := newTestCA(t, "c1")
+	stored, _ := identitytest.NewCA(t, "c1")
 	n := newRaft(t, stored)
 	dir := t.TempDir()
 
@@ -318,7 +320,7 @@ func TestLocalSocket(t *testing.T) {
 		t.Cleanup(func() { cc.Close() })
 		return cc
 	}
-	local := LocalIdentity("m1")
+	local := identity.LocalIdentity("m1")
 	localSock := filepath.Join(dir, "local.sock")
 	serveUnix(localSock, Authorizer{Check: Checker(n.Store()), Local: &local})
 	plainSock := filepath.Join(dir, "plain.sock")
@@ -347,12 +349,12 @@ func TestLocalSocket(t *testing.T) {
 }
 
 func TestChecker(t *testing.T) {
-	stored, r := newTestCA(t, "c1")
+	stored, r := identitytest.NewCA(t, "c1")
 	n := newRaft(t, stored)
-	current := issueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)
+	current := identitytest.IssueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)
 	addNode(t, n, current, "")
-	old := issueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)
-	gone := issueNode(t, r, "w2", api.NodeRole_NODE_ROLE_WORKER)
+	old := identitytest.IssueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)
+	gone := identitytest.IssueNode(t, r, "w2", api.NodeRole_NODE_ROLE_WORKER)
 	addNode(t, n, gone, "")
 	var w2 *api.Node
 	n.Store().View(func(tx store.ReadTx) { w2 = tx.Node("w2") })
@@ -362,14 +364,14 @@ func TestChecker(t *testing.T) {
 	check := Checker(n.Store())
 	tests := []struct {
 		name string
-		id   Identity
+		id   identity.Identity
 		want string // "" = accepted
 	}{
-		{"current certificate", current.id, ""},
-		{"admin", issueAdmin(t, r).id, ""},
-		{"replaced serial", old.id, "certificate " + old.id.Serial + " of node w1 was replaced"},
-		{"removed node", gone.id, "node w2 was removed from the cluster"},
-		{"no role", Identity{NodeID: "w1", Serial: current.id.Serial}, "no node role"},
+		{"current certificate", current.ID, ""},
+		{"admin", identitytest.IssueAdmin(t, r).ID, ""},
+		{"replaced serial", old.ID, "certificate " + old.ID.Serial + " of node w1 was replaced"},
+		{"removed node", gone.ID, "node w2 was removed from the cluster"},
+		{"no role", identity.Identity{NodeID: "w1", Serial: current.ID.Serial}, "no node role"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -391,16 +393,16 @@ func TestPolicyTable(t *testing.T) {
 	tests := []struct {
 		method string
 		anyone bool
-		roles  []Role
+		roles  []identity.Role
 		known  bool
 	}{
 		{"/shoal.v1.CA/GetRootCACertificate", true, nil, true},
 		{"/shoal.v1.CA/IssueNodeCertificate", true, nil, true},
-		{"/shoal.v1.CA/RenewNodeCertificate", false, []Role{RoleWorker, RoleManager}, true},
+		{"/shoal.v1.CA/RenewNodeCertificate", false, []identity.Role{identity.RoleWorker, identity.RoleManager}, true},
 		{"/shoal.v1.CA/SomethingNew", false, nil, false},
-		{"/shoal.v1.Control/RemoveNode", false, []Role{RoleAdmin, RoleManager}, true},
-		{"/shoal.v1.Dispatcher/Assignments", false, []Role{RoleWorker, RoleManager}, true},
-		{"/shoal.v1.RaftMembership/Leave", false, []Role{RoleManager}, true},
+		{"/shoal.v1.Control/RemoveNode", false, []identity.Role{identity.RoleAdmin, identity.RoleManager}, true},
+		{"/shoal.v1.Dispatcher/Assignments", false, []identity.Role{identity.RoleWorker, identity.RoleManager}, true},
+		{"/shoal.v1.RaftMembership/Leave", false, []identity.Role{identity.RoleManager}, true},
 		{"/shoal.v1.Controlx/RemoveNode", false, nil, false},
 		{"shoal.v1.Control/RemoveNode", false, nil, false},
 		{"/shoal.v1.Control", false, nil, false},
@@ -412,7 +414,7 @@ func TestPolicyTable(t *testing.T) {
 			t.Errorf("%q: known %v anyone %v, want %v %v", tt.method, ok, p.anyone, tt.known, tt.anyone)
 			continue
 		}
-		for _, r := range []Role{RoleUnknown, RoleWorker, RoleManager, RoleAdmin} {
+		for _, r := range []identity.Role{identity.RoleUnknown, identity.RoleWorker, identity.RoleManager, identity.RoleAdmin} {
 			want := false
 			for _, x := range tt.roles {
 				want = want || x == r
@@ -421,5 +423,31 @@ func TestPolicyTable(t *testing.T) {
 				t.Errorf("%q: %s allowed %v, want %v", tt.method, r, p.allows(r), want)
 			}
 		}
+	}
+}
+
+func TestRaftALPN(t *testing.T) {
+	_, r := identitytest.NewCA(t, "c1")
+	m1 := identitytest.IssueNode(t, r, "m1", api.NodeRole_NODE_ROLE_MANAGER)
+	m2 := identitytest.IssueNode(t, r, "m2", api.NodeRole_NODE_ROLE_MANAGER)
+	state, srvErr, cliErr := identitytest.Handshake(t, identity.ServerConfig(m1.Keypair(t), r.Pool()), identity.ClientConfig(m2.Keypair(t), r.Pool(), identity.ManagerServerName, identity.ALPNRaft))
+	if srvErr != nil || cliErr != nil {
+		t.Fatalf("server %v, client %v", srvErr, cliErr)
+	}
+	if state.NegotiatedProtocol != identity.ALPNRaft {
+		t.Fatalf("ALPN %q, want %q", state.NegotiatedProtocol, identity.ALPNRaft)
+	}
+	a := Authorizer{}
+	if id, err := a.AuthorizeRaft(t.Context(), state); err != nil || id.NodeID != "m2" {
+		t.Fatalf("raft peer %+v, %v", id, err)
+	}
+
+	w := identitytest.IssueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)
+	state, srvErr, cliErr = identitytest.Handshake(t, identity.ServerConfig(m1.Keypair(t), r.Pool()), identity.ClientConfig(w.Keypair(t), r.Pool(), identity.ManagerServerName, identity.ALPNRaft))
+	if srvErr != nil || cliErr != nil {
+		t.Fatalf("server %v, client %v", srvErr, cliErr)
+	}
+	if _, err := a.AuthorizeRaft(t.Context(), state); err == nil {
+		t.Fatal("a worker may speak raft")
 	}
 }

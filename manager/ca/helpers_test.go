@@ -2,7 +2,6 @@ package ca
 
 import (
 	"context"
-	"crypto/x509"
 	"io"
 	"log/slog"
 	"testing"
@@ -12,6 +11,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
+	"github.com/shoal-project/shoal/identity/identitytest"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
 )
@@ -21,91 +22,6 @@ import (
 const settle = 20 * time.Second
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
-
-func newTestCA(t testing.TB, clusterID string) (*api.RootCA, *RootCA) {
-	t.Helper()
-	stored, err := NewRootCA(clusterID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := ParseRootCA(stored)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return stored, r
-}
-
-// issued is a node's credentials with the parsed certificate.
-type issued struct {
-	creds Credentials
-	cert  *x509.Certificate
-	id    Identity
-}
-
-func (i issued) keypair(t testing.TB) *Keypair {
-	t.Helper()
-	kp, err := i.creds.Keypair()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kp
-}
-
-// issueNode makes a key, a CSR and a certificate the normal way.
-func issueNode(t testing.TB, r *RootCA, nodeID string, role api.NodeRole) issued {
-	t.Helper()
-	keyPEM, csrPEM, err := NewKeyAndCSR()
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM, cert, err := r.Issue(csrPEM, nodeID, role, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return finish(t, r, certPEM, keyPEM, cert)
-}
-
-// issueWindow signs a certificate valid only between notBefore and
-// notAfter (for expired ones).
-func issueWindow(t testing.TB, r *RootCA, nodeID string, role Role, notBefore, notAfter time.Time) issued {
-	t.Helper()
-	keyPEM, csrPEM, err := NewKeyAndCSR()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := csrKey(csrPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certPEM, cert, err := r.sign(pub, nodeID, role, notBefore, notAfter)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return finish(t, r, certPEM, keyPEM, cert)
-}
-
-func issueAdmin(t testing.TB, r *RootCA) issued {
-	t.Helper()
-	certPEM, keyPEM, err := r.IssueAdmin()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := parseCertPEM(certPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return finish(t, r, certPEM, keyPEM, cert)
-}
-
-func finish(t testing.TB, r *RootCA, certPEM, keyPEM []byte, cert *x509.Certificate) issued {
-	t.Helper()
-	c := Credentials{CACertPEM: r.CertPEM, CertPEM: certPEM, KeyPEM: keyPEM}
-	id, err := c.Identity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return issued{creds: c, cert: cert, id: id}
-}
 
 // newRaft starts a single-member raft cluster in a temp dir, waits until
 // it leads, and stores a cluster object with a CA and join tokens.
@@ -122,7 +38,7 @@ func newRaft(t *testing.T, stored *api.RootCA) *state.Node {
 	if err := n.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
 	}
-	tokens, err := NewJoinTokens(stored.GetDigest())
+	tokens, err := identity.NewJoinTokens(stored.GetDigest())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,15 +56,15 @@ func newRaft(t *testing.T, stored *api.RootCA) *state.Node {
 }
 
 // addNode records a node holding cert, as a join would.
-func addNode(t *testing.T, n *state.Node, i issued, addr string) {
+func addNode(t *testing.T, n *state.Node, i identitytest.Issued, addr string) {
 	t.Helper()
-	role := i.id.Role.NodeRole()
+	role := i.ID.Role.NodeRole()
 	node := &api.Node{
-		Id:          i.id.NodeID,
+		Id:          i.ID.NodeID,
 		Spec:        &api.NodeSpec{DesiredRole: role, Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE},
 		Status:      &api.NodeStatus{State: api.NodeState_NODE_STATE_READY, Addr: addr},
 		Role:        role,
-		Certificate: CertificateRecord(i.cert, role),
+		Certificate: identity.CertificateRecord(i.Cert, role),
 	}
 	if role == api.NodeRole_NODE_ROLE_MANAGER {
 		node.ManagerStatus = &api.ManagerStatus{RaftAddr: addr}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
 )
@@ -49,13 +50,13 @@ type Server struct {
 	logger *slog.Logger
 
 	mu     sync.Mutex
-	signer *RootCA // parsed cluster CA, kept while its digest is current
+	signer *identity.RootCA // parsed cluster CA, kept while its digest is current
 }
 
 // NewServer returns a CA server.
 func NewServer(r Raft, opts ServerOptions) *Server {
 	if opts.NodeValidity == 0 {
-		opts.NodeValidity = DefaultNodeValidity
+		opts.NodeValidity = identity.DefaultNodeValidity
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
@@ -75,13 +76,13 @@ func (s *Server) cluster() (*api.Cluster, error) {
 	return c, nil
 }
 
-func (s *Server) rootCA(c *api.Cluster) (*RootCA, error) {
+func (s *Server) rootCA(c *api.Cluster) (*identity.RootCA, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.signer != nil && s.signer.Digest == c.GetRootCa().GetDigest() {
 		return s.signer, nil
 	}
-	r, err := ParseRootCA(c.GetRootCa())
+	r, err := identity.ParseRootCA(c.GetRootCa())
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "cluster CA: %v", err)
 	}
@@ -102,7 +103,7 @@ func (s *Server) GetRootCACertificate(ctx context.Context, _ *api.GetRootCACerti
 // CA signs its CSR under a new node id, and the node object is created in
 // the same step. Nothing is written unless all of it succeeds.
 func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCertificateRequest) (*api.IssueNodeCertificateResponse, error) {
-	tok, err := ParseToken(req.GetToken())
+	tok, err := identity.ParseToken(req.GetToken())
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -114,8 +115,8 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 		return nil, status.Errorf(codes.PermissionDenied, "join token is for another cluster: it names CA %s, this cluster's CA is %s", tok.Digest, c.GetRootCa().GetDigest())
 	}
 	// Compare with both so the time taken does not tell which matched.
-	isWorker := TokenMatches(req.GetToken(), c.GetJoinTokens().GetWorker())
-	isManager := TokenMatches(req.GetToken(), c.GetJoinTokens().GetManager())
+	isWorker := identity.TokenMatches(req.GetToken(), c.GetJoinTokens().GetWorker())
+	isManager := identity.TokenMatches(req.GetToken(), c.GetJoinTokens().GetManager())
 	var role api.NodeRole
 	switch {
 	case isManager:
@@ -153,7 +154,7 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 		Description: req.GetDescription(),
 		Status:      &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: addr},
 		Role:        role,
-		Certificate: CertificateRecord(cert, role),
+		Certificate: identity.CertificateRecord(cert, role),
 	}
 	if role == api.NodeRole_NODE_ROLE_MANAGER {
 		node.ManagerStatus = &api.ManagerStatus{RaftAddr: addr}
@@ -163,7 +164,7 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 	}
 	var managers []string
 	s.raft.Store().View(func(tx store.ReadTx) { managers = managerAddrs(tx, nodeID) })
-	s.logger.Info("node joined", "node", nodeID, "role", RoleOf(role), "hostname", req.GetDescription().GetHostname(), "addr", addr, "serial", SerialString(cert))
+	s.logger.Info("node joined", "node", nodeID, "role", identity.RoleOf(role), "hostname", req.GetDescription().GetHostname(), "addr", addr, "serial", identity.SerialString(cert))
 	return &api.IssueNodeCertificateResponse{NodeId: nodeID, CertPem: certPEM, Role: role, Managers: managers}, nil
 }
 
@@ -172,10 +173,10 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 // old one is refused from then on, so the node must reconnect with the new
 // one.
 func (s *Server) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCertificateRequest) (*api.RenewNodeCertificateResponse, error) {
-	id, ok := IdentityFrom(ctx)
+	id, ok := identity.IdentityFrom(ctx)
 	if !ok {
 		var err error
-		if id, err = IdentityFromContext(ctx); err != nil {
+		if id, err = identity.IdentityFromContext(ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -205,7 +206,7 @@ func (s *Server) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCer
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 		upd := proto.Clone(n).(*api.Node)
-		upd.Certificate = CertificateRecord(cert, role)
+		upd.Certificate = identity.CertificateRecord(cert, role)
 		err = s.raft.Propose(ctx, store.Update(upd))
 		if errors.Is(err, store.ErrSequenceConflict) && attempt < updateAttempts {
 			continue
@@ -213,7 +214,7 @@ func (s *Server) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCer
 		if err != nil {
 			return nil, toStatus(fmt.Errorf("record renewed certificate of node %s: %w", id.NodeID, err))
 		}
-		s.logger.Info("node certificate renewed", "node", id.NodeID, "role", RoleOf(role), "serial", SerialString(cert), "old_serial", id.Serial)
+		s.logger.Info("node certificate renewed", "node", id.NodeID, "role", identity.RoleOf(role), "serial", identity.SerialString(cert), "old_serial", id.Serial)
 		return &api.RenewNodeCertificateResponse{CertPem: certPEM, Role: role}, nil
 	}
 }
@@ -222,7 +223,7 @@ func (s *Server) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCer
 // it. Nodes that joined with the old token are not affected; joins with it
 // are refused from then on.
 func RotateToken(ctx context.Context, r Raft, role api.NodeRole) (string, error) {
-	if RoleOf(role) == RoleUnknown {
+	if identity.RoleOf(role) == identity.RoleUnknown {
 		return "", status.Errorf(codes.InvalidArgument, "role: want worker or manager, not %v", role)
 	}
 	for attempt := 1; ; attempt++ {
@@ -231,7 +232,7 @@ func RotateToken(ctx context.Context, r Raft, role api.NodeRole) (string, error)
 		if c == nil {
 			return "", status.Error(codes.FailedPrecondition, "the cluster is not initialised yet")
 		}
-		tok, err := GenerateToken(c.GetRootCa().GetDigest())
+		tok, err := identity.GenerateToken(c.GetRootCa().GetDigest())
 		if err != nil {
 			return "", status.Error(codes.Internal, err.Error())
 		}
@@ -249,7 +250,7 @@ func RotateToken(ctx context.Context, r Raft, role api.NodeRole) (string, error)
 			continue
 		}
 		if err != nil {
-			return "", toStatus(fmt.Errorf("rotate %s join token: %w", RoleOf(role), err))
+			return "", toStatus(fmt.Errorf("rotate %s join token: %w", identity.RoleOf(role), err))
 		}
 		return tok, nil
 	}

@@ -19,7 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/manager/ca"
+	"github.com/shoal-project/shoal/identity"
 	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/manager/tarballs"
 )
@@ -263,7 +263,7 @@ func authorize(ctx context.Context, nodeID string) error {
 	if nodeID == "" {
 		return status.Error(codes.InvalidArgument, "node_id: missing")
 	}
-	if id, ok := ca.IdentityFrom(ctx); ok && id.IsNode() && id.NodeID != nodeID {
+	if id, ok := identity.IdentityFrom(ctx); ok && id.IsNode() && id.NodeID != nodeID {
 		return status.Errorf(codes.PermissionDenied, "node %s may not act for node %s", id.NodeID, nodeID)
 	}
 	return nil
@@ -271,7 +271,7 @@ func authorize(ctx context.Context, nodeID string) error {
 
 // sessionOwner checks that the caller is the node that owns the session.
 func sessionOwner(ctx context.Context, s *session) error {
-	if id, ok := ca.IdentityFrom(ctx); ok && id.IsNode() && id.NodeID != s.nodeID {
+	if id, ok := identity.IdentityFrom(ctx); ok && id.IsNode() && id.NodeID != s.nodeID {
 		return status.Errorf(codes.PermissionDenied, "node %s may not use the session of node %s", id.NodeID, s.nodeID)
 	}
 	return nil

@@ -1,6 +1,9 @@
-package ca
+package identity_test
 
 import (
+	. "github.com/shoal-project/shoal/identity"
+	"github.com/shoal-project/shoal/identity/identitytest"
+
 	"bytes"
 	"crypto/x509"
 	"os"
@@ -12,10 +15,10 @@ import (
 )
 
 func TestSaveLoadCredentials(t *testing.T) {
-	_, r := newTestCA(t, "c1")
-	i := issueNode(t, r, "node-1", api.NodeRole_NODE_ROLE_WORKER)
+	_, r := identitytest.NewCA(t, "c1")
+	i := identitytest.IssueNode(t, r, "node-1", api.NodeRole_NODE_ROLE_WORKER)
 	dir := filepath.Join(t.TempDir(), "certificates")
-	if err := SaveCredentials(dir, i.creds); err != nil {
+	if err := SaveCredentials(dir, i.Creds); err != nil {
 		t.Fatal(err)
 	}
 	st, err := os.Stat(dir)
@@ -35,25 +38,25 @@ func TestSaveLoadCredentials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got.CACertPEM, i.creds.CACertPEM) || !bytes.Equal(got.CertPEM, i.creds.CertPEM) || !bytes.Equal(got.KeyPEM, i.creds.KeyPEM) {
+	if !bytes.Equal(got.CACertPEM, i.Creds.CACertPEM) || !bytes.Equal(got.CertPEM, i.Creds.CertPEM) || !bytes.Equal(got.KeyPEM, i.Creds.KeyPEM) {
 		t.Fatal("loaded credentials differ from saved ones")
 	}
 	id, err := got.Identity()
-	if err != nil || id != i.id {
-		t.Fatalf("identity %+v, %v; want %+v", id, err, i.id)
+	if err != nil || id != i.ID {
+		t.Fatalf("identity %+v, %v; want %+v", id, err, i.ID)
 	}
 	pool, err := got.Pool()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := i.cert.Verify(x509.VerifyOptions{Roots: pool}); err != nil {
+	if _, err := i.Cert.Verify(x509.VerifyOptions{Roots: pool}); err != nil {
 		t.Fatalf("certificate does not verify against the saved CA: %v", err)
 	}
 	tc, err := got.TLSCertificate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(tc.Certificate) != 2 || !bytes.Equal(tc.Certificate[1], r.Cert.Raw) || tc.Leaf.SerialNumber.Cmp(i.cert.SerialNumber) != 0 {
+	if len(tc.Certificate) != 2 || !bytes.Equal(tc.Certificate[1], r.Cert.Raw) || tc.Leaf.SerialNumber.Cmp(i.Cert.SerialNumber) != 0 {
 		t.Fatalf("TLS chain: %d certificates, leaf %v", len(tc.Certificate), tc.Leaf.SerialNumber)
 	}
 
@@ -62,16 +65,16 @@ func TestSaveLoadCredentials(t *testing.T) {
 	if err := os.Chmod(filepath.Join(dir, KeyFile), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	next := issueNode(t, r, "node-1", api.NodeRole_NODE_ROLE_MANAGER)
-	if err := SaveCredentials(dir, next.creds); err != nil {
+	next := identitytest.IssueNode(t, r, "node-1", api.NodeRole_NODE_ROLE_MANAGER)
+	if err := SaveCredentials(dir, next.Creds); err != nil {
 		t.Fatal(err)
 	}
 	got, err = LoadCredentials(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id, _ := got.Identity(); id != next.id {
-		t.Fatalf("after overwrite identity %+v, want %+v", id, next.id)
+	if id, _ := got.Identity(); id != next.ID {
+		t.Fatalf("after overwrite identity %+v, want %+v", id, next.ID)
 	}
 	if st, _ := os.Stat(filepath.Join(dir, KeyFile)); st.Mode().Perm() != 0o600 {
 		t.Errorf("key mode after overwrite %v", st.Mode().Perm())
@@ -79,16 +82,16 @@ func TestSaveLoadCredentials(t *testing.T) {
 }
 
 func TestSaveCredentialsRefusesMismatch(t *testing.T) {
-	_, r := newTestCA(t, "c1")
-	_, other := newTestCA(t, "c2")
-	a := issueNode(t, r, "a", api.NodeRole_NODE_ROLE_WORKER)
-	b := issueNode(t, r, "b", api.NodeRole_NODE_ROLE_WORKER)
+	_, r := identitytest.NewCA(t, "c1")
+	_, other := identitytest.NewCA(t, "c2")
+	a := identitytest.IssueNode(t, r, "a", api.NodeRole_NODE_ROLE_WORKER)
+	b := identitytest.IssueNode(t, r, "b", api.NodeRole_NODE_ROLE_WORKER)
 	tests := []struct {
 		name string
 		c    Credentials
 	}{
-		{"key of another node", Credentials{CACertPEM: r.CertPEM, CertPEM: a.creds.CertPEM, KeyPEM: b.creds.KeyPEM}},
-		{"CA that did not sign it", Credentials{CACertPEM: other.CertPEM, CertPEM: a.creds.CertPEM, KeyPEM: a.creds.KeyPEM}},
+		{"key of another node", Credentials{CACertPEM: r.CertPEM, CertPEM: a.Creds.CertPEM, KeyPEM: b.Creds.KeyPEM}},
+		{"CA that did not sign it", Credentials{CACertPEM: other.CertPEM, CertPEM: a.Creds.CertPEM, KeyPEM: a.Creds.KeyPEM}},
 		{"empty", Credentials{}},
 	}
 	for _, tt := range tests {
@@ -107,32 +110,32 @@ func TestSaveCredentialsRefusesMismatch(t *testing.T) {
 // TestLoadCredentialsFinishesInterruptedSave simulates a crash after the
 // new key was renamed into place but before the new certificate was.
 func TestLoadCredentialsFinishesInterruptedSave(t *testing.T) {
-	_, r := newTestCA(t, "c1")
-	old := issueNode(t, r, "n", api.NodeRole_NODE_ROLE_WORKER)
-	next := issueNode(t, r, "n", api.NodeRole_NODE_ROLE_WORKER)
+	_, r := identitytest.NewCA(t, "c1")
+	old := identitytest.IssueNode(t, r, "n", api.NodeRole_NODE_ROLE_WORKER)
+	next := identitytest.IssueNode(t, r, "n", api.NodeRole_NODE_ROLE_WORKER)
 	dir := t.TempDir()
-	if err := SaveCredentials(dir, old.creds); err != nil {
+	if err := SaveCredentials(dir, old.Creds); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, KeyFile), next.creds.KeyPEM, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, KeyFile), next.Creds.KeyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, CertFile+stagedSuffix), next.creds.CertPEM, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, CertFile+StagedSuffix), next.Creds.CertPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	got, err := LoadCredentials(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id, _ := got.Identity(); id != next.id {
-		t.Fatalf("identity %+v, want the new certificate %+v", id, next.id)
+	if id, _ := got.Identity(); id != next.ID {
+		t.Fatalf("identity %+v, want the new certificate %+v", id, next.ID)
 	}
-	if b, _ := os.ReadFile(filepath.Join(dir, CertFile)); !bytes.Equal(b, next.creds.CertPEM) {
+	if b, _ := os.ReadFile(filepath.Join(dir, CertFile)); !bytes.Equal(b, next.Creds.CertPEM) {
 		t.Fatal("the staged certificate was not moved into place")
 	}
 
 	// Without a fitting staged certificate, a mismatch is an error.
-	if err := os.WriteFile(filepath.Join(dir, KeyFile), old.creds.KeyPEM, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, KeyFile), old.Creds.KeyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := LoadCredentials(dir); err == nil {

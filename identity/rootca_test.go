@@ -1,6 +1,9 @@
-package ca
+package identity_test
 
 import (
+	. "github.com/shoal-project/shoal/identity"
+	"github.com/shoal-project/shoal/identity/identitytest"
+
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -20,7 +23,7 @@ import (
 )
 
 func TestNewRootCA(t *testing.T) {
-	stored, r := newTestCA(t, "cluster-1")
+	stored, r := identitytest.NewCA(t, "cluster-1")
 	block, _ := pem.Decode(stored.GetCertPem())
 	sum := sha256.Sum256(block.Bytes)
 	if want := "sha256:" + hex.EncodeToString(sum[:]); stored.GetDigest() != want || r.Digest != want {
@@ -42,15 +45,15 @@ func TestNewRootCA(t *testing.T) {
 	if _, err := NewRootCA(""); err == nil {
 		t.Error("CA without a cluster id was made")
 	}
-	_, other := newTestCA(t, "cluster-2")
+	_, other := identitytest.NewCA(t, "cluster-2")
 	if r.Digest == other.Digest {
 		t.Error("two CAs share a digest")
 	}
 }
 
 func TestParseRootCARefusesInconsistentCA(t *testing.T) {
-	stored, _ := newTestCA(t, "c1")
-	otherStored, _ := newTestCA(t, "c2")
+	stored, _ := identitytest.NewCA(t, "c1")
+	otherStored, _ := identitytest.NewCA(t, "c2")
 	tests := []struct {
 		name   string
 		mutate func(r *api.RootCA)
@@ -74,7 +77,7 @@ func TestParseRootCARefusesInconsistentCA(t *testing.T) {
 }
 
 func TestIssue(t *testing.T) {
-	_, r := newTestCA(t, "cluster-1")
+	_, r := identitytest.NewCA(t, "cluster-1")
 	tests := []struct {
 		role    api.NodeRole
 		ou      string
@@ -88,8 +91,8 @@ func TestIssue(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.role.String(), func(t *testing.T) {
-			i := issueNode(t, r, "node-a", tt.role)
-			c := i.cert
+			i := identitytest.IssueNode(t, r, "node-a", tt.role)
+			c := i.Cert
 			if c.Subject.CommonName != "node-a" || !slices.Equal(c.Subject.OrganizationalUnit, []string{tt.ou}) ||
 				!slices.Equal(c.Subject.Organization, []string{"cluster-1"}) {
 				t.Errorf("subject %v", c.Subject)
@@ -100,8 +103,8 @@ func TestIssue(t *testing.T) {
 			if !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageClientAuth) || !slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
 				t.Errorf("ext key usage %v", c.ExtKeyUsage)
 			}
-			if life := c.NotAfter.Sub(c.NotBefore); life != DefaultNodeValidity+clockSkew {
-				t.Errorf("lifetime %v, want %v", life, DefaultNodeValidity+clockSkew)
+			if life := c.NotAfter.Sub(c.NotBefore); life != DefaultNodeValidity+ClockSkew {
+				t.Errorf("lifetime %v, want %v", life, DefaultNodeValidity+ClockSkew)
 			}
 			if c.SerialNumber.BitLen() < 64 {
 				t.Errorf("serial %s looks too small to be random", c.SerialNumber)
@@ -115,41 +118,41 @@ func TestIssue(t *testing.T) {
 			if _, err := c.Verify(x509.VerifyOptions{Roots: r.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 				t.Errorf("verify as client: %v", err)
 			}
-			if i.id != (Identity{NodeID: "node-a", Role: RoleOf(tt.role), Serial: SerialString(c), ClusterID: "cluster-1"}) {
-				t.Errorf("identity %+v", i.id)
+			if i.ID != (Identity{NodeID: "node-a", Role: RoleOf(tt.role), Serial: SerialString(c), ClusterID: "cluster-1"}) {
+				t.Errorf("identity %+v", i.ID)
 			}
 		})
 	}
-	a, b := issueNode(t, r, "n", api.NodeRole_NODE_ROLE_WORKER), issueNode(t, r, "n", api.NodeRole_NODE_ROLE_WORKER)
-	if a.cert.SerialNumber.Cmp(b.cert.SerialNumber) == 0 {
+	a, b := identitytest.IssueNode(t, r, "n", api.NodeRole_NODE_ROLE_WORKER), identitytest.IssueNode(t, r, "n", api.NodeRole_NODE_ROLE_WORKER)
+	if a.Cert.SerialNumber.Cmp(b.Cert.SerialNumber) == 0 {
 		t.Error("two certificates share a serial")
 	}
 	_, csr, _ := NewKeyAndCSR()
 	if _, _, err := r.Issue(csr, "n", api.NodeRole_NODE_ROLE_UNSPECIFIED, 0); err == nil {
-		t.Error("certificate issued without a role")
+		t.Error("certificate identitytest.Issued without a role")
 	}
 	if _, _, err := r.Issue(csr, "", api.NodeRole_NODE_ROLE_WORKER, 0); err == nil {
-		t.Error("certificate issued without a node id")
+		t.Error("certificate identitytest.Issued without a node id")
 	}
 	_, c, err := r.Issue(csr, "n", api.NodeRole_NODE_ROLE_WORKER, time.Hour)
-	if err != nil || c.NotAfter.Sub(c.NotBefore) != time.Hour+clockSkew {
+	if err != nil || c.NotAfter.Sub(c.NotBefore) != time.Hour+ClockSkew {
 		t.Errorf("validity of 1h: %v, %v", err, c.NotAfter.Sub(c.NotBefore))
 	}
 }
 
 func TestIssueAdmin(t *testing.T) {
-	_, r := newTestCA(t, "cluster-1")
-	a := issueAdmin(t, r)
-	if a.id.Role != RoleAdmin || a.id.NodeID != "admin" {
-		t.Errorf("identity %+v", a.id)
+	_, r := identitytest.NewCA(t, "cluster-1")
+	a := identitytest.IssueAdmin(t, r)
+	if a.ID.Role != RoleAdmin || a.ID.NodeID != "admin" {
+		t.Errorf("identity %+v", a.ID)
 	}
-	if len(a.cert.DNSNames) != 0 || slices.Contains(a.cert.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
-		t.Errorf("admin certificate can serve: names %v, usage %v", a.cert.DNSNames, a.cert.ExtKeyUsage)
+	if len(a.Cert.DNSNames) != 0 || slices.Contains(a.Cert.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
+		t.Errorf("admin certificate can serve: names %v, usage %v", a.Cert.DNSNames, a.Cert.ExtKeyUsage)
 	}
-	if life := a.cert.NotAfter.Sub(a.cert.NotBefore); life < 364*24*time.Hour {
+	if life := a.Cert.NotAfter.Sub(a.Cert.NotBefore); life < 364*24*time.Hour {
 		t.Errorf("admin lifetime %v, want a year", life)
 	}
-	if _, err := a.creds.TLSCertificate(); err != nil {
+	if _, err := a.Creds.TLSCertificate(); err != nil {
 		t.Errorf("admin key and certificate do not pair: %v", err)
 	}
 }
@@ -164,7 +167,7 @@ func csrPEMFor(t *testing.T, key any) []byte {
 }
 
 func TestIssueRefusesBadCSR(t *testing.T) {
-	_, r := newTestCA(t, "c1")
+	_, r := identitytest.NewCA(t, "c1")
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -205,16 +208,16 @@ func TestIssueRefusesBadCSR(t *testing.T) {
 }
 
 func TestVerifyRootCA(t *testing.T) {
-	_, r := newTestCA(t, "c1")
-	_, other := newTestCA(t, "c2")
+	_, r := identitytest.NewCA(t, "c1")
+	_, other := identitytest.NewCA(t, "c2")
 	if _, err := VerifyRootCA(r.CertPEM, r.Digest); err != nil {
 		t.Fatalf("matching CA refused: %v", err)
 	}
 	if _, err := VerifyRootCA(other.CertPEM, r.Digest); err == nil || !strings.Contains(err.Error(), "another cluster") {
 		t.Fatalf("CA with another digest: %v", err)
 	}
-	leaf := issueNode(t, r, "n", api.NodeRole_NODE_ROLE_MANAGER)
-	if _, err := VerifyRootCA(leaf.creds.CertPEM, Digest(leaf.cert.Raw)); err == nil {
+	leaf := identitytest.IssueNode(t, r, "n", api.NodeRole_NODE_ROLE_MANAGER)
+	if _, err := VerifyRootCA(leaf.Creds.CertPEM, Digest(leaf.Cert.Raw)); err == nil {
 		t.Fatal("a leaf was accepted as CA")
 	}
 }

@@ -1,4 +1,4 @@
-package ca
+package identity
 
 import (
 	"bytes"
@@ -42,6 +42,11 @@ const (
 	ManagerServerName = "shoal-manager"
 	NodeServerName    = "shoal-node"
 )
+
+// DefaultPort is every node's cluster port (gRPC and raft, told apart by
+// ALPN) unless --listen-addr says otherwise; addresses without a port
+// mean it.
+const DefaultPort = 4242
 
 const (
 	pemCertificate = "CERTIFICATE"
@@ -111,7 +116,7 @@ func ParseRootCA(r *api.RootCA) (*RootCA, error) {
 	if r == nil || len(r.GetCertPem()) == 0 || len(r.GetKeyPem()) == 0 {
 		return nil, errors.New("root CA: certificate or key missing")
 	}
-	cert, err := parseCertPEM(r.GetCertPem())
+	cert, err := ParseCertificatePEM(r.GetCertPem())
 	if err != nil {
 		return nil, fmt.Errorf("root CA certificate: %w", err)
 	}
@@ -202,7 +207,7 @@ func (ca *RootCA) sign(pub *ecdsa.PublicKey, cn string, role Role, notBefore, no
 		SerialNumber: serial,
 		Subject: pkix.Name{
 			CommonName:         cn,
-			OrganizationalUnit: []string{role.ou()},
+			OrganizationalUnit: []string{role.OU()},
 			Organization:       []string{ca.ClusterID()},
 		},
 		NotBefore: notBefore,
@@ -286,7 +291,7 @@ func keyName(k any) string {
 // VerifyRootCA is what a joining node does with the CA certificate it
 // downloaded: accept it only if its digest is the one in its join token.
 func VerifyRootCA(certPEM []byte, digest string) (*x509.Certificate, error) {
-	cert, err := parseCertPEM(certPEM)
+	cert, err := ParseCertificatePEM(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate from the manager: %w", err)
 	}
@@ -348,7 +353,8 @@ func parseKeyPEM(b []byte) (*ecdsa.PrivateKey, error) {
 	return ek, nil
 }
 
-func parseCertPEM(b []byte) (*x509.Certificate, error) {
+// ParseCertificatePEM parses one PEM block of type CERTIFICATE.
+func ParseCertificatePEM(b []byte) (*x509.Certificate, error) {
 	block, _ := pem.Decode(b)
 	if block == nil || block.Type != pemCertificate {
 		return nil, errors.New("want a PEM block of type CERTIFICATE")

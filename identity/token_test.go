@@ -1,6 +1,8 @@
-package ca
+package identity_test
 
 import (
+	. "github.com/shoal-project/shoal/identity"
+
 	"strings"
 	"testing"
 )
@@ -14,14 +16,14 @@ func TestTokenRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := len("SHOAL-1-") + 64 + 1 + secretLen; len(s) != want {
+		if want := len("SHOAL-1-") + 64 + 1 + SecretLen; len(s) != want {
 			t.Fatalf("token %q has length %d, want %d", s, len(s), want)
 		}
 		tok, err := ParseToken(s)
 		if err != nil {
 			t.Fatalf("parse generated token: %v", err)
 		}
-		if tok.Version != 1 || tok.Digest != testDigest || len(tok.Secret) != secretLen {
+		if tok.Version != 1 || tok.Digest != testDigest || len(tok.Secret) != SecretLen {
 			t.Fatalf("parsed %+v", tok)
 		}
 		if tok.String() != s {
@@ -126,7 +128,7 @@ func FuzzParseToken(f *testing.F) {
 		if tok.String() != s {
 			t.Fatalf("parsed %q as %+v, which formats as %q", s, tok, tok.String())
 		}
-		if !strings.HasPrefix(tok.Digest, "sha256:") || len(tok.Digest) != 71 || len(tok.Secret) != secretLen {
+		if !strings.HasPrefix(tok.Digest, "sha256:") || len(tok.Digest) != 71 || len(tok.Secret) != SecretLen {
 			t.Fatalf("parsed %q as %+v", s, tok)
 		}
 	})

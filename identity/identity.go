@@ -1,4 +1,4 @@
-package ca
+package identity
 
 import (
 	"context"
@@ -67,7 +67,8 @@ func (r Role) String() string {
 	return "unknown"
 }
 
-func (r Role) ou() string {
+// OU is the organizational unit that names r in a certificate subject.
+func (r Role) OU() string {
 	switch r {
 	case RoleWorker:
 		return ouWorker
@@ -166,4 +167,12 @@ func WithIdentity(ctx context.Context, id Identity) context.Context {
 func IdentityFrom(ctx context.Context) (Identity, bool) {
 	id, ok := ctx.Value(identityKey{}).(Identity)
 	return id, ok
+}
+
+// String formats an identity for logs.
+func (id Identity) String() string {
+	if id.Serial == "" {
+		return fmt.Sprintf("%s %s", id.Role, id.NodeID)
+	}
+	return fmt.Sprintf("%s %s (certificate %s)", id.Role, id.NodeID, id.Serial)
 }

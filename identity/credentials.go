@@ -1,4 +1,4 @@
-package ca
+package identity
 
 import (
 	"crypto/tls"
@@ -53,7 +53,7 @@ func (c Credentials) TLSCertificate() (tls.Certificate, error) {
 
 // Leaf is the parsed certificate.
 func (c Credentials) Leaf() (*x509.Certificate, error) {
-	cert, err := parseCertPEM(c.CertPEM)
+	cert, err := ParseCertificatePEM(c.CertPEM)
 	if err != nil {
 		return nil, fmt.Errorf("certificate: %w", err)
 	}
@@ -62,7 +62,7 @@ func (c Credentials) Leaf() (*x509.Certificate, error) {
 
 // Pool is a pool holding the cluster CA.
 func (c Credentials) Pool() (*x509.CertPool, error) {
-	ca, err := parseCertPEM(c.CACertPEM)
+	ca, err := ParseCertificatePEM(c.CACertPEM)
 	if err != nil {
 		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
@@ -88,7 +88,7 @@ func (c Credentials) check() error {
 	if err != nil {
 		return err
 	}
-	ca, err := parseCertPEM(c.CACertPEM)
+	ca, err := ParseCertificatePEM(c.CACertPEM)
 	if err != nil {
 		return fmt.Errorf("CA certificate: %w", err)
 	}

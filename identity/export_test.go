@@ -1,0 +1,8 @@
+package identity
+
+// Unexported limits the external tests check against.
+const (
+	StagedSuffix = stagedSuffix
+	ClockSkew    = clockSkew
+	SecretLen    = secretLen
+)

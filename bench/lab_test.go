@@ -5,9 +5,9 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/shoal-project/shoal/lab"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
+	"github.com/shoal-project/shoal/lab"
 )
 
 // benchLab brings up a lab with the echo image on every node, holding the

@@ -12,9 +12,9 @@ import (
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/lab"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
+	"github.com/shoal-project/shoal/lab"
 )
 
 // Sizes of the mesh benchmark's runs.

@@ -11,8 +11,8 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 
-	"github.com/shoal-project/shoal/lab"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
+	"github.com/shoal-project/shoal/lab"
 	"github.com/shoal-project/shoal/network/attach"
 	"github.com/shoal-project/shoal/network/overlay"
 )

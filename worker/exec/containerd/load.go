@@ -10,8 +10,8 @@ import (
 	"github.com/containerd/errdefs"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/worker/exec"
 	"github.com/shoal-project/shoal/image"
+	"github.com/shoal-project/shoal/worker/exec"
 )
 
 // LabelImageTarball is put on every image imported from a tarball the

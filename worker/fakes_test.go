@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -14,35 +13,15 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
+	"github.com/shoal-project/shoal/internal/testgrpc"
 	"github.com/shoal-project/shoal/worker/exec"
 )
-
-// settle bounds every wait for something asynchronous. It is generous on
-// purpose: it only stops a broken test from hanging, it measures nothing.
-const settle = 20 * time.Second
-
-// eventually polls cond until it holds or settle passes.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(settle)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s: %s", what, detail)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // --- fake executor -------------------------------------------------------
 
@@ -338,7 +317,7 @@ func (d *fakeDispatcher) sendNetLocked(s *assignStream, typ api.AssignmentType, 
 func (d *fakeDispatcher) stream(t *testing.T, n int) *assignStream {
 	t.Helper()
 	var s *assignStream
-	eventually(t, fmt.Sprintf("assignments call #%d", n), func() (bool, string) {
+	await.For(t, fmt.Sprintf("assignments call #%d", n), func() (bool, string) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if len(d.streams) >= n {
@@ -414,7 +393,7 @@ func (d *fakeDispatcher) last(id string) report {
 // waitState waits until the latest report for a task is state st.
 func (d *fakeDispatcher) waitState(t *testing.T, id string, st api.TaskState) *api.TaskStatus {
 	t.Helper()
-	eventually(t, fmt.Sprintf("task %s %s", id, api.StateName(st)), func() (bool, string) {
+	await.For(t, fmt.Sprintf("task %s %s", id, api.StateName(st)), func() (bool, string) {
 		r := d.last(id)
 		return r.status.GetState() == st, fmt.Sprintf("reports so far: %v", d.states(id))
 	})
@@ -435,20 +414,7 @@ type harness struct {
 // with exe against it. Everything stops at the end of the test.
 func startAgent(t *testing.T, exe *fakeExecutor, disp *fakeDispatcher, opts ...func(*Config)) *harness {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	api.RegisterDispatcherServer(srv, disp)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := testgrpc.Serve(t, func(srv *grpc.Server) { api.RegisterDispatcherServer(srv, disp) })
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -470,16 +436,13 @@ func startAgent(t *testing.T, exe *fakeExecutor, disp *fakeDispatcher, opts ...f
 			cancel()
 			select {
 			case <-h.done:
-			case <-time.After(settle):
-				t.Errorf("agent did not stop within %v", settle)
+			case <-time.After(await.Settle):
+				t.Errorf("agent did not stop within %v", await.Settle)
 			}
 		})
 	}
 	t.Cleanup(func() {
 		h.stop()
-		conn.Close()
-		srv.Stop()
-		<-served
 	})
 	return h
 }

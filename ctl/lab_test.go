@@ -19,6 +19,7 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/internal/await"
+	"github.com/shoal-project/shoal/internal/golden"
 	"github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/lab"
@@ -113,7 +114,7 @@ func TestLabStatusTable(t *testing.T) {
 	if err := printLabStatus(&b, st); err != nil {
 		t.Fatal(err)
 	}
-	checkGolden(t, "lab_status_table", b.String())
+	golden.Check(t, "lab_status_table", b.String())
 
 	// The JSON names the fields the e2e tests and scripts read.
 	js, err := json.Marshal(st[:1])

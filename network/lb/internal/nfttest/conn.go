@@ -288,45 +288,39 @@ func (c *Conn) AddSet(s *nftables.Set, vals []nftables.SetElement) error {
 
 // SetAddElements queues the addition of vals to s.
 func (c *Conn) SetAddElements(s *nftables.Set, vals []nftables.SetElement) error {
-	if s.Anonymous {
-		return errors.New("anonymous sets cannot be updated")
-	}
-	key, name := tableKeyOf(s.Table), s.Name
-	vals = cloneElements(vals)
-	c.queue(func(rs *ruleset) (string, error) {
-		text := fmt.Sprintf("add element %s %s", key, name)
-		st, err := rs.set(key, name)
-		if err != nil {
-			return text, err
-		}
-		text += " { " + st.elementsText(vals, true) + " }"
-		return text, st.add(rs.tables[key], vals)
-	})
-	return nil
+	return c.queueElements("add", s, vals, (*set).add)
 }
 
 // SetDeleteElements queues the removal of the elements with vals' keys
 // from s.
 func (c *Conn) SetDeleteElements(s *nftables.Set, vals []nftables.SetElement) error {
+	return c.queueElements("delete", s, vals, func(st *set, _ *table, vals []nftables.SetElement) error {
+		for _, v := range vals {
+			if _, ok := st.elems[string(v.Key)]; !ok {
+				return fmt.Errorf("element %s: %w", st.keyText(v.Key), unix.ENOENT)
+			}
+			delete(st.elems, string(v.Key))
+		}
+		return nil
+	})
+}
+
+// queueElements queues change, an add or a delete of vals in named set s.
+func (c *Conn) queueElements(verb string, s *nftables.Set, vals []nftables.SetElement, change func(st *set, t *table, vals []nftables.SetElement) error) error {
 	if s.Anonymous {
 		return errors.New("anonymous sets cannot be updated")
 	}
 	key, name := tableKeyOf(s.Table), s.Name
 	vals = cloneElements(vals)
 	c.queue(func(rs *ruleset) (string, error) {
-		text := fmt.Sprintf("delete element %s %s", key, name)
+		text := fmt.Sprintf("%s element %s %s", verb, key, name)
 		st, err := rs.set(key, name)
 		if err != nil {
 			return text, err
 		}
-		text += " { " + st.elementsText(vals, false) + " }"
-		for _, v := range vals {
-			if _, ok := st.elems[string(v.Key)]; !ok {
-				return text, fmt.Errorf("element %s: %w", st.keyText(v.Key), unix.ENOENT)
-			}
-			delete(st.elems, string(v.Key))
-		}
-		return text, nil
+		// A delete names keys only, as nft does.
+		text += " { " + st.elementsText(vals, verb == "add") + " }"
+		return text, change(st, rs.tables[key], vals)
 	})
 	return nil
 }

@@ -312,26 +312,27 @@ func natFlags(random, fullyRandom, persistent bool) string {
 	return " " + strings.Join(f, ",")
 }
 
+// metaKeys are the meta keys nft names, with their size and the kind of
+// their values.
+var metaKeys = map[expr.MetaKey]struct {
+	name string
+	len  uint32
+	kind kind
+}{
+	expr.MetaKeyMARK:     {"mark", 4, kindMark},
+	expr.MetaKeyNFPROTO:  {"nfproto", 1, kindNFProto},
+	expr.MetaKeyL4PROTO:  {"l4proto", 1, kindL4Proto},
+	expr.MetaKeyPROTOCOL: {"protocol", 2, kindHex},
+	expr.MetaKeyIIF:      {"iif", 4, kindInteger},
+	expr.MetaKeyOIF:      {"oif", 4, kindInteger},
+	expr.MetaKeyIIFNAME:  {"iifname", 16, kindString},
+	expr.MetaKeyOIFNAME:  {"oifname", 16, kindString},
+	expr.MetaKeyPKTTYPE:  {"pkttype", 1, kindInteger},
+}
+
 func metaKey(k expr.MetaKey) (string, uint32, kind) {
-	switch k {
-	case expr.MetaKeyMARK:
-		return "mark", 4, kindMark
-	case expr.MetaKeyNFPROTO:
-		return "nfproto", 1, kindNFProto
-	case expr.MetaKeyL4PROTO:
-		return "l4proto", 1, kindL4Proto
-	case expr.MetaKeyPROTOCOL:
-		return "protocol", 2, kindHex
-	case expr.MetaKeyIIF:
-		return "iif", 4, kindInteger
-	case expr.MetaKeyOIF:
-		return "oif", 4, kindInteger
-	case expr.MetaKeyIIFNAME:
-		return "iifname", 16, kindString
-	case expr.MetaKeyOIFNAME:
-		return "oifname", 16, kindString
-	case expr.MetaKeyPKTTYPE:
-		return "pkttype", 1, kindInteger
+	if m, ok := metaKeys[k]; ok {
+		return m.name, m.len, m.kind
 	}
 	return fmt.Sprintf("key%d", k), 4, kindHex
 }

@@ -414,21 +414,28 @@ type harness struct {
 // with exe against it. Everything stops at the end of the test.
 func startAgent(t *testing.T, exe *fakeExecutor, disp *fakeDispatcher, opts ...func(*Config)) *harness {
 	t.Helper()
-	conn := testgrpc.Serve(t, func(srv *grpc.Server) { api.RegisterDispatcherServer(srv, disp) })
+	return runAgent(t, &harness{exe: exe, disp: disp}, exe, disp, opts...)
+}
+
+// runAgent serves srv over an in-memory connection and runs an agent with
+// executor e against it; h holds the fakes behind srv and e. Everything
+// stops at the end of the test.
+func runAgent(t *testing.T, h *harness, e exec.Executor, srv api.DispatcherServer, opts ...func(*Config)) *harness {
+	t.Helper()
+	conn := testgrpc.Serve(t, func(s *grpc.Server) { api.RegisterDispatcherServer(s, srv) })
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	cfg := Config{NodeID: "node1", Executor: exe, Conn: conn, Logger: logger}
+	cfg := Config{NodeID: "node1", Executor: e, Conn: conn, Logger: logger}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	a := New(cfg)
+	h.agent, h.done = New(cfg), make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{exe: exe, disp: disp, agent: a, done: make(chan struct{})}
 	go func() {
 		defer close(h.done)
-		_ = a.Run(ctx)
+		_ = h.agent.Run(ctx)
 	}()
 	var once sync.Once
 	h.stop = func() {
@@ -441,9 +448,7 @@ func startAgent(t *testing.T, exe *fakeExecutor, disp *fakeDispatcher, opts ...f
 			}
 		})
 	}
-	t.Cleanup(func() {
-		h.stop()
-	})
+	t.Cleanup(h.stop)
 	return h
 }
 

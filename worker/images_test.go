@@ -8,11 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"slices"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -21,7 +19,6 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/internal/await"
-	"github.com/shoal-project/shoal/internal/testgrpc"
 	"github.com/shoal-project/shoal/worker/exec"
 )
 
@@ -138,35 +135,10 @@ func (d *imageDispatcher) fetchCount(id string) int {
 // dispatcher that distributes them.
 func startImageAgent(t *testing.T, exe *loaderExecutor, disp *imageDispatcher) *harness {
 	t.Helper()
-	conn := testgrpc.Serve(t, func(srv *grpc.Server) { api.RegisterDispatcherServer(srv, disp) })
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	a := New(Config{NodeID: "node1", Executor: exe, Conn: conn, Logger: logger})
-	if a.images == nil {
+	h := runAgent(t, &harness{exe: exe.fakeExecutor, disp: disp.fakeDispatcher}, exe, disp)
+	if h.agent.images == nil {
 		t.Fatal("the agent did not find the executor's ImageLoader")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{exe: exe.fakeExecutor, disp: disp.fakeDispatcher, agent: a, done: make(chan struct{})}
-	go func() {
-		defer close(h.done)
-		_ = a.Run(ctx)
-	}()
-	var once sync.Once
-	h.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case <-h.done:
-			case <-time.After(await.Settle):
-				t.Errorf("agent did not stop within %v", await.Settle)
-			}
-		})
-	}
-	t.Cleanup(func() {
-		h.stop()
-	})
 	return h
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 )
 
@@ -63,7 +64,7 @@ func BenchmarkCluster(b *testing.B) {
 	if _, err := c1.CreateService(ctx, &api.CreateServiceRequest{Spec: spec}); err != nil {
 		b.Fatal(err)
 	}
-	waitFor(b, 3*time.Minute, "30 running", func() bool { return running(c1, "web", "") == 30 })
+	await.Within(b, 3*time.Minute, poll, "30 running", func() bool { return running(c1, "web", "") == 30 })
 	b.ReportMetric(time.Since(start).Seconds(), "create30-4workers-s")
 
 	// A worker cut off: its tasks run elsewhere.
@@ -73,7 +74,7 @@ func BenchmarkCluster(b *testing.B) {
 		if err := l.SetLinkDown(w); err != nil {
 			b.Fatal(err)
 		}
-		waitFor(b, 2*time.Minute, "replacements running", func() bool { return running(c1, "web", ids[w]) == 30 })
+		await.Within(b, 2*time.Minute, poll, "replacements running", func() bool { return running(c1, "web", ids[w]) == 30 })
 		lost = append(lost, time.Since(start).Seconds())
 		if err := l.SetLinkUp(w); err != nil {
 			b.Fatal(err)
@@ -109,7 +110,7 @@ func BenchmarkCluster(b *testing.B) {
 			b.Fatal(err)
 		}
 		i := 0
-		waitFor(b, time.Minute, "a write after the leader died", func() bool {
+		await.Within(b, time.Minute, poll, "a write after the leader died", func() bool {
 			i++
 			got, err := c.GetService(ctx, &api.GetServiceRequest{Service: "web"})
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/lab"
@@ -58,7 +59,7 @@ func BenchmarkMesh(b *testing.B) {
 		b.Fatal(err)
 	}
 	var task *api.Task
-	waitFor(b, 2*time.Minute, "web running", func() bool {
+	await.Within(b, 2*time.Minute, poll, "web running", func() bool {
 		resp, err := c.ListTasks(ctx, &api.ListTasksRequest{Service: "web"})
 		if err != nil {
 			return false
@@ -156,7 +157,7 @@ func scaleDownFailures(b *testing.B, c api.ControlClient, client lab.Client, bin
 		if _, err := c.UpdateService(ctx, &api.UpdateServiceRequest{Service: "web", Version: got.GetService().GetMeta().GetVersion(), Spec: spec}); err != nil {
 			b.Fatal(err)
 		}
-		waitFor(b, 2*time.Minute, fmt.Sprintf("%d running", n), func() bool {
+		await.Within(b, 2*time.Minute, poll, fmt.Sprintf("%d running", n), func() bool {
 			resp, err := c.ListTasks(ctx, &api.ListTasksRequest{Service: "web"})
 			if err != nil {
 				return false

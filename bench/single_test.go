@@ -18,6 +18,7 @@ import (
 	"github.com/containerd/containerd/v2/pkg/oci"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 )
 
@@ -33,17 +34,6 @@ func running(n *tc.Node) int {
 		}
 	}
 	return c
-}
-
-func waitFor(b *testing.B, timeout time.Duration, what string, cond func() bool) {
-	b.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			b.Fatalf("%s: not reached in %v", what, timeout)
-		}
-		time.Sleep(poll)
-	}
 }
 
 // rawContainerd starts n containers of the echo image straight through the
@@ -137,7 +127,7 @@ func BenchmarkSingleNode(b *testing.B) {
 			b.ReportMetric(rss(n.PID()), "shoald-30tasks-MB")
 		}
 		n.Ctl("service", "rm", name)
-		waitFor(b, time.Minute, "containers removed", func() bool { return len(n.Containers()) == 0 })
+		await.Within(b, time.Minute, poll, "containers removed", func() bool { return len(n.Containers()) == 0 })
 		raw := rawContainerd(b, n.Namespace, replicas)
 		b.ReportMetric(shoal.Seconds(), fmt.Sprintf("create%d-s", replicas))
 		b.ReportMetric(raw.Seconds(), fmt.Sprintf("raw%d-s", replicas))
@@ -156,7 +146,7 @@ func BenchmarkSingleNode(b *testing.B) {
 		}
 		start := time.Now()
 		syscall.Kill(int(victim.PID), syscall.SIGKILL)
-		waitFor(b, time.Minute, "replacement running", func() bool {
+		await.Within(b, time.Minute, poll, "replacement running", func() bool {
 			for _, c := range n.Containers() {
 				if c.Status == "running" && c.TaskID != victim.TaskID {
 					return true
@@ -175,7 +165,7 @@ func BenchmarkSingleNode(b *testing.B) {
 	n.Ctl("service", "scale", "victim=10")
 	start := time.Now()
 	n.Ctl("service", "rm", "victim")
-	waitFor(b, time.Minute, "containers removed", func() bool { return len(n.Containers()) == 0 })
+	await.Within(b, time.Minute, poll, "containers removed", func() bool { return len(n.Containers()) == 0 })
 	b.ReportMetric(time.Since(start).Seconds(), "rm10-s")
 
 	// Control API write latency: 1,000 label updates (no task change).

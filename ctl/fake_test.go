@@ -6,10 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"flag"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -28,8 +25,6 @@ import (
 
 // hangGuard bounds one shoalctl run in tests; generous for a noisy machine.
 const hangGuard = time.Minute
-
-var update = flag.Bool("update", false, "rewrite the golden files under testdata")
 
 // fixedNow is the clock of every test: ages in tables are relative to it.
 var fixedNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -469,25 +464,6 @@ func runIO(t *testing.T, e env, stdin io.Reader, args ...string) (string, string
 	defer cancel()
 	err := root.ExecuteContext(ctx)
 	return out.String(), errOut.String(), err
-}
-
-// checkGolden compares got with testdata/<name>.golden; -update rewrites it.
-func checkGolden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatalf("update golden: %v", err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("read golden (run go test -update to create it): %v", err)
-	}
-	if got != string(want) {
-		t.Errorf("output differs from %s (go test -update rewrites it)\n--- got\n%s--- want\n%s", path, got, want)
-	}
 }
 
 const (

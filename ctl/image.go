@@ -165,8 +165,7 @@ type imageRow struct {
 }
 
 func newImageLsCommand(c *cli) *cobra.Command {
-	var o outputFlags
-	cmd := &cobra.Command{
+	return listCommand(c, &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
 		Short:   "List images loaded into the cluster",
@@ -177,24 +176,13 @@ many managers keep the tarball, to give it to nodes that join later.
 .ID .Names .Size .Holders
 and the functions json, join, lower and upper.`,
 		Args: noArgs,
-	}
-	o.register(cmd.Flags())
-	cmd.RunE = c.run(func(cmd *cobra.Command, _ []string) error {
-		p, err := newListPrinter(o)
+	}, func(ctx context.Context, client api.ControlClient, p *listPrinter) (listing[imageRow], error) {
+		resp, err := client.ListImages(ctx, &api.ListImagesRequest{})
 		if err != nil {
-			return err
+			return listing[imageRow]{}, err
 		}
-		client, err := c.control(cmd)
-		if err != nil {
-			return err
-		}
-		resp, err := client.ListImages(cmd.Context(), &api.ListImagesRequest{})
-		if err != nil {
-			return err
-		}
-		return printList(cmd.OutOrStdout(), p, imageListing(p, resp.GetImages()))
+		return imageListing(p, resp.GetImages()), nil
 	})
-	return cmd
 }
 
 func imageListing(p *listPrinter, images []*api.Image) listing[imageRow] {

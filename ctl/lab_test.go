@@ -18,6 +18,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
+	"github.com/shoal-project/shoal/internal/golden"
 	"github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/lab"
@@ -112,7 +114,7 @@ func TestLabStatusTable(t *testing.T) {
 	if err := printLabStatus(&b, st); err != nil {
 		t.Fatal(err)
 	}
-	checkGolden(t, "lab_status_table", b.String())
+	golden.Check(t, "lab_status_table", b.String())
 
 	// The JSON names the fields the e2e tests and scripts read.
 	js, err := json.Marshal(st[:1])
@@ -301,14 +303,14 @@ func TestLabDownAfterCrash(t *testing.T) {
 	}
 	mustShoalctl(t, dir, "lab", "up", "--managers", "1", "--image", image)
 	mustShoalctl(t, dir, "service", "create", "--name", "crash", "--replicas", "1", testimage.EchoRef)
-	waitFor(t, "the task's container to run", func() bool { return runningTasks(t, "shoal-lab-manager1") > 0 })
+	await.Within(t, time.Minute, 100*time.Millisecond, "the task's container to run", func() bool { return runningTasks(t, "shoal-lab-manager1") > 0 })
 
 	for _, n := range labStatus(t, dir) {
 		if err := syscall.Kill(n.PID, syscall.SIGKILL); err != nil {
 			t.Fatalf("kill shoald of %s: %v", n.Name, err)
 		}
 	}
-	waitFor(t, "shoald to be gone", func() bool {
+	await.Within(t, time.Minute, 100*time.Millisecond, "shoald to be gone", func() bool {
 		for _, n := range labStatus(t, dir) {
 			if n.Running {
 				return false
@@ -347,17 +349,6 @@ exit 1
 		}
 	}
 	checkNoLab(t)
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited a minute for %s", what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
 }
 
 // runningTasks counts the running containerd tasks of a namespace.

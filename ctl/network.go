@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -100,8 +101,7 @@ type networkRow struct {
 }
 
 func newNetworkLsCommand(c *cli) *cobra.Command {
-	var o outputFlags
-	cmd := &cobra.Command{
+	return listCommand(c, &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
 		Short:   "List overlay networks",
@@ -112,24 +112,13 @@ gateway and VXLAN id.
 .ID .Name .Subnet .Gateway .VNI .Ingress
 and the functions json, join, lower and upper.`,
 		Args: noArgs,
-	}
-	o.register(cmd.Flags())
-	cmd.RunE = c.run(func(cmd *cobra.Command, _ []string) error {
-		p, err := newListPrinter(o)
+	}, func(ctx context.Context, client api.ControlClient, p *listPrinter) (listing[networkRow], error) {
+		resp, err := client.ListNetworks(ctx, &api.ListNetworksRequest{})
 		if err != nil {
-			return err
+			return listing[networkRow]{}, err
 		}
-		client, err := c.control(cmd)
-		if err != nil {
-			return err
-		}
-		resp, err := client.ListNetworks(cmd.Context(), &api.ListNetworksRequest{})
-		if err != nil {
-			return err
-		}
-		return printList(cmd.OutOrStdout(), p, networkListing(p, resp.GetNetworks()))
+		return networkListing(p, resp.GetNetworks()), nil
 	})
-	return cmd
 }
 
 func networkListing(p *listPrinter, nets []*api.Network) listing[networkRow] {
@@ -165,8 +154,7 @@ func networkListing(p *listPrinter, nets []*api.Network) listing[networkRow] {
 }
 
 func newNetworkInspectCommand(c *cli) *cobra.Command {
-	var format string
-	cmd := &cobra.Command{
+	return inspectCommand(c, &cobra.Command{
 		Use:   "inspect [flags] NETWORK...",
 		Short: "Show overlay networks in detail",
 		Long: `Show networks (by name, ID or unique ID prefix) as a JSON array.
@@ -176,40 +164,14 @@ so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.Subnet}},
 {{.Gateway}}, {{.Vni}}, {{json .Spec.Labels}}.`,
 		Example: `  shoalctl network inspect --format '{{.Subnet}}' backend`,
 		Args:    minArgs(1, "at least one NETWORK argument"),
-	}
-	cmd.Flags().StringVarP(&format, "format", "f", "", "print as \"json\" (default) or a Go template run per network")
-	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
-		if format != "" && format != "json" {
-			if _, err := parseTemplate(format); err != nil {
-				return err
-			}
-		}
-		client, err := c.control(cmd)
-		if err != nil {
-			return err
-		}
-		var (
-			found []*api.Network
-			errs  []error
-		)
-		for _, name := range args {
-			resp, err := client.GetNetwork(cmd.Context(), &api.GetNetworkRequest{Network: name})
-			if err != nil {
-				errs = append(errs, argError(name, err))
-				continue
-			}
-			found = append(found, resp.GetNetwork())
-		}
-		if err := printObjects(cmd.OutOrStdout(), format, found); err != nil {
-			return err
-		}
-		return errors.Join(errs...)
+	}, "network", func(ctx context.Context, client api.ControlClient, name string) (*api.Network, error) {
+		resp, err := client.GetNetwork(ctx, &api.GetNetworkRequest{Network: name})
+		return resp.GetNetwork(), err
 	})
-	return cmd
 }
 
 func newNetworkRmCommand(c *cli) *cobra.Command {
-	cmd := &cobra.Command{
+	return rmCommand(c, &cobra.Command{
 		Use:     "rm NETWORK...",
 		Aliases: []string{"remove"},
 		Short:   "Remove overlay networks",
@@ -217,21 +179,8 @@ func newNetworkRmCommand(c *cli) *cobra.Command {
 argument is printed. Every argument is tried; the command fails if any
 could not be removed.`,
 		Args: minArgs(1, "at least one NETWORK argument"),
-	}
-	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
-		client, err := c.control(cmd)
-		if err != nil {
-			return err
-		}
-		var errs []error
-		for _, name := range args {
-			if _, err := client.RemoveNetwork(cmd.Context(), &api.RemoveNetworkRequest{Network: name}); err != nil {
-				errs = append(errs, argError(name, err))
-				continue
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), name)
-		}
-		return errors.Join(errs...)
+	}, func(ctx context.Context, client api.ControlClient, name string) error {
+		_, err := client.RemoveNetwork(ctx, &api.RemoveNetworkRequest{Network: name})
+		return err
 	})
-	return cmd
 }

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/golden"
 )
 
 const (
@@ -61,7 +62,7 @@ func TestNetworkOutputGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("shoalctl %s: %v", strings.Join(tt.args, " "), err)
 			}
-			checkGolden(t, tt.golden, out)
+			golden.Check(t, tt.golden, out)
 		})
 	}
 }

@@ -2,7 +2,7 @@ package ctl
 
 import (
 	"cmp"
-	"errors"
+	"context"
 	"slices"
 	"strings"
 
@@ -42,8 +42,7 @@ type nodeRow struct {
 }
 
 func newNodeLsCommand(c *cli) *cobra.Command {
-	var o outputFlags
-	cmd := &cobra.Command{
+	return listCommand(c, &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
 		Short:   "List nodes",
@@ -54,29 +53,23 @@ shoald answered.
 .ID .Self .Hostname .Status .Availability .ManagerStatus .EngineVersion
 and the functions json, join, lower and upper.`,
 		Args: noArgs,
-	}
-	o.register(cmd.Flags())
-	cmd.RunE = c.run(func(cmd *cobra.Command, _ []string) error {
-		p, err := newListPrinter(o)
-		if err != nil {
-			return err
-		}
-		client, err := c.control(cmd)
-		if err != nil {
-			return err
-		}
+	}, func(ctx context.Context, client api.ControlClient, p *listPrinter) (listing[nodeRow], error) {
 		var header metadata.MD
-		resp, err := client.ListNodes(cmd.Context(), &api.ListNodesRequest{}, grpc.Header(&header))
+		resp, err := client.ListNodes(ctx, &api.ListNodesRequest{}, grpc.Header(&header))
 		if err != nil {
-			return err
+			return listing[nodeRow]{}, err
 		}
-		var self string
-		if v := header.Get(NodeIDHeader); len(v) > 0 {
-			self = v[0]
-		}
-		return printList(cmd.OutOrStdout(), p, nodeListing(p, resp.GetNodes(), self))
+		return nodeListing(p, resp.GetNodes(), selfNode(header)), nil
 	})
-	return cmd
+}
+
+// selfNode is the node whose shoald answered, from its NodeIDHeader; "" if
+// it did not say.
+func selfNode(header metadata.MD) string {
+	if v := header.Get(NodeIDHeader); len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
 
 func nodeListing(p *listPrinter, nodes []*api.Node, self string) listing[nodeRow] {
@@ -131,8 +124,7 @@ func managerStatus(n *api.Node) string {
 }
 
 func newNodeInspectCommand(c *cli) *cobra.Command {
-	var format string
-	cmd := &cobra.Command{
+	return inspectCommand(c, &cobra.Command{
 		Use:   "inspect [flags] NODE...",
 		Short: "Show nodes in detail",
 		Long: `Show nodes (by hostname, ID or unique ID prefix) as a JSON array.
@@ -141,34 +133,8 @@ func newNodeInspectCommand(c *cli) *cobra.Command {
 fields are named as in Go: {{.Id}}, {{.Description.Hostname}},
 {{.Status.State}}, {{json .Spec}}.`,
 		Args: minArgs(1, "at least one NODE argument"),
-	}
-	cmd.Flags().StringVarP(&format, "format", "f", "", "print as \"json\" (default) or a Go template run per node")
-	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
-		if format != "" && format != "json" {
-			if _, err := parseTemplate(format); err != nil {
-				return err
-			}
-		}
-		client, err := c.control(cmd)
-		if err != nil {
-			return err
-		}
-		var (
-			nodes []*api.Node
-			errs  []error
-		)
-		for _, name := range args {
-			resp, err := client.GetNode(cmd.Context(), &api.GetNodeRequest{Node: name})
-			if err != nil {
-				errs = append(errs, argError(name, err))
-				continue
-			}
-			nodes = append(nodes, resp.GetNode())
-		}
-		if err := printObjects(cmd.OutOrStdout(), format, nodes); err != nil {
-			return err
-		}
-		return errors.Join(errs...)
+	}, "node", func(ctx context.Context, client api.ControlClient, name string) (*api.Node, error) {
+		resp, err := client.GetNode(ctx, &api.GetNodeRequest{Node: name})
+		return resp.GetNode(), err
 	})
-	return cmd
 }

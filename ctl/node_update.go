@@ -2,15 +2,14 @@ package ctl
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -223,22 +222,21 @@ Every argument is tried; the command fails if any could not be changed.`,
 			return err
 		}
 		out := cmd.OutOrStdout()
-		var errs []error
-		for _, name := range args {
+		return eachArg(args, func(name string) error {
 			_, changed, err := updateNode(cmd, client, name, func(_ *api.Node, spec *api.NodeSpec) error {
 				spec.DesiredRole = role
 				return nil
 			})
 			switch {
 			case err != nil:
-				errs = append(errs, argError(name, err))
+				return err
 			case changed:
 				fmt.Fprintf(out, "node %s is now a %s\n", name, word)
 			default:
 				fmt.Fprintf(out, "node %s is already a %s\n", name, word)
 			}
-		}
-		return errors.Join(errs...)
+			return nil
+		})
 	})
 	return cmd
 }
@@ -250,7 +248,7 @@ func roleWord(r api.NodeRole) string {
 
 func newNodeRmCommand(c *cli) *cobra.Command {
 	var force bool
-	cmd := &cobra.Command{
+	cmd := rmCommand(c, &cobra.Command{
 		Use:     "rm [flags] NODE...",
 		Aliases: []string{"remove"},
 		Short:   "Remove nodes from the cluster",
@@ -262,32 +260,16 @@ A node that is not down is removed only with --force (its shoald keeps
 running but is cut off). A manager must be demoted first.
 Every argument is tried; the command fails if any could not be removed.`,
 		Args: minArgs(1, "at least one NODE argument"),
-	}
-	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove nodes that are not down")
-	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
-		client, err := c.control(cmd)
-		if err != nil {
-			return err
-		}
-		var errs []error
-		for _, name := range args {
-			if _, err := client.RemoveNode(cmd.Context(), &api.RemoveNodeRequest{Node: name, Force: force}); err != nil {
-				errs = append(errs, argError(name, err))
-				continue
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), name)
-		}
-		return errors.Join(errs...)
+	}, func(ctx context.Context, client api.ControlClient, name string) error {
+		_, err := client.RemoveNode(ctx, &api.RemoveNodeRequest{Node: name, Force: force})
+		return err
 	})
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove nodes that are not down")
 	return cmd
 }
 
 func newNodePsCommand(c *cli) *cobra.Command {
-	var (
-		o       outputFlags
-		filters []string
-	)
-	cmd := &cobra.Command{
+	return psCommand(c, &cobra.Command{
 		Use:   "ps [flags] [NODE...]",
 		Short: "List the tasks on nodes",
 		Long: `List the tasks assigned to nodes (by hostname, ID or unique ID prefix), by
@@ -301,52 +283,17 @@ and the functions json, join, lower and upper.`,
 		Example: `  shoalctl node ps
   shoalctl node ps --filter desired-state=running host2 host3`,
 		Args: cobra.ArbitraryArgs,
-	}
-	o.register(cmd.Flags())
-	cmd.Flags().StringArrayVarP(&filters, "filter", "f", nil, "show only tasks matching desired-state=STATE or node=NODE (repeatable)")
-	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
-		p, err := newListPrinter(o)
-		if err != nil {
-			return err
+	}, func(cmd *cobra.Command, args []string, self string) ([]string, error) {
+		if len(args) > 0 {
+			return slices.Compact(args), nil
 		}
-		filter, err := parsePsFilters(filters)
-		if err != nil {
-			return usageError{cmd: cmd, err: err}
+		if self == "" {
+			return nil, usageError{cmd: cmd, err: fmt.Errorf("name a NODE: shoald at %s did not say which node it runs on", c.dialed)}
 		}
-		client, err := c.control(cmd)
-		if err != nil {
-			return err
-		}
-		var header metadata.MD
-		nodes, err := client.ListNodes(cmd.Context(), &api.ListNodesRequest{}, grpc.Header(&header))
-		if err != nil {
-			return err
-		}
-		if len(args) == 0 {
-			self := header.Get(NodeIDHeader)
-			if len(self) == 0 || self[0] == "" {
-				return usageError{cmd: cmd, err: fmt.Errorf("name a NODE: shoald at %s did not say which node it runs on", c.dialed)}
-			}
-			args = self[:1]
-		}
-		var (
-			tasks []*api.Task
-			errs  []error
-		)
-		for _, name := range slices.Compact(args) {
-			resp, err := client.ListTasks(cmd.Context(), &api.ListTasksRequest{Node: name})
-			if err != nil {
-				errs = append(errs, argError(name, err))
-				continue
-			}
-			tasks = append(tasks, resp.GetTasks()...)
-		}
-		if err := printList(cmd.OutOrStdout(), p, c.taskListing(p, tasks, nodes.GetNodes(), filter)); err != nil {
-			return err
-		}
-		return errors.Join(errs...)
+		return []string{self}, nil
+	}, func(name string) *api.ListTasksRequest {
+		return &api.ListTasksRequest{Node: name}
 	})
-	return cmd
 }
 
 // exactArgs is cobra.ExactArgs with a message that says what is expected.

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoal-project/shoal/internal/golden"
 )
 
 // TestOutputGolden checks every table, JSON and template output against
@@ -53,7 +55,7 @@ func TestOutputGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("shoalctl %s: %v", strings.Join(tt.args, " "), err)
 			}
-			checkGolden(t, tt.golden, out)
+			golden.Check(t, tt.golden, out)
 		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/golden"
 )
 
 const (
@@ -362,7 +363,7 @@ func TestCreateWaits(t *testing.T) {
 				t.Errorf("output does not start with the service id:\n%s", out)
 			}
 			if !tt.noGolden {
-				checkGolden(t, tt.name, out)
+				golden.Check(t, tt.name, out)
 			}
 		})
 	}
@@ -488,7 +489,7 @@ func TestScaleWaits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGolden(t, "scale_wait_converged", out)
+	golden.Check(t, "scale_wait_converged", out)
 }
 
 // BenchmarkAssess measures judging one snapshot of a large service with

@@ -41,27 +41,16 @@ so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.SpecVersion}},
 		if pretty && format != "" {
 			return usageError{cmd: cmd, err: errors.New("--pretty and --format cannot be used together")}
 		}
-		if format != "" && format != "json" {
-			if _, err := parseTemplate(format); err != nil {
-				return err
-			}
+		if err := checkInspectFormat(format); err != nil {
+			return err
 		}
 		client, err := c.control(cmd)
 		if err != nil {
 			return err
 		}
-		var (
-			found []*api.GetServiceResponse
-			errs  []error
-		)
-		for _, name := range args {
-			resp, err := client.GetService(cmd.Context(), &api.GetServiceRequest{Service: name})
-			if err != nil {
-				errs = append(errs, argError(name, err))
-				continue
-			}
-			found = append(found, resp)
-		}
+		found, errs := getEach(args, func(name string) (*api.GetServiceResponse, error) {
+			return client.GetService(cmd.Context(), &api.GetServiceRequest{Service: name})
+		})
 		out := cmd.OutOrStdout()
 		if pretty {
 			for i, resp := range found {
@@ -81,7 +70,7 @@ so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.SpecVersion}},
 				return err
 			}
 		}
-		return errors.Join(errs...)
+		return errs
 	})
 	return cmd
 }

@@ -2,13 +2,15 @@ package ctl
 
 import (
 	"cmp"
-	"errors"
+	"context"
 	"fmt"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -35,8 +37,7 @@ type serviceRow struct {
 }
 
 func newServiceLsCommand(c *cli) *cobra.Command {
-	var o outputFlags
-	cmd := &cobra.Command{
+	return listCommand(c, &cobra.Command{
 		Use:     "ls",
 		Aliases: []string{"list"},
 		Short:   "List services",
@@ -47,24 +48,13 @@ func newServiceLsCommand(c *cli) *cobra.Command {
 and the functions json, join, lower and upper.`,
 		Example: `  shoalctl service ls --format '{{.Name}} {{.Replicas}}'`,
 		Args:    noArgs,
-	}
-	o.register(cmd.Flags())
-	cmd.RunE = c.run(func(cmd *cobra.Command, _ []string) error {
-		p, err := newListPrinter(o)
+	}, func(ctx context.Context, client api.ControlClient, p *listPrinter) (listing[serviceRow], error) {
+		resp, err := client.ListServices(ctx, &api.ListServicesRequest{})
 		if err != nil {
-			return err
+			return listing[serviceRow]{}, err
 		}
-		client, err := c.control(cmd)
-		if err != nil {
-			return err
-		}
-		resp, err := client.ListServices(cmd.Context(), &api.ListServicesRequest{})
-		if err != nil {
-			return err
-		}
-		return printList(cmd.OutOrStdout(), p, serviceListing(p, resp))
+		return serviceListing(p, resp), nil
 	})
-	return cmd
 }
 
 func serviceListing(p *listPrinter, resp *api.ListServicesResponse) listing[serviceRow] {
@@ -178,11 +168,7 @@ func (f psFilter) keep(t *api.Task, hostname string) bool {
 }
 
 func newServicePsCommand(c *cli) *cobra.Command {
-	var (
-		o       outputFlags
-		filters []string
-	)
-	cmd := &cobra.Command{
+	return psCommand(c, &cobra.Command{
 		Use:   "ps [flags] SERVICE...",
 		Short: "List the tasks of services",
 		Long: `List the tasks of one or more services, the current task of each slot first
@@ -194,7 +180,23 @@ and the functions json, join, lower and upper.`,
 		Example: `  shoalctl service ps web
   shoalctl service ps --filter desired-state=running web`,
 		Args: minArgs(1, "at least one SERVICE argument"),
-	}
+	}, func(_ *cobra.Command, args []string, _ string) ([]string, error) {
+		return args, nil
+	}, func(name string) *api.ListTasksRequest {
+		return &api.ListTasksRequest{Service: name}
+	})
+}
+
+// psCommand makes cmd a task table (`service ps`, `node ps`): the output
+// flags and --filter, both checked before any RPC, and a body that asks
+// for the tasks of every name (query) and prints them as one table. names
+// turns the arguments into those names; self is the node whose shoald
+// answered, "" if it did not say.
+func psCommand(c *cli, cmd *cobra.Command, names func(cmd *cobra.Command, args []string, self string) ([]string, error), query func(name string) *api.ListTasksRequest) *cobra.Command {
+	var (
+		o       outputFlags
+		filters []string
+	)
 	o.register(cmd.Flags())
 	cmd.Flags().StringArrayVarP(&filters, "filter", "f", nil, "show only tasks matching desired-state=STATE or node=NODE (repeatable)")
 	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
@@ -210,26 +212,23 @@ and the functions json, join, lower and upper.`,
 		if err != nil {
 			return err
 		}
-		nodes, err := client.ListNodes(cmd.Context(), &api.ListNodesRequest{})
+		var header metadata.MD
+		nodes, err := client.ListNodes(cmd.Context(), &api.ListNodesRequest{}, grpc.Header(&header))
 		if err != nil {
 			return err
 		}
-		var (
-			tasks []*api.Task
-			errs  []error
-		)
-		for _, name := range args {
-			resp, err := client.ListTasks(cmd.Context(), &api.ListTasksRequest{Service: name})
-			if err != nil {
-				errs = append(errs, argError(name, err))
-				continue
-			}
-			tasks = append(tasks, resp.GetTasks()...)
-		}
-		if err := printList(cmd.OutOrStdout(), p, c.taskListing(p, tasks, nodes.GetNodes(), filter)); err != nil {
+		args, err = names(cmd, args, selfNode(header))
+		if err != nil {
 			return err
 		}
-		return errors.Join(errs...)
+		tasks, errs := getEach(args, func(name string) ([]*api.Task, error) {
+			resp, err := client.ListTasks(cmd.Context(), query(name))
+			return resp.GetTasks(), err
+		})
+		if err := printList(cmd.OutOrStdout(), p, c.taskListing(p, slices.Concat(tasks...), nodes.GetNodes(), filter)); err != nil {
+			return err
+		}
+		return errs
 	})
 	return cmd
 }

@@ -1,8 +1,7 @@
 package ctl
 
 import (
-	"errors"
-	"fmt"
+	"context"
 
 	"github.com/spf13/cobra"
 
@@ -10,7 +9,7 @@ import (
 )
 
 func newServiceRmCommand(c *cli) *cobra.Command {
-	cmd := &cobra.Command{
+	return rmCommand(c, &cobra.Command{
 		Use:     "rm SERVICE...",
 		Aliases: []string{"remove"},
 		Short:   "Remove services",
@@ -18,21 +17,8 @@ func newServiceRmCommand(c *cli) *cobra.Command {
 and removed in the background. Each removed service's argument is printed.
 Every argument is tried; the command fails if any could not be removed.`,
 		Args: minArgs(1, "at least one SERVICE argument"),
-	}
-	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
-		client, err := c.control(cmd)
-		if err != nil {
-			return err
-		}
-		var errs []error
-		for _, name := range args {
-			if _, err := client.RemoveService(cmd.Context(), &api.RemoveServiceRequest{Service: name}); err != nil {
-				errs = append(errs, argError(name, err))
-				continue
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), name)
-		}
-		return errors.Join(errs...)
+	}, func(ctx context.Context, client api.ControlClient, name string) error {
+		_, err := client.RemoveService(ctx, &api.RemoveServiceRequest{Service: name})
+		return err
 	})
-	return cmd
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
 	"github.com/shoal-project/shoal/internal/testcluster"
 )
 
@@ -80,17 +81,6 @@ func dialResult(addr string) string {
 		return "refused"
 	}
 	return "unreachable"
-}
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 30s", what)
-		}
-		time.Sleep(pollInterval)
-	}
 }
 
 func TestLabLifecycle(t *testing.T) {
@@ -177,7 +167,7 @@ func TestLabLifecycle(t *testing.T) {
 		if err := l.SetLinkUp("manager1"); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "reachable again", func() bool { return dialResult(addr) == "refused" })
+		await.Within(t, 30*time.Second, pollInterval, "reachable again", func() bool { return dialResult(addr) == "refused" })
 	})
 
 	t.Run("kill and restart a node", func(t *testing.T) {

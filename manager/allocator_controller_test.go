@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
 	"github.com/shoal-project/shoal/manager/store"
 )
 
@@ -62,7 +63,7 @@ func TestAllocatorAttachesTasksBeforePending(t *testing.T) {
 	s.Endpoint = &api.EndpointSpec{Ports: []*api.PortConfig{{Target: 80, Published: 8080}}}
 	svc := createService(t, m, s)
 
-	eventually(t, "3 tasks assigned and the node's ingress address", func() (bool, string) {
+	await.For(t, "3 tasks assigned and the node's ingress address", func() (bool, string) {
 		n := 0
 		for _, tk := range tasksOf(m, svc.GetId()) {
 			if tk.GetStatus().GetState() == api.TaskState_TASK_STATE_ASSIGNED {
@@ -113,7 +114,7 @@ func TestAllocationFailureShowsAndTerminalTasksFree(t *testing.T) {
 	setNode(t, m, ready)
 	// The node joined before the service: it has its address first (with
 	// both in one batch the tasks could take the last one).
-	eventually(t, "node ingress address", func() (bool, string) {
+	await.For(t, "node ingress address", func() (bool, string) {
 		return storedNodeOf(m, selfID).GetIngress() != nil, "none yet"
 	})
 	s := spec("web", 5)
@@ -121,7 +122,7 @@ func TestAllocationFailureShowsAndTerminalTasksFree(t *testing.T) {
 	svc := createService(t, m, s)
 
 	var assigned, stuck []*api.Task
-	eventually(t, "3 tasks assigned, 2 NEW saying why", func() (bool, string) {
+	await.For(t, "3 tasks assigned, 2 NEW saying why", func() (bool, string) {
 		assigned, stuck = nil, nil
 		for _, tk := range tasksOf(m, svc.GetId()) {
 			switch st := tk.GetStatus(); {
@@ -147,7 +148,7 @@ func TestAllocationFailureShowsAndTerminalTasksFree(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := freed.GetNetworks()[0].GetAddr()
-	eventually(t, "another task takes the failed task's address", func() (bool, string) {
+	await.For(t, "another task takes the failed task's address", func() (bool, string) {
 		for _, tk := range tasksOf(m, svc.GetId()) {
 			if tk.GetId() != freed.GetId() && tk.GetStatus().GetState() >= api.TaskState_TASK_STATE_PENDING &&
 				len(tk.GetNetworks()) == 1 && tk.GetNetworks()[0].GetAddr() == addr {
@@ -169,7 +170,7 @@ func TestNodesGetIngressAddresses(t *testing.T) {
 		Status: &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN}})); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "both nodes with an ingress address", func() (bool, string) {
+	await.For(t, "both nodes with an ingress address", func() (bool, string) {
 		return storedNodeOf(m, selfID).GetIngress() != nil && storedNodeOf(m, "n2").GetIngress() != nil,
 			fmt.Sprint(storedNodeOf(m, selfID).GetIngress(), storedNodeOf(m, "n2").GetIngress())
 	})

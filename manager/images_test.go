@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -16,11 +15,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
+	"github.com/shoal-project/shoal/internal/testgrpc"
 	"github.com/shoal-project/shoal/manager/store"
 )
 
@@ -58,25 +57,7 @@ func (p *peerManager) FetchImage(req *api.FetchImageRequest, stream api.Dispatch
 // only.
 func servePeer(t *testing.T, p *peerManager, addr string) PeerDialer {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	api.RegisterDispatcherServer(srv, p)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		srv.Stop()
-		<-served
-	})
+	conn := testgrpc.Serve(t, func(srv *grpc.Server) { api.RegisterDispatcherServer(srv, p) })
 	return func(ctx context.Context, to string) (api.DispatcherClient, error) {
 		if to != addr {
 			return nil, fmt.Errorf("no manager at %s", to)
@@ -130,7 +111,7 @@ func TestImageReplication(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	eventually(t, "the good image copied and recorded", func() (bool, string) {
+	await.For(t, "the good image copied and recorded", func() (bool, string) {
 		img := storedImage(m, goodID)
 		return slices.Equal(img.GetHolders(), []string{"m3", "m2", selfID}), fmt.Sprintf("holders %v", img.GetHolders())
 	})
@@ -145,7 +126,7 @@ func TestImageReplication(t *testing.T) {
 	}
 	// Retries of the bad copy come and go (an upload in progress is a
 	// temporary file); between them only the good tarball is there.
-	eventually(t, "only the good tarball in the image directory", func() (bool, string) {
+	await.For(t, "only the good tarball in the image directory", func() (bool, string) {
 		entries, _ := os.ReadDir(ImageDir(m.cfg.DataDir))
 		names := make([]string, 0, len(entries))
 		for _, e := range entries {
@@ -155,7 +136,7 @@ func TestImageReplication(t *testing.T) {
 	})
 
 	peer.set(badID, bad) // fixed: the retry gets it
-	eventually(t, "the second image copied after a retry", func() (bool, string) {
+	await.For(t, "the second image copied after a retry", func() (bool, string) {
 		img := storedImage(m, badID)
 		return slices.Contains(img.GetHolders(), selfID), fmt.Sprintf("holders %v", img.GetHolders())
 	})

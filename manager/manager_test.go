@@ -17,13 +17,10 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
 	"github.com/shoal-project/shoal/manager/dispatcher"
 	"github.com/shoal-project/shoal/manager/store"
 )
-
-// settle bounds every wait for something asynchronous; it measures
-// nothing.
-const settle = 30 * time.Second
 
 const selfID = "n1"
 
@@ -45,7 +42,7 @@ func testConfig(dir string) Config {
 // cluster.
 func startManager(t *testing.T, extra ...*api.StoreAction) *Manager {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
 	defer cancel()
 	self := &api.Node{Id: selfID, Role: api.NodeRole_NODE_ROLE_MANAGER, Description: &api.NodeDescription{Hostname: "host-1", Os: "linux", Arch: "amd64"}}
 	m, err := Init(ctx, testConfig(t.TempDir()), nil, self, extra...)
@@ -119,21 +116,6 @@ func tasksOf(m *Manager, serviceID string) []*api.Task {
 	return tasks
 }
 
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(settle)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s: %s", what, detail)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // history records every stored version of every task, from
 // the store's change feed, so tests can check the path each task took.
 type history struct {
@@ -203,7 +185,7 @@ func TestServiceTasksReachAssigned(t *testing.T) {
 	h := recordHistory(t, m)
 	svc := createService(t, m, spec("web", 3))
 
-	eventually(t, "3 tasks assigned", func() (bool, string) {
+	await.For(t, "3 tasks assigned", func() (bool, string) {
 		tasks := tasksOf(m, svc.GetId())
 		n := 0
 		for _, tk := range tasks {
@@ -252,7 +234,7 @@ func TestRestartDelay(t *testing.T) {
 				s.Task.Restart = &api.RestartPolicy{Delay: durationpb.New(delay)}
 				svc := createService(t, m, s)
 				var first *api.Task
-				eventually(t, "first task assigned", func() (bool, string) {
+				await.For(t, "first task assigned", func() (bool, string) {
 					tasks := tasksOf(m, svc.GetId())
 					if len(tasks) == 1 && tasks[0].GetStatus().GetState() == api.TaskState_TASK_STATE_ASSIGNED {
 						first = tasks[0]
@@ -267,7 +249,7 @@ func TestRestartDelay(t *testing.T) {
 					t.Fatal(err)
 				}
 				var next *api.Task
-				eventually(t, "replacement task", func() (bool, string) {
+				await.For(t, "replacement task", func() (bool, string) {
 					for _, tk := range tasksOf(m, svc.GetId()) {
 						if tk.GetId() != first.GetId() {
 							next = tk
@@ -312,7 +294,7 @@ func TestRestartDelay(t *testing.T) {
 			setNode(t, m, ready)
 			h := recordHistory(t, m)
 			id := tc.delayed(t, m)
-			eventually(t, "delayed task assigned", func() (bool, string) {
+			await.For(t, "delayed task assigned", func() (bool, string) {
 				st := states(h.of(id))
 				return slices.Contains(st, api.TaskState_TASK_STATE_ASSIGNED), fmt.Sprint(st)
 			})
@@ -371,7 +353,7 @@ func TestUnschedulableTasksExplainWhy(t *testing.T) {
 			m := startManager(t)
 			setNode(t, m, tc.node)
 			svc := createService(t, m, spec("web", 2))
-			eventually(t, "tasks pending with an explanation", func() (bool, string) {
+			await.For(t, "tasks pending with an explanation", func() (bool, string) {
 				tasks := tasksOf(m, svc.GetId())
 				if len(tasks) != 2 {
 					return false, fmt.Sprintf("%d tasks", len(tasks))
@@ -397,7 +379,7 @@ func TestUnschedulableTasksExplainWhy(t *testing.T) {
 				ready(n)
 				n.Spec = &api.NodeSpec{Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE}
 			})
-			eventually(t, "tasks assigned once the node can take them", func() (bool, string) {
+			await.For(t, "tasks assigned once the node can take them", func() (bool, string) {
 				for _, tk := range tasksOf(m, svc.GetId()) {
 					st := tk.GetStatus()
 					if st.GetState() != api.TaskState_TASK_STATE_ASSIGNED || tk.GetNodeId() != selfID || st.GetErr() != "" {
@@ -411,7 +393,7 @@ func TestUnschedulableTasksExplainWhy(t *testing.T) {
 }
 
 func TestInitAndOpen(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
 	defer cancel()
 	dir := t.TempDir()
 	if HasState(dir) {
@@ -443,7 +425,7 @@ func TestInitAndOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	eventually(t, "state replayed after Open", func() (bool, string) {
+	await.For(t, "state replayed after Open", func() (bool, string) {
 		var got string
 		var self *api.Node
 		m.State().Store().View(func(tx store.ReadTx) {

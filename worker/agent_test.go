@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
 	"github.com/shoal-project/shoal/worker/exec"
 )
 
@@ -149,7 +150,7 @@ func TestAgentStopsTasks(t *testing.T) {
 				h.disp.waitState(t, "t1", stComplete)
 			}
 			h.disp.delta(t, 1, tc.change)
-			eventually(t, "container removed", func() (bool, string) {
+			await.For(t, "container removed", func() (bool, string) {
 				v := exe.verbs("t1")
 				return slices.Contains(v, "remove"), fmt.Sprint(v)
 			})
@@ -173,7 +174,7 @@ func TestAgentFullSetRemovesTheRest(t *testing.T) {
 		h := startAgent(t, exe, newFakeDispatcher())
 		h.disp.full(t, 1, task("t1", stAssigned, stRunning))
 		h.disp.waitState(t, "t1", stRunning)
-		eventually(t, "orphan removed", func() (bool, string) {
+		await.For(t, "orphan removed", func() (bool, string) {
 			v := exe.verbs("gone")
 			return slices.Equal(v, []string{"shutdown", "remove"}), fmt.Sprint(v)
 		})
@@ -253,7 +254,7 @@ func TestAgentAdoptsTasks(t *testing.T) {
 			h := startAgent(t, exe, newFakeDispatcher())
 			h.disp.full(t, 1, task("t1", tc.state, stRunning))
 			if tc.exit {
-				eventually(t, "wait attached", func() (bool, string) {
+				await.For(t, "wait attached", func() (bool, string) {
 					v := exe.verbs("t1")
 					return slices.Contains(v, "wait"), fmt.Sprint(v)
 				})
@@ -331,7 +332,7 @@ func TestAgentResendsAfterSessionLoss(t *testing.T) {
 				}
 				disp.endSession(req.GetSessionId())
 				if tc.waitNew {
-					eventually(t, "agent on its second session", func() (bool, string) {
+					await.For(t, "agent on its second session", func() (bool, string) {
 						disp.mu.Lock()
 						defer disp.mu.Unlock()
 						return len(disp.streams) >= 2, fmt.Sprintf("%d assignments calls", len(disp.streams))
@@ -430,7 +431,7 @@ func TestAgentRunWaitsForSession(t *testing.T) {
 		defer close(stopped)
 		h.stop()
 	}()
-	eventually(t, "Run waiting for its session's work", func() (bool, string) {
+	await.For(t, "Run waiting for its session's work", func() (bool, string) {
 		select {
 		case <-h.done:
 			t.Fatal("Run returned while its session was still applying assignments")
@@ -511,7 +512,7 @@ func TestAgentAppliesNetworkBeforeTasks(t *testing.T) {
 		[]*api.AssignmentChange{update(withDesired(t1, stShutdown))})
 	disp.sendNetLocked(s, api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL, &api.NetworkDelta{RemovedEndpoints: []string{"other"}}, nil)
 	disp.mu.Unlock()
-	eventually(t, "network-only delta applied", func() (bool, string) {
+	await.For(t, "network-only delta applied", func() (bool, string) {
 		return len(exe.verbs("other")) == 1, fmt.Sprint(exe.verbs("other"))
 	})
 	disp.waitState(t, "t1", stShutdown)

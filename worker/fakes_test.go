@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -14,35 +13,15 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
+	"github.com/shoal-project/shoal/internal/testgrpc"
 	"github.com/shoal-project/shoal/worker/exec"
 )
-
-// settle bounds every wait for something asynchronous. It is generous on
-// purpose: it only stops a broken test from hanging, it measures nothing.
-const settle = 20 * time.Second
-
-// eventually polls cond until it holds or settle passes.
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(settle)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s: %s", what, detail)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 // --- fake executor -------------------------------------------------------
 
@@ -338,7 +317,7 @@ func (d *fakeDispatcher) sendNetLocked(s *assignStream, typ api.AssignmentType, 
 func (d *fakeDispatcher) stream(t *testing.T, n int) *assignStream {
 	t.Helper()
 	var s *assignStream
-	eventually(t, fmt.Sprintf("assignments call #%d", n), func() (bool, string) {
+	await.For(t, fmt.Sprintf("assignments call #%d", n), func() (bool, string) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if len(d.streams) >= n {
@@ -414,7 +393,7 @@ func (d *fakeDispatcher) last(id string) report {
 // waitState waits until the latest report for a task is state st.
 func (d *fakeDispatcher) waitState(t *testing.T, id string, st api.TaskState) *api.TaskStatus {
 	t.Helper()
-	eventually(t, fmt.Sprintf("task %s %s", id, api.StateName(st)), func() (bool, string) {
+	await.For(t, fmt.Sprintf("task %s %s", id, api.StateName(st)), func() (bool, string) {
 		r := d.last(id)
 		return r.status.GetState() == st, fmt.Sprintf("reports so far: %v", d.states(id))
 	})
@@ -435,34 +414,28 @@ type harness struct {
 // with exe against it. Everything stops at the end of the test.
 func startAgent(t *testing.T, exe *fakeExecutor, disp *fakeDispatcher, opts ...func(*Config)) *harness {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	api.RegisterDispatcherServer(srv, disp)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	return runAgent(t, &harness{exe: exe, disp: disp}, exe, disp, opts...)
+}
+
+// runAgent serves srv over an in-memory connection and runs an agent with
+// executor e against it; h holds the fakes behind srv and e. Everything
+// stops at the end of the test.
+func runAgent(t *testing.T, h *harness, e exec.Executor, srv api.DispatcherServer, opts ...func(*Config)) *harness {
+	t.Helper()
+	conn := testgrpc.Serve(t, func(s *grpc.Server) { api.RegisterDispatcherServer(s, srv) })
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	if testing.Verbose() {
 		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	cfg := Config{NodeID: "node1", Executor: exe, Conn: conn, Logger: logger}
+	cfg := Config{NodeID: "node1", Executor: e, Conn: conn, Logger: logger}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	a := New(cfg)
+	h.agent, h.done = New(cfg), make(chan struct{})
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{exe: exe, disp: disp, agent: a, done: make(chan struct{})}
 	go func() {
 		defer close(h.done)
-		_ = a.Run(ctx)
+		_ = h.agent.Run(ctx)
 	}()
 	var once sync.Once
 	h.stop = func() {
@@ -470,17 +443,12 @@ func startAgent(t *testing.T, exe *fakeExecutor, disp *fakeDispatcher, opts ...f
 			cancel()
 			select {
 			case <-h.done:
-			case <-time.After(settle):
-				t.Errorf("agent did not stop within %v", settle)
+			case <-time.After(await.Settle):
+				t.Errorf("agent did not stop within %v", await.Settle)
 			}
 		})
 	}
-	t.Cleanup(func() {
-		h.stop()
-		conn.Close()
-		srv.Stop()
-		<-served
-	})
+	t.Cleanup(h.stop)
 	return h
 }
 

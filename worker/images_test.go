@@ -8,21 +8,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"slices"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
 	"github.com/shoal-project/shoal/worker/exec"
 )
 
@@ -139,51 +135,10 @@ func (d *imageDispatcher) fetchCount(id string) int {
 // dispatcher that distributes them.
 func startImageAgent(t *testing.T, exe *loaderExecutor, disp *imageDispatcher) *harness {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	api.RegisterDispatcherServer(srv, disp)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	if testing.Verbose() {
-		logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	a := New(Config{NodeID: "node1", Executor: exe, Conn: conn, Logger: logger})
-	if a.images == nil {
+	h := runAgent(t, &harness{exe: exe.fakeExecutor, disp: disp.fakeDispatcher}, exe, disp)
+	if h.agent.images == nil {
 		t.Fatal("the agent did not find the executor's ImageLoader")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{exe: exe.fakeExecutor, disp: disp.fakeDispatcher, agent: a, done: make(chan struct{})}
-	go func() {
-		defer close(h.done)
-		_ = a.Run(ctx)
-	}()
-	var once sync.Once
-	h.stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case <-h.done:
-			case <-time.After(settle):
-				t.Errorf("agent did not stop within %v", settle)
-			}
-		})
-	}
-	t.Cleanup(func() {
-		h.stop()
-		conn.Close()
-		srv.Stop()
-		<-served
-	})
 	return h
 }
 
@@ -201,7 +156,7 @@ func withImage(t *api.Task, ref string) *api.Task {
 // waitPending waits until the agent knows ref as an image it must load.
 func waitPending(t *testing.T, a *Agent, ref string) {
 	t.Helper()
-	eventually(t, "the agent to learn of "+ref, func() (bool, string) {
+	await.For(t, "the agent to learn of "+ref, func() (bool, string) {
 		p, _ := a.images.pending(ref)
 		return p, "not pending"
 	})
@@ -262,7 +217,7 @@ func TestAgentRefusesCorruptTarball(t *testing.T) {
 	disp.tarballs[img.GetId()] = []byte("other bytes, same length")
 	h := startImageAgent(t, exe, disp)
 	disp.lists <- &api.ImagesMessage{Images: []*api.Image{img}}
-	eventually(t, "a second fetch after the failed import", func() (bool, string) {
+	await.For(t, "a second fetch after the failed import", func() (bool, string) {
 		n := disp.fetchCount(img.GetId())
 		return n >= 2, fmt.Sprintf("%d fetches", n)
 	})
@@ -285,7 +240,7 @@ func TestAgentStopsTaskWaitingForImage(t *testing.T) {
 	waitPending(t, h.agent, "shoal.test/web:1")
 	t1 := withImage(task("t1", stAssigned, stRunning), "shoal.test/web:1")
 	h.disp.full(t, 1, t1)
-	eventually(t, "the task to wait for its image", func() (bool, string) {
+	await.For(t, "the task to wait for its image", func() (bool, string) {
 		st := h.disp.last("t1").status.GetState()
 		return st == api.TaskState_TASK_STATE_PREPARING, api.StateName(st)
 	})

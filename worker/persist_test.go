@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/shoal-project/shoal/internal/await"
 	"github.com/shoal-project/shoal/worker/exec"
 )
 
@@ -20,7 +21,7 @@ func TestAgentRestoresAssignments(t *testing.T) {
 	h := startAgent(t, exe, newFakeDispatcher(), withState)
 	h.disp.full(t, 1, task("t1", stAssigned, stRunning))
 	h.disp.waitState(t, "t1", stRunning)
-	eventually(t, "assignments saved", func() (bool, string) {
+	await.For(t, "assignments saved", func() (bool, string) {
 		_, err := os.Stat(filepath.Join(dir, "assignments.pb"))
 		return err == nil, "no file"
 	})
@@ -31,7 +32,7 @@ func TestAgentRestoresAssignments(t *testing.T) {
 	exe2 := newFakeExecutor()
 	exe2.prepareErr["t1"] = exec.ErrTaskPrepared // its container exists
 	startAgent(t, exe2, newFakeDispatcher(), withState)
-	eventually(t, "restored task watched", func() (bool, string) {
+	await.For(t, "restored task watched", func() (bool, string) {
 		v := exe2.verbs("t1")
 		return slices.Contains(v, "wait"), "verbs: " + strings.Join(v, " ")
 	})

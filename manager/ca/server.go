@@ -160,7 +160,7 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 		node.ManagerStatus = &api.ManagerStatus{RaftAddr: addr}
 	}
 	if err := s.raft.Propose(ctx, store.Create(node)); err != nil {
-		return nil, toStatus(fmt.Errorf("record node %s: %w", nodeID, err))
+		return nil, state.ToStatus(fmt.Errorf("record node %s: %w", nodeID, err))
 	}
 	var managers []string
 	s.raft.Store().View(func(tx store.ReadTx) { managers = managerAddrs(tx, nodeID) })
@@ -212,7 +212,7 @@ func (s *Server) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCer
 			continue
 		}
 		if err != nil {
-			return nil, toStatus(fmt.Errorf("record renewed certificate of node %s: %w", id.NodeID, err))
+			return nil, state.ToStatus(fmt.Errorf("record renewed certificate of node %s: %w", id.NodeID, err))
 		}
 		s.logger.Info("node certificate renewed", "node", id.NodeID, "role", identity.RoleOf(role), "serial", identity.SerialString(cert), "old_serial", id.Serial)
 		return &api.RenewNodeCertificateResponse{CertPem: certPEM, Role: role}, nil
@@ -250,7 +250,7 @@ func RotateToken(ctx context.Context, r Raft, role api.NodeRole) (string, error)
 			continue
 		}
 		if err != nil {
-			return "", toStatus(fmt.Errorf("rotate %s join token: %w", identity.RoleOf(role), err))
+			return "", state.ToStatus(fmt.Errorf("rotate %s join token: %w", identity.RoleOf(role), err))
 		}
 		return tok, nil
 	}
@@ -276,22 +276,4 @@ func managerAddrs(tx store.ReadTx, except string) []string {
 	}
 	sort.Strings(out)
 	return out
-}
-
-// toStatus maps raft and store errors to gRPC codes at the API edge.
-func toStatus(err error) error {
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	switch {
-	case errors.Is(err, state.ErrNotLeader):
-		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, store.ErrSequenceConflict):
-		return status.Error(codes.Aborted, err.Error()+": retry")
-	case errors.Is(err, store.ErrExist):
-		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return status.FromContextError(err).Err()
-	}
-	return status.Error(codes.Internal, err.Error())
 }

@@ -9,20 +9,18 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
+	"github.com/shoal-project/shoal/internal/testgrpc"
 	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
@@ -54,25 +52,7 @@ func setupImages(t *testing.T, max int64) *imageServer {
 
 func serveControl(t *testing.T, s *Server) api.ControlClient {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	api.RegisterControlServer(srv, s)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		srv.Stop()
-		<-served
-	})
+	conn := testgrpc.Serve(t, func(srv *grpc.Server) { api.RegisterControlServer(srv, s) })
 	return api.NewControlClient(conn)
 }
 
@@ -273,9 +253,9 @@ func TestLoadImageCancelled(t *testing.T) {
 	if err := stream.Send(&api.LoadImageRequest{Data: data[:len(data)/2]}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the upload's temporary file", func() bool { return len(s.files(t)) == 1 })
+	await.For(t, "the upload's temporary file", func() bool { return len(s.files(t)) == 1 })
 	cancel()
-	waitFor(t, "the temporary file to go", func() bool { return len(s.files(t)) == 0 })
+	await.For(t, "the temporary file to go", func() bool { return len(s.files(t)) == 0 })
 	if imgs := s.images(); len(imgs) != 0 {
 		t.Errorf("a cancelled load recorded %v", imgs)
 	}
@@ -286,16 +266,5 @@ func TestLoadImageWithoutStore(t *testing.T) {
 	_, err := load(context.Background(), c, ociImage(t, "shoal.test/web:1", "v1"), 1024)
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("LoadImage on a server without an image store: %v, want Unimplemented", err)
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(settle)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

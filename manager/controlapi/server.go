@@ -50,31 +50,9 @@ func New(r Raft, selfID string, opts ...Option) *Server {
 	return s
 }
 
-// toStatus maps store and raft errors to gRPC codes at the edge.
-func toStatus(err error) error {
-	if err == nil {
-		return nil
-	}
-	if _, ok := status.FromError(err); ok {
-		return err
-	}
-	var se *api.SpecError
-	switch {
-	case errors.As(err, &se):
-		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, store.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, store.ErrExist):
-		return status.Error(codes.AlreadyExists, err.Error())
-	case errors.Is(err, store.ErrSequenceConflict):
-		return status.Error(codes.Aborted, err.Error()+"; read the object again and retry")
-	case errors.Is(err, state.ErrNotLeader):
-		return status.Error(codes.Unavailable, err.Error())
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return status.FromContextError(err).Err()
-	}
-	return status.Error(codes.Internal, err.Error())
-}
+// toStatus is state.ToStatus, the managers' one mapping of store and raft
+// errors to gRPC codes, under the name every handler here calls.
+var toStatus = state.ToStatus
 
 func (s *Server) view(fn func(tx store.ReadTx)) { s.raft.Store().View(fn) }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -13,21 +12,17 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
+	"github.com/shoal-project/shoal/internal/testgrpc"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
 )
-
-// settle bounds every wait for something asynchronous; it measures
-// nothing.
-const settle = 20 * time.Second
 
 // newRaft starts a single-member raft cluster in a temp dir and waits
 // until it leads.
@@ -39,7 +34,7 @@ func newRaft(t *testing.T) *state.Node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
 	defer cancel()
 	if err := n.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
@@ -50,25 +45,7 @@ func newRaft(t *testing.T) *state.Node {
 // serve runs a Control server over r on an in-memory connection.
 func serve(t *testing.T, r *state.Node) api.ControlClient {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	api.RegisterControlServer(srv, New(r, "m1"))
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		srv.Stop()
-		<-served
-	})
+	conn := testgrpc.Serve(t, func(srv *grpc.Server) { api.RegisterControlServer(srv, New(r, "m1")) })
 	return api.NewControlClient(conn)
 }
 
@@ -471,7 +448,7 @@ func TestWatchTasks(t *testing.T) {
 	r, c := setup(t)
 	web := create(t, c, spec("web", 1))
 	create(t, c, spec("api", 1))
-	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
 	defer cancel()
 	stream, err := c.WatchTasks(ctx, &api.WatchTasksRequest{Service: "web"})
 	if err != nil {

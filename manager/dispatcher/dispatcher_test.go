@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -14,34 +13,15 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
+	"github.com/shoal-project/shoal/internal/testgrpc"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
 )
-
-// settle bounds every wait for something asynchronous; it measures
-// nothing.
-const settle = 20 * time.Second
-
-func eventually(t *testing.T, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(settle)
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s: %s", what, detail)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -55,7 +35,7 @@ func newRaft(t *testing.T) *state.Node {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
 	defer cancel()
 	if err := n.WaitLeader(ctx); err != nil {
 		t.Fatal(err)
@@ -107,25 +87,7 @@ func storedNode(r *state.Node, id string) *api.Node {
 // serve runs d over an in-memory gRPC connection.
 func serve(t *testing.T, d *Dispatcher) api.DispatcherClient {
 	t.Helper()
-	lis := bufconn.Listen(1 << 20)
-	srv := grpc.NewServer()
-	api.RegisterDispatcherServer(srv, d)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = srv.Serve(lis)
-	}()
-	conn, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		conn.Close()
-		srv.Stop()
-		<-served
-	})
+	conn := testgrpc.Serve(t, func(srv *grpc.Server) { api.RegisterDispatcherServer(srv, d) })
 	return api.NewDispatcherClient(conn)
 }
 
@@ -315,7 +277,7 @@ func TestNodeDownWithoutHeartbeats(t *testing.T) {
 		wg.Wait()
 	})
 
-	eventually(t, "silent node DOWN", func() (bool, string) {
+	await.For(t, "silent node DOWN", func() (bool, string) {
 		n := storedNode(r, "silent")
 		return n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN, n.GetStatus().String()
 	})
@@ -580,7 +542,7 @@ func TestClosedSessionKeepsNodeForGrace(t *testing.T) {
 	// marker never opens a session: once it is DOWN, the dispatcher has
 	// run for longer than a grace period, so its start-up allowance no
 	// longer covers flaky.
-	eventually(t, "marker node DOWN", func() (bool, string) {
+	await.For(t, "marker node DOWN", func() (bool, string) {
 		n := storedNode(r, "marker")
 		return n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN, n.GetStatus().String()
 	})
@@ -600,7 +562,7 @@ func TestClosedSessionKeepsNodeForGrace(t *testing.T) {
 	closedAt := time.Now()
 	cancel()
 
-	eventually(t, "flaky node DOWN", func() (bool, string) {
+	await.For(t, "flaky node DOWN", func() (bool, string) {
 		n := storedNode(r, "flaky")
 		return n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN, n.GetStatus().String()
 	})

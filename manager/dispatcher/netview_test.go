@@ -9,6 +9,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/await"
 	"github.com/shoal-project/shoal/manager/store"
 )
 
@@ -108,7 +109,7 @@ func TestAssignmentsNetworkView(t *testing.T) {
 	if got := storedNode(r, "n1").GetDescription(); !proto.Equal(got, desc) {
 		t.Fatalf("stored description = %v, want %v (with the data address)", got, desc)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), settle)
+	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
 	defer cancel()
 	stream, err := c.Assignments(ctx, &api.AssignmentsRequest{SessionId: sid})
 	if err != nil {

@@ -1,7 +1,8 @@
 // Package state runs a manager's raft member: the hashicorp/raft node with
 // its boltdb log and stable store and file snapshots under the data dir, and
 // the FSM that applies protobuf commands to the store. Writers call Propose
-// on the leader; every member's store follows the log.
+// on the leader; every member's store follows the log. ToStatus is how the
+// manager APIs answer Propose's and the store's errors.
 //
 // The raft transport is given by the caller: an in-memory one for a single
 // manager, a mutually authenticated network one once managers join.

@@ -11,11 +11,11 @@ import (
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
 	mdnetlink "github.com/mdlayher/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/shoal-project/shoal/network/lb"
 	"github.com/shoal-project/shoal/network/lb/internal/dispatch"
+	"github.com/shoal-project/shoal/network/lb/internal/nfttest"
 	"github.com/shoal-project/shoal/network/lb/lbtest"
 )
 
@@ -25,51 +25,84 @@ func TestConformance(t *testing.T) {
 	lbtest.RequireRoot(t)
 	lbtest.Run(t, func(t *testing.T) lbtest.Instance {
 		_, ns := lbtest.NewNetNS(t)
-		const table = "shoal-lb-conformance"
-		b, err := New(WithNetNS(ns), WithTable(table))
+		b, err := New(WithNetNS(ns), WithTable(conformanceTable))
 		if err != nil {
 			t.Fatalf("New: %v", err)
 		}
 		t.Cleanup(func() { b.Close() })
-		return lbtest.Instance{
-			Balancer: b,
-			Read:     func(t testing.TB) map[string]lbtest.Programmed { return readTable(t, ns, table) },
-			Tamper: func(t testing.TB) {
-				c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-				if err != nil {
-					t.Fatalf("open nftables connection: %v", err)
-				}
-				tbl := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
-				c.FlushSet(&nftables.Set{Table: tbl, Name: dispatch.SetPublished})
-				if err := c.Flush(); err != nil {
-					t.Fatalf("flush map %s: %v", dispatch.SetPublished, err)
-				}
-			},
-			FailNext: func() {
-				b.beforeFlush = func(c *nftables.Conn, tbl *nftables.Table) {
-					b.beforeFlush = nil
-					// An element jumping to a missing chain makes the kernel
-					// refuse the whole transaction.
-					c.SetAddElements(&nftables.Set{Table: tbl, Name: dispatch.SetPublished}, []nftables.SetElement{{
-						Key:         []byte{17, 0, 0, 0, 0x10, 0x00, 0, 0},
-						VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: "no-such-chain"},
-					}})
-				}
-			},
-		}
+		return conformanceInstance(b, func(t testing.TB) tableConn {
+			c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
+			if err != nil {
+				t.Fatalf("open nftables connection: %v", err)
+			}
+			return c
+		})
 	})
+}
+
+// TestConformanceFake runs the same suite without a kernel, against
+// nfttest's fake: the rule planning passes it without root, and the fake,
+// read back as the kernel is, keeps what the kernel keeps.
+func TestConformanceFake(t *testing.T) {
+	lbtest.Run(t, func(t *testing.T) lbtest.Instance {
+		c := nfttest.New()
+		b, err := New(withConn(c, &fakeConntrack{}), WithTable(conformanceTable))
+		if err != nil {
+			t.Fatalf("New: %v", err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return conformanceInstance(b, func(testing.TB) tableConn { return c })
+	})
+}
+
+const conformanceTable = "shoal-lb-conformance"
+
+// tableConn is what the conformance instance needs to look behind a
+// Balancer: read its table back, and change it behind its back.
+type tableConn interface {
+	ListTablesOfFamily(family nftables.TableFamily) ([]*nftables.Table, error)
+	ListChainsOfTableFamily(family nftables.TableFamily) ([]*nftables.Chain, error)
+	GetRules(t *nftables.Table, c *nftables.Chain) ([]*nftables.Rule, error)
+	GetSetByName(t *nftables.Table, name string) (*nftables.Set, error)
+	GetSetElements(s *nftables.Set) ([]nftables.SetElement, error)
+	FlushSet(s *nftables.Set)
+	Flush() error
+}
+
+// conformanceInstance is b, read back and tampered with through the
+// connections open makes.
+func conformanceInstance(b *Balancer, open func(t testing.TB) tableConn) lbtest.Instance {
+	return lbtest.Instance{
+		Balancer: b,
+		Read:     func(t testing.TB) map[string]lbtest.Programmed { return readTable(t, open(t), conformanceTable) },
+		Tamper: func(t testing.TB) {
+			c := open(t)
+			tbl := &nftables.Table{Name: conformanceTable, Family: nftables.TableFamilyINet}
+			c.FlushSet(&nftables.Set{Table: tbl, Name: dispatch.SetPublished})
+			if err := c.Flush(); err != nil {
+				t.Fatalf("flush map %s: %v", dispatch.SetPublished, err)
+			}
+		},
+		FailNext: func() {
+			b.beforeFlush = func(c conn, tbl *nftables.Table) {
+				b.beforeFlush = nil
+				// An element jumping to a missing chain makes the kernel
+				// refuse the whole transaction.
+				c.SetAddElements(&nftables.Set{Table: tbl, Name: dispatch.SetPublished}, []nftables.SetElement{{
+					Key:         []byte{17, 0, 0, 0, 0x10, 0x00, 0, 0},
+					VerdictData: &expr.Verdict{Kind: expr.VerdictGoto, Chain: "no-such-chain"},
+				}})
+			}
+		},
+	}
 }
 
 // readTable reads the balancer's table back from the kernel: each map
 // element (named by its comment) with the backends its chain spreads over.
 // Chains nothing leads to are reported under names of their own, so a
 // leftover fails the suite.
-func readTable(t testing.TB, ns netns.NsHandle, table string) map[string]lbtest.Programmed {
+func readTable(t testing.TB, c tableConn, table string) map[string]lbtest.Programmed {
 	t.Helper()
-	c, err := nftables.New(nftables.WithNetNSFd(int(ns)))
-	if err != nil {
-		t.Fatalf("open nftables connection: %v", err)
-	}
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		t.Fatalf("list tables: %v", err)
@@ -171,9 +204,12 @@ func dnatMapBackend(t testing.TB, e nftables.SetElement) string {
 
 // verdictChain returns the chain a map element jumps or goes to. The library
 // leaves a read element's verdict undecoded in Val: the nested
-// NFTA_VERDICT_CODE and NFTA_VERDICT_CHAIN attributes.
+// NFTA_VERDICT_CODE and NFTA_VERDICT_CHAIN attributes (the fake decodes it).
 func verdictChain(t testing.TB, e nftables.SetElement) string {
 	t.Helper()
+	if e.VerdictData != nil {
+		return e.VerdictData.Chain
+	}
 	ad, err := mdnetlink.NewAttributeDecoder(e.Val)
 	if err != nil {
 		t.Fatalf("element %x: decode verdict: %v", e.Key, err)

@@ -9,4 +9,11 @@
 // It owns its table (and the conntrack entries of UDP backends it removes)
 // in one network namespace, and nothing else: forwarding sysctls, filter
 // rules and routes belong to the caller.
+//
+// It writes through a small interface (conn, which *nftables.Conn
+// implements), so that its rule planning is tested without root against
+// network/lb/internal/nfttest's fake: the conformance suite, and golden
+// files of whole rulesets and of what one change sends (testdata, go test
+// -update). Kernel tests, as root in throwaway namespaces, check that the
+// same rules carry traffic.
 package nft

@@ -304,7 +304,7 @@ func TestKernelFailedTransactionKeepsRulesAndResyncs(t *testing.T) {
 
 	// An element jumping to a chain that does not exist makes the kernel
 	// refuse the whole transaction.
-	b.beforeFlush = func(c *nftables.Conn, tbl *nftables.Table) {
+	b.beforeFlush = func(c conn, tbl *nftables.Table) {
 		set := &nftables.Set{Table: tbl, Name: dispatch.SetPublished}
 		c.SetAddElements(set, []nftables.SetElement{{
 			Key:         []byte{17, 0, 0, 0, 0x10, 0x00, 0, 0},

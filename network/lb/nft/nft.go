@@ -49,6 +49,43 @@ func WithMasqueradeMark(mark uint32) Option { return func(b *Balancer) { b.mark 
 // WithLogger sets the logger (slog.Default otherwise).
 func WithLogger(l *slog.Logger) Option { return func(b *Balancer) { b.log = l } }
 
+// withConn makes the Balancer write through c and ct instead of opening
+// netlink sockets: unit tests give it nfttest's fake.
+func withConn(c conn, ct conntrack) Option {
+	return func(b *Balancer) { b.conn, b.ct = c, ct }
+}
+
+// conn is what a Balancer needs of an nftables connection: it queues a
+// transaction's operations, and Flush sends them as one batch that the
+// kernel applies whole or not at all. *nftables.Conn is the real one;
+// unit tests use network/lb/internal/nfttest's fake, which keeps the
+// ruleset the operations make.
+type conn interface {
+	AddTable(t *nftables.Table) *nftables.Table
+	DelTable(t *nftables.Table)
+	AddSet(s *nftables.Set, vals []nftables.SetElement) error
+	SetAddElements(s *nftables.Set, vals []nftables.SetElement) error
+	SetDeleteElements(s *nftables.Set, vals []nftables.SetElement) error
+	AddChain(c *nftables.Chain) *nftables.Chain
+	FlushChain(c *nftables.Chain)
+	DelChain(c *nftables.Chain)
+	AddRule(r *nftables.Rule) *nftables.Rule
+	Flush() error
+	CloseLasting() error
+}
+
+// conntrack is what a Balancer needs of a netfilter netlink handle: to
+// forget the flows of UDP backends that left.
+type conntrack interface {
+	ConntrackDeleteFilters(table netlink.ConntrackTableType, family netlink.InetFamily, filters ...netlink.CustomConntrackFilter) (uint, error)
+	Close()
+}
+
+var (
+	_ conn      = (*nftables.Conn)(nil)
+	_ conntrack = (*netlink.Handle)(nil)
+)
+
 // Balancer is the nftables load balancer backend. It is safe for concurrent
 // use; Applies are serialised.
 type Balancer struct {
@@ -56,8 +93,8 @@ type Balancer struct {
 	ns    netns.NsHandle
 	mark  uint32
 	log   *slog.Logger
-	conn  *nftables.Conn
-	ct    *netlink.Handle
+	conn  conn
+	ct    conntrack
 	table *nftables.Table
 	sets  sets
 
@@ -73,7 +110,7 @@ type Balancer struct {
 
 	// beforeFlush lets tests add to a transaction before it is sent, to make
 	// it fail.
-	beforeFlush func(c *nftables.Conn, t *nftables.Table)
+	beforeFlush func(c conn, t *nftables.Table)
 }
 
 var _ lb.Balancer = (*Balancer)(nil)
@@ -95,6 +132,10 @@ func New(opts ...Option) (*Balancer, error) {
 	if b.mark == 0 || b.mark&(b.mark-1) != 0 {
 		return nil, fmt.Errorf("masquerade mark %#x: want a single bit", b.mark)
 	}
+	b.log = b.log.With("table", b.table.Name)
+	if b.conn != nil {
+		return b, nil
+	}
 	connOpts := []nftables.ConnOption{
 		nftables.AsLasting(),
 		nftables.WithSockOptions(growBuffers),
@@ -102,7 +143,7 @@ func New(opts ...Option) (*Balancer, error) {
 	if b.ns.IsOpen() {
 		connOpts = append(connOpts, nftables.WithNetNSFd(int(b.ns)))
 	}
-	conn, err := nftables.New(connOpts...)
+	nc, err := nftables.New(connOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("open nftables connection: %w", err)
 	}
@@ -113,11 +154,10 @@ func New(opts ...Option) (*Balancer, error) {
 		ct, err = netlink.NewHandle(unix.NETLINK_NETFILTER)
 	}
 	if err != nil {
-		conn.CloseLasting()
+		nc.CloseLasting()
 		return nil, fmt.Errorf("open conntrack netlink handle: %w", err)
 	}
-	b.conn, b.ct = conn, ct
-	b.log = b.log.With("table", b.table.Name)
+	b.conn, b.ct = nc, ct
 	return b, nil
 }
 

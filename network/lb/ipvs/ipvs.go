@@ -43,7 +43,8 @@ type Marker interface {
 }
 
 // Marks the balancer allocates, one per frontend. Swarm's ingress starts at
-// 256 too; the range stays clear of the nft backend's masquerade bit (0x2000).
+// 256 too; the range stays clear of the nft backend's masquerade bit (0x2000),
+// and is whole blocks of 0x100 (see markBlock).
 const (
 	FirstMark uint32 = 0x100
 	MaxMarks         = 0x1000

@@ -29,9 +29,22 @@ const DefaultMarkTable = "shoal-ipvs-mark"
 //	                             meta mark set ip6 daddr . l4proto . dport map @vip6
 //	                             fib daddr local, not loopback: meta mark set l4proto . dport map @published
 //	postrouting (nat, srcnat)    meta mark @masquerade masquerade
+//	unmark (filter, srcnat + 1)  meta mark & 0xffffff00 { 0x100, 0x200, …, 0x1000 }: meta mark set 0
 //
 // Any-port VIPs (lb.Frontend.IsAnyPort) are marked first, so that a
 // frontend on one port of the same VIP overwrites the mark and wins.
+//
+// A mark is used twice: IPVS schedules the packet by it (at input, or at
+// output for the node's own connections), and the masquerade reads it in
+// postrouting. Then unmark clears it from every packet that leaves, so that
+// nothing built from the packet inherits it. Left on, it reached the VXLAN
+// device, which keeps an inner packet's mark on the outer datagram it
+// sends from this namespace; the datagram passed output again, and IPVS's
+// fwmark service, which matches any protocol, took it for a new connection
+// and NATed it to a task's port: every published port timed out once its
+// backend ran on another node. Clearing the mark where its use ends covers
+// VXLAN and any other encapsulation or re-routing alike; kube-proxy and the
+// nft backend clear theirs the same way, after masquerading.
 //
 // A frontend owns one map element (and one element of @masquerade when it
 // masquerades), so a change to it touches nothing else. The output chain is
@@ -45,6 +58,7 @@ const (
 	markChainPrerouting  = "prerouting"
 	markChainOutput      = "output"
 	markChainPostrouting = "postrouting"
+	markChainUnmark      = "unmark"
 	// The dispatch maps are named in package dispatch.
 	markSetMasquerade = "masquerade"
 )
@@ -156,6 +170,9 @@ func validateMarks(ms []Mark) error {
 		switch other, dup := owner[mk.Mark]; {
 		case mk.Mark == 0:
 			errs = append(errs, fmt.Errorf("frontend %q: mark 0 is no mark", mk.Frontend.Name))
+		case mk.Mark < FirstMark || mk.Mark >= FirstMark+MaxMarks:
+			// unmark clears only the range's marks.
+			errs = append(errs, fmt.Errorf("frontend %q: mark %#x is outside the balancer's range [%#x, %#x)", mk.Frontend.Name, mk.Mark, FirstMark, FirstMark+MaxMarks))
 		case dup:
 			errs = append(errs, fmt.Errorf("frontend %q: mark %#x is already frontend %q's", mk.Frontend.Name, mk.Mark, other))
 		default:
@@ -264,6 +281,12 @@ func (m *NftMarker) writeFull(desired map[string]markEntry) {
 	post := c.AddChain(&nftables.Chain{Name: markChainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: masqueradeMarks(m.sets.masquerade)})
+	unmark := c.AddChain(&nftables.Chain{Name: markChainUnmark, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPostrouting, Priority: unmarkPriority})
+	ours := ourMarks(t)
+	// AddSet fails only for anonymous sets that are not constant.
+	_ = c.AddSet(ours, ourMarkElements())
+	c.AddRule(&nftables.Rule{Table: t, Chain: unmark, Exprs: unmarkRule(ours)})
 
 	names := make([]string, 0, len(desired))
 	for n := range desired {
@@ -348,8 +371,9 @@ func markRules(s markSets) [][]expr.Any {
 	}, true)
 }
 
-// masqueradeMarks masquerades connections whose mark is in the set. The mark
-// stays: IPVS is done with the packet by postrouting, and the mark is ours.
+// masqueradeMarks masquerades connections whose mark is in the set. It runs
+// for a connection's first packet only (a nat chain), so the mark is cleared
+// by unmark, which sees every packet.
 func masqueradeMarks(set *nftables.Set) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
@@ -358,5 +382,42 @@ func masqueradeMarks(set *nftables.Set) []expr.Any {
 		// network/lb/nft (random ports meet the tasks' TIME_WAIT PAWS
 		// checks under connection churn).
 		&expr.Masq{},
+	}
+}
+
+// unmarkPriority runs unmark right after the masquerade (srcnat), the
+// mark's last reader. IPVS has no hook in postrouting.
+var unmarkPriority = nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource + 1)
+
+// markBlock is the granularity unmark matches marks with: the balancer's
+// range is whole blocks of it, so a mark is in the range exactly when its
+// block (mark &^ (markBlock-1)) is one of the range's. A range compare
+// would need the mark in network byte order first, and google/nftables
+// cannot read a byteorder expression back.
+const markBlock = 0x100
+
+// ourMarks is the anonymous set of the blocks of the balancer's range.
+func ourMarks(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Anonymous: true, Constant: true, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
+}
+
+func ourMarkElements() []nftables.SetElement {
+	var out []nftables.SetElement
+	for b := FirstMark; b < FirstMark+MaxMarks; b += markBlock {
+		out = append(out, nftables.SetElement{Key: markKey(b)})
+	}
+	return out
+}
+
+// unmarkRule clears a mark of the balancer's range; marks outside it are
+// someone else's and stay.
+func unmarkRule(ours *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: markKey(^uint32(markBlock - 1)), Xor: markKey(0)},
+		&expr.Lookup{SourceRegister: 1, SetName: ours.Name, SetID: ours.ID},
+		&expr.Immediate{Register: 1, Data: markKey(0)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
 	}
 }

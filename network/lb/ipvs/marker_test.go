@@ -3,9 +3,12 @@ package ipvs
 import (
 	"context"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -40,6 +43,9 @@ func TestValidateMarks(t *testing.T) {
 		{name: "valid", marks: []Mark{{web, 0x100}, {dns, 0x101}}},
 		{name: "backends ignored", marks: []Mark{{lb.Frontend{Name: "x", Protocol: lb.TCP, Port: 1, Backends: []lb.Backend{{}}}, 0x100}}},
 		{name: "mark zero", marks: []Mark{{web, 0}}, wantErr: "mark 0"},
+		{name: "last mark of the range", marks: []Mark{{web, FirstMark + MaxMarks - 1}}},
+		{name: "mark below the range", marks: []Mark{{web, FirstMark - 1}}, wantErr: "outside the balancer's range"},
+		{name: "mark above the range", marks: []Mark{{web, FirstMark + MaxMarks}}, wantErr: "outside the balancer's range"},
 		{name: "shared mark", marks: []Mark{{web, 0x100}, {dns, 0x100}}, wantErr: `already frontend "svc:web:8080/tcp"'s`},
 		{name: "shared key", marks: []Mark{{web, 0x100}, {webAgain, 0x101}}, wantErr: "already balanced"},
 		{name: "bad protocol", marks: []Mark{{lb.Frontend{Name: "x", Protocol: "sctp", Port: 1}, 0x100}}, wantErr: "unknown protocol"},
@@ -470,5 +476,79 @@ func TestKernelMarkerMarksPackets(t *testing.T) {
 	want["local"], want["published"] = 1, 2
 	if !maps.Equal(got, want) {
 		t.Errorf("packets after one from the node counted %v, want %v", got, want)
+	}
+}
+
+// TestKernelMarkerUnmarksOnlyItsRange gives datagrams the node sends each
+// a mark before the marker sees them, and counts after the marker's unmark
+// chain which leave still marked: the range's marks must be gone, anyone
+// else's (the nft backend's 0x2000 among them) kept.
+func TestKernelMarkerUnmarksOnlyItsRange(t *testing.T) {
+	requireNft(t)
+	tp := lbtest.NewTopology(t, 0)
+	setMarks(t, newTestMarker(t, tp.RouterNS), testMarks()...)
+	marks := []struct {
+		mark uint32
+		ours bool
+	}{
+		{FirstMark - 1, false},
+		{FirstMark, true},
+		{FirstMark + 0xff, true},
+		{FirstMark + MaxMarks/2 + 3, true},
+		{FirstMark + MaxMarks - 1, true},
+		{FirstMark + MaxMarks, false},
+		{0x2000, false}, // nft.DefaultMasqueradeMark
+		{0x2100, false},
+		{0x10100, false},
+	}
+	var set, count strings.Builder
+	for i, m := range marks {
+		port := 40000 + i
+		fmt.Fprintf(&set, "\t\tudp dport %d meta mark set %#x\n", port, m.mark)
+		fmt.Fprintf(&count, "\t\tudp dport %d meta mark %#x counter comment \"%d\"\n", port, m.mark, port)
+	}
+	nftScript(t, tp.Router, "shoal-test-unmark", fmt.Sprintf(`table inet shoal-test-unmark {
+	chain before { type filter hook output priority -300;
+%s	}
+	chain after { type filter hook postrouting priority 300;
+%s	}
+}`, set.String(), count.String()))
+	for i := range marks {
+		// Nothing listens: only what left the router counts.
+		lbtest.Request(t, tp.Router, "udp", netip.AddrPortFrom(lbtest.ClientAddr, uint16(40000+i)), 1)
+	}
+	for i, m := range marks {
+		n := nftCounter(t, tp.Router, "shoal-test-unmark", fmt.Sprint(40000+i))
+		if want := map[bool]uint64{true: 0, false: 1}[m.ours]; n != want {
+			t.Errorf("datagrams leaving with mark %#x: %d, want %d (in the balancer's range: %v)", m.mark, n, want, m.ours)
+		}
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files of the tests")
+
+// TestKernelMarkerTableGolden compares the marker's whole table, as nft
+// lists it back from the kernel, with testdata/marker-table.nft (go test
+// -run TestKernelMarkerTableGolden -update rewrites it). nft prints the
+// marks of maps and of the unmark set byte-swapped on little-endian hosts
+// (see the marker's layout comment); the kernel test above checks what they
+// do.
+func TestKernelMarkerTableGolden(t *testing.T) {
+	requireNft(t)
+	name, ns := lbtest.NewNetNS(t)
+	setMarks(t, newTestMarker(t, ns), testMarks()...)
+	got := nft(t, name, "", "list", "table", "inet", testMarkTable)
+	golden := filepath.Join("testdata", "marker-table.nft")
+	if *update {
+		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (go test -run %s -update writes it)", err, t.Name())
+	}
+	if got != string(want) {
+		t.Errorf("the marker's table differs from %s (if on purpose, rerun with -update and review the diff):\n%s", golden, got)
 	}
 }

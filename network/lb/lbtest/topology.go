@@ -140,8 +140,14 @@ func run(t testing.TB, name string, args ...string) {
 // "<backend name> <client address>". It stops at cleanup.
 func (tp *Topology) Serve(t testing.TB, i int, proto string, port uint16) {
 	t.Helper()
-	name := fmt.Sprintf("backend%d", i)
-	cmd := helperCommand(tp.Backends[i], "serve", proto, strconv.Itoa(int(port)), name)
+	ServeIn(t, tp.Backends[i], fmt.Sprintf("backend%d", i), proto, port)
+}
+
+// ServeIn starts an echo server in namespace ns, as Topology.Serve does for
+// its backends, answering "<name> <client address>".
+func ServeIn(t testing.TB, ns, name, proto string, port uint16) {
+	t.Helper()
+	cmd := helperCommand(ns, "serve", proto, strconv.Itoa(int(port)), name)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

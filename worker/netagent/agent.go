@@ -194,8 +194,8 @@ func (a *Agent) newBalancer() (lb.Balancer, error) {
 	if backend == LBIPVS {
 		// VIPs keep masquerading under IPVS: its NAT of bridged replies
 		// is not what the nft backend's conntrack does, and untested.
+		// NewKernel sets the namespace's IPVS sysctls and timeouts.
 		a.ipvs = true
-		a.sysctls = append(a.sysctls, ipvsConntrack)
 		b, err := ipvs.NewKernel(a.cfg.NetNSPath, ipvs.WithMarkLogger(a.log))
 		if err != nil {
 			return nil, fmt.Errorf("ipvs load balancer: %w", err)

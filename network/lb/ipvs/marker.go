@@ -97,6 +97,7 @@ type NftMarker struct {
 	mu    sync.Mutex
 	ns    netns.NsHandle
 	log   *slog.Logger
+	base  *slog.Logger // log without the table, for the balancer NewKernel makes
 	conn  *nftables.Conn
 	table *nftables.Table
 	sets  markSets
@@ -139,7 +140,7 @@ func NewNftMarker(opts ...MarkerOption) (*NftMarker, error) {
 	}
 	m.conn = conn
 	m.sets = newMarkSets(m.table)
-	m.log = m.log.With("table", m.table.Name)
+	m.base, m.log = m.log, m.log.With("table", m.table.Name)
 	return m, nil
 }
 

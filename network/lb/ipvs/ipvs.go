@@ -110,6 +110,10 @@ type Balancer struct {
 	dirty    bool
 	closed   bool
 
+	// forgetUDP deletes the flows of UDP backends that left a frontend
+	// (conntrackFlows.forget); nil without conntrack.
+	forgetUDP func(f lb.Frontend, gone []lb.Backend)
+
 	now func() time.Time
 	// reapEvery is the period of the background reaper; 0 turns it off
 	// (tests call reap themselves).
@@ -255,20 +259,39 @@ func (b *Balancer) apply(ctx context.Context, s lb.State) error {
 	// Then what goes: real servers no longer wanted (quiesced or deleted,
 	// see reapInterval), services of removed frontends.
 	now := b.now()
+	// UDP backends gone, by old frontend: their flows are forgotten once the
+	// real servers are deleted, so that no datagram is scheduled to them.
+	goneUDP := map[string][]lb.Backend{}
+	defer func() {
+		if b.forgetUDP == nil {
+			return
+		}
+		for _, n := range slices.Sorted(maps.Keys(goneUDP)) {
+			b.forgetUDP(prev[n].Frontend, goneUDP[n])
+		}
+	}()
 	for _, n := range names {
 		old, had := prev[n]
 		if !had || old.family != programmed[n].family {
 			continue
 		}
 		svc := service(marks[n], old.family)
+		rekeyed := lb.Key(old.Frontend) != lb.Key(desired[n])
 		for _, be := range old.Backends {
 			if slices.Contains(desired[n].Backends, be) {
+				if rekeyed && old.Protocol == lb.UDP {
+					// The real server stays (a fwmark service has no
+					// port), but flows to the old port are not the
+					// frontend's any more.
+					goneUDP[n] = append(goneUDP[n], be)
+				}
 				continue
 			}
 			if old.Protocol == lb.UDP {
 				if err := b.h.DelDestination(svc, destination(be, 0)); err != nil && !errors.Is(err, syscall.ENOENT) {
 					return fmt.Errorf("remove backend %s from frontend %q: %w", be, n, err)
 				}
+				goneUDP[n] = append(goneUDP[n], be)
 				continue
 			}
 			if err := b.h.UpdateDestination(svc, destination(be, 0)); err != nil {
@@ -288,6 +311,9 @@ func (b *Balancer) apply(ctx context.Context, s lb.State) error {
 			return fmt.Errorf("delete IPVS service of frontend %q: %w", n, err)
 		}
 		delete(b.quiesced, n)
+		if f.Protocol == lb.UDP && len(f.Backends) > 0 {
+			goneUDP[n] = f.Backends
+		}
 	}
 	b.programmed, b.marks = programmed, marks
 	return nil

@@ -601,3 +601,47 @@ func TestServices(t *testing.T) {
 		}
 	})
 }
+
+// TestForgetsUDPFlows checks which conntrack flows the balancer asks to
+// forget: those of UDP backends that left their frontend, or whose frontend
+// moved or went; never TCP ones (their connections drain).
+func TestForgetsUDPFlows(t *testing.T) {
+	dns := lb.Frontend{Name: "svc:dns:53/udp", Protocol: lb.UDP, Port: 53,
+		Backends: []lb.Backend{be("10.0.0.4:53"), be("10.0.0.5:53")}}
+	web := lb.Frontend{Name: "svc:web:8080/tcp", Protocol: lb.TCP, Port: 8080,
+		Backends: []lb.Backend{be("10.0.0.2:80"), be("10.0.0.3:80")}}
+	with := func(f lb.Frontend, mod func(*lb.Frontend)) lb.Frontend {
+		f.Backends = slices.Clone(f.Backends)
+		mod(&f)
+		return f
+	}
+	tests := []struct {
+		name string
+		next []lb.Frontend
+		want []string // "key: backends" of each forget call
+	}{
+		{"nothing changes", []lb.Frontend{dns, web}, nil},
+		{"a UDP backend leaves", []lb.Frontend{with(dns, func(f *lb.Frontend) { f.Backends = f.Backends[1:] }), web},
+			[]string{"published 53/udp: [10.0.0.4:53]"}},
+		{"a TCP backend leaves", []lb.Frontend{dns, with(web, func(f *lb.Frontend) { f.Backends = f.Backends[1:] })}, nil},
+		{"the UDP port moves", []lb.Frontend{with(dns, func(f *lb.Frontend) { f.Port = 54 }), web},
+			[]string{"published 53/udp: [10.0.0.4:53 10.0.0.5:53]"}},
+		{"the UDP frontend goes", []lb.Frontend{web}, []string{"published 53/udp: [10.0.0.4:53 10.0.0.5:53]"}},
+		{"the TCP frontend goes", []lb.Frontend{dns}, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newTestBalancer(newFake(), &fakeMarker{})
+			var got []string
+			b.forgetUDP = func(f lb.Frontend, gone []lb.Backend) { got = append(got, fmt.Sprintf("%s: %v", lb.Key(f), gone)) }
+			for _, s := range [][]lb.Frontend{{dns, web}, tc.next} {
+				if err := b.Apply(context.Background(), lb.State{Frontends: s}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("forgot %q, want %q", got, tc.want)
+			}
+		})
+	}
+}

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/moby/ipvs"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/shoal-project/shoal/network"
 )
@@ -47,13 +49,27 @@ func NewKernel(netnsPath string, opts ...MarkerOption) (*Balancer, error) {
 		closeNS(ns)
 		return nil, err
 	}
+	var ct *netlink.Handle
+	if ns.IsOpen() {
+		ct, err = netlink.NewHandleAt(ns, unix.NETLINK_NETFILTER)
+	} else {
+		ct, err = netlink.NewHandle(unix.NETLINK_NETFILTER)
+	}
+	if err != nil {
+		h.Close()
+		closeNS(ns)
+		return nil, fmt.Errorf("open conntrack netlink handle: %w", err)
+	}
 	m, err := NewNftMarker(opts...)
 	if err != nil {
+		ct.Close()
 		h.Close()
 		closeNS(ns)
 		return nil, err
 	}
-	return New(h, &kernelMarker{NftMarker: m, h: h, ns: ns}, WithLogger(m.base)), nil
+	b := New(h, &kernelMarker{NftMarker: m, h: h, ct: ct, ns: ns}, WithLogger(m.base))
+	b.forgetUDP = conntrackFlows{h: ct, log: b.log}.forget
+	return b, nil
 }
 
 // sysctls are the IPVS settings of the namespace the balancer relies on;
@@ -147,12 +163,14 @@ func timeouts(read func(string) ([]byte, error)) ipvs.Config {
 type kernelMarker struct {
 	*NftMarker
 	h  *ipvs.Handle
+	ct *netlink.Handle
 	ns netns.NsHandle
 }
 
 func (k *kernelMarker) Close() error {
 	err := k.NftMarker.Close()
 	k.h.Close()
+	k.ct.Close()
 	closeNS(k.ns)
 	return err
 }

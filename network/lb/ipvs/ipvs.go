@@ -58,11 +58,16 @@ const (
 // scheduler is IPVS round robin, as Swarm's ingress uses.
 const scheduler = "rr"
 
+// GenlFamily is the generic netlink family of IPVS.
+const GenlFamily = "IPVS"
+
 // Available reports whether the kernel has IPVS. It asks for the generic
 // netlink family, because without it moby/ipvs reports success and does
-// nothing.
-func Available() bool {
-	_, err := netlink.GenlFamilyGet("IPVS")
+// nothing. Asking by name loads the ip_vs module if the kernel has it.
+func Available() bool { return familyExists(GenlFamily) }
+
+func familyExists(name string) bool {
+	_, err := netlink.GenlFamilyGet(name)
 	return err == nil
 }
 

@@ -3,10 +3,14 @@ package ipvs
 import (
 	"errors"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/moby/ipvs"
+	"github.com/vishvananda/netlink"
+
+	"github.com/shoal-project/shoal/network/lb/lbtest"
 )
 
 func TestNewKernelRefusesWithoutIPVS(t *testing.T) {
@@ -47,5 +51,28 @@ func TestTimeouts(t *testing.T) {
 				t.Errorf("timeouts = %+v, want %+v", got, want)
 			}
 		})
+	}
+}
+
+// TestFamilyProbe checks the probe Available uses can say both yes and no,
+// and agrees with a listing of every generic netlink family.
+func TestFamilyProbe(t *testing.T) {
+	if !familyExists("nlctrl") {
+		t.Error("familyExists(nlctrl) = false; every kernel has the generic netlink controller")
+	}
+	if familyExists("shoal-no-such") {
+		t.Error("familyExists(shoal-no-such) = true")
+	}
+	avail := Available()
+	fams, err := netlink.GenlFamilyList()
+	if err != nil {
+		t.Fatalf("list generic netlink families: %v", err)
+	}
+	listed := slices.ContainsFunc(fams, func(f *netlink.GenlFamily) bool { return f.Name == GenlFamily })
+	if avail != listed {
+		t.Errorf("Available() = %v, but the family %s listed: %v", avail, GenlFamily, listed)
+	}
+	if want, set := lbtest.ExpectIPVS(); set && avail != want {
+		t.Errorf("Available() = %v, but %s says %v", avail, lbtest.ExpectIPVSEnv, want)
 	}
 }

@@ -399,3 +399,34 @@ func requestOnce(proto, target string, localPort int) (string, error) {
 	}
 	return strings.TrimSpace(line), nil
 }
+
+// ExpectIPVSEnv names the environment variable a run on a known kernel sets
+// to say whether it has IPVS: "1" (the VM tier) makes the tests that need
+// IPVS fail instead of skipping, and the auto backend must pick IPVS; "0"
+// says the kernel has none. Unset, tests go by what they find.
+const ExpectIPVSEnv = "SHOAL_EXPECT_IPVS"
+
+// ExpectIPVS returns what ExpectIPVSEnv says, and whether it says anything.
+func ExpectIPVS() (want, set bool) {
+	switch os.Getenv(ExpectIPVSEnv) {
+	case "1":
+		return true, true
+	case "0":
+		return false, true
+	}
+	return false, false
+}
+
+// RequireIPVS skips t (or fails it, where ExpectIPVSEnv=1) unless available
+// says the kernel has IPVS. It also requires root, as RequireRoot does.
+func RequireIPVS(t testing.TB, available bool) {
+	t.Helper()
+	RequireRoot(t)
+	if available {
+		return
+	}
+	if want, _ := ExpectIPVS(); want {
+		t.Fatalf("the kernel has no IPVS (no generic netlink family IPVS), but %s=1 says it must", ExpectIPVSEnv)
+	}
+	t.Skipf("the kernel has no IPVS (no generic netlink family IPVS; modprobe ip_vs): run this test binary on a kernel with IPVS, e.g. in the VM tier with %s=1", ExpectIPVSEnv)
+}

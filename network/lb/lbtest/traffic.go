@@ -215,3 +215,24 @@ func anyPortVIP(t *testing.T, newBalancer TrafficFunc) {
 		}
 	}
 }
+
+// BenchState is what the load balancer benchmarks program: n published TCP
+// frontends (ports 20000+i, masqueraded) with m backends each. Every
+// backend's benchmarks use it, so their numbers compare.
+func BenchState(n, m int) lb.State {
+	var s lb.State
+	for i := range n {
+		f := lb.Frontend{Name: fmt.Sprintf("svc:s%04d:%d/tcp", i, 20000+i), Protocol: lb.TCP, Port: uint16(20000 + i), Masquerade: true}
+		for j := range m {
+			f.Backends = append(f.Backends, lb.Backend{Addr: netip.AddrFrom4([4]byte{10, 232, byte(i / 256), byte(i % 256)}), Port: uint16(1000 + j)})
+		}
+		s.Frontends = append(s.Frontends, f)
+	}
+	return s
+}
+
+// ReportMS reports the benchmark's mean time per operation in
+// milliseconds, the unit the load balancer benchmarks compare in.
+func ReportMS(b *testing.B) {
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N), "ms/op")
+}

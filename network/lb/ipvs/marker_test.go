@@ -2,6 +2,7 @@ package ipvs
 
 import (
 	"context"
+	_ "embed"
 	"encoding/hex"
 	"flag"
 	"fmt"
@@ -527,6 +528,12 @@ func TestKernelMarkerUnmarksOnlyItsRange(t *testing.T) {
 
 var update = flag.Bool("update", false, "rewrite the golden files of the tests")
 
+// markerTableGolden is embedded so that a test binary copied elsewhere (the
+// VM tier) has it.
+//
+//go:embed testdata/marker-table.nft
+var markerTableGolden string
+
 // TestKernelMarkerTableGolden compares the marker's whole table, as nft
 // lists it back from the kernel, with testdata/marker-table.nft (go test
 // -run TestKernelMarkerTableGolden -update rewrites it). nft prints the
@@ -538,17 +545,13 @@ func TestKernelMarkerTableGolden(t *testing.T) {
 	name, ns := lbtest.NewNetNS(t)
 	setMarks(t, newTestMarker(t, ns), testMarks()...)
 	got := nft(t, name, "", "list", "table", "inet", testMarkTable)
-	golden := filepath.Join("testdata", "marker-table.nft")
 	if *update {
-		if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join("testdata", "marker-table.nft"), []byte(got), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		return
 	}
-	want, err := os.ReadFile(golden)
-	if err != nil {
-		t.Fatalf("%v (go test -run %s -update writes it)", err, t.Name())
-	}
-	if got != string(want) {
-		t.Errorf("the marker's table differs from %s (if on purpose, rerun with -update and review the diff):\n%s", golden, got)
+	if got != markerTableGolden {
+		t.Errorf("the marker's table differs from testdata/marker-table.nft (if on purpose, rerun with -update and review the diff):\n%s", got)
 	}
 }

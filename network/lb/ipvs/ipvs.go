@@ -173,11 +173,9 @@ func (b *Balancer) apply(ctx context.Context, s lb.State) error {
 		desired[f.Name] = f
 	}
 	if b.dirty {
-		if err := b.removeAll(); err != nil {
+		if err := b.resync(); err != nil {
 			return err
 		}
-		b.programmed = map[string]frontend{}
-		clear(b.quiesced)
 	}
 	prev, prevMarks := b.programmed, b.marks
 	// Keep the marks of frontends that stay, then give new ones the lowest
@@ -186,9 +184,7 @@ func (b *Balancer) apply(ctx context.Context, s lb.State) error {
 	marks := map[string]uint32{}
 	used := map[uint32]bool{}
 	for n, m := range prevMarks {
-		if _, ok := prev[n]; ok {
-			used[m] = true
-		}
+		used[m] = true
 		if _, ok := desired[n]; ok {
 			marks[n] = m
 		}
@@ -383,6 +379,94 @@ func (b *Balancer) reap(now time.Time) {
 			delete(b.quiesced, n)
 		}
 	}
+}
+
+// MarkReader is what a Marker may also do: list the marks it finds
+// programmed (from an earlier run too), with their frontends' names, keys
+// and masquerade flags. A restarted balancer takes the marks back from it,
+// so that the IPVS services of the earlier run, and their connections, are
+// kept.
+type MarkReader interface {
+	ProgrammedMarks() ([]Mark, error)
+}
+
+// resync makes b.programmed, b.marks and b.quiesced what the kernel holds:
+// the frontends the balancer knows (the last successful Apply's or, after a
+// start, the marker's), each with the IPVS service of its mark and the real
+// servers of that service, at weight 0 quiesced. Services in the range that
+// no known frontend owns are deleted. Recreating every service instead
+// would end every connection through them: at each start of shoald and
+// after any error.
+func (b *Balancer) resync() error {
+	known := map[string]lb.Frontend{}
+	marks := map[string]uint32{}
+	if len(b.marks) > 0 {
+		for n, f := range b.programmed {
+			known[n], marks[n] = f.Frontend, b.marks[n]
+		}
+	} else if mr, ok := b.marker.(MarkReader); ok {
+		ms, err := mr.ProgrammedMarks()
+		if err != nil {
+			// Then the services are rebuilt: worse for connections, not
+			// for what is programmed.
+			b.log.Warn("read the marks programmed before; recreating every IPVS service", "err", err)
+		}
+		owned := map[uint32]bool{}
+		for _, mk := range ms {
+			if mk.Mark < FirstMark || mk.Mark >= FirstMark+MaxMarks || owned[mk.Mark] {
+				continue
+			}
+			if _, dup := known[mk.Frontend.Name]; dup {
+				continue
+			}
+			owned[mk.Mark] = true
+			known[mk.Frontend.Name], marks[mk.Frontend.Name] = mk.Frontend, mk.Mark
+		}
+	}
+	owner := make(map[uint32]string, len(marks))
+	for n, m := range marks {
+		owner[m] = n
+	}
+	svcs, err := b.h.GetServices()
+	if err != nil {
+		return fmt.Errorf("list IPVS services: %w", err)
+	}
+	programmed := map[string]frontend{}
+	quiesced := map[string]map[lb.Backend]time.Time{}
+	now := b.now()
+	for _, s := range svcs {
+		if s.FWMark < FirstMark || s.FWMark >= FirstMark+MaxMarks {
+			continue
+		}
+		n, ok := owner[s.FWMark]
+		if _, seen := programmed[n]; !ok || seen {
+			if err := b.h.DelService(s); err != nil && !errors.Is(err, syscall.ENOENT) {
+				return fmt.Errorf("delete IPVS service with mark %#x: %w", s.FWMark, err)
+			}
+			continue
+		}
+		ds, err := b.h.GetDestinations(s)
+		if err != nil {
+			return fmt.Errorf("list real servers of IPVS service with mark %#x: %w", s.FWMark, err)
+		}
+		f := known[n]
+		f.Backends = nil
+		for _, d := range ds {
+			a, _ := netip.AddrFromSlice(d.Address)
+			be := lb.Backend{Addr: a.Unmap(), Port: d.Port}
+			if d.Weight > 0 {
+				f.Backends = append(f.Backends, be)
+				continue
+			}
+			if quiesced[n] == nil {
+				quiesced[n] = map[lb.Backend]time.Time{}
+			}
+			quiesced[n][be] = now
+		}
+		programmed[n] = frontend{Frontend: f, family: s.AddressFamily}
+	}
+	b.programmed, b.marks, b.quiesced = programmed, marks, quiesced
+	return nil
 }
 
 // removeAll deletes every IPVS service in the balancer's mark range.

@@ -23,6 +23,8 @@ type fakeIPVS struct {
 	services map[svcKey]*fakeService
 	failOn   string // an operation name that fails once
 	calls    int
+	// changes logs every successful change, "op mark [addr:port weight]".
+	changes []string
 }
 
 type svcKey struct {
@@ -67,6 +69,7 @@ func (f *fakeIPVS) NewService(s *ipvs.Service) error {
 		return syscall.EEXIST
 	}
 	f.services[keyOf(s)] = &fakeService{}
+	f.changes = append(f.changes, fmt.Sprintf("NewService %#x", s.FWMark))
 	return nil
 }
 
@@ -78,6 +81,7 @@ func (f *fakeIPVS) DelService(s *ipvs.Service) error {
 		return syscall.ENOENT
 	}
 	delete(f.services, keyOf(s))
+	f.changes = append(f.changes, fmt.Sprintf("DelService %#x", s.FWMark))
 	return nil
 }
 
@@ -121,6 +125,7 @@ func (f *fakeIPVS) NewDestination(s *ipvs.Service, d *ipvs.Destination) error {
 		return syscall.EEXIST
 	}
 	svc.dests = append(svc.dests, &fakeDest{addr: dest(d), weight: d.Weight})
+	f.changes = append(f.changes, fmt.Sprintf("NewDestination %#x %s %d", s.FWMark, dest(d), d.Weight))
 	return nil
 }
 
@@ -139,6 +144,7 @@ func (f *fakeIPVS) UpdateDestination(s *ipvs.Service, d *ipvs.Destination) error
 		return fmt.Errorf("unexpected destination %+v", d)
 	}
 	svc.dests[i].weight = d.Weight
+	f.changes = append(f.changes, fmt.Sprintf("UpdateDestination %#x %s %d", s.FWMark, dest(d), d.Weight))
 	return nil
 }
 
@@ -154,6 +160,7 @@ func (f *fakeIPVS) DelDestination(s *ipvs.Service, d *ipvs.Destination) error {
 		return syscall.ENOENT
 	}
 	svc.dests = slices.Delete(svc.dests, i, i+1)
+	f.changes = append(f.changes, fmt.Sprintf("DelDestination %#x %s", s.FWMark, dest(d)))
 	return nil
 }
 
@@ -209,9 +216,10 @@ func (f *fakeIPVS) dest(mark uint32, addr string) *fakeDest {
 }
 
 type fakeMarker struct {
-	marks  []Mark
-	closed bool
-	fail   bool
+	marks     []Mark
+	closed    bool
+	fail      bool
+	readFails bool
 }
 
 func (m *fakeMarker) SetMarks(_ context.Context, ms []Mark) error {
@@ -224,6 +232,14 @@ func (m *fakeMarker) SetMarks(_ context.Context, ms []Mark) error {
 }
 
 func (m *fakeMarker) Close() error { m.closed, m.marks = true, nil; return nil }
+
+// ProgrammedMarks is what a marker's table would hold: the last marks set.
+func (m *fakeMarker) ProgrammedMarks() ([]Mark, error) {
+	if m.readFails {
+		return nil, errors.New("injected read failure")
+	}
+	return slices.Clone(m.marks), nil
+}
 
 // programmed reads back what the fakes hold, as frontend name -> sorted
 // backends that get new connections.
@@ -644,4 +660,108 @@ func TestForgetsUDPFlows(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRestartKeepsServices starts a second balancer on the kernel state
+// (and marker table) a first one left, as shoald does after a restart: what
+// is right stays, so connections through it go on, and only differences
+// are changed.
+func TestRestartKeepsServices(t *testing.T) {
+	web := lb.Frontend{Name: "svc:web:8080/tcp", Protocol: lb.TCP, Port: 8080, Masquerade: true,
+		Backends: []lb.Backend{be("10.0.0.2:80"), be("10.0.0.3:80")}}
+	dns := lb.Frontend{Name: "svc:dns:53/udp", Protocol: lb.UDP, Port: 53, Backends: []lb.Backend{be("10.0.0.4:53")}}
+	v6 := lb.Frontend{Name: "vip:v6:80/tcp", Protocol: lb.TCP, Port: 80, VIP: netip.MustParseAddr("fd00::1"),
+		Backends: []lb.Backend{be("[fd00::2]:80")}}
+	with := func(f lb.Frontend, bs ...lb.Backend) lb.Frontend { f.Backends = bs; return f }
+	apply := func(t *testing.T, b *Balancer, fs ...lb.Frontend) {
+		t.Helper()
+		if err := b.Apply(context.Background(), lb.State{Frontends: fs}); err != nil {
+			t.Fatalf("Apply: %v", err)
+		}
+	}
+	// run programs first with one balancer, then restarts on the same
+	// fakes and applies second; it returns the changes the restart made.
+	run := func(t *testing.T, first, second []lb.Frontend, between func(*fakeIPVS, *fakeMarker)) (*fakeIPVS, *fakeMarker, []string) {
+		t.Helper()
+		f, m := newFake(), &fakeMarker{}
+		apply(t, newTestBalancer(f, m), first...)
+		if between != nil {
+			between(f, m)
+		}
+		f.changes = nil
+		apply(t, newTestBalancer(f, m), second...)
+		return f, m, f.changes
+	}
+	t.Run("same state changes nothing", func(t *testing.T) {
+		f, m, changes := run(t, []lb.Frontend{web, dns, v6}, []lb.Frontend{web, dns, v6}, nil)
+		if len(changes) != 0 {
+			t.Errorf("restart changed %q, want nothing", changes)
+		}
+		if got := fmt.Sprint(programmed(t, f, m)); got != "map[svc:dns:53/udp:[10.0.0.4:53] svc:web:8080/tcp:[10.0.0.2:80 10.0.0.3:80] vip:v6:80/tcp:[[fd00::2]:80]]" {
+			t.Errorf("serving %s", got)
+		}
+	})
+	t.Run("changes made while down", func(t *testing.T) {
+		_, m, changes := run(t, []lb.Frontend{web, dns}, []lb.Frontend{with(web, be("10.0.0.2:80"), be("10.0.0.9:80")), with(dns)}, nil)
+		mw, md := markOf(t, m, web.Name), markOf(t, m, dns.Name)
+		want := []string{
+			fmt.Sprintf("NewDestination %#x 10.0.0.9:80 1", mw),
+			// What goes, after the marks, by frontend name.
+			fmt.Sprintf("DelDestination %#x 10.0.0.4:53", md),
+			fmt.Sprintf("UpdateDestination %#x 10.0.0.3:80 0", mw),
+		}
+		if !slices.Equal(changes, want) {
+			t.Errorf("restart changed %q, want %q", changes, want)
+		}
+	})
+	t.Run("a backend quiesced before comes back", func(t *testing.T) {
+		_, m, changes := run(t, []lb.Frontend{web}, []lb.Frontend{web}, func(f *fakeIPVS, m *fakeMarker) {
+			b := newTestBalancer(f, m)
+			apply(t, b, with(web, be("10.0.0.2:80")))
+		})
+		if want := []string{fmt.Sprintf("UpdateDestination %#x 10.0.0.3:80 1", markOf(t, m, web.Name))}; !slices.Equal(changes, want) {
+			t.Errorf("restart changed %q, want %q", changes, want)
+		}
+	})
+	t.Run("a backend quiesced before is reaped", func(t *testing.T) {
+		f, m := newFake(), &fakeMarker{}
+		apply(t, newTestBalancer(f, m), web)
+		apply(t, newTestBalancer(f, m), with(web, be("10.0.0.2:80")))
+		b := newTestBalancer(f, m)
+		apply(t, b, with(web, be("10.0.0.2:80")))
+		b.mu.Lock()
+		b.reap(clockStart.Add(time.Second))
+		b.mu.Unlock()
+		if d := f.dest(markOf(t, m, web.Name), "10.0.0.3:80"); d != nil {
+			t.Errorf("quiesced backend left by the earlier run kept: %+v", d)
+		}
+	})
+	for _, c := range []struct {
+		name string
+		lose func(*fakeMarker)
+	}{
+		{"the marks are lost", func(m *fakeMarker) { m.marks = nil }},
+		{"the marks cannot be read", func(m *fakeMarker) { m.readFails = true }},
+	} {
+		t.Run(c.name+": services are rebuilt", func(t *testing.T) {
+			f, m, changes := run(t, []lb.Frontend{web}, []lb.Frontend{web}, func(_ *fakeIPVS, m *fakeMarker) { c.lose(m) })
+			if len(changes) == 0 || !strings.HasPrefix(changes[0], "DelService") {
+				t.Errorf("restart changed %q, want the orphaned service deleted first", changes)
+			}
+			if got := fmt.Sprint(programmed(t, f, m)); got != "map[svc:web:8080/tcp:[10.0.0.2:80 10.0.0.3:80]]" {
+				t.Errorf("serving %s", got)
+			}
+		})
+	}
+	t.Run("another frontend's service in the range is deleted", func(t *testing.T) {
+		f, m, changes := run(t, []lb.Frontend{web}, []lb.Frontend{web}, func(f *fakeIPVS, _ *fakeMarker) {
+			f.services[svcKey{syscall.AF_INET, FirstMark + 77}] = &fakeService{}
+		})
+		if want := []string{fmt.Sprintf("DelService %#x", FirstMark+77)}; !slices.Equal(changes, want) {
+			t.Errorf("restart changed %q, want %q", changes, want)
+		}
+		if got := fmt.Sprint(programmed(t, f, m)); got != "map[svc:web:8080/tcp:[10.0.0.2:80 10.0.0.3:80]]" {
+			t.Errorf("serving %s", got)
+		}
+	})
 }

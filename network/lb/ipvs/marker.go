@@ -221,6 +221,60 @@ func (m *NftMarker) SetMarks(ctx context.Context, ms []Mark) error {
 	return nil
 }
 
+var _ MarkReader = (*NftMarker)(nil)
+
+// ProgrammedMarks reads the marks the table holds, from this marker or an
+// earlier one: each map element names its frontend in its comment. No
+// table means no marks.
+func (m *NftMarker) ProgrammedMarks() ([]Mark, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	tables, err := m.conn.ListTablesOfFamily(m.table.Family)
+	if err != nil {
+		return nil, fmt.Errorf("list nftables tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == m.table.Name }) {
+		return nil, nil
+	}
+	elements := func(name string) ([]nftables.SetElement, error) {
+		s, err := m.conn.GetSetByName(m.table, name)
+		if err != nil {
+			return nil, fmt.Errorf("read set %s of table %s: %w", name, m.table.Name, err)
+		}
+		es, err := m.conn.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("read elements of set %s of table %s: %w", name, m.table.Name, err)
+		}
+		return es, nil
+	}
+	masq := map[uint32]bool{}
+	es, err := elements(markSetMasquerade)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range es {
+		masq[binaryutil.NativeEndian.Uint32(e.Key)] = true
+	}
+	var out []Mark
+	for _, set := range m.sets.All() {
+		es, err := elements(set.Name)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range es {
+			proto, port, vip, err := dispatch.Decode(set.Name, e.Key)
+			if err != nil || e.Comment == "" || len(e.Val) != 4 {
+				m.log.Warn("skipping a mark element not of ours", "set", set.Name, "key", fmt.Sprintf("%x", e.Key), "err", err)
+				continue
+			}
+			mark := binaryutil.NativeEndian.Uint32(e.Val)
+			p := map[uint8]lb.Protocol{6: lb.TCP, 17: lb.UDP}[proto]
+			out = append(out, Mark{Frontend: lb.Frontend{Name: e.Comment, Protocol: p, Port: port, VIP: vip, Masquerade: masq[mark]}, Mark: mark})
+		}
+	}
+	return out, nil
+}
+
 // Close deletes the table and everything in it.
 func (m *NftMarker) Close() error {
 	m.mu.Lock()

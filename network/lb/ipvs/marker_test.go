@@ -555,3 +555,34 @@ func TestKernelMarkerTableGolden(t *testing.T) {
 		t.Errorf("the marker's table differs from testdata/marker-table.nft (if on purpose, rerun with -update and review the diff):\n%s", got)
 	}
 }
+
+// TestKernelMarkerProgrammedMarks reads back, with a second marker as a
+// restarted shoald would, the marks a first one programmed.
+func TestKernelMarkerProgrammedMarks(t *testing.T) {
+	lbtest.RequireRoot(t)
+	_, ns := lbtest.NewNetNS(t)
+	second := newTestMarker(t, ns)
+	if ms, err := second.ProgrammedMarks(); err != nil || len(ms) != 0 {
+		t.Fatalf("ProgrammedMarks without a table: %v, %v; want none", ms, err)
+	}
+	setMarks(t, newTestMarker(t, ns), testMarks()...)
+	got, err := second.ProgrammedMarks()
+	if err != nil {
+		t.Fatalf("ProgrammedMarks: %v", err)
+	}
+	key := func(mk Mark) string {
+		return fmt.Sprintf("%s %s masq=%v %#x", mk.Frontend.Name, lb.Key(mk.Frontend), mk.Frontend.Masquerade, mk.Mark)
+	}
+	var g, w []string
+	for _, mk := range got {
+		g = append(g, key(mk))
+	}
+	for _, mk := range testMarks() {
+		w = append(w, key(mk))
+	}
+	slices.Sort(g)
+	slices.Sort(w)
+	if !slices.Equal(g, w) {
+		t.Errorf("ProgrammedMarks:\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(w, "\n"))
+	}
+}

@@ -34,7 +34,8 @@ var _ Handle = (*ipvs.Handle)(nil)
 
 // Mark asks for the packets of one frontend (matched on its published port
 // or VIP) to carry a firewall mark, and to be masqueraded when the frontend
-// says so. Frontend.Backends is not used.
+// says so. Of Frontend.Backends only the addresses matter: a connection
+// sent back to the backend that opened it is masqueraded (hairpin).
 type Mark struct {
 	Frontend lb.Frontend
 	Mark     uint32
@@ -250,9 +251,7 @@ func (b *Balancer) apply(ctx context.Context, s lb.State) error {
 	}
 	var ms []Mark
 	for _, n := range names {
-		f := desired[n]
-		f.Backends = nil
-		ms = append(ms, Mark{Frontend: f, Mark: marks[n]})
+		ms = append(ms, Mark{Frontend: desired[n], Mark: marks[n]})
 	}
 	if err := b.marker.SetMarks(ctx, ms); err != nil {
 		return fmt.Errorf("set firewall marks: %w", err)

@@ -356,8 +356,8 @@ func TestApply(t *testing.T) {
 			if mk.Mark < FirstMark || mk.Mark >= FirstMark+MaxMarks {
 				t.Errorf("mark %#x outside the balancer's range", mk.Mark)
 			}
-			if mk.Frontend.Backends != nil {
-				t.Errorf("marker given backends for %q", mk.Frontend.Name)
+			if want := map[string]lb.Frontend{dns.Name: dns, web.Name: web}[mk.Frontend.Name]; !slices.Equal(mk.Frontend.Backends, want.Backends) {
+				t.Errorf("marker given backends %v for %q, want %v (for the hairpin sets)", mk.Frontend.Backends, mk.Frontend.Name, want.Backends)
 			}
 		}
 	})

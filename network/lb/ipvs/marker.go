@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/shoal-project/shoal/network/lb"
 	"github.com/shoal-project/shoal/network/lb/internal/dispatch"
@@ -29,6 +31,7 @@ const DefaultMarkTable = "shoal-ipvs-mark"
 //	                             meta mark set ip6 daddr . l4proto . dport map @vip6
 //	                             fib daddr local, not loopback: meta mark set l4proto . dport map @published
 //	postrouting (nat, srcnat)    meta mark @masquerade masquerade
+//	                             ip saddr . ip daddr @hairpin4 masquerade (and ip6 @hairpin6)
 //	unmark (filter, srcnat + 1)  meta mark & 0xffffff00 { 0x100, 0x200, …, 0x1000 }: meta mark set 0
 //
 // Any-port VIPs (lb.Frontend.IsAnyPort) are marked first, so that a
@@ -46,8 +49,14 @@ const DefaultMarkTable = "shoal-ipvs-mark"
 // VXLAN and any other encapsulation or re-routing alike; kube-proxy and the
 // nft backend clear theirs the same way, after masquerading.
 //
+// The hairpin sets hold "b . b" for every backend address b: a connection
+// IPVS sends back to the task that opened it is masqueraded even when its
+// frontend keeps client addresses, or the task's reply would go to itself,
+// from the wrong address (the nft backend does the same).
+//
 // A frontend owns one map element (and one element of @masquerade when it
-// masquerades), so a change to it touches nothing else. The output chain is
+// masquerades), so a change to it touches nothing else; a backend address
+// owns its hairpin element while any frontend has it. The output chain is
 // of type route so that the kernel routes local traffic again after the mark
 // changes, as iptables' mangle OUTPUT does.
 //
@@ -61,6 +70,8 @@ const (
 	markChainUnmark      = "unmark"
 	// The dispatch maps are named in package dispatch.
 	markSetMasquerade = "masquerade"
+	markSetHairpin4   = "hairpin4"
+	markSetHairpin6   = "hairpin6"
 )
 
 // markElementsPerMessage bounds the elements sent in one netlink message:
@@ -102,8 +113,10 @@ type NftMarker struct {
 	table *nftables.Table
 	sets  markSets
 
-	// programmed is what the kernel holds as of the last successful flush.
+	// programmed is what the kernel holds as of the last successful flush,
+	// and hairpin the backend addresses in the hairpin sets.
 	programmed map[string]markEntry
+	hairpin    map[netip.Addr]bool
 	dirty      bool
 	closed     bool
 
@@ -197,14 +210,20 @@ func (m *NftMarker) SetMarks(ctx context.Context, ms []Mark) error {
 		return errors.New("nftables marker is closed")
 	}
 	desired := make(map[string]markEntry, len(ms))
+	hairpin := map[netip.Addr]bool{}
 	for _, mk := range ms {
 		desired[mk.Frontend.Name] = newMarkEntry(mk)
+		for _, be := range mk.Frontend.Backends {
+			hairpin[be.Addr] = true
+		}
 	}
 	full := m.dirty
 	if full {
 		m.writeFull(desired)
+		m.hairpinElements(nil, hairpin)
 	} else {
 		m.writeChanges(desired)
+		m.hairpinElements(m.hairpin, hairpin)
 	}
 	if m.beforeFlush != nil {
 		m.beforeFlush(m.conn, m.table)
@@ -216,7 +235,7 @@ func (m *NftMarker) SetMarks(ctx context.Context, ms []Mark) error {
 		}
 		return fmt.Errorf("update nftables table %s (the next call rebuilds it): %w", m.table.Name, err)
 	}
-	m.programmed, m.dirty = desired, false
+	m.programmed, m.hairpin, m.dirty = desired, hairpin, false
 	m.log.Debug("programmed IPVS marks", "frontends", len(desired), "full", full)
 	return nil
 }
@@ -295,7 +314,8 @@ func (m *NftMarker) Close() error {
 
 type markSets struct {
 	dispatch.Maps
-	masquerade *nftables.Set
+	masquerade         *nftables.Set
+	hairpin4, hairpin6 *nftables.Set
 }
 
 func newMarkSets(t *nftables.Table) markSets {
@@ -304,11 +324,44 @@ func newMarkSets(t *nftables.Table) markSets {
 		masquerade: &nftables.Set{
 			Table: t, Name: markSetMasquerade, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian,
 		},
+		hairpin4: &nftables.Set{Table: t, Name: markSetHairpin4, Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)},
+		hairpin6: &nftables.Set{Table: t, Name: markSetHairpin6, Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr)},
 	}
 }
 
 func (s markSets) all() []*nftables.Set {
-	return append(s.Maps.All(), s.masquerade)
+	return append(s.Maps.All(), s.masquerade, s.hairpin4, s.hairpin6)
+}
+
+// hairpinElements queues the changes that turn the hairpin sets from old's
+// addresses into desired's.
+func (m *NftMarker) hairpinElements(old, desired map[netip.Addr]bool) {
+	byset := func(addrs, skip map[netip.Addr]bool) map[*nftables.Set][]nftables.SetElement {
+		out := map[*nftables.Set][]nftables.SetElement{}
+		for _, a := range slices.SortedFunc(maps.Keys(addrs), netip.Addr.Compare) {
+			if skip[a] {
+				continue
+			}
+			s := m.sets.hairpin4
+			if a.Is6() {
+				s = m.sets.hairpin6
+			}
+			out[s] = append(out[s], nftables.SetElement{Key: append(a.AsSlice(), a.AsSlice()...)})
+		}
+		return out
+	}
+	dels, adds := byset(old, desired), byset(desired, old)
+	for _, s := range []*nftables.Set{m.sets.hairpin4, m.sets.hairpin6} {
+		for chunk := range slices.Chunk(dels[s], markElementsPerMessage) {
+			// SetDeleteElements and SetAddElements fail only for anonymous sets.
+			_ = m.conn.SetDeleteElements(s, chunk)
+		}
+		for chunk := range slices.Chunk(adds[s], markElementsPerMessage) {
+			_ = m.conn.SetAddElements(s, chunk)
+		}
+	}
 }
 
 // writeFull queues a transaction that replaces the whole table.
@@ -336,6 +389,9 @@ func (m *NftMarker) writeFull(desired map[string]markEntry) {
 	post := c.AddChain(&nftables.Chain{Name: markChainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: masqueradeMarks(m.sets.masquerade)})
+	for _, r := range hairpinRules(m.sets) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: r})
+	}
 	unmark := c.AddChain(&nftables.Chain{Name: markChainUnmark, Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookPostrouting, Priority: unmarkPriority})
 	ours := ourMarks(t)
@@ -474,5 +530,29 @@ func unmarkRule(ours *nftables.Set) []expr.Any {
 		&expr.Lookup{SourceRegister: 1, SetName: ours.Name, SetID: ours.ID},
 		&expr.Immediate{Register: 1, Data: markKey(0)},
 		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	}
+}
+
+// hairpinRules masquerade connections whose destination, after IPVS's
+// NAT, is their own source.
+func hairpinRules(s markSets) [][]expr.Any {
+	const (
+		reg32_00 = 8 // NFT_REG32_00
+		reg1     = 1 // NFT_REG_1: 16 bytes, NFT_REG32_00..03
+		reg2     = 2 // NFT_REG_2: 16 bytes, NFT_REG32_04..07
+	)
+	rule := func(proto byte, addrOff, addrLen, src, dst uint32, set *nftables.Set) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+			&expr.Payload{DestRegister: src, Base: expr.PayloadBaseNetworkHeader, Offset: addrOff, Len: addrLen},
+			&expr.Payload{DestRegister: dst, Base: expr.PayloadBaseNetworkHeader, Offset: addrOff + addrLen, Len: addrLen},
+			&expr.Lookup{SourceRegister: src, SetName: set.Name, SetID: set.ID},
+			&expr.Masq{},
+		}
+	}
+	return [][]expr.Any{
+		rule(unix.NFPROTO_IPV4, 12, 4, reg32_00, reg32_00+1, s.hairpin4),
+		rule(unix.NFPROTO_IPV6, 8, 16, reg1, reg2, s.hairpin6),
 	}
 }

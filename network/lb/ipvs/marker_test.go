@@ -586,3 +586,55 @@ func TestKernelMarkerProgrammedMarks(t *testing.T) {
 		t.Errorf("ProgrammedMarks:\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(w, "\n"))
 	}
 }
+
+// TestKernelMarkerHairpinSets checks that the hairpin sets hold "b . b" for
+// every backend address of any frontend, and that a change touches them only
+// when an address first appears or last goes.
+func TestKernelMarkerHairpinSets(t *testing.T) {
+	lbtest.RequireRoot(t)
+	_, ns := lbtest.NewNetNS(t)
+	m := newTestMarker(t, ns)
+	c := readConn(t, ns)
+	web := lb.Frontend{Name: "svc:web:8080/tcp", Protocol: lb.TCP, Port: 8080,
+		Backends: []lb.Backend{be("10.231.0.10:80"), be("10.231.0.11:80")}}
+	vip := lb.Frontend{Name: "vip:web6:80/tcp", Protocol: lb.TCP, Port: 80, VIP: netip.MustParseAddr("fd00:231::9"),
+		Backends: []lb.Backend{be("[fd00:231::10]:80")}}
+	other := lb.Frontend{Name: "svc:other:9000/tcp", Protocol: lb.TCP, Port: 9000, Backends: []lb.Backend{be("10.231.0.11:9000")}}
+	hairpin := func() []string {
+		tbl := &nftables.Table{Name: testMarkTable, Family: nftables.TableFamilyINet}
+		var out []string
+		for _, name := range []string{markSetHairpin4, markSetHairpin6} {
+			s, err := c.GetSetByName(tbl, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			es, err := c.GetSetElements(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range es {
+				a, _ := netip.AddrFromSlice(e.Key[:len(e.Key)/2])
+				b, _ := netip.AddrFromSlice(e.Key[len(e.Key)/2:])
+				out = append(out, a.String()+" . "+b.String())
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	setMarks(t, m, Mark{web, 0x100}, Mark{vip, 0x101}, Mark{other, 0x102})
+	want := []string{"10.231.0.10 . 10.231.0.10", "10.231.0.11 . 10.231.0.11", "fd00:231::10 . fd00:231::10"}
+	if got := hairpin(); !slices.Equal(got, want) {
+		t.Errorf("hairpin sets %q, want %q", got, want)
+	}
+	w := watchCommits(t, ns)
+	// 10.231.0.11 stays (other has it); 10.231.0.10 goes.
+	web.Backends = web.Backends[1:]
+	setMarks(t, m, Mark{web, 0x100}, Mark{vip, 0x101}, Mark{other, 0x102})
+	if got, want := w.next(t), []string{"del element " + hex.EncodeToString(netip.MustParseAddr("10.231.0.10").AsSlice()) + hex.EncodeToString(netip.MustParseAddr("10.231.0.10").AsSlice())}; !slices.Equal(got, want) {
+		t.Errorf("removing a backend changed %q, want %q", got, want)
+	}
+	setMarks(t, m)
+	if got := hairpin(); len(got) != 0 {
+		t.Errorf("hairpin sets without frontends: %q", got)
+	}
+}

@@ -28,6 +28,7 @@ func RunTraffic(t *testing.T, newBalancer TrafficFunc) {
 	t.Run("PublishedPortsAndVIPs", func(t *testing.T) { publishedPortsAndVIPs(t, newBalancer) })
 	t.Run("UDPFlowMovesWithItsBackend", func(t *testing.T) { udpFlowMoves(t, newBalancer) })
 	t.Run("AnyPortVIP", func(t *testing.T) { anyPortVIP(t, newBalancer) })
+	t.Run("Hairpin", func(t *testing.T) { hairpin(t, newBalancer) })
 }
 
 func trafficBackend(i int, port uint16) lb.Backend {
@@ -212,6 +213,39 @@ func anyPortVIP(t *testing.T, newBalancer TrafficFunc) {
 	for _, r := range Request(t, tp.Client, "udp", at(53), 3) {
 		if r.Err == "" {
 			t.Errorf("removed any-port UDP VIP still answered by %s", r.Backend)
+		}
+	}
+}
+
+// hairpin: a task reaching its own service through a frontend that keeps
+// client addresses, and sent to itself, is masqueraded (else it would
+// answer itself from the wrong address), while other clients keep theirs.
+func hairpin(t *testing.T, newBalancer TrafficFunc) {
+	tp := NewTopology(t, 1)
+	tp.Serve(t, 0, "tcp", 80)
+	b := newBalancer(t, tp)
+	vip, anyVIP := netip.MustParseAddr("10.231.9.8"), netip.MustParseAddr("10.231.9.9")
+	tp.addLocal(t, vip)
+	tp.addLocal(t, anyVIP)
+	applyState(t, b,
+		lb.Frontend{Name: "vip:self:80/tcp", Protocol: lb.TCP, Port: 80, VIP: vip, Backends: []lb.Backend{trafficBackend(0, 80)}},
+		lb.Frontend{Name: "vip:self:any/tcp", Protocol: lb.TCP, VIP: anyVIP, Backends: []lb.Backend{{Addr: BackendAddr(0)}}},
+		lb.Frontend{Name: "svc:local:7000/tcp", Protocol: lb.TCP, Port: 7000, Backends: []lb.Backend{trafficBackend(0, 80)}},
+	)
+	for _, target := range []netip.AddrPort{
+		netip.AddrPortFrom(vip, 80),
+		netip.AddrPortFrom(anyVIP, 80),
+		netip.AddrPortFrom(RouterBridgeAddr, 7000),
+	} {
+		for _, r := range Request(t, tp.Backends[0], "tcp", target, 3) {
+			if r.Err != "" || r.Seen != RouterBridgeAddr.String() {
+				t.Errorf("backend0 to itself through %s: %+v, want an answer seeing the router %s", target, r, RouterBridgeAddr)
+			}
+		}
+		for _, r := range Request(t, tp.Client, "tcp", target, 3) {
+			if r.Err != "" || r.Seen != ClientAddr.String() {
+				t.Errorf("client through %s: %+v, want an answer seeing the client %s", target, r, ClientAddr)
+			}
 		}
 	}
 }

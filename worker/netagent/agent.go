@@ -181,21 +181,28 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
-func (a *Agent) newBalancer() (lb.Balancer, error) {
-	backend := a.cfg.LBBackend
-	if backend == LBAuto {
-		backend = LBNFTables
-		if ipvs.Available() {
-			backend = LBIPVS
-		}
+// lbBackend resolves a configured load balancer backend: auto is IPVS
+// exactly where the kernel has it (ipvsAvailable, ipvs.Available for real),
+// nftables elsewhere; the others are taken as they are.
+func lbBackend(configured string, ipvsAvailable func() bool) string {
+	if configured != LBAuto {
+		return configured
 	}
-	a.log.Info("load balancer", "backend", backend)
+	if ipvsAvailable() {
+		return LBIPVS
+	}
+	return LBNFTables
+}
+
+func (a *Agent) newBalancer() (lb.Balancer, error) {
+	backend := lbBackend(a.cfg.LBBackend, ipvs.Available)
+	a.log.Info("load balancer", "backend", backend, "configured", a.cfg.LBBackend)
 	a.sysctls = []sysctl{ipForward}
 	if backend == LBIPVS {
 		// VIPs keep masquerading under IPVS: its NAT of bridged replies
 		// is not what the nft backend's conntrack does, and untested.
+		// NewKernel sets the namespace's IPVS sysctls and timeouts.
 		a.ipvs = true
-		a.sysctls = append(a.sysctls, ipvsConntrack)
 		b, err := ipvs.NewKernel(a.cfg.NetNSPath, ipvs.WithMarkLogger(a.log))
 		if err != nil {
 			return nil, fmt.Errorf("ipvs load balancer: %w", err)

@@ -20,9 +20,6 @@ var (
 	// ipForward: the node routes mesh and VIP traffic between its bridges
 	// and the world.
 	ipForward = sysctl{ipForwardPath, "1"}
-	// ipvsConntrack: IPVS in NAT mode must create conntrack entries, or the
-	// masquerade in postrouting never sees its connections.
-	ipvsConntrack = sysctl{"/proc/sys/net/ipv4/vs/conntrack", "1"}
 	// bridgeNFCall: bridged IPv4 traffic goes through conntrack, so that
 	// a VIP backend's reply to a task, bridged over the overlay, is
 	// un-DNATed on its way (what kube-proxy needs br_netfilter for).

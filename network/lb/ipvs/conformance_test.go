@@ -2,7 +2,6 @@ package ipvs
 
 import (
 	"fmt"
-	"slices"
 	"testing"
 
 	"github.com/shoal-project/shoal/network/lb"
@@ -14,41 +13,41 @@ import (
 func TestConformance(t *testing.T) {
 	lbtest.Run(t, func(t *testing.T) lbtest.Instance {
 		f, m := newFake(), &fakeMarker{}
-		b := New(f, m)
+		b := newTestBalancer(f, m)
 		t.Cleanup(func() { b.Close() })
 		return lbtest.Instance{
 			Balancer: b,
 			Read:     func(t testing.TB) map[string]lbtest.Programmed { return readFakes(f, m) },
 			FailNext: func() { f.failOn = "NewDestination" },
 			Tamper: func(testing.TB) {
-				for mark := range f.services {
-					f.services[mark] = []string{}
+				for _, svc := range f.services {
+					svc.dests = nil
 				}
 			},
 		}
 	})
 }
 
-// readFakes reads back what the fakes hold. An IPVS service no mark leads to
-// is reported too, under a name of its own, so a leftover fails the suite.
+// readFakes reads back what the fakes hold: per marked frontend the real
+// servers that get new connections (quiesced ones are on their way out,
+// like the nft backend's conntrack entries of removed backends). An IPVS
+// service no mark leads to is reported too, under a name of its own, so a
+// leftover fails the suite.
 func readFakes(f *fakeIPVS, m *fakeMarker) map[string]lbtest.Programmed {
 	out := map[string]lbtest.Programmed{}
 	marked := map[uint32]bool{}
 	for _, mk := range m.marks {
 		marked[mk.Mark] = true
-		ds, ok := f.services[mk.Mark]
+		ds, ok := f.serving(mk.Mark)
 		if !ok {
 			ds = []string{"no IPVS service for mark " + fmt.Sprint(mk.Mark)}
 		}
-		out[mk.Frontend.Name] = lbtest.Programmed{
-			Key:        lb.Key(mk.Frontend),
-			Backends:   slices.Sorted(slices.Values(ds)),
-			Masquerade: mk.Frontend.Masquerade,
-		}
+		out[mk.Frontend.Name] = lbtest.Programmed{Key: lb.Key(mk.Frontend), Backends: ds, Masquerade: mk.Frontend.Masquerade}
 	}
-	for mark, ds := range f.services {
-		if !marked[mark] {
-			out[fmt.Sprintf("unmarked IPVS service %#x", mark)] = lbtest.Programmed{Backends: ds}
+	for k := range f.services {
+		if !marked[k.mark] {
+			ds, _ := f.serving(k.mark)
+			out[fmt.Sprintf("unmarked IPVS service %#x (family %d)", k.mark, k.family)] = lbtest.Programmed{Backends: ds}
 		}
 	}
 	return out

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -13,6 +14,7 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/shoal-project/shoal/network/lb"
 	"github.com/shoal-project/shoal/network/lb/internal/dispatch"
@@ -29,12 +31,32 @@ const DefaultMarkTable = "shoal-ipvs-mark"
 //	                             meta mark set ip6 daddr . l4proto . dport map @vip6
 //	                             fib daddr local, not loopback: meta mark set l4proto . dport map @published
 //	postrouting (nat, srcnat)    meta mark @masquerade masquerade
+//	                             ip saddr . ip daddr @hairpin4 masquerade (and ip6 @hairpin6)
+//	unmark (filter, srcnat + 1)  meta mark & 0xffffff00 { 0x100, 0x200, …, 0x1000 }: meta mark set 0
 //
 // Any-port VIPs (lb.Frontend.IsAnyPort) are marked first, so that a
 // frontend on one port of the same VIP overwrites the mark and wins.
 //
+// A mark is used twice: IPVS schedules the packet by it (at input, or at
+// output for the node's own connections), and the masquerade reads it in
+// postrouting. Then unmark clears it from every packet that leaves, so that
+// nothing built from the packet inherits it. Left on, it reached the VXLAN
+// device, which keeps an inner packet's mark on the outer datagram it
+// sends from this namespace; the datagram passed output again, and IPVS's
+// fwmark service, which matches any protocol, took it for a new connection
+// and NATed it to a task's port: every published port timed out once its
+// backend ran on another node. Clearing the mark where its use ends covers
+// VXLAN and any other encapsulation or re-routing alike; kube-proxy and the
+// nft backend clear theirs the same way, after masquerading.
+//
+// The hairpin sets hold "b . b" for every backend address b: a connection
+// IPVS sends back to the task that opened it is masqueraded even when its
+// frontend keeps client addresses, or the task's reply would go to itself,
+// from the wrong address (the nft backend does the same).
+//
 // A frontend owns one map element (and one element of @masquerade when it
-// masquerades), so a change to it touches nothing else. The output chain is
+// masquerades), so a change to it touches nothing else; a backend address
+// owns its hairpin element while any frontend has it. The output chain is
 // of type route so that the kernel routes local traffic again after the mark
 // changes, as iptables' mangle OUTPUT does.
 //
@@ -45,8 +67,11 @@ const (
 	markChainPrerouting  = "prerouting"
 	markChainOutput      = "output"
 	markChainPostrouting = "postrouting"
+	markChainUnmark      = "unmark"
 	// The dispatch maps are named in package dispatch.
 	markSetMasquerade = "masquerade"
+	markSetHairpin4   = "hairpin4"
+	markSetHairpin6   = "hairpin6"
 )
 
 // markElementsPerMessage bounds the elements sent in one netlink message:
@@ -83,12 +108,15 @@ type NftMarker struct {
 	mu    sync.Mutex
 	ns    netns.NsHandle
 	log   *slog.Logger
+	base  *slog.Logger // log without the table, for the balancer NewKernel makes
 	conn  *nftables.Conn
 	table *nftables.Table
 	sets  markSets
 
-	// programmed is what the kernel holds as of the last successful flush.
+	// programmed is what the kernel holds as of the last successful flush,
+	// and hairpin the backend addresses in the hairpin sets.
 	programmed map[string]markEntry
+	hairpin    map[netip.Addr]bool
 	dirty      bool
 	closed     bool
 
@@ -125,7 +153,7 @@ func NewNftMarker(opts ...MarkerOption) (*NftMarker, error) {
 	}
 	m.conn = conn
 	m.sets = newMarkSets(m.table)
-	m.log = m.log.With("table", m.table.Name)
+	m.base, m.log = m.log, m.log.With("table", m.table.Name)
 	return m, nil
 }
 
@@ -156,6 +184,9 @@ func validateMarks(ms []Mark) error {
 		switch other, dup := owner[mk.Mark]; {
 		case mk.Mark == 0:
 			errs = append(errs, fmt.Errorf("frontend %q: mark 0 is no mark", mk.Frontend.Name))
+		case mk.Mark < FirstMark || mk.Mark >= FirstMark+MaxMarks:
+			// unmark clears only the range's marks.
+			errs = append(errs, fmt.Errorf("frontend %q: mark %#x is outside the balancer's range [%#x, %#x)", mk.Frontend.Name, mk.Mark, FirstMark, FirstMark+MaxMarks))
 		case dup:
 			errs = append(errs, fmt.Errorf("frontend %q: mark %#x is already frontend %q's", mk.Frontend.Name, mk.Mark, other))
 		default:
@@ -179,14 +210,20 @@ func (m *NftMarker) SetMarks(ctx context.Context, ms []Mark) error {
 		return errors.New("nftables marker is closed")
 	}
 	desired := make(map[string]markEntry, len(ms))
+	hairpin := map[netip.Addr]bool{}
 	for _, mk := range ms {
 		desired[mk.Frontend.Name] = newMarkEntry(mk)
+		for _, be := range mk.Frontend.Backends {
+			hairpin[be.Addr] = true
+		}
 	}
 	full := m.dirty
 	if full {
 		m.writeFull(desired)
+		m.hairpinElements(nil, hairpin)
 	} else {
 		m.writeChanges(desired)
+		m.hairpinElements(m.hairpin, hairpin)
 	}
 	if m.beforeFlush != nil {
 		m.beforeFlush(m.conn, m.table)
@@ -198,9 +235,63 @@ func (m *NftMarker) SetMarks(ctx context.Context, ms []Mark) error {
 		}
 		return fmt.Errorf("update nftables table %s (the next call rebuilds it): %w", m.table.Name, err)
 	}
-	m.programmed, m.dirty = desired, false
+	m.programmed, m.hairpin, m.dirty = desired, hairpin, false
 	m.log.Debug("programmed IPVS marks", "frontends", len(desired), "full", full)
 	return nil
+}
+
+var _ MarkReader = (*NftMarker)(nil)
+
+// ProgrammedMarks reads the marks the table holds, from this marker or an
+// earlier one: each map element names its frontend in its comment. No
+// table means no marks.
+func (m *NftMarker) ProgrammedMarks() ([]Mark, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	tables, err := m.conn.ListTablesOfFamily(m.table.Family)
+	if err != nil {
+		return nil, fmt.Errorf("list nftables tables: %w", err)
+	}
+	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == m.table.Name }) {
+		return nil, nil
+	}
+	elements := func(name string) ([]nftables.SetElement, error) {
+		s, err := m.conn.GetSetByName(m.table, name)
+		if err != nil {
+			return nil, fmt.Errorf("read set %s of table %s: %w", name, m.table.Name, err)
+		}
+		es, err := m.conn.GetSetElements(s)
+		if err != nil {
+			return nil, fmt.Errorf("read elements of set %s of table %s: %w", name, m.table.Name, err)
+		}
+		return es, nil
+	}
+	masq := map[uint32]bool{}
+	es, err := elements(markSetMasquerade)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range es {
+		masq[binaryutil.NativeEndian.Uint32(e.Key)] = true
+	}
+	var out []Mark
+	for _, set := range m.sets.All() {
+		es, err := elements(set.Name)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range es {
+			proto, port, vip, err := dispatch.Decode(set.Name, e.Key)
+			if err != nil || e.Comment == "" || len(e.Val) != 4 {
+				m.log.Warn("skipping a mark element not of ours", "set", set.Name, "key", fmt.Sprintf("%x", e.Key), "err", err)
+				continue
+			}
+			mark := binaryutil.NativeEndian.Uint32(e.Val)
+			p := map[uint8]lb.Protocol{6: lb.TCP, 17: lb.UDP}[proto]
+			out = append(out, Mark{Frontend: lb.Frontend{Name: e.Comment, Protocol: p, Port: port, VIP: vip, Masquerade: masq[mark]}, Mark: mark})
+		}
+	}
+	return out, nil
 }
 
 // Close deletes the table and everything in it.
@@ -223,7 +314,8 @@ func (m *NftMarker) Close() error {
 
 type markSets struct {
 	dispatch.Maps
-	masquerade *nftables.Set
+	masquerade         *nftables.Set
+	hairpin4, hairpin6 *nftables.Set
 }
 
 func newMarkSets(t *nftables.Table) markSets {
@@ -232,11 +324,44 @@ func newMarkSets(t *nftables.Table) markSets {
 		masquerade: &nftables.Set{
 			Table: t, Name: markSetMasquerade, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian,
 		},
+		hairpin4: &nftables.Set{Table: t, Name: markSetHairpin4, Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr)},
+		hairpin6: &nftables.Set{Table: t, Name: markSetHairpin6, Concatenation: true,
+			KeyType: nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeIP6Addr)},
 	}
 }
 
 func (s markSets) all() []*nftables.Set {
-	return append(s.Maps.All(), s.masquerade)
+	return append(s.Maps.All(), s.masquerade, s.hairpin4, s.hairpin6)
+}
+
+// hairpinElements queues the changes that turn the hairpin sets from old's
+// addresses into desired's.
+func (m *NftMarker) hairpinElements(old, desired map[netip.Addr]bool) {
+	byset := func(addrs, skip map[netip.Addr]bool) map[*nftables.Set][]nftables.SetElement {
+		out := map[*nftables.Set][]nftables.SetElement{}
+		for _, a := range slices.SortedFunc(maps.Keys(addrs), netip.Addr.Compare) {
+			if skip[a] {
+				continue
+			}
+			s := m.sets.hairpin4
+			if a.Is6() {
+				s = m.sets.hairpin6
+			}
+			out[s] = append(out[s], nftables.SetElement{Key: append(a.AsSlice(), a.AsSlice()...)})
+		}
+		return out
+	}
+	dels, adds := byset(old, desired), byset(desired, old)
+	for _, s := range []*nftables.Set{m.sets.hairpin4, m.sets.hairpin6} {
+		for chunk := range slices.Chunk(dels[s], markElementsPerMessage) {
+			// SetDeleteElements and SetAddElements fail only for anonymous sets.
+			_ = m.conn.SetDeleteElements(s, chunk)
+		}
+		for chunk := range slices.Chunk(adds[s], markElementsPerMessage) {
+			_ = m.conn.SetAddElements(s, chunk)
+		}
+	}
 }
 
 // writeFull queues a transaction that replaces the whole table.
@@ -264,6 +389,15 @@ func (m *NftMarker) writeFull(desired map[string]markEntry) {
 	post := c.AddChain(&nftables.Chain{Name: markChainPostrouting, Table: t, Type: nftables.ChainTypeNAT,
 		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
 	c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: masqueradeMarks(m.sets.masquerade)})
+	for _, r := range hairpinRules(m.sets) {
+		c.AddRule(&nftables.Rule{Table: t, Chain: post, Exprs: r})
+	}
+	unmark := c.AddChain(&nftables.Chain{Name: markChainUnmark, Table: t, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPostrouting, Priority: unmarkPriority})
+	ours := ourMarks(t)
+	// AddSet fails only for anonymous sets that are not constant.
+	_ = c.AddSet(ours, ourMarkElements())
+	c.AddRule(&nftables.Rule{Table: t, Chain: unmark, Exprs: unmarkRule(ours)})
 
 	names := make([]string, 0, len(desired))
 	for n := range desired {
@@ -348,8 +482,9 @@ func markRules(s markSets) [][]expr.Any {
 	}, true)
 }
 
-// masqueradeMarks masquerades connections whose mark is in the set. The mark
-// stays: IPVS is done with the packet by postrouting, and the mark is ours.
+// masqueradeMarks masquerades connections whose mark is in the set. It runs
+// for a connection's first packet only (a nat chain), so the mark is cleared
+// by unmark, which sees every packet.
 func masqueradeMarks(set *nftables.Set) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
@@ -358,5 +493,66 @@ func masqueradeMarks(set *nftables.Set) []expr.Any {
 		// network/lb/nft (random ports meet the tasks' TIME_WAIT PAWS
 		// checks under connection churn).
 		&expr.Masq{},
+	}
+}
+
+// unmarkPriority runs unmark right after the masquerade (srcnat), the
+// mark's last reader. IPVS has no hook in postrouting.
+var unmarkPriority = nftables.ChainPriorityRef(*nftables.ChainPriorityNATSource + 1)
+
+// markBlock is the granularity unmark matches marks with: the balancer's
+// range is whole blocks of it, so a mark is in the range exactly when its
+// block (mark &^ (markBlock-1)) is one of the range's. A range compare
+// would need the mark in network byte order first, and google/nftables
+// cannot read a byteorder expression back.
+const markBlock = 0x100
+
+// ourMarks is the anonymous set of the blocks of the balancer's range.
+func ourMarks(t *nftables.Table) *nftables.Set {
+	return &nftables.Set{Table: t, Anonymous: true, Constant: true, KeyType: nftables.TypeMark, KeyByteOrder: binaryutil.NativeEndian}
+}
+
+func ourMarkElements() []nftables.SetElement {
+	var out []nftables.SetElement
+	for b := FirstMark; b < FirstMark+MaxMarks; b += markBlock {
+		out = append(out, nftables.SetElement{Key: markKey(b)})
+	}
+	return out
+}
+
+// unmarkRule clears a mark of the balancer's range; marks outside it are
+// someone else's and stay.
+func unmarkRule(ours *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: markKey(^uint32(markBlock - 1)), Xor: markKey(0)},
+		&expr.Lookup{SourceRegister: 1, SetName: ours.Name, SetID: ours.ID},
+		&expr.Immediate{Register: 1, Data: markKey(0)},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	}
+}
+
+// hairpinRules masquerade connections whose destination, after IPVS's
+// NAT, is their own source.
+func hairpinRules(s markSets) [][]expr.Any {
+	const (
+		reg32_00 = 8 // NFT_REG32_00
+		reg1     = 1 // NFT_REG_1: 16 bytes, NFT_REG32_00..03
+		reg2     = 2 // NFT_REG_2: 16 bytes, NFT_REG32_04..07
+	)
+	rule := func(proto byte, addrOff, addrLen, src, dst uint32, set *nftables.Set) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+			&expr.Payload{DestRegister: src, Base: expr.PayloadBaseNetworkHeader, Offset: addrOff, Len: addrLen},
+			&expr.Payload{DestRegister: dst, Base: expr.PayloadBaseNetworkHeader, Offset: addrOff + addrLen, Len: addrLen},
+			&expr.Lookup{SourceRegister: src, SetName: set.Name, SetID: set.ID},
+			&expr.Masq{},
+		}
+	}
+	return [][]expr.Any{
+		rule(unix.NFPROTO_IPV4, 12, 4, reg32_00, reg32_00+1, s.hairpin4),
+		rule(unix.NFPROTO_IPV6, 8, 16, reg1, reg2, s.hairpin6),
 	}
 }

@@ -2,10 +2,14 @@ package ipvs
 
 import (
 	"context"
+	_ "embed"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -40,6 +44,9 @@ func TestValidateMarks(t *testing.T) {
 		{name: "valid", marks: []Mark{{web, 0x100}, {dns, 0x101}}},
 		{name: "backends ignored", marks: []Mark{{lb.Frontend{Name: "x", Protocol: lb.TCP, Port: 1, Backends: []lb.Backend{{}}}, 0x100}}},
 		{name: "mark zero", marks: []Mark{{web, 0}}, wantErr: "mark 0"},
+		{name: "last mark of the range", marks: []Mark{{web, FirstMark + MaxMarks - 1}}},
+		{name: "mark below the range", marks: []Mark{{web, FirstMark - 1}}, wantErr: "outside the balancer's range"},
+		{name: "mark above the range", marks: []Mark{{web, FirstMark + MaxMarks}}, wantErr: "outside the balancer's range"},
 		{name: "shared mark", marks: []Mark{{web, 0x100}, {dns, 0x100}}, wantErr: `already frontend "svc:web:8080/tcp"'s`},
 		{name: "shared key", marks: []Mark{{web, 0x100}, {webAgain, 0x101}}, wantErr: "already balanced"},
 		{name: "bad protocol", marks: []Mark{{lb.Frontend{Name: "x", Protocol: "sctp", Port: 1}, 0x100}}, wantErr: "unknown protocol"},
@@ -470,5 +477,164 @@ func TestKernelMarkerMarksPackets(t *testing.T) {
 	want["local"], want["published"] = 1, 2
 	if !maps.Equal(got, want) {
 		t.Errorf("packets after one from the node counted %v, want %v", got, want)
+	}
+}
+
+// TestKernelMarkerUnmarksOnlyItsRange gives datagrams the node sends each
+// a mark before the marker sees them, and counts after the marker's unmark
+// chain which leave still marked: the range's marks must be gone, anyone
+// else's (the nft backend's 0x2000 among them) kept.
+func TestKernelMarkerUnmarksOnlyItsRange(t *testing.T) {
+	requireNft(t)
+	tp := lbtest.NewTopology(t, 0)
+	setMarks(t, newTestMarker(t, tp.RouterNS), testMarks()...)
+	marks := []struct {
+		mark uint32
+		ours bool
+	}{
+		{FirstMark - 1, false},
+		{FirstMark, true},
+		{FirstMark + 0xff, true},
+		{FirstMark + MaxMarks/2 + 3, true},
+		{FirstMark + MaxMarks - 1, true},
+		{FirstMark + MaxMarks, false},
+		{0x2000, false}, // nft.DefaultMasqueradeMark
+		{0x2100, false},
+		{0x10100, false},
+	}
+	var set, count strings.Builder
+	for i, m := range marks {
+		port := 40000 + i
+		fmt.Fprintf(&set, "\t\tudp dport %d meta mark set %#x\n", port, m.mark)
+		fmt.Fprintf(&count, "\t\tudp dport %d meta mark %#x counter comment \"%d\"\n", port, m.mark, port)
+	}
+	nftScript(t, tp.Router, "shoal-test-unmark", fmt.Sprintf(`table inet shoal-test-unmark {
+	chain before { type filter hook output priority -300;
+%s	}
+	chain after { type filter hook postrouting priority 300;
+%s	}
+}`, set.String(), count.String()))
+	for i := range marks {
+		// Nothing listens: only what left the router counts.
+		lbtest.Request(t, tp.Router, "udp", netip.AddrPortFrom(lbtest.ClientAddr, uint16(40000+i)), 1)
+	}
+	for i, m := range marks {
+		n := nftCounter(t, tp.Router, "shoal-test-unmark", fmt.Sprint(40000+i))
+		if want := map[bool]uint64{true: 0, false: 1}[m.ours]; n != want {
+			t.Errorf("datagrams leaving with mark %#x: %d, want %d (in the balancer's range: %v)", m.mark, n, want, m.ours)
+		}
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files of the tests")
+
+// markerTableGolden is embedded so that a test binary copied elsewhere (the
+// VM tier) has it.
+//
+//go:embed testdata/marker-table.nft
+var markerTableGolden string
+
+// TestKernelMarkerTableGolden compares the marker's whole table, as nft
+// lists it back from the kernel, with testdata/marker-table.nft (go test
+// -run TestKernelMarkerTableGolden -update rewrites it). nft prints the
+// marks of maps and of the unmark set byte-swapped on little-endian hosts
+// (see the marker's layout comment); the kernel test above checks what they
+// do.
+func TestKernelMarkerTableGolden(t *testing.T) {
+	requireNft(t)
+	name, ns := lbtest.NewNetNS(t)
+	setMarks(t, newTestMarker(t, ns), testMarks()...)
+	got := nft(t, name, "", "list", "table", "inet", testMarkTable)
+	if *update {
+		if err := os.WriteFile(filepath.Join("testdata", "marker-table.nft"), []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if got != markerTableGolden {
+		t.Errorf("the marker's table differs from testdata/marker-table.nft (if on purpose, rerun with -update and review the diff):\n%s", got)
+	}
+}
+
+// TestKernelMarkerProgrammedMarks reads back, with a second marker as a
+// restarted shoald would, the marks a first one programmed.
+func TestKernelMarkerProgrammedMarks(t *testing.T) {
+	lbtest.RequireRoot(t)
+	_, ns := lbtest.NewNetNS(t)
+	second := newTestMarker(t, ns)
+	if ms, err := second.ProgrammedMarks(); err != nil || len(ms) != 0 {
+		t.Fatalf("ProgrammedMarks without a table: %v, %v; want none", ms, err)
+	}
+	setMarks(t, newTestMarker(t, ns), testMarks()...)
+	got, err := second.ProgrammedMarks()
+	if err != nil {
+		t.Fatalf("ProgrammedMarks: %v", err)
+	}
+	key := func(mk Mark) string {
+		return fmt.Sprintf("%s %s masq=%v %#x", mk.Frontend.Name, lb.Key(mk.Frontend), mk.Frontend.Masquerade, mk.Mark)
+	}
+	var g, w []string
+	for _, mk := range got {
+		g = append(g, key(mk))
+	}
+	for _, mk := range testMarks() {
+		w = append(w, key(mk))
+	}
+	slices.Sort(g)
+	slices.Sort(w)
+	if !slices.Equal(g, w) {
+		t.Errorf("ProgrammedMarks:\n%s\nwant\n%s", strings.Join(g, "\n"), strings.Join(w, "\n"))
+	}
+}
+
+// TestKernelMarkerHairpinSets checks that the hairpin sets hold "b . b" for
+// every backend address of any frontend, and that a change touches them only
+// when an address first appears or last goes.
+func TestKernelMarkerHairpinSets(t *testing.T) {
+	lbtest.RequireRoot(t)
+	_, ns := lbtest.NewNetNS(t)
+	m := newTestMarker(t, ns)
+	c := readConn(t, ns)
+	web := lb.Frontend{Name: "svc:web:8080/tcp", Protocol: lb.TCP, Port: 8080,
+		Backends: []lb.Backend{be("10.231.0.10:80"), be("10.231.0.11:80")}}
+	vip := lb.Frontend{Name: "vip:web6:80/tcp", Protocol: lb.TCP, Port: 80, VIP: netip.MustParseAddr("fd00:231::9"),
+		Backends: []lb.Backend{be("[fd00:231::10]:80")}}
+	other := lb.Frontend{Name: "svc:other:9000/tcp", Protocol: lb.TCP, Port: 9000, Backends: []lb.Backend{be("10.231.0.11:9000")}}
+	hairpin := func() []string {
+		tbl := &nftables.Table{Name: testMarkTable, Family: nftables.TableFamilyINet}
+		var out []string
+		for _, name := range []string{markSetHairpin4, markSetHairpin6} {
+			s, err := c.GetSetByName(tbl, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			es, err := c.GetSetElements(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range es {
+				a, _ := netip.AddrFromSlice(e.Key[:len(e.Key)/2])
+				b, _ := netip.AddrFromSlice(e.Key[len(e.Key)/2:])
+				out = append(out, a.String()+" . "+b.String())
+			}
+		}
+		slices.Sort(out)
+		return out
+	}
+	setMarks(t, m, Mark{web, 0x100}, Mark{vip, 0x101}, Mark{other, 0x102})
+	want := []string{"10.231.0.10 . 10.231.0.10", "10.231.0.11 . 10.231.0.11", "fd00:231::10 . fd00:231::10"}
+	if got := hairpin(); !slices.Equal(got, want) {
+		t.Errorf("hairpin sets %q, want %q", got, want)
+	}
+	w := watchCommits(t, ns)
+	// 10.231.0.11 stays (other has it); 10.231.0.10 goes.
+	web.Backends = web.Backends[1:]
+	setMarks(t, m, Mark{web, 0x100}, Mark{vip, 0x101}, Mark{other, 0x102})
+	if got, want := w.next(t), []string{"del element " + hex.EncodeToString(netip.MustParseAddr("10.231.0.10").AsSlice()) + hex.EncodeToString(netip.MustParseAddr("10.231.0.10").AsSlice())}; !slices.Equal(got, want) {
+		t.Errorf("removing a backend changed %q, want %q", got, want)
+	}
+	setMarks(t, m)
+	if got := hairpin(); len(got) != 0 {
+		t.Errorf("hairpin sets without frontends: %q", got)
 	}
 }

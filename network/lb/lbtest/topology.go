@@ -140,8 +140,14 @@ func run(t testing.TB, name string, args ...string) {
 // "<backend name> <client address>". It stops at cleanup.
 func (tp *Topology) Serve(t testing.TB, i int, proto string, port uint16) {
 	t.Helper()
-	name := fmt.Sprintf("backend%d", i)
-	cmd := helperCommand(tp.Backends[i], "serve", proto, strconv.Itoa(int(port)), name)
+	ServeIn(t, tp.Backends[i], fmt.Sprintf("backend%d", i), proto, port)
+}
+
+// ServeIn starts an echo server in namespace ns, as Topology.Serve does for
+// its backends, answering "<name> <client address>".
+func ServeIn(t testing.TB, ns, name, proto string, port uint16) {
+	t.Helper()
+	cmd := helperCommand(ns, "serve", proto, strconv.Itoa(int(port)), name)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -392,4 +398,35 @@ func requestOnce(proto, target string, localPort int) (string, error) {
 		return "", err
 	}
 	return strings.TrimSpace(line), nil
+}
+
+// ExpectIPVSEnv names the environment variable a run on a known kernel sets
+// to say whether it has IPVS: "1" (the VM tier) makes the tests that need
+// IPVS fail instead of skipping, and the auto backend must pick IPVS; "0"
+// says the kernel has none. Unset, tests go by what they find.
+const ExpectIPVSEnv = "SHOAL_EXPECT_IPVS"
+
+// ExpectIPVS returns what ExpectIPVSEnv says, and whether it says anything.
+func ExpectIPVS() (want, set bool) {
+	switch os.Getenv(ExpectIPVSEnv) {
+	case "1":
+		return true, true
+	case "0":
+		return false, true
+	}
+	return false, false
+}
+
+// RequireIPVS skips t (or fails it, where ExpectIPVSEnv=1) unless available
+// says the kernel has IPVS. It also requires root, as RequireRoot does.
+func RequireIPVS(t testing.TB, available bool) {
+	t.Helper()
+	RequireRoot(t)
+	if available {
+		return
+	}
+	if want, _ := ExpectIPVS(); want {
+		t.Fatalf("the kernel has no IPVS (no generic netlink family IPVS), but %s=1 says it must", ExpectIPVSEnv)
+	}
+	t.Skipf("the kernel has no IPVS (no generic netlink family IPVS; modprobe ip_vs): run this test binary on a kernel with IPVS, e.g. in the VM tier with %s=1", ExpectIPVSEnv)
 }

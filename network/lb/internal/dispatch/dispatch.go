@@ -8,6 +8,7 @@
 package dispatch
 
 import (
+	"fmt"
 	"net/netip"
 	"slices"
 
@@ -148,4 +149,30 @@ func (m Maps) Rules(then Then, anyPortFirst bool) [][]expr.Any {
 		return slices.Concat(anyPort, exact, published)
 	}
 	return slices.Concat(exact, anyPort, published)
+}
+
+// Decode is Element's inverse, for reading a table back: the protocol,
+// port (0 for any) and VIP (invalid for published ports) an element of the
+// map named set stands for.
+func Decode(set string, key []byte) (proto uint8, port uint16, vip netip.Addr, err error) {
+	addrLen := map[string]int{SetPublished: 0, SetVIP4: 4, SetVIP4Any: 4, SetVIP6: 16, SetVIP6Any: 16}
+	n, ok := addrLen[set]
+	if !ok {
+		return 0, 0, netip.Addr{}, fmt.Errorf("%q is no dispatch map", set)
+	}
+	want := n + 8
+	if set == SetVIP4Any || set == SetVIP6Any {
+		want = n + 4
+	}
+	if len(key) != want {
+		return 0, 0, netip.Addr{}, fmt.Errorf("map %s: key %x is %d bytes, want %d", set, key, len(key), want)
+	}
+	if n > 0 {
+		vip, _ = netip.AddrFromSlice(key[:n])
+	}
+	proto = key[n]
+	if len(key) == n+8 {
+		port = uint16(key[n+4])<<8 | uint16(key[n+5])
+	}
+	return proto, port, vip, nil
 }

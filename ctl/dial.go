@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -176,9 +177,15 @@ func (f *failover) try(ctx context.Context, method string, call func(*grpc.Clien
 		moveOn := how == unreached ||
 			readOnly[method] && (how == dropped || how == answered && status.Code(raw) == codes.Unavailable)
 		if !moveOn {
+			if how == dropped && !readOnly[method] {
+				err = fmt.Errorf("%w (the connection broke during the call, so it may have been done: look before you repeat it)", err)
+			}
 			return r, err
 		}
-		errs = append(errs, argError(t.String(), err))
+		if len(f.targets) > 1 {
+			err = argError(t.String(), err)
+		}
+		errs = append(errs, err)
 	}
 	return reacher{}, noneAnswered(f.targets, errs)
 }
@@ -301,6 +308,10 @@ func hostAddrs(source, list string) ([]string, error) {
 	return out, nil
 }
 
+// hostnameRE is what a host name may be made of: DNS labels, and the
+// underscores some local names have.
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$`)
+
 // hostAddr is one manager of --host as HOST:PORT, the port defaulting to
 // shoald's.
 func hostAddr(source, host string) (string, error) {
@@ -319,8 +330,7 @@ func hostAddr(source, host string) (string, error) {
 			name = h[1 : len(h)-1]
 		}
 	}
-	switch {
-	case name == "", strings.ContainsAny(name, "[]"), strings.Contains(name, ":") && net.ParseIP(name) == nil:
+	if name == "" || net.ParseIP(name) == nil && !hostnameRE.MatchString(name) {
 		return bad("want HOST[:PORT], for example 192.0.2.10:" + defaultPort)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {

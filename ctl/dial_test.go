@@ -57,8 +57,8 @@ func TestSocketResolution(t *testing.T) {
 			f := newFixture()
 			e := testEnv(f)
 			var got string
-			e.connect = func(_ context.Context, tg target) (api.ControlClient, io.Closer, error) {
-				got = tg.socket
+			e.connect = func(_ context.Context, ts targets) (api.ControlClient, io.Closer, error) {
+				got = ts.String()
 				return f, nopCloser{}, nil
 			}
 			e.getenv = func(k string) string {

@@ -265,6 +265,21 @@ func TestFailoverWhatMovesOn(t *testing.T) {
 			t.Errorf("bravo got the write too (%d times): it may have been done twice", n)
 		}
 	})
+	t.Run("a stream moves on when it cannot be opened", func(t *testing.T) {
+		ms := startManagers(t, nodeAlpha)
+		client, closer, err := dialTargets(t.Context(), targetsOf([]string{staleSocket(t), ms[0].socket}), managerMemory{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer closer.Close()
+		stream, err := client.WatchTasks(t.Context(), &api.WatchTasksRequest{})
+		if err != nil {
+			t.Fatal(ErrorMessage(err))
+		}
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(ErrorMessage(err))
+		}
+	})
 	t.Run("a read whose connection broke moves on", func(t *testing.T) {
 		ms := startManagers(t, nodeAlpha, nodeBravo)
 		ms[0].drop = true

@@ -41,6 +41,10 @@ func TestLabArgErrors(t *testing.T) {
 		{[]string{"lab", "exec", "manager1"}, "requires a node and a command"},
 		{[]string{"lab", "exec", "manager1", "--"}, "requires a node and a command"},
 		{[]string{"lab", "bogus"}, `unknown command "bogus"`},
+		{[]string{"lab", "add"}, "say how many nodes to add"},
+		{[]string{"lab", "add", "--workers", "-1"}, "say how many nodes to add"},
+		{[]string{"lab", "add", "--workers", "x"}, `invalid argument "x"`},
+		{[]string{"lab", "add", "worker3"}, "takes no arguments"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {

@@ -142,6 +142,18 @@ func TestCLIReachesAnyManager(t *testing.T) {
 			return false, ps
 		})
 	})
+	t.Run("lab add --managers 1", func(t *testing.T) {
+		must(t, nil, "lab", "add", "--managers", "1")
+		out := must(t, nil, "node", "ls")
+		if !lineWith(out, "manager4", "Ready", "Reachable") {
+			t.Errorf("node ls does not show manager4 a Ready, reachable manager:\n%s", out)
+		}
+		// Plain shoalctl knows it too.
+		sockets, err := lab.ContextSockets()
+		if err != nil || !slices.Contains(sockets, filepath.Join(lab.RunRoot, "manager4.sock")) {
+			t.Errorf("lab context = %q, %v; want manager4's socket in it", sockets, err)
+		}
+	})
 }
 
 // lineWith says whether a line of out holds every one of words.

@@ -3,7 +3,6 @@ package ctl
 import (
 	"context"
 	"crypto/tls"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -124,14 +123,8 @@ func staleSocket(t *testing.T) string {
 // memory.
 func runLab(t *testing.T, memory string, sockets []string, args ...string) (string, error) {
 	t.Helper()
-	e := realEnv()
-	e.isTerminal = func(io.Writer) bool { return false }
-	e.now = func() time.Time { return fixedNow }
-	e.getenv = func(string) string { return "" }
+	e := dialEnv(nil, memory)
 	e.labSockets = func() []string { return sockets }
-	e.connect = func(ctx context.Context, ts targets) (api.ControlClient, io.Closer, error) {
-		return dialTargets(ctx, ts, managerMemory{path: memory})
-	}
 	return runWith(t, e, args...)
 }
 
@@ -222,17 +215,25 @@ func TestFailoverWhatMovesOn(t *testing.T) {
 	memory := filepath.Join(t.TempDir(), "managers.json")
 	create := []string{"service", "create", "--detach", "--name", "web", "nginx"}
 
-	t.Run("a read moves on from a manager without a leader", func(t *testing.T) {
-		ms := startManagers(t, nodeAlpha, nodeBravo)
-		ms[0].noLeader = true
-		out, err := runLab(t, memory, []string{ms[0].socket, ms[1].socket}, "node", "ls")
-		if err != nil {
-			t.Fatal(ErrorMessage(err))
-		}
-		if got := answeredBy(t, out); got != nodeBravo {
-			t.Errorf("answered by %s, want bravo", got)
-		}
-	})
+	for _, tt := range []struct {
+		name string
+		fail func(*manager)
+	}{
+		{"a read moves on from a manager without a leader", func(m *manager) { m.noLeader = true }},
+		{"a read whose connection broke moves on", func(m *manager) { m.drop = true }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ms := startManagers(t, nodeAlpha, nodeBravo)
+			tt.fail(ms[0])
+			out, err := runLab(t, memory, []string{ms[0].socket, ms[1].socket}, "node", "ls")
+			if err != nil {
+				t.Fatal(ErrorMessage(err))
+			}
+			if got := answeredBy(t, out); got != nodeBravo || ms[0].callsOf("ListNodes") != 1 {
+				t.Errorf("answered by %s after alpha got %d calls; want bravo after one", got, ms[0].callsOf("ListNodes"))
+			}
+		})
+	}
 	t.Run("a write does not: the manager answered", func(t *testing.T) {
 		ms := startManagers(t, nodeAlpha, nodeBravo)
 		ms[0].noLeader = true
@@ -280,17 +281,6 @@ func TestFailoverWhatMovesOn(t *testing.T) {
 			t.Fatal(ErrorMessage(err))
 		}
 	})
-	t.Run("a read whose connection broke moves on", func(t *testing.T) {
-		ms := startManagers(t, nodeAlpha, nodeBravo)
-		ms[0].drop = true
-		out, err := runLab(t, memory, []string{ms[0].socket, ms[1].socket}, "node", "ls")
-		if err != nil {
-			t.Fatal(ErrorMessage(err))
-		}
-		if got := answeredBy(t, out); got != nodeBravo || ms[0].callsOf("ListNodes") != 1 {
-			t.Errorf("answered by %s after alpha got %d calls; want bravo after one", got, ms[0].callsOf("ListNodes"))
-		}
-	})
 	t.Run("nobody answers: every manager's reason", func(t *testing.T) {
 		ms := startManagers(t, nodeAlpha)
 		ms[0].noLeader = true
@@ -325,25 +315,13 @@ func TestFailoverTLS(t *testing.T) {
 	live := serveTLS(t, ca, tls.RequireAndVerifyClientCert)
 	cert, key := ca.issue(t, "admin", nil, time.Now().Add(time.Hour))
 	good := adminDir(t, ca.certPEM, cert, key)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close()
+	dead := deadAddr(t)
 	other := newTestCA(t, "another cluster's CA")
 	otherCert, otherKey := other.issue(t, "admin", nil, time.Now().Add(time.Hour))
 	memory := filepath.Join(t.TempDir(), "managers.json")
 
 	run := func(vars map[string]string, args ...string) (string, error) {
-		e := realEnv()
-		e.isTerminal = func(io.Writer) bool { return false }
-		e.now = func() time.Time { return fixedNow }
-		e.getenv = func(k string) string { return vars[k] }
-		e.connect = func(ctx context.Context, ts targets) (api.ControlClient, io.Closer, error) {
-			return dialTargets(ctx, ts, managerMemory{path: memory})
-		}
-		return runWith(t, e, args...)
+		return runWith(t, dialEnv(vars, memory), args...)
 	}
 
 	out, err := run(nil, "--host", dead+","+live, "--tls-dir", good, "node", "ls", "-q")

@@ -148,11 +148,21 @@ func serveTLS(t *testing.T, ca *testCA, clientAuth tls.ClientAuthType) string {
 // given environment variables only.
 func runEnv(t *testing.T, vars map[string]string, args ...string) (string, error) {
 	t.Helper()
+	return runWith(t, dialEnv(vars, ""), args...)
+}
+
+// dialEnv is the production env with a fixed clock, the given environment
+// variables only, and its memory of managers in the file memory ("":
+// none).
+func dialEnv(vars map[string]string, memory string) env {
 	e := realEnv()
 	e.isTerminal = func(io.Writer) bool { return false }
 	e.now = func() time.Time { return fixedNow }
 	e.getenv = func(k string) string { return vars[k] }
-	return runWith(t, e, args...)
+	e.connect = func(ctx context.Context, ts targets) (api.ControlClient, io.Closer, error) {
+		return dialTargets(ctx, ts, managerMemory{path: memory})
+	}
+	return e
 }
 
 func TestDialTLS(t *testing.T) {
@@ -256,17 +266,23 @@ func TestDialTLS(t *testing.T) {
 	}
 }
 
-func TestDialTLSNobodyListening(t *testing.T) {
-	ca := newTestCA(t, "shoal root CA")
-	cert, key := ca.issue(t, "admin", nil, time.Now().Add(time.Hour))
-	dir := adminDir(t, ca.certPEM, cert, key)
+// deadAddr is a loopback address where nothing listens.
+func deadAddr(t *testing.T) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
-	_, err = runEnv(t, nil, "--host", addr, "--tls-dir", dir, "node", "ls")
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestDialTLSNobodyListening(t *testing.T) {
+	ca := newTestCA(t, "shoal root CA")
+	cert, key := ca.issue(t, "admin", nil, time.Now().Add(time.Hour))
+	dir := adminDir(t, ca.certPEM, cert, key)
+	addr := deadAddr(t)
+	_, err := runEnv(t, nil, "--host", addr, "--tls-dir", dir, "node", "ls")
 	want := "cannot reach shoald at " + addr + ": connection refused: is shoald running there, and is that its --listen-addr port?"
 	if got := ErrorMessage(err); got != want {
 		t.Errorf("error = %q\nwant    %q", got, want)

@@ -123,15 +123,8 @@ func TestDialMissingSocket(t *testing.T) {
 }
 
 func TestDialStaleSocket(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "shoald.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Leave the file behind as a crashed daemon would.
-	l.SetUnlinkOnClose(false)
-	l.Close()
-	_, err = runReal(t, socket, "node", "ls")
+	socket := staleSocket(t)
+	_, err := runReal(t, socket, "node", "ls")
 	want := "cannot reach shoald at " + socket + ": is it running? (start it with `shoald init` or `shoald run`)"
 	if got := ErrorMessage(err); got != want {
 		t.Errorf("error = %q\nwant    %q", got, want)

@@ -79,14 +79,8 @@ func TestPlan(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			gw, nodes, err := Plan(tt.cfg)
-			if tt.errMatch != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.errMatch) {
-					t.Fatalf("err = %v, want one containing %q", err, tt.errMatch)
-				}
+			if failed(t, err, tt.errMatch) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if gw.String() != tt.gateway {
 				t.Errorf("gateway = %s, want %s", gw, tt.gateway)
@@ -102,6 +96,22 @@ func TestPlan(t *testing.T) {
 			}
 		})
 	}
+}
+
+// failed checks err against the error a case wants (errMatch, a
+// substring; "" for none) and says whether the case ends there.
+func failed(t *testing.T, err error, errMatch string) bool {
+	t.Helper()
+	if errMatch != "" {
+		if err == nil || !strings.Contains(err.Error(), errMatch) {
+			t.Fatalf("err = %v, want one containing %q", err, errMatch)
+		}
+		return true
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return false
 }
 
 func TestPlanNoManagerIsErrNoManager(t *testing.T) {
@@ -206,14 +216,8 @@ func TestPlanAdd(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			nodes, err := planAdd(tt.st, tt.managers, tt.workers)
-			if tt.errMatch != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.errMatch) {
-					t.Fatalf("err = %v, want one containing %q", err, tt.errMatch)
-				}
+			if failed(t, err, tt.errMatch) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			var got []string
 			for _, n := range nodes {

@@ -144,10 +144,11 @@ func TestCLIReachesAnyManager(t *testing.T) {
 	})
 	t.Run("lab add --managers 1", func(t *testing.T) {
 		must(t, nil, "lab", "add", "--managers", "1")
-		out := must(t, nil, "node", "ls")
-		if !lineWith(out, "manager4", "Ready", "Reachable") {
-			t.Errorf("node ls does not show manager4 a Ready, reachable manager:\n%s", out)
-		}
+		// The leader sees a new member reachable once it has heard from it.
+		tc.Eventually(t, clusterConverge, "manager4 a Ready, reachable manager in node ls", func() (bool, string) {
+			out, err := shoalctl(nil, "node", "ls")
+			return err == nil && lineWith(out, "manager4", "Ready", " Reachable"), out
+		})
 		// Plain shoalctl knows it too.
 		sockets, err := lab.ContextSockets()
 		if err != nil || !slices.Contains(sockets, filepath.Join(lab.RunRoot, "manager4.sock")) {

@@ -472,9 +472,10 @@ func (r reacher) explain(ctx context.Context, err error) (outcome, error) {
 		return unreached, unreachable(t, fs.ErrPermission)
 	// grpc sends a call only once the connection is up and the server's
 	// preface read: failing before that, it went nowhere.
-	case strings.Contains(msg, "Error while dialing"), strings.Contains(msg, "error reading server preface"),
-		strings.Contains(msg, "name resolver error"), strings.Contains(msg, "produced zero addresses"):
+	case strings.Contains(msg, "Error while dialing"), strings.Contains(msg, "error reading server preface"):
 		return unreached, fmt.Errorf("cannot reach shoald at %s: %s", t, msg)
+	case strings.Contains(msg, "name resolver error"), strings.Contains(msg, "produced zero addresses"):
+		return unreached, fmt.Errorf("cannot reach shoald at %s: its name resolves to no address (%s)", t, msg)
 	case strings.HasPrefix(msg, "connection error"), strings.Contains(msg, "error reading from server"),
 		strings.Contains(msg, "transport is closing"), strings.Contains(msg, "connection closed"):
 		return dropped, fmt.Errorf("cannot reach shoald at %s: %s", t, msg)

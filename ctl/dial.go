@@ -11,11 +11,15 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -25,9 +29,9 @@ import (
 	"github.com/shoal-project/shoal/identity"
 )
 
-// target says where shoald's Control API is: the local unix socket, or a
-// manager over TCP (host) with mutual TLS using the admin credentials in
-// tlsDir. cli.target picks it from the flags; no command cares which.
+// target is one shoald whose Control API shoalctl may talk to: the local
+// unix socket, or a manager over TCP (host) with mutual TLS using the
+// admin credentials in tlsDir.
 type target struct {
 	socket string
 	host   string // HOST:PORT, checked by hostAddr
@@ -41,65 +45,278 @@ func (t target) String() string {
 	return t.socket
 }
 
-// dialTarget makes a client for t. grpc.NewClient does not connect, so
-// what can be checked before the first RPC is checked here, with precise
-// messages: that the socket exists, or that the admin credentials can be
-// read.
-func dialTarget(_ context.Context, t target) (api.ControlClient, io.Closer, error) {
-	var (
-		addr  string
-		creds credentials.TransportCredentials
-		r     = reacher{target: t}
-	)
-	if t.host != "" {
-		cfg, err := adminTLSConfig(t.tlsDir, time.Now())
+// targets are the shoalds of one cluster a command may talk to, in the
+// order to try them: one socket, the managers of --host m1,m2,m3, or the
+// sockets of a lab's managers. cli.targets picks them from the flags; no
+// command cares which, or how many.
+type targets []target
+
+func (ts targets) String() string {
+	names := make([]string, len(ts))
+	for i, t := range ts {
+		names[i] = t.String()
+	}
+	return strings.Join(names, ", ")
+}
+
+// failoverConnectTimeout bounds connecting to one manager when others are
+// left to try: a manager that is gone takes the TCP connect timeout to
+// give up on otherwise (grpc's 20 s), while a live one on any sane network
+// completes TCP and TLS in well under a second.
+const failoverConnectTimeout = 5 * time.Second
+
+// dialTargets makes a client that talks to the first of ts that answers
+// (see failover). grpc.NewClient does not connect, so what can be checked
+// before the first RPC is checked here, with precise messages: that the
+// admin credentials can be read, and that a socket exists.
+//
+// The order is ts's, except that the one that answered last time comes
+// first (see managerMemory).
+func dialTargets(_ context.Context, ts targets, memory managerMemory) (api.ControlClient, io.Closer, error) {
+	if len(ts) == 0 {
+		return nil, nil, errors.New("no shoald to talk to")
+	}
+	f := &failover{targets: memory.order(ts), memory: memory, conns: make([]*grpc.ClientConn, len(ts))}
+	if ts[0].host != "" {
+		// One cluster, one set of admin credentials for all its managers.
+		cfg, err := adminTLSConfig(ts[0].tlsDir, time.Now())
 		if err != nil {
 			return nil, nil, err
 		}
+		f.tlsConfig = cfg
+	} else {
+		// Fail before any RPC only when no socket is there at all; a
+		// missing one among several is skipped when its turn comes.
+		var errs []error
+		for _, t := range f.targets {
+			if _, err := os.Stat(t.socket); err != nil {
+				errs = append(errs, argError(t.String(), unreachable(t, err)))
+			}
+		}
+		if len(errs) == len(f.targets) {
+			return nil, nil, noneAnswered(f.targets, errs)
+		}
+	}
+	return api.NewControlClient(f), f, nil
+}
+
+// failover is a grpc.ClientConnInterface over several shoalds of one
+// cluster. A call goes to the current one; when that one cannot be
+// reached, to the next, and the one that answers becomes current (and is
+// remembered for the next command). Any manager serves the whole Control
+// API (followers forward writes to the leader), so which one answers
+// does not matter, only that one does.
+//
+// It moves on only when the call cannot have done anything: it never
+// reached the manager (nothing listens, the socket is gone, the TLS
+// handshake failed), or it only reads (readOnly) and failed in transit or
+// with the manager's own Unavailable (no leader on its side of a
+// partition). A write whose connection broke under it may have been
+// applied, so its error is reported, not retried elsewhere. A stream
+// moves on only when it cannot be opened; a broken stream is reported.
+//
+// This is by hand rather than grpc's pick_first over an address list:
+// that one reports only the last address's error, so the precise reasons
+// (whose certificate was refused, which socket is stale) would be lost,
+// and it resolves addresses itself, losing DNS names in messages.
+type failover struct {
+	targets   targets
+	tlsConfig *tls.Config // for host targets
+	memory    managerMemory
+
+	mu      sync.Mutex
+	conns   []*grpc.ClientConn // by index in targets, made on first use
+	current int
+	// remembered says whether current was given to memory yet.
+	remembered bool
+}
+
+// Invoke implements grpc.ClientConnInterface.
+func (f *failover) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	_, err := f.try(ctx, method, func(cc *grpc.ClientConn) error {
+		return cc.Invoke(ctx, method, args, reply, opts...)
+	})
+	return err
+}
+
+// NewStream implements grpc.ClientConnInterface.
+func (f *failover) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	var s grpc.ClientStream
+	r, err := f.try(ctx, method, func(cc *grpc.ClientConn) error {
+		var err error
+		s, err = cc.NewStream(ctx, desc, method, opts...)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return reachStream{ClientStream: s, reacher: r}, nil
+}
+
+// try makes the call on the current target, then on the others in turn
+// while the way it failed allows it.
+func (f *failover) try(ctx context.Context, method string, call func(*grpc.ClientConn) error) (reacher, error) {
+	f.mu.Lock()
+	start := f.current
+	f.mu.Unlock()
+	var errs []error
+	for i := range f.targets {
+		k := (start + i) % len(f.targets)
+		t := f.targets[k]
+		r := reacher{target: t, tlsConfig: f.tlsConfig}
+		cc, err := f.conn(k)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		raw := call(cc)
+		how, err := r.explain(ctx, raw)
+		if how == answered {
+			f.answered(k)
+		}
+		moveOn := how == unreached ||
+			readOnly[method] && (how == dropped || how == answered && status.Code(raw) == codes.Unavailable)
+		if !moveOn {
+			if how == dropped && !readOnly[method] {
+				err = fmt.Errorf("%w (the connection broke during the call, so it may have been done: look before you repeat it)", err)
+			}
+			return r, err
+		}
+		if len(f.targets) > 1 {
+			err = argError(t.String(), err)
+		}
+		errs = append(errs, err)
+	}
+	return reacher{}, noneAnswered(f.targets, errs)
+}
+
+// answered makes target k the current one, and remembers it as the one
+// to ask first next time.
+func (f *failover) answered(k int) {
+	f.mu.Lock()
+	changed := f.current != k || !f.remembered
+	f.current, f.remembered = k, true
+	f.mu.Unlock()
+	if changed {
+		f.memory.remember(f.targets, f.targets[k])
+	}
+}
+
+// conn returns the connection to target k, made on first use.
+func (f *failover) conn(k int) (*grpc.ClientConn, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if cc := f.conns[k]; cc != nil {
+		return cc, nil
+	}
+	t := f.targets[k]
+	opts := []grpc.DialOption{}
+	var addr string
+	if t.host != "" {
 		addr = "dns:///" + t.host
-		creds = credentials.NewTLS(cfg)
-		r.tlsConfig = cfg
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(f.tlsConfig)))
 	} else {
 		path, err := filepath.Abs(t.socket)
 		if err != nil {
-			return nil, nil, fmt.Errorf("socket path %q: %w", t.socket, err)
+			return nil, fmt.Errorf("socket path %q: %w", t.socket, err)
 		}
 		if _, err := os.Stat(path); err != nil {
-			return nil, nil, unreachable(t, err)
+			return nil, unreachable(t, err)
 		}
 		addr = "unix://" + path
 		// Plain gRPC over the unix socket: the socket is 0600 and owned
 		// by root, so the kernel has already authenticated the caller.
-		creds = insecure.NewCredentials()
+		opts = append(opts, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
-	conn, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(creds),
-		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-			return r.explain(ctx, invoker(ctx, method, req, reply, cc, opts...))
-		}),
-		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-			s, err := streamer(ctx, desc, cc, method, opts...)
-			if err != nil {
-				return nil, r.explain(ctx, err)
-			}
-			return reachStream{ClientStream: s, reacher: r}, nil
-		}),
-	)
+	if len(f.targets) > 1 {
+		opts = append(opts, grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.DefaultConfig, MinConnectTimeout: failoverConnectTimeout}))
+	}
+	cc, err := grpc.NewClient(addr, opts...)
 	if err != nil {
-		return nil, nil, fmt.Errorf("connect to shoald at %s: %w", t, err)
+		return nil, fmt.Errorf("connect to shoald at %s: %w", t, err)
 	}
-	return api.NewControlClient(conn), conn, nil
+	f.conns[k] = cc
+	return cc, nil
+}
+
+// Close closes every connection made.
+func (f *failover) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	for i, cc := range f.conns {
+		if cc != nil {
+			errs = append(errs, cc.Close())
+			f.conns[i] = nil
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// noneAnswered is the error when no target could take a call: with one
+// target its own error, with several every one's, one a line.
+func noneAnswered(ts targets, errs []error) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return errors.Join(append([]error{fmt.Errorf("none of the %d managers could answer:", len(ts))}, errs...)...)
+}
+
+// readOnly are the Control methods that change nothing, which can be
+// asked again of another manager whatever became of the first attempt.
+// A method not listed counts as a write (GetJoinToken may rotate).
+var readOnly = map[string]bool{
+	api.Control_GetCluster_FullMethodName:   true,
+	api.Control_ListNodes_FullMethodName:    true,
+	api.Control_GetNode_FullMethodName:      true,
+	api.Control_ListImages_FullMethodName:   true,
+	api.Control_GetService_FullMethodName:   true,
+	api.Control_ListServices_FullMethodName: true,
+	api.Control_ListTasks_FullMethodName:    true,
+	api.Control_WatchTasks_FullMethodName:   true,
+	api.Control_GetNetwork_FullMethodName:   true,
+	api.Control_ListNetworks_FullMethodName: true,
 }
 
 // defaultPort is shoald's default --listen-addr port, which serves the
 // Control API, the dispatcher and raft alike.
 var defaultPort = strconv.Itoa(identity.DefaultPort)
 
-// hostAddr is --host as HOST:PORT, the port defaulting to shoald's. It
-// is checked before connecting, as arguments are.
-func hostAddr(host string) (string, error) {
+// hostAddrs is a --host list (from source, --host or $SHOAL_HOST) as
+// HOST:PORT addresses: entries separated by commas, each checked by
+// hostAddr, a manager named twice kept once. It is checked before
+// connecting, as arguments are, and an error names the entry at fault.
+func hostAddrs(source, list string) ([]string, error) {
+	entries := strings.Split(list, ",")
+	var out []string
+	for i, entry := range entries {
+		entry = strings.TrimSpace(entry)
+		if entry == "" && len(entries) > 1 {
+			return nil, fmt.Errorf("invalid %s %q: entry %d is empty; want HOST[:PORT] entries separated by commas", source, list, i+1)
+		}
+		addr, err := hostAddr(source, entry)
+		if err != nil {
+			if len(entries) > 1 {
+				return nil, fmt.Errorf("%w (entry %d of %q)", err, i+1, list)
+			}
+			return nil, err
+		}
+		if !slices.Contains(out, addr) {
+			out = append(out, addr)
+		}
+	}
+	return out, nil
+}
+
+// hostnameRE is what a host name may be made of: DNS labels, and the
+// underscores some local names have.
+var hostnameRE = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?(\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9_])?)*\.?$`)
+
+// hostAddr is one manager of --host as HOST:PORT, the port defaulting to
+// shoald's.
+func hostAddr(source, host string) (string, error) {
 	bad := func(why string) (string, error) {
-		return "", fmt.Errorf("invalid --host %q: %s", host, why)
+		return "", fmt.Errorf("invalid %s %q: %s", source, host, why)
 	}
 	h := strings.TrimPrefix(host, "tcp://")
 	if h == "" || strings.Contains(h, "://") || strings.ContainsAny(h, "/ \t") {
@@ -113,8 +330,7 @@ func hostAddr(host string) (string, error) {
 			name = h[1 : len(h)-1]
 		}
 	}
-	switch {
-	case name == "", strings.ContainsAny(name, "[]"), strings.Contains(name, ":") && net.ParseIP(name) == nil:
+	if name == "" || net.ParseIP(name) == nil && !hostnameRE.MatchString(name) {
 		return bad("want HOST[:PORT], for example 192.0.2.10:" + defaultPort)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
@@ -207,18 +423,33 @@ type reacher struct {
 	tlsConfig *tls.Config
 }
 
-// explain turns a transport failure into a message about the daemon.
-// Only transport failures: the managers also answer Unavailable themselves
-// (no leader yet), and those messages pass unchanged like every other error.
-func (r reacher) explain(ctx context.Context, err error) error {
+// outcome is how a call that failed ended, as far as the client can
+// tell; it decides whether another manager may be asked.
+type outcome int
+
+const (
+	// answered: the shoald answered, maybe with an error of its own.
+	answered outcome = iota
+	// unreached: the call never reached a shoald, so it did nothing.
+	unreached
+	// dropped: the connection broke while the call was under way; the
+	// shoald may have done it.
+	dropped
+)
+
+// explain turns a transport failure into a message about the daemon, and
+// says how the call ended. Only transport failures: the managers also
+// answer Unavailable themselves (no leader yet), and those messages pass
+// unchanged like every other error.
+func (r reacher) explain(ctx context.Context, err error) (outcome, error) {
 	st, ok := status.FromError(err)
 	if !ok || st.Code() != codes.Unavailable {
-		return err
+		return answered, err
 	}
 	t, msg := r.target, st.Message()
 	if t.host != "" {
 		if e := tlsError(t, msg); e != nil {
-			return e
+			return unreached, e
 		}
 		// With TLS 1.3 the client's handshake is over before the server
 		// has checked the client's certificate, so a manager refusing it
@@ -227,7 +458,7 @@ func (r reacher) explain(ctx context.Context, err error) error {
 		if connectionDropped(msg) && r.tlsConfig != nil {
 			if alert := probeTLS(ctx, t.host, r.tlsConfig); alert != "" {
 				if e := tlsError(t, alert); e != nil {
-					return e
+					return unreached, e
 				}
 			}
 		}
@@ -236,14 +467,20 @@ func (r reacher) explain(ctx context.Context, err error) error {
 	// A stale socket file with nobody listening, or one removed between
 	// the check and the dial.
 	case strings.Contains(msg, "connection refused"), t.host == "" && strings.Contains(msg, "no such file"):
-		return errNotRunning(t)
+		return unreached, errNotRunning(t)
 	case t.host == "" && strings.Contains(msg, "permission denied"):
-		return unreachable(t, fs.ErrPermission)
+		return unreached, unreachable(t, fs.ErrPermission)
+	// grpc sends a call only once the connection is up and the server's
+	// preface read: failing before that, it went nowhere.
+	case strings.Contains(msg, "Error while dialing"), strings.Contains(msg, "error reading server preface"):
+		return unreached, fmt.Errorf("cannot reach shoald at %s: %s", t, msg)
+	case strings.Contains(msg, "name resolver error"), strings.Contains(msg, "produced zero addresses"):
+		return unreached, fmt.Errorf("cannot reach shoald at %s: its name resolves to no address (%s)", t, msg)
 	case strings.HasPrefix(msg, "connection error"), strings.Contains(msg, "error reading from server"),
 		strings.Contains(msg, "transport is closing"), strings.Contains(msg, "connection closed"):
-		return fmt.Errorf("cannot reach shoald at %s: %s", t, msg)
+		return dropped, fmt.Errorf("cannot reach shoald at %s: %s", t, msg)
 	}
-	return err
+	return answered, err
 }
 
 func connectionDropped(msg string) bool {
@@ -340,5 +577,6 @@ func (s reachStream) RecvMsg(m any) error {
 	if err == nil || errors.Is(err, io.EOF) {
 		return err
 	}
-	return s.reacher.explain(s.Context(), err)
+	_, err = s.reacher.explain(s.Context(), err)
+	return err
 }

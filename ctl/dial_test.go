@@ -57,8 +57,8 @@ func TestSocketResolution(t *testing.T) {
 			f := newFixture()
 			e := testEnv(f)
 			var got string
-			e.connect = func(_ context.Context, tg target) (api.ControlClient, io.Closer, error) {
-				got = tg.socket
+			e.connect = func(_ context.Context, ts targets) (api.ControlClient, io.Closer, error) {
+				got = ts.String()
 				return f, nopCloser{}, nil
 			}
 			e.getenv = func(k string) string {
@@ -123,15 +123,8 @@ func TestDialMissingSocket(t *testing.T) {
 }
 
 func TestDialStaleSocket(t *testing.T) {
-	socket := filepath.Join(t.TempDir(), "shoald.sock")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Leave the file behind as a crashed daemon would.
-	l.SetUnlinkOnClose(false)
-	l.Close()
-	_, err = runReal(t, socket, "node", "ls")
+	socket := staleSocket(t)
+	_, err := runReal(t, socket, "node", "ls")
 	want := "cannot reach shoald at " + socket + ": is it running? (start it with `shoald init` or `shoald run`)"
 	if got := ErrorMessage(err); got != want {
 		t.Errorf("error = %q\nwant    %q", got, want)

@@ -1,7 +1,8 @@
 // Package ctl is shoalctl: the cobra commands a user types (service, node,
-// cluster join-token, image), the connection to shoald's Control API
-// (dial.go: the local unix socket, or a remote manager over mutual TLS with
-// the admin credentials `shoald init` writes), and everything the user
+// cluster join-token, image, lab), the connection to shoald's Control API
+// (dial.go: the local unix socket, or remote managers over mutual TLS with
+// the admin credentials `shoald init` writes, failing over between them;
+// lastmanager.go remembers which answered), and everything the user
 // reads back: tables, JSON and Go-template output (format.go), and the live
 // convergence display of `service create` and `service scale`
 // (progress.go, wait.go).

@@ -424,7 +424,7 @@ func (nopCloser) Close() error { return nil }
 // testEnv is an env whose daemon is f and whose clock is fixedNow.
 func testEnv(f *fakeControl) env {
 	return env{
-		connect: func(context.Context, target) (api.ControlClient, io.Closer, error) {
+		connect: func(context.Context, targets) (api.ControlClient, io.Closer, error) {
 			f.mu.Lock()
 			f.connects++
 			f.mu.Unlock()

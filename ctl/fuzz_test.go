@@ -3,6 +3,7 @@ package ctl
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -70,7 +71,7 @@ func FuzzNodeInput(f *testing.F) {
 		if u, err := parseNodeUpdate(changedFlags{}, "", nil, []string{s}); err == nil && (len(u.labelRm) != 1 || strings.Contains(s, "=")) {
 			t.Errorf("accepted --label-rm %q as %v", s, u.labelRm)
 		}
-		if addr, err := hostAddr(s); err == nil {
+		if addr, err := hostAddr("--host", s); err == nil {
 			host, port, err := net.SplitHostPort(addr)
 			if err != nil || host == "" || port == "" {
 				t.Errorf("hostAddr(%q) = %q, not HOST:PORT", s, addr)
@@ -78,6 +79,37 @@ func FuzzNodeInput(f *testing.F) {
 		}
 		if r, err := parseJoinRole(s); err == nil && roleWord(r) != s {
 			t.Errorf("role %q parsed as %s", s, r)
+		}
+	})
+}
+
+func FuzzHostAddrs(f *testing.F) {
+	for _, s := range []string{"m1", "m1,m2:99", "m1,,m2", "[::1]:1, tcp://m2", "m1,m2:x", ",", "a:b:c,d"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, list string) {
+		addrs, err := hostAddrs("--host", list)
+		if err != nil {
+			// The message names the entry at fault, or the whole list.
+			named := strings.Contains(err.Error(), fmt.Sprintf("%q", list))
+			for _, entry := range strings.Split(list, ",") {
+				named = named || strings.Contains(err.Error(), fmt.Sprintf("%q", strings.TrimSpace(entry)))
+			}
+			if !named {
+				t.Errorf("error %q names no entry of %q", err, list)
+			}
+			return
+		}
+		if len(addrs) == 0 || len(addrs) > strings.Count(list, ",")+1 {
+			t.Errorf("hostAddrs(%q) = %q", list, addrs)
+		}
+		for i, addr := range addrs {
+			if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" {
+				t.Errorf("hostAddrs(%q) gave %q, not HOST:PORT", list, addr)
+			}
+			if slices.Contains(addrs[:i], addr) {
+				t.Errorf("hostAddrs(%q) lists %q twice", list, addr)
+			}
 		}
 	})
 }

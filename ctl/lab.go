@@ -22,13 +22,13 @@ import (
 	"github.com/shoal-project/shoal/lab"
 )
 
-// labSocket is the lab's context: the socket plain shoalctl talks to
-// while a lab is up, "" when none is. It comes after --socket and
-// $SHOAL_SOCKET and before the default.
-func labSocket() string {
-	s, err := lab.ContextSocket()
+// labSockets is the lab's context: the sockets of the lab's managers,
+// which plain shoalctl tries in turn while a lab is up; none when none is.
+// It comes after --socket and $SHOAL_SOCKET and before the default.
+func labSockets() []string {
+	s, err := lab.ContextSockets()
 	if err != nil {
-		return ""
+		return nil
 	}
 	return s
 }
@@ -44,6 +44,7 @@ func newLabCommand(c *cli) *cobra.Command {
 	}
 	cmd := groupCommand("lab", "Run a local multi-node cluster on this machine",
 		newLabUpCommand(c, logger),
+		newLabAddCommand(c, logger),
 		newLabDownCommand(c, logger),
 		newLabStatusCommand(c, logger),
 		newLabExecCommand(c),
@@ -52,11 +53,13 @@ func newLabCommand(c *cli) *cobra.Command {
 for tests. Every node is a network namespace (shoal-lab-NODE) on the bridge
 ` + lab.BridgeName + ` with its own address, data dir (` + lab.DataRoot + `/NODE),
 socket, containerd namespace and shoald; all nodes share the host's
-containerd. While a lab is up, plain shoalctl commands talk to it.
+containerd. While a lab is up, plain shoalctl commands talk to it: to
+manager1, or the next manager that answers when it does not.
 
 Every lab command needs root.`
 	cmd.Example = `  shoalctl lab up --managers 3 --workers 2
   shoalctl node ls
+  shoalctl lab add --workers 1
   shoalctl lab exec worker1 -- ip -o addr
   shoalctl lab status
   shoalctl lab down`
@@ -118,15 +121,12 @@ func printLabUsage(w io.Writer, l *lab.Lab) error {
 	nodes := l.Nodes()
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "\nThe lab is up: %s on %s (%s, bridge address %s).\n\n", countNodes(nodes), lab.BridgeName, l.Subnet(), l.Gateway())
-	tw := tabwriter.NewWriter(&buf, 0, 0, 3, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tNETWORK NAMESPACE\tLOG")
-	for _, n := range nodes {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.Addr, n.Namespace, n.LogFile())
-	}
-	tw.Flush()
+	writeNodeTable(&buf, nodes)
 	fmt.Fprintf(&buf, `
-shoalctl now talks to the lab (%s's socket %s):
+shoalctl now talks to the lab (%s's socket %s, or the next manager's):
   shoalctl node ls
+Add nodes:
+  shoalctl lab add --workers 1
 Run a command inside a node's network namespace:
   shoalctl lab exec %s -- ip -o addr
 See the nodes:
@@ -135,6 +135,24 @@ Remove the lab and everything it made:
   shoalctl lab down
 `, nodes[0].Name, l.Socket(), nodes[len(nodes)-1].Name)
 	return writeTrimmed(w, buf.String())
+}
+
+// printLabNodes prints a heading and the nodes' table.
+func printLabNodes(w io.Writer, heading string, nodes []lab.Node) error {
+	var buf bytes.Buffer
+	buf.WriteString(heading)
+	writeNodeTable(&buf, nodes)
+	return writeTrimmed(w, buf.String())
+}
+
+// writeNodeTable lists nodes with where to find them.
+func writeNodeTable(buf *bytes.Buffer, nodes []lab.Node) {
+	tw := tabwriter.NewWriter(buf, 0, 0, 3, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tNETWORK NAMESPACE\tLOG")
+	for _, n := range nodes {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.Addr, n.Namespace, n.LogFile())
+	}
+	tw.Flush()
 }
 
 func countNodes(nodes []lab.Node) string {
@@ -153,6 +171,46 @@ func countNodes(nodes []lab.Node) string {
 		return strconv.Itoa(n) + " " + word + "s"
 	}
 	return plural(m, "manager") + " and " + plural(w, "worker")
+}
+
+func newLabAddCommand(c *cli, logger func(io.Writer) *slog.Logger) *cobra.Command {
+	var cfg lab.AddConfig
+	cmd := &cobra.Command{
+		Use:   "add",
+		Short: "Add nodes to the lab",
+		Long: `Add nodes to the lab that is up: each gets its namespace on the lab's bridge,
+the next address and the next name of its role (worker3 after worker2),
+and joins the cluster through a manager that answers, with the join token
+of its role. The command returns once the new nodes are Ready. They get the
+images the lab was made with, and those of --image.
+
+If a node fails to join, it stays in the lab as it is, for ` + "`lab status`" + ` and
+its log; ` + "`lab down`" + ` removes it with the rest.`,
+		Example: `  shoalctl lab add --workers 1
+  shoalctl lab add --managers 2 --image web.tar`,
+		Args: noArgs,
+	}
+	flags := cmd.Flags()
+	flags.IntVar(&cfg.Managers, "managers", 0, "number of managers to add")
+	flags.IntVar(&cfg.Workers, "workers", 0, "number of workers to add")
+	flags.StringArrayVar(&cfg.Images, "image", nil, "image tarball (OCI or Docker archive) to import on the new nodes (repeatable)")
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
+		if cfg.Managers < 0 || cfg.Workers < 0 || cfg.Managers == 0 && cfg.Workers == 0 {
+			return usageError{cmd: cmd, err: errors.New("say how many nodes to add, with --managers N or --workers N (not negative)")}
+		}
+		l, err := lab.Load()
+		if err != nil {
+			return err
+		}
+		cfg.Progress = cmd.ErrOrStderr()
+		cfg.Logger = logger(cmd.ErrOrStderr())
+		nodes, err := l.Add(cmd.Context(), cfg)
+		if err != nil {
+			return err
+		}
+		return printLabNodes(cmd.OutOrStdout(), "\nAdded "+countNodes(nodes)+".\n\n", nodes)
+	}
+	return cmd
 }
 
 func newLabDownCommand(c *cli, logger func(io.Writer) *slog.Logger) *cobra.Command {
@@ -310,14 +368,14 @@ func execInNetns(node lab.Node, path string, argv []string) error {
 	return nil
 }
 
-// orLab is socket, or the lab's socket while a lab is up and neither
-// --socket nor $SHOAL_SOCKET chose one.
-func (c *cli) orLab(cmd *cobra.Command, socket string) string {
-	if cmd.Flags().Changed("socket") || c.env.getenv(socketEnv) != "" || c.env.labSocket == nil {
-		return socket
+// orLab is socket, or the lab's managers' sockets while a lab is up and
+// neither --socket nor $SHOAL_SOCKET chose one.
+func (c *cli) orLab(cmd *cobra.Command, socket string) []string {
+	if cmd.Flags().Changed("socket") || c.env.getenv(socketEnv) != "" || c.env.labSockets == nil {
+		return []string{socket}
 	}
-	if s := c.env.labSocket(); s != "" {
+	if s := c.env.labSockets(); len(s) > 0 {
 		return s
 	}
-	return socket
+	return []string{socket}
 }

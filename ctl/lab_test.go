@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -42,6 +43,10 @@ func TestLabArgErrors(t *testing.T) {
 		{[]string{"lab", "exec", "manager1"}, "requires a node and a command"},
 		{[]string{"lab", "exec", "manager1", "--"}, "requires a node and a command"},
 		{[]string{"lab", "bogus"}, `unknown command "bogus"`},
+		{[]string{"lab", "add"}, "say how many nodes to add"},
+		{[]string{"lab", "add", "--workers", "-1"}, "say how many nodes to add"},
+		{[]string{"lab", "add", "--workers", "x"}, `invalid argument "x"`},
+		{[]string{"lab", "add", "worker3"}, "takes no arguments"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -62,38 +67,37 @@ func TestLabArgErrors(t *testing.T) {
 }
 
 func TestLabSocketResolution(t *testing.T) {
-	const labSock = "/run/shoal-lab/manager1.sock"
+	labSocks := []string{"/run/shoal-lab/manager1.sock", "/run/shoal-lab/manager2.sock"}
 	tests := []struct {
-		name     string
-		env      map[string]string
-		lab      string
-		args     []string
-		want     string
-		wantHost string
+		name string
+		env  map[string]string
+		lab  []string
+		args []string
+		want targets
 	}{
-		{name: "no lab", want: defaultSocket},
-		{name: "lab up", lab: labSock, want: labSock},
-		{name: "environment beats lab", lab: labSock, env: map[string]string{socketEnv: "/tmp/env.sock"}, want: "/tmp/env.sock"},
-		{name: "flag beats lab", lab: labSock, args: []string{"--socket", "/tmp/flag.sock"}, want: "/tmp/flag.sock"},
-		{name: "flag with the default value beats lab", lab: labSock, args: []string{"--socket", defaultSocket}, want: defaultSocket},
-		{name: "host beats lab", lab: labSock, args: []string{"--host", "127.0.0.1"}, wantHost: "127.0.0.1:4242"},
+		{name: "no lab", want: targets{{socket: defaultSocket}}},
+		{name: "lab up: every manager in turn", lab: labSocks, want: targets{{socket: labSocks[0]}, {socket: labSocks[1]}}},
+		{name: "environment beats lab", lab: labSocks, env: map[string]string{socketEnv: "/tmp/env.sock"}, want: targets{{socket: "/tmp/env.sock"}}},
+		{name: "flag beats lab", lab: labSocks, args: []string{"--socket", "/tmp/flag.sock"}, want: targets{{socket: "/tmp/flag.sock"}}},
+		{name: "flag with the default value beats lab", lab: labSocks, args: []string{"--socket", defaultSocket}, want: targets{{socket: defaultSocket}}},
+		{name: "host beats lab", lab: labSocks, args: []string{"--host", "127.0.0.1"}, want: targets{{host: "127.0.0.1:4242", tlsDir: defaultTLSDir}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture()
 			e := testEnv(f)
-			var got target
-			e.connect = func(_ context.Context, tg target) (api.ControlClient, io.Closer, error) {
-				got = tg
+			var got targets
+			e.connect = func(_ context.Context, ts targets) (api.ControlClient, io.Closer, error) {
+				got = ts
 				return f, nopCloser{}, nil
 			}
 			e.getenv = func(k string) string { return tt.env[k] }
-			e.labSocket = func() string { return tt.lab }
+			e.labSockets = func() []string { return tt.lab }
 			if _, err := runWith(t, e, append(tt.args, "service", "ls", "-q")...); err != nil {
 				t.Fatal(err)
 			}
-			if got.socket != tt.want || got.host != tt.wantHost {
-				t.Errorf("dialled socket %q host %q, want socket %q host %q", got.socket, got.host, tt.want, tt.wantHost)
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("dialled %+v, want %+v", got, tt.want)
 			}
 		})
 	}

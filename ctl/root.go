@@ -18,8 +18,9 @@ const (
 	// socketEnv overrides defaultSocket; the --socket flag overrides both.
 	socketEnv = "SHOAL_SOCKET"
 
-	// hostEnv names a remote manager (HOST[:PORT]) like --host; either one
-	// replaces the unix socket with mutual TLS over TCP.
+	// hostEnv names remote managers (HOST[:PORT], several separated by
+	// commas) like --host; either one replaces the unix socket with
+	// mutual TLS over TCP.
 	hostEnv = "SHOAL_HOST"
 	// defaultTLSDir is where `shoald init` writes the admin credentials
 	// (<data-dir>/admin with the default data dir).
@@ -35,29 +36,34 @@ type env struct {
 	// connect is called only by commands that need the daemon, and only
 	// after their arguments were checked, so --help and argument errors
 	// never need a server.
-	connect func(ctx context.Context, t target) (api.ControlClient, io.Closer, error)
+	connect func(ctx context.Context, ts targets) (api.ControlClient, io.Closer, error)
 	// now is the clock for "Running 3 seconds ago".
 	now func() time.Time
 	// isTerminal says whether progress may be redrawn in place on w.
 	isTerminal func(w io.Writer) bool
 	getenv     func(key string) string
-	// labSocket is the socket of the lab that is up, "" if none (nil: none).
-	labSocket func() string
+	// labSockets are the sockets of the managers of the lab that is up,
+	// none if none is (nil: none).
+	labSockets func() []string
 }
 
 func realEnv() env {
+	memory := defaultMemory()
 	return env{
-		connect:    dialTarget,
+		connect: func(ctx context.Context, ts targets) (api.ControlClient, io.Closer, error) {
+			return dialTargets(ctx, ts, memory)
+		},
 		now:        time.Now,
 		isTerminal: isTerminal,
 		getenv:     os.Getenv,
-		labSocket:  labSocket,
+		labSockets: labSockets,
 	}
 }
 
-// NewRootCommand returns the shoalctl command tree. It talks to the shoald
-// named by --host (or $SHOAL_HOST) over mutual TLS, else to the one at
-// --socket (or $SHOAL_SOCKET), once a command needs it.
+// NewRootCommand returns the shoalctl command tree. It talks to the
+// managers named by --host (or $SHOAL_HOST) over mutual TLS, else to the
+// shoald at --socket (or $SHOAL_SOCKET), else to a lab's managers, once a
+// command needs it.
 //
 // Errors are returned, not printed: the caller prints ErrorMessage(err).
 func NewRootCommand() *cobra.Command {
@@ -73,7 +79,7 @@ type cli struct {
 
 	client api.ControlClient
 	closer io.Closer
-	dialed target // where client talks to
+	dialed targets // where client talks to
 }
 
 func newRootCommand(e env) *cobra.Command {
@@ -88,9 +94,18 @@ only root may open.
 With --host ADDR (or $SHOAL_HOST) it talks to the manager at ADDR over TCP
 with mutual TLS instead, presenting the admin certificate that ` + "`shoald init`" + `
 wrote to <data-dir>/admin (ca.pem, cert.pem, key.pem); --tls-dir says
-where a copy of that directory is. --socket is then ignored.`,
+where a copy of that directory is. --socket is then ignored.
+
+--host takes several managers of one cluster, separated by commas. They
+are tried in order until one answers: a call moves on to the next manager
+when it could not reach one, and a read also when the connection broke or
+the manager had no leader. A write whose connection broke is reported, not
+retried: it may have been done. The manager that answered is remembered
+(in the user's cache directory) and asked first by the next command.
+While a lab is up, plain shoalctl tries the lab's managers the same way.`,
 		Example: `  shoalctl node ls
   shoalctl --host 192.0.2.10 --tls-dir ~/shoal-admin service ls
+  shoalctl --host 192.0.2.10,192.0.2.11,192.0.2.12 node ls
   SHOAL_HOST=192.0.2.10:4242 shoalctl cluster join-token worker`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
@@ -100,7 +115,7 @@ where a copy of that directory is. --socket is then ignored.`,
 	root.PersistentFlags().StringVar(&c.socket, "socket", defaultSocket,
 		"path of shoald's unix socket (env "+socketEnv+")")
 	root.PersistentFlags().StringVarP(&c.host, "host", "H", "",
-		"manager to reach over TCP with mutual TLS, HOST[:PORT] (default port "+defaultPort+"; env "+hostEnv+")")
+		"managers to reach over TCP with mutual TLS, HOST[:PORT][,HOST[:PORT]...], tried in order (default port "+defaultPort+"; env "+hostEnv+")")
 	root.PersistentFlags().StringVar(&c.tlsDir, "tls-dir", defaultTLSDir,
 		"directory with the admin credentials ca.pem, cert.pem and key.pem for --host (env "+tlsDirEnv+")")
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
@@ -112,19 +127,32 @@ where a copy of that directory is. --socket is then ignored.`,
 	return root
 }
 
-// target resolves where shoald is. A host (--host, else $SHOAL_HOST) wins
-// and takes its credentials from --tls-dir, else $SHOAL_TLS_DIR, else the
-// default; without one it is --socket, else $SHOAL_SOCKET, else the
-// default.
-func (c *cli) target(cmd *cobra.Command) (target, error) {
-	if host := c.setting(cmd, "host", c.host, hostEnv); host != "" {
-		addr, err := hostAddr(host)
-		if err != nil {
-			return target{}, err
+// targets resolves where shoald is. Hosts (--host, else $SHOAL_HOST) win
+// and take their credentials from --tls-dir, else $SHOAL_TLS_DIR, else
+// the default; without them it is --socket, else $SHOAL_SOCKET, else the
+// lab's managers while a lab is up, else the default socket.
+func (c *cli) targets(cmd *cobra.Command) (targets, error) {
+	if hosts := c.setting(cmd, "host", c.host, hostEnv); hosts != "" {
+		source := "--host"
+		if !cmd.Flags().Changed("host") {
+			source = "$" + hostEnv
 		}
-		return target{host: addr, tlsDir: c.setting(cmd, "tls-dir", c.tlsDir, tlsDirEnv)}, nil
+		addrs, err := hostAddrs(source, hosts)
+		if err != nil {
+			return nil, err
+		}
+		tlsDir := c.setting(cmd, "tls-dir", c.tlsDir, tlsDirEnv)
+		ts := make(targets, len(addrs))
+		for i, addr := range addrs {
+			ts[i] = target{host: addr, tlsDir: tlsDir}
+		}
+		return ts, nil
 	}
-	return target{socket: c.orLab(cmd, c.setting(cmd, "socket", c.socket, socketEnv))}, nil
+	var ts targets
+	for _, s := range c.orLab(cmd, c.setting(cmd, "socket", c.socket, socketEnv)) {
+		ts = append(ts, target{socket: s})
+	}
+	return ts, nil
 }
 
 // setting is a flag's value when the flag was given, else the environment
@@ -144,15 +172,15 @@ func (c *cli) control(cmd *cobra.Command) (api.ControlClient, error) {
 	if c.client != nil {
 		return c.client, nil
 	}
-	t, err := c.target(cmd)
+	ts, err := c.targets(cmd)
 	if err != nil {
 		return nil, usageError{cmd: cmd, err: err}
 	}
-	client, closer, err := c.env.connect(cmd.Context(), t)
+	client, closer, err := c.env.connect(cmd.Context(), ts)
 	if err != nil {
 		return nil, err
 	}
-	c.client, c.closer, c.dialed = client, closer, t
+	c.client, c.closer, c.dialed = client, closer, ts
 	return client, nil
 }
 

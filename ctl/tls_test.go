@@ -9,11 +9,13 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
 	"io"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -146,11 +148,21 @@ func serveTLS(t *testing.T, ca *testCA, clientAuth tls.ClientAuthType) string {
 // given environment variables only.
 func runEnv(t *testing.T, vars map[string]string, args ...string) (string, error) {
 	t.Helper()
+	return runWith(t, dialEnv(vars, ""), args...)
+}
+
+// dialEnv is the production env with a fixed clock, the given environment
+// variables only, and its memory of managers in the file memory ("":
+// none).
+func dialEnv(vars map[string]string, memory string) env {
 	e := realEnv()
 	e.isTerminal = func(io.Writer) bool { return false }
 	e.now = func() time.Time { return fixedNow }
 	e.getenv = func(k string) string { return vars[k] }
-	return runWith(t, e, args...)
+	e.connect = func(ctx context.Context, ts targets) (api.ControlClient, io.Closer, error) {
+		return dialTargets(ctx, ts, managerMemory{path: memory})
+	}
+	return e
 }
 
 func TestDialTLS(t *testing.T) {
@@ -254,17 +266,23 @@ func TestDialTLS(t *testing.T) {
 	}
 }
 
-func TestDialTLSNobodyListening(t *testing.T) {
-	ca := newTestCA(t, "shoal root CA")
-	cert, key := ca.issue(t, "admin", nil, time.Now().Add(time.Hour))
-	dir := adminDir(t, ca.certPEM, cert, key)
+// deadAddr is a loopback address where nothing listens.
+func deadAddr(t *testing.T) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
-	_, err = runEnv(t, nil, "--host", addr, "--tls-dir", dir, "node", "ls")
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func TestDialTLSNobodyListening(t *testing.T) {
+	ca := newTestCA(t, "shoal root CA")
+	cert, key := ca.issue(t, "admin", nil, time.Now().Add(time.Hour))
+	dir := adminDir(t, ca.certPEM, cert, key)
+	addr := deadAddr(t)
+	_, err := runEnv(t, nil, "--host", addr, "--tls-dir", dir, "node", "ls")
 	want := "cannot reach shoald at " + addr + ": connection refused: is shoald running there, and is that its --listen-addr port?"
 	if got := ErrorMessage(err); got != want {
 		t.Errorf("error = %q\nwant    %q", got, want)
@@ -294,7 +312,7 @@ func TestAdminTLSConfig(t *testing.T) {
 	}
 }
 
-func TestHostAddr(t *testing.T) {
+func TestHostAddrs(t *testing.T) {
 	tests := []struct {
 		in, want, wantErr string
 	}{
@@ -315,48 +333,85 @@ func TestHostAddr(t *testing.T) {
 		{in: "http://manager1", wantErr: "want HOST[:PORT]"},
 		{in: "tcp://", wantErr: "want HOST[:PORT]"},
 		{in: "manager 1", wantErr: "want HOST[:PORT]"},
+		{in: "", wantErr: `invalid --host "": want HOST[:PORT]`},
+
+		// Lists: in the order given, spaces around entries allowed, a
+		// manager named twice kept once.
+		{in: "m1,m2,m3", want: "m1:4242 m2:4242 m3:4242"},
+		{in: "m3:1, m1 ,tcp://m2", want: "m3:1 m1:4242 m2:4242"},
+		{in: "m1,m1:4242,[::1],::1", want: "m1:4242 [::1]:4242"},
+		{in: "10.0.0.1,[2001:db8::1]:99", want: "10.0.0.1:4242 [2001:db8::1]:99"},
+		{in: "m1,,m3", wantErr: `invalid --host "m1,,m3": entry 2 is empty; want HOST[:PORT] entries separated by commas`},
+		{in: "m1,m2,", wantErr: `invalid --host "m1,m2,": entry 3 is empty`},
+		{in: ",m1", wantErr: `invalid --host ",m1": entry 1 is empty`},
+		{in: " , ", wantErr: "entry 1 is empty"},
+		{in: "m1,m2:99999", wantErr: `invalid --host "m2:99999": the port must be a number from 1 to 65535 (entry 2 of "m1,m2:99999")`},
+		{in: "m1:x,m2", wantErr: `invalid --host "m1:x": the port must be a number from 1 to 65535 (entry 1 of "m1:x,m2")`},
+		{in: "m1,unix:///x.sock", wantErr: `invalid --host "unix:///x.sock": want HOST[:PORT], for example 192.0.2.10:4242 (entry 2 of`},
+		{in: "m1;m2", wantErr: `invalid --host "m1;m2": want HOST[:PORT]`},
+		{in: "-m1", wantErr: "want HOST[:PORT]"},
+		{in: "my_host.example.", want: "my_host.example.:4242"},
 	}
 	for _, tt := range tests {
-		got, err := hostAddr(tt.in)
+		addrs, err := hostAddrs("--host", tt.in)
+		got := strings.Join(addrs, " ")
 		if tt.wantErr != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("hostAddr(%q) = %q, %v; want error %q", tt.in, got, err, tt.wantErr)
+				t.Errorf("hostAddrs(%q) = %q, %v; want error %q", tt.in, got, err, tt.wantErr)
 			}
 			continue
 		}
 		if err != nil || got != tt.want {
-			t.Errorf("hostAddr(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+			t.Errorf("hostAddrs(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
 		}
 	}
 }
 
 func TestHostResolution(t *testing.T) {
 	tests := []struct {
-		name string
-		vars map[string]string
-		args []string
-		want target
+		name    string
+		vars    map[string]string
+		args    []string
+		want    targets
+		wantErr string
 	}{
-		{"socket by default", nil, nil, target{socket: defaultSocket}},
-		{"host flag, default credentials", nil, []string{"--host", "192.0.2.10"}, target{host: "192.0.2.10:4242", tlsDir: defaultTLSDir}},
-		{"host flag ignores socket", map[string]string{socketEnv: "/tmp/env.sock"}, []string{"-H", "m1:1", "--socket", "/tmp/x.sock"}, target{host: "m1:1", tlsDir: defaultTLSDir}},
-		{"host from environment", map[string]string{hostEnv: "m1", tlsDirEnv: "/etc/shoal/admin"}, nil, target{host: "m1:4242", tlsDir: "/etc/shoal/admin"}},
-		{"flags beat environment", map[string]string{hostEnv: "m1", tlsDirEnv: "/etc/shoal/admin"}, []string{"--host", "m2", "--tls-dir", "/root/admin"}, target{host: "m2:4242", tlsDir: "/root/admin"}},
+		{name: "socket by default", want: targets{{socket: defaultSocket}}},
+		{name: "host flag, default credentials", args: []string{"--host", "192.0.2.10"}, want: targets{{host: "192.0.2.10:4242", tlsDir: defaultTLSDir}}},
+		{name: "host flag ignores socket", vars: map[string]string{socketEnv: "/tmp/env.sock"}, args: []string{"-H", "m1:1", "--socket", "/tmp/x.sock"}, want: targets{{host: "m1:1", tlsDir: defaultTLSDir}}},
+		{name: "host from environment", vars: map[string]string{hostEnv: "m1", tlsDirEnv: "/etc/shoal/admin"}, want: targets{{host: "m1:4242", tlsDir: "/etc/shoal/admin"}}},
+		{name: "flags beat environment", vars: map[string]string{hostEnv: "m1", tlsDirEnv: "/etc/shoal/admin"}, args: []string{"--host", "m2", "--tls-dir", "/root/admin"}, want: targets{{host: "m2:4242", tlsDir: "/root/admin"}}},
+		{name: "several hosts, in order", args: []string{"--host", "m2,m1:99,m3", "--tls-dir", "/a"},
+			want: targets{{host: "m2:4242", tlsDir: "/a"}, {host: "m1:99", tlsDir: "/a"}, {host: "m3:4242", tlsDir: "/a"}}},
+		{name: "several hosts from environment", vars: map[string]string{hostEnv: "m1, m2"},
+			want: targets{{host: "m1:4242", tlsDir: defaultTLSDir}, {host: "m2:4242", tlsDir: defaultTLSDir}}},
+		{name: "bad entry in the flag", args: []string{"--host", "m1,m2:0"}, wantErr: `invalid --host "m2:0": the port must be a number from 1 to 65535 (entry 2 of "m1,m2:0")`},
+		{name: "bad entry in the environment", vars: map[string]string{hostEnv: "m1,,m2"}, wantErr: `invalid $SHOAL_HOST "m1,,m2": entry 2 is empty`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture()
 			e := testEnv(f)
-			var got target
-			e.connect = func(_ context.Context, tg target) (api.ControlClient, io.Closer, error) {
-				got = tg
+			var got targets
+			e.connect = func(_ context.Context, ts targets) (api.ControlClient, io.Closer, error) {
+				got = ts
 				return f, nopCloser{}, nil
 			}
 			e.getenv = func(k string) string { return tt.vars[k] }
-			if _, err := runWith(t, e, append(tt.args, "service", "ls", "-q")...); err != nil {
+			_, err := runWith(t, e, append(tt.args, "service", "ls", "-q")...)
+			if tt.wantErr != "" {
+				var ue usageError
+				if !errors.As(err, &ue) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want a usage error containing %q", err, tt.wantErr)
+				}
+				if f.connects != 0 || got != nil {
+					t.Error("connected despite the bad --host")
+				}
+				return
+			}
+			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tt.want {
+			if !slices.Equal(got, tt.want) {
 				t.Errorf("dialled %+v, want %+v", got, tt.want)
 			}
 		})

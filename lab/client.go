@@ -23,11 +23,7 @@ type Client struct {
 // last address of the subnet. Down removes it with the nodes.
 func (l *Lab) AddClient() (Client, error) {
 	subnet := l.st.Subnet
-	last := subnet.Addr()
-	for next := last.Next(); next.IsValid() && subnet.Contains(next); next = next.Next() {
-		last = next
-	}
-	addr := last.Prev() // the last one is the broadcast address
+	addr := clientAddr(subnet)
 	for _, n := range l.st.Nodes {
 		if n.Addr == addr {
 			return Client{}, fmt.Errorf("lab client: subnet %s has no address left for a client", subnet)
@@ -45,3 +41,14 @@ func (l *Lab) AddClient() (Client, error) {
 
 // Start starts cmd inside the client namespace.
 func (c Client) Start(cmd *exec.Cmd) error { return startIn(c.Namespace, cmd) }
+
+// clientAddr is the client's address: the subnet's last but one (the
+// last is the broadcast address), away from the nodes, which take the
+// first ones.
+func clientAddr(subnet netip.Prefix) netip.Addr {
+	last := subnet.Addr()
+	for next := last.Next(); next.IsValid() && subnet.Contains(next); next = next.Next() {
+		last = next
+	}
+	return last.Prev()
+}

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -62,12 +63,8 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if len(nodes) > 1 && !caps.join {
 		return nil, fmt.Errorf("%s has no `join` command yet, so a lab can only have one node: use --managers 1 --workers 0, or a newer shoald", bin)
 	}
-	for _, img := range cfg.Images {
-		if st, err := os.Stat(img); err != nil {
-			return nil, fmt.Errorf("image tarball: %w", err)
-		} else if !st.Mode().IsRegular() {
-			return nil, fmt.Errorf("image tarball %s is not a file", img)
-		}
+	if err := checkImages(cfg.Images); err != nil {
+		return nil, err
 	}
 	if found := Leftovers(ctx, cfg.ContainerdAddress); len(found) > 0 {
 		return nil, fmt.Errorf("a lab is already up or left over (found %s): run `shoalctl lab down` first", abridge(found, 4))
@@ -87,6 +84,7 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 			ShoaldArgs:        slices.Clone(cfg.ShoaldArgs),
 			ContainerdAddress: cfg.ContainerdAddress,
 			Listen:            caps.listen,
+			Images:            absPaths(cfg.Images),
 			Nodes:             nodes,
 		},
 	}
@@ -115,19 +113,8 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	}
 	for _, n := range nodes {
 		progress("Creating node %s (%s) in network namespace %s", n.Name, n.Addr, n.Namespace)
-		if err := createNetns(n.Namespace); err != nil {
+		if err := l.makeNode(ctx, n, cfg.Images); err != nil {
 			return nil, err
-		}
-		if err := plumbNode(n, gateway); err != nil {
-			return nil, err
-		}
-		if err := os.MkdirAll(n.DataDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create data dir of %s: %w", n.Name, err)
-		}
-		for _, img := range cfg.Images {
-			if err := importImage(ctx, cfg.ContainerdAddress, n.Namespace, img); err != nil {
-				return nil, err
-			}
 		}
 	}
 
@@ -139,34 +126,95 @@ func Up(ctx context.Context, cfg Config) (_ *Lab, err error) {
 	if err := l.WaitReady(ctx, first.Name); err != nil {
 		return nil, err
 	}
-	tokens := map[Role]string{}
+	tokens, err := tokensFrom(ctx, first, nodes[1:])
+	if err != nil {
+		return nil, err
+	}
 	for _, n := range nodes[1:] {
-		if tokens[n.Role] == "" {
-			if tokens[n.Role], err = joinToken(ctx, first.Socket, n.Role); err != nil {
-				return nil, err
-			}
-		}
-		progress("Starting %s: shoald join as %s through %s", n.Name, n.Role, first.AdvertiseAddr())
-		if err := l.start(n, "join", "--token", tokens[n.Role], first.AdvertiseAddr()); err != nil {
+		progress("Starting %s: shoald join as %s through %s", n.Name, n.Role, first.Name)
+		if err := l.join(ctx, n, tokens[n.Role], first); err != nil {
 			return nil, err
-		}
-		// Managers join one at a time: raft adds one voter per
-		// configuration change, and a manager that is not Ready yet
-		// would make the next join wait on an unsettled quorum.
-		if n.Role == RoleManager {
-			if err := l.WaitReady(ctx, n.Name); err != nil {
-				return nil, err
-			}
 		}
 	}
 	progress("Waiting for every node to be Ready")
 	if err := l.WaitReady(ctx); err != nil {
 		return nil, err
 	}
-	if err := writeContext(ContextFile, first.Socket); err != nil {
+	if err := l.writeContext(); err != nil {
 		return nil, err
 	}
 	return l, nil
+}
+
+// join starts n's shoald with `shoald join` through the manager via.
+// Managers join one at a time, so for one it waits until it is Ready:
+// raft adds one voter per configuration change, and a manager that is not
+// Ready yet would make the next join wait on an unsettled quorum.
+func (l *Lab) join(ctx context.Context, n Node, token string, via Node) error {
+	if err := l.start(n, "join", "--token", token, via.AdvertiseAddr()); err != nil {
+		return err
+	}
+	if n.Role == RoleManager {
+		return l.WaitReady(ctx, n.Name)
+	}
+	return nil
+}
+
+// writeContext points plain shoalctl at the lab's managers.
+func (l *Lab) writeContext() error {
+	var sockets []string
+	for _, n := range l.Nodes() {
+		if n.Role == RoleManager {
+			sockets = append(sockets, n.Socket)
+		}
+	}
+	return writeContext(ContextFile, sockets)
+}
+
+// makeNode makes a node's network namespace on the underlay, its data dir,
+// and imports the images into its containerd namespace.
+func (l *Lab) makeNode(ctx context.Context, n Node, images []string) error {
+	if err := createNetns(n.Namespace); err != nil {
+		return err
+	}
+	if err := plumbNode(n, l.st.Gateway); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(n.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir of %s: %w", n.Name, err)
+	}
+	for _, img := range images {
+		if err := importImage(ctx, l.st.ContainerdAddress, n.Namespace, img); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkImages checks that image tarballs are there before anything is
+// made.
+func checkImages(images []string) error {
+	for _, img := range images {
+		if st, err := os.Stat(img); err != nil {
+			return fmt.Errorf("image tarball: %w", err)
+		} else if !st.Mode().IsRegular() {
+			return fmt.Errorf("image tarball %s is not a file", img)
+		}
+	}
+	return nil
+}
+
+// absPaths makes paths absolute, as the state file keeps them for
+// commands run from elsewhere; one that cannot be made so stays as given.
+func absPaths(paths []string) []string {
+	out := make([]string, len(paths))
+	for i, p := range paths {
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		out[i] = p
+	}
+	return out
 }
 
 func importImage(ctx context.Context, address, namespace, path string) error {

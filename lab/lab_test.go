@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -100,7 +101,7 @@ func TestLabLifecycle(t *testing.T) {
 	if len(nodes) != 1+cfg.Workers || nodes[0].Name != "manager1" {
 		t.Fatalf("nodes = %+v", nodes)
 	}
-	if s, err := ContextSocket(); err != nil || s != nodes[0].Socket {
+	if s, err := ContextSockets(); err != nil || !slices.Equal(s, []string{nodes[0].Socket}) {
 		t.Errorf("context = %q, %v; want %s", s, err, nodes[0].Socket)
 	}
 	for _, st := range l.Status(ctx) {
@@ -146,7 +147,7 @@ func TestLabLifecycle(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "run `shoalctl lab down` first") {
 			t.Fatalf("err = %v", err)
 		}
-		if s, _ := ContextSocket(); s != nodes[0].Socket {
+		if s, _ := ContextSockets(); !slices.Equal(s, []string{nodes[0].Socket}) {
 			t.Errorf("the refused up changed the context to %q", s)
 		}
 	})

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/shoal-project/shoal/identity"
@@ -26,8 +27,9 @@ const (
 	DataRoot = "/var/lib/shoal-lab"
 	// RunRoot holds the sockets, the state file and the context file.
 	RunRoot = "/run/shoal-lab"
-	// ContextFile names the socket plain shoalctl talks to while a lab
-	// is up (the first line; later lines are reserved).
+	// ContextFile names the sockets plain shoalctl talks to while a lab
+	// is up, one a line: the managers', tried in turn (a shoalctl that
+	// knows only one reads the first line, manager1's).
 	ContextFile = RunRoot + "/context"
 	// DefaultSubnet is the underlay. It is unlikely to collide with a
 	// host's own networks, and Up checks that it does not.
@@ -171,8 +173,8 @@ func Plan(cfg Config) (gateway netip.Prefix, nodes []Node, err error) {
 		return netip.Prefix{}, nil, fmt.Errorf("--workers %d: the number of workers cannot be negative", cfg.Workers)
 	}
 	for _, last := range []string{string(RoleManager) + strconv.Itoa(cfg.Managers), string(RoleWorker) + strconv.Itoa(cfg.Workers)} {
-		if len(LinkPrefix+last) > maxLinkName {
-			return netip.Prefix{}, nil, fmt.Errorf("node name %s is too long for a link name: use fewer nodes", last)
+		if err := checkLinkName(last); err != nil {
+			return netip.Prefix{}, nil, err
 		}
 	}
 	subnet := cfg.Subnet
@@ -194,23 +196,84 @@ func Plan(cfg Config) (gateway netip.Prefix, nodes []Node, err error) {
 	first := subnet.Addr().Next()
 	gateway = netip.PrefixFrom(first, subnet.Bits())
 	addr := first
-	add := func(role Role, i int) {
-		addr = addr.Next()
-		name := string(role) + strconv.Itoa(i)
-		nodes = append(nodes, Node{
-			Name:      name,
-			Role:      role,
-			Addr:      addr,
-			Namespace: NamespacePrefix + name,
-			DataDir:   filepath.Join(DataRoot, name),
-			Socket:    filepath.Join(RunRoot, name+".sock"),
-		})
-	}
 	for i := 1; i <= cfg.Managers; i++ {
-		add(RoleManager, i)
+		addr = addr.Next()
+		nodes = append(nodes, newNode(RoleManager, i, addr))
 	}
 	for i := 1; i <= cfg.Workers; i++ {
-		add(RoleWorker, i)
+		addr = addr.Next()
+		nodes = append(nodes, newNode(RoleWorker, i, addr))
 	}
 	return gateway, nodes, nil
+}
+
+// newNode is the i-th node of a role, at addr, with the names and places
+// that follow from its name.
+func newNode(role Role, i int, addr netip.Addr) Node {
+	name := string(role) + strconv.Itoa(i)
+	return Node{
+		Name:      name,
+		Role:      role,
+		Addr:      addr,
+		Namespace: NamespacePrefix + name,
+		DataDir:   filepath.Join(DataRoot, name),
+		Socket:    filepath.Join(RunRoot, name+".sock"),
+	}
+}
+
+// checkLinkName refuses a node whose veth name would be too long.
+func checkLinkName(name string) error {
+	if len(LinkPrefix+name) > maxLinkName {
+		return fmt.Errorf("node name %s is too long for a link name: use fewer nodes", name)
+	}
+	return nil
+}
+
+// planAdd returns the nodes that adding managers and workers to the lab
+// in st makes: numbered on from the last of their role, on the addresses
+// after the highest one taken. The address a lab client takes (AddClient)
+// is left free. Like Plan, it touches nothing.
+func planAdd(st state, managers, workers int) ([]Node, error) {
+	switch {
+	case managers < 0 || workers < 0:
+		return nil, fmt.Errorf("lab add --managers %d --workers %d: the numbers cannot be negative", managers, workers)
+	case managers == 0 && workers == 0:
+		return nil, errors.New("lab add: say how many nodes to add, with --managers N or --workers N")
+	}
+	last := map[Role]int{}
+	highest := st.Gateway.Addr()
+	for _, n := range st.Nodes {
+		if i, err := strconv.Atoi(strings.TrimPrefix(n.Name, string(n.Role))); err == nil && i > last[n.Role] {
+			last[n.Role] = i
+		}
+		if n.Addr.Compare(highest) > 0 {
+			highest = n.Addr
+		}
+	}
+	client := clientAddr(st.Subnet)
+	var nodes []Node
+	addr := highest
+	for _, role := range []Role{RoleManager, RoleWorker} {
+		count := managers
+		if role == RoleWorker {
+			count = workers
+		}
+		for range count {
+			addr = addr.Next()
+			if addr == client {
+				addr = addr.Next()
+			}
+			// The last address is the broadcast address.
+			if !st.Subnet.Contains(addr) || !st.Subnet.Contains(addr.Next()) {
+				return nil, fmt.Errorf("lab add: subnet %s has no address left for %d more nodes; the lab has %d", st.Subnet, managers+workers, len(st.Nodes))
+			}
+			last[role]++
+			n := newNode(role, last[role], addr)
+			if err := checkLinkName(n.Name); err != nil {
+				return nil, err
+			}
+			nodes = append(nodes, n)
+		}
+	}
+	return nodes, nil
 }

@@ -3,6 +3,7 @@ package lab
 import (
 	"errors"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -78,14 +79,8 @@ func TestPlan(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			gw, nodes, err := Plan(tt.cfg)
-			if tt.errMatch != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.errMatch) {
-					t.Fatalf("err = %v, want one containing %q", err, tt.errMatch)
-				}
+			if failed(t, err, tt.errMatch) {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
 			}
 			if gw.String() != tt.gateway {
 				t.Errorf("gateway = %s, want %s", gw, tt.gateway)
@@ -101,6 +96,22 @@ func TestPlan(t *testing.T) {
 			}
 		})
 	}
+}
+
+// failed checks err against the error a case wants (errMatch, a
+// substring; "" for none) and says whether the case ends there.
+func failed(t *testing.T, err error, errMatch string) bool {
+	t.Helper()
+	if errMatch != "" {
+		if err == nil || !strings.Contains(err.Error(), errMatch) {
+			t.Fatalf("err = %v, want one containing %q", err, errMatch)
+		}
+		return true
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return false
 }
 
 func TestPlanNoManagerIsErrNoManager(t *testing.T) {
@@ -172,5 +183,68 @@ func TestNodeUnknown(t *testing.T) {
 	}
 	if _, err := l.Exec(t.Context(), "manager1"); err == nil || !strings.Contains(err.Error(), "no command") {
 		t.Errorf("Exec without command: err = %v", err)
+	}
+}
+
+func TestPlanAdd(t *testing.T) {
+	lab := func(subnet string, managers, workers int) state {
+		p := netip.MustParsePrefix(subnet)
+		gw, nodes, err := Plan(Config{Managers: managers, Workers: workers, Subnet: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return state{Subnet: p.Masked(), Gateway: gw, Nodes: nodes}
+	}
+	tests := []struct {
+		name              string
+		st                state
+		managers, workers int
+		want              []string // name@address
+		errMatch          string
+	}{
+		{name: "a worker after the last node", st: lab(DefaultSubnet, 3, 1), workers: 1, want: []string{"worker2@10.213.0.6"}},
+		{name: "managers are numbered on from the managers", st: lab(DefaultSubnet, 1, 2), managers: 2, workers: 1,
+			want: []string{"manager2@10.213.0.5", "manager3@10.213.0.6", "worker3@10.213.0.7"}},
+		{name: "a lab without workers gets worker1", st: lab(DefaultSubnet, 1, 0), workers: 1, want: []string{"worker1@10.213.0.3"}},
+		// .0 network, .1 bridge, .2-.4 nodes, .5 new, .6 the client's,
+		// .7 broadcast.
+		{name: "the last free address", st: lab("10.9.0.0/29", 1, 2), workers: 1, want: []string{"worker3@10.9.0.5"}},
+		{name: "the client's address stays free", st: lab("10.9.0.0/29", 1, 2), workers: 2, errMatch: "no address left for 2 more nodes; the lab has 3"},
+		{name: "nothing to add", st: lab(DefaultSubnet, 1, 0), errMatch: "say how many nodes"},
+		{name: "negative", st: lab(DefaultSubnet, 1, 0), workers: -1, errMatch: "cannot be negative"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			nodes, err := planAdd(tt.st, tt.managers, tt.workers)
+			if failed(t, err, tt.errMatch) {
+				return
+			}
+			var got []string
+			for _, n := range nodes {
+				got = append(got, n.Name+"@"+n.Addr.String())
+				if n.Namespace != NamespacePrefix+n.Name || n.Socket != filepath.Join(RunRoot, n.Name+".sock") {
+					t.Errorf("%s: namespace %s, socket %s", n.Name, n.Namespace, n.Socket)
+				}
+			}
+			if strings.Join(got, " ") != strings.Join(tt.want, " ") {
+				t.Errorf("planned %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestInsertNodeKeepsManagersFirst(t *testing.T) {
+	_, nodes, err := Plan(Config{Managers: 2, Workers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes = insertNode(nodes, Node{Name: "manager3", Role: RoleManager})
+	nodes = insertNode(nodes, Node{Name: "worker3", Role: RoleWorker})
+	var names []string
+	for _, n := range nodes {
+		names = append(names, n.Name)
+	}
+	if got := strings.Join(names, " "); got != "manager1 manager2 manager3 worker1 worker2 worker3" {
+		t.Errorf("order = %s", got)
 	}
 }

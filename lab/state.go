@@ -32,8 +32,11 @@ type state struct {
 	ContainerdAddress string       `json:"containerd_address"`
 	// Listen says whether this shoald takes --listen-addr and
 	// --advertise-addr (older builds serve the unix socket only).
-	Listen bool   `json:"listen"`
-	Nodes  []Node `json:"nodes"`
+	Listen bool `json:"listen"`
+	// Images are the image tarballs imported into every node, also
+	// into nodes added later.
+	Images []string `json:"images,omitempty"`
+	Nodes  []Node   `json:"nodes"`
 }
 
 func writeState(path string, st state) error {
@@ -87,27 +90,29 @@ func writeFileAtomic(path string, b []byte) error {
 	return nil
 }
 
-// ContextSocket returns the socket plain shoalctl should talk to while a
-// lab is up, or "" when no lab is up.
-func ContextSocket() (string, error) { return readContext(ContextFile) }
+// ContextSockets returns the sockets plain shoalctl should talk to while a
+// lab is up, the lab's managers in the order to try them, or none when no
+// lab is up.
+func ContextSockets() ([]string, error) { return readContext(ContextFile) }
 
-func readContext(path string) (string, error) {
+func readContext(path string) ([]string, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", nil
+		return nil, nil
 	}
 	if err != nil {
-		return "", fmt.Errorf("read lab context: %w", err)
+		return nil, fmt.Errorf("read lab context: %w", err)
 	}
+	var sockets []string
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
 		if line := strings.TrimSpace(sc.Text()); line != "" {
-			return line, nil
+			sockets = append(sockets, line)
 		}
 	}
-	return "", nil
+	return sockets, nil
 }
 
-func writeContext(path, socket string) error {
-	return writeFileAtomic(path, []byte(socket+"\n"))
+func writeContext(path string, sockets []string) error {
+	return writeFileAtomic(path, []byte(strings.Join(sockets, "\n")+"\n"))
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -24,6 +25,7 @@ func TestStateRoundTrip(t *testing.T) {
 		ShoaldArgs:        []string{"--log-level", "debug"},
 		ContainerdAddress: DefaultContainerd,
 		Listen:            true,
+		Images:            []string{"/tmp/echo.tar"},
 		Nodes:             nodes,
 	}
 	path := filepath.Join(t.TempDir(), "run", "lab.json")
@@ -76,25 +78,34 @@ func TestReadStateErrors(t *testing.T) {
 func TestContextFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "context")
-	if got, err := readContext(path); err != nil || got != "" {
+	if got, err := readContext(path); err != nil || len(got) != 0 {
 		t.Fatalf("missing context = %q, %v; want empty", got, err)
 	}
-	if err := writeContext(path, "/run/shoal-lab/manager1.sock"); err != nil {
+	managers := []string{"/run/shoal-lab/manager1.sock", "/run/shoal-lab/manager2.sock"}
+	if err := writeContext(path, managers); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := readContext(path); err != nil || got != "/run/shoal-lab/manager1.sock" {
+	if got, err := readContext(path); err != nil || !slices.Equal(got, managers) {
 		t.Fatalf("context = %q, %v", got, err)
 	}
-	tests := []struct{ content, want string }{
-		{"\n  /a.sock  \n/b.sock\n", "/a.sock"},
-		{"", ""},
-		{"\n\n", ""},
+	// A shoalctl that knows one socket reads the first line.
+	if b, err := os.ReadFile(path); err != nil || !strings.HasPrefix(string(b), managers[0]+"\n") {
+		t.Errorf("context file = %q, %v; want manager1's socket on the first line", b, err)
+	}
+	tests := []struct {
+		content string
+		want    []string
+	}{
+		{"\n  /a.sock  \n/b.sock\n", []string{"/a.sock", "/b.sock"}},
+		{"/a.sock", []string{"/a.sock"}},
+		{"", nil},
+		{"\n\n", nil},
 	}
 	for _, tt := range tests {
 		if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if got, err := readContext(path); err != nil || got != tt.want {
+		if got, err := readContext(path); err != nil || !slices.Equal(got, tt.want) {
 			t.Errorf("context of %q = %q, %v; want %q", tt.content, got, err, tt.want)
 		}
 	}

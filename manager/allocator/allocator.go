@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 
+	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/network/ipam"
 )
 
@@ -341,7 +342,7 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 			seen[k] = true
 		}
 		publishes = true
-		ingressVIP = ingressVIP || p.Mode == ModeIngress
+		ingressVIP = ingressVIP || p.Mode == api.ModeIngress
 		ports = append(ports, p)
 	}
 	if publishes {
@@ -359,7 +360,7 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 	// a port the same request names.
 	claimed := map[portKey]bool{}
 	for _, p := range ports {
-		if p.Mode != ModeIngress || p.Published == 0 {
+		if p.Mode != api.ModeIngress || p.Published == 0 {
 			continue
 		}
 		k := portKey{p.Protocol, p.Published}
@@ -370,7 +371,7 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 	}
 	cursor := a.nextPort
 	for i, p := range ports {
-		if p.Mode != ModeIngress || p.Published != 0 {
+		if p.Mode != api.ModeIngress || p.Published != 0 {
 			continue
 		}
 		if prev, ok := keptPort(old, p, claimed); ok {
@@ -427,7 +428,7 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 // automatic port: the one it had for the same protocol and target.
 func keptPort(old ServiceAllocation, p PortConfig, claimed map[portKey]bool) (uint16, bool) {
 	for _, o := range old.Ports {
-		if o.Mode == ModeIngress && o.Protocol == p.Protocol && o.Target == p.Target && o.Published != 0 && !claimed[portKey{o.Protocol, o.Published}] {
+		if o.Mode == api.ModeIngress && o.Protocol == p.Protocol && o.Target == p.Target && o.Published != 0 && !claimed[portKey{o.Protocol, o.Published}] {
 			return o.Published, true
 		}
 	}
@@ -469,7 +470,7 @@ func (a *Allocator) releaseServiceParts(old, keep ServiceAllocation) {
 		}
 	}
 	for _, p := range old.Ports {
-		if p.Mode != ModeIngress {
+		if p.Mode != api.ModeIngress {
 			continue
 		}
 		k := portKey{p.Protocol, p.Published}

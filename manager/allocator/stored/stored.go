@@ -106,16 +106,18 @@ func Service(svc *api.Service) (sa allocator.ServiceAllocation, ok bool, err err
 	return sa, true, nil
 }
 
-// Ports converts published ports from a spec or a stored endpoint. Ports
-// out of range are refused (allocator.ErrInvalid) naming the entry.
+// Ports converts published ports from a spec or a stored endpoint,
+// normalised by the API's rules (api.NormalizePort); a port they refuse
+// is refused (allocator.ErrInvalid) naming the entry.
 func Ports(ports []*api.PortConfig) ([]allocator.PortConfig, error) {
 	out := make([]allocator.PortConfig, 0, len(ports))
 	for i, p := range ports {
-		if p.GetTarget() == 0 || p.GetTarget() > 65535 || p.GetPublished() > 65535 {
-			return nil, fmt.Errorf("%w: endpoint.ports[%d]: ports are 1-65535 (target %d, published %d)", allocator.ErrInvalid, i, p.GetTarget(), p.GetPublished())
+		n, err := api.NormalizePort(p)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint.ports[%d]: %w", i, err)
 		}
-		out = append(out, allocator.PortConfig{Protocol: p.GetProtocol(), Target: uint16(p.GetTarget()),
-			Published: uint16(p.GetPublished()), Mode: p.GetMode(), Traffic: p.GetTraffic()})
+		out = append(out, allocator.PortConfig{Protocol: n.GetProtocol(), Target: uint16(n.GetTarget()),
+			Published: uint16(n.GetPublished()), Mode: n.GetMode(), Traffic: n.GetTraffic()})
 	}
 	return out, nil
 }

@@ -15,13 +15,13 @@ import (
 )
 
 // startManagerWithIngress is startManager with an ingress network on
-// subnet, as `shoald init` creates it.
+// subnet, as `shoald init --ingress-subnet` creates it.
 func startManagerWithIngress(t *testing.T, subnet string) (*Manager, *api.Network) {
 	t.Helper()
-	p := netip.MustParsePrefix(subnet)
-	ingress := &api.Network{Id: "ingress-id", Meta: &api.Meta{CreatedAt: timestamppb.Now()}, Spec: &api.NetworkSpec{Name: "ingress"},
-		Subnet: p.String(), Gateway: p.Addr().Next().String(), Vni: 4096, Ingress: true}
-	return startManager(t, store.Create(ingress)), ingress
+	m := startManagerWith(t, Ingress{Subnet: subnet})
+	var ingress *api.Network
+	m.State().Store().View(func(tx store.ReadTx) { ingress = tx.NetworkByName(DefaultIngressName) })
+	return m, ingress
 }
 
 func storedNodeOf(m *Manager, id string) *api.Node {

@@ -24,7 +24,7 @@ func benchManager(b *testing.B, nodes, tasks int) *Manager {
 	self := &api.Node{Id: "node0000", Role: api.NodeRole_NODE_ROLE_MANAGER,
 		Spec:   &api.NodeSpec{Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE},
 		Status: &api.NodeStatus{State: api.NodeState_NODE_STATE_READY}}
-	m, err := Init(ctx, Config{DataDir: b.TempDir(), NodeID: self.Id, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil, self)
+	m, err := Init(ctx, Config{DataDir: b.TempDir(), NodeID: self.Id, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil, self, Ingress{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func benchManager(b *testing.B, nodes, tasks int) *Manager {
 			Spec:   &api.TaskSpec{Container: &api.ContainerSpec{Image: "x"}},
 			Status: &api.TaskStatus{State: api.TaskState_TASK_STATE_PENDING, Timestamp: now}}))
 	}
-	if err := m.propose(ctx, acts); err != nil {
+	if err := m.raft.ProposeBatches(ctx, acts); err != nil {
 		b.Fatal(err)
 	}
 	return m

@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"slices"
 	"time"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/manager/allocator"
 	"github.com/shoal-project/shoal/manager/allocator/stored"
 	"github.com/shoal-project/shoal/manager/orchestrator"
 	"github.com/shoal-project/shoal/manager/store"
@@ -19,27 +17,12 @@ import (
 )
 
 const (
-	// maxActions caps one raft command, so that a big batch does not
-	// stall the log for everyone else.
-	maxActions = 2000
 	// retryDelay is the pause before a controller retries a failed write.
 	retryDelay = 50 * time.Millisecond
 	// schedulerRetry re-runs the scheduler while tasks wait for a node,
 	// in case something it cannot see as an event changed.
 	schedulerRetry = time.Second
 )
-
-// propose writes actions in commands of at most maxActions.
-func (m *Manager) propose(ctx context.Context, actions []*api.StoreAction) error {
-	for len(actions) > 0 {
-		n := min(len(actions), maxActions)
-		if err := m.raft.Propose(ctx, actions[:n]...); err != nil {
-			return err
-		}
-		actions = actions[n:]
-	}
-	return nil
-}
 
 // wait blocks until the subscription has changes, the timer fires, or ctx
 // ends (false).
@@ -127,7 +110,7 @@ func (m *Manager) runOrchestrator(ctx context.Context) {
 			for _, t := range plan.Remove {
 				actions = append(actions, store.Remove(t))
 			}
-			if err := m.propose(ctx, actions); err != nil {
+			if err := m.raft.ProposeBatches(ctx, actions); err != nil {
 				if ctx.Err() != nil {
 					return
 				}
@@ -193,11 +176,6 @@ func (m *Manager) runAllocator(ctx context.Context) {
 	sub := m.raft.Store().Subscribe()
 	defer sub.Close()
 	log := m.logger.With("component", "allocator")
-	alloc, err := allocator.New(allocator.Config{})
-	if err != nil {
-		log.Error("network allocator", "err", err) // the default config is valid
-		return
-	}
 	var (
 		candidates = map[string]bool{}
 		// failed holds tasks whose last allocation failed: they are tried
@@ -232,7 +210,7 @@ func (m *Manager) runAllocator(ctx context.Context) {
 		m.raft.Store().View(func(tx store.ReadTx) {
 			for id := range candidates {
 				t := tx.Task(id)
-				if t == nil || t.GetStatus().GetState() != api.TaskState_TASK_STATE_NEW || t.GetDesiredState() != api.TaskState_TASK_STATE_RUNNING {
+				if t == nil || !stored.Waiting(t) {
 					delete(candidates, id)
 					delete(failed, id)
 					continue
@@ -249,7 +227,7 @@ func (m *Manager) runAllocator(ctx context.Context) {
 			}
 		})
 		if len(due) > 0 || nodesDirty {
-			res, err := m.allocate(ctx, alloc, due, nodesDirty)
+			res, err := m.networks.AllocateTasks(ctx, due, nodesDirty)
 			switch {
 			case err != nil:
 				if ctx.Err() != nil {
@@ -260,22 +238,22 @@ func (m *Manager) runAllocator(ctx context.Context) {
 				next = time.Now().Add(retryDelay)
 			default:
 				for _, id := range due {
-					if !res.failed[id] {
+					if !res.Failed[id] {
 						delete(candidates, id)
 					}
 				}
-				for id := range res.failed {
+				for id := range res.Failed {
 					failed[id] = true
 				}
-				nodesDirty = res.nodesFailed
+				nodesDirty = res.NodesFailed
 				if len(failed) > 0 || nodesDirty {
 					retryAt = time.Now().Add(allocRetry)
 				}
 			}
-			if res.restoreErr != "" && res.restoreErr != lastErr {
-				log.Warn("stored network allocations clash; the objects named were skipped", "err", res.restoreErr)
+			if res.RestoreErr != "" && res.RestoreErr != lastErr {
+				log.Warn("stored network allocations clash; the objects named were skipped", "err", res.RestoreErr)
 			}
-			lastErr = res.restoreErr
+			lastErr = res.RestoreErr
 		}
 		if !retryAt.IsZero() && (next.IsZero() || retryAt.Before(next)) {
 			next = retryAt
@@ -313,130 +291,6 @@ func (m *Manager) runAllocator(ctx context.Context) {
 			}
 		}
 	}
-}
-
-// allocation is what one allocator pass did.
-type allocation struct {
-	// failed holds the tasks left NEW because they could not be allocated.
-	failed map[string]bool
-	// nodesFailed is set when a node could not get its ingress address.
-	nodesFailed bool
-	// restoreErr names stored allocations that clash and were skipped.
-	restoreErr string
-}
-
-// allocate runs one pass: the due tasks that are still NEW move to
-// PENDING with their addresses (or record why they cannot), and, when
-// nodes is set, nodes without an ingress address get one. It holds
-// allocMu from reading the store until the results are committed, so the
-// control API never decides from a store missing them.
-func (m *Manager) allocate(ctx context.Context, alloc *allocator.Allocator, due []string, nodes bool) (allocation, error) {
-	m.allocMu.Lock()
-	defer m.allocMu.Unlock()
-	res := allocation{failed: map[string]bool{}}
-	slices.Sort(due) // the same store gives the same addresses
-	var (
-		tasks   []*api.Task
-		needs   = map[string]bool{} // tasks whose service has networks
-		bare    []*api.Node         // nodes without an address on ingress
-		st      allocator.Allocation
-		stErr   error
-		rebuild bool
-		ingress *api.Network
-	)
-	m.raft.Store().View(func(tx store.ReadTx) {
-		for _, id := range due {
-			t := tx.Task(id)
-			if t == nil || t.GetStatus().GetState() != api.TaskState_TASK_STATE_NEW || t.GetDesiredState() != api.TaskState_TASK_STATE_RUNNING {
-				continue
-			}
-			tasks = append(tasks, t)
-			svc := tx.Service(t.GetServiceId())
-			if len(svc.GetEndpoint().GetNetworks()) > 0 {
-				needs[id] = true
-				rebuild = true
-			}
-		}
-		if nodes {
-			for _, n := range tx.Networks() {
-				if n.GetIngress() {
-					ingress = n
-				}
-			}
-			for _, n := range tx.Nodes() {
-				if ingress != nil && n.GetIngress().GetNetworkId() != ingress.GetId() {
-					bare = append(bare, n)
-					rebuild = true
-				}
-			}
-		}
-		if rebuild {
-			st, stErr = stored.Allocation(tx)
-		}
-	})
-	if stErr != nil {
-		return res, fmt.Errorf("load the network allocations: %w", stErr)
-	}
-	if rebuild {
-		if err := alloc.Restore(st); err != nil {
-			res.restoreErr = err.Error()
-		}
-	}
-
-	now := timestamppb.Now()
-	actions := make([]*api.StoreAction, 0, len(tasks))
-	for _, t := range tasks {
-		upd := proto.Clone(t).(*api.Task)
-		if needs[t.GetId()] {
-			got, err := alloc.AllocateTask(allocator.TaskNeeds{ID: t.GetId(), ServiceID: t.GetServiceId(), NodeID: t.GetNodeId()})
-			if err != nil {
-				res.failed[t.GetId()] = true
-				why := fmt.Sprintf("network allocation failed: %v", err)
-				if t.GetStatus().GetErr() == why {
-					continue
-				}
-				upd.Status.Err = why
-				upd.Status.Timestamp = now
-				upd.Meta.UpdatedAt = now
-				actions = append(actions, store.Update(upd))
-				continue
-			}
-			upd.Networks = stored.APIAttachments(got.Attachments)
-		}
-		upd.Status = &api.TaskStatus{State: api.TaskState_TASK_STATE_PENDING, Message: "pending", Timestamp: now}
-		upd.Meta.UpdatedAt = now
-		actions = append(actions, store.Update(upd))
-	}
-	if err := m.propose(ctx, actions); err != nil {
-		return res, fmt.Errorf("move tasks to pending: %w", err)
-	}
-
-	// Nodes go in their own commands: one racing a dispatcher write must
-	// not hold back the tasks.
-	actions = actions[:0]
-	for _, n := range bare {
-		got, err := alloc.AllocateNode(n.GetId())
-		if err != nil {
-			res.nodesFailed = true
-			m.logger.Warn("allocate node ingress address; retrying", "component", "allocator", "node", n.GetId(), "err", err)
-			continue
-		}
-		upd := proto.Clone(n).(*api.Node)
-		upd.Ingress = stored.APIAttachment(got.Ingress)
-		if upd.Meta == nil {
-			upd.Meta = &api.Meta{}
-		}
-		upd.Meta.UpdatedAt = now
-		actions = append(actions, store.Update(upd))
-	}
-	if err := m.propose(ctx, actions); err != nil {
-		if ctx.Err() != nil {
-			return res, err
-		}
-		m.logger.Warn("store node ingress addresses; retrying", "component", "allocator", "err", err)
-		res.nodesFailed = true
-	}
-	return res, nil
 }
 
 // occupies reports whether a task counts against its node.
@@ -487,7 +341,7 @@ func (m *Manager) placePending(ctx context.Context, sched *scheduler.Scheduler) 
 		upd.Meta.UpdatedAt = now
 		actions = append(actions, store.Update(upd))
 	}
-	return placed, unplaced, m.propose(ctx, actions)
+	return placed, unplaced, m.raft.ProposeBatches(ctx, actions)
 }
 
 // runScheduler assigns PENDING tasks to nodes.
@@ -589,7 +443,7 @@ func (m *Manager) runManagerStatus(ctx context.Context) {
 					actions = append(actions, store.Update(upd))
 				}
 			})
-			if err := m.propose(ctx, actions); err != nil && ctx.Err() == nil {
+			if err := m.raft.ProposeBatches(ctx, actions); err != nil && ctx.Err() == nil {
 				m.logger.Debug("update manager status", "err", err)
 			}
 		}

@@ -140,6 +140,19 @@ func (a *Allocator) AllocateNetwork(req Network) (Network, error) {
 	return n, nil
 }
 
+// CheckNetwork returns the error AllocateNetwork would give req in a
+// cluster without networks: what is wrong with the request whatever else
+// exists (no id or name, a subnet with host bits set, a gateway outside it, a
+// VNI out of range), so that it can be refused before a cluster exists.
+func CheckNetwork(cfg Config, req Network) error {
+	a, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	_, err = a.AllocateNetwork(req)
+	return err
+}
+
 func (a *Allocator) allocateNetwork(req Network) (Network, error) {
 	if req.ID == "" || req.Name == "" {
 		return Network{}, fmt.Errorf("%w: a network needs an id and a name", ErrInvalid)

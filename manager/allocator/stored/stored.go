@@ -1,8 +1,13 @@
-// Package stored reads the network allocations the store holds, in the
-// allocator's terms, and turns the allocator's answers back into stored
-// messages. The allocator itself stays pure; the control API and the
-// leader's allocator controller both rebuild it from the store with
-// Allocation, so they cannot disagree on what is in use.
+// Package stored owns network allocation for a manager: its Allocator is
+// the only code that decides networks, VIPs, published ports, task
+// addresses and node ingress addresses. Each decision is one cycle under
+// one lock: read the store, restore the pure allocator (package allocator)
+// from it with Allocation, allocate, and propose the result through raft.
+// The control API (networks, services' endpoints), the leader's allocator
+// controller (tasks NEW → PENDING, nodes' ingress addresses) and
+// manager.Init (the ingress network) all call it; none of them builds an
+// allocator or takes a lock of its own. The functions here also convert
+// between stored messages and the allocator's types.
 package stored
 
 import (

@@ -12,7 +12,6 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/manager/store"
-	"github.com/shoal-project/shoal/scheduler"
 )
 
 // benchManager is a real single-voter manager (raft with its boltdb log
@@ -56,7 +55,7 @@ func benchmarkScheduleCommit(b *testing.B, nodes, tasks int) {
 		m := benchManager(b, nodes, tasks)
 		b.StartTimer()
 		start := time.Now()
-		placed, unplaced, err := m.placePending(context.Background(), scheduler.New())
+		placed, unplaced, err := newSchedulerController(m).placePending(context.Background())
 		elapsed := time.Since(start)
 		if err != nil || placed != tasks || unplaced != 0 {
 			b.Fatalf("placed %d, unplaced %d, err %v", placed, unplaced, err)

@@ -280,14 +280,17 @@ func (m *Manager) Run(ctx context.Context) error {
 			lctx, lcancel := context.WithCancel(ctx)
 			cancel = lcancel
 			m.logger.Info("leading: starting controllers")
-			for _, run := range []func(context.Context){
-				m.dispatcher.Run,
-				m.runOrchestrator,
-				m.runAllocator,
-				m.runScheduler,
-				m.runManagerStatus,
-				m.runRoles,
+			runs := []func(context.Context){m.dispatcher.Run, m.runManagerStatus}
+			// Each term starts its controllers afresh, from the store.
+			for _, c := range []controller{
+				newOrchestratorController(m),
+				newAllocatorController(m),
+				newSchedulerController(m),
+				roleController{m},
 			} {
+				runs = append(runs, func(ctx context.Context) { m.watch(ctx, c) })
+			}
+			for _, run := range runs {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()

@@ -114,35 +114,29 @@ func (c *allocatorController) pass(ctx context.Context) time.Time {
 // changes that may free addresses for tasks that failed. It always asks
 // for a pass: one with nothing due costs one store read.
 func (c *allocatorController) changed(changes []store.Change) bool {
-	for _, ch := range changes {
-		if ch.Reset {
-			c.scanAll()
-			continue
-		}
-		for _, ev := range ch.Events {
-			removed := ev.Kind == api.StoreActionKind_STORE_ACTION_KIND_REMOVE
-			switch o := ev.Object.(type) {
-			case *api.Task:
-				if !removed && o.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
-					c.candidates[o.GetId()] = true
-				}
-				if len(o.GetNetworks()) > 0 && (removed || api.IsTerminal(o.GetStatus().GetState())) {
-					clear(c.failed) // addresses were freed
-				}
-			case *api.Service:
-				clear(c.failed) // a service allocated, changed or gone
-			case *api.Network:
+	eachEvent(changes, c.scanAll, func(ev store.Event) {
+		removed := ev.Kind == api.StoreActionKind_STORE_ACTION_KIND_REMOVE
+		switch o := ev.Object.(type) {
+		case *api.Task:
+			if !removed && o.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
+				c.candidates[o.GetId()] = true
+			}
+			if len(o.GetNetworks()) > 0 && (removed || api.IsTerminal(o.GetStatus().GetState())) {
+				clear(c.failed) // addresses were freed
+			}
+		case *api.Service:
+			clear(c.failed) // a service allocated, changed or gone
+		case *api.Network:
+			clear(c.failed)
+			c.nodesDirty = true // the ingress network may be new
+		case *api.Node:
+			if removed {
 				clear(c.failed)
-				c.nodesDirty = true // the ingress network may be new
-			case *api.Node:
-				if removed {
-					clear(c.failed)
-				} else if o.GetIngress() == nil {
-					c.nodesDirty = true
-				}
+			} else if o.GetIngress() == nil {
+				c.nodesDirty = true
 			}
 		}
-	}
+	})
 	return true
 }
 

@@ -90,31 +90,25 @@ func (c *orchestratorController) pass(ctx context.Context) time.Time {
 // changed marks the services the changes touch. It always asks for a
 // pass: one with nothing marked costs nothing.
 func (c *orchestratorController) changed(changes []store.Change) bool {
-	for _, ch := range changes {
-		if ch.Reset {
-			c.markAll()
-			continue
-		}
-		for _, ev := range ch.Events {
-			switch o := ev.Object.(type) {
-			case *api.Service:
-				c.dirty[o.GetId()] = true
-			case *api.Task:
-				c.dirty[o.GetServiceId()] = true
-			case *api.Node:
-				old, _ := ev.Old.(*api.Node)
-				if ev.Kind == api.StoreActionKind_STORE_ACTION_KIND_REMOVE ||
-					old.GetStatus().GetState() != o.GetStatus().GetState() ||
-					old.GetSpec().GetAvailability() != o.GetSpec().GetAvailability() {
-					c.m.raft.Store().View(func(tx store.ReadTx) {
-						for _, t := range tx.TasksOfNode(o.GetId()) {
-							c.dirty[t.GetServiceId()] = true
-						}
-					})
-				}
+	eachEvent(changes, c.markAll, func(ev store.Event) {
+		switch o := ev.Object.(type) {
+		case *api.Service:
+			c.dirty[o.GetId()] = true
+		case *api.Task:
+			c.dirty[o.GetServiceId()] = true
+		case *api.Node:
+			old, _ := ev.Old.(*api.Node)
+			if ev.Kind == api.StoreActionKind_STORE_ACTION_KIND_REMOVE ||
+				old.GetStatus().GetState() != o.GetStatus().GetState() ||
+				old.GetSpec().GetAvailability() != o.GetSpec().GetAvailability() {
+				c.m.raft.Store().View(func(tx store.ReadTx) {
+					for _, t := range tx.TasksOfNode(o.GetId()) {
+						c.dirty[t.GetServiceId()] = true
+					}
+				})
 			}
 		}
-	}
+	})
 	return true
 }
 

@@ -65,6 +65,20 @@ func wait(ctx context.Context, sub *store.Subscription, wake time.Time) bool {
 	return true
 }
 
+// eachEvent calls reset for a change that replaced the whole store and
+// event for each event of the others, in order.
+func eachEvent(changes []store.Change, reset func(), event func(store.Event)) {
+	for _, ch := range changes {
+		if ch.Reset {
+			reset()
+			continue
+		}
+		for _, ev := range ch.Events {
+			event(ev)
+		}
+	}
+}
+
 // earliest is the first of times, or zero when there is none.
 func earliest(times map[string]time.Time) time.Time {
 	var first time.Time

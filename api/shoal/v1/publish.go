@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -137,15 +138,6 @@ func parseLong(s string) (*PortConfig, error) {
 	return p, nil
 }
 
-func parseTraffic(s string) (string, error) {
-	switch t := strings.ToLower(s); t {
-	case TrafficCluster, TrafficLocal:
-		return t, nil
-	default:
-		return "", fmt.Errorf("%w: traffic %q: want cluster or local", ErrInvalid, s)
-	}
-}
-
 // checkTrafficMode refuses a traffic policy on a host-mode port: host
 // ports only ever reach the node's own tasks.
 func checkTrafficMode(p *PortConfig) error {
@@ -167,21 +159,23 @@ func parsePort(what, s string) (uint32, error) {
 }
 
 func parseProtocol(s string) (string, error) {
-	switch p := strings.ToLower(s); p {
-	case ProtocolTCP, ProtocolUDP:
-		return p, nil
-	default:
-		return "", fmt.Errorf("%w: protocol %q: want tcp or udp", ErrInvalid, s)
-	}
+	return parseChoice("protocol", s, ProtocolTCP, ProtocolUDP)
 }
 
 func parseMode(s string) (string, error) {
-	switch m := strings.ToLower(s); m {
-	case ModeIngress, ModeHost:
-		return m, nil
-	default:
-		return "", fmt.Errorf("%w: mode %q: want ingress or host", ErrInvalid, s)
+	return parseChoice("mode", s, ModeIngress, ModeHost)
+}
+
+func parseTraffic(s string) (string, error) {
+	return parseChoice("traffic", s, TrafficCluster, TrafficLocal)
+}
+
+// parseChoice returns s lower-cased if it is one of choices.
+func parseChoice(what, s string, choices ...string) (string, error) {
+	if v := strings.ToLower(s); slices.Contains(choices, v) {
+		return v, nil
 	}
+	return "", fmt.Errorf("%w: %s %q: want %s", ErrInvalid, what, s, strings.Join(choices, " or "))
 }
 
 // FormatPublish is p in the long form, which ParsePublish reads back.

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
-	"github.com/shoal-project/shoal/manager/allocator"
 )
 
 // createFlags are the flags of `service create`.
@@ -200,11 +199,11 @@ func (f *createFlags) spec(fs *pflag.FlagSet, args []string) (*api.ServiceSpec, 
 			return nil, fmt.Errorf("invalid --endpoint-mode %q: want vip or dnsrr", f.endpointMode)
 		}
 		for _, p := range f.publish {
-			pc, err := allocator.ParsePublish(p)
+			pc, err := api.ParsePublish(p)
 			if err != nil {
 				return nil, fmt.Errorf("invalid --publish %q: %w", p, err)
 			}
-			endpoint.Ports = append(endpoint.Ports, &api.PortConfig{Protocol: pc.Protocol, Target: uint32(pc.Target), Published: uint32(pc.Published), Mode: pc.Mode, Traffic: pc.Traffic})
+			endpoint.Ports = append(endpoint.Ports, pc)
 		}
 	}
 	return &api.ServiceSpec{

@@ -10,6 +10,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/shoal-project/shoal/manager"
 )
 
 // Main runs shoald with its arguments and returns the exit code.
@@ -117,7 +119,7 @@ promote managers again afterwards. See docs/recovery.md.`,
 		Args:  cobra.NoArgs,
 		RunE:  run(Init),
 	}
-	initCmd.Flags().StringVar(&cfg.IngressName, "ingress-name", DefaultIngressName, "name of the routing mesh's network")
+	initCmd.Flags().StringVar(&cfg.IngressName, "ingress-name", manager.DefaultIngressName, "name of the routing mesh's network")
 	initCmd.Flags().StringVar(&cfg.IngressSubnet, "ingress-subnet", "", "subnet of the routing mesh's network (default: the first free /24 of 10.0.0.0/8)")
 	initCmd.Flags().Uint32Var(&cfg.IngressVNI, "ingress-vni", 0, "VXLAN id of the routing mesh's network (default: the first free one from 4096)")
 	root.AddCommand(initCmd, &cobra.Command{

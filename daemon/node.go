@@ -27,7 +27,6 @@ import (
 	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/dispatcher"
 	"github.com/shoal-project/shoal/manager/state"
-	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/worker"
 )
 
@@ -260,8 +259,8 @@ func Init(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	ingress, err := ingressNetwork(cfg.IngressName, cfg.IngressSubnet, cfg.IngressVNI)
-	if err != nil {
+	ingress := manager.Ingress{Name: cfg.IngressName, Subnet: cfg.IngressSubnet, VNI: cfg.IngressVNI}
+	if err := ingress.Check(); err != nil {
 		return err
 	}
 	lock, err := lockDataDir(cfg.DataDir)
@@ -347,7 +346,7 @@ func Init(ctx context.Context, cfg Config) error {
 	}
 	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	m, err := manager.Init(startCtx, n.managerConfig(sl), cluster, self, store.Create(ingress))
+	m, err := manager.Init(startCtx, n.managerConfig(sl), cluster, self, ingress)
 	if err != nil {
 		n.listener.Close()
 		undo()

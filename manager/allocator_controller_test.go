@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -16,13 +19,13 @@ import (
 )
 
 // startManagerWithIngress is startManager with an ingress network on
-// subnet, as `shoald init` creates it.
+// subnet, as `shoald init --ingress-subnet` creates it.
 func startManagerWithIngress(t *testing.T, subnet string) (*Manager, *api.Network) {
 	t.Helper()
-	p := netip.MustParsePrefix(subnet)
-	ingress := &api.Network{Id: "ingress-id", Meta: &api.Meta{CreatedAt: timestamppb.Now()}, Spec: &api.NetworkSpec{Name: "ingress"},
-		Subnet: p.String(), Gateway: p.Addr().Next().String(), Vni: 4096, Ingress: true}
-	return startManager(t, store.Create(ingress)), ingress
+	m := startManagerWith(t, Ingress{Subnet: subnet})
+	var ingress *api.Network
+	m.State().Store().View(func(tx store.ReadTx) { ingress = tx.NetworkByName(DefaultIngressName) })
+	return m, ingress
 }
 
 func storedNodeOf(m *Manager, id string) *api.Node {
@@ -185,4 +188,182 @@ func storedTask(m *Manager, id string) *api.Task {
 	var tk *api.Task
 	m.State().Store().View(func(tx store.ReadTx) { tk = tx.Task(id) })
 	return tk
+}
+
+// TestConcurrentAllocationsNeverCollide races control calls that allocate
+// (service creates and updates with VIPs and published ports, some
+// asking for the same port; pooled network creates) against each other
+// and against the allocator controller moving the services' tasks from
+// NEW to PENDING, and checks that no address, VIP, published port, subnet
+// or VNI was handed out twice. Every decision reads the store and
+// proposes its result under stored.Allocator's lock; without it, calls
+// that read the same store pick the same free address.
+func TestConcurrentAllocationsNeverCollide(t *testing.T) {
+	const (
+		callers     = 8 // goroutines making services
+		perCaller   = 4 // services each
+		networkers  = 6 // goroutines making one pooled network each
+		replicas    = 3
+		sharedPorts = 4 // explicit ports, each asked for by callers/sharedPorts services
+	)
+	m, _ := startManagerWithIngress(t, "10.255.0.0/22")
+	ctx := context.Background()
+	if _, err := m.control.CreateNetwork(ctx, &api.CreateNetworkRequest{Spec: &api.NetworkSpec{Name: "apps", Subnet: "10.20.0.0/22"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	start := make(chan struct{})
+	var (
+		wg        sync.WaitGroup
+		mu        sync.Mutex
+		refused   = map[uint32]int{} // explicit port → creates refused for it
+		services  []string
+		callerErr []error
+	)
+	fail := func(err error) {
+		mu.Lock()
+		callerErr = append(callerErr, err)
+		mu.Unlock()
+	}
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for i := range perCaller {
+				s := spec(fmt.Sprintf("svc-%d-%d", c, i), replicas)
+				s.Networks = []string{"apps"}
+				s.Endpoint = &api.EndpointSpec{Ports: []*api.PortConfig{{Target: 80}}} // picked from 30000-32767
+				explicit := uint32(0)
+				if i == 0 {
+					explicit = uint32(8000 + c%sharedPorts)
+					s.Endpoint.Ports = append(s.Endpoint.Ports, &api.PortConfig{Target: 81, Published: explicit})
+				}
+				resp, err := m.control.CreateService(ctx, &api.CreateServiceRequest{Spec: s})
+				if explicit != 0 && status.Code(err) == codes.FailedPrecondition && strings.Contains(err.Error(), "already used by service") {
+					mu.Lock()
+					refused[explicit]++
+					mu.Unlock()
+					continue
+				}
+				if err != nil {
+					fail(fmt.Errorf("create %s: %w", s.GetName(), err))
+					continue
+				}
+				svc := resp.GetService()
+				mu.Lock()
+				services = append(services, svc.GetId())
+				mu.Unlock()
+				// Scale up: the endpoint is allocated again (it must keep
+				// what it has) while others allocate.
+				upd := proto.Clone(svc.GetSpec()).(*api.ServiceSpec)
+				upd.GetReplicated().Replicas = replicas + 1
+				if _, err := m.control.UpdateService(ctx, &api.UpdateServiceRequest{Service: svc.GetId(), Spec: upd}); err != nil {
+					fail(fmt.Errorf("update %s: %w", s.GetName(), err))
+				}
+			}
+		}()
+	}
+	for n := range networkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if _, err := m.control.CreateNetwork(ctx, &api.CreateNetworkRequest{Spec: &api.NetworkSpec{Name: fmt.Sprintf("pooled-%d", n)}}); err != nil {
+				fail(fmt.Errorf("create network pooled-%d: %w", n, err))
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for _, err := range callerErr {
+		t.Error(err)
+	}
+	for port := uint32(8000); port < 8000+sharedPorts; port++ {
+		if want := callers/sharedPorts - 1; refused[port] != want {
+			t.Errorf("explicit port %d: %d creates refused, want %d (one service gets it)", port, refused[port], want)
+		}
+	}
+
+	// Every snapshot of the store is free of collisions, the one taken
+	// while the controller is still at work as much as the last.
+	checkNoCollisions(t, m, 2+networkers)
+	want := len(services) * (replicas + 1)
+	await.For(t, "every task allocated and the node's ingress address", func() (bool, string) {
+		n := 0
+		m.State().Store().View(func(tx store.ReadTx) {
+			for _, tk := range tx.Tasks() {
+				if tk.GetStatus().GetState() >= api.TaskState_TASK_STATE_PENDING && len(tk.GetNetworks()) == 2 {
+					n++
+				}
+			}
+		})
+		return n == want && storedNodeOf(m, selfID).GetIngress() != nil, fmt.Sprintf("%d of %d tasks allocated", n, want)
+	})
+	checkNoCollisions(t, m, 2+networkers)
+}
+
+// checkNoCollisions checks that the store gives no address, VIP,
+// published port, subnet or VNI twice, and that it holds wantNets
+// networks and every service its two VIPs (apps and ingress).
+func checkNoCollisions(t *testing.T, m *Manager, wantNets int) {
+	t.Helper()
+	var (
+		nets  []*api.Network
+		svcs  []*api.Service
+		tasks []*api.Task
+		nodes []*api.Node
+	)
+	m.State().Store().View(func(tx store.ReadTx) {
+		nets, svcs, tasks, nodes = tx.Networks(), tx.Services(), tx.Tasks(), tx.Nodes()
+	})
+	if len(nets) != wantNets {
+		t.Errorf("%d networks stored, want %d", len(nets), wantNets)
+	}
+	vnis := map[uint32]string{}
+	for i, n := range nets {
+		if other, ok := vnis[n.GetVni()]; ok {
+			t.Errorf("VNI %d given to %s and %s", n.GetVni(), other, n.GetSpec().GetName())
+		}
+		vnis[n.GetVni()] = n.GetSpec().GetName()
+		for _, o := range nets[:i] {
+			if netip.MustParsePrefix(n.GetSubnet()).Overlaps(netip.MustParsePrefix(o.GetSubnet())) {
+				t.Errorf("networks %s (%s) and %s (%s) overlap", n.GetSpec().GetName(), n.GetSubnet(), o.GetSpec().GetName(), o.GetSubnet())
+			}
+		}
+	}
+	addrs := map[string]string{} // network/address → holder
+	claim := func(network, addr, who string) {
+		k := network + "/" + netip.MustParsePrefix(addr).Addr().String()
+		if other, ok := addrs[k]; ok {
+			t.Errorf("address %s on network %s given to %s and %s", addr, network, other, who)
+		}
+		addrs[k] = who
+	}
+	ports := map[string]string{}
+	for _, svc := range svcs {
+		if len(svc.GetEndpoint().GetVips()) != 2 {
+			t.Errorf("service %s has VIPs %v, want one on apps and one on ingress", svc.GetSpec().GetName(), svc.GetEndpoint().GetVips())
+		}
+		for _, v := range svc.GetEndpoint().GetVips() {
+			claim(v.GetNetworkId(), v.GetAddr(), "the VIP of "+svc.GetSpec().GetName())
+		}
+		for _, p := range svc.GetEndpoint().GetPorts() {
+			k := fmt.Sprintf("%d/%s", p.GetPublished(), p.GetProtocol())
+			if other, ok := ports[k]; ok {
+				t.Errorf("published port %s given to %s and %s", k, other, svc.GetSpec().GetName())
+			}
+			ports[k] = svc.GetSpec().GetName()
+		}
+	}
+	for _, tk := range tasks {
+		for _, at := range tk.GetNetworks() {
+			claim(at.GetNetworkId(), at.GetAddr(), "task "+tk.GetId())
+		}
+	}
+	for _, n := range nodes {
+		if n.GetIngress() != nil {
+			claim(n.GetIngress().GetNetworkId(), n.GetIngress().GetAddr(), "node "+n.GetId())
+		}
+	}
 }

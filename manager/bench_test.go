@@ -12,7 +12,6 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/manager/store"
-	"github.com/shoal-project/shoal/scheduler"
 )
 
 // benchManager is a real single-voter manager (raft with its boltdb log
@@ -24,7 +23,7 @@ func benchManager(b *testing.B, nodes, tasks int) *Manager {
 	self := &api.Node{Id: "node0000", Role: api.NodeRole_NODE_ROLE_MANAGER,
 		Spec:   &api.NodeSpec{Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE},
 		Status: &api.NodeStatus{State: api.NodeState_NODE_STATE_READY}}
-	m, err := Init(ctx, Config{DataDir: b.TempDir(), NodeID: self.Id, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil, self)
+	m, err := Init(ctx, Config{DataDir: b.TempDir(), NodeID: self.Id, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, nil, self, Ingress{})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -44,7 +43,7 @@ func benchManager(b *testing.B, nodes, tasks int) *Manager {
 			Spec:   &api.TaskSpec{Container: &api.ContainerSpec{Image: "x"}},
 			Status: &api.TaskStatus{State: api.TaskState_TASK_STATE_PENDING, Timestamp: now}}))
 	}
-	if err := m.propose(ctx, acts); err != nil {
+	if err := m.raft.ProposeBatches(ctx, acts); err != nil {
 		b.Fatal(err)
 	}
 	return m
@@ -56,7 +55,7 @@ func benchmarkScheduleCommit(b *testing.B, nodes, tasks int) {
 		m := benchManager(b, nodes, tasks)
 		b.StartTimer()
 		start := time.Now()
-		placed, unplaced, err := m.placePending(context.Background(), scheduler.New())
+		placed, unplaced, err := newSchedulerController(m).placePending(context.Background())
 		elapsed := time.Since(start)
 		if err != nil || placed != tasks || unplaced != 0 {
 			b.Fatalf("placed %d, unplaced %d, err %v", placed, unplaced, err)

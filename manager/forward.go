@@ -16,12 +16,13 @@ type ControlDialer func(ctx context.Context, addr string) (api.ControlClient, er
 
 // SetControlForwarder makes this manager, while it follows, send the
 // control calls that allocate addresses and ports (and network removal,
-// which must see every allocation) to the leader. The
-// leader's allocator controller and its control API allocate under one
-// lock from one store; a follower allocating from its own copy could hand
-// out an address the leader just gave a task, since the store's version
-// checks guard single objects, not addresses across them. Without a
-// dialer the follower allocates itself (tests, single managers).
+// which must see every allocation) to the leader. The leader's network
+// allocator (stored.Allocator, shared by its allocator controller and its
+// control API) decides under one lock from one store; a follower
+// allocating from its own copy could hand out an address the leader just
+// gave a task, since the store's version checks guard single objects, not
+// addresses across them. Without a dialer the follower allocates itself
+// (tests, single managers).
 func (m *Manager) SetControlForwarder(dial ControlDialer) {
 	m.forward.mu.Lock()
 	m.forward.dial = dial

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/allocator/stored"
 	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/controlapi"
 	"github.com/shoal-project/shoal/manager/dispatcher"
@@ -61,11 +62,10 @@ type Manager struct {
 	ca         *ca.Server
 	membership *membership
 	images     *imageReplicator
-	// allocMu serialises network allocations on this manager: the control
-	// API's (networks, VIPs, ports) and the allocator controller's (task
-	// and node addresses), each decided from the store and proposed
-	// before the next one is decided.
-	allocMu sync.Mutex
+	// networks makes every network allocation on this manager: the
+	// control API's (networks, VIPs, ports), the allocator controller's
+	// (task and node addresses) and Init's (the ingress network).
+	networks *stored.Allocator
 }
 
 // RaftDir is where a node's raft state lives under its data dir.
@@ -102,8 +102,13 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 		r.Close()
 		return nil, err
 	}
+	m.networks, err = stored.New(r, stored.Config{Logger: cfg.Logger.With("component", "allocator")})
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
 	m.images = newImageReplicator(m, imageDir)
-	m.control = controlapi.New(r, cfg.NodeID, controlapi.WithImageStore(imageDir), controlapi.WithAllocationLock(&m.allocMu))
+	m.control = controlapi.New(r, cfg.NodeID, m.networks, controlapi.WithImageStore(imageDir))
 	cfg.Dispatcher.Tarballs = imageDir
 	if cfg.Dispatcher.Leader == nil {
 		cfg.Dispatcher.Leader = func() (bool, string) { return r.IsLeader(), r.LeaderAddr() }
@@ -123,11 +128,15 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 
 // Init creates a new cluster whose first node is self, a manager. cluster
 // may carry the CA and join tokens; its id, meta and defaults are filled in.
-//
-// extra objects (the ingress network) are created in the same command.
-func Init(ctx context.Context, cfg Config, cluster *api.Cluster, self *api.Node, extra ...*api.StoreAction) (*Manager, error) {
+// The cluster starts with its routing mesh's network, ingress (whose zero
+// value takes the defaults), created in the same command.
+func Init(ctx context.Context, cfg Config, cluster *api.Cluster, self *api.Node, ingress Ingress) (*Manager, error) {
 	if HasState(cfg.DataDir) {
 		return nil, fmt.Errorf("%s already holds a cluster: use `shoald run` to restart this node, or remove the directory to start over", cfg.DataDir)
+	}
+	ingressSpec, ingressReq, err := ingress.request()
+	if err != nil {
+		return nil, err
 	}
 	m, err := open(cfg, true)
 	if err != nil {
@@ -155,7 +164,7 @@ func Init(ctx context.Context, cfg Config, cluster *api.Cluster, self *api.Node,
 		cluster.Spec.Dispatcher = &api.DispatcherConfig{HeartbeatPeriod: durationpb.New(dispatcher.DefaultHeartbeatPeriod)}
 	}
 	self.Meta = &api.Meta{CreatedAt: now}
-	if err := m.raft.Propose(ctx, append([]*api.StoreAction{store.Create(cluster), store.Create(self)}, extra...)...); err != nil {
+	if _, err := m.networks.CreateNetwork(ctx, ingressSpec, ingressReq, store.Create(cluster), store.Create(self)); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("store cluster: %w", err)
 	}
@@ -192,7 +201,7 @@ func Open(ctx context.Context, cfg Config) (*Manager, error) {
 			actions = append(actions, store.Update(upd))
 		}
 	})
-	if err := m.propose(ctx, actions); err != nil {
+	if err := m.raft.ProposeBatches(ctx, actions); err != nil {
 		m.Close()
 		return nil, fmt.Errorf("record the other managers as workers: %w", err)
 	}
@@ -271,14 +280,17 @@ func (m *Manager) Run(ctx context.Context) error {
 			lctx, lcancel := context.WithCancel(ctx)
 			cancel = lcancel
 			m.logger.Info("leading: starting controllers")
-			for _, run := range []func(context.Context){
-				m.dispatcher.Run,
-				m.runOrchestrator,
-				m.runAllocator,
-				m.runScheduler,
-				m.runManagerStatus,
-				m.runRoles,
+			runs := []func(context.Context){m.dispatcher.Run, m.runManagerStatus}
+			// Each term starts its controllers afresh, from the store.
+			for _, c := range []controller{
+				newOrchestratorController(m),
+				newAllocatorController(m),
+				newSchedulerController(m),
+				roleController{m},
 			} {
+				runs = append(runs, func(ctx context.Context) { m.watch(ctx, c) })
+			}
+			for _, run := range runs {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()

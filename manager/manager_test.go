@@ -37,15 +37,20 @@ func testConfig(dir string) Config {
 	}
 }
 
-// startManager initialises a cluster in a temp dir and runs its
-// controllers until the test ends. extra are stored at init with the
-// cluster.
-func startManager(t *testing.T, extra ...*api.StoreAction) *Manager {
+// startManager initialises a cluster in a temp dir, with the default
+// ingress network, and runs its controllers until the test ends.
+func startManager(t *testing.T) *Manager {
+	t.Helper()
+	return startManagerWith(t, Ingress{})
+}
+
+// startManagerWith is startManager with the ingress network asked for.
+func startManagerWith(t *testing.T, ingress Ingress) *Manager {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
 	defer cancel()
 	self := &api.Node{Id: selfID, Role: api.NodeRole_NODE_ROLE_MANAGER, Description: &api.NodeDescription{Hostname: "host-1", Os: "linux", Arch: "amd64"}}
-	m, err := Init(ctx, testConfig(t.TempDir()), nil, self, extra...)
+	m, err := Init(ctx, testConfig(t.TempDir()), nil, self, ingress)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -402,7 +407,7 @@ func TestInitAndOpen(t *testing.T) {
 	if _, err := Open(ctx, testConfig(dir)); err == nil || !strings.Contains(err.Error(), "shoald init") {
 		t.Fatalf("Open of an empty dir: %v, want an error pointing at shoald init", err)
 	}
-	m, err := Init(ctx, testConfig(dir), nil, &api.Node{Id: selfID})
+	m, err := Init(ctx, testConfig(dir), nil, &api.Node{Id: selfID}, Ingress{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -417,7 +422,7 @@ func TestInitAndOpen(t *testing.T) {
 	if !HasState(dir) {
 		t.Fatal("dir holds no state after Init")
 	}
-	if _, err := Init(ctx, testConfig(dir), nil, &api.Node{Id: selfID}); err == nil || !strings.Contains(err.Error(), "shoald run") {
+	if _, err := Init(ctx, testConfig(dir), nil, &api.Node{Id: selfID}, Ingress{}); err == nil || !strings.Contains(err.Error(), "shoald run") {
 		t.Fatalf("Init over existing state: %v, want an error pointing at shoald run", err)
 	}
 	m, err = Open(ctx, testConfig(dir))

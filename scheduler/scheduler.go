@@ -84,7 +84,7 @@ func (s *Scheduler) Sync(nodes []*api.Node, tasks []*api.Task) {
 		s.nodes[n.GetId()] = &nodeInfo{id: n.GetId(), node: n, rank: -1}
 	}
 	for _, t := range tasks {
-		if t.GetId() != "" && occupies(t) {
+		if t.GetId() != "" && Occupies(t) {
 			s.track(t.GetId(), t.GetNodeId(), t.GetServiceId())
 		}
 	}
@@ -124,9 +124,8 @@ func (s *Scheduler) RemoveNode(id string) {
 	}
 }
 
-// TaskAssigned records task t as it is now. A task occupies a node when it
-// has a node, its desired state is RUNNING and it has not ended (status
-// before COMPLETE); a task that no longer does is forgotten, as by TaskGone.
+// TaskAssigned records task t as it is now. A task that no longer occupies
+// a node (see Occupies) is forgotten, as by TaskGone.
 // Calling it again for a task already counted where it is changes nothing,
 // so the store's echo of a committed Decision is harmless.
 func (s *Scheduler) TaskAssigned(t *api.Task) {
@@ -134,7 +133,7 @@ func (s *Scheduler) TaskAssigned(t *api.Task) {
 	if id == "" {
 		return
 	}
-	if !occupies(t) {
+	if !Occupies(t) {
 		s.untrack(id)
 		return
 	}
@@ -153,13 +152,21 @@ func (s *Scheduler) TaskGone(t *api.Task) {
 	s.untrack(t.GetId())
 }
 
-func occupies(t *api.Task) bool {
+// Occupies reports whether task t counts against its node: it has one, is
+// meant to run, and has not ended (api.IsTerminal: complete, shutdown,
+// failed, rejected, orphaned). A task told to stop no longer counts, even
+// while its container winds down: placement only spreads task counts, and
+// the count it must spread is the one that will remain. (Reservations,
+// should they come, would have to count it until it has ended.)
+func Occupies(t *api.Task) bool {
 	return t.GetNodeId() != "" &&
 		t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING &&
-		t.GetStatus().GetState() < api.TaskState_TASK_STATE_COMPLETE
+		!api.IsTerminal(t.GetStatus().GetState())
 }
 
-func schedulable(t *api.Task) bool {
+// Schedulable reports whether task t waits for a node: PENDING, without
+// one, and meant to run. Schedule decides only such tasks.
+func Schedulable(t *api.Task) bool {
 	return t.GetId() != "" &&
 		t.GetNodeId() == "" &&
 		t.GetStatus().GetState() == api.TaskState_TASK_STATE_PENDING &&
@@ -296,7 +303,7 @@ func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 	in := make([]int32, 0, len(pending)) // group of each schedulable task
 	decisions := make([]Decision, 0, len(pending))
 	for _, t := range pending {
-		if !schedulable(t) {
+		if !Schedulable(t) {
 			continue
 		}
 		id := t.GetId()

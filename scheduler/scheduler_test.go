@@ -319,6 +319,46 @@ func TestSyncCountsOnlyOccupyingTasks(t *testing.T) {
 	}
 }
 
+// TestTaskPredicates pins which tasks count against a node and which wait
+// for one, for every state a task can be in and the desired states that
+// matter.
+func TestTaskPredicates(t *testing.T) {
+	task := func(node string, desired, state api.TaskState) *api.Task {
+		return &api.Task{Id: "t", NodeId: node, DesiredState: desired, Status: &api.TaskStatus{State: state}}
+	}
+	const (
+		running  = api.TaskState_TASK_STATE_RUNNING
+		shutdown = api.TaskState_TASK_STATE_SHUTDOWN
+		remove   = api.TaskState_TASK_STATE_REMOVE
+	)
+	for st := range api.TaskState_name {
+		state := api.TaskState(st)
+		if state == remove { // a desired state only
+			continue
+		}
+		ended := map[api.TaskState]bool{api.TaskState_TASK_STATE_COMPLETE: true, api.TaskState_TASK_STATE_SHUTDOWN: true,
+			api.TaskState_TASK_STATE_FAILED: true, api.TaskState_TASK_STATE_REJECTED: true, api.TaskState_TASK_STATE_ORPHANED: true}[state]
+		if got := Occupies(task("n1", running, state)); got == ended {
+			t.Errorf("Occupies(on n1, desired running, %v) = %v, want %v", state, got, !ended)
+		}
+		for _, desired := range []api.TaskState{shutdown, remove} {
+			if Occupies(task("n1", desired, state)) {
+				t.Errorf("Occupies(on n1, desired %v, %v) = true: a task told to stop does not count", desired, state)
+			}
+		}
+		if Occupies(task("", running, state)) {
+			t.Errorf("Occupies(no node, %v) = true", state)
+		}
+		wantPending := state == api.TaskState_TASK_STATE_PENDING
+		if got := Schedulable(task("", running, state)); got != wantPending {
+			t.Errorf("Schedulable(no node, desired running, %v) = %v, want %v", state, got, wantPending)
+		}
+		if Schedulable(task("n1", running, state)) || Schedulable(task("", shutdown, state)) {
+			t.Errorf("Schedulable(%v) true for a task with a node or told to stop", state)
+		}
+	}
+}
+
 func TestNodeUpdates(t *testing.T) {
 	s := New()
 	s.Sync([]*api.Node{node("n1"), node("n2")}, nil)

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 
+	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/network/ipam"
 )
 
@@ -137,6 +138,19 @@ func (a *Allocator) AllocateNetwork(req Network) (Network, error) {
 		return Network{}, fmt.Errorf("allocate network %s: %w", cmp.Or(req.Name, req.ID), err)
 	}
 	return n, nil
+}
+
+// CheckNetwork returns the error AllocateNetwork would give req in a
+// cluster without networks: what is wrong with the request whatever else
+// exists (no id or name, a subnet with host bits set, a gateway outside it, a
+// VNI out of range), so that it can be refused before a cluster exists.
+func CheckNetwork(cfg Config, req Network) error {
+	a, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	_, err = a.AllocateNetwork(req)
+	return err
 }
 
 func (a *Allocator) allocateNetwork(req Network) (Network, error) {
@@ -341,7 +355,7 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 			seen[k] = true
 		}
 		publishes = true
-		ingressVIP = ingressVIP || p.Mode == ModeIngress
+		ingressVIP = ingressVIP || p.Mode == api.ModeIngress
 		ports = append(ports, p)
 	}
 	if publishes {
@@ -359,7 +373,7 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 	// a port the same request names.
 	claimed := map[portKey]bool{}
 	for _, p := range ports {
-		if p.Mode != ModeIngress || p.Published == 0 {
+		if p.Mode != api.ModeIngress || p.Published == 0 {
 			continue
 		}
 		k := portKey{p.Protocol, p.Published}
@@ -370,7 +384,7 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 	}
 	cursor := a.nextPort
 	for i, p := range ports {
-		if p.Mode != ModeIngress || p.Published != 0 {
+		if p.Mode != api.ModeIngress || p.Published != 0 {
 			continue
 		}
 		if prev, ok := keptPort(old, p, claimed); ok {
@@ -427,7 +441,7 @@ func (a *Allocator) allocateService(req ServiceNeeds) (ServiceAllocation, error)
 // automatic port: the one it had for the same protocol and target.
 func keptPort(old ServiceAllocation, p PortConfig, claimed map[portKey]bool) (uint16, bool) {
 	for _, o := range old.Ports {
-		if o.Mode == ModeIngress && o.Protocol == p.Protocol && o.Target == p.Target && o.Published != 0 && !claimed[portKey{o.Protocol, o.Published}] {
+		if o.Mode == api.ModeIngress && o.Protocol == p.Protocol && o.Target == p.Target && o.Published != 0 && !claimed[portKey{o.Protocol, o.Published}] {
 			return o.Published, true
 		}
 	}
@@ -469,7 +483,7 @@ func (a *Allocator) releaseServiceParts(old, keep ServiceAllocation) {
 		}
 	}
 	for _, p := range old.Ports {
-		if p.Mode != ModeIngress {
+		if p.Mode != api.ModeIngress {
 			continue
 		}
 		k := portKey{p.Protocol, p.Published}

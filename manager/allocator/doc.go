@@ -3,14 +3,17 @@
 // service per network (unless the service uses DNS round robin), published
 // ports for the routing mesh (explicit, or picked from 30000-32767), an
 // address and MAC per task per network, and an ingress address per node for
-// its ingress bridge.
+// its ingress bridge. Ports are checked by the API's rules
+// (api.NormalizePort), the same ones the CLI parses --publish with.
 //
-// It owns allocation decisions only. It keeps no state of its own that
-// outlives the process: after a restart or a change of leader the manager
-// rebuilds it from the store with Restore. Writing allocations through raft,
-// watching the store and moving tasks from NEW to PENDING belong to the
-// manager's allocator controller, which comes later. No I/O, no kernel, no
-// store here, so every rule can be tested and benchmarked alone.
+// It owns allocation decisions only, and is pure: no I/O, no kernel, no
+// store, no raft, so every rule can be tested and benchmarked alone. It
+// keeps no state that outlives the process. Its one user is
+// stored.Allocator (package stored below), which owns the lock and, for
+// every decision, reads the store, restores an allocator from it, asks it,
+// and proposes the answer through raft. The control API, the leader's
+// allocator controller and manager.Init go through stored.Allocator; none
+// of them builds an allocator itself.
 //
 // Every Allocate call is all-or-nothing: when it fails, the allocator holds
 // exactly what it held before.

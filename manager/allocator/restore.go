@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 
+	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/network/ipam"
 )
 
@@ -94,7 +95,7 @@ func (a *Allocator) restoreService(s ServiceAllocation) error {
 	}
 	keys := map[portKey]bool{}
 	for _, p := range s.Ports {
-		if p.Mode != ModeIngress || p.Published == 0 {
+		if p.Mode != api.ModeIngress || p.Published == 0 {
 			continue
 		}
 		k := portKey{p.Protocol, p.Published}

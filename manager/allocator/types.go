@@ -5,37 +5,24 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
 )
 
-// Protocols and publishing modes of a PortConfig, spelled as Docker spells them.
+// Endpoint modes of a service. Protocols, publishing modes and traffic
+// policies of its ports are the API's (api.ProtocolTCP, api.ModeIngress,
+// api.TrafficLocal...), with its rules: see normalized.
 const (
-	ProtocolTCP = "tcp"
-	ProtocolUDP = "udp"
-
-	// ModeIngress publishes the port on every node through the routing mesh;
-	// the port is reserved cluster-wide.
-	ModeIngress = "ingress"
-	// ModeHost publishes the port only on nodes running a task, straight to
-	// it; two services may use the same host port on different nodes, so it
-	// is not reserved cluster-wide (the scheduler keeps them apart).
-	ModeHost = "host"
-
 	EndpointModeVIP   = "vip"
 	EndpointModeDNSRR = "dnsrr"
-
-	// TrafficCluster (the default for ingress ports) balances from every
-	// node to every task and masquerades, so replies return through the
-	// node that took the connection.
-	TrafficCluster = "cluster"
-	// TrafficLocal sends a node's connections only to its own tasks,
-	// without masquerade, so tasks see the client's address.
-	TrafficLocal = "local"
 )
 
 // Errors wrapped by the allocator, one per gRPC status the API edge returns.
 var (
-	// ErrInvalid: the request is malformed (InvalidArgument).
-	ErrInvalid = errors.New("invalid request")
+	// ErrInvalid: the request is malformed (InvalidArgument). It is the
+	// API's own, so the port rules' errors (api.NormalizePort) pass through
+	// unchanged.
+	ErrInvalid = api.ErrInvalid
 	// ErrNotFound: the request names a network or service the allocator
 	// does not know (NotFound).
 	ErrNotFound = errors.New("not found")
@@ -60,13 +47,13 @@ type Network struct {
 
 // PortConfig is one published port of a service.
 type PortConfig struct {
-	Protocol string // ProtocolTCP or ProtocolUDP; "" means tcp
+	Protocol string // api.ProtocolTCP or api.ProtocolUDP; "" means tcp
 	Target   uint16 // port inside the task
 	// Published is the port on the nodes; 0 asks the allocator to pick one
 	// from the dynamic range (ingress mode) or leaves it to the node (host mode).
 	Published uint16
-	Mode      string // ModeIngress or ModeHost; "" means ingress
-	// Traffic is TrafficCluster or TrafficLocal for ingress ports; ""
+	Mode      string // api.ModeIngress or api.ModeHost; "" means ingress
+	// Traffic is api.TrafficCluster or api.TrafficLocal for ingress ports; ""
 	// means cluster. Host ports take none: they only reach local tasks.
 	Traffic string
 }
@@ -138,6 +125,16 @@ type Allocation struct {
 	Services []ServiceAllocation
 	Tasks    []TaskAllocation
 	Nodes    []NodeAllocation
+}
+
+// normalized fills in defaults and checks a port from a ServiceNeeds, by
+// the API's rules.
+func (p PortConfig) normalized() (PortConfig, error) {
+	n, err := api.NormalizePort(&api.PortConfig{Protocol: p.Protocol, Target: uint32(p.Target), Published: uint32(p.Published), Mode: p.Mode, Traffic: p.Traffic})
+	if err != nil {
+		return PortConfig{}, err
+	}
+	return PortConfig{Protocol: n.GetProtocol(), Target: p.Target, Published: p.Published, Mode: n.GetMode(), Traffic: n.GetTraffic()}, nil
 }
 
 func (s ServiceAllocation) clone() ServiceAllocation {

@@ -43,7 +43,7 @@ func setupImages(t *testing.T, max int64) *imageServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := New(r, "m1", WithImageStore(d))
+	s := newServer(t, r, WithImageStore(d))
 	if max > 0 {
 		s.images.max = max
 	}
@@ -262,7 +262,7 @@ func TestLoadImageCancelled(t *testing.T) {
 }
 
 func TestLoadImageWithoutStore(t *testing.T) {
-	c := serveControl(t, New(newRaft(t), "m1"))
+	c := serveControl(t, newServer(t, newRaft(t)))
 	_, err := load(context.Background(), c, ociImage(t, "shoal.test/web:1", "v1"), 1024)
 	if status.Code(err) != codes.Unimplemented {
 		t.Errorf("LoadImage on a server without an image store: %v, want Unimplemented", err)

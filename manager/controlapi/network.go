@@ -6,63 +6,14 @@ import (
 	"net/netip"
 	"slices"
 	"sort"
-	"strings"
-	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/manager/allocator"
-	"github.com/shoal-project/shoal/manager/allocator/stored"
 	"github.com/shoal-project/shoal/manager/store"
 )
-
-// networkCreator serialises network allocations on this manager: each is
-// decided from the store and must reach the store before the next one is
-// decided, or two could both take the same pool subnet, VNI or address.
-type networkCreator struct {
-	mu  allocLock
-	cfg allocator.Config
-}
-
-// allocLock is the server's own mutex, or the one WithAllocationLock shares.
-type allocLock struct {
-	shared *sync.Mutex
-	own    sync.Mutex
-}
-
-func (l *allocLock) Lock() {
-	if l.shared != nil {
-		l.shared.Lock()
-		return
-	}
-	l.own.Lock()
-}
-
-func (l *allocLock) Unlock() {
-	if l.shared != nil {
-		l.shared.Unlock()
-		return
-	}
-	l.own.Unlock()
-}
-
-// WithNetworkConfig sets the pool, subnet size and VNI range networks are
-// allocated from (zero fields take the allocator's defaults).
-func WithNetworkConfig(cfg allocator.Config) Option {
-	return func(s *Server) { s.networks.cfg = cfg }
-}
-
-// WithAllocationLock makes the server take mu around every network
-// allocation: the leader's allocator controller takes the same lock while
-// it allocates task and node addresses, so a VIP and a task address are
-// never decided from the same store at once on this manager.
-func WithAllocationLock(mu *sync.Mutex) Option {
-	return func(s *Server) { s.networks.mu.shared = mu }
-}
 
 // allocStatus maps an allocator error to the gRPC code it stands for.
 func allocStatus(err error) error {
@@ -115,60 +66,10 @@ func (s *Server) CreateNetwork(ctx context.Context, req *api.CreateNetworkReques
 	if err != nil {
 		return nil, err
 	}
-	want.ID = api.NewID()
-
-	s.networks.mu.Lock()
-	defer s.networks.mu.Unlock()
-	var (
-		existing *api.Network
-		nets     []*api.Network
-	)
-	s.view(func(tx store.ReadTx) {
-		existing = tx.NetworkByName(want.Name)
-		nets = tx.Networks()
-	})
-	if existing != nil {
-		return nil, status.Errorf(codes.AlreadyExists, "network %q already exists (id %s)", want.Name, api.ShortID(existing.GetId()))
-	}
-	alloc, err := allocator.New(s.networks.cfg)
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "network allocator: %v", err)
-	}
-	var st allocator.Allocation
-	for _, n := range nets {
-		an, err := stored.Network(n)
-		if err != nil {
-			return nil, status.Error(codes.Internal, err.Error())
-		}
-		st.Networks = append(st.Networks, an)
-	}
-	// A stored network that does not restore would let the new one overlap
-	// it unseen: refuse rather than allocate blind.
-	if err := alloc.Restore(st); err != nil {
-		return nil, status.Errorf(codes.Internal, "load the existing networks: %v", err)
-	}
-	got, err := alloc.AllocateNetwork(want)
+	n, err := s.networks.CreateNetwork(ctx, req.GetSpec(), want)
 	if err != nil {
 		return nil, allocStatus(err)
 	}
-
-	now := timestamppb.New(s.now())
-	n := &api.Network{
-		Id:      got.ID,
-		Meta:    &api.Meta{CreatedAt: now, UpdatedAt: now},
-		Spec:    proto.Clone(req.GetSpec()).(*api.NetworkSpec),
-		Subnet:  got.Subnet.String(),
-		Gateway: got.Gateway.String(),
-		Vni:     got.VNI,
-		Ingress: got.Ingress,
-	}
-	if err := s.raft.Propose(ctx, store.Create(n)); err != nil {
-		if errors.Is(err, store.ErrExist) {
-			return nil, status.Errorf(codes.AlreadyExists, "network %q already exists", want.Name)
-		}
-		return nil, toStatus(err)
-	}
-	s.view(func(tx store.ReadTx) { n = tx.Network(n.GetId()) })
 	return &api.CreateNetworkResponse{Network: n}, nil
 }
 
@@ -206,21 +107,8 @@ func (s *Server) RemoveNetwork(ctx context.Context, req *api.RemoveNetworkReques
 	if n.GetIngress() {
 		return nil, status.Errorf(codes.FailedPrecondition, "network %q is the ingress network and cannot be removed", n.GetSpec().GetName())
 	}
-	var users []string
-	s.view(func(tx store.ReadTx) {
-		for _, svc := range tx.Services() {
-			if slices.Contains(svc.GetSpec().GetNetworks(), n.GetId()) {
-				users = append(users, svc.GetSpec().GetName())
-			}
-		}
-	})
-	if len(users) > 0 {
-		sort.Strings(users)
-		return nil, status.Errorf(codes.FailedPrecondition, "network %q is in use by service %s: remove or update %s first",
-			n.GetSpec().GetName(), strings.Join(users, ", "), map[bool]string{true: "it", false: "them"}[len(users) == 1])
-	}
-	if err := s.raft.Propose(ctx, store.Remove(n)); err != nil {
-		return nil, toStatus(err)
+	if err := s.networks.RemoveNetwork(ctx, n); err != nil {
+		return nil, allocStatus(err)
 	}
 	return &api.RemoveNetworkResponse{}, nil
 }

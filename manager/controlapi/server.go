@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/allocator/stored"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/scheduler"
@@ -32,8 +33,9 @@ type Server struct {
 	selfID string
 	now    func() time.Time
 	images imageStore
-	// networks decides network allocations, one create at a time.
-	networks networkCreator
+	// networks makes every network allocation: networks, and services'
+	// VIPs and ports. The manager's allocator controller shares it.
+	networks *stored.Allocator
 }
 
 // NodeIDHeader names the response header that tells a client which node
@@ -41,9 +43,9 @@ type Server struct {
 const NodeIDHeader = "shoal-node-id"
 
 // New returns a Control server over a raft member; selfID is the node the
-// server runs on.
-func New(r Raft, selfID string, opts ...Option) *Server {
-	s := &Server{raft: r, selfID: selfID, now: time.Now}
+// server runs on, and networks the network allocator of its manager.
+func New(r Raft, selfID string, networks *stored.Allocator, opts ...Option) *Server {
+	s := &Server{raft: r, selfID: selfID, now: time.Now, networks: networks}
 	for _, o := range opts {
 		o(s)
 	}
@@ -123,18 +125,13 @@ func (s *Server) CreateService(ctx context.Context, req *api.CreateServiceReques
 		Spec:        spec,
 		SpecVersion: 1,
 	}
-	s.networks.mu.Lock()
-	defer s.networks.mu.Unlock()
-	if err := s.allocateEndpoint(svc); err != nil {
-		return nil, err
+	svc, err := s.networks.CreateService(ctx, svc)
+	if errors.Is(err, store.ErrExist) {
+		return nil, status.Errorf(codes.AlreadyExists, "service %q already exists", spec.GetName())
 	}
-	if err := s.raft.Propose(ctx, store.Create(svc)); err != nil {
-		if errors.Is(err, store.ErrExist) {
-			return nil, status.Errorf(codes.AlreadyExists, "service %q already exists", spec.GetName())
-		}
-		return nil, toStatus(err)
+	if err != nil {
+		return nil, allocStatus(err)
 	}
-	s.view(func(tx store.ReadTx) { svc = tx.Service(svc.GetId()) })
 	return &api.CreateServiceResponse{Service: svc}, nil
 }
 
@@ -225,15 +222,10 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 	if !proto.Equal(cur.GetSpec().GetTask(), spec.GetTask()) {
 		upd.SpecVersion++
 	}
-	s.networks.mu.Lock()
-	defer s.networks.mu.Unlock()
-	if err := s.allocateEndpoint(upd); err != nil {
-		return nil, err
+	upd, err = s.networks.UpdateService(ctx, upd)
+	if err != nil {
+		return nil, allocStatus(err)
 	}
-	if err := s.raft.Propose(ctx, store.Update(upd)); err != nil {
-		return nil, toStatus(err)
-	}
-	s.view(func(tx store.ReadTx) { upd = tx.Service(upd.GetId()) })
 	return &api.UpdateServiceResponse{Service: upd}, nil
 }
 

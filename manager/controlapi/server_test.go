@@ -20,6 +20,7 @@ import (
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/internal/await"
 	"github.com/shoal-project/shoal/internal/testgrpc"
+	"github.com/shoal-project/shoal/manager/allocator/stored"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
 )
@@ -42,10 +43,21 @@ func newRaft(t *testing.T) *state.Node {
 	return n
 }
 
+// newServer is a Control server over r with its own network allocator,
+// as a manager makes it.
+func newServer(t *testing.T, r *state.Node, opts ...Option) *Server {
+	t.Helper()
+	networks, err := stored.New(r, stored.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return New(r, "m1", networks, opts...)
+}
+
 // serve runs a Control server over r on an in-memory connection.
 func serve(t *testing.T, r *state.Node) api.ControlClient {
 	t.Helper()
-	conn := testgrpc.Serve(t, func(srv *grpc.Server) { api.RegisterControlServer(srv, New(r, "m1")) })
+	conn := testgrpc.Serve(t, func(srv *grpc.Server) { api.RegisterControlServer(srv, newServer(t, r)) })
 	return api.NewControlClient(conn)
 }
 

@@ -209,6 +209,23 @@ func (n *Node) Propose(ctx context.Context, actions ...*api.StoreAction) error {
 	return err
 }
 
+// MaxCommandActions caps one raft command, so that a big batch does not
+// stall the log for everyone else.
+const MaxCommandActions = 2000
+
+// ProposeBatches commits actions in order, in commands of at most
+// MaxCommandActions: each command is all-or-nothing, the whole is not.
+func (n *Node) ProposeBatches(ctx context.Context, actions []*api.StoreAction) error {
+	for len(actions) > 0 {
+		k := min(len(actions), MaxCommandActions)
+		if err := n.Propose(ctx, actions[:k]...); err != nil {
+			return err
+		}
+		actions = actions[k:]
+	}
+	return nil
+}
+
 // WaitApplied blocks until this member's store has applied the log up to
 // idx, so that a read after a forwarded write sees the write.
 func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {

@@ -1,8 +1,13 @@
-// Package stored reads the network allocations the store holds, in the
-// allocator's terms, and turns the allocator's answers back into stored
-// messages. The allocator itself stays pure; the control API and the
-// leader's allocator controller both rebuild it from the store with
-// Allocation, so they cannot disagree on what is in use.
+// Package stored owns network allocation for a manager: its Allocator is
+// the only code that decides networks, VIPs, published ports, task
+// addresses and node ingress addresses. Each decision is one cycle under
+// one lock: read the store, restore the pure allocator (package allocator)
+// from it with Allocation, allocate, and propose the result through raft.
+// The control API (networks, services' endpoints), the leader's allocator
+// controller (tasks NEW → PENDING, nodes' ingress addresses) and
+// manager.Init (the ingress network) all call it; none of them builds an
+// allocator or takes a lock of its own. The functions here also convert
+// between stored messages and the allocator's types.
 package stored
 
 import (
@@ -106,16 +111,18 @@ func Service(svc *api.Service) (sa allocator.ServiceAllocation, ok bool, err err
 	return sa, true, nil
 }
 
-// Ports converts published ports from a spec or a stored endpoint. Ports
-// out of range are refused (allocator.ErrInvalid) naming the entry.
+// Ports converts published ports from a spec or a stored endpoint,
+// normalised by the API's rules (api.NormalizePort); a port they refuse
+// is refused (allocator.ErrInvalid) naming the entry.
 func Ports(ports []*api.PortConfig) ([]allocator.PortConfig, error) {
 	out := make([]allocator.PortConfig, 0, len(ports))
 	for i, p := range ports {
-		if p.GetTarget() == 0 || p.GetTarget() > 65535 || p.GetPublished() > 65535 {
-			return nil, fmt.Errorf("%w: endpoint.ports[%d]: ports are 1-65535 (target %d, published %d)", allocator.ErrInvalid, i, p.GetTarget(), p.GetPublished())
+		n, err := api.NormalizePort(p)
+		if err != nil {
+			return nil, fmt.Errorf("endpoint.ports[%d]: %w", i, err)
 		}
-		out = append(out, allocator.PortConfig{Protocol: p.GetProtocol(), Target: uint16(p.GetTarget()),
-			Published: uint16(p.GetPublished()), Mode: p.GetMode(), Traffic: p.GetTraffic()})
+		out = append(out, allocator.PortConfig{Protocol: n.GetProtocol(), Target: uint16(n.GetTarget()),
+			Published: uint16(n.GetPublished()), Mode: n.GetMode(), Traffic: n.GetTraffic()})
 	}
 	return out, nil
 }

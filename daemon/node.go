@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -243,6 +242,7 @@ func (n *node) managerConfig(transport *state.StreamLayer) manager.Config {
 			}
 			return id.NodeID, nil
 		},
+		Dial: func(_ context.Context, addr string) (grpc.ClientConnInterface, error) { return n.dial(addr) },
 	}
 }
 
@@ -282,45 +282,19 @@ func Init(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("describe node: %w", err)
 	}
 
-	clusterID := api.NewID()
-	rootPB, err := identity.NewRootCA(clusterID)
+	founding, err := ca.Found(file.NodeID, adv, desc)
 	if err != nil {
 		return err
 	}
-	root, err := identity.ParseRootCA(rootPB)
-	if err != nil {
-		return err
-	}
-	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
-	if err != nil {
-		return err
-	}
-	certPEM, cert, err := root.Issue(csrPEM, file.NodeID, api.NodeRole_NODE_ROLE_MANAGER, 0)
-	if err != nil {
-		return err
-	}
-	adminCert, adminKey, err := root.IssueAdmin()
-	if err != nil {
-		return err
-	}
-	workerToken, err := identity.GenerateToken(rootPB.GetDigest())
-	if err != nil {
-		return err
-	}
-	managerToken, err := identity.GenerateToken(rootPB.GetDigest())
-	if err != nil {
-		return err
-	}
-	creds := identity.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: certPEM, KeyPEM: keyPEM}
-	if err := identity.SaveCredentials(certDir(cfg.DataDir), creds); err != nil {
+	if err := identity.SaveCredentials(certDir(cfg.DataDir), founding.Credentials); err != nil {
 		undo()
 		return err
 	}
-	if err := identity.SaveCredentials(AdminDir(cfg.DataDir), identity.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: adminCert, KeyPEM: adminKey}); err != nil {
+	if err := identity.SaveCredentials(AdminDir(cfg.DataDir), founding.Admin); err != nil {
 		undo()
 		return err
 	}
-	n, err := newNode(cfg, file, creds)
+	n, err := newNode(cfg, file, founding.Credentials)
 	if err != nil {
 		undo()
 		return err
@@ -330,24 +304,9 @@ func Init(ctx context.Context, cfg Config) error {
 		undo()
 		return err
 	}
-	self := &api.Node{
-		Id:            file.NodeID,
-		Role:          api.NodeRole_NODE_ROLE_MANAGER,
-		Spec:          &api.NodeSpec{DesiredRole: api.NodeRole_NODE_ROLE_MANAGER, Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE},
-		Description:   desc,
-		Status:        &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: adv},
-		ManagerStatus: &api.ManagerStatus{RaftAddr: adv, Leader: true, Reachable: true},
-		Certificate:   identity.CertificateRecord(cert, api.NodeRole_NODE_ROLE_MANAGER),
-	}
-	cluster := &api.Cluster{
-		Id:         clusterID,
-		Spec:       &api.ClusterSpec{Name: "shoal"},
-		RootCa:     rootPB,
-		JoinTokens: &api.JoinTokens{Worker: workerToken, Manager: managerToken},
-	}
 	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	m, err := manager.Init(startCtx, n.managerConfig(sl), cluster, self, store.Create(ingress))
+	m, err := manager.Init(startCtx, n.managerConfig(sl), founding.Cluster, founding.Node, store.Create(ingress))
 	if err != nil {
 		n.listener.Close()
 		undo()
@@ -436,9 +395,6 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		addr = net.JoinHostPort(addr, strconv.Itoa(identity.DefaultPort))
-	}
 	adv, err := advertiseAddr(cfg.AdvertiseAddr, cfg.ListenAddr)
 	if err != nil {
 		return err
@@ -476,40 +432,16 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	}
 	desc := hostDescription(cfg.Hostname, engine)
 
-	// Trust the manager only if its chain holds the CA the token names.
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.JoinConfig(tok.Digest))))
-	if err != nil {
-		return fmt.Errorf("dial %s: %w", addr, err)
-	}
-	defer conn.Close()
-	caClient := api.NewCAClient(conn)
-	root, err := caClient.GetRootCACertificate(jctx, &api.GetRootCACertificateRequest{})
-	if err != nil {
-		return fmt.Errorf("join %s: %w", addr, errMessage(err))
-	}
-	if _, err := identity.VerifyRootCA(root.GetCertPem(), tok.Digest); err != nil {
-		return fmt.Errorf("join %s: %w", addr, err)
-	}
-	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
+	admitted, err := worker.Join(jctx, worker.JoinRequest{Manager: addr, Token: tok, AdvertiseAddr: adv, Description: desc})
 	if err != nil {
 		return err
 	}
-	issued, err := caClient.IssueNodeCertificate(jctx, &api.IssueNodeCertificateRequest{
-		Token: token, CsrPem: csrPEM, Description: desc, AdvertiseAddr: adv,
-	})
-	if err != nil {
-		return fmt.Errorf("join %s: %w", addr, errMessage(err))
-	}
-	creds := identity.Credentials{CACertPEM: root.GetCertPem(), CertPEM: issued.GetCertPem(), KeyPEM: keyPEM}
+	creds, managers := admitted.Credentials, admitted.Managers
 	if err := identity.SaveCredentials(certDir(cfg.DataDir), creds); err != nil {
 		undo()
 		return err
 	}
-	managers := issued.GetManagers()
-	if len(managers) == 0 {
-		managers = []string{addr}
-	}
-	file := nodeFile{NodeID: issued.GetNodeId(), ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: managers}
+	file := nodeFile{NodeID: admitted.NodeID, ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: managers}
 	if err := file.save(cfg.DataDir); err != nil {
 		undo()
 		return err
@@ -574,31 +506,6 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 	defer n.closeConns()
 	if n.mgr != nil {
 		defer n.mgr.Close()
-		n.mgr.SetForwarder(func(ctx context.Context, addr string) (api.RaftMembershipClient, error) {
-			c, err := n.dial(addr)
-			if err != nil {
-				return nil, err
-			}
-			return api.NewRaftMembershipClient(c), nil
-		})
-		// Allocating control calls go to the leader, which allocates
-		// from one store under one lock.
-		n.mgr.SetControlForwarder(func(ctx context.Context, addr string) (api.ControlClient, error) {
-			c, err := n.dial(addr)
-			if err != nil {
-				return nil, err
-			}
-			return api.NewControlClient(c), nil
-		})
-		// Image tarballs are copied between managers over the same
-		// connections.
-		n.mgr.SetPeerDialer(func(ctx context.Context, addr string) (api.DispatcherClient, error) {
-			c, err := n.dial(addr)
-			if err != nil {
-				return nil, err
-			}
-			return api.NewDispatcherClient(c), nil
-		})
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -780,14 +687,6 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 	n.closeConns()
 	n.cfg.Logger.Info("node certificate renewed", "not_after", cert.Leaf.NotAfter)
 	return nil
-}
-
-// errMessage strips gRPC's framing from an error for a person.
-func errMessage(err error) error {
-	if st, ok := status.FromError(err); ok {
-		return errors.New(st.Message())
-	}
-	return err
 }
 
 // containerdVersion checks containerd answers, without touching any of its

@@ -54,9 +54,8 @@ func (p *peerManager) FetchImage(req *api.FetchImageRequest, stream api.Dispatch
 	return nil
 }
 
-// servePeer serves p and returns a PeerDialer that reaches it at addr
-// only.
-func servePeer(t *testing.T, p *peerManager, addr string) PeerDialer {
+// servePeer serves p and returns a Dialer that reaches it at addr only.
+func servePeer(t *testing.T, p *peerManager, addr string) Dialer {
 	t.Helper()
 	lis := bufconn.Listen(1 << 20)
 	srv := grpc.NewServer()
@@ -77,11 +76,11 @@ func servePeer(t *testing.T, p *peerManager, addr string) PeerDialer {
 		srv.Stop()
 		<-served
 	})
-	return func(ctx context.Context, to string) (api.DispatcherClient, error) {
+	return func(ctx context.Context, to string) (grpc.ClientConnInterface, error) {
 		if to != addr {
 			return nil, fmt.Errorf("no manager at %s", to)
 		}
-		return api.NewDispatcherClient(conn), nil
+		return conn, nil
 	}
 }
 
@@ -108,9 +107,10 @@ func tarballPath(m *Manager, id string) string {
 // also drops holders that are no longer managers), and retries a copy
 // that failed.
 func TestImageReplication(t *testing.T) {
-	m := startManager(t)
 	peer := &peerManager{tarballs: map[string][]byte{}}
-	m.SetPeerDialer(servePeer(t, peer, "10.0.0.2:4242"))
+	cfg := testConfig(t.TempDir())
+	cfg.Dial = servePeer(t, peer, "10.0.0.2:4242")
+	m := startManagerWith(t, cfg)
 	ctx := context.Background()
 	if err := m.State().Propose(ctx,
 		store.Create(&api.Node{Id: "m2", Role: api.NodeRole_NODE_ROLE_MANAGER, ManagerStatus: &api.ManagerStatus{RaftAddr: "10.0.0.2:4242"}}),

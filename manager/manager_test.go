@@ -45,10 +45,16 @@ func testConfig(dir string) Config {
 // cluster.
 func startManager(t *testing.T, extra ...*api.StoreAction) *Manager {
 	t.Helper()
+	return startManagerWith(t, testConfig(t.TempDir()), extra...)
+}
+
+// startManagerWith is startManager with cfg.
+func startManagerWith(t *testing.T, cfg Config, extra ...*api.StoreAction) *Manager {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), settle)
 	defer cancel()
 	self := &api.Node{Id: selfID, Role: api.NodeRole_NODE_ROLE_MANAGER, Description: &api.NodeDescription{Hostname: "host-1", Os: "linux", Arch: "amd64"}}
-	m, err := Init(ctx, testConfig(t.TempDir()), nil, self, extra...)
+	m, err := Init(ctx, cfg, nil, self, extra...)
 	if err != nil {
 		t.Fatal(err)
 	}

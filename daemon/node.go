@@ -44,6 +44,9 @@ type nodeFile struct {
 
 func nodeFilePath(dataDir string) string { return filepath.Join(dataDir, "node.json") }
 func certDir(dataDir string) string      { return filepath.Join(dataDir, "certificates") }
+func workerDir(dataDir string) string    { return filepath.Join(dataDir, "worker") }
+func networkDir(dataDir string) string   { return filepath.Join(dataDir, "network") }
+func logDir(dataDir string) string       { return filepath.Join(dataDir, "logs") }
 
 // AdminDir is where a manager keeps the admin credentials for shoalctl
 // --host.
@@ -415,7 +418,7 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 		}
 		undo()
 		if dirExisted {
-			os.Remove(filepath.Join(cfg.DataDir, "lock"))
+			os.Remove(lockPath(cfg.DataDir))
 		} else {
 			os.RemoveAll(cfg.DataDir)
 		}
@@ -565,7 +568,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 	roleChange := make(chan api.NodeRole, 1)
 	agent := worker.New(worker.Config{
 		NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker"),
-		StateDir: filepath.Join(cfg.DataDir, "worker"),
+		StateDir: workerDir(cfg.DataDir),
 		Network:  exe.network, DataAddr: exe.dataAddr, DrainDelay: cfg.DrainDelay,
 		OnDesiredRole: func(r api.NodeRole) {
 			if identity.RoleOf(r) != n.role {

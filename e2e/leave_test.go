@@ -64,14 +64,15 @@ func (c *labCluster) shoalKernelState(t *testing.T, name string) []string {
 	return found
 }
 
-// TestLeave: on a lab of one manager and two workers running a published
+// TestLeave: on a lab of two managers and two workers running a published
 // service, worker2 leaves. It is gone from `node ls`, its shoald has
 // stopped, its containers, containerd namespace, kernel state and data
 // dir are gone, its replica runs elsewhere, and the mesh of the other
-// nodes answers every request without it. Then the last manager tries to
-// leave and is refused with the reason, changing nothing.
+// nodes answers every request without it. manager2 is told to demote
+// first, and with --force is demoted and leaves. Then the last manager
+// tries to leave and is refused with the reason, changing nothing.
 func TestLeave(t *testing.T) {
-	c := newLabCluster(t, 1, 2)
+	c := newLabCluster(t, 2, 2)
 	c.logsOnFailure(t)
 	client, err := c.AddClient()
 	if err != nil {
@@ -83,8 +84,8 @@ func TestLeave(t *testing.T) {
 		addrOf[n.Name] = n.Addr.String()
 	}
 
-	c.ctl(t, m, "service", "create", "--name", "web", "--replicas", "3", "--publish", "8080:80", tc.Image)
-	running := c.converged(t, "web", want{replicas: 3})
+	c.ctl(t, m, "service", "create", "--name", "web", "--replicas", "4", "--publish", "8080:80", tc.Image)
+	running := c.converged(t, "web", want{replicas: 4})
 	if perNode(running, hostnames(c.clusterNodes(t, m)))[leaver] == 0 {
 		t.Fatalf("%s runs no replica of web: the test would not cover a node that leaves with tasks\n%s", leaver, c.ps(t, m, "web"))
 	}
@@ -96,6 +97,7 @@ func TestLeave(t *testing.T) {
 	if err != nil {
 		t.Fatalf("shoald leave on %s: %v\n%s", leaver, err, out)
 	}
+	t.Logf("shoald leave on %s:\n%s", leaver, out)
 	if n := byHostname(c.clusterNodes(t, m), leaver); n != nil {
 		t.Errorf("%s still in node ls after it left: %v", leaver, n)
 	}
@@ -126,8 +128,8 @@ func TestLeave(t *testing.T) {
 
 	// The replica moved, and the other nodes' meshes send to the running
 	// tasks only: no backend and no VXLAN endpoint on the node that left.
-	running = c.converged(t, "web", want{replicas: 3, notOn: []string{leaver}, unseen: []string{leaver}})
-	for _, name := range []string{m, "worker1"} {
+	running = c.converged(t, "web", want{replicas: 4, notOn: []string{leaver}, unseen: []string{leaver}})
+	for _, name := range []string{m, "manager2", "worker1"} {
 		tc.Eventually(t, clusterConverge, name+" forgets "+leaver+"'s VXLAN endpoint", func() (bool, string) {
 			fdb, err := c.Exec(t.Context(), name, "bridge", "fdb", "show")
 			return err == nil && !strings.Contains(fdb, "dst "+addrOf[leaver]+" "), fdb
@@ -135,6 +137,29 @@ func TestLeave(t *testing.T) {
 		rep := c.loadFrom(t, client, meshRequests, "http://"+addrOf[name]+":8080")
 		servedOnlyBy(t, "web through "+name+" after "+leaver+" left", rep, meshRequests, taskNames(running))
 	}
+
+	// A manager is told to demote first; --force demotes it (the other
+	// manager keeps the quorum) and it leaves as a worker.
+	out, err = c.shoaldLeave(t, "manager2")
+	if err == nil || !strings.Contains(out, "demote it first") {
+		t.Fatalf("shoald leave on manager2: %v, want a refusal saying to demote it first\n%s", err, out)
+	}
+	if up, _ := c.Running("manager2"); !up || byHostname(c.clusterNodes(t, m), "manager2") == nil {
+		t.Fatal("refused leave on manager2 stopped it or removed it")
+	}
+	out, err = c.shoaldLeave(t, "manager2", "--force")
+	if err != nil {
+		t.Fatalf("shoald leave --force on manager2: %v\n%s", err, out)
+	}
+	t.Logf("shoald leave --force on manager2:\n%s", out)
+	if n := byHostname(c.clusterNodes(t, m), "manager2"); n != nil {
+		t.Errorf("manager2 still in node ls after it left: %v", n)
+	}
+	if left := c.shoalKernelState(t, "manager2"); len(left) > 0 {
+		t.Errorf("leave left kernel state on manager2: %s", strings.Join(left, ", "))
+	}
+	gone := []string{leaver, "manager2"}
+	c.converged(t, "web", want{replicas: 4, notOn: gone, unseen: gone})
 
 	// The last manager may not leave: that would end the cluster.
 	before := hostnames(c.clusterNodes(t, m))
@@ -151,7 +176,7 @@ func TestLeave(t *testing.T) {
 	if _, err := os.Stat(c.node(t, m).DataDir); err != nil {
 		t.Errorf("refused leave touched the data dir: %v", err)
 	}
-	c.converged(t, "web", want{replicas: 3, notOn: []string{leaver}, unseen: []string{leaver}})
+	c.converged(t, "web", want{replicas: 4, notOn: gone, unseen: gone})
 }
 
 // containerdNamespaces lists containerd's namespaces.

@@ -57,20 +57,13 @@ const (
 // `shoald leave --force` can be run again to finish.
 func Leave(ctx context.Context, cfg Config, force bool) error {
 	cfg.defaults()
-	file, err := loadNodeFile(cfg.DataDir)
+	file, n, err := loadNode(cfg)
 	if err != nil {
 		return err
 	}
-	creds, err := identity.LoadCredentials(certDir(cfg.DataDir))
-	if err != nil {
-		return fmt.Errorf("%w (the node's certificates are in %s)", err, certDir(cfg.DataDir))
-	}
-	id, err := creds.Identity()
-	if err != nil {
-		return err
-	}
+	isManager := n.role == identity.RoleManager
 	tell := true
-	if id.Role == identity.RoleManager {
+	if isManager {
 		others, err := otherManagers(ctx, cfg, file)
 		if err != nil {
 			return err
@@ -92,7 +85,7 @@ func Leave(ctx context.Context, cfg Config, force bool) error {
 		}
 	}
 	if tell {
-		if err := leaveCluster(ctx, cfg, id.Role == identity.RoleManager); err != nil {
+		if err := leaveCluster(ctx, cfg, isManager); err != nil {
 			if !force {
 				return fmt.Errorf("%w; nothing was changed: run again once a manager is reachable, or leave without telling them with --force (then `shoalctl node rm --force %s` on a manager)", err, file.NodeID)
 			}
@@ -196,15 +189,7 @@ func leaveCluster(ctx context.Context, cfg Config, demoting bool) error {
 // leaveOnce makes one round of LeaveCluster calls. A node the cluster no
 // longer has (removed, or left before a failed clean-up) has left.
 func leaveOnce(ctx context.Context, cfg Config) error {
-	file, err := loadNodeFile(cfg.DataDir)
-	if err != nil {
-		return err
-	}
-	creds, err := identity.LoadCredentials(certDir(cfg.DataDir))
-	if err != nil {
-		return err
-	}
-	n, err := newNode(cfg, file, creds)
+	file, n, err := loadNode(cfg)
 	if err != nil {
 		return err
 	}

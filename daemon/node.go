@@ -158,6 +158,25 @@ func newNode(cfg Config, file nodeFile, creds identity.Credentials) (*node, erro
 	return &node{cfg: cfg, file: file, creds: creds, keypair: kp, roots: roots, role: id.Role, conns: map[string]*grpc.ClientConn{}}, nil
 }
 
+// openNode is the node of a data dir, with the credentials kept there.
+func openNode(cfg Config, file nodeFile) (*node, error) {
+	creds, err := identity.LoadCredentials(certDir(cfg.DataDir))
+	if err != nil {
+		return nil, fmt.Errorf("%w (the node's certificates are in %s)", err, certDir(cfg.DataDir))
+	}
+	return newNode(cfg, file, creds)
+}
+
+// loadNode reads the node a data dir holds.
+func loadNode(cfg Config) (nodeFile, *node, error) {
+	file, err := loadNodeFile(cfg.DataDir)
+	if err != nil {
+		return file, nil, err
+	}
+	n, err := openNode(cfg, file)
+	return file, n, err
+}
+
 // dial returns a (cached, lazily connecting) mutual-TLS connection to a
 // manager, for the node's own calls (forwarding, joining raft).
 func (n *node) dial(addr string) (*grpc.ClientConn, error) {
@@ -338,11 +357,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer lock.Close()
-	creds, err := identity.LoadCredentials(certDir(cfg.DataDir))
-	if err != nil {
-		return fmt.Errorf("%w (the node's certificates are in %s)", err, certDir(cfg.DataDir))
-	}
-	n, err := newNode(cfg, file, creds)
+	n, err := openNode(cfg, file)
 	if err != nil {
 		return err
 	}

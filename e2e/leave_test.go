@@ -13,8 +13,7 @@ import (
 	containerd "github.com/containerd/containerd/v2/client"
 
 	tc "github.com/shoal-project/shoal/internal/testcluster"
-	"github.com/shoal-project/shoal/network/attach"
-	"github.com/shoal-project/shoal/network/overlay"
+	"github.com/shoal-project/shoal/worker/netagent"
 )
 
 // shoaldLeave runs `shoald leave` on a lab node, in its namespace, with
@@ -31,35 +30,13 @@ func (c *labCluster) shoaldLeave(t *testing.T, name string, args ...string) (str
 	return c.Exec(ctx, name, argv...)
 }
 
-// shoalKernelState lists what shoal made in a lab node's namespace: overlay
-// bridges and VXLAN devices, task veths, nft tables.
+// shoalKernelState lists what shoal made in a lab node's namespace:
+// overlay bridges and VXLAN devices, task veths, VIPs, nft tables.
 func (c *labCluster) shoalKernelState(t *testing.T, name string) []string {
 	t.Helper()
-	var found []string
-	links, err := c.Exec(t.Context(), name, "ip", "-o", "link", "show")
+	found, err := netagent.Leftovers(filepath.Join("/run/netns", c.node(t, name).Namespace))
 	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(links, "\n") {
-		fields := strings.Fields(line)
-		if len(fields) < 2 {
-			continue
-		}
-		link, _, _ := strings.Cut(strings.TrimSuffix(fields[1], ":"), "@")
-		for _, p := range []string{overlay.BridgePrefix, overlay.VXLANPrefix, attach.HostVethPrefix} {
-			if strings.HasPrefix(link, p) {
-				found = append(found, "link "+link)
-			}
-		}
-	}
-	tables, err := c.Exec(t.Context(), name, "nft", "list", "tables")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for line := range strings.SplitSeq(tables, "\n") {
-		if strings.Contains(line, "shoal") {
-			found = append(found, strings.TrimSpace(line))
-		}
+		t.Fatalf("kernel state of %s: %v", name, err)
 	}
 	return found
 }

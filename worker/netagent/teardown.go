@@ -14,6 +14,7 @@ import (
 	"github.com/shoal-project/shoal/network/attach"
 	"github.com/shoal-project/shoal/network/lb/ipvs"
 	"github.com/shoal-project/shoal/network/lb/nft"
+	"github.com/shoal-project/shoal/network/overlay"
 )
 
 // shoalTables are the nftables tables shoal makes in a node's namespace,
@@ -79,26 +80,72 @@ func (a *Agent) removeTaskVeths() error {
 	return errors.Join(errs...)
 }
 
-// removeShoalTables deletes shoal's nftables tables in the namespace the
-// calling thread is in.
-func removeShoalTables() error {
+// Leftovers lists what shoal made in the namespace at netnsPath ("" for
+// the caller's): overlay bridges and VXLAN devices, task veths, VIPs, and
+// shoal's nftables tables. After Teardown it is empty.
+func Leftovers(netnsPath string) ([]string, error) {
+	h, err := shoalnet.NetlinkHandle(netnsPath)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	var found []string
+	for _, l := range links {
+		name := l.Attrs().Name
+		for _, p := range []string{overlay.BridgePrefix, overlay.VXLANPrefix, attach.HostVethPrefix} {
+			if strings.HasPrefix(name, p) {
+				found = append(found, "link "+name)
+			}
+		}
+		if name == "lo" {
+			addrs, err := h.AddrList(l, unix.AF_INET)
+			if err != nil {
+				return nil, fmt.Errorf("list loopback addresses: %w", err)
+			}
+			for _, a := range addrs {
+				if a.Label == vipLabel {
+					found = append(found, "VIP "+a.IPNet.String())
+				}
+			}
+		}
+	}
+	err = shoalnet.InNetNS(netnsPath, func() error {
+		_, tables, err := listShoalTables()
+		for _, t := range tables {
+			found = append(found, "nft table "+t.Name)
+		}
+		return err
+	})
+	return found, err
+}
+
+// listShoalTables returns shoal's nftables tables in the namespace the
+// calling thread is in, and the connection that listed them.
+func listShoalTables() (*nftables.Conn, []*nftables.Table, error) {
 	c, err := nftables.New()
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return nil, nil, fmt.Errorf("nftables: %w", err)
 	}
 	tables, err := c.ListTables()
 	if err != nil {
-		return fmt.Errorf("list nftables tables: %w", err)
+		return nil, nil, fmt.Errorf("list nftables tables: %w", err)
 	}
-	n := 0
+	return c, slices.DeleteFunc(tables, func(t *nftables.Table) bool { return !slices.Contains(shoalTables, t.Name) }), nil
+}
+
+// removeShoalTables deletes shoal's nftables tables in the namespace the
+// calling thread is in.
+func removeShoalTables() error {
+	c, tables, err := listShoalTables()
+	if err != nil || len(tables) == 0 {
+		return err
+	}
 	for _, t := range tables {
-		if slices.Contains(shoalTables, t.Name) {
-			c.DelTable(t)
-			n++
-		}
-	}
-	if n == 0 {
-		return nil
+		c.DelTable(t)
 	}
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("delete nftables tables: %w", err)

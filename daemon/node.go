@@ -672,19 +672,10 @@ func (n *node) renewLoop(ctx context.Context, pool *worker.ManagerPool) {
 }
 
 func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
-	conn, addr, err := pool.Conn(ctx, "")
+	creds, err := worker.Renew(ctx, pool, n.creds.CACertPEM)
 	if err != nil {
 		return err
 	}
-	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
-	if err != nil {
-		return err
-	}
-	resp, err := api.NewCAClient(conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{CsrPem: csrPEM})
-	if err != nil {
-		return fmt.Errorf("via %s: %w", addr, err)
-	}
-	creds := identity.Credentials{CACertPEM: n.creds.CACertPEM, CertPEM: resp.GetCertPem(), KeyPEM: keyPEM}
 	cert, err := creds.TLSCertificate()
 	if err != nil {
 		return err

@@ -15,10 +15,11 @@ import (
 	"github.com/shoal-project/shoal/identity"
 )
 
-// The join handshake is the worker's: every node, manager or not, starts
-// as a client of the managers, and this is its first call to them. It
-// dials, so it cannot live in package identity (which only makes and
-// checks the material); the CA's side of it is manager/ca's.
+// The join handshake and certificate renewal are the worker's: every
+// node, manager or not, is a client of the managers, and these are its
+// calls to their CA. They dial, so they cannot live in package identity
+// (which only makes and checks the material); the CA's side is
+// manager/ca's.
 
 // JoinRequest is what a node presents to join a cluster.
 type JoinRequest struct {
@@ -84,6 +85,25 @@ func Join(ctx context.Context, req JoinRequest) (Joined, error) {
 		Credentials: identity.Credentials{CACertPEM: root.GetCertPem(), CertPEM: issued.GetCertPem(), KeyPEM: keyPEM},
 		Managers:    managers,
 	}, nil
+}
+
+// Renew has a manager sign a new key for this node, for the role the
+// operator wants it to have now (the managers decide). Nothing is
+// written: the caller keeps the result and swaps it in.
+func Renew(ctx context.Context, managers Managers, caCertPEM []byte) (identity.Credentials, error) {
+	conn, addr, err := managers.Conn(ctx, "")
+	if err != nil {
+		return identity.Credentials{}, err
+	}
+	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
+	if err != nil {
+		return identity.Credentials{}, err
+	}
+	resp, err := api.NewCAClient(conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{CsrPem: csrPEM})
+	if err != nil {
+		return identity.Credentials{}, fmt.Errorf("via %s: %w", addr, err)
+	}
+	return identity.Credentials{CACertPEM: caCertPEM, CertPEM: resp.GetCertPem(), KeyPEM: keyPEM}, nil
 }
 
 // errMessage strips gRPC's framing from an error for a person.

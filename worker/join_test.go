@@ -58,7 +58,8 @@ func serveCA(t *testing.T, stored *api.RootCA, root *identity.RootCA) (string, *
 }
 
 // TestJoin: a node joins only a manager whose CA the token names, gets a
-// certificate of that CA for its role, and learns where the managers are.
+// certificate of that CA for its role, learns where the managers are, and
+// renews its certificate through them.
 func TestJoin(t *testing.T) {
 	stored, root := identitytest.NewCA(t, "c1")
 	addr, tokens := serveCA(t, stored, root)
@@ -111,6 +112,50 @@ func TestJoin(t *testing.T) {
 			if len(got.Managers) != 1 || got.Managers[0] != addr {
 				t.Errorf("managers = %v, want [%s]", got.Managers, addr)
 			}
+
+			// The node renews through the managers it now trusts.
+			renewed, err := worker.Renew(ctx, dialAs(t, got.Credentials, addr), got.Credentials.CACertPEM)
+			if err != nil {
+				t.Fatalf("Renew: %v", err)
+			}
+			rid, err := renewed.Identity()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rid.NodeID != id.NodeID || rid.Role != id.Role || rid.Serial == id.Serial {
+				t.Errorf("renewed certificate names %v, want node %s as %v with a new serial (was %s)", rid, id.NodeID, id.Role, id.Serial)
+			}
 		})
 	}
+}
+
+// oneManager is the Managers of a node that knows one manager.
+type oneManager struct {
+	conn *grpc.ClientConn
+	addr string
+}
+
+func (m oneManager) Conn(context.Context, string) (grpc.ClientConnInterface, string, error) {
+	return m.conn, m.addr, nil
+}
+
+func (oneManager) Update([]string) {}
+
+// dialAs reaches the manager at addr with a node's credentials.
+func dialAs(t *testing.T, creds identity.Credentials, addr string) oneManager {
+	t.Helper()
+	kp, err := creds.Keypair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := creds.Pool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.ClientConfig(kp, roots, identity.ManagerServerName, identity.ALPNGRPC))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return oneManager{conn: conn, addr: addr}
 }

@@ -7,8 +7,18 @@ TOOLS   := -modfile=tools/go.mod
 GOTEST  ?= $(GO) test
 # E2E tests run real shoald processes against the host's containerd.
 TESTFLAGS ?= -count=1 -timeout 45m
+# Where `make install` puts shoald and shoalctl (DESTDIR stages it).
+PREFIX  ?= /usr/local
+DESTDIR ?=
+UNIT    := deploy/systemd/shoald.service
+# The package version: the latest v* tag (1.2.0, or 1.2.0+3+gabc123 past
+# it), else 0.0.0+git<commit>. Debian versions must start with a digit.
+VERSION ?= $(shell git describe --tags --match 'v[0-9]*' 2>/dev/null | sed 's/^v//; s/-/+/g' | grep . || echo "0.0.0+git$$(git rev-parse --short HEAD 2>/dev/null || echo unknown)")
+DEB_ARCH ?= amd64
+# Where `make deb` writes the package (and stages its files).
+DEB_OUT ?= $(BIN)
 
-.PHONY: all build setup proto proto-check vet test unit e2e bench demo demo-down clean
+.PHONY: all build setup proto proto-check vet test unit e2e bench demo demo-down clean install uninstall deb
 
 all: build
 
@@ -24,6 +34,9 @@ $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc: tools/go.mod tools/go
 	cd tools && $(GO) build -o ../$(BIN)/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
 	cd tools && $(GO) build -o ../$(BIN)/protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc
 
+$(BIN)/nfpm: tools/go.mod tools/go.sum
+	cd tools && $(GO) build -o ../$(BIN)/nfpm github.com/goreleaser/nfpm/v2/cmd/nfpm
+
 proto: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	$(BIN)/buf lint
 	rm -f api/shoal/v1/*.pb.go
@@ -35,6 +48,32 @@ proto-check: proto
 		echo "generated code in api/ is stale: run 'make proto' and commit the result" >&2; \
 		git status --porcelain -- api proto >&2; git diff --stat -- api >&2; exit 1; \
 	fi
+
+# shoald and shoalctl into $(PREFIX)/bin and the systemd unit (naming
+# them there) into /etc/systemd/system; see docs/install.md.
+install: build
+	@test -f $(UNIT) || { echo "$(UNIT) is missing" >&2; exit 1; }
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system
+	install -m 0755 $(BIN)/shoald $(BIN)/shoalctl $(DESTDIR)$(PREFIX)/bin/
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' $(UNIT) > $(DESTDIR)/etc/systemd/system/shoald.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/shoald.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed: set SHOALD_FIRST in /etc/default/shoald (see $(UNIT)), then systemctl enable --now shoald"
+
+uninstall:
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl disable --now shoald.service 2>/dev/null || true; fi
+	rm -f $(DESTDIR)$(PREFIX)/bin/shoald $(DESTDIR)$(PREFIX)/bin/shoalctl $(DESTDIR)/etc/systemd/system/shoald.service
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+
+# $(DEB_OUT)/shoal_$(VERSION)_$(DEB_ARCH).deb: static binaries in /usr/bin,
+# the unit in /usr/lib/systemd/system, built by nfpm from
+# deploy/deb/nfpm.yaml.
+deb: $(BIN)/nfpm
+	@test -f $(UNIT) || { echo "$(UNIT) is missing" >&2; exit 1; }
+	rm -rf $(DEB_OUT)/deb && mkdir -p $(DEB_OUT)/deb
+	CGO_ENABLED=0 GOOS=linux GOARCH=$(DEB_ARCH) $(GO) build -trimpath -ldflags '-s -w' -o $(DEB_OUT)/deb/ ./cmd/shoald ./cmd/shoalctl
+	sed 's|/usr/local/bin/|/usr/bin/|g' $(UNIT) > $(DEB_OUT)/deb/shoald.service
+	VERSION='$(VERSION)' ARCH=$(DEB_ARCH) PKGDIR=$(DEB_OUT)/deb $(BIN)/nfpm package --config deploy/deb/nfpm.yaml --packager deb --target $(DEB_OUT)/shoal_$(VERSION)_$(DEB_ARCH).deb
 
 vet:
 	$(GO) vet ./...

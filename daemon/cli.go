@@ -64,6 +64,7 @@ func newCommand() *cobra.Command {
 		cfg      Config
 		logLevel string
 		token    string
+		force    bool
 	)
 	root := &cobra.Command{
 		Use:           "shoald",
@@ -136,6 +137,25 @@ CA it presents has that digest.`,
 			return run(func(ctx context.Context, cfg Config) error { return Join(ctx, cfg, token, args[0]) })(cmd, args)
 		},
 	}, runCmd)
+	leaveCmd := &cobra.Command{
+		Use:   "leave [--force]",
+		Short: "Leave the cluster and remove this node's state from this host",
+		Long: `Leave the cluster: the managers remove this node (it is gone from ` + "`shoalctl node ls`" + `, and its
+tasks are started elsewhere), then its shoald is stopped, and its containers, images and
+containerd namespace, its network state (overlay bridges and VXLAN devices, task
+interfaces, shoal's nftables tables and IPVS services) and its data dir are removed.
+Drain the node first (` + "`shoalctl node update --availability drain NODE`" + `) to move its tasks
+before they stop.
+
+A manager must be demoted first; the last manager cannot leave, since that ends the cluster.
+--force leaves even when no manager answers (the node then shows as down until
+` + "`shoalctl node rm --force`" + `), demotes a manager first (refused when the other managers would
+lose their quorum), and on the last manager ends the cluster.`,
+		Args: cobra.NoArgs,
+		RunE: run(func(ctx context.Context, cfg Config) error { return Leave(ctx, cfg, force) }),
+	}
+	leaveCmd.Flags().BoolVar(&force, "force", false, "leave without the managers, demote a manager first, or end the cluster on its last manager")
+	root.AddCommand(leaveCmd)
 	for _, c := range root.Commands() {
 		if c.Name() == "join" {
 			c.Flags().StringVar(&token, "token", "", "join token (SHOAL-1-...)")

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -98,21 +100,43 @@ func (c *Config) defaults() {
 	}
 }
 
+// errDataDirInUse: another process holds the data dir's lock.
+var errDataDirInUse = errors.New("in use by another shoald")
+
+func lockPath(dir string) string { return filepath.Join(dir, "lock") }
+
 // lockDataDir makes sure one shoald owns a data dir. The lock goes with
-// the process, so a crash never leaves it held.
+// the process, so a crash never leaves it held. The lock file holds the
+// owner's pid, for `shoald leave` to stop it.
 func lockDataDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := os.OpenFile(lockPath(dir), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open data dir lock: %w", err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("data dir %s is in use by another shoald", dir)
+		return nil, fmt.Errorf("data dir %s is %w", dir, errDataDirInUse)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return f, nil
+}
+
+// lockHolder is the pid lockDataDir wrote, 0 when there is none yet.
+func lockHolder(dir string) int {
+	b, err := os.ReadFile(lockPath(dir))
+	if err != nil {
+		return 0
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
 }
 
 // newExecutor connects to containerd and sets up the node's network
@@ -121,22 +145,7 @@ func lockDataDir(dir string) (*os.File, error) {
 // the containers do, so that published services keep answering while
 // shoald restarts; the next full network view reconciles it.
 func newExecutor(ctx context.Context, cfg Config, file nodeFile) (*executor, error) {
-	host, _, err := net.SplitHostPort(file.AdvertiseAddr)
-	if err != nil {
-		return nil, fmt.Errorf("advertise address %q: %w", file.AdvertiseAddr, err)
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return nil, fmt.Errorf("advertise address %q: %w", file.AdvertiseAddr, err)
-	}
-	dataAddr := ip.Unmap()
-	network, err := netagent.New(netagent.Config{
-		NodeID:    file.NodeID,
-		DataAddr:  dataAddr,
-		LBBackend: cfg.LBBackend,
-		StateDir:  filepath.Join(cfg.DataDir, "network"),
-		Logger:    cfg.Logger,
-	})
+	network, dataAddr, err := newNetworkAgent(cfg, file)
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +153,7 @@ func newExecutor(ctx context.Context, cfg Config, file nodeFile) (*executor, err
 		Address:   cfg.ContainerdAddress,
 		Namespace: cfg.ContainerdNamespace,
 		NodeID:    file.NodeID,
-		LogDir:    filepath.Join(cfg.DataDir, "logs"),
+		LogDir:    logDir(cfg.DataDir),
 		Logger:    cfg.Logger.With("component", "executor"),
 		Network:   network,
 	})
@@ -152,6 +161,28 @@ func newExecutor(ctx context.Context, cfg Config, file nodeFile) (*executor, err
 		return nil, fmt.Errorf("connect to containerd at %s: %w (is containerd running?)", cfg.ContainerdAddress, err)
 	}
 	return &executor{Executor: exe, hostname: cfg.Hostname, network: network, dataAddr: dataAddr.String()}, nil
+}
+
+// newNetworkAgent makes the node's network agent, whose VXLAN endpoint
+// (returned) is the node's advertise address.
+func newNetworkAgent(cfg Config, file nodeFile) (*netagent.Agent, netip.Addr, error) {
+	host, _, err := net.SplitHostPort(file.AdvertiseAddr)
+	if err != nil {
+		return nil, netip.Addr{}, fmt.Errorf("advertise address %q: %w", file.AdvertiseAddr, err)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return nil, netip.Addr{}, fmt.Errorf("advertise address %q: %w", file.AdvertiseAddr, err)
+	}
+	dataAddr := ip.Unmap()
+	a, err := netagent.New(netagent.Config{
+		NodeID:    file.NodeID,
+		DataAddr:  dataAddr,
+		LBBackend: cfg.LBBackend,
+		StateDir:  networkDir(cfg.DataDir),
+		Logger:    cfg.Logger,
+	})
+	return a, dataAddr, err
 }
 
 // executor names the node as configured (lab nodes share one host and so
@@ -178,8 +209,7 @@ func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create socket dir: %w", err)
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
+	if serves(path) {
 		return nil, fmt.Errorf("socket %s is served by another shoald", path)
 	}
 	os.Remove(path)
@@ -192,4 +222,14 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("restrict socket %s: %w", path, err)
 	}
 	return l, nil
+}
+
+// serves says whether something accepts connections on the unix socket.
+func serves(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
 }

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +43,9 @@ type nodeFile struct {
 
 func nodeFilePath(dataDir string) string { return filepath.Join(dataDir, "node.json") }
 func certDir(dataDir string) string      { return filepath.Join(dataDir, "certificates") }
+func workerDir(dataDir string) string    { return filepath.Join(dataDir, "worker") }
+func networkDir(dataDir string) string   { return filepath.Join(dataDir, "network") }
+func logDir(dataDir string) string       { return filepath.Join(dataDir, "logs") }
 
 // AdminDir is where a manager keeps the admin credentials for shoalctl
 // --host.
@@ -155,6 +157,25 @@ func newNode(cfg Config, file nodeFile, creds identity.Credentials) (*node, erro
 	return &node{cfg: cfg, file: file, creds: creds, keypair: kp, roots: roots, role: id.Role, conns: map[string]*grpc.ClientConn{}}, nil
 }
 
+// openNode is the node of a data dir, with the credentials kept there.
+func openNode(cfg Config, file nodeFile) (*node, error) {
+	creds, err := identity.LoadCredentials(certDir(cfg.DataDir))
+	if err != nil {
+		return nil, fmt.Errorf("%w (the node's certificates are in %s)", err, certDir(cfg.DataDir))
+	}
+	return newNode(cfg, file, creds)
+}
+
+// loadNode reads the node a data dir holds.
+func loadNode(cfg Config) (nodeFile, *node, error) {
+	file, err := loadNodeFile(cfg.DataDir)
+	if err != nil {
+		return file, nil, err
+	}
+	n, err := openNode(cfg, file)
+	return file, n, err
+}
+
 // dial returns a (cached, lazily connecting) mutual-TLS connection to a
 // manager, for the node's own calls (forwarding, joining raft).
 func (n *node) dial(addr string) (*grpc.ClientConn, error) {
@@ -242,6 +263,7 @@ func (n *node) managerConfig(transport *state.StreamLayer) manager.Config {
 			}
 			return id.NodeID, nil
 		},
+		Dial: func(_ context.Context, addr string) (grpc.ClientConnInterface, error) { return n.dial(addr) },
 	}
 }
 
@@ -281,45 +303,19 @@ func Init(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("describe node: %w", err)
 	}
 
-	clusterID := api.NewID()
-	rootPB, err := identity.NewRootCA(clusterID)
+	founding, err := ca.Found(file.NodeID, adv, desc)
 	if err != nil {
 		return err
 	}
-	root, err := identity.ParseRootCA(rootPB)
-	if err != nil {
-		return err
-	}
-	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
-	if err != nil {
-		return err
-	}
-	certPEM, cert, err := root.Issue(csrPEM, file.NodeID, api.NodeRole_NODE_ROLE_MANAGER, 0)
-	if err != nil {
-		return err
-	}
-	adminCert, adminKey, err := root.IssueAdmin()
-	if err != nil {
-		return err
-	}
-	workerToken, err := identity.GenerateToken(rootPB.GetDigest())
-	if err != nil {
-		return err
-	}
-	managerToken, err := identity.GenerateToken(rootPB.GetDigest())
-	if err != nil {
-		return err
-	}
-	creds := identity.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: certPEM, KeyPEM: keyPEM}
-	if err := identity.SaveCredentials(certDir(cfg.DataDir), creds); err != nil {
+	if err := identity.SaveCredentials(certDir(cfg.DataDir), founding.Credentials); err != nil {
 		undo()
 		return err
 	}
-	if err := identity.SaveCredentials(AdminDir(cfg.DataDir), identity.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: adminCert, KeyPEM: adminKey}); err != nil {
+	if err := identity.SaveCredentials(AdminDir(cfg.DataDir), founding.Admin); err != nil {
 		undo()
 		return err
 	}
-	n, err := newNode(cfg, file, creds)
+	n, err := newNode(cfg, file, founding.Credentials)
 	if err != nil {
 		undo()
 		return err
@@ -329,24 +325,9 @@ func Init(ctx context.Context, cfg Config) error {
 		undo()
 		return err
 	}
-	self := &api.Node{
-		Id:            file.NodeID,
-		Role:          api.NodeRole_NODE_ROLE_MANAGER,
-		Spec:          &api.NodeSpec{DesiredRole: api.NodeRole_NODE_ROLE_MANAGER, Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE},
-		Description:   desc,
-		Status:        &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: adv},
-		ManagerStatus: &api.ManagerStatus{RaftAddr: adv, Leader: true, Reachable: true},
-		Certificate:   identity.CertificateRecord(cert, api.NodeRole_NODE_ROLE_MANAGER),
-	}
-	cluster := &api.Cluster{
-		Id:         clusterID,
-		Spec:       &api.ClusterSpec{Name: "shoal"},
-		RootCa:     rootPB,
-		JoinTokens: &api.JoinTokens{Worker: workerToken, Manager: managerToken},
-	}
 	startCtx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	m, err := manager.Init(startCtx, n.managerConfig(sl), cluster, self, ingress)
+	m, err := manager.Init(startCtx, n.managerConfig(sl), founding.Cluster, founding.Node, ingress)
 	if err != nil {
 		n.listener.Close()
 		undo()
@@ -375,11 +356,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer lock.Close()
-	creds, err := identity.LoadCredentials(certDir(cfg.DataDir))
-	if err != nil {
-		return fmt.Errorf("%w (the node's certificates are in %s)", err, certDir(cfg.DataDir))
-	}
-	n, err := newNode(cfg, file, creds)
+	n, err := openNode(cfg, file)
 	if err != nil {
 		return err
 	}
@@ -435,9 +412,6 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := net.SplitHostPort(addr); err != nil {
-		addr = net.JoinHostPort(addr, strconv.Itoa(identity.DefaultPort))
-	}
 	adv, err := advertiseAddr(cfg.AdvertiseAddr, cfg.ListenAddr)
 	if err != nil {
 		return err
@@ -458,7 +432,7 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 		}
 		undo()
 		if dirExisted {
-			os.Remove(filepath.Join(cfg.DataDir, "lock"))
+			os.Remove(lockPath(cfg.DataDir))
 		} else {
 			os.RemoveAll(cfg.DataDir)
 		}
@@ -475,40 +449,16 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 	}
 	desc := hostDescription(cfg.Hostname, engine)
 
-	// Trust the manager only if its chain holds the CA the token names.
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.JoinConfig(tok.Digest))))
-	if err != nil {
-		return fmt.Errorf("dial %s: %w", addr, err)
-	}
-	defer conn.Close()
-	caClient := api.NewCAClient(conn)
-	root, err := caClient.GetRootCACertificate(jctx, &api.GetRootCACertificateRequest{})
-	if err != nil {
-		return fmt.Errorf("join %s: %w", addr, errMessage(err))
-	}
-	if _, err := identity.VerifyRootCA(root.GetCertPem(), tok.Digest); err != nil {
-		return fmt.Errorf("join %s: %w", addr, err)
-	}
-	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
+	admitted, err := worker.Join(jctx, worker.JoinRequest{Manager: addr, Token: tok, AdvertiseAddr: adv, Description: desc})
 	if err != nil {
 		return err
 	}
-	issued, err := caClient.IssueNodeCertificate(jctx, &api.IssueNodeCertificateRequest{
-		Token: token, CsrPem: csrPEM, Description: desc, AdvertiseAddr: adv,
-	})
-	if err != nil {
-		return fmt.Errorf("join %s: %w", addr, errMessage(err))
-	}
-	creds := identity.Credentials{CACertPEM: root.GetCertPem(), CertPEM: issued.GetCertPem(), KeyPEM: keyPEM}
+	creds, managers := admitted.Credentials, admitted.Managers
 	if err := identity.SaveCredentials(certDir(cfg.DataDir), creds); err != nil {
 		undo()
 		return err
 	}
-	managers := issued.GetManagers()
-	if len(managers) == 0 {
-		managers = []string{addr}
-	}
-	file := nodeFile{NodeID: issued.GetNodeId(), ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: managers}
+	file := nodeFile{NodeID: admitted.NodeID, ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: managers}
 	if err := file.save(cfg.DataDir); err != nil {
 		undo()
 		return err
@@ -573,31 +523,6 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 	defer n.closeConns()
 	if n.mgr != nil {
 		defer n.mgr.Close()
-		n.mgr.SetForwarder(func(ctx context.Context, addr string) (api.RaftMembershipClient, error) {
-			c, err := n.dial(addr)
-			if err != nil {
-				return nil, err
-			}
-			return api.NewRaftMembershipClient(c), nil
-		})
-		// Allocating control calls go to the leader, which allocates
-		// from one store under one lock.
-		n.mgr.SetControlForwarder(func(ctx context.Context, addr string) (api.ControlClient, error) {
-			c, err := n.dial(addr)
-			if err != nil {
-				return nil, err
-			}
-			return api.NewControlClient(c), nil
-		})
-		// Image tarballs are copied between managers over the same
-		// connections.
-		n.mgr.SetPeerDialer(func(ctx context.Context, addr string) (api.DispatcherClient, error) {
-			c, err := n.dial(addr)
-			if err != nil {
-				return nil, err
-			}
-			return api.NewDispatcherClient(c), nil
-		})
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -657,7 +582,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 	roleChange := make(chan api.NodeRole, 1)
 	agent := worker.New(worker.Config{
 		NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker"),
-		StateDir: filepath.Join(cfg.DataDir, "worker"),
+		StateDir: workerDir(cfg.DataDir),
 		Network:  exe.network, DataAddr: exe.dataAddr, DrainDelay: cfg.DrainDelay,
 		OnDesiredRole: func(r api.NodeRole) {
 			if identity.RoleOf(r) != n.role {
@@ -746,19 +671,10 @@ func (n *node) renewLoop(ctx context.Context, pool *worker.ManagerPool) {
 }
 
 func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
-	conn, addr, err := pool.Conn(ctx, "")
+	creds, err := worker.Renew(ctx, pool, n.creds.CACertPEM)
 	if err != nil {
 		return err
 	}
-	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
-	if err != nil {
-		return err
-	}
-	resp, err := api.NewCAClient(conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{CsrPem: csrPEM})
-	if err != nil {
-		return fmt.Errorf("via %s: %w", addr, err)
-	}
-	creds := identity.Credentials{CACertPEM: n.creds.CACertPEM, CertPEM: resp.GetCertPem(), KeyPEM: keyPEM}
 	cert, err := creds.TLSCertificate()
 	if err != nil {
 		return err
@@ -779,14 +695,6 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 	n.closeConns()
 	n.cfg.Logger.Info("node certificate renewed", "not_after", cert.Leaf.NotAfter)
 	return nil
-}
-
-// errMessage strips gRPC's framing from an error for a person.
-func errMessage(err error) error {
-	if st, ok := status.FromError(err); ok {
-		return errors.New(st.Message())
-	}
-	return err
 }
 
 // containerdVersion checks containerd answers, without touching any of its

@@ -22,7 +22,7 @@ import (
 // subnet, as `shoald init --ingress-subnet` creates it.
 func startManagerWithIngress(t *testing.T, subnet string) (*Manager, *api.Network) {
 	t.Helper()
-	m := startManagerWith(t, Ingress{Subnet: subnet})
+	m := startManagerWith(t, testConfig(t.TempDir()), Ingress{Subnet: subnet})
 	var ingress *api.Network
 	m.State().Store().View(func(tx store.ReadTx) { ingress = tx.NetworkByName(DefaultIngressName) })
 	return m, ingress

@@ -2,7 +2,6 @@ package manager
 
 import (
 	"context"
-	"sync"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -11,32 +10,16 @@ import (
 	"github.com/shoal-project/shoal/manager/controlapi"
 )
 
-// ControlDialer reaches the control API of the manager at addr.
-type ControlDialer func(ctx context.Context, addr string) (api.ControlClient, error)
-
-// SetControlForwarder makes this manager, while it follows, send the
-// control calls that allocate addresses and ports (and network removal,
-// which must see every allocation) to the leader. The leader's network
-// allocator (stored.Allocator, shared by its allocator controller and its
-// control API) decides under one lock from one store; a follower
-// allocating from its own copy could hand out an address the leader just
-// gave a task, since the store's version checks guard single objects, not
-// addresses across them. Without a dialer the follower allocates itself
-// (tests, single managers).
-func (m *Manager) SetControlForwarder(dial ControlDialer) {
-	m.forward.mu.Lock()
-	m.forward.dial = dial
-	m.forward.mu.Unlock()
-}
-
-// controlForward holds the dialer SetControlForwarder gave.
-type controlForward struct {
-	mu   sync.Mutex
-	dial ControlDialer
-}
-
 // controlServer is the control API as registered: the local one, except
-// that allocating calls go to the leader while this manager follows.
+// that, while this manager follows, the control calls that allocate
+// addresses and ports (and network removal, which must see every
+// allocation) go to the leader through Config.Dial. The leader's network
+// allocator (stored.Allocator, shared by its allocator controller and its
+// control API) decides under one lock from one store; a
+// follower allocating from its own copy could hand out an address the
+// leader just gave a task, since the store's version checks guard single
+// objects, not addresses across them. Without a dialer the follower
+// allocates itself (tests, single managers).
 type controlServer struct {
 	*controlapi.Server
 	m *Manager
@@ -48,21 +31,18 @@ func (c controlServer) leader(ctx context.Context) (api.ControlClient, error) {
 	if c.m.raft.IsLeader() {
 		return nil, nil
 	}
-	c.m.forward.mu.Lock()
-	dial := c.m.forward.dial
-	c.m.forward.mu.Unlock()
-	if dial == nil {
+	if c.m.cfg.Dial == nil {
 		return nil, nil
 	}
 	addr := c.m.raft.LeaderAddr()
 	if addr == "" {
 		return nil, status.Error(codes.Unavailable, "no raft leader elected: try again shortly")
 	}
-	cl, err := dial(ctx, addr)
+	conn, err := c.m.cfg.Dial(ctx, addr)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
 	}
-	return cl, nil
+	return api.NewControlClient(conn), nil
 }
 
 // settled waits until this manager's store holds the leader's answer, so

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
-	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -45,40 +44,21 @@ const (
 // ImageDir is where a manager keeps image tarballs under its data dir.
 func ImageDir(dataDir string) string { return filepath.Join(dataDir, "images") }
 
-// PeerDialer returns a Dispatcher client on the manager at addr (its
-// advertise address).
-type PeerDialer func(ctx context.Context, addr string) (api.DispatcherClient, error)
-
-// SetPeerDialer lets this manager copy image tarballs from the other
-// managers. Without it, it keeps only the tarballs loaded through it.
-func (m *Manager) SetPeerDialer(dial PeerDialer) {
-	m.images.mu.Lock()
-	m.images.dial = dial
-	m.images.mu.Unlock()
-}
-
 // imageReplicator makes this manager hold every loaded image: it copies
 // the tarballs it lacks from a manager that holds them, records itself as
 // a holder, and removes tarballs the store no longer records. It runs on
 // every manager, leader or not, so that any of them can give images to
-// nodes, including nodes that join after the load.
+// nodes, including nodes that join after the load. It copies through
+// Config.Dial; without it, it keeps only the tarballs loaded through this
+// manager.
 type imageReplicator struct {
 	m      *Manager
 	dir    *tarballs.Dir
 	logger *slog.Logger
-
-	mu   sync.Mutex
-	dial PeerDialer
 }
 
 func newImageReplicator(m *Manager, dir *tarballs.Dir) *imageReplicator {
 	return &imageReplicator{m: m, dir: dir, logger: m.logger.With("component", "images")}
-}
-
-func (r *imageReplicator) dialer() PeerDialer {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.dial
 }
 
 // run replicates until ctx ends.
@@ -161,7 +141,7 @@ func (r *imageReplicator) reconcile(ctx context.Context) bool {
 
 // copy fetches img's tarball from a holder other than this manager.
 func (r *imageReplicator) copy(ctx context.Context, img *api.Image, addrs map[string]string) error {
-	dial := r.dialer()
+	dial := r.m.cfg.Dial
 	if dial == nil {
 		return errors.New("this manager cannot reach the others (no peer dialer)")
 	}
@@ -187,14 +167,14 @@ func (r *imageReplicator) copy(ctx context.Context, img *api.Image, addrs map[st
 	return errors.Join(errs...)
 }
 
-func (r *imageReplicator) copyFrom(ctx context.Context, dial PeerDialer, addr, id string) error {
+func (r *imageReplicator) copyFrom(ctx context.Context, dial Dialer, addr, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, copyTimeout)
 	defer cancel()
-	client, err := dial(ctx, addr)
+	conn, err := dial(ctx, addr)
 	if err != nil {
 		return err
 	}
-	stream, err := client.FetchImage(ctx, &api.FetchImageRequest{Id: id})
+	stream, err := api.NewDispatcherClient(conn).FetchImage(ctx, &api.FetchImageRequest{Id: id})
 	if err != nil {
 		return err
 	}

@@ -53,16 +53,15 @@ func (p *peerManager) FetchImage(req *api.FetchImageRequest, stream api.Dispatch
 	return nil
 }
 
-// servePeer serves p and returns a PeerDialer that reaches it at addr
-// only.
-func servePeer(t *testing.T, p *peerManager, addr string) PeerDialer {
+// servePeer serves p and returns a Dialer that reaches it at addr only.
+func servePeer(t *testing.T, p *peerManager, addr string) Dialer {
 	t.Helper()
 	conn := testgrpc.Serve(t, func(srv *grpc.Server) { api.RegisterDispatcherServer(srv, p) })
-	return func(ctx context.Context, to string) (api.DispatcherClient, error) {
+	return func(ctx context.Context, to string) (grpc.ClientConnInterface, error) {
 		if to != addr {
 			return nil, fmt.Errorf("no manager at %s", to)
 		}
-		return api.NewDispatcherClient(conn), nil
+		return conn, nil
 	}
 }
 
@@ -89,9 +88,10 @@ func tarballPath(m *Manager, id string) string {
 // also drops holders that are no longer managers), and retries a copy
 // that failed.
 func TestImageReplication(t *testing.T) {
-	m := startManager(t)
 	peer := &peerManager{tarballs: map[string][]byte{}}
-	m.SetPeerDialer(servePeer(t, peer, "10.0.0.2:4242"))
+	cfg := testConfig(t.TempDir())
+	cfg.Dial = servePeer(t, peer, "10.0.0.2:4242")
+	m := startManagerWith(t, cfg, Ingress{})
 	ctx := context.Background()
 	if err := m.State().Propose(ctx,
 		store.Create(&api.Node{Id: "m2", Role: api.NodeRole_NODE_ROLE_MANAGER, ManagerStatus: &api.ManagerStatus{RaftAddr: "10.0.0.2:4242"}}),

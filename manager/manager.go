@@ -49,7 +49,18 @@ type Config struct {
 	// ForceNewCluster makes this manager the only raft member (see
 	// docs/recovery.md); the other managers become workers in the store.
 	ForceNewCluster bool
+	// Dial reaches another manager's cluster port (by its advertise
+	// address) as this node. A follower sends through it the proposals it
+	// takes and the control calls that allocate (see controlServer), and
+	// every manager copies image tarballs from the others. Without it
+	// (a lone manager, tests) a follower can take no writes and allocates
+	// itself, and only tarballs loaded through this manager are kept.
+	Dial Dialer
 }
+
+// Dialer returns a connection to the manager at addr; the caller does not
+// close it (the dialer may cache it).
+type Dialer func(ctx context.Context, addr string) (grpc.ClientConnInterface, error)
 
 // Manager is a running manager.
 type Manager struct {
@@ -57,7 +68,6 @@ type Manager struct {
 	logger     *slog.Logger
 	raft       *state.Node
 	control    *controlapi.Server
-	forward    controlForward
 	dispatcher *dispatcher.Dispatcher
 	ca         *ca.Server
 	membership *membership
@@ -123,6 +133,9 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 	m.dispatcher = dispatcher.New(r, cfg.Dispatcher)
 	m.ca = ca.NewServer(r, ca.ServerOptions{Logger: cfg.Logger})
 	m.membership = &membership{m: m, identify: cfg.Identify}
+	if cfg.Dial != nil {
+		r.SetForwarder(m.forwarder())
+	}
 	return m, nil
 }
 
@@ -217,12 +230,6 @@ func Join(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("%s already holds a cluster", cfg.DataDir)
 	}
 	return open(cfg, false)
-}
-
-// SetForwarder lets this manager take writes as a follower, sending them
-// to the leader through dial.
-func (m *Manager) SetForwarder(dial func(ctx context.Context, addr string) (api.RaftMembershipClient, error)) {
-	m.raft.SetForwarder(m.forwarder(dial))
 }
 
 // Register adds the manager's gRPC services to a server.

@@ -41,16 +41,17 @@ func testConfig(dir string) Config {
 // ingress network, and runs its controllers until the test ends.
 func startManager(t *testing.T) *Manager {
 	t.Helper()
-	return startManagerWith(t, Ingress{})
+	return startManagerWith(t, testConfig(t.TempDir()), Ingress{})
 }
 
-// startManagerWith is startManager with the ingress network asked for.
-func startManagerWith(t *testing.T, ingress Ingress) *Manager {
+// startManagerWith is startManager with cfg and the ingress network asked
+// for.
+func startManagerWith(t *testing.T, cfg Config, ingress Ingress) *Manager {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
 	defer cancel()
 	self := &api.Node{Id: selfID, Role: api.NodeRole_NODE_ROLE_MANAGER, Description: &api.NodeDescription{Hostname: "host-1", Os: "linux", Arch: "amd64"}}
-	m, err := Init(ctx, testConfig(t.TempDir()), nil, self, ingress)
+	m, err := Init(ctx, cfg, nil, self, ingress)
 	if err != nil {
 		t.Fatal(err)
 	}

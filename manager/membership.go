@@ -159,18 +159,18 @@ type forwardedError struct {
 func (e *forwardedError) Error() string { return e.msg }
 func (e *forwardedError) Unwrap() error { return e.base }
 
-// forwarder sends proposals to the leader over the cluster's mTLS gRPC.
-func (m *Manager) forwarder(dial func(ctx context.Context, addr string) (api.RaftMembershipClient, error)) state.Forwarder {
+// forwarder sends a follower's proposals to the leader through cfg.Dial.
+func (m *Manager) forwarder() state.Forwarder {
 	return func(ctx context.Context, cmd *api.Command) (uint64, error) {
 		addr := m.raft.LeaderAddr()
 		if addr == "" {
 			return 0, fmt.Errorf("%w: no leader elected", state.ErrNotLeader)
 		}
-		c, err := dial(ctx, addr)
+		conn, err := m.cfg.Dial(ctx, addr)
 		if err != nil {
 			return 0, fmt.Errorf("reach leader at %s: %w", addr, err)
 		}
-		resp, err := c.Propose(ctx, &api.ProposeRequest{Command: cmd})
+		resp, err := api.NewRaftMembershipClient(conn).Propose(ctx, &api.ProposeRequest{Command: cmd})
 		if err != nil {
 			return 0, fmt.Errorf("%w: forward to leader at %s: %v", state.ErrNotLeader, addr, err)
 		}

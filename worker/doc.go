@@ -1,5 +1,5 @@
-// Package worker is the node agent: it keeps a session with the leader's
-// dispatcher, receives its task assignments, drives each task's container
+// Package worker is the node agent: it joins a cluster (Join: the node's
+// side of the CA handshake), keeps a session with the leader's dispatcher, receives its task assignments, drives each task's container
 // through an exec.Executor, and reports every state change back. It owns
 // the node's containers (found by label, adopted after a restart, removed
 // when no longer assigned), imports the image tarballs the managers

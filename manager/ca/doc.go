@@ -1,6 +1,8 @@
-// Package ca is the manager's side of cluster identity: the CA gRPC API
-// (a joining node's first certificate, renewals, the root CA certificate),
-// join token rotation, and the check that runs before every RPC (who is
+// Package ca is the manager's side of cluster identity: a new cluster's
+// founding identity (root CA, join tokens, the first manager's and the
+// admin's credentials: Found), the CA gRPC API (a joining node's first
+// certificate, renewals, the root CA certificate), join token rotation,
+// and the check that runs before every RPC (who is
 // calling, may their role call this method, and is their certificate
 // still the one the store records for their node: a certificate whose
 // node was removed, or that a renewal replaced, is refused).

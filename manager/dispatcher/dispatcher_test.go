@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
 	"github.com/shoal-project/shoal/internal/await"
 	"github.com/shoal-project/shoal/internal/testgrpc"
 	"github.com/shoal-project/shoal/manager/state"
@@ -569,5 +570,52 @@ func TestClosedSessionKeepsNodeForGrace(t *testing.T) {
 	n := storedNode(r, "flaky")
 	if downAt := n.GetMeta().GetUpdatedAt().AsTime(); downAt.Sub(closedAt) < grace {
 		t.Errorf("node marked DOWN %v after its session closed; want at least the grace period %v", downAt.Sub(closedAt), grace)
+	}
+}
+
+// TestLeaveCluster: a worker removes itself, session and all; a manager
+// is told to demote first, a node that is gone is told so, and nobody
+// removes another node.
+func TestLeaveCluster(t *testing.T) {
+	r := newRaft(t)
+	mgr := node("m2")
+	mgr.Role = api.NodeRole_NODE_ROLE_MANAGER
+	promoted := node("w2")
+	promoted.Spec = &api.NodeSpec{DesiredRole: api.NodeRole_NODE_ROLE_MANAGER}
+	propose(t, r, store.Create(node("w1")), store.Create(mgr), store.Create(promoted))
+	c := serve(t, New(r, Config{Logger: quietLogger()}))
+	ctx := context.Background()
+
+	sid, _ := openSession(t, c, "w1", &api.NodeDescription{Hostname: "worker1"})
+	if _, err := c.LeaveCluster(ctx, &api.LeaveClusterRequest{NodeId: "w1"}); err != nil {
+		t.Fatalf("worker leaves: %v", err)
+	}
+	if n := storedNode(r, "w1"); n != nil {
+		t.Fatalf("w1 still stored after it left: %v", n)
+	}
+	if _, err := c.Heartbeat(ctx, &api.HeartbeatRequest{SessionId: sid}); status.Code(err) != codes.NotFound {
+		t.Errorf("heartbeat on the session of a node that left: %v, want NotFound", err)
+	}
+	for _, tc := range []struct {
+		name, node, want string
+		code             codes.Code
+	}{
+		{"manager", "m2", "demote it first", codes.FailedPrecondition},
+		{"worker being promoted", "w2", "demote it first", codes.FailedPrecondition},
+		{"node that left", "w1", "not part of this cluster", codes.NotFound},
+		{"no node", "", "node_id", codes.InvalidArgument},
+	} {
+		_, err := c.LeaveCluster(ctx, &api.LeaveClusterRequest{NodeId: tc.node})
+		if status.Code(err) != tc.code || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want %v saying %q", tc.name, err, tc.code, tc.want)
+		}
+	}
+	if storedNode(r, "m2") == nil || storedNode(r, "w2") == nil {
+		t.Error("a refused leave removed its node")
+	}
+	// A node certificate acts only for its own node.
+	other := identity.WithIdentity(ctx, identity.Identity{NodeID: "w2", Role: identity.RoleWorker})
+	if _, err := New(r, Config{Logger: quietLogger()}).LeaveCluster(other, &api.LeaveClusterRequest{NodeId: "m2"}); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("w2 removing m2: %v, want PermissionDenied", err)
 	}
 }

@@ -25,6 +25,7 @@ const (
 	Dispatcher_UpdateTaskStatus_FullMethodName = "/shoal.v1.Dispatcher/UpdateTaskStatus"
 	Dispatcher_Images_FullMethodName           = "/shoal.v1.Dispatcher/Images"
 	Dispatcher_FetchImage_FullMethodName       = "/shoal.v1.Dispatcher/FetchImage"
+	Dispatcher_LeaveCluster_FullMethodName     = "/shoal.v1.Dispatcher/LeaveCluster"
 )
 
 // DispatcherClient is the client API for Dispatcher service.
@@ -60,6 +61,18 @@ type DispatcherClient interface {
 	Images(ctx context.Context, in *ImagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ImagesMessage], error)
 	// FetchImage streams an image tarball from a manager that holds it.
 	FetchImage(ctx context.Context, in *FetchImageRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[FetchImageChunk], error)
+	// LeaveCluster removes the calling node from the cluster (`shoald
+	// leave`). A node may remove only itself, and only as a worker: a
+	// manager is demoted first, so that the raft group never loses a voter
+	// unannounced (FailedPrecondition says so). It needs no session, and any
+	// manager takes it (a follower forwards the write to the leader). Once
+	// it returns the node is gone from the store: its certificate is
+	// refused, its tasks are replaced elsewhere as those of a lost node, and
+	// every other node's network view drops its tasks and its overlay
+	// endpoint. A node already removed gets NotFound or PermissionDenied
+	// (its certificate no longer names a member); the node then cleans up
+	// its own state, which the managers never touch.
+	LeaveCluster(ctx context.Context, in *LeaveClusterRequest, opts ...grpc.CallOption) (*LeaveClusterResponse, error)
 }
 
 type dispatcherClient struct {
@@ -166,6 +179,16 @@ func (c *dispatcherClient) FetchImage(ctx context.Context, in *FetchImageRequest
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Dispatcher_FetchImageClient = grpc.ServerStreamingClient[FetchImageChunk]
 
+func (c *dispatcherClient) LeaveCluster(ctx context.Context, in *LeaveClusterRequest, opts ...grpc.CallOption) (*LeaveClusterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaveClusterResponse)
+	err := c.cc.Invoke(ctx, Dispatcher_LeaveCluster_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // DispatcherServer is the server API for Dispatcher service.
 // All implementations must embed UnimplementedDispatcherServer
 // for forward compatibility.
@@ -199,6 +222,18 @@ type DispatcherServer interface {
 	Images(*ImagesRequest, grpc.ServerStreamingServer[ImagesMessage]) error
 	// FetchImage streams an image tarball from a manager that holds it.
 	FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[FetchImageChunk]) error
+	// LeaveCluster removes the calling node from the cluster (`shoald
+	// leave`). A node may remove only itself, and only as a worker: a
+	// manager is demoted first, so that the raft group never loses a voter
+	// unannounced (FailedPrecondition says so). It needs no session, and any
+	// manager takes it (a follower forwards the write to the leader). Once
+	// it returns the node is gone from the store: its certificate is
+	// refused, its tasks are replaced elsewhere as those of a lost node, and
+	// every other node's network view drops its tasks and its overlay
+	// endpoint. A node already removed gets NotFound or PermissionDenied
+	// (its certificate no longer names a member); the node then cleans up
+	// its own state, which the managers never touch.
+	LeaveCluster(context.Context, *LeaveClusterRequest) (*LeaveClusterResponse, error)
 	mustEmbedUnimplementedDispatcherServer()
 }
 
@@ -226,6 +261,9 @@ func (UnimplementedDispatcherServer) Images(*ImagesRequest, grpc.ServerStreaming
 }
 func (UnimplementedDispatcherServer) FetchImage(*FetchImageRequest, grpc.ServerStreamingServer[FetchImageChunk]) error {
 	return status.Errorf(codes.Unimplemented, "method FetchImage not implemented")
+}
+func (UnimplementedDispatcherServer) LeaveCluster(context.Context, *LeaveClusterRequest) (*LeaveClusterResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method LeaveCluster not implemented")
 }
 func (UnimplementedDispatcherServer) mustEmbedUnimplementedDispatcherServer() {}
 func (UnimplementedDispatcherServer) testEmbeddedByValue()                    {}
@@ -328,6 +366,24 @@ func _Dispatcher_FetchImage_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Dispatcher_FetchImageServer = grpc.ServerStreamingServer[FetchImageChunk]
 
+func _Dispatcher_LeaveCluster_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeaveClusterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(DispatcherServer).LeaveCluster(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Dispatcher_LeaveCluster_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(DispatcherServer).LeaveCluster(ctx, req.(*LeaveClusterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Dispatcher_ServiceDesc is the grpc.ServiceDesc for Dispatcher service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -342,6 +398,10 @@ var Dispatcher_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateTaskStatus",
 			Handler:    _Dispatcher_UpdateTaskStatus_Handler,
+		},
+		{
+			MethodName: "LeaveCluster",
+			Handler:    _Dispatcher_LeaveCluster_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -1,0 +1,115 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
+)
+
+// The join handshake and certificate renewal are the worker's: every
+// node, manager or not, is a client of the managers, and these are its
+// calls to their CA. They dial, so they cannot live in package identity
+// (which only makes and checks the material); the CA's side is
+// manager/ca's.
+
+// JoinRequest is what a node presents to join a cluster.
+type JoinRequest struct {
+	// Manager is any manager's address; the cluster port is assumed when
+	// it names none.
+	Manager string
+	// Token is the join token (parsed before anything else is done); it
+	// decides the role and names the CA the manager must present.
+	Token identity.Token
+	// AdvertiseAddr is where the other nodes reach this one (host:port).
+	AdvertiseAddr string
+	Description   *api.NodeDescription
+}
+
+// Joined is what a node keeps from a successful join.
+type Joined struct {
+	NodeID      string
+	Credentials identity.Credentials
+	// Managers are the managers' advertise addresses, the one joined
+	// through when the cluster named none.
+	Managers []string
+}
+
+// Join runs the join handshake: it trusts the manager only if the CA
+// certificate it presents has the digest the token names, fetches that
+// CA, and has it sign a new key for this node. Nothing is written: the
+// caller keeps the result.
+func Join(ctx context.Context, req JoinRequest) (Joined, error) {
+	tok := req.Token
+	addr := req.Manager
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		addr = net.JoinHostPort(addr, strconv.Itoa(identity.DefaultPort))
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.JoinConfig(tok.Digest))))
+	if err != nil {
+		return Joined{}, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	defer conn.Close()
+	ca := api.NewCAClient(conn)
+	root, err := ca.GetRootCACertificate(ctx, &api.GetRootCACertificateRequest{})
+	if err != nil {
+		return Joined{}, fmt.Errorf("join %s: %w", addr, errMessage(err))
+	}
+	if _, err := identity.VerifyRootCA(root.GetCertPem(), tok.Digest); err != nil {
+		return Joined{}, fmt.Errorf("join %s: %w", addr, err)
+	}
+	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
+	if err != nil {
+		return Joined{}, err
+	}
+	issued, err := ca.IssueNodeCertificate(ctx, &api.IssueNodeCertificateRequest{
+		Token: tok.String(), CsrPem: csrPEM, Description: req.Description, AdvertiseAddr: req.AdvertiseAddr,
+	})
+	if err != nil {
+		return Joined{}, fmt.Errorf("join %s: %w", addr, errMessage(err))
+	}
+	managers := issued.GetManagers()
+	if len(managers) == 0 {
+		managers = []string{addr}
+	}
+	return Joined{
+		NodeID:      issued.GetNodeId(),
+		Credentials: identity.Credentials{CACertPEM: root.GetCertPem(), CertPEM: issued.GetCertPem(), KeyPEM: keyPEM},
+		Managers:    managers,
+	}, nil
+}
+
+// Renew has a manager sign a new key for this node, for the role the
+// operator wants it to have now (the managers decide). Nothing is
+// written: the caller keeps the result and swaps it in.
+func Renew(ctx context.Context, managers Managers, caCertPEM []byte) (identity.Credentials, error) {
+	conn, addr, err := managers.Conn(ctx, "")
+	if err != nil {
+		return identity.Credentials{}, err
+	}
+	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
+	if err != nil {
+		return identity.Credentials{}, err
+	}
+	resp, err := api.NewCAClient(conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{CsrPem: csrPEM})
+	if err != nil {
+		return identity.Credentials{}, fmt.Errorf("via %s: %w", addr, err)
+	}
+	return identity.Credentials{CACertPEM: caCertPEM, CertPEM: resp.GetCertPem(), KeyPEM: keyPEM}, nil
+}
+
+// errMessage strips gRPC's framing from an error for a person.
+func errMessage(err error) error {
+	if st, ok := status.FromError(err); ok {
+		return errors.New(st.Message())
+	}
+	return err
+}

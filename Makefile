@@ -7,8 +7,12 @@ TOOLS   := -modfile=tools/go.mod
 GOTEST  ?= $(GO) test
 # E2E tests run real shoald processes against the host's containerd.
 TESTFLAGS ?= -count=1 -timeout 45m
+# The VM tier (e2e/vm) boots Debian VMs with Vagrant and libvirt; they take
+# every core, so it runs alone, after everything else.
+VMPKG       := ./e2e/vm
+VMTESTFLAGS ?= -count=1 -timeout 40m -p 1
 
-.PHONY: all build setup proto proto-check vet test unit e2e bench demo demo-down clean
+.PHONY: all build setup proto proto-check vet test unit e2e test-vm bench demo demo-down vm-demo vm-demo-down clean
 
 all: build
 
@@ -44,10 +48,17 @@ unit:
 	$(GOTEST) $(TESTFLAGS) $$($(GO) list ./... | grep -v -e /e2e -e /bench)
 
 e2e: build
-	$(GOTEST) $(TESTFLAGS) -v ./e2e/...
+	$(GOTEST) $(TESTFLAGS) -v $$($(GO) list ./e2e/... | grep -v /e2e/vm)
 
 test: setup proto-check vet build
-	$(GOTEST) $(TESTFLAGS) ./...
+	$(GOTEST) $(TESTFLAGS) $$($(GO) list ./... | grep -v /e2e/vm)
+	$(MAKE) test-vm
+
+# The tests remove their VMs themselves; vmenv.sh down catches a run that
+# was killed before it could (unless SHOAL_VM_KEEP asked to keep them).
+test-vm:
+	$(GOTEST) $(VMTESTFLAGS) -v $(VMPKG); rc=$$?; \
+	[ -n "$$SHOAL_VM_KEEP" ] || sh deploy/vagrant/vmenv.sh down; exit $$rc
 
 # Benchmarks: end to end against containerd and a lab cluster (./bench,
 # including the routing mesh against direct traffic), the scheduler with its
@@ -63,6 +74,12 @@ demo: setup build
 
 demo-down:
 	sh deploy/demo.sh down
+
+vm-demo: build
+	sh deploy/vm-demo.sh
+
+vm-demo-down:
+	sh deploy/vm-demo.sh down
 
 clean:
 	rm -rf $(BIN)

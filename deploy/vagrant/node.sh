@@ -9,6 +9,7 @@
 #   SHOAL_ROLE         init (the first manager), manager or worker
 #   SHOAL_MANAGER      the first manager's address (joiners fetch their token there)
 #   SHOAL_LB_BACKEND   shoald --lb-backend: auto, ipvs or nftables
+#   SHOAL_SHOALD_OPTS  more shoald flags (may be empty)
 #   SHOAL_JOIN_PUB     the first manager: the public key joiners fetch tokens with
 #   SHOAL_JOIN_KEY     joiners: its private key (PEM, base64)
 # Beside this script in /tmp/shoal: shoald, shoalctl, shoald.service.
@@ -111,7 +112,7 @@ install_shoal() {
 	cat >"$new" <<-EOF
 		# shoald's settings, read by shoald.service (written by the Vagrant provisioner).
 		# Flags of every start:
-		SHOALD_OPTS="--advertise-addr $addr"
+		SHOALD_OPTS="--advertise-addr $addr${SHOAL_SHOALD_OPTS:+ $SHOAL_SHOALD_OPTS}"
 		# The routing mesh's load balancer: auto, ipvs or nftables.
 		SHOALD_LB_BACKEND=$SHOAL_LB_BACKEND
 	EOF

@@ -65,6 +65,8 @@ const (
 	readyTimeout = 3 * time.Minute
 	// requestTimeout bounds one request to a VM.
 	requestTimeout = 10 * time.Second
+	// heartbeatGrace is the managers' --heartbeat-grace in the VMs.
+	heartbeatGrace = 10 * time.Second
 )
 
 // Node is one VM of the cluster.
@@ -80,12 +82,15 @@ type Node struct {
 }
 
 // Cluster is the VM cluster every test of the package shares. Its methods
-// are safe for concurrent use.
+// may be called from parallel tests, except SetLBBackend.
 type Cluster struct {
 	// Nodes are the VMs, managers first.
 	Nodes []Node
 	// Box is the Vagrant box the VMs run.
 	Box string
+	// LBBackend is shoald's --lb-backend on every VM: $SHOAL_VM_LB_BACKEND
+	// (default auto) at first, then what SetLBBackend set.
+	LBBackend string
 
 	root      string // the shoal checkout
 	work      string // this run's files: Vagrant's dotfile dir, ssh config, logs
@@ -231,7 +236,10 @@ func newCluster() (*Cluster, error) {
 		return nil, err
 	}
 	work := workDir
-	c := &Cluster{root: root, work: work, bin: filepath.Join(work, "bin"), sshConfig: filepath.Join(work, "ssh_config")}
+	c := &Cluster{root: root, work: work, bin: filepath.Join(work, "bin"), sshConfig: filepath.Join(work, "ssh_config"), LBBackend: "auto"}
+	if b := os.Getenv("SHOAL_VM_LB_BACKEND"); b != "" {
+		c.LBBackend = b
+	}
 	for i := 1; i <= managers; i++ {
 		c.Nodes = append(c.Nodes, Node{Name: fmt.Sprintf("manager%d", i), Manager: true, Addr: fmt.Sprintf("%s.%d", privateNet, 10+i)})
 	}
@@ -277,7 +285,10 @@ func (c *Cluster) prepare(ctx context.Context) error {
 		"SHOAL_NET="+privateNet,
 		fmt.Sprintf("SHOAL_MANAGERS=%d", managers),
 		fmt.Sprintf("SHOAL_WORKERS=%d", workers),
-		"SHOAL_LB_BACKEND=auto",
+		"SHOAL_LB_BACKEND="+c.LBBackend,
+		// Emulated VMs on a busy host stall for seconds at times: a node
+		// is not declared down for that (the default grace is 2.25 s).
+		"SHOAL_SHOALD_OPTS=--heartbeat-grace "+heartbeatGrace.String(),
 	)
 	if err := step("box (deploy/vagrant/box/build-box.sh)", func() error {
 		out, err := c.host(ctx, c.env, "sh", "deploy/vagrant/box/build-box.sh")
@@ -301,7 +312,7 @@ func (c *Cluster) up(ctx context.Context) error {
 	t0 := time.Now()
 	uctx, cancel := context.WithTimeout(ctx, upTimeout)
 	defer cancel()
-	logf("vagrant up --parallel (%d managers, %d workers, box %s): log in %s", managers, workers, c.Box, c.upLog())
+	logf("vagrant up --parallel (%d managers, %d workers, box %s, --lb-backend %s): log in %s", managers, workers, c.Box, c.LBBackend, c.upLog())
 	if _, err := c.Vagrant(uctx, nil, c.upLog(), "up", "--parallel"); err != nil {
 		return fmt.Errorf("vagrant up: %w\n%s", err, tailFile(c.upLog(), 60))
 	}
@@ -313,12 +324,22 @@ func (c *Cluster) up(ctx context.Context) error {
 	if err := c.writeSSHConfig(out); err != nil {
 		return err
 	}
-	for _, n := range c.Nodes {
-		// The shared connection, in the background (-f), its output
-		// nowhere: commands reuse it.
-		if err := c.ns(ctx, "ssh", "-F", c.sshConfig, "-M", "-N", "-f", n.Name).Run(); err != nil {
-			return fmt.Errorf("ssh to %s: %w", n.Name, err)
-		}
+	errs := make([]error, len(c.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range c.Nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// The shared connection, in the background (-f), its output
+			// nowhere: commands reuse it.
+			if err := c.ns(ctx, "ssh", "-F", c.sshConfig, "-M", "-N", "-f", n.Name).Run(); err != nil {
+				errs[i] = fmt.Errorf("ssh to %s: %w", n.Name, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
 	}
 	t1 := time.Now()
 	rctx, cancel := context.WithTimeout(ctx, readyTimeout)
@@ -522,9 +543,9 @@ func (c *Cluster) WaitReady(ctx context.Context) error {
 // lbLine is shoald's log line naming its load balancer.
 var lbLine = regexp.MustCompile(`msg="load balancer".* backend=(\S+)`)
 
-// LBBackend is the load balancer the node's running shoald chose, from its
+// NodeLBBackend is the load balancer the node's running shoald chose, from its
 // log since it last started.
-func (c *Cluster) LBBackend(ctx context.Context, node string) (string, error) {
+func (c *Cluster) NodeLBBackend(ctx context.Context, node string) (string, error) {
 	out, err := c.Run(ctx, node, `sudo journalctl -u shoald -o cat --no-pager _SYSTEMD_INVOCATION_ID="$(systemctl show -p InvocationID --value shoald)"`)
 	if err != nil {
 		return "", err
@@ -542,7 +563,9 @@ func (c *Cluster) LBBackend(ctx context.Context, node string) (string, error) {
 // SetLBBackend restarts shoald on every VM with --lb-backend backend
 // (auto, ipvs or nftables), waits until each logged that backend and every
 // node is Ready again. Containers keep running across the restart. It does
-// not clear what the previous backend left in the kernel.
+// not clear what the previous backend left in the kernel. Tests that call
+// it must not run in parallel with others, and should set the backend back
+// when they are done (t.Cleanup).
 func (c *Cluster) SetLBBackend(ctx context.Context, backend string) error {
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.Nodes))
@@ -557,10 +580,11 @@ func (c *Cluster) SetLBBackend(ctx context.Context, backend string) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	c.LBBackend = backend
 	want := backend
 	for _, n := range c.Nodes {
 		for {
-			got, err := c.LBBackend(ctx, n.Name)
+			got, err := c.NodeLBBackend(ctx, n.Name)
 			if err == nil && (got == want || want == "auto") {
 				break
 			}

@@ -32,6 +32,11 @@ cache=${SHOAL_VM_CACHE:-/var/cache/shoal/vm}
 suite=bookworm
 # Virtual disk size in GiB; the qcow2 holds only what is used (~0.5 GiB).
 size_gib=8
+# Kernel options for throwaway test VMs under emulation: no speculation
+# mitigations (retpolines and return thunks are expensive to emulate), no
+# 5-level page tables, no lockup watchdog and a trusted TSC (a loaded host
+# stalls emulated CPUs for seconds).
+cmdline="mitigations=off no5lvl nowatchdog tsc=reliable"
 packages=systemd-sysv,udev,dbus,openssh-server,sudo,linux-image-cloud-amd64,containerd,runc,nftables,ipvsadm,iproute2,conntrack,kmod,procps,iputils-ping,netbase
 
 hash=$(sha256sum "$self" | cut -c1-12)
@@ -117,7 +122,7 @@ build() {
 		LABEL debian
 		  LINUX /boot/vmlinuz-$kver
 		  INITRD /boot/initrd.img-$kver
-		  APPEND root=LABEL=root rw console=ttyS0 net.ifnames=0 quiet
+		  APPEND root=LABEL=root rw console=ttyS0 net.ifnames=0 quiet $cmdline
 	EOF
 	umount "$mnt"
 	losetup -d "$loop"
@@ -161,7 +166,8 @@ configure() {
 	: >"$r/etc/machine-id"
 	mkdir -p "$r/var/lib/dbus"
 	ln -sf /etc/machine-id "$r/var/lib/dbus/machine-id"
-	printf 'LABEL=root / ext4 defaults,noatime 0 1\n' >"$r/etc/fstab"
+	# The kernel mounts the root rw (no remount at boot).
+	printf 'LABEL=root / ext4 defaults 0 0\n' >"$r/etc/fstab"
 	printf 'deb %s %s main\n' "$2" "$suite" >"$r/etc/apt/sources.list"
 
 	mkdir -p "$r/etc/systemd/network"
@@ -169,9 +175,29 @@ configure() {
 	chroot "$r" systemctl -q enable systemd-networkd.service
 	# Nothing waits for "online": addresses are static or come at once.
 	chroot "$r" systemctl -q disable systemd-networkd-wait-online.service 2>/dev/null || true
-	# Timers that would use the emulated CPU for nothing (no network to
-	# fetch from, throwaway disks).
-	chroot "$r" systemctl -q mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer 2>/dev/null || true
+	# Units that would use the emulated CPU for nothing (each start costs
+	# seconds there): timers (no network to fetch from, throwaway disks),
+	# modules and file systems for what the VMs do not have or use, IPVS
+	# rules restored from a file (shoald programs IPVS itself), users that
+	# exist already, a remount to the options the kernel mounted with,
+	# network settings from the kernel's command line, utmp records, and a
+	# persistent journal (the journal stays in memory).
+	chroot "$r" systemctl -q mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
+		e2scrub_reap.service ipvsadm.service \
+		modprobe@drm.service modprobe@fuse.service modprobe@loop.service modprobe@efi_pstore.service \
+		modprobe@dm_mod.service modprobe@configfs.service sys-kernel-config.mount sys-kernel-debug.mount \
+		sys-kernel-tracing.mount dev-hugepages.mount systemd-sysusers.service systemd-remount-fs.service \
+		systemd-network-generator.service systemd-update-utmp.service systemd-update-utmp-runlevel.service \
+		systemd-journal-flush.service
+	mkdir -p "$r/etc/systemd/journald.conf.d"
+	printf '[Journal]\nStorage=volatile\n' >"$r/etc/systemd/journald.conf.d/shoal-box.conf"
+	# shoald drives containerd through its API: no CRI, and no probing of
+	# snapshotters other than overlayfs (each costs seconds at start).
+	mkdir -p "$r/etc/containerd"
+	cat >"$r/etc/containerd/config.toml" <<-'EOF'
+		version = 2
+		disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
+	EOF
 
 	rm -f "$r"/etc/ssh/ssh_host_*
 	cat >"$r/etc/ssh/sshd_config.d/shoal-box.conf" <<-'EOF'
@@ -202,6 +228,13 @@ configure() {
 	chroot "$r" chown -R vagrant:vagrant /home/vagrant/.ssh
 	echo 'vagrant ALL=(ALL) NOPASSWD:ALL' >"$r/etc/sudoers.d/vagrant"
 	chmod 440 "$r/etc/sudoers.d/vagrant"
+
+	# A small initramfs: the disk's drivers only (ext4 is built in), not
+	# every module there is; unpacking and probing them cost seconds of
+	# emulated CPU at every boot.
+	echo MODULES=list >"$r/etc/initramfs-tools/conf.d/shoal-box.conf"
+	printf 'virtio_pci\nvirtio_blk\n' >>"$r/etc/initramfs-tools/modules"
+	unshare --net --mount --propagation private chroot "$r" sh -c 'mount -t proc proc /proc && update-initramfs -u -k all' >/dev/null
 
 	chroot "$r" apt-get clean
 	rm -rf "$r"/var/lib/apt/lists/* "$r"/var/cache/apt/*.bin "$r"/var/log/*.log "$r/debootstrap"

@@ -25,7 +25,8 @@ if [ "${1:-}" = down ]; then
 		SHOAL_BOX=unused $vmenv exec vagrant destroy -f >/dev/null 2>&1 || true
 	fi
 	$vmenv down
-	rm -rf "$work"
+	# Also what `SHOAL_VM_KEEP=1 make test-vm` kept.
+	rm -rf "$work" /var/tmp/shoal-vm-test
 	exit 0
 fi
 

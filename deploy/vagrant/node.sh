@@ -83,7 +83,9 @@ install_packages() {
 		apt-get update -qq
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
 	fi
-	systemctl -q enable --now containerd
+	# (Each systemctl enable reloads systemd: seconds under emulation.)
+	systemctl -q is-enabled containerd || systemctl -q enable containerd
+	systemctl -q is-active containerd || systemctl start containerd
 	# The routing mesh: IPVS for --lb-backend auto/ipvs (auto uses it when
 	# the kernel offers it), br_netfilter so that the nftables backend sees
 	# bridged service traffic.
@@ -104,8 +106,13 @@ install_shoal() {
 	changed=""
 	install_file "$src/shoald" /usr/local/bin/shoald 755 && changed=1
 	install_file "$src/shoalctl" /usr/local/bin/shoalctl 755 || true
-	if install_file "$src/shoald.service" /etc/systemd/system/shoald.service 644; then
-		systemctl daemon-reload
+	unit=/etc/systemd/system/shoald.service
+	had_unit=""
+	[ -e "$unit" ] && had_unit=1
+	if install_file "$src/shoald.service" "$unit" 644; then
+		# systemd reads a unit it has not loaded yet on first use; only a
+		# changed one needs a reload (which costs seconds under emulation).
+		[ -n "$had_unit" ] && systemctl daemon-reload
 		changed=1
 	fi
 	new="$src/shoald.defaults"
@@ -129,6 +136,12 @@ set_first() {
 	sed -i '/^SHOALD_FIRST=/d' "$defaults"
 	[ -n "$1" ] && echo "SHOALD_FIRST=\"$1\"" >>"$defaults"
 	return 0
+}
+
+# enable_shoald: started now and at every boot.
+enable_shoald() {
+	systemctl -q is-enabled shoald 2>/dev/null || systemctl -q --no-reload enable shoald
+	systemctl start shoald
 }
 
 wait_ready() {
@@ -164,8 +177,7 @@ init_cluster() {
 		set_first init
 		log "shoald init --advertise-addr $addr --lb-backend $SHOAL_LB_BACKEND"
 	fi
-	systemctl -q enable shoald
-	systemctl start shoald
+	enable_shoald
 	wait_ready
 	set_first ""
 }
@@ -188,8 +200,7 @@ join_cluster() {
 		set_first "join --token $token $SHOAL_MANAGER:4242"
 		log "shoald join --token SHOAL-... $SHOAL_MANAGER:4242 (as $SHOAL_ROLE)"
 	fi
-	systemctl -q enable shoald
-	systemctl start shoald
+	enable_shoald
 	i=0
 	until [ -e "$datadir/node.json" ] && systemctl -q is-active shoald; do
 		i=$((i + 1))

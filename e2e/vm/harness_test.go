@@ -98,6 +98,7 @@ type Cluster struct {
 	sshConfig string
 	env       []string // Vagrant's environment
 	lock      *os.File
+	reuse     bool // the VMs are up already, kept by an earlier run
 }
 
 var (
@@ -227,16 +228,23 @@ func newCluster() (*Cluster, error) {
 	if _, err := os.Stat(filepath.Join(root, "deploy/vagrant/Vagrantfile")); err != nil {
 		return nil, fmt.Errorf("not in a shoal checkout: %w", err)
 	}
-	// One place, not a temporary name: what a killed run left there is
-	// removed by the next.
-	if err := os.RemoveAll(workDir); err != nil {
-		return nil, err
+	work := workDir
+	c := &Cluster{root: root, work: work, bin: filepath.Join(work, "bin"), sshConfig: filepath.Join(work, "ssh_config"), LBBackend: "auto"}
+	// A cluster an earlier run kept (SHOAL_VM_KEEP) is used again when
+	// this run keeps it too: a developer's loop without a boot each time.
+	_, errConfig := os.Stat(c.sshConfig)
+	_, errNS := os.Stat("/run/netns/" + netnsName)
+	c.reuse = os.Getenv("SHOAL_VM_KEEP") != "" && errConfig == nil && errNS == nil
+	if !c.reuse {
+		// One place, not a temporary name: what a killed run left there
+		// is removed by the next.
+		if err := os.RemoveAll(workDir); err != nil {
+			return nil, err
+		}
 	}
 	if err := os.MkdirAll(workDir, 0o700); err != nil {
 		return nil, err
 	}
-	work := workDir
-	c := &Cluster{root: root, work: work, bin: filepath.Join(work, "bin"), sshConfig: filepath.Join(work, "ssh_config"), LBBackend: "auto"}
 	if b := os.Getenv("SHOAL_VM_LB_BACKEND"); b != "" {
 		c.LBBackend = b
 	}
@@ -301,6 +309,10 @@ func (c *Cluster) prepare(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	if c.reuse {
+		logf("reusing the cluster an earlier run kept (SHOAL_VM_KEEP)")
+		return nil
+	}
 	return step("namespace "+netnsName+" and libvirtd (deploy/vagrant/vmenv.sh up)", func() error {
 		_, err := c.host(ctx, c.env, "sh", "deploy/vagrant/vmenv.sh", "up")
 		return err
@@ -317,6 +329,11 @@ func (c *Cluster) up(ctx context.Context) error {
 		return fmt.Errorf("vagrant up: %w\n%s", err, tailFile(c.upLog(), 60))
 	}
 	logf("vagrant up: %.1f s", time.Since(t0).Seconds())
+	if c.reuse {
+		if err := c.provision(uctx); err != nil {
+			return err
+		}
+	}
 	out, err := c.Vagrant(ctx, nil, "", "ssh-config")
 	if err != nil {
 		return fmt.Errorf("vagrant ssh-config: %w", err)
@@ -330,6 +347,9 @@ func (c *Cluster) up(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			if c.ns(ctx, "ssh", "-F", c.sshConfig, "-O", "check", n.Name).Run() == nil {
+				return
+			}
 			// The shared connection, in the background (-f), its output
 			// nowhere: commands reuse it.
 			if err := c.ns(ctx, "ssh", "-F", c.sshConfig, "-M", "-N", "-f", n.Name).Run(); err != nil {
@@ -352,6 +372,31 @@ func (c *Cluster) up(ctx context.Context) error {
 }
 
 func (c *Cluster) upLog() string { return filepath.Join(c.work, "vagrant-up.log") }
+
+// provision brings new binaries and settings into running VMs: `vagrant
+// provision` of every VM at once (`vagrant up --provision` of running
+// VMs provisions each twice with vagrant-libvirt 0.11).
+func (c *Cluster) provision(ctx context.Context) error {
+	t0 := time.Now()
+	errs := make([]error, len(c.Nodes))
+	var wg sync.WaitGroup
+	for i, n := range c.Nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			log := filepath.Join(c.work, "vagrant-provision-"+n.Name+".log")
+			if _, err := c.Vagrant(ctx, nil, log, "provision", n.Name); err != nil {
+				errs[i] = fmt.Errorf("%w\n%s", err, tailFile(log, 30))
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	logf("vagrant provision: %.1f s", time.Since(t0).Seconds())
+	return nil
+}
 
 // writeSSHConfig keeps what `vagrant ssh-config` says (taken once: every
 // `vagrant ssh` costs seconds) and adds one shared connection per VM, so a
@@ -427,7 +472,8 @@ func (c *Cluster) Vagrant(ctx context.Context, env []string, log string, args ..
 			return "", err
 		}
 		defer f.Close()
-		cmd.Stdout, cmd.Stderr = f, f
+		w := &stampWriter{w: f, start: time.Now(), lineStart: true}
+		cmd.Stdout, cmd.Stderr = w, w
 	} else {
 		cmd.Stdout, cmd.Stderr = &out, &out
 	}
@@ -778,11 +824,38 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// stampWriter starts every line with the seconds since start, to see in a
+// log where the time went. Vagrant's progress lines (ended by carriage
+// returns) become lines of their own.
+type stampWriter struct {
+	w         io.Writer
+	start     time.Time
+	lineStart bool
+}
+
+func (s *stampWriter) Write(p []byte) (int, error) {
+	var b bytes.Buffer
+	for _, ch := range p {
+		if s.lineStart {
+			fmt.Fprintf(&b, "[%6.1f] ", time.Since(s.start).Seconds())
+			s.lineStart = false
+		}
+		if ch == '\r' {
+			ch = '\n'
+		}
+		b.WriteByte(ch)
+		s.lineStart = ch == '\n'
+	}
+	if _, err := s.w.Write(b.Bytes()); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
 func tailFile(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
 	}
-	// Vagrant draws progress with carriage returns.
-	return tail(strings.ReplaceAll(string(b), "\r", "\n"), n)
+	return tail(string(b), n)
 }

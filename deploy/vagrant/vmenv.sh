@@ -28,22 +28,20 @@ virsh_() { virsh -q -c "$uri" "$@"; }
 
 # alive PIDFILE NAME: the daemon of that pid file still runs.
 alive() {
-	[ -s "$1" ] || return 1
-	pid=$(cat "$1")
-	[ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm")" = "$2" ]
+	pid=$(cat "$1" 2>/dev/null) || return 1
+	[ -n "$pid" ] && [ -r "/proc/$pid/comm" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
 }
 
 # stop PIDFILE NAME: TERM, then KILL after 10 s.
 stop() {
 	if alive "$1" "$2"; then
-		pid=$(cat "$1")
 		kill "$pid" 2>/dev/null || true
 		i=0
 		while alive "$1" "$2" && [ $i -lt 100 ]; do
 			sleep 0.1
 			i=$((i + 1))
 		done
-		alive "$1" "$2" && kill -9 "$pid" 2>/dev/null || true
+		if alive "$1" "$2"; then kill -9 "$pid" 2>/dev/null || true; fi
 	fi
 	rm -f "$1"
 }

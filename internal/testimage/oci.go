@@ -53,8 +53,36 @@ type Image struct {
 	// Config is the runtime configuration: Entrypoint, Cmd, Env,
 	// WorkingDir, ExposedPorts, User, Labels.
 	Config ocispec.ImageConfig
+	// Healthcheck, when set, is written into the config as Docker writes
+	// a HEALTHCHECK (the OCI config has no such field; runtimes that
+	// honour it read Docker's).
+	Healthcheck *Healthcheck
 	// Platform defaults to linux on the architecture of this binary.
 	Platform ocispec.Platform
+}
+
+// Healthcheck is a Dockerfile's HEALTHCHECK as Docker stores it in an
+// image config: Test in Docker's forms (["CMD", exe, args...],
+// ["CMD-SHELL", command], ["NONE"]), durations in nanoseconds, zero for
+// the default.
+type Healthcheck struct {
+	Test        []string      `json:"Test,omitempty"`
+	Interval    time.Duration `json:"Interval,omitempty"`
+	Timeout     time.Duration `json:"Timeout,omitempty"`
+	StartPeriod time.Duration `json:"StartPeriod,omitempty"`
+	Retries     int           `json:"Retries,omitempty"`
+}
+
+// imageConfig is an OCI image config with Docker's Healthcheck beside the
+// OCI fields; the outer config field hides ocispec.Image's.
+type imageConfig struct {
+	ocispec.Image
+	Config runtimeConfig `json:"config,omitempty"`
+}
+
+type runtimeConfig struct {
+	ocispec.ImageConfig
+	Healthcheck *Healthcheck `json:"Healthcheck,omitempty"`
 }
 
 // WriteOCI writes img to w as an OCI image layout tarball (oci-layout,
@@ -81,12 +109,14 @@ func WriteOCI(w io.Writer, img Image) (ocispec.Descriptor, error) {
 	layerDesc := descriptor(ocispec.MediaTypeImageLayer, layer)
 
 	created := epoch
-	config, err := json.Marshal(ocispec.Image{
-		Created:  &created,
-		Platform: platform,
-		Config:   img.Config,
-		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{layerDesc.Digest}},
-		History:  []ocispec.History{{Created: &created, CreatedBy: "shoal testimage"}},
+	config, err := json.Marshal(imageConfig{
+		Image: ocispec.Image{
+			Created:  &created,
+			Platform: platform,
+			RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{layerDesc.Digest}},
+			History:  []ocispec.History{{Created: &created, CreatedBy: "shoal testimage"}},
+		},
+		Config: runtimeConfig{ImageConfig: img.Config, Healthcheck: img.Healthcheck},
 	})
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("encode config of %s: %w", name, err)

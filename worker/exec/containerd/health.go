@@ -1,0 +1,310 @@
+package containerd
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/pkg/cio"
+	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/worker/exec"
+)
+
+// maxProbeOutput is how much of a check's output is kept for the task's
+// status, as Docker keeps: enough for an error message, not a log.
+const maxProbeOutput = 4096
+
+// probeOutputDrain bounds the wait for the rest of an ended check's
+// output: the pipes of a process that exited empty in microseconds.
+const probeOutputDrain = time.Second
+
+// probeShell runs a CMD-SHELL test, as Docker does on Linux.
+var probeShell = []string{"/bin/sh", "-c"}
+
+var _ exec.Prober = (*controller)(nil)
+
+// dockerHealthcheck is the Healthcheck of a Docker image config: durations
+// in nanoseconds, zero meaning unset. OCI image configs have no such field,
+// but builders (docker build, buildah) write it there too.
+type dockerHealthcheck struct {
+	Test        []string      `json:"Test,omitempty"`
+	Interval    time.Duration `json:"Interval,omitempty"`
+	Timeout     time.Duration `json:"Timeout,omitempty"`
+	StartPeriod time.Duration `json:"StartPeriod,omitempty"`
+	Retries     int           `json:"Retries,omitempty"`
+}
+
+// imageHealthcheck reads the HEALTHCHECK of an image's config; nil when it
+// has none.
+func imageHealthcheck(ctx context.Context, img client.Image) (*api.HealthConfig, error) {
+	desc, err := img.Config(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("config of image %s: %w", img.Name(), err)
+	}
+	blob, err := content.ReadBlob(ctx, img.ContentStore(), desc)
+	if err != nil {
+		return nil, fmt.Errorf("read config of image %s: %w", img.Name(), err)
+	}
+	return parseImageHealthcheck(blob)
+}
+
+// parseImageHealthcheck takes the health check out of an image config
+// blob; nil when it has none.
+func parseImageHealthcheck(blob []byte) (*api.HealthConfig, error) {
+	var cfg struct {
+		Config struct {
+			Healthcheck *dockerHealthcheck `json:"Healthcheck"`
+		} `json:"config"`
+	}
+	if err := json.Unmarshal(blob, &cfg); err != nil {
+		return nil, fmt.Errorf("decode image config: %w", err)
+	}
+	h := cfg.Config.Healthcheck
+	if h == nil {
+		return nil, nil
+	}
+	optional := func(d time.Duration) *durationpb.Duration {
+		if d == 0 {
+			return nil
+		}
+		return durationpb.New(d)
+	}
+	return &api.HealthConfig{
+		Test:        h.Test,
+		Interval:    optional(h.Interval),
+		Timeout:     optional(h.Timeout),
+		StartPeriod: optional(h.StartPeriod),
+		Retries:     int32(h.Retries),
+	}, nil
+}
+
+// effectiveHealthcheck is the health check a task runs, as Docker decides
+// it: the spec's fields over the image's (an empty test, an unset
+// duration, retries 0 take the image's), then Docker's defaults. nil when
+// there is no test, or it is NONE.
+func effectiveHealthcheck(spec, image *api.HealthConfig) *api.HealthConfig {
+	hc := &api.HealthConfig{}
+	if image != nil {
+		hc = proto.Clone(image).(*api.HealthConfig)
+	}
+	if spec != nil {
+		if len(spec.GetTest()) > 0 {
+			hc.Test = spec.GetTest()
+		}
+		if spec.GetInterval() != nil {
+			hc.Interval = spec.GetInterval()
+		}
+		if spec.GetTimeout() != nil {
+			hc.Timeout = spec.GetTimeout()
+		}
+		if spec.GetStartPeriod() != nil {
+			hc.StartPeriod = spec.GetStartPeriod()
+		}
+		if spec.GetRetries() != 0 {
+			hc.Retries = spec.GetRetries()
+		}
+	}
+	if len(hc.GetTest()) == 0 || hc.GetTest()[0] == api.HealthTestNone {
+		return nil
+	}
+	if hc.GetInterval().AsDuration() <= 0 {
+		hc.Interval = durationpb.New(api.DefaultHealthInterval)
+	}
+	if hc.GetTimeout().AsDuration() <= 0 {
+		hc.Timeout = durationpb.New(api.DefaultHealthTimeout)
+	}
+	if hc.GetStartPeriod().AsDuration() < 0 || hc.GetStartPeriod() == nil {
+		hc.StartPeriod = durationpb.New(0)
+	}
+	if hc.GetRetries() <= 0 {
+		hc.Retries = api.DefaultHealthRetries
+	}
+	return hc
+}
+
+// probeArgs is the argv of a check's process: CMD runs its words as they
+// are, CMD-SHELL its command through the shell.
+func probeArgs(test []string) ([]string, error) {
+	if len(test) < 2 {
+		return nil, fmt.Errorf("health check test %q has no command", test)
+	}
+	switch test[0] {
+	case api.HealthTestCmd:
+		return test[1:], nil
+	case api.HealthTestShell:
+		return append(append([]string(nil), probeShell...), test[1]), nil
+	}
+	return nil, fmt.Errorf("health check test %q: the first word must be CMD or CMD-SHELL", test)
+}
+
+// Healthcheck is the task's spec's health check merged over the one of
+// the image its container was made from.
+func (c *controller) Healthcheck(ctx context.Context) (*api.HealthConfig, error) {
+	spec := c.task.GetSpec().GetContainer().GetHealthcheck()
+	if test := spec.GetTest(); len(test) > 0 && test[0] == api.HealthTestNone {
+		return nil, nil
+	}
+	ctx = c.e.nsContext(ctx)
+	ctr, err := c.e.client.LoadContainer(ctx, c.id)
+	if err != nil {
+		return nil, fmt.Errorf("health check of task %s: load container: %w", c.id, err)
+	}
+	img, err := ctr.Image(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("health check of task %s: image: %w", c.id, err)
+	}
+	fromImage, err := imageHealthcheck(ctx, img)
+	if err != nil {
+		return nil, fmt.Errorf("health check of task %s: %w", c.id, err)
+	}
+	return effectiveHealthcheck(spec, fromImage), nil
+}
+
+// Probe runs the check as an extra process of the container's task, with
+// the container's process settings (user, environment, working directory,
+// capabilities), and deletes that process whatever happens.
+func (c *controller) Probe(ctx context.Context, hc *api.HealthConfig) error {
+	argv, err := probeArgs(hc.GetTest())
+	if err != nil {
+		return err
+	}
+	ctx = c.e.nsContext(ctx)
+	t, err := c.loadTask(ctx)
+	if err != nil {
+		return fmt.Errorf("health check: %w", err)
+	}
+	ctr, err := c.e.client.LoadContainer(ctx, c.id)
+	if err != nil {
+		return fmt.Errorf("health check: load container: %w", err)
+	}
+	spec, err := ctr.Spec(ctx)
+	if err != nil {
+		return fmt.Errorf("health check: container spec: %w", err)
+	}
+	if spec.Process == nil {
+		return errors.New("health check: the container's spec has no process")
+	}
+	ps := *spec.Process
+	ps.Args = argv
+	ps.Terminal = false
+	ps.ConsoleSize = nil
+
+	out := &probeOutput{}
+	p, err := t.Exec(ctx, probeExecID(), &ps, cio.NewCreator(cio.WithStreams(nil, out, out)))
+	if err != nil {
+		return fmt.Errorf("health check: create process: %w", err)
+	}
+	defer func() {
+		// Also when ctx is done: a check's process must not outlive it.
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		if _, err := p.Delete(dctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
+			c.log.Warn("delete health check process", "err", err)
+		}
+	}()
+	exitCh, err := p.Wait(ctx)
+	if err != nil {
+		return fmt.Errorf("health check: %w", err)
+	}
+	if err := p.Start(ctx); err != nil {
+		return fmt.Errorf("health check: run %q: %w", argv, err)
+	}
+	timeout := hc.GetTimeout().AsDuration()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case st := <-exitCh:
+		code, _, err := st.Result()
+		if err != nil {
+			return fmt.Errorf("health check: wait: %w", err)
+		}
+		c.drainOutput(p)
+		if code != 0 {
+			return fmt.Errorf("health check exited %d: %s", code, out)
+		}
+		return nil
+	case <-timer.C:
+		c.kill(ctx, p, exitCh)
+		return fmt.Errorf("health check timed out after %v", timeout)
+	case <-ctx.Done():
+		c.kill(ctx, p, exitCh)
+		return ctx.Err()
+	}
+}
+
+// drainOutput waits until an ended check's output has been copied, or
+// for probeOutputDrain: a child the check left behind may hold its stdout
+// open. Deleting the process (deferred by Probe) ends the copy, and with
+// it this goroutine.
+func (c *controller) drainOutput(p client.Process) {
+	drained := make(chan struct{})
+	go func() {
+		p.IO().Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(probeOutputDrain):
+	}
+}
+
+// kill ends a check's process and waits, a bounded time, for it to go.
+func (c *controller) kill(ctx context.Context, p client.Process, exitCh <-chan client.ExitStatus) {
+	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if err := p.Kill(kctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
+		c.log.Warn("kill health check process", "err", err)
+		return
+	}
+	select {
+	case <-exitCh:
+	case <-kctx.Done():
+	}
+}
+
+// probeExecID names a check's process; containerd wants exec ids unique
+// within the task.
+func probeExecID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "health-" + hex.EncodeToString(b[:])
+}
+
+// probeOutput keeps the start of a check's stdout and stderr, which are
+// copied in by two goroutines.
+type probeOutput struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (o *probeOutput) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if room := maxProbeOutput - o.buf.Len(); room > 0 {
+		o.buf.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
+
+func (o *probeOutput) String() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	s := strings.TrimSpace(o.buf.String())
+	if s == "" {
+		return "(no output)"
+	}
+	return s
+}

@@ -52,11 +52,11 @@ type runner struct {
 func newRunner(a *Agent, t *api.Task, ctrl exec.Controller) *runner {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &runner{
-		agent:   a,
-		ctrl:    ctrl,
-		logger:  a.logger.With("task", t.GetId(), "service", t.GetServiceName(), "slot", t.GetSlot()),
-		task:    t,
-		status:  t.GetStatus(),
+		agent:     a,
+		ctrl:      ctrl,
+		logger:    a.logger.With("task", t.GetId(), "service", t.GetServiceName(), "slot", t.GetSlot()),
+		task:      t,
+		status:    t.GetStatus(),
 		changed:   make(chan struct{}, 1),
 		unhealthy: make(chan error, 1),
 		ctx:       ctx,

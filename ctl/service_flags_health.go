@@ -3,6 +3,7 @@ package ctl
 import (
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -129,4 +130,28 @@ func (f *healthFlags) apply(spec *api.ServiceSpec) error {
 		c.Healthcheck = nil
 	}
 	return nil
+}
+
+// prettyHealthcheck is the health check part of `service inspect
+// --pretty`: what the spec says, the rest being the image's or the
+// defaults.
+func prettyHealthcheck(hc *api.HealthConfig, section func(string), line func(int, string, any), optional func(int, string, string)) {
+	if hc == nil {
+		return
+	}
+	section("Healthcheck")
+	switch test := hc.GetTest(); {
+	case len(test) == 0:
+		line(1, "Test", "the image's")
+	case test[0] == api.HealthTestNone:
+		line(1, "Test", "NONE (the image's is disabled)")
+	default:
+		line(1, "Test", strings.Join(test, " "))
+	}
+	optional(1, "Interval", durationText(hc.GetInterval()))
+	optional(1, "Timeout", durationText(hc.GetTimeout()))
+	optional(1, "Start period", durationText(hc.GetStartPeriod()))
+	if hc.GetRetries() > 0 {
+		line(1, "Retries", hc.GetRetries())
+	}
 }

@@ -222,3 +222,24 @@ func TestAssessWaitsForHealth(t *testing.T) {
 		t.Errorf("unhealthy task: failed %v, converged %v; want slot 2 failed", c.failed, c.converged)
 	}
 }
+
+// TestInspectShowsHealthcheck: `service inspect --pretty` shows what the
+// spec says of the health check.
+func TestInspectShowsHealthcheck(t *testing.T) {
+	f := newFixture()
+	for _, svc := range f.services {
+		switch svc.GetSpec().GetName() {
+		case "web":
+			svc.Spec.Task.Container.Healthcheck = &api.HealthConfig{
+				Test: []string{"CMD-SHELL", "curl -f http://localhost/"}, Interval: durationpb.New(5 * time.Second), Retries: 2,
+			}
+		case "api":
+			svc.Spec.Task.Container.Healthcheck = &api.HealthConfig{Test: []string{"NONE"}}
+		}
+	}
+	out, err := runCLI(t, f, "service", "inspect", "--pretty", "web", "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden.Check(t, "service_inspect_pretty_health", out)
+}

@@ -16,9 +16,10 @@
 //	ECHO_UNHEALTHY_AFTER --unhealthy-after  GET /healthz fails from this long after the start on
 //
 // Port 0 picks a free port; the start line on stdout reports the real ones.
-// POST /healthz/fail makes GET /healthz fail from then on (the answer names
-// the task, so a test that sends it through a load balancer learns which
-// task it made sick), POST /healthz/ok undoes that.
+// POST /healthz/fail makes GET /healthz fail from then on, POST /healthz/ok
+// makes it pass from then on, whatever the times say (each answer names the
+// task, so a test that sends it through a load balancer learns which task
+// it changed).
 //
 // Run with a command instead, echo is a client, so tests can run it inside a
 // task's namespaces (nsenter) and see the network and /etc/resolv.conf the
@@ -30,7 +31,7 @@
 //	echo udp HOST:PORT MESSAGE   sends MESSAGE in one datagram, prints the reply
 //	echo health                  GET /healthz of the echo server of this container
 //	                             (ECHO_ADDR or 127.0.0.1, ECHO_HTTP_PORT or 80): a health check
-//	echo set-health ok|fail      POST /healthz/ok or /healthz/fail to that server
+//	echo set-health ok|fail      POST /healthz/ok or /healthz/fail to that server: pass or fail from now on
 //	echo sleep DURATION          sleeps, a health check that hangs
 //
 // Run as sh (the image links /bin/sh to it), echo is a minimal shell for
@@ -297,20 +298,29 @@ func (r report) text() string {
 	return b.String()
 }
 
-// health is what GET /healthz says: failing before healthyAfter, from
-// unhealthyAfter on, and while POST /healthz/fail holds.
+// health is what GET /healthz says: as the last POST /healthz/ok or
+// /healthz/fail said, else failing before healthyAfter and from
+// unhealthyAfter on.
 type health struct {
 	start          time.Time
 	healthyAfter   time.Duration
 	unhealthyAfter time.Duration // < 0: never
-	failed         atomic.Bool
+	// told is the last POST: 0 none, told{OK,Fail}.
+	told atomic.Int32
 }
+
+const (
+	toldOK   = 1
+	toldFail = 2
+)
 
 // problem is why the server is unhealthy; "" when it is healthy.
 func (h *health) problem() string {
 	up := time.Since(h.start)
-	switch {
-	case h.failed.Load():
+	switch told := h.told.Load(); {
+	case told == toldOK:
+		return ""
+	case told == toldFail:
 		return "failing as asked (POST /healthz/fail)"
 	case up < h.healthyAfter:
 		return fmt.Sprintf("starting: healthy after %s", h.healthyAfter)
@@ -331,15 +341,15 @@ func newHandler(hostname string, h *health) http.Handler {
 		}
 		io.WriteString(w, "ok")
 	})
-	setHealth := func(failed bool) http.HandlerFunc {
+	setHealth := func(told int32) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			h.failed.Store(failed)
+			h.told.Store(told)
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			io.WriteString(w, newReport(hostname, r.RemoteAddr).text())
 		}
 	}
-	mux.HandleFunc("POST /healthz/fail", setHealth(true))
-	mux.HandleFunc("POST /healthz/ok", setHealth(false))
+	mux.HandleFunc("POST /healthz/fail", setHealth(toldFail))
+	mux.HandleFunc("POST /healthz/ok", setHealth(toldOK))
 	mux.HandleFunc("GET /json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(newReport(hostname, r.RemoteAddr))

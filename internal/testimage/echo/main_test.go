@@ -556,6 +556,14 @@ func TestClientHealth(t *testing.T) {
 		useServer(t, startServer(t, nil, "--unhealthy-after", "0s"))
 		check(t, 1, "unhealthy since 0s after the start")
 	})
+	t.Run("told to pass before its time", func(t *testing.T) {
+		useServer(t, startServer(t, []string{"ECHO_HEALTHY_AFTER=1h"}))
+		check(t, 1, "starting: healthy after 1h0m0s")
+		if code, _, stderr := client(t, nil, "set-health", "ok"); code != 0 {
+			t.Fatalf("set-health ok: exit %d, stderr %q", code, stderr)
+		}
+		check(t, 0, "ok")
+	})
 	t.Run("no server", func(t *testing.T) {
 		t.Setenv("ECHO_ADDR", "127.0.0.1")
 		_, port, _ := net.SplitHostPort(closedPort(t, "tcp"))

@@ -87,7 +87,7 @@ func TestHealthGatesTraffic(t *testing.T) {
 		t.Fatalf("slot 1 still has the sick task %s", sick.GetId())
 	}
 	c.servedBy(t, client, urls, tasks[2])
-	if ps := c.ps(t, m, "hc"); !strings.Contains(ps, "unhealthy container: health check exited 1: failing as asked") {
+	if ps := c.ps(t, m, "hc"); !strings.Contains(ps, "unhealthy container: health check exited 1: ") || !strings.Contains(ps, "failing as asked (POST /healthz/fail)") {
 		t.Errorf("service ps does not say why the task failed:\n%s", ps)
 	}
 

@@ -454,6 +454,8 @@ var clientCommands = map[string]clientCommand{
 	"resolve": {usage: "resolve NAME", nargs: 1, run: func(a []string, w io.Writer, r *net.Resolver) error { return resolve(r, a[0], w) }},
 	"udp":     {usage: "udp HOST:PORT MESSAGE", nargs: 2, run: func(a []string, w io.Writer, _ *net.Resolver) error { return udpSend(a[0], a[1], w) }},
 	"health": {usage: "health", run: func(_ []string, w io.Writer, _ *net.Resolver) error {
+		// The answer on a line of its own, apart from an error on stderr.
+		defer io.WriteString(w, "\n")
 		return httpGet(ownURL(os.Getenv, "/healthz"), w)
 	}},
 	"set-health": {usage: "set-health ok|fail", nargs: 1, run: func(a []string, w io.Writer, _ *net.Resolver) error { return setHealth(a[0], w) }},

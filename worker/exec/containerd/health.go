@@ -299,12 +299,19 @@ func (o *probeOutput) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// String is the output on one line, its lines joined with "; ": it ends up
+// in the task's error, which tables show on one line.
 func (o *probeOutput) String() string {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	s := strings.TrimSpace(o.buf.String())
-	if s == "" {
+	var lines []string
+	for l := range strings.Lines(o.buf.String()) {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
 		return "(no output)"
 	}
-	return s
+	return strings.Join(lines, "; ")
 }

@@ -289,3 +289,26 @@ func TestProbeWithoutProcess(t *testing.T) {
 		t.Fatal("a check of an ended container passed")
 	}
 }
+
+func TestProbeOutput(t *testing.T) {
+	for _, tc := range []struct {
+		writes []string
+		want   string
+	}{
+		{nil, "(no output)"},
+		{[]string{" \n"}, "(no output)"},
+		{[]string{"starting\n", "echo: GET /healthz: 503\n"}, "starting; echo: GET /healthz: 503"},
+		{[]string{"no newline", "\n\n  indented  \n"}, "no newline; indented"},
+		{[]string{strings.Repeat("x", maxProbeOutput), "cut"}, strings.Repeat("x", maxProbeOutput)},
+	} {
+		var o probeOutput
+		for _, w := range tc.writes {
+			if n, err := o.Write([]byte(w)); n != len(w) || err != nil {
+				t.Fatalf("Write = %d, %v; a full buffer must not fail the check's process", n, err)
+			}
+		}
+		if got := o.String(); got != tc.want {
+			t.Errorf("writes %q: %q, want %q", tc.writes, got, tc.want)
+		}
+	}
+}

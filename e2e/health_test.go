@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
+	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/lab"
 )
 
@@ -20,7 +23,9 @@ const healthRequests = 40
 // health with --health-cmd. A task gets requests only once its check has
 // passed, through every node; when its check starts failing it leaves every
 // load balancer, fails with the reason in `service ps`, and its slot gets a
-// new task, which again serves only once healthy.
+// new task, which again serves only once healthy. Then an image with a
+// HEALTHCHECK, loaded with `shoalctl image load`: its check applies without
+// a flag, and `service create` waits for it.
 //
 // The echo tasks are told when to pass or fail (echo set-health, run inside
 // a task's container), so nothing here races a clock: a task's check fails
@@ -97,7 +102,32 @@ func TestHealthGatesTraffic(t *testing.T) {
 	c.servedBy(t, client, urls, tasks[1], tasks[2])
 
 	c.ctl(t, m, "service", "rm", "hc")
+
+	// An image's HEALTHCHECK applies without a flag, and `service create`
+	// returns only once the task has passed it.
+	tarball := filepath.Join(t.TempDir(), "echo-health.tar")
+	if err := testimage.BuildEcho(t.Context(), tarball, echoHealthRef, testimage.WithHealthcheck(testimage.Healthcheck{
+		Test: []string{"CMD", "/echo", "health"}, Interval: 300 * time.Millisecond, Retries: 2, StartPeriod: time.Minute,
+	})); err != nil {
+		t.Fatalf("build the echo image with a HEALTHCHECK: %v", err)
+	}
+	c.ctl(t, m, "image", "load", tarball)
+	out := c.ctl(t, m, "service", "create", "--name", "img", "--replicas", "1", "--publish", "8081:80",
+		"--env", "ECHO_HEALTHY_AFTER=3s", echoHealthRef)
+	if !strings.Contains(out, "health: starting") || !strings.Contains(out, "service img converged") {
+		t.Errorf("service create did not wait for the image's health check:\n%s", out)
+	}
+	img := c.healthWait(t, m, "img", map[uint64]api.TaskHealth{1: hHealthy})
+	var imgURLs []string
+	for _, url := range urls {
+		imgURLs = append(imgURLs, strings.Replace(url, ":8080", ":8081", 1))
+	}
+	c.servedBy(t, client, imgURLs, img[1])
+	c.ctl(t, m, "service", "rm", "img")
 }
+
+// echoHealthRef names the echo image with a HEALTHCHECK.
+const echoHealthRef = "shoal.test/echo-health:latest"
 
 const (
 	hStarting = api.TaskHealth_TASK_HEALTH_STARTING

@@ -1,6 +1,8 @@
 // Package worker is the node agent: it keeps a session with the leader's
 // dispatcher, receives its task assignments, drives each task's container
-// through an exec.Executor, and reports every state change back. It owns
+// through an exec.Executor, checks the health of those that have a health
+// check (when the executor can run one, exec.Prober), and reports every
+// state and health change back. It owns
 // the node's containers (found by label, adopted after a restart, removed
 // when no longer assigned), imports the image tarballs the managers
 // distribute, and owns nothing in the managers' state.

@@ -207,14 +207,8 @@ func (c *controller) Probe(ctx context.Context, hc *api.HealthConfig) error {
 	if err != nil {
 		return fmt.Errorf("health check: create process: %w", err)
 	}
-	defer func() {
-		// Also when ctx is done: a check's process must not outlive it.
-		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-		defer cancel()
-		if _, err := p.Delete(dctx, client.WithProcessKill); err != nil && !errdefs.IsNotFound(err) {
-			c.log.Warn("delete health check process", "err", err)
-		}
-	}()
+	// Also when ctx is done: a check's process must not outlive it.
+	defer c.deleteProbe(ctx, p)
 	exitCh, err := p.Wait(ctx)
 	if err != nil {
 		return fmt.Errorf("health check: %w", err)
@@ -237,11 +231,24 @@ func (c *controller) Probe(ctx context.Context, hc *api.HealthConfig) error {
 		}
 		return nil
 	case <-timer.C:
-		c.kill(ctx, p, exitCh)
 		return fmt.Errorf("health check timed out after %v", timeout)
 	case <-ctx.Done():
-		c.kill(ctx, p, exitCh)
 		return ctx.Err()
+	}
+}
+
+// deleteProbe deletes a check's process, killing it first if it still
+// runs (it timed out, or the caller gave up), even when ctx is done.
+func (c *controller) deleteProbe(ctx context.Context, p client.Process) {
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	_, err := p.Delete(dctx)
+	if errdefs.IsFailedPrecondition(err) {
+		c.kill(dctx, p)
+		_, err = p.Delete(dctx)
+	}
+	if err != nil && !errdefs.IsNotFound(err) {
+		c.log.Warn("delete health check process", "err", err)
 	}
 }
 
@@ -261,17 +268,22 @@ func (c *controller) drainOutput(p client.Process) {
 	}
 }
 
-// kill ends a check's process and waits, a bounded time, for it to go.
-func (c *controller) kill(ctx context.Context, p client.Process, exitCh <-chan client.ExitStatus) {
-	kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	if err := p.Kill(kctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
+// kill ends a check's process and waits until it has, or ctx ends. Its
+// own wait, registered before the signal: the check's wait may have ended
+// with the check's context.
+func (c *controller) kill(ctx context.Context, p client.Process) {
+	exitCh, err := p.Wait(ctx)
+	if err != nil {
+		c.log.Warn("kill health check process: wait", "err", err)
+		return
+	}
+	if err := p.Kill(ctx, syscall.SIGKILL); err != nil && !errdefs.IsNotFound(err) {
 		c.log.Warn("kill health check process", "err", err)
 		return
 	}
 	select {
 	case <-exitCh:
-	case <-kctx.Done():
+	case <-ctx.Done():
 	}
 }
 

@@ -175,13 +175,21 @@ func (c *controller) Healthcheck(ctx context.Context) (*api.HealthConfig, error)
 
 // Probe runs the check as an extra process of the container's task, with
 // the container's process settings (user, environment, working directory,
-// capabilities), and deletes that process whatever happens.
+// capabilities), and deletes that process whatever happens. A ctx that
+// ends cuts the check short and is what Probe then returns.
 func (c *controller) Probe(ctx context.Context, hc *api.HealthConfig) error {
+	err := c.probe(c.e.nsContext(ctx), hc)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+func (c *controller) probe(ctx context.Context, hc *api.HealthConfig) error {
 	argv, err := probeArgs(hc.GetTest())
 	if err != nil {
 		return err
 	}
-	ctx = c.e.nsContext(ctx)
 	t, err := c.loadTask(ctx)
 	if err != nil {
 		return fmt.Errorf("health check: %w", err)
@@ -202,18 +210,24 @@ func (c *controller) Probe(ctx context.Context, hc *api.HealthConfig) error {
 	ps.Terminal = false
 	ps.ConsoleSize = nil
 
+	// The process is made and started, and waited for, under a context
+	// of its own: a start cut short by ctx could leave a process the shim
+	// starts after it was deleted. ctx only ends the wait for its exit.
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	sctx, cancelStart := context.WithTimeout(pctx, cleanupTimeout)
+	defer cancelStart()
 	out := &probeOutput{}
-	p, err := t.Exec(ctx, probeExecID(), &ps, cio.NewCreator(cio.WithStreams(nil, out, out)))
+	p, err := t.Exec(sctx, probeExecID(), &ps, cio.NewCreator(cio.WithStreams(nil, out, out)))
 	if err != nil {
 		return fmt.Errorf("health check: create process: %w", err)
 	}
-	// Also when ctx is done: a check's process must not outlive it.
 	defer c.deleteProbe(ctx, p)
-	exitCh, err := p.Wait(ctx)
+	exitCh, err := p.Wait(pctx)
 	if err != nil {
 		return fmt.Errorf("health check: %w", err)
 	}
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(sctx); err != nil {
 		return fmt.Errorf("health check: run %q: %w", argv, err)
 	}
 	timeout := hc.GetTimeout().AsDuration()

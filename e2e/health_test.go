@@ -9,6 +9,7 @@ import (
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/image"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/lab"
@@ -106,7 +107,7 @@ func TestHealthGatesTraffic(t *testing.T) {
 	// An image's HEALTHCHECK applies without a flag, and `service create`
 	// returns only once the task has passed it.
 	tarball := filepath.Join(t.TempDir(), "echo-health.tar")
-	if err := testimage.BuildEcho(t.Context(), tarball, echoHealthRef, testimage.WithHealthcheck(testimage.Healthcheck{
+	if err := testimage.BuildEcho(t.Context(), tarball, echoHealthRef, testimage.WithHealthcheck(image.Healthcheck{
 		Test: []string{"CMD", "/echo", "health"}, Interval: 300 * time.Millisecond, Retries: 2, StartPeriod: time.Minute,
 	})); err != nil {
 		t.Fatalf("build the echo image with a HEALTHCHECK: %v", err)

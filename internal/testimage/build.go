@@ -31,7 +31,7 @@ type EchoOption func(*Image)
 
 // WithHealthcheck gives the echo image a HEALTHCHECK, as a Dockerfile's
 // would (for example Test ["CMD", "/echo", "health"]).
-func WithHealthcheck(hc Healthcheck) EchoOption {
+func WithHealthcheck(hc image.Healthcheck) EchoOption {
 	return func(img *Image) { img.Healthcheck = &hc }
 }
 

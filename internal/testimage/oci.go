@@ -19,6 +19,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/shoal-project/shoal/image"
 )
 
 // AnnotationImageName is the index annotation containerd's importer reads
@@ -56,21 +58,9 @@ type Image struct {
 	// Healthcheck, when set, is written into the config as Docker writes
 	// a HEALTHCHECK (the OCI config has no such field; runtimes that
 	// honour it read Docker's).
-	Healthcheck *Healthcheck
+	Healthcheck *image.Healthcheck
 	// Platform defaults to linux on the architecture of this binary.
 	Platform ocispec.Platform
-}
-
-// Healthcheck is a Dockerfile's HEALTHCHECK as Docker stores it in an
-// image config: Test in Docker's forms (["CMD", exe, args...],
-// ["CMD-SHELL", command], ["NONE"]), durations in nanoseconds, zero for
-// the default.
-type Healthcheck struct {
-	Test        []string      `json:"Test,omitempty"`
-	Interval    time.Duration `json:"Interval,omitempty"`
-	Timeout     time.Duration `json:"Timeout,omitempty"`
-	StartPeriod time.Duration `json:"StartPeriod,omitempty"`
-	Retries     int           `json:"Retries,omitempty"`
 }
 
 // imageConfig is an OCI image config with Docker's Healthcheck beside the
@@ -82,7 +72,7 @@ type imageConfig struct {
 
 type runtimeConfig struct {
 	ocispec.ImageConfig
-	Healthcheck *Healthcheck `json:"Healthcheck,omitempty"`
+	Healthcheck *image.Healthcheck `json:"Healthcheck,omitempty"`
 }
 
 // WriteOCI writes img to w as an OCI image layout tarball (oci-layout,

@@ -15,6 +15,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/shoal-project/shoal/image"
 )
 
 // readTar returns the regular files of a tarball by name, and the names of
@@ -306,7 +308,7 @@ func TestWriteOCIHealthcheck(t *testing.T) {
 	if hc, ok := configOf(img)["Healthcheck"]; ok {
 		t.Errorf("image without a healthcheck has one in its config: %s", hc)
 	}
-	img.Healthcheck = &Healthcheck{Test: []string{"CMD", "/echo", "health"}, Interval: 2 * time.Second, Retries: 4}
+	img.Healthcheck = &image.Healthcheck{Test: []string{"CMD", "/echo", "health"}, Interval: 2 * time.Second, Retries: 4}
 	cfg := configOf(img)
 	want := `{"Test":["CMD","/echo","health"],"Interval":2000000000,"Retries":4}`
 	if got := string(cfg["Healthcheck"]); got != want {

@@ -476,20 +476,29 @@ func runClient(cmd clientCommand, args []string, stdout, stderr io.Writer, r *ne
 	return 0
 }
 
-// httpGet prints the body of url. The body is printed even for an error
-// status, since it usually says what went wrong.
+// httpGet prints the body of url.
 func httpGet(url string, w io.Writer) error {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	return fetch(req, w)
+}
+
+// fetch sends req and prints the body of the answer, even for an error
+// status, since it usually says what went wrong.
+func fetch(req *http.Request, w io.Writer) error {
 	client := &http.Client{Timeout: getTimeout}
-	resp, err := client.Get(url)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if _, err := io.Copy(w, resp.Body); err != nil {
-		return fmt.Errorf("read body of %s: %w", url, err)
+		return fmt.Errorf("read body of %s: %w", req.URL, err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return fmt.Errorf("%s %s: %s", req.Method, req.URL, resp.Status)
 	}
 	return nil
 }
@@ -547,26 +556,17 @@ func ownURL(getenv func(string) string, path string) string {
 	return "http://" + net.JoinHostPort(host, port) + path
 }
 
-// setHealth tells this container's echo server to fail its health check
-// or to pass it again, and prints its answer (which names the task).
+// setHealth tells this container's echo server to pass or fail its
+// health check from now on, and prints its answer (which names the task).
 func setHealth(to string, w io.Writer) error {
 	if to != "ok" && to != "fail" {
 		return fmt.Errorf("set-health %q: want ok or fail", to)
 	}
-	url := ownURL(os.Getenv, "/healthz/"+to)
-	client := &http.Client{Timeout: getTimeout}
-	resp, err := client.Post(url, "text/plain", nil)
+	req, err := http.NewRequest(http.MethodPost, ownURL(os.Getenv, "/healthz/"+to), nil)
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(w, resp.Body); err != nil {
-		return fmt.Errorf("read body of %s: %w", url, err)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("POST %s: %s", url, resp.Status)
-	}
-	return nil
+	return fetch(req, w)
 }
 
 func sleep(d string) error {

@@ -614,19 +614,9 @@ func TestShell(t *testing.T) {
 		{"/nonexistent/check", 127, ""},
 		{"", 0, ""},
 	} {
-		cmd := exec.Command(sh, "-c", tc.command)
-		cmd.Env = append(os.Environ(), asServerEnv+"=1")
-		var stdout strings.Builder
-		cmd.Stdout = &stdout
-		err := cmd.Run()
-		code := 0
-		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatalf("sh -c %q: %v", tc.command, err)
-		}
-		if code != tc.code || stdout.String() != tc.stdout {
-			t.Errorf("sh -c %q: exit %d, stdout %q; want exit %d, stdout %q", tc.command, code, stdout.String(), tc.code, tc.stdout)
+		code, stdout := runEcho(t, sh, "-c", tc.command)
+		if code != tc.code || stdout != tc.stdout {
+			t.Errorf("sh -c %q: exit %d, stdout %q; want exit %d, stdout %q", tc.command, code, stdout, tc.code, tc.stdout)
 		}
 	}
 }
@@ -653,19 +643,26 @@ func TestClientCommandLine(t *testing.T) {
 		{[]string{"resolve", "not a name"}, 1, ""},
 		{[]string{"udp", s.udp}, 2, ""},
 	} {
-		cmd := exec.Command(os.Args[0], tc.args...)
-		cmd.Env = append(os.Environ(), asServerEnv+"=1")
-		var stdout strings.Builder
-		cmd.Stdout = &stdout
-		err := cmd.Run()
-		code := 0
-		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatalf("%q: %v", tc.args, err)
-		}
-		if code != tc.code || stdout.String() != tc.stdout {
-			t.Errorf("%q: exit %d, stdout %q; want exit %d, stdout %q", tc.args, code, stdout.String(), tc.code, tc.stdout)
+		code, stdout := runEcho(t, os.Args[0], tc.args...)
+		if code != tc.code || stdout != tc.stdout {
+			t.Errorf("%q: exit %d, stdout %q; want exit %d, stdout %q", tc.args, code, stdout, tc.code, tc.stdout)
 		}
 	}
+}
+
+// runEcho runs the test binary as the echo command (through path, which
+// may be a link to it) and returns its exit status and stdout.
+func runEcho(t *testing.T, path string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(path, args...)
+	cmd.Env = append(os.Environ(), asServerEnv+"=1")
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	err := cmd.Run()
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		return ee.ExitCode(), stdout.String()
+	} else if err != nil {
+		t.Fatalf("%s %q: %v", path, args, err)
+	}
+	return 0, stdout.String()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/image"
 	"github.com/shoal-project/shoal/worker/exec"
 )
 
@@ -35,17 +35,6 @@ const probeOutputDrain = time.Second
 var probeShell = []string{"/bin/sh", "-c"}
 
 var _ exec.Prober = (*controller)(nil)
-
-// dockerHealthcheck is the Healthcheck of a Docker image config: durations
-// in nanoseconds, zero meaning unset. OCI image configs have no such field,
-// but builders (docker build, buildah) write it there too.
-type dockerHealthcheck struct {
-	Test        []string      `json:"Test,omitempty"`
-	Interval    time.Duration `json:"Interval,omitempty"`
-	Timeout     time.Duration `json:"Timeout,omitempty"`
-	StartPeriod time.Duration `json:"StartPeriod,omitempty"`
-	Retries     int           `json:"Retries,omitempty"`
-}
 
 // imageHealthcheck reads the HEALTHCHECK of an image's config; nil when it
 // has none.
@@ -64,17 +53,9 @@ func imageHealthcheck(ctx context.Context, img client.Image) (*api.HealthConfig,
 // parseImageHealthcheck takes the health check out of an image config
 // blob; nil when it has none.
 func parseImageHealthcheck(blob []byte) (*api.HealthConfig, error) {
-	var cfg struct {
-		Config struct {
-			Healthcheck *dockerHealthcheck `json:"Healthcheck"`
-		} `json:"config"`
-	}
-	if err := json.Unmarshal(blob, &cfg); err != nil {
-		return nil, fmt.Errorf("decode image config: %w", err)
-	}
-	h := cfg.Config.Healthcheck
-	if h == nil {
-		return nil, nil
+	h, err := image.ConfigHealthcheck(blob)
+	if err != nil || h == nil {
+		return nil, err
 	}
 	optional := func(d time.Duration) *durationpb.Duration {
 		if d == 0 {

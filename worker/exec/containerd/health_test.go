@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/image"
 	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/worker/exec"
 )
@@ -62,6 +63,8 @@ func TestEffectiveHealthcheck(t *testing.T) {
 	}
 }
 
+// TestParseImageHealthcheck turns an image's HEALTHCHECK into a spec's
+// health check: zero durations are unset, as in Docker.
 func TestParseImageHealthcheck(t *testing.T) {
 	d := durationpb.New
 	tests := []struct {
@@ -70,12 +73,10 @@ func TestParseImageHealthcheck(t *testing.T) {
 		wantErr      bool
 	}{
 		{"none", `{"config":{"Entrypoint":["/echo"]}}`, nil, false},
-		{"no config", `{"architecture":"amd64"}`, nil, false},
 		{"docker's", `{"config":{"Healthcheck":{"Test":["CMD-SHELL","curl -f http://localhost/"],"Interval":5000000000,"Timeout":3000000000,"StartPeriod":10000000000,"Retries":2}}}`,
 			&api.HealthConfig{Test: []string{"CMD-SHELL", "curl -f http://localhost/"}, Interval: d(5 * time.Second), Timeout: d(3 * time.Second), StartPeriod: d(10 * time.Second), Retries: 2}, false},
 		{"zero durations are unset", `{"config":{"Healthcheck":{"Test":["CMD","/check"],"Interval":0}}}`,
 			&api.HealthConfig{Test: []string{"CMD", "/check"}}, false},
-		{"HEALTHCHECK NONE", `{"config":{"Healthcheck":{"Test":["NONE"]}}}`, &api.HealthConfig{Test: []string{"NONE"}}, false},
 		{"broken", `{"config":`, nil, true},
 	}
 	for _, tc := range tests {
@@ -129,9 +130,18 @@ func check(test ...string) *api.HealthConfig {
 	return &api.HealthConfig{Test: test, Interval: durationpb.New(time.Second), Timeout: durationpb.New(10 * time.Second), Retries: 1}
 }
 
-// execPids lists the processes of the task's container other than its
-// main process: the health checks still running.
-func (f *fixture) execPids(t *testing.T, ctx context.Context, ctl exec.Controller) []uint32 {
+// runningEcho is an echo task whose container runs, in a fresh fixture.
+func runningEcho(t *testing.T, env ...string) (*fixture, context.Context, exec.Controller) {
+	f := newFixture(t)
+	ctx := testContext(t)
+	ctl := f.controller(t, f.e, f.echoTask(env...))
+	prepareAndStart(t, ctx, ctl)
+	return f, ctx, ctl
+}
+
+// noChecksLeft fails the test if the task's container runs any process
+// besides its main one: a health check left behind.
+func (f *fixture) noChecksLeft(t *testing.T, ctx context.Context, ctl exec.Controller) {
 	t.Helper()
 	task, err := ctl.(*controller).loadTask(f.e.nsContext(ctx))
 	if err != nil {
@@ -141,19 +151,17 @@ func (f *fixture) execPids(t *testing.T, ctx context.Context, ctl exec.Controlle
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []uint32
 	for _, p := range procs {
 		if p.Pid != task.Pid() {
-			out = append(out, p.Pid)
+			t.Errorf("health check process %d left in the container", p.Pid)
 		}
 	}
-	return out
 }
 
 // TestHealthcheckFromImage reads the image's HEALTHCHECK from containerd
 // and merges the task's health check over it.
 func TestHealthcheckFromImage(t *testing.T) {
-	f := newFixture(t, testimage.WithHealthcheck(testimage.Healthcheck{
+	f := newFixture(t, testimage.WithHealthcheck(image.Healthcheck{
 		Test: []string{"CMD", "/echo", "health"}, Interval: 2 * time.Second, Retries: 4,
 	}))
 	ctx := testContext(t)
@@ -195,10 +203,7 @@ func TestHealthcheckFromImage(t *testing.T) {
 // Docker's forms, failing with the check's own output, and passing once
 // the server inside says it is healthy.
 func TestProbeRunsInContainer(t *testing.T) {
-	f := newFixture(t)
-	ctx := testContext(t)
-	ctl := f.controller(t, f.e, f.echoTask("ECHO_HEALTHY_AFTER=1s"))
-	prepareAndStart(t, ctx, ctl)
+	f, ctx, ctl := runningEcho(t, "ECHO_HEALTHY_AFTER=1s")
 	p := prober(t, ctl)
 	waitOutput(t, ctx, ctl, "echo listening")
 
@@ -229,18 +234,13 @@ func TestProbeRunsInContainer(t *testing.T) {
 	} else {
 		t.Logf("missing program: %v", err)
 	}
-	if pids := f.execPids(t, ctx, ctl); len(pids) > 0 {
-		t.Errorf("health check processes left in the container: %v", pids)
-	}
+	f.noChecksLeft(t, ctx, ctl)
 }
 
 // TestProbeTimesOut kills a check that hangs once its timeout passes, and
 // leaves no process behind.
 func TestProbeTimesOut(t *testing.T) {
-	f := newFixture(t)
-	ctx := testContext(t)
-	ctl := f.controller(t, f.e, f.echoTask())
-	prepareAndStart(t, ctx, ctl)
+	f, ctx, ctl := runningEcho(t)
 	hc := check("CMD", "/echo", "sleep", "1h")
 	hc.Timeout = durationpb.New(500 * time.Millisecond)
 	start := time.Now()
@@ -252,9 +252,7 @@ func TestProbeTimesOut(t *testing.T) {
 	if took := time.Since(start); took > 20*time.Second {
 		t.Errorf("a check with a 500ms timeout took %v", took)
 	}
-	if pids := f.execPids(t, ctx, ctl); len(pids) > 0 {
-		t.Errorf("the timed-out check's process is left in the container: %v", pids)
-	}
+	f.noChecksLeft(t, ctx, ctl)
 	// The container is unharmed.
 	if err := prober(t, ctl).Probe(ctx, check("CMD", "/echo", "health")); err != nil {
 		t.Errorf("check after the timeout: %v", err)
@@ -263,27 +261,19 @@ func TestProbeTimesOut(t *testing.T) {
 
 // TestProbeCancelled returns when the caller gives up, killing the check.
 func TestProbeCancelled(t *testing.T) {
-	f := newFixture(t)
-	ctx := testContext(t)
-	ctl := f.controller(t, f.e, f.echoTask())
-	prepareAndStart(t, ctx, ctl)
+	f, ctx, ctl := runningEcho(t)
 	pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
 	if err := prober(t, ctl).Probe(pctx, check("CMD", "/echo", "sleep", "1h")); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("cancelled check: %v; want the context's error", err)
 	}
-	if pids := f.execPids(t, ctx, ctl); len(pids) > 0 {
-		t.Errorf("the cancelled check's process is left in the container: %v", pids)
-	}
+	f.noChecksLeft(t, ctx, ctl)
 }
 
 // TestProbeWithoutProcess fails, rather than hangs, once the container's
 // process is gone.
 func TestProbeWithoutProcess(t *testing.T) {
-	f := newFixture(t)
-	ctx := testContext(t)
-	ctl := f.controller(t, f.e, f.echoTask("ECHO_CRASH_AFTER=0s"))
-	prepareAndStart(t, ctx, ctl)
+	_, ctx, ctl := runningEcho(t, "ECHO_CRASH_AFTER=0s")
 	exitCode(t, ctl.Wait(ctx))
 	if err := prober(t, ctl).Probe(ctx, check("CMD", "/echo", "health")); err == nil {
 		t.Fatal("a check of an ended container passed")

@@ -1159,7 +1159,7 @@ type HealthConfig struct {
 	// counts as a failure. Default 30s.
 	Timeout *durationpb.Duration `protobuf:"bytes,3,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// retries is how many failures in a row make the task unhealthy; 0
-	// means the default, 3.
+	// leaves it to the image, else the default, 3.
 	Retries int32 `protobuf:"varint,4,opt,name=retries,proto3" json:"retries,omitempty"`
 	// start_period is the time the container has to start: failures within
 	// it do not count (the task stays starting), while a pass ends it.

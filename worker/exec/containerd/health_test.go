@@ -302,3 +302,36 @@ func TestProbeOutput(t *testing.T) {
 		}
 	}
 }
+
+// FuzzImageHealthcheck feeds image configs, which come from registries
+// and tarballs, through what the node makes of their HEALTHCHECK: it may
+// refuse them, never panic, and what it accepts is a check with every
+// timing set and a test the node can run or refuse.
+func FuzzImageHealthcheck(f *testing.F) {
+	for _, s := range []string{
+		`{"config":{"Healthcheck":{"Test":["CMD","/check"],"Interval":-5,"Retries":-2}}}`,
+		`{"config":{"Healthcheck":{"Test":["CMD-SHELL"]}}}`,
+		`{"config":{"Healthcheck":{"Test":["NONE","x"]}}}`,
+		`{"config":{"Healthcheck":{"Test":[],"Timeout":9223372036854775807}}}`,
+		`{"config":{"Healthcheck":null}}`,
+		`[]`,
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, config string) {
+		fromImage, err := parseImageHealthcheck([]byte(config))
+		if err != nil {
+			return
+		}
+		hc := effectiveHealthcheck(nil, fromImage)
+		if hc == nil {
+			return
+		}
+		if hc.GetInterval().AsDuration() <= 0 || hc.GetTimeout().AsDuration() <= 0 || hc.GetStartPeriod().AsDuration() < 0 || hc.GetRetries() <= 0 {
+			t.Errorf("effective check %v has a timing the node cannot keep", hc)
+		}
+		if argv, err := probeArgs(hc.GetTest()); err == nil && len(argv) == 0 {
+			t.Errorf("test %q runs nothing", hc.GetTest())
+		}
+	})
+}

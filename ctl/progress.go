@@ -43,11 +43,13 @@ type convergence struct {
 	// slots[i] is the up-to-date task meant to run in slot i+1, nil when
 	// the orchestrator has not made one yet.
 	slots []*api.Task
-	// running counts slots whose task runs.
+	// running counts slots whose task runs and, if it has a health check,
+	// is healthy (api.Healthy): only then does it serve.
 	running uint64
 	// converged: every slot 1..replicas has an up-to-date task with desired
-	// state RUNNING that is RUNNING, and no slot beyond replicas still has
-	// a task meant to run (a scale-down has been acted on).
+	// state RUNNING that is running and healthy, and no slot beyond
+	// replicas still has a task meant to run (a scale-down has been acted
+	// on).
 	converged bool
 	// failed is a task of the current spec that failed or was rejected
 	// after the change being waited for; nil when none did.
@@ -84,7 +86,7 @@ func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) converge
 		}
 	}
 	for _, t := range c.slots {
-		if t.GetStatus().GetState() == api.TaskState_TASK_STATE_RUNNING {
+		if api.Healthy(t) {
 			c.running++
 		}
 	}
@@ -146,6 +148,9 @@ func (c convergence) lines() []string {
 			name = api.StateName(st)
 		}
 		detail := progressBar(st)
+		if h := t.GetStatus().GetHealth(); st == api.TaskState_TASK_STATE_RUNNING && !api.Healthy(t) {
+			detail += " health: " + api.HealthName(h)
+		}
 		if api.IsTerminal(st) {
 			// Where the bar would be, say what went wrong.
 			detail = t.GetStatus().GetErr()

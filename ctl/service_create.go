@@ -45,7 +45,8 @@ command) in --replicas tasks, and print its ID.
 
 ` + convergeHelp,
 		Example: `  shoalctl service create --name web --replicas 3 -e MODE=prod nginx:1.27
-  shoalctl service create --name job --restart-condition none -d busybox sh -c 'echo hi'`,
+  shoalctl service create --name job --restart-condition none -d busybox sh -c 'echo hi'
+  shoalctl service create --name api --health-cmd 'curl -f http://localhost/' --health-interval 5s IMAGE`,
 		Args: minArgs(1, "an IMAGE argument"),
 	}
 	fs := cmd.Flags()
@@ -69,9 +70,13 @@ command) in --replicas tasks, and print its ID.
 	fs.StringVar(&f.entrypoint, "entrypoint", "", "replace the image's entrypoint (split on spaces)")
 	fs.DurationVar(&f.stopGracePeriod, "stop-grace-period", 0, "time between SIGTERM and SIGKILL (default 10s)")
 	f.wait.register(fs)
+	health := addHealthFlags(fs)
 
 	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
 		spec, err := f.spec(cmd.Flags(), args)
+		if err == nil {
+			err = health.apply(spec)
+		}
 		if err != nil {
 			return usageError{cmd: cmd, err: err}
 		}

@@ -133,6 +133,7 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	optional(1, "User", c.GetUser())
 	optional(1, "Hostname", c.GetHostname())
 	optional(1, "Stop grace period", durationText(c.GetStopGracePeriod()))
+	prettyHealthcheck(c.GetHealthcheck(), section, line, optional)
 	if err := tw.Flush(); err != nil {
 		return err
 	}

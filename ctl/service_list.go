@@ -293,7 +293,7 @@ func (c *cli) taskListing(p *listPrinter, tasks []*api.Task, nodes []*api.Node, 
 		if ts := status.GetTimestamp(); ts != nil {
 			at = ts.AsTime()
 		}
-		current := since(stateTitle(status.GetState()), at, now)
+		current := since(taskStateTitle(status), at, now)
 		// A replacement held back by the restart back-off says so, and for
 		// how much longer: that is what a user watching a crash loop needs.
 		if nb := t.GetNotBefore(); nb != nil && status.GetState() == api.TaskState_TASK_STATE_NEW && nb.AsTime().After(now) {
@@ -319,6 +319,16 @@ func stateTitle(s api.TaskState) string {
 		return ""
 	}
 	return title(api.StateName(s))
+}
+
+// taskStateTitle is a task's state as tables show it, with the health of
+// a running task that has a health check: "Running (healthy)".
+func taskStateTitle(st *api.TaskStatus) string {
+	title := stateTitle(st.GetState())
+	if h := api.HealthName(st.GetHealth()); h != "" && st.GetState() == api.TaskState_TASK_STATE_RUNNING {
+		title += " (" + h + ")"
+	}
+	return title
 }
 
 // replicas is the REPLICAS column: running/desired, and the tasks the

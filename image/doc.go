@@ -5,7 +5,9 @@
 // them into containerd (Import, ImportTo), under a lease so that a failed
 // import leaves nothing behind. Managers inspect a tarball before they keep
 // it and send it to every node; workers import it with the same naming
-// rule, so both sides agree on the names an image gets. PurgeNamespace
+// rule, so both sides agree on the names an image gets. Healthcheck is
+// the HEALTHCHECK of an image config, which the executor reads
+// (ConfigHealthcheck) and the test image builder writes. PurgeNamespace
 // empties a containerd namespace (the lab and tests use it to leave
 // nothing behind).
 //

@@ -1,6 +1,9 @@
 // Package worker is the node agent: it joins a cluster (Join: the node's
-// side of the CA handshake), keeps a session with the leader's dispatcher, receives its task assignments, drives each task's container
-// through an exec.Executor, and reports every state change back. It owns
+// side of the CA handshake), keeps a session with the leader's dispatcher,
+// receives its task assignments, drives each task's container through an
+// exec.Executor, checks the health of those that have a health check (when
+// the executor can run one, exec.Prober), and reports every state and
+// health change back. It owns
 // the node's containers (found by label, adopted after a restart, removed
 // when no longer assigned), imports the image tarballs the managers
 // distribute, and owns nothing in the managers' state.

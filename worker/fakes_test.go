@@ -33,6 +33,10 @@ type fakeExecutor struct {
 	containers []exec.Container
 	prepareErr map[string]error
 	startErr   map[string]error
+	// probeErr is what a task's health check answers (nil: it passes);
+	// probes counts the checks run per task.
+	probeErr map[string]error
+	probes   map[string]int
 	// listHook, when set, runs inside Containers before it answers.
 	listHook func(ctx context.Context)
 }
@@ -42,7 +46,23 @@ func newFakeExecutor() *fakeExecutor {
 		ctrls:      map[string]*fakeController{},
 		prepareErr: map[string]error{},
 		startErr:   map[string]error{},
+		probeErr:   map[string]error{},
+		probes:     map[string]int{},
 	}
+}
+
+// setProbe makes a task's health checks answer err from now on.
+func (e *fakeExecutor) setProbe(id string, err error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.probeErr[id] = err
+}
+
+// probeCount is how many health checks of a task ran.
+func (e *fakeExecutor) probeCount(id string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.probes[id]
 }
 
 func (e *fakeExecutor) Describe(ctx context.Context) (*api.NodeDescription, error) {
@@ -171,6 +191,23 @@ func (c *fakeController) Shutdown(ctx context.Context) error {
 	default:
 	}
 	return nil
+}
+
+// Healthcheck is the spec's health check as it is: the fake has no
+// images to merge it with.
+func (c *fakeController) Healthcheck(ctx context.Context) (*api.HealthConfig, error) {
+	hc := c.task.GetSpec().GetContainer().GetHealthcheck()
+	if len(hc.GetTest()) == 0 || hc.GetTest()[0] == api.HealthTestNone {
+		return nil, nil
+	}
+	return hc, nil
+}
+
+func (c *fakeController) Probe(ctx context.Context, hc *api.HealthConfig) error {
+	c.e.mu.Lock()
+	defer c.e.mu.Unlock()
+	c.e.probes[c.id]++
+	return c.e.probeErr[c.id]
 }
 
 func (c *fakeController) Remove(ctx context.Context) error {

@@ -40,19 +40,27 @@ type runner struct {
 
 	ctx    context.Context // cancelled on detach (agent stopping)
 	cancel context.CancelFunc
+
+	// The health check, owned by run's goroutine: check is the task's
+	// (nil without one), stopHealth ends its checking, and unhealthy
+	// carries the verdict that fails the task.
+	check      *api.HealthConfig
+	stopHealth context.CancelFunc
+	unhealthy  chan error
 }
 
 func newRunner(a *Agent, t *api.Task, ctrl exec.Controller) *runner {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &runner{
-		agent:   a,
-		ctrl:    ctrl,
-		logger:  a.logger.With("task", t.GetId(), "service", t.GetServiceName(), "slot", t.GetSlot()),
-		task:    t,
-		status:  t.GetStatus(),
-		changed: make(chan struct{}, 1),
-		ctx:     ctx,
-		cancel:  cancel,
+		agent:     a,
+		ctrl:      ctrl,
+		logger:    a.logger.With("task", t.GetId(), "service", t.GetServiceName(), "slot", t.GetSlot()),
+		task:      t,
+		status:    t.GetStatus(),
+		changed:   make(chan struct{}, 1),
+		unhealthy: make(chan error, 1),
+		ctx:       ctx,
+		cancel:    cancel,
 	}
 }
 
@@ -103,6 +111,7 @@ func (r *runner) setState(st api.TaskState, msg string, err error, mutate func(*
 	next := &api.TaskStatus{State: st, Message: msg, Timestamp: timestamppb.Now()}
 	if prev := r.status; prev != nil {
 		next.StartedAt = prev.GetStartedAt()
+		next.Health = prev.GetHealth()
 		if prev.GetContainer() != nil {
 			next.Container = proto.Clone(prev.GetContainer()).(*api.ContainerStatus)
 		}
@@ -154,6 +163,7 @@ func (r *runner) run() {
 			}
 			waiting = true
 			go func() { waitDone <- r.ctrl.Wait(r.ctx) }()
+			r.watchHealth()
 		}
 		select {
 		case <-r.ctx.Done():
@@ -161,12 +171,45 @@ func (r *runner) run() {
 		case <-r.changed:
 		case err := <-waitDone:
 			waiting = false
+			r.endHealth()
 			if r.ctx.Err() != nil {
 				return
 			}
 			r.exited(err)
+		case err := <-r.unhealthy:
+			if !waiting || stopped {
+				break // the container ended meanwhile; that verdict is moot
+			}
+			// Failed first, so that every node drops its backend and the
+			// orchestrator starts its replacement while it stops.
+			r.setState(api.TaskState_TASK_STATE_FAILED, "failed", err, func(s *api.TaskStatus) {
+				s.Health = api.TaskHealth_TASK_HEALTH_UNHEALTHY
+			})
+			r.stop(waiting, waitDone)
+			stopped, waiting = true, false
 		}
 	}
+}
+
+// endHealth stops the health checks, if any run.
+func (r *runner) endHealth() {
+	if r.stopHealth != nil {
+		r.stopHealth()
+		r.stopHealth = nil
+	}
+}
+
+// running reports the task RUNNING; with a health check it is STARTING
+// in the same report, so no manager ever sees it running unchecked.
+func (r *runner) running() {
+	r.setState(api.TaskState_TASK_STATE_RUNNING, "started", nil, func(s *api.TaskStatus) {
+		if s.StartedAt == nil {
+			s.StartedAt = s.Timestamp
+		}
+		if r.check != nil && s.Health == api.TaskHealth_TASK_HEALTH_UNSPECIFIED {
+			s.Health = api.TaskHealth_TASK_HEALTH_STARTING
+		}
+	})
 }
 
 // start takes the task from its current state to RUNNING. A task that
@@ -188,6 +231,14 @@ func (r *runner) start(cur api.TaskState) error {
 		}
 		return err
 	}
+	check, err := r.healthcheck(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			r.setState(api.TaskState_TASK_STATE_REJECTED, "rejected", err, nil)
+		}
+		return err
+	}
+	r.check = check
 	r.setState(api.TaskState_TASK_STATE_STARTING, "starting", nil, nil)
 	if err := r.ctrl.Start(ctx); err != nil && !errors.Is(err, exec.ErrTaskStarted) {
 		if ctx.Err() == nil {
@@ -195,11 +246,7 @@ func (r *runner) start(cur api.TaskState) error {
 		}
 		return err
 	}
-	r.setState(api.TaskState_TASK_STATE_RUNNING, "started", nil, func(s *api.TaskStatus) {
-		if s.StartedAt == nil {
-			s.StartedAt = s.Timestamp
-		}
-	})
+	r.running()
 	return nil
 }
 
@@ -221,16 +268,18 @@ func (r *runner) adopt(ctx context.Context) error {
 		r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("adopt: %w", err), nil)
 		return err
 	}
+	check, err := r.healthcheck(ctx)
+	if err != nil {
+		r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("adopt: %w", err), nil)
+		return err
+	}
+	r.check = check
 	if r.state() < api.TaskState_TASK_STATE_RUNNING {
 		if err := r.ctrl.Start(ctx); err != nil && !errors.Is(err, exec.ErrTaskStarted) {
 			r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("start: %w", err), nil)
 			return err
 		}
-		r.setState(api.TaskState_TASK_STATE_RUNNING, "started", nil, func(s *api.TaskStatus) {
-			if s.StartedAt == nil {
-				s.StartedAt = s.Timestamp
-			}
-		})
+		r.running()
 	}
 	r.logger.Info("adopted running container")
 	return nil
@@ -267,8 +316,12 @@ func (r *runner) exited(err error) {
 // load balancers before it is stopped. The message that stops it removed
 // its backend here already, and the same change reaches every node at
 // about the same time; the delay covers a node that applies it a little
-// later, so no new connection meets a process that is going away. Tasks
-// without networks are nobody's backend and stop at once.
+// later, so no new connection meets a process that is going away. A task
+// its health check failed was reported FAILED before it stops, which takes
+// its backend out of every node's load balancers (this one's included) on
+// the way back from the managers; the delay covers that round trip too.
+// Tasks without networks are nobody's backend and stop at once; running
+// says whether the container's process still runs.
 //
 // It reports false when the agent stopped meanwhile: the task is then left
 // as it is, for the next full set of assignments to settle.
@@ -277,7 +330,7 @@ func (r *runner) drain(running bool) bool {
 	networked := len(r.task.GetNetworks()) > 0
 	r.mu.Unlock()
 	delay := r.agent.cfg.DrainDelay
-	if !running || delay <= 0 || !networked || r.state() != api.TaskState_TASK_STATE_RUNNING {
+	if !running || delay <= 0 || !networked {
 		return true
 	}
 	r.logger.Debug("draining before stop", "delay", delay)
@@ -294,6 +347,7 @@ func (r *runner) drain(running bool) bool {
 func (r *runner) stop(waiting bool, waitDone chan error) {
 	ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
 	defer cancel()
+	r.endHealth()
 	if !api.IsTerminal(r.state()) || waiting {
 		if !r.drain(waiting) {
 			return

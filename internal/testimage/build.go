@@ -26,12 +26,21 @@ const (
 	echoPkg    = "./internal/testimage/echo"
 )
 
+// EchoOption varies the echo image.
+type EchoOption func(*Image)
+
+// WithHealthcheck gives the echo image a HEALTHCHECK, as a Dockerfile's
+// would (for example Test ["CMD", "/echo", "health"]).
+func WithHealthcheck(hc image.Healthcheck) EchoOption {
+	return func(img *Image) { img.Healthcheck = &hc }
+}
+
 // BuildEcho compiles internal/testimage/echo as a static binary and writes
 // an OCI image tarball at path naming the image ref, with entrypoint /echo.
 // It finds the module itself, so it works from any working directory inside
 // the checkout (every test's), and needs the go command on PATH.
-func BuildEcho(ctx context.Context, path, ref string) error {
-	tarball, err := echoTarball(ctx, ref)
+func BuildEcho(ctx context.Context, path, ref string, opts ...EchoOption) error {
+	tarball, err := echoTarball(ctx, ref, opts...)
 	if err != nil {
 		return err
 	}
@@ -41,8 +50,37 @@ func BuildEcho(ctx context.Context, path, ref string) error {
 	return nil
 }
 
-// echoTarball builds the echo image in memory.
-func echoTarball(ctx context.Context, ref string) ([]byte, error) {
+// echoTarball builds the echo image in memory. The binary is built once
+// per process: every test in a package may load the image, and some vary
+// it.
+func echoTarball(ctx context.Context, ref string, opts ...EchoOption) ([]byte, error) {
+	bin, err := echoBinary(ctx)
+	if err != nil {
+		return nil, err
+	}
+	img := echoImage(ref, bin)
+	for _, o := range opts {
+		o(&img)
+	}
+	var buf bytes.Buffer
+	if _, err := WriteOCI(&buf, img); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// echoBin keeps the echo binary of this process.
+var echoBin struct {
+	sync.Mutex
+	bin []byte
+}
+
+func echoBinary(ctx context.Context) ([]byte, error) {
+	echoBin.Lock()
+	defer echoBin.Unlock()
+	if echoBin.bin != nil {
+		return echoBin.bin, nil
+	}
 	root, err := moduleRoot(ctx)
 	if err != nil {
 		return nil, err
@@ -51,20 +89,19 @@ func echoTarball(ctx context.Context, ref string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	var buf bytes.Buffer
-	if _, err := WriteOCI(&buf, echoImage(ref, bin)); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
+	echoBin.bin = bin
+	return bin, nil
 }
 
 // echoImage is the echo binary plus the few files a container expects: a
-// writable /tmp and user and group databases, so a task may run as nobody.
+// writable /tmp and user and group databases, so a task may run as nobody,
+// and /bin/sh, echo's minimal shell, for CMD-SHELL health checks.
 func echoImage(ref string, bin []byte) Image {
 	return Image{
 		Ref: ref,
 		Files: []File{
 			{Path: "/echo", Data: bin, Mode: 0o755},
+			{Path: "/bin/sh", Data: []byte("/echo"), Mode: fs.ModeSymlink | 0o777},
 			{Path: "/tmp", Mode: fs.ModeDir | fs.ModeSticky | 0o777},
 			{Path: "/etc/passwd", Data: []byte("root:x:0:0:root:/:/echo\nnobody:x:65534:65534:nobody:/:/echo\n"), Mode: 0o644},
 			{Path: "/etc/group", Data: []byte("root:x:0:\nnogroup:x:65534:\n"), Mode: 0o644},
@@ -156,28 +193,13 @@ func buildStatic(ctx context.Context, root, pkg string) ([]byte, error) {
 	return bin, nil
 }
 
-// echoCache keeps the echo image of this process: every test in a package
-// may load it into its own namespace, and building once is enough.
-var echoCache struct {
-	sync.Mutex
-	tarball []byte
-}
-
-// LoadEcho builds the echo image (once per process) and imports it into
-// namespace, returning the image name (EchoRef).
-func LoadEcho(ctx context.Context, address, namespace string) (string, error) {
-	echoCache.Lock()
-	if echoCache.tarball == nil {
-		tarball, err := echoTarball(ctx, EchoRef)
-		if err != nil {
-			echoCache.Unlock()
-			return "", err
-		}
-		echoCache.tarball = tarball
+// LoadEcho builds the echo image (the binary once per process) and
+// imports it into namespace, returning the image name (EchoRef).
+func LoadEcho(ctx context.Context, address, namespace string, opts ...EchoOption) (string, error) {
+	tarball, err := echoTarball(ctx, EchoRef, opts...)
+	if err != nil {
+		return "", err
 	}
-	tarball := echoCache.tarball
-	echoCache.Unlock()
-
 	names, err := image.ImportTo(ctx, address, namespace, bytes.NewReader(tarball))
 	if err != nil {
 		return "", err

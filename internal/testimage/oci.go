@@ -19,6 +19,8 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/shoal-project/shoal/image"
 )
 
 // AnnotationImageName is the index annotation containerd's importer reads
@@ -53,8 +55,24 @@ type Image struct {
 	// Config is the runtime configuration: Entrypoint, Cmd, Env,
 	// WorkingDir, ExposedPorts, User, Labels.
 	Config ocispec.ImageConfig
+	// Healthcheck, when set, is written into the config as Docker writes
+	// a HEALTHCHECK (the OCI config has no such field; runtimes that
+	// honour it read Docker's).
+	Healthcheck *image.Healthcheck
 	// Platform defaults to linux on the architecture of this binary.
 	Platform ocispec.Platform
+}
+
+// imageConfig is an OCI image config with Docker's Healthcheck beside the
+// OCI fields; the outer config field hides ocispec.Image's.
+type imageConfig struct {
+	ocispec.Image
+	Config runtimeConfig `json:"config,omitempty"`
+}
+
+type runtimeConfig struct {
+	ocispec.ImageConfig
+	Healthcheck *image.Healthcheck `json:"Healthcheck,omitempty"`
 }
 
 // WriteOCI writes img to w as an OCI image layout tarball (oci-layout,
@@ -81,12 +99,14 @@ func WriteOCI(w io.Writer, img Image) (ocispec.Descriptor, error) {
 	layerDesc := descriptor(ocispec.MediaTypeImageLayer, layer)
 
 	created := epoch
-	config, err := json.Marshal(ocispec.Image{
-		Created:  &created,
-		Platform: platform,
-		Config:   img.Config,
-		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{layerDesc.Digest}},
-		History:  []ocispec.History{{Created: &created, CreatedBy: "shoal testimage"}},
+	config, err := json.Marshal(imageConfig{
+		Image: ocispec.Image{
+			Created:  &created,
+			Platform: platform,
+			RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{layerDesc.Digest}},
+			History:  []ocispec.History{{Created: &created, CreatedBy: "shoal testimage"}},
+		},
+		Config: runtimeConfig{ImageConfig: img.Config, Healthcheck: img.Healthcheck},
 	})
 	if err != nil {
 		return ocispec.Descriptor{}, fmt.Errorf("encode config of %s: %w", name, err)

@@ -11,9 +11,12 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/shoal-project/shoal/image"
 )
 
 // readTar returns the regular files of a tarball by name, and the names of
@@ -278,5 +281,40 @@ func BenchmarkWriteOCI(b *testing.B) {
 		if _, err := WriteOCI(io.Discard, img); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestWriteOCIHealthcheck writes a HEALTHCHECK where Docker keeps it,
+// config.Healthcheck with durations in nanoseconds, and nothing without.
+func TestWriteOCIHealthcheck(t *testing.T) {
+	configOf := func(img Image) map[string]json.RawMessage {
+		t.Helper()
+		var out bytes.Buffer
+		if _, err := WriteOCI(&out, img); err != nil {
+			t.Fatal(err)
+		}
+		files, _ := readTar(t, out.Bytes())
+		var index ocispec.Index
+		decode(t, files["index.json"], &index)
+		var manifest ocispec.Manifest
+		decode(t, blob(t, files, index.Manifests[0]), &manifest)
+		var config struct {
+			Config map[string]json.RawMessage `json:"config"`
+		}
+		decode(t, blob(t, files, manifest.Config), &config)
+		return config.Config
+	}
+	img := testImage()
+	if hc, ok := configOf(img)["Healthcheck"]; ok {
+		t.Errorf("image without a healthcheck has one in its config: %s", hc)
+	}
+	img.Healthcheck = &image.Healthcheck{Test: []string{"CMD", "/echo", "health"}, Interval: 2 * time.Second, Retries: 4}
+	cfg := configOf(img)
+	want := `{"Test":["CMD","/echo","health"],"Interval":2000000000,"Retries":4}`
+	if got := string(cfg["Healthcheck"]); got != want {
+		t.Errorf("config.Healthcheck = %s, want %s", got, want)
+	}
+	if got := string(cfg["Entrypoint"]); got != `["/echo"]` {
+		t.Errorf("config.Entrypoint = %s: the OCI fields must stay beside the healthcheck", got)
 	}
 }

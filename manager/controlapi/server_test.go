@@ -128,6 +128,15 @@ func TestCreateServiceInvalid(t *testing.T) {
 		{name: "negative stop grace", edit: func(s *api.ServiceSpec) {
 			s.Task.Container.StopGracePeriod = durationpb.New(-time.Second)
 		}, field: "task.container.stop_grace_period"},
+		{name: "zero health interval", edit: func(s *api.ServiceSpec) {
+			s.Task.Container.Healthcheck = &api.HealthConfig{Test: []string{"CMD", "/check"}, Interval: durationpb.New(0)}
+		}, field: "task.container.healthcheck.interval"},
+		{name: "negative health retries", edit: func(s *api.ServiceSpec) {
+			s.Task.Container.Healthcheck = &api.HealthConfig{Retries: -1}
+		}, field: "task.container.healthcheck.retries"},
+		{name: "health test without a form", edit: func(s *api.ServiceSpec) {
+			s.Task.Container.Healthcheck = &api.HealthConfig{Test: []string{"curl", "localhost"}}
+		}, field: "task.container.healthcheck.test"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -37,8 +37,10 @@ func hasAddress(t *api.Task) bool {
 //   - peers: every node with a data address, this one included.
 //   - endpoints: every task on any node that may have an interface on one
 //     of these networks, with only those attachments; serving only while
-//     it runs and is meant to, so a task told to stop leaves the load
-//     balancers in the same message that tells its node to stop it.
+//     it runs, has passed its health check if it has one, and is meant to
+//     run (api.Serving), so a task joins the load balancers once it can
+//     answer, and a task told to stop leaves them in the same message that
+//     tells its node to stop it.
 //   - services: every service with a VIP or network on these networks, or
 //     a published port.
 //
@@ -120,7 +122,7 @@ func (v netView) endpointOf(t *api.Task) *api.NetworkEndpoint {
 	}
 	return &api.NetworkEndpoint{
 		TaskId: t.GetId(), NodeId: t.GetNodeId(), ServiceId: t.GetServiceId(), Networks: ats,
-		Serving: t.GetStatus().GetState() == api.TaskState_TASK_STATE_RUNNING && t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING,
+		Serving: api.Serving(t),
 	}
 }
 

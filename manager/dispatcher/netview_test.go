@@ -170,6 +170,20 @@ func TestAssignmentsNetworkView(t *testing.T) {
 			network: "eps[x1(other+ing)*]",
 		},
 		{
+			name: "its health check fails: it leaves the load balancers",
+			do: func(t *testing.T) {
+				mutate(t, r, "x1", func(tk *api.Task) { tk.Status.Health = api.TaskHealth_TASK_HEALTH_UNHEALTHY })
+			},
+			network: "eps[x1(other+ing)]",
+		},
+		{
+			name: "its health check passes: it serves again",
+			do: func(t *testing.T) {
+				mutate(t, r, "x1", func(tk *api.Task) { tk.Status.Health = api.TaskHealth_TASK_HEALTH_HEALTHY })
+			},
+			network: "eps[x1(other+ing)*]",
+		},
+		{
 			name: "node reports a data address",
 			do: func(t *testing.T) {
 				n := proto.Clone(storedNode(r, "n3")).(*api.Node)
@@ -225,5 +239,45 @@ func TestAssignmentsNetworkView(t *testing.T) {
 	want = "nets[apps ing] peers[n1@192.168.1.1 n3@192.168.1.3] eps[w1(apps+ing) x1(ing)*] svcs[mixed:vip web:vip]"
 	if got := summary(msg.GetNetwork()); msg.GetType() != api.AssignmentType_ASSIGNMENT_TYPE_FULL || got != want {
 		t.Errorf("second stream's first message: %v %s\nwant FULL %s", msg.GetType(), got, want)
+	}
+}
+
+// TestEndpointServing is the serving rule of the view: a task serves while
+// it runs, is meant to, and has passed its health check if it has one.
+// Swarm sends traffic to tasks whose check has not passed yet; shoal waits.
+func TestEndpointServing(t *testing.T) {
+	const (
+		running  = api.TaskState_TASK_STATE_RUNNING
+		starting = api.TaskState_TASK_STATE_STARTING
+		shutdown = api.TaskState_TASK_STATE_SHUTDOWN
+	)
+	v := netView{networks: map[string]*api.Network{"ing": overlay("ing", "10.255.0.0/24", true)}}
+	tests := []struct {
+		name    string
+		state   api.TaskState
+		health  api.TaskHealth
+		desired api.TaskState
+		want    bool
+	}{
+		{"running, no health check", running, api.TaskHealth_TASK_HEALTH_UNSPECIFIED, running, true},
+		{"running, health check not passed yet", running, api.TaskHealth_TASK_HEALTH_STARTING, running, false},
+		{"running and healthy", running, api.TaskHealth_TASK_HEALTH_HEALTHY, running, true},
+		{"running and unhealthy", running, api.TaskHealth_TASK_HEALTH_UNHEALTHY, running, false},
+		{"healthy, told to stop", running, api.TaskHealth_TASK_HEALTH_HEALTHY, shutdown, false},
+		{"starting its container", starting, api.TaskHealth_TASK_HEALTH_UNSPECIFIED, running, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tk := attachedTask("t1", "web", "n1", tc.state, on("ing", "10.255.0.3/24"))
+			tk.Status.Health = tc.health
+			tk.DesiredState = tc.desired
+			e := v.endpointOf(tk)
+			if e == nil {
+				t.Fatal("no endpoint for a task with a live interface")
+			}
+			if e.GetServing() != tc.want {
+				t.Errorf("serving = %v, want %v", e.GetServing(), tc.want)
+			}
+		})
 	}
 }

@@ -109,6 +109,25 @@ type ImageLoader interface {
 	LoadImage(ctx context.Context, img *api.Image, r io.Reader) ([]string, error)
 }
 
+// Prober is an optional ability of a Controller, found by type assertion:
+// running the task's health check inside its container. It runs one check
+// at a time; the agent keeps the schedule (interval, start period,
+// retries) and the task's health. A Controller without it runs tasks
+// without health checks.
+type Prober interface {
+	// Healthcheck returns the health check the task runs: its spec's
+	// merged over its image's HEALTHCHECK as Docker merges them, with
+	// every default filled in; nil when it has none (neither sets one, or
+	// the test is NONE). It needs the container Prepare made.
+	Healthcheck(ctx context.Context) (*api.HealthConfig, error)
+	// Probe runs hc's test once in the running container and returns nil
+	// when it exited with status 0. Otherwise the error says why, for the
+	// task's status: the status and the start of the output, a check that
+	// outlived hc's timeout (it is killed), or one that could not run. The
+	// check's process is gone when Probe returns.
+	Probe(ctx context.Context, hc *api.HealthConfig) error
+}
+
 // Network is the node's network agent as an executor needs it: it gives a
 // task's container its overlay interfaces and its resolver configuration.
 // Executors call it only for tasks with network attachments.

@@ -704,8 +704,10 @@ type NetworkEndpoint struct {
 	NodeId    string                 `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	ServiceId string                 `protobuf:"bytes,3,opt,name=service_id,json=serviceId,proto3" json:"service_id,omitempty"`
 	Networks  []*NetworkAttachment   `protobuf:"bytes,4,rep,name=networks,proto3" json:"networks,omitempty"`
-	// serving is true when the task runs and is meant to: only then is it a
-	// load-balancer backend and a DNS answer.
+	// serving is true when the task runs, is meant to, and has passed its
+	// health check if it has one (api.Serving): only then is it a
+	// load-balancer backend and a DNS answer. A task starting its health
+	// check does not serve yet; an unhealthy one no longer does.
 	Serving       bool `protobuf:"varint,5,opt,name=serving,proto3" json:"serving,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -98,6 +98,9 @@ func ValidateServiceSpec(s *ServiceSpec) error {
 			return specErr("task.container.stop_grace_period", "%v is out of range 0s..%v", d.AsDuration(), maxStopGrace)
 		}
 	}
+	if err := validateHealthConfig(c.GetHealthcheck()); err != nil {
+		return err
+	}
 	if rp := s.GetTask().GetRestart(); rp != nil {
 		for name, d := range map[string]*durationpb.Duration{"delay": rp.GetDelay(), "max_delay": rp.GetMaxDelay()} {
 			if d == nil {

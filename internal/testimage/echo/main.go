@@ -12,8 +12,14 @@
 //	ECHO_UDP_PORT    --udp-port     UDP echo port (default: the HTTP port number)
 //	ECHO_CRASH_AFTER --crash-after  exit after this duration (e.g. 0s, 200ms)
 //	ECHO_EXIT_CODE   --exit-code    status for that exit (default 3)
+//	ECHO_HEALTHY_AFTER   --healthy-after    GET /healthz fails until this long after the start
+//	ECHO_UNHEALTHY_AFTER --unhealthy-after  GET /healthz fails from this long after the start on
 //
 // Port 0 picks a free port; the start line on stdout reports the real ones.
+// POST /healthz/fail makes GET /healthz fail from then on, POST /healthz/ok
+// makes it pass from then on, whatever the times say (each answer names the
+// task, so a test that sends it through a load balancer learns which task
+// it changed).
 //
 // Run with a command instead, echo is a client, so tests can run it inside a
 // task's namespaces (nsenter) and see the network and /etc/resolv.conf the
@@ -23,10 +29,20 @@
 //	echo resolve NAME            prints NAME's IPv4 addresses, one per line, in ascending order,
 //	                             resolved by the Go resolver from /etc/resolv.conf and /etc/hosts
 //	echo udp HOST:PORT MESSAGE   sends MESSAGE in one datagram, prints the reply
+//	echo health                  GET /healthz of the echo server of this container
+//	                             (ECHO_ADDR or 127.0.0.1, ECHO_HTTP_PORT or 80): a health check
+//	echo set-health ok|fail      POST /healthz/ok or /healthz/fail to that server: pass or fail from now on
+//	echo sleep DURATION          sleeps, a health check that hangs
+//
+// Run as sh (the image links /bin/sh to it), echo is a minimal shell for
+// health checks of the CMD-SHELL form: `sh -c 'PROGRAM ARGS...'` splits the
+// command at white space and executes it; no quoting, variables, pipes or
+// operators.
 package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,11 +54,14 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -70,15 +89,20 @@ const (
 )
 
 type config struct {
-	addr       string
-	httpPort   int
-	tcpPort    int
-	udpPort    int
-	crashAfter time.Duration // < 0: never
-	exitCode   int
+	addr           string
+	httpPort       int
+	tcpPort        int
+	udpPort        int
+	crashAfter     time.Duration // < 0: never
+	exitCode       int
+	healthyAfter   time.Duration
+	unhealthyAfter time.Duration // < 0: never
 }
 
 func main() {
+	if filepath.Base(os.Args[0]) == "sh" {
+		os.Exit(runShell(os.Args[1:], os.Stderr))
+	}
 	if len(os.Args) > 1 {
 		if cmd, ok := clientCommands[os.Args[1]]; ok {
 			// The Go resolver reads /etc/resolv.conf itself, which is what
@@ -105,7 +129,7 @@ func main() {
 
 // parseConfig reads the environment first and lets flags override it.
 func parseConfig(args []string, getenv func(string) string) (config, error) {
-	cfg := config{crashAfter: -1, exitCode: defaultCrashCode, httpPort: 80, tcpPort: 7, udpPort: -1}
+	cfg := config{crashAfter: -1, exitCode: defaultCrashCode, httpPort: 80, tcpPort: 7, udpPort: -1, unhealthyAfter: -1}
 	envInt := func(key string, dst *int) error {
 		if v := getenv(key); v != "" {
 			n, err := strconv.Atoi(v)
@@ -127,12 +151,18 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 			return cfg, err
 		}
 	}
-	if v := getenv("ECHO_CRASH_AFTER"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return cfg, fmt.Errorf("parse ECHO_CRASH_AFTER=%q: %w", v, err)
+	for key, dst := range map[string]*time.Duration{
+		"ECHO_CRASH_AFTER":     &cfg.crashAfter,
+		"ECHO_HEALTHY_AFTER":   &cfg.healthyAfter,
+		"ECHO_UNHEALTHY_AFTER": &cfg.unhealthyAfter,
+	} {
+		if v := getenv(key); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return cfg, fmt.Errorf("parse %s=%q: %w", key, v, err)
+			}
+			*dst = d
 		}
-		cfg.crashAfter = d
 	}
 
 	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
@@ -142,6 +172,8 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.IntVar(&cfg.udpPort, "udp-port", cfg.udpPort, "UDP echo port (default: the HTTP port number)")
 	fs.DurationVar(&cfg.crashAfter, "crash-after", cfg.crashAfter, "exit with --exit-code after this long (negative: never)")
 	fs.IntVar(&cfg.exitCode, "exit-code", cfg.exitCode, "exit status for --crash-after")
+	fs.DurationVar(&cfg.healthyAfter, "healthy-after", cfg.healthyAfter, "GET /healthz fails until this long after the start")
+	fs.DurationVar(&cfg.unhealthyAfter, "unhealthy-after", cfg.unhealthyAfter, "GET /healthz fails from this long after the start on (negative: never)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -182,7 +214,8 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (int, error) {
 	}
 	defer udpConn.Close()
 
-	srv := &http.Server{Handler: newHandler(hostname), ReadHeaderTimeout: readHeaderTimeout}
+	h := &health{start: time.Now(), healthyAfter: cfg.healthyAfter, unhealthyAfter: cfg.unhealthyAfter}
+	srv := &http.Server{Handler: newHandler(hostname, h), ReadHeaderTimeout: readHeaderTimeout}
 	tcp := &tcpEcho{hostname: hostname, conns: map[net.Conn]struct{}{}}
 
 	var wg sync.WaitGroup
@@ -265,12 +298,58 @@ func (r report) text() string {
 	return b.String()
 }
 
-func newHandler(hostname string) http.Handler {
+// health is what GET /healthz says: as the last POST /healthz/ok or
+// /healthz/fail said, else failing before healthyAfter and from
+// unhealthyAfter on.
+type health struct {
+	start          time.Time
+	healthyAfter   time.Duration
+	unhealthyAfter time.Duration // < 0: never
+	// told is the last POST: 0 none, told{OK,Fail}.
+	told atomic.Int32
+}
+
+const (
+	toldOK   = 1
+	toldFail = 2
+)
+
+// problem is why the server is unhealthy; "" when it is healthy.
+func (h *health) problem() string {
+	up := time.Since(h.start)
+	switch told := h.told.Load(); {
+	case told == toldOK:
+		return ""
+	case told == toldFail:
+		return "failing as asked (POST /healthz/fail)"
+	case up < h.healthyAfter:
+		return fmt.Sprintf("starting: healthy after %s", h.healthyAfter)
+	case h.unhealthyAfter >= 0 && up >= h.unhealthyAfter:
+		return fmt.Sprintf("unhealthy since %s after the start", h.unhealthyAfter)
+	}
+	return ""
+}
+
+func newHandler(hostname string, h *health) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if p := h.problem(); p != "" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, p)
+			return
+		}
 		io.WriteString(w, "ok")
 	})
+	setHealth := func(told int32) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			h.told.Store(told)
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			io.WriteString(w, newReport(hostname, r.RemoteAddr).text())
+		}
+	}
+	mux.HandleFunc("POST /healthz/fail", setHealth(toldFail))
+	mux.HandleFunc("POST /healthz/ok", setHealth(toldOK))
 	mux.HandleFunc("GET /json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(newReport(hostname, r.RemoteAddr))
@@ -374,6 +453,13 @@ var clientCommands = map[string]clientCommand{
 	"get":     {usage: "get URL", nargs: 1, run: func(a []string, w io.Writer, _ *net.Resolver) error { return httpGet(a[0], w) }},
 	"resolve": {usage: "resolve NAME", nargs: 1, run: func(a []string, w io.Writer, r *net.Resolver) error { return resolve(r, a[0], w) }},
 	"udp":     {usage: "udp HOST:PORT MESSAGE", nargs: 2, run: func(a []string, w io.Writer, _ *net.Resolver) error { return udpSend(a[0], a[1], w) }},
+	"health": {usage: "health", run: func(_ []string, w io.Writer, _ *net.Resolver) error {
+		// The answer on a line of its own, apart from an error on stderr.
+		defer io.WriteString(w, "\n")
+		return httpGet(ownURL(os.Getenv, "/healthz"), w)
+	}},
+	"set-health": {usage: "set-health ok|fail", nargs: 1, run: func(a []string, w io.Writer, _ *net.Resolver) error { return setHealth(a[0], w) }},
+	"sleep":      {usage: "sleep DURATION", nargs: 1, run: func(a []string, _ io.Writer, _ *net.Resolver) error { return sleep(a[0]) }},
 }
 
 // runClient runs a client command (args[0] names it) and returns the exit
@@ -390,20 +476,29 @@ func runClient(cmd clientCommand, args []string, stdout, stderr io.Writer, r *ne
 	return 0
 }
 
-// httpGet prints the body of url. The body is printed even for an error
-// status, since it usually says what went wrong.
+// httpGet prints the body of url.
 func httpGet(url string, w io.Writer) error {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	return fetch(req, w)
+}
+
+// fetch sends req and prints the body of the answer, even for an error
+// status, since it usually says what went wrong.
+func fetch(req *http.Request, w io.Writer) error {
 	client := &http.Client{Timeout: getTimeout}
-	resp, err := client.Get(url)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if _, err := io.Copy(w, resp.Body); err != nil {
-		return fmt.Errorf("read body of %s: %w", url, err)
+		return fmt.Errorf("read body of %s: %w", req.URL, err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+		return fmt.Errorf("%s %s: %s", req.Method, req.URL, resp.Status)
 	}
 	return nil
 }
@@ -451,4 +546,66 @@ func udpSend(addr, msg string, w io.Writer) error {
 	}
 	_, err = w.Write(reply)
 	return err
+}
+
+// ownURL is the URL of path on the echo server of this container, as its
+// environment configures it.
+func ownURL(getenv func(string) string, path string) string {
+	host := cmp.Or(getenv("ECHO_ADDR"), "127.0.0.1")
+	port := cmp.Or(getenv("ECHO_HTTP_PORT"), "80")
+	return "http://" + net.JoinHostPort(host, port) + path
+}
+
+// setHealth tells this container's echo server to pass or fail its
+// health check from now on, and prints its answer (which names the task).
+func setHealth(to string, w io.Writer) error {
+	if to != "ok" && to != "fail" {
+		return fmt.Errorf("set-health %q: want ok or fail", to)
+	}
+	req, err := http.NewRequest(http.MethodPost, ownURL(os.Getenv, "/healthz/"+to), nil)
+	if err != nil {
+		return err
+	}
+	return fetch(req, w)
+}
+
+func sleep(d string) error {
+	dur, err := time.ParseDuration(d)
+	if err != nil {
+		return err
+	}
+	time.Sleep(dur)
+	return nil
+}
+
+// shellWords is the program and arguments of `sh -c COMMAND`.
+func shellWords(args []string) ([]string, error) {
+	if len(args) != 2 || args[0] != "-c" {
+		return nil, errors.New("usage: sh -c 'PROGRAM [ARGS...]' (echo's minimal shell for health checks)")
+	}
+	words := strings.Fields(args[1])
+	if len(words) == 0 {
+		return nil, nil
+	}
+	return words, nil
+}
+
+// runShell executes the command of `sh -c COMMAND` in place of this
+// process. It returns only on failure, with sh's statuses: 2 for usage,
+// 127 for a program that cannot be found or run.
+func runShell(args []string, stderr io.Writer) int {
+	words, err := shellWords(args)
+	if err != nil {
+		fmt.Fprintln(stderr, "sh:", err)
+		return 2
+	}
+	if words == nil {
+		return 0
+	}
+	path, err := exec.LookPath(words[0])
+	if err == nil {
+		err = syscall.Exec(path, words, os.Environ())
+	}
+	fmt.Fprintf(stderr, "sh: %s: %v\n", words[0], err)
+	return 127
 }

@@ -11,6 +11,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -330,15 +332,20 @@ func TestParseConfig(t *testing.T) {
 		want    config
 		wantErr bool
 	}{
-		{"defaults", nil, nil, config{httpPort: 80, tcpPort: 7, udpPort: 80, crashAfter: -1, exitCode: 3}, false},
+		{"defaults", nil, nil, config{httpPort: 80, tcpPort: 7, udpPort: 80, crashAfter: -1, exitCode: 3, unhealthyAfter: -1}, false},
 		{"udp follows http env", map[string]string{"ECHO_HTTP_PORT": "8080"}, nil,
-			config{httpPort: 8080, tcpPort: 7, udpPort: 8080, crashAfter: -1, exitCode: 3}, false},
+			config{httpPort: 8080, tcpPort: 7, udpPort: 8080, crashAfter: -1, exitCode: 3, unhealthyAfter: -1}, false},
 		{"udp follows http flag", map[string]string{"ECHO_HTTP_PORT": "8080"}, []string{"--http-port", "9000"},
-			config{httpPort: 9000, tcpPort: 7, udpPort: 9000, crashAfter: -1, exitCode: 3}, false},
+			config{httpPort: 9000, tcpPort: 7, udpPort: 9000, crashAfter: -1, exitCode: 3, unhealthyAfter: -1}, false},
 		{"explicit udp", map[string]string{"ECHO_UDP_PORT": "53", "ECHO_TCP_PORT": "9"}, nil,
-			config{httpPort: 80, tcpPort: 9, udpPort: 53, crashAfter: -1, exitCode: 3}, false},
+			config{httpPort: 80, tcpPort: 9, udpPort: 53, crashAfter: -1, exitCode: 3, unhealthyAfter: -1}, false},
 		{"crash env", map[string]string{"ECHO_CRASH_AFTER": "200ms", "ECHO_EXIT_CODE": "4"}, nil,
-			config{httpPort: 80, tcpPort: 7, udpPort: 80, crashAfter: 200 * time.Millisecond, exitCode: 4}, false},
+			config{httpPort: 80, tcpPort: 7, udpPort: 80, crashAfter: 200 * time.Millisecond, exitCode: 4, unhealthyAfter: -1}, false},
+		{"health env", map[string]string{"ECHO_HEALTHY_AFTER": "2s", "ECHO_UNHEALTHY_AFTER": "1m"}, nil,
+			config{httpPort: 80, tcpPort: 7, udpPort: 80, crashAfter: -1, exitCode: 3, healthyAfter: 2 * time.Second, unhealthyAfter: time.Minute}, false},
+		{"health flags", nil, []string{"--healthy-after", "1s", "--unhealthy-after", "0s"},
+			config{httpPort: 80, tcpPort: 7, udpPort: 80, crashAfter: -1, exitCode: 3, healthyAfter: time.Second}, false},
+		{"bad health duration", map[string]string{"ECHO_UNHEALTHY_AFTER": "later"}, nil, config{}, true},
 		{"bad port env", map[string]string{"ECHO_HTTP_PORT": "http"}, nil, config{}, true},
 		{"port out of range", nil, []string{"--tcp-port", "70000"}, config{}, true},
 		{"bad duration", map[string]string{"ECHO_CRASH_AFTER": "soon"}, nil, config{}, true},
@@ -503,8 +510,119 @@ func TestClientUDP(t *testing.T) {
 	}
 }
 
+// useServer points the health and set-health commands at s, as the
+// container's environment would.
+func useServer(t *testing.T, s *server) {
+	host, port, err := net.SplitHostPort(s.http)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("ECHO_ADDR", host)
+	t.Setenv("ECHO_HTTP_PORT", port)
+}
+
+// TestClientHealth flips the server's health the ways tests do: a start
+// during which it fails, a failure asked for (whose answer names the
+// task), and a time after which it fails for good.
+func TestClientHealth(t *testing.T) {
+	check := func(t *testing.T, want int, wantOut string) {
+		t.Helper()
+		code, stdout, stderr := client(t, nil, "health")
+		if code != want || !strings.Contains(stdout, wantOut) {
+			t.Errorf("health: exit %d, stdout %q, stderr %q; want exit %d and %q", code, stdout, stderr, want, wantOut)
+		}
+	}
+	t.Run("healthy after", func(t *testing.T) {
+		useServer(t, startServer(t, []string{"ECHO_HEALTHY_AFTER=400ms", "SHOAL_TASK_NAME=web.1.abc"}))
+		check(t, 1, "starting: healthy after 400ms")
+		deadline := time.Now().Add(hangGuard)
+		for code, _, _ := client(t, nil, "health"); code != 0; code, _, _ = client(t, nil, "health") {
+			if time.Now().After(deadline) {
+				t.Fatal("never became healthy")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		code, stdout, _ := client(t, nil, "set-health", "fail")
+		if code != 0 || !strings.Contains(stdout, "task=web.1.abc") {
+			t.Errorf("set-health fail: exit %d, stdout %q; want 0 and the task's name", code, stdout)
+		}
+		check(t, 1, "failing as asked")
+		if code, _, stderr := client(t, nil, "set-health", "ok"); code != 0 {
+			t.Errorf("set-health ok: exit %d, stderr %q", code, stderr)
+		}
+		check(t, 0, "ok")
+	})
+	t.Run("unhealthy after", func(t *testing.T) {
+		useServer(t, startServer(t, nil, "--unhealthy-after", "0s"))
+		check(t, 1, "unhealthy since 0s after the start")
+	})
+	t.Run("told to pass before its time", func(t *testing.T) {
+		useServer(t, startServer(t, []string{"ECHO_HEALTHY_AFTER=1h"}))
+		check(t, 1, "starting: healthy after 1h0m0s")
+		if code, _, stderr := client(t, nil, "set-health", "ok"); code != 0 {
+			t.Fatalf("set-health ok: exit %d, stderr %q", code, stderr)
+		}
+		check(t, 0, "ok")
+	})
+	t.Run("no server", func(t *testing.T) {
+		t.Setenv("ECHO_ADDR", "127.0.0.1")
+		_, port, _ := net.SplitHostPort(closedPort(t, "tcp"))
+		t.Setenv("ECHO_HTTP_PORT", port)
+		check(t, 1, "")
+	})
+	if code, _, stderr := client(t, nil, "set-health", "maybe"); code != 1 || !strings.Contains(stderr, "want ok or fail") {
+		t.Errorf("set-health maybe: exit %d, stderr %q", code, stderr)
+	}
+	if code, _, stderr := client(t, nil, "sleep", "10ms"); code != 0 {
+		t.Errorf("sleep 10ms: exit %d, stderr %q", code, stderr)
+	}
+}
+
+func TestShellWords(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		want    []string
+		wantErr bool
+	}{
+		{[]string{"-c", "/echo health"}, []string{"/echo", "health"}, false},
+		{[]string{"-c", "  /echo   get  http://x/ "}, []string{"/echo", "get", "http://x/"}, false},
+		{[]string{"-c", " "}, nil, false},
+		{[]string{"-c"}, nil, true},
+		{[]string{"/echo", "health"}, nil, true},
+	} {
+		got, err := shellWords(tc.args)
+		if (err != nil) != tc.wantErr || !slices.Equal(got, tc.want) {
+			t.Errorf("shellWords(%q) = %q, %v; want %q (error %v)", tc.args, got, err, tc.want, tc.wantErr)
+		}
+	}
+}
+
+// TestShell runs the binary as sh, as a CMD-SHELL health check does: it
+// executes the command's program (here itself, in client mode).
+func TestShell(t *testing.T) {
+	sh := filepath.Join(t.TempDir(), "sh")
+	if err := os.Symlink(os.Args[0], sh); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		command string
+		code    int
+		stdout  string
+	}{
+		{os.Args[0] + " resolve 127.0.0.9", 0, "127.0.0.9\n"},
+		{os.Args[0] + " resolve nope..", 1, ""},
+		{"/nonexistent/check", 127, ""},
+		{"", 0, ""},
+	} {
+		code, stdout := runEcho(t, sh, "-c", tc.command)
+		if code != tc.code || stdout != tc.stdout {
+			t.Errorf("sh -c %q: exit %d, stdout %q; want exit %d, stdout %q", tc.command, code, stdout, tc.code, tc.stdout)
+		}
+	}
+}
+
 func TestClientUsage(t *testing.T) {
-	for _, args := range [][]string{{"get"}, {"resolve", "a", "b"}, {"udp", "127.0.0.1:1"}} {
+	for _, args := range [][]string{{"get"}, {"resolve", "a", "b"}, {"udp", "127.0.0.1:1"}, {"health", "x"}, {"sleep"}} {
 		if code, _, stderr := client(t, nil, args...); code != 2 || !strings.Contains(stderr, "usage") {
 			t.Errorf("%q: exit %d, stderr %q; want 2 with usage", args, code, stderr)
 		}
@@ -525,19 +643,26 @@ func TestClientCommandLine(t *testing.T) {
 		{[]string{"resolve", "not a name"}, 1, ""},
 		{[]string{"udp", s.udp}, 2, ""},
 	} {
-		cmd := exec.Command(os.Args[0], tc.args...)
-		cmd.Env = append(os.Environ(), asServerEnv+"=1")
-		var stdout strings.Builder
-		cmd.Stdout = &stdout
-		err := cmd.Run()
-		code := 0
-		if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
-			code = ee.ExitCode()
-		} else if err != nil {
-			t.Fatalf("%q: %v", tc.args, err)
-		}
-		if code != tc.code || stdout.String() != tc.stdout {
-			t.Errorf("%q: exit %d, stdout %q; want exit %d, stdout %q", tc.args, code, stdout.String(), tc.code, tc.stdout)
+		code, stdout := runEcho(t, os.Args[0], tc.args...)
+		if code != tc.code || stdout != tc.stdout {
+			t.Errorf("%q: exit %d, stdout %q; want exit %d, stdout %q", tc.args, code, stdout, tc.code, tc.stdout)
 		}
 	}
+}
+
+// runEcho runs the test binary as the echo command (through path, which
+// may be a link to it) and returns its exit status and stdout.
+func runEcho(t *testing.T, path string, args ...string) (int, string) {
+	t.Helper()
+	cmd := exec.Command(path, args...)
+	cmd.Env = append(os.Environ(), asServerEnv+"=1")
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	err := cmd.Run()
+	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
+		return ee.ExitCode(), stdout.String()
+	} else if err != nil {
+		t.Fatalf("%s %q: %v", path, args, err)
+	}
+	return 0, stdout.String()
 }

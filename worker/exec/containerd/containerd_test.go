@@ -154,13 +154,13 @@ type fixture struct {
 	e     *Executor
 }
 
-func newFixture(t testing.TB) *fixture {
+func newFixture(t testing.TB, opts ...testimage.EchoOption) *fixture {
 	t.Helper()
 	needContainerd(t)
 	ns := testNamespace(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*testTimeout)
 	defer cancel()
-	ref, err := testimage.LoadEcho(ctx, DefaultAddress, ns)
+	ref, err := testimage.LoadEcho(ctx, DefaultAddress, ns, opts...)
 	if err != nil {
 		t.Fatalf("load echo image: %v", err)
 	}

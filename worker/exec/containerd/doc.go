@@ -8,7 +8,10 @@
 // labels, so that a restarted shoald adopts what an earlier run started.
 // It keeps no state of its own: every call asks containerd. It also loads
 // the image tarballs the managers distribute (exec.ImageLoader), marking
-// each image with the digest of the tarball it came from.
+// each image with the digest of the tarball it came from, and runs health
+// checks (exec.Prober): the task's check merged over its image's
+// HEALTHCHECK, each run as an extra process of the container's task that
+// it deletes when the check ends.
 //
 // It does not touch networking beyond giving each container a new network
 // namespace (loopback only); attaching that namespace to networks is the

@@ -163,6 +163,14 @@ type slot struct {
 	incumbent *api.Task
 	candidate *api.Task
 	stale     bool
+	// replaced is the new task made for a slot whose task of an older
+	// template did not serve (nothing to pace): the rollout watches it
+	// like the tasks it makes.
+	replaced *api.Task
+	// settled: none of the slot's runnable tasks (as read) is of another
+	// template. A rollout is complete only when every slot is, so that it
+	// is not declared complete in the plan that still replaces some.
+	settled bool
 }
 
 // occupied reports whether the slot counts towards replicas. A slot whose
@@ -284,6 +292,7 @@ func (r *reconciler) reconcileSlot(s *slot) {
 	}
 	history := slices.Clone(s.history)
 	defer func() { r.pruneHistory(history) }()
+	s.settled = !slices.ContainsFunc(s.runnable, r.stale)
 
 	if inc := r.incumbent(s.runnable); inc != nil {
 		r.keepIncumbent(s, inc, &history)
@@ -297,7 +306,7 @@ func (r *reconciler) reconcileSlot(s *slot) {
 		switch {
 		case r.stale(cur):
 			r.shutdown(cur, &history)
-			r.create(s.num, 0, 0, 0, "created for updated spec")
+			s.replaced = r.create(s.num, 0, 0, 0, "created for updated spec")
 			return
 		case r.ended(cur):
 			r.shutdown(cur, &history)
@@ -318,7 +327,7 @@ func (r *reconciler) reconcileSlot(s *slot) {
 	last := history[0]
 	switch {
 	case r.stale(last):
-		r.create(s.num, 0, 0, 0, "created for updated spec")
+		s.replaced = r.create(s.num, 0, 0, 0, "created for updated spec")
 	case r.ended(last):
 		r.restart(s.num, last)
 	}

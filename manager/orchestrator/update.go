@@ -109,21 +109,22 @@ func (r *reconciler) rollout(tasks []*api.Task, slots map[uint64]*slot) {
 	orig := r.svc.GetUpdateStatus()
 	st := proto.CloneOf(orig)
 	var stale []*slot
-	for _, s := range slots {
+	for _, s := range sortedSlots(slots) {
 		if s.stale {
 			stale = append(stale, s)
 		}
 	}
-	slices.SortFunc(stale, func(a, b *slot) int { return cmp.Compare(a.num, b.num) })
 	switch {
-	case st == nil && len(stale) == 0:
+	case st.GetSpecVersion() == r.svc.GetSpecVersion():
+	case len(stale) == 0 && !slices.ContainsFunc(sortedSlots(slots), func(s *slot) bool { return s.replaced != nil }):
 		return
-	case st.GetSpecVersion() != r.svc.GetSpecVersion():
-		// Tasks of an older template, and no rollout of this one (a
+	default:
+		// Tasks of another template, and no rollout of this one (a
 		// service stored before rollouts were recorded): start one.
 		st = newRollout(r.now, api.UpdateState_UPDATE_STATE_UPDATING, r.svc.GetSpecVersion(), r.svc.GetSpec().GetUpdate(), "update in progress")
 	}
 	defer func() {
+		slices.SortFunc(st.Slots, func(a, b *api.UpdateSlot) int { return cmp.Compare(a.GetSlot(), b.GetSlot()) })
 		if r.rollback == nil && !proto.Equal(st, orig) {
 			r.plan.Service = proto.CloneOf(r.svc)
 			r.plan.Service.UpdateStatus = st
@@ -150,7 +151,7 @@ func (r *reconciler) rollout(tasks []*api.Task, slots map[uint64]*slot) {
 			waiting = append(waiting, s)
 		}
 	}
-	if active && len(failures) > 0 {
+	if active && len(failures) > 0 && cfg.GetFailureAction() != api.UpdateFailureAction_UPDATE_FAILURE_ACTION_CONTINUE {
 		total := st.GetUpdated() + uint64(len(st.Slots)) + uint64(len(waiting))
 		if float64(st.GetFailures()) > float64(cfg.GetMaxFailureRatio())*float64(total) {
 			r.failureAction(st, cfg, failures[0])
@@ -160,12 +161,27 @@ func (r *reconciler) rollout(tasks []*api.Task, slots map[uint64]*slot) {
 	if !active {
 		return
 	}
-	r.takeSlots(st, cfg, waiting)
-	if len(waiting) == 0 && !slices.ContainsFunc(st.Slots, func(rec *api.UpdateSlot) bool {
-		return rec.GetPhase() != api.UpdatePhase_UPDATE_PHASE_FAILED
-	}) {
-		r.complete(st)
+	for _, s := range sortedSlots(slots) {
+		if s.replaced != nil && !taken[s.num] {
+			st.Slots = append(st.Slots, &api.UpdateSlot{
+				Slot: s.num, TaskId: s.replaced.GetId(), Phase: api.UpdatePhase_UPDATE_PHASE_STARTING, Since: timestamppb.New(r.now),
+			})
+			taken[s.num] = true
+		}
 	}
+	r.takeSlots(st, cfg, waiting)
+	for _, rec := range st.Slots {
+		if rec.GetPhase() != api.UpdatePhase_UPDATE_PHASE_FAILED {
+			return
+		}
+		taken[rec.GetSlot()] = true
+	}
+	for _, s := range slots {
+		if !s.settled && !taken[s.num] {
+			return
+		}
+	}
+	r.complete(st)
 }
 
 // watchSlots follows the slots in flight: a new task that runs starts
@@ -285,4 +301,14 @@ func (r *reconciler) complete(st *api.UpdateStatus) {
 	}
 	st.CompletedAt = timestamppb.New(r.now)
 	st.Slots = nil
+}
+
+// sortedSlots are the slots in slot order.
+func sortedSlots(slots map[uint64]*slot) []*slot {
+	out := make([]*slot, 0, len(slots))
+	for _, s := range slots {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b *slot) int { return cmp.Compare(a.num, b.num) })
+	return out
 }

@@ -16,30 +16,24 @@
 //     and is never reused: a restart is a new task in the same slot with
 //     restart_count one higher. A slot's current task is its newest task
 //     whose desired state is RUNNING.
-//
 //   - When the current task ends (or its node is DOWN) it gets desired state
 //     SHUTDOWN and, if the restart policy allows, a replacement. Quick
 //     failures back off exponentially (see RestartDelay); the replacement
 //     waits in NEW with not_before set, and the wiring promotes it to
 //     PENDING once not_before passes.
-//
 //   - Scaling down keeps the slots whose tasks are furthest along (running
 //     first) and, among equals, the lowest slot numbers, so slot numbers
 //     can become sparse (web.1, web.4) exactly as in Swarm. Scaling up
 //     fills the lowest free slot numbers.
-//
 //   - A slot whose restart policy says no more (condition NONE or
 //     ON_FAILURE after a clean exit, or max_attempts reached, within the
 //     policy's window when it has one) keeps its ended task as its last
 //     word and still counts towards replicas; a spec change (`service
 //     update --force` bumps spec_version) gives it a fresh task.
-//
 //   - Tasks taken out of service before they ever got a node are deleted
 //     at once: nothing would ever report on them.
-//
 //   - Ended tasks stay as per-slot history (TaskHistoryLimit per slot) so
 //     users can see why a slot restarted.
-//
 //   - A change of the task template (spec_version) is rolled out by the
 //     rolling updater (update.go), in the same Plan: it takes the slots
 //     that a task of another template serves, parallelism at a time,

@@ -111,8 +111,8 @@ func parseNodeUpdate(fs interface{ Changed(string) bool }, availability string, 
 	}
 	u.labelAdd = add
 	for _, key := range labelRm {
-		if strings.TrimSpace(key) == "" || strings.Contains(key, "=") {
-			return u, fmt.Errorf("invalid --label-rm %q: want the KEY of a label", key)
+		if err := checkKey("--label-rm", "label", key); err != nil {
+			return u, err
 		}
 		if _, ok := add[key]; ok {
 			return u, fmt.Errorf("--label-add and --label-rm both name label %q", key)
@@ -132,18 +132,8 @@ func (u nodeUpdate) apply(n *api.Node, spec *api.NodeSpec) error {
 		if _, ok := spec.GetLabels()[key]; !ok {
 			return fmt.Errorf("node %s has no label %q", nodeName(n), key)
 		}
-		delete(spec.Labels, key)
 	}
-	if len(u.labelAdd) > 0 && spec.Labels == nil {
-		spec.Labels = make(map[string]string, len(u.labelAdd))
-	}
-	for k, v := range u.labelAdd {
-		spec.Labels[k] = v
-	}
-	if len(spec.Labels) == 0 {
-		// An emptied map and no map are the same spec.
-		spec.Labels = nil
-	}
+	spec.Labels = editLabels(spec.Labels, u.labelAdd, u.labelRm)
 	return nil
 }
 

@@ -291,11 +291,12 @@ func (r *reconciler) takeSlots(st *api.UpdateStatus, cfg *api.UpdateConfig, wait
 
 // complete ends a rollout that has no slot left to take or watch.
 func (r *reconciler) complete(st *api.UpdateStatus) {
-	what, state := "update", api.UpdateState_UPDATE_STATE_COMPLETED
 	if st.GetState() == api.UpdateState_UPDATE_STATE_ROLLBACK_STARTED {
-		what, state = "rollback", api.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED
+		// Keep why it rolled back: the user asked, or a task failed.
+		st.State, st.Message = api.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED, "rollback completed: "+st.GetMessage()
+	} else {
+		st.State, st.Message = api.UpdateState_UPDATE_STATE_COMPLETED, "update completed"
 	}
-	st.State, st.Message = state, what+" completed"
 	if st.GetFailures() > 0 {
 		st.Message += fmt.Sprintf(" with %d failed slot(s) of %d", st.GetFailures(), st.GetFailures()+st.GetUpdated())
 	}

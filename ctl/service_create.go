@@ -14,9 +14,9 @@ import (
 // createFlags are the flags of `service create`: its name, the spec
 // flags it shares with `service update`, and how to wait.
 type createFlags struct {
-	name string
+	name  string
 	flags specFlags
-	wait waitFlags
+	wait  waitFlags
 }
 
 func newServiceCreateCommand(c *cli) *cobra.Command {

@@ -6,9 +6,6 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 )
@@ -20,40 +17,19 @@ import (
 const serviceWriteAttempts = 3
 
 // updateService rewrites the spec of service ref with change, which
-// returns an error to refuse the change, rereading the service when the
-// write lost a race. It reports the service as stored and whether
-// anything was written: an unchanged spec is not sent.
+// returns an error to refuse the change. It reports the service as stored
+// and whether anything was written: an unchanged spec is not sent.
 func updateService(ctx context.Context, client api.ControlClient, ref string, change func(svc *api.Service, spec *api.ServiceSpec) error) (*api.Service, bool, error) {
-	var err error
-	for range serviceWriteAttempts {
-		var got *api.GetServiceResponse
-		got, err = client.GetService(ctx, &api.GetServiceRequest{Service: ref})
+	return rewrite(serviceWriteAttempts, func() (*api.Service, *api.ServiceSpec, error) {
+		got, err := client.GetService(ctx, &api.GetServiceRequest{Service: ref})
 		if err != nil {
-			return nil, false, err
+			return nil, nil, err
 		}
-		svc := got.GetService()
-		spec := proto.CloneOf(svc.GetSpec())
-		if err := change(svc, spec); err != nil {
-			return nil, false, err
-		}
-		if proto.Equal(spec, svc.GetSpec()) {
-			return svc, false, nil
-		}
-		var resp *api.UpdateServiceResponse
-		resp, err = client.UpdateService(ctx, &api.UpdateServiceRequest{
-			Service: svc.GetId(),
-			Version: svc.GetMeta().GetVersion(),
-			Spec:    spec,
-		})
-		if status.Code(err) == codes.Aborted {
-			continue
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		return resp.GetService(), true, nil
-	}
-	return nil, false, err
+		return got.GetService(), got.GetService().GetSpec(), nil
+	}, change, func(svc *api.Service, spec *api.ServiceSpec) (*api.Service, error) {
+		resp, err := client.UpdateService(ctx, &api.UpdateServiceRequest{Service: svc.GetId(), Version: svc.GetMeta().GetVersion(), Spec: spec})
+		return resp.GetService(), err
+	})
 }
 
 // rollingOut reports whether svc, as a change returned it, is rolling its

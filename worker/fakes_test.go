@@ -33,6 +33,8 @@ type fakeExecutor struct {
 	containers []exec.Container
 	prepareErr map[string]error
 	startErr   map[string]error
+	// listenErr is what Listening answers, per task (nil: listening).
+	listenErr map[string]error
 	// listHook, when set, runs inside Containers before it answers.
 	listHook func(ctx context.Context)
 }
@@ -42,6 +44,7 @@ func newFakeExecutor() *fakeExecutor {
 		ctrls:      map[string]*fakeController{},
 		prepareErr: map[string]error{},
 		startErr:   map[string]error{},
+		listenErr:  map[string]error{},
 	}
 }
 
@@ -151,6 +154,13 @@ func (c *fakeController) Start(ctx context.Context) error {
 	c.e.mu.Lock()
 	defer c.e.mu.Unlock()
 	return c.e.startErr[c.id]
+}
+
+// Listening is a question, not a verb: it is not recorded.
+func (c *fakeController) Listening(ctx context.Context, max time.Duration) error {
+	c.e.mu.Lock()
+	defer c.e.mu.Unlock()
+	return c.e.listenErr[c.id]
 }
 
 func (c *fakeController) Wait(ctx context.Context) error {

@@ -31,7 +31,7 @@ func FuzzCreateInput(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		if err := checkEnv(s); err == nil {
+		if err := checkEnv("--env", s); err == nil {
 			key, _, _ := strings.Cut(s, "=")
 			if !envKeyRE.MatchString(key) || !strings.Contains(s, "=") {
 				t.Errorf("accepted env %q", s)
@@ -40,7 +40,7 @@ func FuzzCreateInput(f *testing.F) {
 		if labels, err := parseLabels("--label", []string{s}); err == nil && len(labels) != 1 {
 			t.Errorf("label %q gave %v", s, labels)
 		}
-		if err := checkConstraint(s); err == nil && !strings.Contains(s, "==") && !strings.Contains(s, "!=") {
+		if err := checkConstraint("--constraint", s); err == nil && !strings.Contains(s, "==") && !strings.Contains(s, "!=") {
 			t.Errorf("accepted constraint %q", s)
 		}
 		if _, err := parsePsFilters([]string{s}); err == nil && !strings.HasPrefix(s, "desired-state=") && !strings.HasPrefix(s, "node=") {

@@ -54,6 +54,8 @@ type convergence struct {
 	// failed is a task of the current spec that failed or was rejected
 	// after the change being waited for; nil when none did.
 	failed *api.Task
+	// extra: a slot beyond replicas still has a task meant to run.
+	extra bool
 }
 
 // assess judges one WatchTasks snapshot. since is the meta.version (raft
@@ -64,14 +66,13 @@ type convergence struct {
 func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) convergence {
 	c := convergence{service: svc, replicas: svc.GetSpec().GetReplicated().GetReplicas()}
 	c.slots = make([]*api.Task, c.replicas)
-	extraRunning := false
 	for _, t := range tasks {
 		slot := t.GetSlot()
 		inRange := slot >= 1 && slot <= c.replicas
 		wanted := t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING
 		if !inRange {
 			if wanted && !api.IsTerminal(t.GetStatus().GetState()) {
-				extraRunning = true
+				c.extra = true
 			}
 			continue
 		}
@@ -90,7 +91,7 @@ func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) converge
 			c.running++
 		}
 	}
-	c.converged = c.failed == nil && !extraRunning &&
+	c.converged = c.failed == nil && !c.extra &&
 		svc.GetSpecVersion() >= minSpec && c.running == c.replicas
 	return c
 }
@@ -158,6 +159,54 @@ func (c convergence) lines() []string {
 		out = append(out, strings.TrimRight(fmt.Sprintf("%*d/%d: %-*s %s", width, i+1, c.replicas, stateWidth, name, detail), " "))
 	}
 	return out
+}
+
+// rollout judges a snapshot of a service whose rolling update (or
+// rollback) req waits for: the lines to show, whether it is done (the
+// rollout completed and every slot runs its task), or why it failed (it
+// paused, the failure action rolled it back, another update replaced it),
+// with what the user can do.
+func (c convergence) rollout(req waitRequest) (lines []string, done bool, err error) {
+	svc, want := c.service, req.service.GetSpecVersion()
+	st := svc.GetUpdateStatus()
+	name := svc.GetSpec().GetName()
+	lines = c.lines()
+	rollingBack := st.GetState() == api.UpdateState_UPDATE_STATE_ROLLBACK_STARTED ||
+		st.GetState() == api.UpdateState_UPDATE_STATE_ROLLBACK_PAUSED ||
+		st.GetState() == api.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED
+	switch {
+	case svc.GetMeta().GetVersion() < req.service.GetMeta().GetVersion() || st.GetSpecVersion() != svc.GetSpecVersion():
+		return lines, false, nil // a snapshot from before the change
+	case svc.GetSpecVersion() == want:
+	case rollingBack && !req.rollback:
+		// The failure action rolled the update back: follow the
+		// rollback, then fail.
+	default:
+		return lines, false, fmt.Errorf("service %s was changed again while waiting (spec version %d); follow it with `shoalctl service ps %s`", name, svc.GetSpecVersion(), name)
+	}
+	lines = append(lines, fmt.Sprintf("%s: %d of %d slots updated", strings.ReplaceAll(api.UpdateStateName(st.GetState()), "_", " "), st.GetUpdated(), c.replicas))
+	rolledBack := rollingBack && !req.rollback
+	if rolledBack && st.GetState() == api.UpdateState_UPDATE_STATE_ROLLBACK_STARTED {
+		lines = append(lines, st.GetMessage()) // why
+	}
+	switch st.GetState() {
+	case api.UpdateState_UPDATE_STATE_PAUSED:
+		return lines, false, fmt.Errorf("%s\nservice %s stays paused: fix what failed and resume with `shoalctl service update --force %s`, or return to the previous spec with `shoalctl service rollback %s`",
+			st.GetMessage(), name, name, name)
+	case api.UpdateState_UPDATE_STATE_ROLLBACK_PAUSED:
+		return lines, false, fmt.Errorf("%s\nservice %s stays paused halfway back: see `shoalctl service ps %s`", st.GetMessage(), name, name)
+	case api.UpdateState_UPDATE_STATE_COMPLETED, api.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED:
+		switch {
+		case c.running != c.replicas || c.extra:
+			return lines, false, nil
+		case rolledBack:
+			return lines, false, fmt.Errorf("%s\nservice %s runs its previous spec again", st.GetMessage(), name)
+		case st.GetFailures() > 0:
+			return lines, false, fmt.Errorf("%s\nsee `shoalctl service ps %s` for the tasks that failed", st.GetMessage(), name)
+		}
+		return lines, true, nil
+	}
+	return lines, false, nil
 }
 
 // progressBar draws how far along state is among progressSteps.

@@ -30,7 +30,8 @@ func newServiceInspectCommand(c *cli) *cobra.Command {
 
 --format TEMPLATE runs a Go template per service over the api.Service type,
 so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.SpecVersion}},
-{{.Spec.Task.Container.Image}}, {{json .Spec}}.
+{{.Spec.Task.Container.Image}}, {{json .Spec}}, {{.UpdateStatus.State}},
+{{.UpdateStatus.Message}}, {{.PreviousSpec.Task.Container.Image}}.
 --pretty prints a summary for people instead.`,
 		Example: `  shoalctl service inspect --format '{{.Spec.Task.Container.Image}}' web`,
 		Args:    minArgs(1, "at least one SERVICE argument"),
@@ -107,6 +108,20 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 		line(0, "Mode", "Replicated")
 		line(1, "Replicas", fmt.Sprintf("%d (%d running)", r.GetReplicas(), resp.GetCounts().GetRunning()))
 	}
+	if st := s.GetUpdateStatus(); st != nil {
+		section("Update status")
+		line(1, "State", strings.ReplaceAll(api.UpdateStateName(st.GetState()), "_", " "))
+		optional(1, "Started", timeText(st.GetStartedAt()))
+		optional(1, "Completed", timeText(st.GetCompletedAt()))
+		optional(1, "Message", st.GetMessage())
+		inFlight := 0
+		for _, r := range st.GetSlots() {
+			if r.GetPhase() != api.UpdatePhase_UPDATE_PHASE_FAILED {
+				inFlight++
+			}
+		}
+		line(1, "Slots", fmt.Sprintf("%d updated, %d failed, %d in flight", st.GetUpdated(), st.GetFailures(), inFlight))
+	}
 	task := spec.GetTask()
 	if cs := task.GetPlacement().GetConstraints(); len(cs) > 0 {
 		section("Placement")
@@ -120,6 +135,28 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 		if r.GetMaxAttempts() > 0 {
 			line(1, "Max attempts", r.GetMaxAttempts())
 		}
+		if w := r.GetWindow().AsDuration(); w > 0 {
+			line(1, "Window", w)
+		}
+	}
+	for _, cfg := range []struct {
+		title string
+		c     *api.UpdateConfig
+	}{{"Update config", spec.GetUpdate()}, {"Rollback config", spec.GetRollback()}} {
+		if cfg.c == nil {
+			continue
+		}
+		section(cfg.title)
+		parallelism := fmt.Sprint(cfg.c.GetParallelism())
+		if cfg.c.GetParallelism() == 0 {
+			parallelism = "0 (all at once)"
+		}
+		line(1, "Parallelism", parallelism)
+		line(1, "Delay", cfg.c.GetDelay().AsDuration())
+		line(1, "On failure", api.FailureActionName(cfg.c.GetFailureAction()))
+		line(1, "Monitoring period", cfg.c.GetMonitor().AsDuration())
+		line(1, "Max failure ratio", cfg.c.GetMaxFailureRatio())
+		line(1, "Order", api.UpdateOrderName(cfg.c.GetOrder()))
 	}
 	c := task.GetContainer()
 	section("Container")
@@ -134,6 +171,14 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	optional(1, "Hostname", c.GetHostname())
 	optional(1, "Stop grace period", durationText(c.GetStopGracePeriod()))
 	prettyHealthcheck(c.GetHealthcheck(), section, line, optional)
+	if prev := s.GetPreviousSpec(); prev != nil {
+		section("Previous spec")
+		line(1, "Spec version", s.GetPreviousSpecVersion())
+		line(1, "Image", prev.GetTask().GetContainer().GetImage())
+		if r := prev.GetReplicated(); r != nil {
+			line(1, "Replicas", r.GetReplicas())
+		}
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}

@@ -23,6 +23,8 @@ func newServiceCommand(c *cli) *cobra.Command {
 		newServicePsCommand(c),
 		newServiceInspectCommand(c),
 		newServiceScaleCommand(c),
+		newServiceUpdateCommand(c),
+		newServiceRollbackCommand(c),
 		newServiceRmCommand(c),
 	)
 }

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
@@ -14,7 +15,10 @@ import (
 
 // orchestratorController keeps every service's tasks matching its spec: it
 // reconciles (orchestrator.Reconcile) each service that a change touched,
-// and again when a plan asks to be woken (restart delays).
+// and again when a plan asks to be woken (restart delays, a rolling
+// update's delays and monitor periods). A plan's change of the service
+// (the rollout's progress) goes first, in the same command as the tasks
+// unless the plan is bigger than a command.
 type orchestratorController struct {
 	m     *Manager
 	log   *slog.Logger
@@ -63,8 +67,12 @@ func (c *orchestratorController) pass(ctx context.Context) time.Time {
 		if plan.Empty() {
 			continue
 		}
-		actions := make([]*api.StoreAction, 0, len(plan.Create)+len(plan.Update)+len(plan.Remove))
+		actions := make([]*api.StoreAction, 0, 1+len(plan.Create)+len(plan.Update)+len(plan.Remove))
 		ts := timestamppb.New(now)
+		if plan.Service != nil {
+			plan.Service.Meta.UpdatedAt = ts
+			actions = append(actions, store.Update(plan.Service))
+		}
 		for _, t := range plan.Create {
 			t.Meta = &api.Meta{CreatedAt: ts}
 			actions = append(actions, store.Create(t))
@@ -80,8 +88,20 @@ func (c *orchestratorController) pass(ctx context.Context) time.Time {
 			if ctx.Err() != nil {
 				return time.Time{}
 			}
-			c.log.Warn("apply reconcile plan; retrying", "service", id, "err", err)
+			if errors.Is(err, store.ErrSequenceConflict) {
+				// The service or a task changed since it was read (an
+				// update, a status report): its change event brings it
+				// back.
+				c.log.Debug("reconcile plan raced a change; planning again", "service", id, "err", err)
+			} else {
+				c.log.Warn("apply reconcile plan; retrying", "service", id, "err", err)
+			}
 			c.wakes[id] = time.Now().Add(retryDelay)
+			continue
+		}
+		if st := plan.Service.GetUpdateStatus(); plan.Service != nil && st.GetState() != svc.GetUpdateStatus().GetState() {
+			c.log.Info("rollout "+api.UpdateStateName(st.GetState()), "service", plan.Service.GetSpec().GetName(),
+				"spec_version", st.GetSpecVersion(), "message", st.GetMessage())
 		}
 	}
 	return earliest(c.wakes)

@@ -26,18 +26,27 @@
 //     can become sparse (web.1, web.4) exactly as in Swarm. Scaling up
 //     fills the lowest free slot numbers.
 //   - A slot whose restart policy says no more (condition NONE or
-//     ON_FAILURE after a clean exit, or max_attempts reached) keeps its
-//     ended task as its last word and still counts towards replicas; a
-//     spec change (`service update --force` bumps spec_version) gives it a
-//     fresh task.
+//     ON_FAILURE after a clean exit, or max_attempts reached, within the
+//     policy's window when it has one) keeps its ended task as its last
+//     word and still counts towards replicas; a spec change (`service
+//     update --force` bumps spec_version) gives it a fresh task.
 //   - Tasks taken out of service before they ever got a node are deleted
 //     at once: nothing would ever report on them.
 //   - Ended tasks stay as per-slot history (TaskHistoryLimit per slot) so
 //     users can see why a slot restarted.
+//   - A change of the task template (spec_version) is rolled out by the
+//     rolling updater (update.go), in the same Plan: it takes the slots
+//     that a task of another template serves, parallelism at a time,
+//     stop-first or start-first, watches each new task for the monitor
+//     period and takes the failure action (pause, continue, rollback)
+//     when too many fail. Its progress is the service's update_status,
+//     which the Plan carries (Plan.Service), so that it is in raft with
+//     the tasks and a new leader goes on where the old one stopped.
+//     Slots whose task does not serve are replaced at once: there is
+//     nothing to keep up. Respec and Rollback are the spec bookkeeping
+//     of updates and rollbacks that the control API and the failure
+//     action share.
 //
-// Not here yet: rolling updates. A task-spec change (spec_version bump)
-// replaces every slot's task at once; update parallelism, delay, failure
-// action and rollback belong to a later updater. Global mode and jobs are
-// not handled: Reconcile returns an empty Plan for a service that is not
-// replicated.
+// Global mode and jobs are not handled: Reconcile returns an empty Plan
+// for a service that is not replicated.
 package orchestrator

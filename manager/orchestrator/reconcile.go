@@ -34,8 +34,16 @@ type Config struct {
 }
 
 // Plan is what Reconcile wants changed. The caller applies all of it in
-// one store transaction.
+// one store transaction, Service first (see Service).
 type Plan struct {
+	// Service, when set, is a changed clone of the service to store (Meta
+	// as read, so a concurrent change of the service refuses the whole
+	// plan): the rolling update's progress, or a rollback. It must be
+	// committed with, or before, the tasks: a rollout's record of a slot
+	// names the slot's new task, and a record whose task never made it to
+	// the store is dropped, while a task without its record would go
+	// unwatched.
+	Service *api.Service
 	// Create holds new tasks, ready to store (ids set, Meta unset).
 	Create []*api.Task
 	// Update holds changed clones of existing tasks; only desired_state
@@ -52,7 +60,7 @@ type Plan struct {
 
 // Empty reports whether the plan changes nothing in the store.
 func (p Plan) Empty() bool {
-	return len(p.Create) == 0 && len(p.Update) == 0 && len(p.Remove) == 0
+	return p.Service == nil && len(p.Create) == 0 && len(p.Update) == 0 && len(p.Remove) == 0
 }
 
 // Reconcile computes the changes that bring a service's tasks to its spec.
@@ -61,7 +69,36 @@ func (p Plan) Empty() bool {
 // every node in the store by id: a task on a DOWN node is lost and
 // replaced. The inputs are never modified. A service that is not in
 // replicated mode gets an empty Plan.
+//
+// Slots whose task runs from an older task template are replaced by the
+// rolling update (update.go), as the service's update config paces it;
+// its progress is in the Plan's Service.
 func Reconcile(now time.Time, cfg Config, svc *api.Service, tasks []*api.Task, nodes map[string]*api.Node) Plan {
+	r := newReconciler(now, cfg, svc, nodes)
+	switch {
+	case svc == nil:
+		for _, t := range tasks {
+			r.retire(t)
+		}
+	case svc.GetSpec().GetReplicated() == nil:
+		return Plan{}
+	default:
+		r.reconcileReplicated(tasks)
+		if r.rollback != nil {
+			// The failure action rolled the service back: plan again for
+			// the spec it returns to, from the same snapshot, so that no
+			// task of the abandoned spec is made in the meantime.
+			p := Reconcile(now, cfg, r.rollback, tasks, nodes)
+			if p.Service == nil {
+				p.Service = r.rollback
+			}
+			return p
+		}
+	}
+	return r.finish(tasks)
+}
+
+func newReconciler(now time.Time, cfg Config, svc *api.Service, nodes map[string]*api.Node) *reconciler {
 	r := &reconciler{
 		now:          now,
 		svc:          svc,
@@ -79,18 +116,7 @@ func Reconcile(now time.Time, cfg Config, svc *api.Service, tasks []*api.Task, n
 	if n := svc.GetSpec().GetTaskHistoryLimit(); n > 0 {
 		r.historyLimit = int(n)
 	}
-
-	switch {
-	case svc == nil:
-		for _, t := range tasks {
-			r.retire(t)
-		}
-	case svc.GetSpec().GetReplicated() == nil:
-		return Plan{}
-	default:
-		r.reconcileReplicated(tasks)
-	}
-	return r.finish(tasks)
+	return r
 }
 
 // action is the final decision about one existing task.
@@ -108,6 +134,9 @@ type reconciler struct {
 
 	actions map[*api.Task]action
 	plan    Plan
+	// rollback is the service rolled back by the rollout's failure
+	// action; Reconcile then plans again for it.
+	rollback *api.Service
 }
 
 // slot is one slot's tasks, sorted into the roles they play.
@@ -124,6 +153,24 @@ type slot struct {
 	// void tasks were taken out of service before they ever got a node:
 	// nothing will ever run or report them, so they are deleted.
 	void []*api.Task
+
+	// What reconcileSlot found, for the rolling update: incumbent is the
+	// task that serves the slot (nil when none does); candidate, a task
+	// of the current template starting next to an incumbent of an older
+	// one (a start-first update). A slot is stale when its incumbent is of
+	// an older template and no candidate is on its way: the rollout
+	// decides when it is replaced.
+	incumbent *api.Task
+	candidate *api.Task
+	stale     bool
+	// replaced is the new task made for a slot whose task of an older
+	// template did not serve (nothing to pace): the rollout watches it
+	// like the tasks it makes.
+	replaced *api.Task
+	// settled: none of the slot's runnable tasks (as read) is of another
+	// template. A rollout is complete only when every slot is, so that it
+	// is not declared complete in the plan that still replaces some.
+	settled bool
 }
 
 // occupied reports whether the slot counts towards replicas. A slot whose
@@ -155,7 +202,7 @@ func (r *reconciler) reconcileReplicated(tasks []*api.Task) {
 
 	var occupied []*slot
 	for _, s := range bySlot {
-		slices.SortFunc(s.runnable, r.compareNewestFirst)
+		slices.SortFunc(s.runnable, r.compareCurrentFirst)
 		slices.SortFunc(s.history, r.compareNewestFirst)
 		if s.occupied() {
 			occupied = append(occupied, s)
@@ -163,12 +210,12 @@ func (r *reconciler) reconcileReplicated(tasks []*api.Task) {
 	}
 
 	replicas := r.svc.GetSpec().GetReplicated().GetReplicas()
-	kept := make(map[uint64]bool, len(occupied))
+	kept := make(map[uint64]*slot, len(occupied))
 	for _, s := range r.keep(occupied, replicas) {
-		kept[s.num] = true
+		kept[s.num] = s
 	}
 	for _, s := range bySlot {
-		if kept[s.num] {
+		if kept[s.num] != nil {
 			r.reconcileSlot(s)
 		} else {
 			r.retireSlot(s)
@@ -178,11 +225,12 @@ func (r *reconciler) reconcileReplicated(tasks []*api.Task) {
 	// Scale up into the lowest free slot numbers.
 	missing := replicas - uint64(len(kept))
 	for num := uint64(1); missing > 0; num++ {
-		if !kept[num] {
+		if kept[num] == nil {
 			r.create(num, 0, 0, 0, "created")
 			missing--
 		}
 	}
+	r.rollout(tasks, kept)
 }
 
 // keep chooses which occupied slots stay when there are more than
@@ -230,7 +278,9 @@ func (r *reconciler) retireSlot(s *slot) {
 	}
 }
 
-// reconcileSlot brings one kept slot to the spec.
+// reconcileSlot brings one kept slot to the spec, but for replacing a
+// task that serves from an older template: that is the rollout's (see
+// slot.stale).
 func (r *reconciler) reconcileSlot(s *slot) {
 	for _, t := range s.void {
 		r.remove(t)
@@ -242,7 +292,12 @@ func (r *reconciler) reconcileSlot(s *slot) {
 	}
 	history := slices.Clone(s.history)
 	defer func() { r.pruneHistory(history) }()
+	s.settled = !slices.ContainsFunc(s.runnable, r.stale)
 
+	if inc := r.incumbent(s.runnable); inc != nil {
+		r.keepIncumbent(s, inc, &history)
+		return
+	}
 	if len(s.runnable) > 0 {
 		cur := s.runnable[0]
 		for _, dup := range s.runnable[1:] {
@@ -251,7 +306,7 @@ func (r *reconciler) reconcileSlot(s *slot) {
 		switch {
 		case r.stale(cur):
 			r.shutdown(cur, &history)
-			r.create(s.num, 0, 0, 0, "created for updated spec")
+			s.replaced = r.create(s.num, 0, 0, 0, "created for updated spec")
 			return
 		case r.ended(cur):
 			r.shutdown(cur, &history)
@@ -272,9 +327,50 @@ func (r *reconciler) reconcileSlot(s *slot) {
 	last := history[0]
 	switch {
 	case r.stale(last):
-		r.create(s.num, 0, 0, 0, "created for updated spec")
+		s.replaced = r.create(s.num, 0, 0, 0, "created for updated spec")
 	case r.ended(last):
 		r.restart(s.num, last)
+	}
+}
+
+// incumbent is the slot's task that serves, preferring the current
+// template (runnable is sorted that way); nil when none serves.
+func (r *reconciler) incumbent(runnable []*api.Task) *api.Task {
+	for _, t := range runnable {
+		if r.up(t) {
+			return t
+		}
+	}
+	return nil
+}
+
+// keepIncumbent settles a slot that a task serves. The incumbent stays.
+// Of the current template, it is the slot's task and every other one
+// goes: older ones (the task a start-first update replaced) are shut
+// down, duplicates retired. Of an older template, a task of the current
+// one that is starting next to it stays too (start-first: the incumbent
+// is shut down once it serves); one that ended instead is shut down and
+// the incumbent goes on serving, the failure being the rollout's to count.
+// Without such a candidate the slot is stale and waits for the rollout.
+func (r *reconciler) keepIncumbent(s *slot, inc *api.Task, history *[]*api.Task) {
+	s.incumbent = inc
+	if r.stale(inc) {
+		for _, t := range s.runnable {
+			if t != inc && !r.stale(t) && !r.ended(t) {
+				s.candidate = t
+				break
+			}
+		}
+		s.stale = s.candidate == nil
+	}
+	for _, t := range s.runnable {
+		switch {
+		case t == inc || t == s.candidate:
+		case r.stale(t) != r.stale(inc):
+			r.shutdown(t, history)
+		default:
+			r.retire(t)
+		}
 	}
 }
 
@@ -299,7 +395,7 @@ func (r *reconciler) restart(num uint64, old *api.Task) {
 		return
 	}
 	policy := r.svc.GetSpec().GetTask().GetRestart()
-	if !shouldRestart(policy, old) {
+	if !shouldRestart(policy, old, r.now) {
 		return
 	}
 	end := r.now
@@ -309,7 +405,8 @@ func (r *reconciler) restart(num uint64, old *api.Task) {
 	step := nextBackoffStep(old, end, r.healthyRun)
 	delay := RestartDelay(policy, step)
 	attempt := old.GetRestartCount() + 1
-	r.create(num, attempt, step, delay, restartMessage(delay, attempt))
+	t := r.create(num, attempt, step, delay, restartMessage(delay, attempt))
+	t.RestartTimes = restartTimes(policy, old, r.now)
 }
 
 // pruneHistory deletes the oldest ended tasks beyond the history limit.
@@ -328,7 +425,7 @@ func (r *reconciler) pruneHistory(history []*api.Task) {
 	}
 }
 
-func (r *reconciler) create(num, restartCount uint64, step uint32, delay time.Duration, msg string) {
+func (r *reconciler) create(num, restartCount uint64, step uint32, delay time.Duration, msg string) *api.Task {
 	t := &api.Task{
 		Id:          api.NewID(),
 		ServiceId:   r.svc.GetId(),
@@ -353,6 +450,7 @@ func (r *reconciler) create(num, restartCount uint64, step uint32, delay time.Du
 		r.wakeAt(nb)
 	}
 	r.plan.Create = append(r.plan.Create, t)
+	return t
 }
 
 // retire gives t desired state REMOVE, or deletes it at once when nothing
@@ -409,9 +507,18 @@ func (r *reconciler) finish(tasks []*api.Task) Plan {
 	return r.plan
 }
 
-// stale reports whether t was made from an older task spec.
+// stale reports whether t was made from another task template than the
+// service's: an older one, or (after a rollback) the one rolled back.
 func (r *reconciler) stale(t *api.Task) bool {
-	return t.GetSpecVersion() < r.svc.GetSpecVersion()
+	return t.GetSpecVersion() != r.svc.GetSpecVersion()
+}
+
+// up reports whether t does its job, for a rollout: it runs and, if it
+// has a health check, is healthy (api.Healthy), and its node is neither
+// lost nor drained. This is the one place that decides when a new task
+// counts as started.
+func (r *reconciler) up(t *api.Task) bool {
+	return api.Healthy(t) && !r.ended(t)
 }
 
 // lost reports whether t may still be running on a node that is DOWN or
@@ -450,10 +557,34 @@ func (r *reconciler) gone(t *api.Task) bool {
 	return !ok || n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN
 }
 
-// compareNewestFirst orders a slot's tasks newest first: newer spec, then
-// more restarts, then (for duplicates) the one that is further along, then
-// the later created, then the id so the order is total.
+// compareCurrentFirst orders a slot's runnable tasks, the first being the
+// slot's current task: the current template first (after a rollback, the
+// older version number is the current one), then compareNewer.
+func (r *reconciler) compareCurrentFirst(a, b *api.Task) int {
+	if sa, sb := r.stale(a), r.stale(b); sa != sb {
+		if sb {
+			return -1
+		}
+		return 1
+	}
+	return r.compareNewer(a, b)
+}
+
+// compareNewestFirst orders a slot's history newest first: the later
+// created, then compareNewer. Creation time comes first because after a
+// rollback a slot's newest task can have the lower spec_version.
 func (r *reconciler) compareNewestFirst(a, b *api.Task) int {
+	if c := createdAt(b).Compare(createdAt(a)); c != 0 {
+		return c
+	}
+	return r.compareNewer(a, b)
+}
+
+// compareNewer orders tasks newest first without their creation times:
+// newer spec, then more restarts, then (for duplicates) the one that is
+// further along, then the later created, then the id so the order is
+// total.
+func (r *reconciler) compareNewer(a, b *api.Task) int {
 	if c := cmp.Compare(b.GetSpecVersion(), a.GetSpecVersion()); c != 0 {
 		return c
 	}

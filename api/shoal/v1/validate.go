@@ -102,7 +102,7 @@ func ValidateServiceSpec(s *ServiceSpec) error {
 		return err
 	}
 	if rp := s.GetTask().GetRestart(); rp != nil {
-		for name, d := range map[string]*durationpb.Duration{"delay": rp.GetDelay(), "max_delay": rp.GetMaxDelay()} {
+		for name, d := range map[string]*durationpb.Duration{"delay": rp.GetDelay(), "max_delay": rp.GetMaxDelay(), "window": rp.GetWindow()} {
 			if d == nil {
 				continue
 			}
@@ -114,7 +114,10 @@ func ValidateServiceSpec(s *ServiceSpec) error {
 			return specErr("task.restart.condition", "unknown condition %d", rp.GetCondition())
 		}
 	}
-	return nil
+	if err := validateUpdateConfig("update", s.GetUpdate()); err != nil {
+		return err
+	}
+	return validateUpdateConfig("rollback", s.GetRollback())
 }
 
 // ValidateEnv checks one KEY=VALUE entry.
@@ -154,4 +157,6 @@ func ApplyServiceDefaults(s *ServiceSpec) {
 	if s.TaskHistoryLimit == 0 {
 		s.TaskHistoryLimit = DefaultHistory
 	}
+	s.Update = applyUpdateDefaults(s.Update)
+	s.Rollback = applyUpdateDefaults(s.Rollback)
 }

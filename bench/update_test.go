@@ -13,9 +13,6 @@ import (
 	"time"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/pkg/cio"
-	"github.com/containerd/containerd/v2/pkg/namespaces"
-	"github.com/containerd/containerd/v2/pkg/oci"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -153,27 +150,11 @@ func awaitUpdated(b *testing.B, c api.ControlClient) {
 // startFirst starts a slot's new container before stopping its old one.
 func rawReplace(b *testing.B, namespace string, n int, startFirst bool) time.Duration {
 	b.Helper()
-	c, err := containerd.New(tc.ContainerdAddress)
-	if err != nil {
-		b.Fatal(err)
-	}
+	ctx, c, img := rawClient(b, namespace)
 	defer c.Close()
-	ctx := namespaces.WithNamespace(context.Background(), namespace)
-	img, err := c.GetImage(ctx, tc.Image)
-	if err != nil {
-		b.Fatal(err)
-	}
 	start := func(id string) containerd.Container {
-		ctr, err := c.NewContainer(ctx, id, containerd.WithImage(img), containerd.WithNewSnapshot(id, img),
-			containerd.WithNewSpec(oci.WithImageConfig(img)))
+		ctr, err := startRaw(ctx, c, img, id)
 		if err != nil {
-			b.Fatalf("raw containerd: %v", err)
-		}
-		task, err := ctr.NewTask(ctx, cio.NullIO)
-		if err != nil {
-			b.Fatalf("raw containerd: %v", err)
-		}
-		if err := task.Start(ctx); err != nil {
 			b.Fatalf("raw containerd: %v", err)
 		}
 		return ctr

@@ -4,8 +4,10 @@
 // the admin credentials `shoald init` writes, failing over between them;
 // lastmanager.go remembers which answered), and everything the user
 // reads back: tables, JSON and Go-template output (format.go), and the live
-// convergence display of `service create` and `service scale`
-// (progress.go, wait.go).
+// convergence display of `service create`, `service scale`, `service
+// update` and `service rollback` (progress.go, wait.go). The flags that set
+// a service's spec are one set, shared by create and update
+// (service_flags.go).
 //
 // It owns no cluster state. Every command is a thin client of
 // api.ControlClient: input is checked here before any RPC so that mistakes

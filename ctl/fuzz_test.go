@@ -43,6 +43,12 @@ func FuzzCreateInput(f *testing.F) {
 		if err := checkConstraint("--constraint", s); err == nil && !strings.Contains(s, "==") && !strings.Contains(s, "!=") {
 			t.Errorf("accepted constraint %q", s)
 		}
+		if err := checkKey("--env-rm", "variable", s); err == nil && (strings.Contains(s, "=") || strings.TrimSpace(s) == "") {
+			t.Errorf("accepted key %q", s)
+		}
+		if env := editEnv([]string{"A=1", "B=2"}, []string{s}, nil); checkEnv("--env-add", s) == nil && env[len(env)-1] != s {
+			t.Errorf("added %q, env %v", s, env)
+		}
 		if _, err := parsePsFilters([]string{s}); err == nil && !strings.HasPrefix(s, "desired-state=") && !strings.HasPrefix(s, "node=") {
 			t.Errorf("accepted filter %q", s)
 		}

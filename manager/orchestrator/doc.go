@@ -1,14 +1,15 @@
 // Package orchestrator holds the replicated orchestrator's decision logic:
 // given a service and all of its tasks, Reconcile computes the Plan (tasks
-// to create, desired-state changes, tasks to delete) that brings the tasks
-// to the service's spec.
+// to create, desired-state changes, tasks to delete, and the service's
+// rolling-update progress) that brings the tasks to the service's spec.
 //
 // It owns only decisions. It does not read or write the store, talk to raft,
 // start goroutines or keep state between calls: the manager's controller
 // loop feeds it a consistent snapshot, applies the Plan in one transaction
 // and calls it again when the store changes or when Plan.Wake passes.
-// Reconcile on the result of applying its own Plan returns an empty Plan,
-// so calling it too often is harmless.
+// Reconcile on the result of applying its own Plan returns an empty Plan
+// (but for a rollout, whose completion the plan after the one that settled
+// its last slot records), so calling it too often is harmless.
 //
 // The model follows Swarm's:
 //

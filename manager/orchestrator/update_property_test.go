@@ -110,7 +110,7 @@ func newRolloutSim(t *testing.T, i int, rng *rand.Rand) *rolloutSim {
 		parallelism: cfg.GetParallelism(),
 	}
 	s.name = fmt.Sprintf("case %d: replicas %d, update {%s}, rollback {%s}, restart %v, p(fail) %.1f, late failures %v, bad rollback %v",
-		i, replicas, api.FormatUpdateConfig(cfg), api.FormatUpdateConfig(svc.Spec.Rollback), policy.Condition, s.pFail, s.late, s.badRollback)
+		i, replicas, formatConfig(cfg), formatConfig(svc.Spec.Rollback), policy.Condition, s.pFail, s.late, s.badRollback)
 	for slot := uint64(1); slot <= replicas; slot++ {
 		t := old(slot)
 		t.Meta.CreatedAt = timestamppb.New(now.Add(-time.Hour)) // before the update
@@ -322,4 +322,11 @@ func (s *rolloutSim) checkEnd() {
 			s.t.Fatalf("%s: task %s of version %d still meant to run after the rollout of %d (%v)\n%s", s.name, t.GetId(), t.GetSpecVersion(), s.svc.GetSpecVersion(), st, dumpTasks(s.tasks))
 		}
 	}
+}
+
+// formatConfig is an update config on one line, for case names.
+func formatConfig(c *api.UpdateConfig) string {
+	return fmt.Sprintf("parallelism %d, delay %s, order %s, monitor %s, on failure %s (max ratio %g)",
+		c.GetParallelism(), c.GetDelay().AsDuration(), api.UpdateOrderName(c.GetOrder()), c.GetMonitor().AsDuration(),
+		api.FailureActionName(c.GetFailureAction()), c.GetMaxFailureRatio())
 }

@@ -1,7 +1,6 @@
 package shoalv1
 
 import (
-	"fmt"
 	"math"
 	"strings"
 	"time"
@@ -144,15 +143,4 @@ func validateUpdateConfig(field string, c *UpdateConfig) error {
 		return specErr(field+".failure_action", "a rollback cannot be rolled back: want %s or %s", FailureActionPause, FailureActionContinue)
 	}
 	return nil
-}
-
-// FormatUpdateConfig is c on one line, for people.
-func FormatUpdateConfig(c *UpdateConfig) string {
-	p := fmt.Sprint(c.GetParallelism())
-	if c.GetParallelism() == 0 {
-		p = "all"
-	}
-	return fmt.Sprintf("parallelism %s, delay %s, order %s, monitor %s, on failure %s (max ratio %g)",
-		p, c.GetDelay().AsDuration(), UpdateOrderName(c.GetOrder()), c.GetMonitor().AsDuration(),
-		FailureActionName(c.GetFailureAction()), c.GetMaxFailureRatio())
 }

@@ -81,11 +81,15 @@ image and its arguments, and --force replaces every task without a change.
 	fs := cmd.Flags()
 	f.register(fs)
 	w.register(fs)
+	health := addHealthFlags(fs)
 	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
-		if !f.given(fs) {
+		if !f.given(fs) && !health.given() {
 			return usageError{cmd: cmd, err: errors.New("nothing to update: give a flag that changes the service (see --help), or --force to replace its tasks")}
 		}
 		if err := f.check(fs); err != nil {
+			return usageError{cmd: cmd, err: err}
+		}
+		if err := health.apply(&api.ServiceSpec{}); err != nil {
 			return usageError{cmd: cmd, err: err}
 		}
 		if w.timeout < 0 {
@@ -104,7 +108,10 @@ image and its arguments, and --force replaces every task without a change.
 			return resp.GetNetwork().GetId()
 		}
 		svc, _, err := updateService(ctx, client, args[0], func(_ *api.Service, spec *api.ServiceSpec) error {
-			return f.apply(fs, spec, networkID)
+			if err := f.apply(fs, spec, networkID); err != nil {
+				return err
+			}
+			return health.apply(spec)
 		})
 		if err != nil {
 			return err

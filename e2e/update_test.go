@@ -239,4 +239,26 @@ func TestRollingUpdate(t *testing.T) {
 			t.Errorf("rollback after an automatic rollback: %v\n%s", err, out)
 		}
 	})
+
+	t.Run("an update whose health check fails rolls back", func(t *testing.T) {
+		c.logsOnFailure(t)
+		// The new tasks start and listen, but their check (a request to a
+		// port nobody listens on) never passes: they never count as
+		// started, are failed as unhealthy, and the rollout rolls back.
+		out, err := c.try(t, m, "service", "update", "--health-cmd", "/echo get http://127.0.0.1:1/", "--health-interval", "300ms",
+			"--health-retries", "1", "--update-failure-action", "rollback", "--update-order", "start-first", "--update-parallelism", "1", "web")
+		if err == nil {
+			t.Fatalf("service update to a failing health check succeeded:\n%s", out)
+		}
+		if !strings.Contains(out, "update rolled back: task web.") || !strings.Contains(out, "unhealthy container") {
+			t.Errorf("service update does not say it rolled back because a task was unhealthy:\n%s", out)
+		}
+		running := c.converged(t, "web", want{replicas: 6})
+		runningWith(t, "rolled back from a failing health check", running, tc.Image, "")
+		for _, task := range running {
+			if hc := task.GetSpec().GetContainer().GetHealthcheck(); hc != nil {
+				t.Errorf("task %s still has the health check %v after the rollback", api.TaskName(task), hc)
+			}
+		}
+	})
 }

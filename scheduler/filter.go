@@ -103,6 +103,58 @@ func (f PlatformFilter) Explain(n int) string {
 	return nodes(n, "does not match the image platform "+p, "do not match the image platform "+p)
 }
 
+// CPUFilter passes nodes whose CPUs not yet reserved by their tasks cover
+// the task's CPU reservation.
+type CPUFilter struct {
+	// Reserve is what the task reserves, in nano CPUs.
+	Reserve int64
+	// Free is a node's capacity less what its tasks reserve.
+	Free func(n *api.Node) int64
+}
+
+// Check implements Filter.
+func (f CPUFilter) Check(_ *api.Task, n *api.Node) bool { return f.Free(n) >= f.Reserve }
+
+// Explain implements Filter.
+func (f CPUFilter) Explain(n int) string {
+	return nodes(n, "lacks CPU", "lack CPU") + " (the task reserves " + api.FormatNanoCPUs(f.Reserve) + " CPUs)"
+}
+
+// MemoryFilter passes nodes whose memory not yet reserved by their tasks
+// covers the task's memory reservation.
+type MemoryFilter struct {
+	// Reserve is what the task reserves, in bytes.
+	Reserve int64
+	// Free is a node's capacity less what its tasks reserve.
+	Free func(n *api.Node) int64
+}
+
+// Check implements Filter.
+func (f MemoryFilter) Check(_ *api.Task, n *api.Node) bool { return f.Free(n) >= f.Reserve }
+
+// Explain implements Filter.
+func (f MemoryFilter) Explain(n int) string {
+	return nodes(n, "lacks memory", "lack memory") + " (the task reserves " + api.FormatBytes(f.Reserve) + ")"
+}
+
+// MaxPerNodeFilter passes nodes that run fewer than Max tasks of the
+// task's service (the spec's max_replicas_per_node).
+type MaxPerNodeFilter struct {
+	Max uint64
+	// Running is how many tasks of the service a node has.
+	Running func(n *api.Node) int32
+}
+
+// Check implements Filter.
+func (f MaxPerNodeFilter) Check(_ *api.Task, n *api.Node) bool {
+	return uint64(max(f.Running(n), 0)) < f.Max
+}
+
+// Explain implements Filter.
+func (f MaxPerNodeFilter) Explain(n int) string {
+	return nodes(n, "already runs", "already run") + fmt.Sprintf(" the service's maximum of %d per node", f.Max)
+}
+
 // pipeline is the ordered list of filters a task must pass. Cheap,
 // task-independent filters come first, and a node is charged to the first
 // filter it fails only: a down node is reported as not ready, not also as

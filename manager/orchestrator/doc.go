@@ -35,9 +35,17 @@
 //   - Ended tasks stay as per-slot history (TaskHistoryLimit per slot) so
 //     users can see why a slot restarted.
 //
+// Global services and global jobs have a task per eligible node instead
+// of slots (global.go: slot 0, made for its node, kept while the node is
+// down, moved off a drained one and back); replicated jobs have slots that
+// each need one task to exit 0, started within max_concurrent (job.go).
+// A job's task that completed is never run again.
+//
+// It imports only the API types and, for a global service's eligible
+// nodes, the scheduler's constraint parser: the nodes the orchestrator
+// makes tasks for are those whose constraints the scheduler will pass.
+//
 // Not here yet: rolling updates. A task-spec change (spec_version bump)
 // replaces every slot's task at once; update parallelism, delay, failure
-// action and rollback belong to a later updater. Global mode and jobs are
-// not handled: Reconcile returns an empty Plan for a service that is not
-// replicated.
+// action and rollback belong to a later updater.
 package orchestrator

@@ -32,6 +32,10 @@ var (
 	// ErrImageUnavailable wraps a failure to find or pull the image; the
 	// task is rejected rather than failed.
 	ErrImageUnavailable = errors.New("image unavailable")
+	// ErrOOMKilled is the Cause of an ExitError when the kernel's OOM
+	// killer ended the process (it went past its memory limit). Its text
+	// is Docker's word for it, which users search for.
+	ErrOOMKilled = errors.New("OOMKilled")
 )
 
 // ExitError is returned by Wait when the process ended with a non-zero

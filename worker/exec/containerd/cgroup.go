@@ -55,7 +55,7 @@ func oomKilled(ctx context.Context, t client.Task, cgroupsPath string) bool {
 		return false // a systemd slice: only the shim knows where
 	}
 	for _, f := range []string{
-		filepath.Join(cgroupRoot, cgroupsPath, "memory.events"),                 // v2
+		filepath.Join(cgroupRoot, cgroupsPath, "memory.events"),                // v2
 		filepath.Join(cgroupRoot, "memory", cgroupsPath, "memory.oom_control"), // v1
 	} {
 		if n, err := readOOMKills(f); err == nil {

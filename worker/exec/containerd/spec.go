@@ -96,15 +96,16 @@ func containerLabels(t *api.Task, nodeID string) map[string]string {
 }
 
 // hostname is the spec's hostname, else the task's short name
-// <service>.<slot> (stable across restarts of a slot), else the short task
-// ID when the task has no service name.
+// <service>.<slot> (stable across restarts of a slot; a global task's
+// place is its node, shortened), else the short task ID when the task has
+// no service name.
 func hostname(t *api.Task) string {
 	if h := t.GetSpec().GetContainer().GetHostname(); h != "" {
 		return h
 	}
 	h := api.ShortID(t.GetId())
 	if t.GetServiceName() != "" {
-		h = fmt.Sprintf("%s.%d", t.GetServiceName(), t.GetSlot())
+		h = t.GetServiceName() + "." + api.ShortID(api.TaskPlace(t))
 	}
 	if len(h) > maxHostnameLen {
 		// A dot left at the end would make the name look like an FQDN.

@@ -138,6 +138,7 @@ func TestHostname(t *testing.T) {
 	}{
 		{name: "spec", task: &api.Task{Id: "t1", ServiceName: "web", Slot: 1, Spec: &api.TaskSpec{Container: &api.ContainerSpec{Hostname: "custom"}}}, want: "custom"},
 		{name: "service and slot", task: &api.Task{Id: "t1", ServiceName: "web", Slot: 4}, want: "web.4"},
+		{name: "global: service and node", task: &api.Task{Id: "t1", ServiceName: "agent", NodeId: "abcdefghijklmnopqrstuvwxyz"}, want: "agent.abcdefghijkl"},
 		{name: "no service name", task: &api.Task{Id: "abcdefghijklmnopqrstuvwxyz"}, want: "abcdefghijkl"},
 		{name: "too long", task: &api.Task{Id: "t1", ServiceName: strings.Repeat("s", 63), Slot: 100}, want: strings.Repeat("s", 63)},
 	}

@@ -33,6 +33,7 @@ type createFlags struct {
 	entrypoint         string
 	stopGracePeriod    time.Duration
 	wait               waitFlags
+	placement          placementFlags
 }
 
 func newServiceCreateCommand(c *cli) *cobra.Command {
@@ -40,11 +41,18 @@ func newServiceCreateCommand(c *cli) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create [flags] IMAGE [ARG...]",
 		Short: "Create a service",
-		Long: `Create a replicated service that runs IMAGE (with ARGs replacing the image's
-command) in --replicas tasks, and print its ID.
+		Long: `Create a service that runs IMAGE (with ARGs replacing the image's command)
+and print its ID. --mode says how many tasks and where: replicated (--replicas
+tasks, spread over the nodes), global (one on every eligible node, including
+nodes that join later), replicated-job (tasks that run until --replicas of them
+exited 0, --max-concurrent at a time) or global-job (one run to completion per
+node).
 
 ` + convergeHelp,
 		Example: `  shoalctl service create --name web --replicas 3 -e MODE=prod nginx:1.27
+  shoalctl service create --name agent --mode global --limit-memory 256M agent:1
+  shoalctl service create --name migrate --mode replicated-job --replicas 5 --max-concurrent 2 tool:1
+  shoalctl service create --name web --placement-pref spread=node.labels.zone --reserve-memory 512M nginx:1.27
   shoalctl service create --name job --restart-condition none -d busybox sh -c 'echo hi'`,
 		Args: minArgs(1, "an IMAGE argument"),
 	}
@@ -52,7 +60,7 @@ command) in --replicas tasks, and print its ID.
 	// Flags after IMAGE belong to the container's command.
 	fs.SetInterspersed(false)
 	fs.StringVar(&f.name, "name", "", "service name (required): lower-case letters, digits and '-', starting with a letter")
-	fs.IntVar(&f.replicas, "replicas", 1, "number of tasks")
+	fs.IntVar(&f.replicas, "replicas", 1, "number of tasks (replicated-job: completions)")
 	fs.StringArrayVarP(&f.env, "env", "e", nil, "set an environment variable KEY=VALUE (repeatable)")
 	fs.StringArrayVar(&f.labels, "label", nil, "service label KEY=VALUE (repeatable)")
 	fs.StringArrayVar(&f.constraints, "constraint", nil, "placement constraint such as node.labels.zone==eu (repeatable)")
@@ -69,6 +77,8 @@ command) in --replicas tasks, and print its ID.
 	fs.StringVar(&f.entrypoint, "entrypoint", "", "replace the image's entrypoint (split on spaces)")
 	fs.DurationVar(&f.stopGracePeriod, "stop-grace-period", 0, "time between SIGTERM and SIGKILL (default 10s)")
 	f.wait.register(fs)
+	f.placement.addModeFlags(fs)
+	f.placement.addPlacementFlags(fs)
 
 	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
 		spec, err := f.spec(cmd.Flags(), args)
@@ -206,14 +216,18 @@ func (f *createFlags) spec(fs *pflag.FlagSet, args []string) (*api.ServiceSpec, 
 			endpoint.Ports = append(endpoint.Ports, pc)
 		}
 	}
-	return &api.ServiceSpec{
+	spec := &api.ServiceSpec{
 		Name:     f.name,
 		Labels:   labels,
 		Task:     task,
 		Mode:     &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: uint64(f.replicas)}},
 		Networks: f.networks,
 		Endpoint: endpoint,
-	}, nil
+	}
+	if err := f.placement.apply(fs, spec); err != nil {
+		return nil, err
+	}
+	return spec, nil
 }
 
 // checkEnv accepts KEY=VALUE with a shell variable name as KEY.

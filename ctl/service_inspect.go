@@ -107,11 +107,10 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 		line(0, "Mode", "Replicated")
 		line(1, "Replicas", fmt.Sprintf("%d (%d running)", r.GetReplicas(), resp.GetCounts().GetRunning()))
 	}
+	prettyOtherModes(line, spec, resp.GetCounts())
 	task := spec.GetTask()
-	if cs := task.GetPlacement().GetConstraints(); len(cs) > 0 {
-		section("Placement")
-		line(1, "Constraints", strings.Join(cs, ", "))
-	}
+	prettyPlacement(section, line, task.GetPlacement())
+	prettyResources(section, line, task.GetResources())
 	if r := task.GetRestart(); r != nil {
 		section("Restart policy")
 		optional(1, "Condition", strings.ToLower(enumWord(r.GetCondition().String(), "RESTART_CONDITION_")))

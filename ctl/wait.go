@@ -29,10 +29,11 @@ func (o *waitFlags) register(fs *pflag.FlagSet) {
 const convergeHelp = `Unless --detach is given, the command then follows the service's tasks and
 shows each replica's progress (new, pending, assigned, accepted, preparing,
 starting, running). It returns as soon as every replica of the new spec
-runs; there is no extra fixed "verify" wait, so a task that crashes right
-after starting is noticed by the orchestrator, not by this command. If a
-task fails or is rejected first, the command prints the task's error and
-exits non-zero; the service stays as it is.`
+runs (a global service: as soon as every node given a task runs it; a job:
+once all its tasks have completed); there is no extra fixed "verify" wait,
+so a task that crashes right after starting is noticed by the orchestrator,
+not by this command. If a task fails or is rejected first, the command
+prints the task's error and exits non-zero; the service stays as it is.`
 
 // waitRequest names the change being waited for.
 type waitRequest struct {

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 	"strings"
 
@@ -160,14 +159,8 @@ reserve of its capacity.`,
 			found, errs := getEach(args, func(name string) (*api.GetNodeResponse, error) {
 				return client.GetNode(cmd.Context(), &api.GetNodeRequest{Node: name})
 			})
-			out := cmd.OutOrStdout()
-			for i, resp := range found {
-				if i > 0 {
-					fmt.Fprintln(out)
-				}
-				if err := printPrettyNode(out, resp); err != nil {
-					return err
-				}
+			if err := printEachPretty(cmd.OutOrStdout(), found, printPrettyNode); err != nil {
+				return err
 			}
 			return errs
 		})(cmd, args)

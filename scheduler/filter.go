@@ -103,38 +103,36 @@ func (f PlatformFilter) Explain(n int) string {
 	return nodes(n, "does not match the image platform "+p, "do not match the image platform "+p)
 }
 
-// CPUFilter passes nodes whose CPUs not yet reserved by their tasks cover
-// the task's CPU reservation.
-type CPUFilter struct {
-	// Reserve is what the task reserves, in nano CPUs.
+// ResourceFilter passes nodes where one resource not yet reserved by
+// their tasks covers the task's reservation of it: CPUFilter and
+// MemoryFilter make one.
+type ResourceFilter struct {
+	// Resource names it in explanations: "CPU", "memory".
+	Resource string
+	// Reserve is what the task reserves; Amount words it ("0.5 CPUs").
 	Reserve int64
+	Amount  func(int64) string
 	// Free is a node's capacity less what its tasks reserve.
 	Free func(n *api.Node) int64
 }
 
-// Check implements Filter.
-func (f CPUFilter) Check(_ *api.Task, n *api.Node) bool { return f.Free(n) >= f.Reserve }
-
-// Explain implements Filter.
-func (f CPUFilter) Explain(n int) string {
-	return nodes(n, "lacks CPU", "lack CPU") + " (the task reserves " + api.FormatNanoCPUs(f.Reserve) + " CPUs)"
+// CPUFilter is the ResourceFilter for a reservation of nano CPUs.
+func CPUFilter(reserve int64, free func(*api.Node) int64) ResourceFilter {
+	return ResourceFilter{Resource: "CPU", Reserve: reserve, Free: free,
+		Amount: func(n int64) string { return api.FormatNanoCPUs(n) + " CPUs" }}
 }
 
-// MemoryFilter passes nodes whose memory not yet reserved by their tasks
-// covers the task's memory reservation.
-type MemoryFilter struct {
-	// Reserve is what the task reserves, in bytes.
-	Reserve int64
-	// Free is a node's capacity less what its tasks reserve.
-	Free func(n *api.Node) int64
+// MemoryFilter is the ResourceFilter for a reservation of memory bytes.
+func MemoryFilter(reserve int64, free func(*api.Node) int64) ResourceFilter {
+	return ResourceFilter{Resource: "memory", Reserve: reserve, Free: free, Amount: api.FormatBytes}
 }
 
 // Check implements Filter.
-func (f MemoryFilter) Check(_ *api.Task, n *api.Node) bool { return f.Free(n) >= f.Reserve }
+func (f ResourceFilter) Check(_ *api.Task, n *api.Node) bool { return f.Free(n) >= f.Reserve }
 
 // Explain implements Filter.
-func (f MemoryFilter) Explain(n int) string {
-	return nodes(n, "lacks memory", "lack memory") + " (the task reserves " + api.FormatBytes(f.Reserve) + ")"
+func (f ResourceFilter) Explain(n int) string {
+	return nodes(n, "lacks "+f.Resource, "lack "+f.Resource) + " (the task reserves " + f.Amount(f.Reserve) + ")"
 }
 
 // MaxPerNodeFilter passes nodes that run fewer than Max tasks of the

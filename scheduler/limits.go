@@ -57,14 +57,14 @@ func spreadLabels(t *api.Task) []string {
 func (s *Scheduler) limitFilters(l limits, service string) pipeline {
 	var p pipeline
 	if l.res.cpu > 0 {
-		p = append(p, CPUFilter{Reserve: l.res.cpu, Free: func(n *api.Node) int64 {
+		p = append(p, CPUFilter(l.res.cpu, func(n *api.Node) int64 {
 			return n.GetDescription().GetNanoCpus() - s.reservedOn(n).cpu
-		}})
+		}))
 	}
 	if l.res.memory > 0 {
-		p = append(p, MemoryFilter{Reserve: l.res.memory, Free: func(n *api.Node) int64 {
+		p = append(p, MemoryFilter(l.res.memory, func(n *api.Node) int64 {
 			return n.GetDescription().GetMemoryBytes() - s.reservedOn(n).memory
-		}})
+		}))
 	}
 	if l.maxPerNode > 0 {
 		p = append(p, MaxPerNodeFilter{Max: l.maxPerNode, Running: func(n *api.Node) int32 {

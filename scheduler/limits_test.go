@@ -68,10 +68,10 @@ func TestLimitFilters(t *testing.T) {
 		n      int
 		why    string
 	}{
-		{"cpu fits", CPUFilter{Reserve: api.NanoCPU, Free: free(api.NanoCPU)}, true, 1, "1 node lacks CPU (the task reserves 1 CPUs)"},
-		{"cpu short", CPUFilter{Reserve: api.NanoCPU / 2, Free: free(api.NanoCPU/2 - 1)}, false, 3, "3 nodes lack CPU (the task reserves 0.5 CPUs)"},
-		{"memory fits", MemoryFilter{Reserve: 512 * mib, Free: free(512 * mib)}, true, 1, "1 node lacks memory (the task reserves 512MiB)"},
-		{"memory short", MemoryFilter{Reserve: 3 * gib / 2, Free: free(gib)}, false, 2, "2 nodes lack memory (the task reserves 1.5GiB)"},
+		{"cpu fits", CPUFilter(api.NanoCPU, free(api.NanoCPU)), true, 1, "1 node lacks CPU (the task reserves 1 CPUs)"},
+		{"cpu short", CPUFilter(api.NanoCPU/2, free(api.NanoCPU/2-1)), false, 3, "3 nodes lack CPU (the task reserves 0.5 CPUs)"},
+		{"memory fits", MemoryFilter(512*mib, free(512*mib)), true, 1, "1 node lacks memory (the task reserves 512MiB)"},
+		{"memory short", MemoryFilter(3*gib/2, free(gib)), false, 2, "2 nodes lack memory (the task reserves 1.5GiB)"},
 		{"below the cap", MaxPerNodeFilter{Max: 2, Running: running(1)}, true, 1, "1 node already runs the service's maximum of 2 per node"},
 		{"at the cap", MaxPerNodeFilter{Max: 2, Running: running(2)}, false, 4, "4 nodes already run the service's maximum of 2 per node"},
 	}

@@ -92,40 +92,22 @@ func startsTasks(n *api.Node) bool {
 // vacate takes a node's global task out of service; the node keeps its
 // history.
 func (r *reconciler) vacate(s *slot) {
-	r.clearLeft(s)
+	cur := r.tidy(s)
 	history := slices.Clone(s.history)
-	for _, t := range s.runnable {
-		r.shutdown(t, &history)
+	if cur != nil {
+		r.shutdown(cur, &history)
 	}
 	r.pruneHistory(history)
-}
-
-// clearLeft deletes a slot's tasks that nothing will report on any more:
-// those taken out before they reached a node, and those being removed
-// that have stopped.
-func (r *reconciler) clearLeft(s *slot) {
-	for _, t := range s.void {
-		r.remove(t)
-	}
-	for _, t := range s.leaving {
-		if r.gone(t) {
-			r.remove(t)
-		}
-	}
 }
 
 // reconcileNode brings one eligible node's global task to the spec. start
 // says whether the node may be given a new task now.
 func (r *reconciler) reconcileNode(s *slot, start, job bool) {
-	r.clearLeft(s)
+	cur := r.tidy(s)
 	history := slices.Clone(s.history)
 	defer func() { r.pruneHistory(history) }()
 
-	if len(s.runnable) > 0 {
-		cur := s.runnable[0]
-		for _, dup := range s.runnable[1:] {
-			r.retire(dup)
-		}
+	if cur != nil {
 		switch {
 		case terminal(cur):
 			r.shutdown(cur, &history)
@@ -136,9 +118,7 @@ func (r *reconciler) reconcileNode(s *slot, start, job bool) {
 			r.create(0, 0, 0, 0, "created for updated spec")
 			return
 		default:
-			if nb := cur.GetNotBefore(); nb != nil && cur.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
-				r.wakeAt(nb.AsTime())
-			}
+			r.waitOut(cur)
 			return
 		}
 	}

@@ -1,7 +1,6 @@
 package orchestrator
 
 import (
-	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -68,27 +67,6 @@ func globalTask(node string, state api.TaskState, opts ...taskOpt) *api.Task {
 	t := newTask(0, state, opts...)
 	t.NodeId = node
 	return t
-}
-
-// describeByNode renders a plan like describe, naming the node of each
-// task made.
-func describeByNode(p Plan) []string {
-	var out []string
-	for _, t := range p.Create {
-		delay := time.Duration(0)
-		if t.NotBefore != nil {
-			delay = t.NotBefore.AsTime().Sub(t.Status.Timestamp.AsTime())
-		}
-		out = append(out, fmt.Sprintf("create slot=%d node=%s restarts=%d step=%d delay=%s", t.Slot, t.NodeId, t.RestartCount, t.BackoffStep, delay))
-	}
-	for _, t := range p.Update {
-		out = append(out, fmt.Sprintf("update %s desired=%s", t.Id, api.StateName(t.DesiredState)))
-	}
-	for _, t := range p.Remove {
-		out = append(out, "remove "+t.Id)
-	}
-	slices.Sort(out)
-	return out
 }
 
 func TestReconcileGlobal(t *testing.T) {
@@ -225,7 +203,7 @@ func TestReconcileGlobal(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			nodes := cluster(tt.nodes)
 			p := Reconcile(now, Config{}, tt.svc, tt.tasks, nodes)
-			if got := describeByNode(p); !slices.Equal(got, tt.want) {
+			if got := describe(p); !slices.Equal(got, tt.want) {
 				t.Fatalf("plan\n got %q\nwant %q", got, tt.want)
 			}
 			for _, c := range p.Create {
@@ -235,7 +213,7 @@ func TestReconcileGlobal(t *testing.T) {
 			}
 			after := apply(tt.tasks, p, now)
 			if p2 := Reconcile(now, Config{}, tt.svc, after, nodes); !p2.Empty() {
-				t.Fatalf("not idempotent: second plan %q", describeByNode(p2))
+				t.Fatalf("not idempotent: second plan %q", describe(p2))
 			}
 		})
 	}
@@ -358,7 +336,7 @@ func TestReconcileGlobalIdempotent(t *testing.T) {
 			}
 		}
 		if p2 := Reconcile(now, cfg, svc, after, nodes); !p2.Empty() {
-			t.Fatalf("case %d: not idempotent\ntasks:\n%s\nfirst plan: %q\nsecond plan: %q", i, dumpTasks(tasks), describeByNode(p), describeByNode(p2))
+			t.Fatalf("case %d: not idempotent\ntasks:\n%s\nfirst plan: %q\nsecond plan: %q", i, dumpTasks(tasks), describe(p), describe(p2))
 		}
 	}
 }

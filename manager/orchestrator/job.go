@@ -73,26 +73,18 @@ func (r *reconciler) reconcileReplicatedJob(tasks []*api.Task) {
 // where it stands. It never starts a slot: the caller does, within the
 // job's concurrency.
 func (r *reconciler) reconcileJobSlot(s *slot) jobSlot {
-	r.clearLeft(s)
+	cur := r.tidy(s)
 	history := slices.Clone(s.history)
 	defer func() { r.pruneHistory(history) }()
 
-	if len(s.runnable) > 0 {
-		cur := s.runnable[0]
-		for _, dup := range s.runnable[1:] {
-			r.retire(dup)
-		}
-		switch {
-		case r.stale(cur) || r.ended(cur):
-			// Decided below on the slot's last task, as the next
-			// Reconcile will see it.
-			r.shutdown(cur, &history)
-		default:
-			if nb := cur.GetNotBefore(); nb != nil && cur.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
-				r.wakeAt(nb.AsTime())
-			}
+	if cur != nil {
+		if !r.stale(cur) && !r.ended(cur) {
+			r.waitOut(cur)
 			return slotActive
 		}
+		// Decided below on the slot's last task, as the next Reconcile
+		// will see it.
+		r.shutdown(cur, &history)
 	}
 	if len(history) == 0 {
 		return slotWaiting

@@ -250,8 +250,11 @@ func (r *reconciler) retireSlot(s *slot) {
 	}
 }
 
-// reconcileSlot brings one kept slot to the spec.
-func (r *reconciler) reconcileSlot(s *slot) {
+// tidy deletes a slot's tasks that nothing will report on any more
+// (taken out before they reached a node; being removed and stopped) and
+// retires the duplicates of its current task, which it returns (nil when
+// the slot has none).
+func (r *reconciler) tidy(s *slot) *api.Task {
 	for _, t := range s.void {
 		r.remove(t)
 	}
@@ -260,14 +263,30 @@ func (r *reconciler) reconcileSlot(s *slot) {
 			r.remove(t)
 		}
 	}
+	if len(s.runnable) == 0 {
+		return nil
+	}
+	for _, dup := range s.runnable[1:] {
+		r.retire(dup)
+	}
+	return s.runnable[0]
+}
+
+// waitOut asks for a Reconcile when t, held back by its restart delay,
+// may start.
+func (r *reconciler) waitOut(t *api.Task) {
+	if nb := t.GetNotBefore(); nb != nil && t.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
+		r.wakeAt(nb.AsTime())
+	}
+}
+
+// reconcileSlot brings one kept slot to the spec.
+func (r *reconciler) reconcileSlot(s *slot) {
+	cur := r.tidy(s)
 	history := slices.Clone(s.history)
 	defer func() { r.pruneHistory(history) }()
 
-	if len(s.runnable) > 0 {
-		cur := s.runnable[0]
-		for _, dup := range s.runnable[1:] {
-			r.retire(dup)
-		}
+	if cur != nil {
 		switch {
 		case r.stale(cur):
 			r.shutdown(cur, &history)
@@ -278,9 +297,7 @@ func (r *reconciler) reconcileSlot(s *slot) {
 			// The slot now has no current task; decide on its last task
 			// below, exactly as the next Reconcile will see it.
 		default:
-			if nb := cur.GetNotBefore(); nb != nil && cur.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
-				r.wakeAt(nb.AsTime())
-			}
+			r.waitOut(cur)
 			return
 		}
 	}

@@ -348,3 +348,18 @@ func TestAssessModes(t *testing.T) {
 		})
 	}
 }
+
+func FuzzPlacementPref(f *testing.F) {
+	for _, s := range []string{"spread=node.labels.zone", "spread=", "pack=node.labels.x", "spread=node.labels.", "=", "spread = node.labels.rack "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		pref, err := parsePlacementPref(s)
+		if err != nil {
+			return
+		}
+		if api.SpreadLabel(pref) == "" {
+			t.Fatalf("parsePlacementPref(%q) accepted %q, which names no label", s, pref.GetSpread())
+		}
+	})
+}

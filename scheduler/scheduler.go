@@ -343,10 +343,20 @@ func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 	// appearance; tasks made for a node (Pinned) are checked on their own.
 	var groups []group
 	var pinned []int32
-	var (
-		numbered map[limits]int32
-		limitsOf = []limits{{}} // by number
-	)
+	limitsOf := []limits{{}} // by number
+	numbered := map[limits]int32{}
+	number := func(l limits) int32 {
+		if l == (limits{}) {
+			return 0
+		}
+		n, ok := numbered[l]
+		if !ok {
+			n = int32(len(limitsOf))
+			numbered[l] = n
+			limitsOf = append(limitsOf, l)
+		}
+		return n
+	}
 	index := make(map[groupKey]int32)
 	in := make([]int32, 0, len(pending)) // group of each schedulable task
 	decisions := make([]Decision, 0, len(pending))
@@ -370,17 +380,13 @@ func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 			decisions = append(decisions, Decision{Task: t})
 			continue
 		}
-		cs := t.GetSpec().GetPlacement().GetConstraints()
+		pl := t.GetSpec().GetPlacement()
+		cs := pl.GetConstraints()
 		k := groupKey{service: t.GetServiceId(), constraints: keyOf(cs)}
-		if lim := taskLimits(t); lim != (limits{}) {
-			if numbered == nil {
-				numbered = make(map[limits]int32)
-			}
-			if k.limits = numbered[lim]; k.limits == 0 {
-				k.limits = int32(len(limitsOf))
-				numbered[lim] = k.limits
-				limitsOf = append(limitsOf, lim)
-			}
+		// Most tasks have no limits: tell so from what is at hand before
+		// reading them all.
+		if t.GetSpec().GetResources() != nil || pl.GetMaxReplicasPerNode() != 0 || len(pl.GetPreferences()) != 0 {
+			k.limits = number(taskLimits(t))
 		}
 		g, ok := index[k]
 		if !ok {

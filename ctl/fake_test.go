@@ -43,6 +43,8 @@ type fakeControl struct {
 
 	nodes    []*api.Node
 	selfNode string
+	// reserved is what GetNode says a node's tasks reserve, by node id.
+	reserved map[string]*api.Resources
 	services []*api.Service
 	counts   map[string]*api.ServiceCounts
 	tasks    []*api.Task
@@ -135,7 +137,7 @@ func (f *fakeControl) GetNode(_ context.Context, req *api.GetNodeRequest, _ ...g
 	if err != nil {
 		return nil, err
 	}
-	return &api.GetNodeResponse{Node: proto.CloneOf(n)}, nil
+	return &api.GetNodeResponse{Node: proto.CloneOf(n), Reserved: f.reserved[n.GetId()]}, nil
 }
 
 // UpdateNode checks the version as the managers do, so a command that

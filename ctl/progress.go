@@ -43,8 +43,13 @@ type convergence struct {
 	// slots[i] is the up-to-date task meant to run in slot i+1, nil when
 	// the orchestrator has not made one yet.
 	slots []*api.Task
-	// running counts slots whose task runs and, if it has a health check,
-	// is healthy (api.Healthy): only then does it serve.
+	// names, when set, label the slots (a global service's nodes).
+	names []string
+	// job: the goal is COMPLETE, not RUNNING (see goal).
+	job bool
+	// running counts slots whose task reached the goal: for a service,
+	// running and, if it has a health check, healthy (api.Healthy): only
+	// then does it serve.
 	running uint64
 	// converged: every slot 1..replicas has an up-to-date task with desired
 	// state RUNNING that is running and healthy, and no slot beyond
@@ -64,12 +69,18 @@ type convergence struct {
 // minSpec is the spec_version that change produced; an older service in
 // the snapshot means the snapshot predates the change.
 func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) convergence {
+	if api.IsGlobal(svc.GetSpec()) {
+		return assessByNode(svc, tasks, since, minSpec)
+	}
 	c := convergence{service: svc, replicas: svc.GetSpec().GetReplicated().GetReplicas()}
+	if j := svc.GetSpec().GetReplicatedJob(); j != nil {
+		c.replicas, c.job = j.GetTotalCompletions(), true
+	}
 	c.slots = make([]*api.Task, c.replicas)
 	for _, t := range tasks {
 		slot := t.GetSlot()
 		inRange := slot >= 1 && slot <= c.replicas
-		wanted := t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING
+		wanted := c.wanted(t)
 		if !inRange {
 			if wanted && !api.IsTerminal(t.GetStatus().GetState()) {
 				c.extra = true
@@ -87,7 +98,7 @@ func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) converge
 		}
 	}
 	for _, t := range c.slots {
-		if api.Healthy(t) {
+		if c.reached(t) {
 			c.running++
 		}
 	}
@@ -138,6 +149,9 @@ func newer(a, b *api.Task) bool {
 //	3/3: preparing [===================================>               ]
 func (c convergence) lines() []string {
 	out := []string{fmt.Sprintf("overall progress: %d out of %d tasks", c.running, c.replicas)}
+	if c.job {
+		out[0] = fmt.Sprintf("job progress: %d out of %d complete", c.running, c.replicas)
+	}
 	if c.replicas > maxProgressBars {
 		return out
 	}
@@ -148,15 +162,19 @@ func (c convergence) lines() []string {
 		if t != nil {
 			name = api.StateName(st)
 		}
-		detail := progressBar(st)
+		detail := c.progressBar(st)
 		if h := t.GetStatus().GetHealth(); st == api.TaskState_TASK_STATE_RUNNING && !api.Healthy(t) {
 			detail += " health: " + api.HealthName(h)
 		}
-		if api.IsTerminal(st) {
+		if api.IsTerminal(st) && st != c.goal() {
 			// Where the bar would be, say what went wrong.
 			detail = t.GetStatus().GetErr()
 		}
-		out = append(out, strings.TrimRight(fmt.Sprintf("%*d/%d: %-*s %s", width, i+1, c.replicas, stateWidth, name, detail), " "))
+		label := fmt.Sprintf("%*d/%d", width, i+1, c.replicas)
+		if c.names != nil {
+			label = c.names[i]
+		}
+		out = append(out, strings.TrimRight(fmt.Sprintf("%s: %-*s %s", label, stateWidth, name, detail), " "))
 	}
 	return out
 }
@@ -209,10 +227,38 @@ func (c convergence) rollout(req waitRequest) (lines []string, done bool, err er
 	return lines, false, nil
 }
 
-// progressBar draws how far along state is among progressSteps.
-func progressBar(state api.TaskState) string {
-	step := slices.Index(progressSteps, state) + 1 // 0 for no task yet
-	filled := progressBarWidth * step / len(progressSteps)
+// goal is the state a task must reach: COMPLETE for a job, else RUNNING.
+func (c convergence) goal() api.TaskState {
+	if c.job {
+		return api.TaskState_TASK_STATE_COMPLETE
+	}
+	return api.TaskState_TASK_STATE_RUNNING
+}
+
+// reached reports whether t reached the goal (a running task only once
+// it is healthy, if it has a check).
+func (c convergence) reached(t *api.Task) bool {
+	if c.job {
+		return t.GetStatus().GetState() == api.TaskState_TASK_STATE_COMPLETE
+	}
+	return api.Healthy(t)
+}
+
+// wanted reports whether t is a slot's task towards the goal: meant to
+// run, or for a job also one that completed (and was then retired).
+func (c convergence) wanted(t *api.Task) bool {
+	return t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING ||
+		(c.job && t.GetStatus().GetState() == api.TaskState_TASK_STATE_COMPLETE)
+}
+
+// progressBar draws how far along state is towards the goal.
+func (c convergence) progressBar(state api.TaskState) string {
+	steps := progressSteps
+	if c.job {
+		steps = append(slices.Clone(steps), api.TaskState_TASK_STATE_COMPLETE)
+	}
+	step := slices.Index(steps, state) + 1 // 0 for no task yet
+	filled := progressBarWidth * step / len(steps)
 	return "[" + strings.Repeat("=", filled) + ">" + strings.Repeat(" ", progressBarWidth-filled) + "]"
 }
 

@@ -14,9 +14,10 @@ import (
 // createFlags are the flags of `service create`: its name, the spec
 // flags it shares with `service update`, and how to wait.
 type createFlags struct {
-	name  string
-	flags specFlags
-	wait  waitFlags
+	name      string
+	flags     specFlags
+	wait      waitFlags
+	placement placementFlags
 }
 
 func newServiceCreateCommand(c *cli) *cobra.Command {
@@ -24,13 +25,20 @@ func newServiceCreateCommand(c *cli) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "create [flags] IMAGE [ARG...]",
 		Short: "Create a service",
-		Long: `Create a replicated service that runs IMAGE (with ARGs replacing the image's
-command) in --replicas tasks, and print its ID.
+		Long: `Create a service that runs IMAGE (with ARGs replacing the image's command)
+and print its ID. --mode says how many tasks and where: replicated (--replicas
+tasks, spread over the nodes), global (one on every eligible node, including
+nodes that join later), replicated-job (tasks that run until --replicas of them
+exited 0, --max-concurrent at a time) or global-job (one run to completion per
+node).
 
 ` + convergeHelp,
 		Example: `  shoalctl service create --name web --replicas 3 -e MODE=prod nginx:1.27
   shoalctl service create --name job --restart-condition none -d busybox sh -c 'echo hi'
-  shoalctl service create --name api --health-cmd 'curl -f http://localhost/' --health-interval 5s IMAGE`,
+  shoalctl service create --name api --health-cmd 'curl -f http://localhost/' --health-interval 5s IMAGE
+  shoalctl service create --name agent --mode global --limit-memory 256M agent:1
+  shoalctl service create --name migrate --mode replicated-job --replicas 5 --max-concurrent 2 tool:1
+  shoalctl service create --name web --placement-pref spread=node.labels.zone --reserve-memory 512M nginx:1.27`,
 		Args: minArgs(1, "an IMAGE argument"),
 	}
 	fs := cmd.Flags()
@@ -38,6 +46,8 @@ command) in --replicas tasks, and print its ID.
 	fs.SetInterspersed(false)
 	fs.StringVar(&f.name, "name", "", "service name (required): lower-case letters, digits and '-', starting with a letter")
 	f.flags.register(fs)
+	f.placement.addModeFlags(fs)
+	f.placement.addPlacementFlags(fs)
 	f.wait.register(fs)
 	health := addHealthFlags(fs)
 
@@ -108,6 +118,9 @@ func (f *createFlags) spec(fs *pflag.FlagSet, args []string) (*api.ServiceSpec, 
 		spec.Task.Container.Args = nil
 	}
 	if err := f.flags.apply(fs, spec, nil); err != nil {
+		return nil, err
+	}
+	if err := f.placement.apply(fs, spec); err != nil {
 		return nil, err
 	}
 	return spec, nil

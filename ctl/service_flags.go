@@ -85,7 +85,7 @@ func (f *specFlags) register(fs *pflag.FlagSet) {
 		fs.StringArrayVar(&l.add, name+"-add", nil, "add "+usage+" (repeatable)")
 		fs.StringArrayVar(&l.rm, name+"-rm", nil, rmUsage+" (repeatable)")
 	}
-	fs.IntVar(&f.replicas, "replicas", 1, "number of tasks")
+	fs.IntVar(&f.replicas, "replicas", 1, "number of tasks (replicated-job: completions)")
 	list(&f.env, "env", "e", "an environment variable KEY=VALUE", "remove the environment variable KEY")
 	list(&f.labels, "label", "", "a service label KEY=VALUE", "remove the service label KEY")
 	list(&f.constraints, "constraint", "", "a placement constraint such as node.labels.zone==eu", "remove a placement constraint, as given")
@@ -246,12 +246,17 @@ func (f *specFlags) given(fs *pflag.FlagSet) bool {
 // apply changes spec as the flags given say; check has passed.
 // networkID, on update, resolves a --network-rm to the id the spec holds.
 func (f *specFlags) apply(fs *pflag.FlagSet, spec *api.ServiceSpec, networkID func(ref string) string) error {
-	if fs.Changed("replicas") {
-		r := spec.GetReplicated()
-		if r == nil {
+	if fs.Changed("replicas") && f.update {
+		switch {
+		case spec.GetReplicated() != nil:
+			spec.GetReplicated().Replicas = uint64(f.replicas)
+		case spec.GetReplicatedJob() != nil:
+			spec.GetReplicatedJob().TotalCompletions = uint64(f.replicas)
+		case api.IsGlobal(spec):
+			return fmt.Errorf("--replicas: service %s is %s: it runs one task on every eligible node", spec.GetName(), api.ModeName(spec))
+		default:
 			return fmt.Errorf("--replicas: service %s is not a replicated service", spec.GetName())
 		}
-		r.Replicas = uint64(f.replicas)
 	}
 	if spec.Task == nil {
 		spec.Task = &api.TaskSpec{}

@@ -1,14 +1,10 @@
 package ctl
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -54,13 +50,8 @@ so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.SpecVersion}},
 		})
 		out := cmd.OutOrStdout()
 		if pretty {
-			for i, resp := range found {
-				if i > 0 {
-					fmt.Fprintln(out)
-				}
-				if err := printPrettyService(out, resp); err != nil {
-					return err
-				}
+			if err := printEachPretty(out, found, printPrettyService); err != nil {
+				return err
 			}
 		} else {
 			services := make([]*api.Service, len(found))
@@ -80,14 +71,8 @@ so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.SpecVersion}},
 func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	s := resp.GetService()
 	spec := s.GetSpec()
-	// Every line goes through the tabwriter, section headers too, so that
-	// all values line up in one column.
-	var buf bytes.Buffer
-	tw := tabwriter.NewWriter(&buf, 0, 0, 1, ' ', 0)
-	line := func(indent int, key string, value any) {
-		fmt.Fprintf(tw, "%s%s:\t%v\n", strings.Repeat(" ", indent), key, value)
-	}
-	section := func(key string) { fmt.Fprintf(tw, "%s:\t\n", key) }
+	pt := newPrettyTable()
+	line, section := pt.line, pt.section
 	optional := func(indent int, key, value string) {
 		if value != "" {
 			line(indent, key, value)
@@ -95,12 +80,7 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	}
 	line(0, "ID", s.GetId())
 	line(0, "Name", spec.GetName())
-	if len(spec.GetLabels()) > 0 {
-		section("Labels")
-		for _, k := range slices.Sorted(maps.Keys(spec.GetLabels())) {
-			fmt.Fprintf(tw, " %s=%s\t\n", k, spec.GetLabels()[k])
-		}
-	}
+	pt.labels(spec.GetLabels())
 	line(0, "Spec version", s.GetSpecVersion())
 	optional(0, "Created", timeText(s.GetMeta().GetCreatedAt()))
 	optional(0, "Updated", timeText(s.GetMeta().GetUpdatedAt()))
@@ -108,6 +88,7 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 		line(0, "Mode", "Replicated")
 		line(1, "Replicas", fmt.Sprintf("%d (%d running)", r.GetReplicas(), resp.GetCounts().GetRunning()))
 	}
+	pt.otherModes(spec, resp.GetCounts())
 	if st := s.GetUpdateStatus(); st != nil {
 		section("Update status")
 		line(1, "State", strings.ReplaceAll(api.UpdateStateName(st.GetState()), "_", " "))
@@ -123,10 +104,8 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 		line(1, "Slots", fmt.Sprintf("%d updated, %d failed, %d in flight", st.GetUpdated(), st.GetFailures(), inFlight))
 	}
 	task := spec.GetTask()
-	if cs := task.GetPlacement().GetConstraints(); len(cs) > 0 {
-		section("Placement")
-		line(1, "Constraints", strings.Join(cs, ", "))
-	}
+	pt.placement(task.GetPlacement())
+	pt.resources(task.GetResources())
 	if r := task.GetRestart(); r != nil {
 		section("Restart policy")
 		optional(1, "Condition", strings.ToLower(enumWord(r.GetCondition().String(), "RESTART_CONDITION_")))
@@ -179,10 +158,7 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 			line(1, "Replicas", r.GetReplicas())
 		}
 	}
-	if err := tw.Flush(); err != nil {
-		return err
-	}
-	return writeTrimmed(w, buf.String())
+	return pt.writeTo(w)
 }
 
 func durationText(d *durationpb.Duration) string {

@@ -82,8 +82,10 @@ image and its arguments, and --force replaces every task without a change.
 	f.register(fs)
 	w.register(fs)
 	health := addHealthFlags(fs)
+	var placement placementFlags
+	placement.addPlacementFlags(fs)
 	cmd.RunE = c.run(func(cmd *cobra.Command, args []string) error {
-		if !f.given(fs) && !health.given() {
+		if !f.given(fs) && !health.given() && !placement.given(fs) {
 			return usageError{cmd: cmd, err: errors.New("nothing to update: give a flag that changes the service (see --help), or --force to replace its tasks")}
 		}
 		if err := f.check(fs); err != nil {
@@ -111,7 +113,10 @@ image and its arguments, and --force replaces every task without a change.
 			if err := f.apply(fs, spec, networkID); err != nil {
 				return err
 			}
-			return health.apply(spec)
+			if err := health.apply(spec); err != nil {
+				return err
+			}
+			return placement.apply(fs, spec)
 		})
 		if err != nil {
 			return err

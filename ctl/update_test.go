@@ -109,13 +109,15 @@ func TestUpdateServerErrors(t *testing.T) {
 	}{
 		{"unknown service", []string{"service", "update", "--image", "x", "nope"}, `service "nope": not found`},
 		{"replicas of a service that has none", []string{"service", "update", "--replicas", "2", "job"}, "--replicas: service job is not a replicated service"},
+		{"replicas of a global service", []string{"service", "update", "--replicas", "2", "agent"}, "--replicas: service agent is global: it runs one task on every eligible node"},
 		{"rollback of a service never updated", []string{"service", "rollback", "web"}, `service "web" has no previous spec to roll back to: it was never updated`},
 		{"rollback of an unknown service", []string{"service", "rollback", "nope"}, `service "nope": not found`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newFixture()
-			f.services = append(f.services, &api.Service{Id: "svcjobcccccccccccccccccccc", Meta: &api.Meta{Version: 3}, Spec: &api.ServiceSpec{Name: "job"}})
+			f.services = append(f.services, &api.Service{Id: "svcjobcccccccccccccccccccc", Meta: &api.Meta{Version: 3}, Spec: &api.ServiceSpec{Name: "job"}},
+				&api.Service{Id: "svcagentccccccccccccccccccc", Meta: &api.Meta{Version: 3}, Spec: &api.ServiceSpec{Name: "agent", Mode: &api.ServiceSpec_Global{Global: &api.GlobalService{}}}})
 			_, err := runCLI(t, f, tt.args...)
 			if got := ErrorMessage(err); got != tt.wantErr {
 				t.Errorf("error = %q, want %q", got, tt.wantErr)

@@ -30,9 +30,11 @@ const convergeHelp = `Unless --detach is given, the command then follows the ser
 shows each replica's progress (new, pending, assigned, accepted, preparing,
 starting, running). It returns as soon as every replica of the new spec
 runs and, if it has a health check, has passed it (a task serves only
-then); there is no extra fixed "verify" wait, so a task that crashes right
-after starting is noticed by the orchestrator, not by this command. If a
-task fails or is rejected first (an unhealthy task fails), the command
+then; a global service: as soon as every node given a task runs it; a job:
+once all its tasks have completed); there is no extra fixed "verify" wait,
+so a task that crashes right after starting is noticed by the orchestrator,
+not by this command. If a task fails or is rejected first (an unhealthy
+task fails), the command
 prints the task's error and exits non-zero; the service stays as it is.`
 
 // waitRequest names the change being waited for.

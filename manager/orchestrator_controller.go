@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -127,6 +128,9 @@ func (c *orchestratorController) changed(changes []store.Change) bool {
 					}
 				})
 			}
+			if eligibilityMayDiffer(ev.Kind, old, o) {
+				c.markGlobal()
+			}
 		}
 	})
 	return true
@@ -142,4 +146,28 @@ func (c *orchestratorController) markAll() {
 			c.dirty[t.GetServiceId()] = true
 		}
 	})
+}
+
+// markGlobal marks every global service and global job: a node came,
+// went, or changed in a way that may change where they run.
+func (c *orchestratorController) markGlobal() {
+	c.m.raft.Store().View(func(tx store.ReadTx) {
+		for _, s := range tx.Services() {
+			if api.IsGlobal(s.GetSpec()) {
+				c.dirty[s.GetId()] = true
+			}
+		}
+	})
+}
+
+// eligibilityMayDiffer reports whether a node event may change which
+// nodes a global service runs on: a node joined or left, or changed what
+// eligibility reads (state, availability, labels, role, hostname,
+// platform). Heartbeats and certificate renewals do not.
+func eligibilityMayDiffer(kind api.StoreActionKind, old, n *api.Node) bool {
+	return kind != api.StoreActionKind_STORE_ACTION_KIND_UPDATE ||
+		old.GetStatus().GetState() != n.GetStatus().GetState() ||
+		old.GetRole() != n.GetRole() ||
+		!proto.Equal(old.GetSpec(), n.GetSpec()) ||
+		!proto.Equal(old.GetDescription(), n.GetDescription())
 }

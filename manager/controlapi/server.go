@@ -83,11 +83,16 @@ func (s *Server) GetNode(ctx context.Context, req *api.GetNodeRequest) (*api.Get
 		n   *api.Node
 		err error
 	)
-	s.view(func(tx store.ReadTx) { n, err = tx.LookupNode(req.GetNode()) })
+	var reserved *api.Resources
+	s.view(func(tx store.ReadTx) {
+		if n, err = tx.LookupNode(req.GetNode()); err == nil {
+			reserved = reservedOn(tx.TasksOfNode(n.GetId()))
+		}
+	})
 	if err != nil {
 		return nil, lookupStatus(err)
 	}
-	return &api.GetNodeResponse{Node: n}, nil
+	return &api.GetNodeResponse{Node: n, Reserved: reserved}, nil
 }
 
 // validateSpec checks a spec completely, including what needs the
@@ -167,6 +172,12 @@ func counts(svc *api.Service, tasks []*api.Task) *api.ServiceCounts {
 		case st.GetState() == api.TaskState_TASK_STATE_NEW && st.GetErr() != "":
 			c.Unallocated++
 		}
+		if svc.GetSpec().GetGlobal() != nil {
+			c.Desired++ // one per node that should run it
+		}
+	}
+	if api.IsJob(svc.GetSpec()) {
+		jobCounts(c, svc, tasks)
 	}
 	return c
 }
@@ -216,6 +227,9 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 	svc, err := s.rewriteService(ctx, req.GetService(), req.GetVersion(), func(cur *api.Service) (*api.Service, error) {
 		if spec.GetName() != cur.GetSpec().GetName() {
 			return nil, status.Errorf(codes.InvalidArgument, "name: a service cannot be renamed (%q to %q); create a new one instead", cur.GetSpec().GetName(), spec.GetName())
+		}
+		if err := checkModeChange(cur.GetSpec(), spec); err != nil {
+			return nil, err
 		}
 		if proto.Equal(spec, cur.GetSpec()) {
 			return nil, nil

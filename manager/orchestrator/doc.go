@@ -48,6 +48,16 @@
 //     of updates and rollbacks that the control API and the failure
 //     action share.
 //
-// Global mode and jobs are not handled: Reconcile returns an empty Plan
-// for a service that is not replicated.
+// Global services and global jobs have a task per eligible node instead
+// of slots (global.go: slot 0, made for its node, kept while the node is
+// down, moved off a drained one and back); replicated jobs have slots that
+// each need one task to exit 0, started within max_concurrent (job.go).
+// A job's task that completed is never run again.
+//
+// It imports only the API types and, for a global service's eligible
+// nodes, the scheduler's constraint parser: the nodes the orchestrator
+// makes tasks for are those whose constraints the scheduler will pass.
+//
+// Rolling updates pace replicated services only: a task-spec change of a
+// global service or a job replaces its tasks at once.
 package orchestrator

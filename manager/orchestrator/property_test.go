@@ -144,7 +144,9 @@ func checkPlan(t *testing.T, i int, svc *api.Service, tasks []*api.Task, nodes m
 			t.Fatalf("case %d: remove of unknown or twice-touched task %s", i, r.Id)
 		}
 		touched[r.Id] = true
-		if terminal(orig) || orig.NodeId == "" {
+		// A task that ended, or that was never assigned (a global task is
+		// made with its node), runs nowhere.
+		if terminal(orig) || orig.NodeId == "" || orig.Status.GetState() < assigned {
 			continue
 		}
 		// A task that may still run is deleted only when leaving and its

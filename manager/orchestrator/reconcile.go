@@ -67,12 +67,13 @@ func (p Plan) Empty() bool {
 // svc == nil means the service was deleted; tasks are then all its
 // remaining tasks. tasks must be all tasks of the service. nodes must hold
 // every node in the store by id: a task on a DOWN node is lost and
-// replaced. The inputs are never modified. A service that is not in
-// replicated mode gets an empty Plan.
+// replaced (a global service's waits for its node). The inputs are never
+// modified. Each mode has its planner: replicated here, global and the
+// jobs in global.go and job.go.
 //
-// Slots whose task runs from an older task template are replaced by the
-// rolling update (update.go), as the service's update config paces it;
-// its progress is in the Plan's Service.
+// Slots of a replicated service whose task runs from an older task
+// template are replaced by the rolling update (update.go), as the
+// service's update config paces it; its progress is in the Plan's Service.
 func Reconcile(now time.Time, cfg Config, svc *api.Service, tasks []*api.Task, nodes map[string]*api.Node) Plan {
 	r := newReconciler(now, cfg, svc, nodes)
 	switch {
@@ -80,6 +81,10 @@ func Reconcile(now time.Time, cfg Config, svc *api.Service, tasks []*api.Task, n
 		for _, t := range tasks {
 			r.retire(t)
 		}
+	case svc.GetSpec().GetReplicatedJob() != nil:
+		r.reconcileReplicatedJob(tasks)
+	case api.IsGlobal(svc.GetSpec()):
+		r.reconcileGlobal(tasks)
 	case svc.GetSpec().GetReplicated() == nil:
 		return Plan{}
 	default:
@@ -131,6 +136,9 @@ type reconciler struct {
 	nodes        map[string]*api.Node
 	healthyRun   time.Duration
 	historyLimit int
+	// pin is the node new tasks are made for: a global service's current
+	// node while its tasks are planned, "" otherwise.
+	pin string
 
 	actions map[*api.Task]action
 	plan    Plan
@@ -180,7 +188,22 @@ func (s *slot) occupied() bool {
 	return s.num != 0 && len(s.runnable)+len(s.history) > 0
 }
 
-func (r *reconciler) reconcileReplicated(tasks []*api.Task) {
+// sortInto files t under its role in s.
+func (s *slot) sortInto(t *api.Task) {
+	switch d := t.GetDesiredState(); {
+	case d == api.TaskState_TASK_STATE_REMOVE:
+		s.leaving = append(s.leaving, t)
+	case d <= api.TaskState_TASK_STATE_RUNNING:
+		s.runnable = append(s.runnable, t)
+	case neverAssigned(t):
+		s.void = append(s.void, t)
+	default:
+		s.history = append(s.history, t)
+	}
+}
+
+// slotsOf sorts tasks into their slots, each slot's tasks newest first.
+func (r *reconciler) slotsOf(tasks []*api.Task) map[uint64]*slot {
 	bySlot := make(map[uint64]*slot)
 	for _, t := range tasks {
 		s := bySlot[t.GetSlot()]
@@ -188,22 +211,19 @@ func (r *reconciler) reconcileReplicated(tasks []*api.Task) {
 			s = &slot{num: t.GetSlot()}
 			bySlot[s.num] = s
 		}
-		switch d := t.GetDesiredState(); {
-		case d == api.TaskState_TASK_STATE_REMOVE:
-			s.leaving = append(s.leaving, t)
-		case d <= api.TaskState_TASK_STATE_RUNNING:
-			s.runnable = append(s.runnable, t)
-		case neverAssigned(t):
-			s.void = append(s.void, t)
-		default:
-			s.history = append(s.history, t)
-		}
+		s.sortInto(t)
 	}
-
-	var occupied []*slot
 	for _, s := range bySlot {
 		slices.SortFunc(s.runnable, r.compareCurrentFirst)
 		slices.SortFunc(s.history, r.compareNewestFirst)
+	}
+	return bySlot
+}
+
+func (r *reconciler) reconcileReplicated(tasks []*api.Task) {
+	bySlot := r.slotsOf(tasks)
+	var occupied []*slot
+	for _, s := range bySlot {
 		if s.occupied() {
 			occupied = append(occupied, s)
 		}
@@ -278,10 +298,9 @@ func (r *reconciler) retireSlot(s *slot) {
 	}
 }
 
-// reconcileSlot brings one kept slot to the spec, but for replacing a
-// task that serves from an older template: that is the rollout's (see
-// slot.stale).
-func (r *reconciler) reconcileSlot(s *slot) {
+// sweep deletes a slot's tasks that nothing will report on any more
+// (taken out before they reached a node; being removed and stopped).
+func (r *reconciler) sweep(s *slot) {
 	for _, t := range s.void {
 		r.remove(t)
 	}
@@ -290,6 +309,35 @@ func (r *reconciler) reconcileSlot(s *slot) {
 			r.remove(t)
 		}
 	}
+}
+
+// tidy sweeps a slot of one task (global and job slots: no rollout pairs
+// two tasks there) and retires the duplicates of its current task, which
+// it returns (nil when the slot has none).
+func (r *reconciler) tidy(s *slot) *api.Task {
+	r.sweep(s)
+	if len(s.runnable) == 0 {
+		return nil
+	}
+	for _, dup := range s.runnable[1:] {
+		r.retire(dup)
+	}
+	return s.runnable[0]
+}
+
+// waitOut asks for a Reconcile when t, held back by its restart delay,
+// may start.
+func (r *reconciler) waitOut(t *api.Task) {
+	if nb := t.GetNotBefore(); nb != nil && t.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
+		r.wakeAt(nb.AsTime())
+	}
+}
+
+// reconcileSlot brings one kept slot to the spec, but for replacing a
+// task that serves from an older template: that is the rollout's (see
+// slot.stale).
+func (r *reconciler) reconcileSlot(s *slot) {
+	r.sweep(s)
 	history := slices.Clone(s.history)
 	defer func() { r.pruneHistory(history) }()
 	s.settled = !slices.ContainsFunc(s.runnable, r.stale)
@@ -313,9 +361,7 @@ func (r *reconciler) reconcileSlot(s *slot) {
 			// The slot now has no current task; decide on its last task
 			// below, exactly as the next Reconcile will see it.
 		default:
-			if nb := cur.GetNotBefore(); nb != nil && cur.GetStatus().GetState() == api.TaskState_TASK_STATE_NEW {
-				r.wakeAt(nb.AsTime())
-			}
+			r.waitOut(cur)
 			return
 		}
 	}
@@ -431,6 +477,7 @@ func (r *reconciler) create(num, restartCount uint64, step uint32, delay time.Du
 		ServiceId:   r.svc.GetId(),
 		ServiceName: r.svc.GetSpec().GetName(),
 		Slot:        num,
+		NodeId:      r.pin,
 		SpecVersion: r.svc.GetSpecVersion(),
 		Status: &api.TaskStatus{
 			Timestamp: timestamppb.New(r.now),
@@ -547,10 +594,10 @@ func (r *reconciler) ended(t *api.Task) bool {
 }
 
 // gone reports whether a task being removed has nothing left to stop:
-// it ended, never got a node, or its node is DOWN or no longer exists.
+// it ended, never reached a node, or its node is DOWN or no longer exists.
 // A node that comes back stops whatever it no longer has assigned.
 func (r *reconciler) gone(t *api.Task) bool {
-	if terminal(t) || t.GetNodeId() == "" {
+	if terminal(t) || !dispatched(t) {
 		return true
 	}
 	n, ok := r.nodes[t.GetNodeId()]
@@ -620,7 +667,14 @@ func terminal(t *api.Task) bool {
 	return api.IsTerminal(t.GetStatus().GetState())
 }
 
-// neverAssigned reports whether t has not ended and never got a node.
+// neverAssigned reports whether t has not ended and never reached a node:
+// it has none, or (a global task, made for its node) the scheduler has not
+// assigned it yet, so its node never heard of it.
 func neverAssigned(t *api.Task) bool {
-	return !terminal(t) && t.GetNodeId() == ""
+	return !terminal(t) && !dispatched(t)
+}
+
+// dispatched reports whether t was assigned to a node, which may run it.
+func dispatched(t *api.Task) bool {
+	return t.GetNodeId() != "" && t.GetStatus().GetState() >= api.TaskState_TASK_STATE_ASSIGNED
 }

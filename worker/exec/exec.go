@@ -36,6 +36,10 @@ var (
 	// ErrExited is returned by Listener.Listening when the process ended
 	// before it listened: Wait says how.
 	ErrExited = errors.New("process exited")
+	// ErrOOMKilled is the Cause of an ExitError when the kernel's OOM
+	// killer ended the process (it went past its memory limit). Its text
+	// is Docker's word for it, which users search for.
+	ErrOOMKilled = errors.New("OOMKilled")
 )
 
 // ExitError is returned by Wait when the process ended with a non-zero

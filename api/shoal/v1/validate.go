@@ -64,10 +64,11 @@ func ValidateServiceSpec(s *ServiceSpec) error {
 	if err := ValidateServiceName(s.GetName()); err != nil {
 		return err
 	}
-	if r := s.GetReplicated(); r == nil {
-		return specErr("mode", "only replicated services exist; set replicated.replicas")
-	} else if r.GetReplicas() > MaxReplicas {
-		return specErr("replicas", "%d is more than the limit of %d", r.GetReplicas(), MaxReplicas)
+	if err := validateMode(s); err != nil {
+		return err
+	}
+	if err := validateResources(s.GetTask().GetResources()); err != nil {
+		return err
 	}
 	if s.GetTaskHistoryLimit() > maxHistory {
 		return specErr("task_history_limit", "%d is more than the limit of %d", s.GetTaskHistoryLimit(), maxHistory)
@@ -141,6 +142,7 @@ func ApplyServiceDefaults(s *ServiceSpec) {
 	if s.Task.Restart == nil {
 		s.Task.Restart = &RestartPolicy{}
 	}
+	applyModeDefaults(s)
 	rp := s.Task.Restart
 	if rp.Condition == RestartCondition_RESTART_CONDITION_UNSPECIFIED {
 		rp.Condition = RestartCondition_RESTART_CONDITION_ANY

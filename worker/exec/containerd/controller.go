@@ -87,6 +87,7 @@ func (c *controller) Prepare(ctx context.Context) error {
 		name, _, _ := strings.Cut(user, ":")
 		specOpts = append(specOpts, oci.WithUser(user), oci.WithAdditionalGIDs(name))
 	}
+	specOpts = append(specOpts, resourceOpts(c.task, c.e.limitSwap)...)
 	opts := []client.NewContainerOpts{
 		client.WithImage(img),
 		client.WithSnapshotter(c.e.snapshotter),
@@ -294,10 +295,26 @@ func (c *controller) Wait(ctx context.Context) error {
 		if code == 0 {
 			return nil
 		}
+		if c.oomKilled(nctx, t) {
+			c.log.Info("process was killed for going past its memory limit")
+			return &exec.ExitError{Code: int32(code), Cause: exec.ErrOOMKilled}
+		}
 		return &exec.ExitError{Code: int32(code)}
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// oomKilled reports whether the OOM killer ended a process of the task's
+// container (see the package function).
+func (c *controller) oomKilled(ctx context.Context, t client.Task) bool {
+	var path string
+	if ctr, err := c.e.client.LoadContainer(ctx, c.id); err == nil {
+		if spec, err := ctr.Spec(ctx); err == nil && spec.Linux != nil {
+			path = spec.Linux.CgroupsPath
+		}
+	}
+	return oomKilled(ctx, t, path)
 }
 
 // errNoProcess is wrapped when the container has no process: it was never

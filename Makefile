@@ -18,7 +18,12 @@ DEB_ARCH ?= amd64
 # Where `make deb` writes the package (and stages its files).
 DEB_OUT ?= $(BIN)
 
-.PHONY: all build setup proto proto-check vet test unit e2e bench demo demo-down clean install uninstall deb
+# The VM tier (e2e/vm) boots Debian VMs with Vagrant and libvirt; they take
+# every core, so it runs alone, after everything else.
+VMPKG       := ./e2e/vm
+VMTESTFLAGS ?= -count=1 -timeout 40m -p 1
+
+.PHONY: all build setup proto proto-check vet test unit e2e test-vm bench demo demo-down vm-demo vm-demo-down clean install uninstall deb
 
 all: build
 
@@ -83,10 +88,17 @@ unit:
 	$(GOTEST) $(TESTFLAGS) $$($(GO) list ./... | grep -v -e /e2e -e /bench)
 
 e2e: build
-	$(GOTEST) $(TESTFLAGS) -v ./e2e/...
+	$(GOTEST) $(TESTFLAGS) -v $$($(GO) list ./e2e/... | grep -v /e2e/vm)
 
 test: setup proto-check vet build
-	$(GOTEST) $(TESTFLAGS) ./...
+	$(GOTEST) $(TESTFLAGS) $$($(GO) list ./... | grep -v /e2e/vm)
+	$(MAKE) test-vm
+
+# The tests remove their VMs themselves; vmenv.sh down catches a run that
+# was killed before it could (unless SHOAL_VM_KEEP asked to keep them).
+test-vm:
+	$(GOTEST) $(VMTESTFLAGS) -v $(VMPKG); rc=$$?; \
+	[ -n "$$SHOAL_VM_KEEP" ] || sh deploy/vagrant/vmenv.sh down; exit $$rc
 
 # Benchmarks: end to end against containerd and a lab cluster (./bench,
 # including the routing mesh against direct traffic), the scheduler with its
@@ -102,6 +114,12 @@ demo: setup build
 
 demo-down:
 	sh deploy/demo.sh down
+
+vm-demo: build
+	sh deploy/vm-demo.sh
+
+vm-demo-down:
+	sh deploy/vm-demo.sh down
 
 clean:
 	rm -rf $(BIN)

@@ -124,9 +124,7 @@ func TestRoutingMesh(t *testing.T) {
 	dgram := c.converged(t, "dgram", want{Replicas: 1})
 	for _, n := range c.names("") {
 		rep := c.loadFrom(t, client, 20, "udp://"+addrOf[n]+":5353")
-		if got := sortedKeys(rep.Tasks); rep.OK != 20 || len(got) != 1 || got[0] != hostnameOf(dgram) {
-			t.Errorf("udp through %s: %d of 20 answered, by %v, want all by %s: %v", n, rep.OK, got, hostnameOf(dgram), rep.Errors)
-		}
+		servicecheck.ServedOnlyBy(t, "udp through "+n, rep, 20, servicecheck.TaskNames(dgram))
 	}
 
 	// Host mode: only the node running the task answers, straight to it.
@@ -275,15 +273,6 @@ func TestRoutingMesh(t *testing.T) {
 		}
 		return true, ""
 	})
-}
-
-// hostnameOf is the hostname of a service's only running task, as the
-// echo server reports it over UDP (service.slot).
-func hostnameOf(tasks map[string]*api.Task) string {
-	for _, task := range tasks {
-		return fmt.Sprintf("%s.%d", task.GetServiceName(), task.GetSlot())
-	}
-	return ""
 }
 
 func atoi(t *testing.T, s string) int {

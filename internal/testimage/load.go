@@ -149,7 +149,7 @@ type report struct {
 }
 
 // udpReport sends one datagram and parses the echo server's reply, which
-// starts "hostname=H remote=ADDR " (see the echo server).
+// starts "hostname=H task=T remote=ADDR " (see the echo server).
 func udpReport(ctx context.Context, addr string, timeout time.Duration) (report, error) {
 	d := net.Dialer{Timeout: timeout}
 	c, err := d.DialContext(ctx, "udp", addr)

@@ -345,8 +345,15 @@ func (e *tcpEcho) closeAll() {
 	}
 }
 
-// serveUDP answers each datagram until conn is closed.
+// serveUDP answers each datagram until conn is closed: "hostname=H
+// task=T remote=ADDR " and the datagram (task= only in a shoal task, from
+// SHOAL_TASK_NAME), so that a client tells tasks of one slot apart, as
+// over HTTP.
 func serveUDP(conn net.PacketConn, hostname string, log *slog.Logger) {
+	prefix := "hostname=" + hostname + " "
+	if task := os.Getenv("SHOAL_TASK_NAME"); task != "" {
+		prefix += "task=" + task + " "
+	}
 	buf := make([]byte, maxDatagram)
 	for {
 		n, from, err := conn.ReadFrom(buf)
@@ -356,7 +363,7 @@ func serveUDP(conn net.PacketConn, hostname string, log *slog.Logger) {
 			}
 			return
 		}
-		reply := append([]byte(fmt.Sprintf("hostname=%s remote=%s ", hostname, from)), buf[:n]...)
+		reply := append([]byte(prefix+"remote="+from.String()+" "), buf[:n]...)
 		if _, err := conn.WriteTo(reply, from); err != nil {
 			log.Warn("udp echo reply", "remote", from.String(), "err", err)
 		}

@@ -257,25 +257,35 @@ func TestTCPEcho(t *testing.T) {
 }
 
 func TestUDPEcho(t *testing.T) {
-	s := startServer(t, nil)
 	hostname, _ := os.Hostname()
-	c, err := net.Dial("udp", s.udp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(hangGuard))
-	if _, err := c.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 1024)
-	n, err := c.Read(buf)
-	if err != nil {
-		t.Fatalf("read reply: %v", err)
-	}
-	want := "hostname=" + hostname + " remote=" + c.LocalAddr().String() + " hello"
-	if got := string(buf[:n]); got != want {
-		t.Errorf("reply %q, want %q", got, want)
+	for _, tc := range []struct {
+		name, prefix string
+		env          []string
+	}{
+		{"outside a task", "hostname=" + hostname + " ", nil},
+		{"in a task", "hostname=" + hostname + " task=web.1.abc ", []string{"SHOAL_TASK_NAME=web.1.abc"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startServer(t, tc.env)
+			c, err := net.Dial("udp", s.udp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(hangGuard))
+			if _, err := c.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 1024)
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("read reply: %v", err)
+			}
+			want := tc.prefix + "remote=" + c.LocalAddr().String() + " hello"
+			if got := string(buf[:n]); got != want {
+				t.Errorf("reply %q, want %q", got, want)
+			}
+		})
 	}
 }
 

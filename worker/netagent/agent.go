@@ -164,6 +164,11 @@ func New(cfg Config) (*Agent, error) {
 	if a.balancer, err = a.newBalancer(); err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
+	if err := a.removeOtherBackend(); err != nil {
+		// Not fatal: the published ports this backend programs may still
+		// work, where no node would answer at all if shoald did not start.
+		a.log.Warn("the load balancer backend not in use left rules behind; remove them (`shoald leave` does) if published ports misbehave", "err", err)
+	}
 	if a.dns, err = newResolver(cfg, a.lookup, a.log); err != nil {
 		return nil, fmt.Errorf("network agent: DNS resolver: %w", err)
 	}

@@ -17,7 +17,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -256,16 +255,9 @@ func (c *labCluster) ctl(t *testing.T, node string, args ...string) string {
 // decodeLines decodes shoalctl's --format json output, one object a line.
 func decodeLines[M proto.Message](t *testing.T, out string, make func() M) []M {
 	t.Helper()
-	var objs []M
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		if line == "" {
-			continue
-		}
-		m := make()
-		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal([]byte(line), m); err != nil {
-			t.Fatalf("decode %T: %v\n%s", m, err, line)
-		}
-		objs = append(objs, m)
+	objs, err := servicecheck.DecodeLines(out, make)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return objs
 }

@@ -3,7 +3,8 @@
 // its tasks run, each with its container on its node and no other
 // container (Converged); the routing mesh answered every request, from
 // exactly the running tasks (ServedOnlyBy); a task on its network finds
-// it by name and reaches every task through its VIP (Discovery).
+// it by name and reaches every task through its VIP (Discovery). It also
+// reads shoalctl's --format json listings (DecodeLines).
 //
 // The tests bring the transport (a lab's namespaces, ssh to a VM) and the
 // listings; the checks are the same. It is test support: only _test files

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/internal/await"
 	"github.com/shoal-project/shoal/internal/testcluster"
@@ -77,6 +80,23 @@ func Converged(tasks []*api.Task, names map[string]string, containers map[string
 		return nil, fmt.Sprintf("%d running containers for %d running tasks", seen, w.Replicas)
 	}
 	return running, ""
+}
+
+// DecodeLines decodes a shoalctl listing printed with --format json: one
+// object a line.
+func DecodeLines[M proto.Message](out string, newM func() M) ([]M, error) {
+	var objs []M
+	for line := range strings.SplitSeq(strings.TrimSpace(out), "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		m := newM()
+		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal([]byte(line), m); err != nil {
+			return nil, fmt.Errorf("decode %T: %w: %s", m, err, line)
+		}
+		objs = append(objs, m)
+	}
+	return objs, nil
 }
 
 // TaskNames are the names the echo server reports for tasks

@@ -16,7 +16,9 @@ func TestConverged(t *testing.T) {
 	const run, shut = api.TaskState_TASK_STATE_RUNNING, api.TaskState_TASK_STATE_SHUTDOWN
 	names := map[string]string{"n1": "worker1", "n2": "worker2"}
 	tasks := []*api.Task{task("t1", "n1", 1, run, run), task("t2", "n2", 2, run, run), task("t0", "n2", 2, shut, shut)}
-	ctr := func(id, status string) testcluster.Container { return testcluster.Container{ID: id, TaskID: id, Status: status} }
+	ctr := func(id, status string) testcluster.Container {
+		return testcluster.Container{ID: id, TaskID: id, Status: status}
+	}
 	both := map[string][]testcluster.Container{"worker1": {ctr("t1", "running")}, "worker2": {ctr("t2", "RUNNING")}}
 	for _, tc := range []struct {
 		name       string

@@ -23,7 +23,7 @@ DEB_OUT ?= $(BIN)
 VMPKG       := ./e2e/vm
 VMTESTFLAGS ?= -count=1 -timeout 40m -p 1
 
-.PHONY: all build setup proto proto-check vet test unit e2e test-vm bench demo demo-down vm-demo vm-demo-down clean install uninstall deb
+.PHONY: all build setup proto proto-check vet test unit e2e test-vm bench bench-vm demo demo-down vm-demo vm-demo-down clean install uninstall deb
 
 all: build
 
@@ -108,6 +108,15 @@ bench: setup build
 	$(GOTEST) -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/... ./manager/ | tee $(BIN)/bench.txt
 	$(GOTEST) -run '^$$' -bench . -timeout 20m ./network/lb/nft/ ./manager/dispatcher/ | tee -a $(BIN)/bench.txt
 	$(GOTEST) -run '^$$' -bench . -timeout 20m ./scheduler/ | tee -a $(BIN)/bench.txt
+	$(MAKE) bench-vm
+
+# The VM tier's benchmarks on a cluster of their own (skipped where the
+# tier cannot run): the mesh with IPVS and with nftables against the task
+# straight, and both backends' programming benchmarks in a VM, as ratios.
+bench-vm:
+	@mkdir -p $(BIN)
+	$(GOTEST) -run '^$$' -bench . -benchtime 1x $(VMTESTFLAGS) $(VMPKG) | tee $(BIN)/bench-vm.txt; \
+	[ -n "$$SHOAL_VM_KEEP" ] || sh deploy/vagrant/vmenv.sh down
 
 demo: setup build
 	sh deploy/demo.sh

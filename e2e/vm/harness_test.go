@@ -119,7 +119,7 @@ var (
 // vmCluster returns the shared cluster, bringing it up on first use, or
 // skips or fails the test when the tier cannot run or the cluster did not
 // come up.
-func vmCluster(t *testing.T) *Cluster {
+func vmCluster(t testing.TB) *Cluster {
 	t.Helper()
 	c := vmEnv(t)
 	upOnce.Do(func() { upErr = c.up(rootCtx) })
@@ -132,7 +132,7 @@ func vmCluster(t *testing.T) *Cluster {
 // vmEnv returns the tier's environment (packages, box, namespace,
 // libvirtd) for tests that run Vagrant themselves, whether or not the
 // cluster is up.
-func vmEnv(t *testing.T) *Cluster {
+func vmEnv(t testing.TB) *Cluster {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)

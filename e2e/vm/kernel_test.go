@@ -40,8 +40,9 @@ var (
 // and of the network agent on the VMs' kernel, which has IPVS (Debian 12),
 // with SHOAL_EXPECT_IPVS=1 so that a missing IPVS fails instead of
 // skipping: the IPVS backend's conformance and traffic suites, the nft
-// backend's, and the agent's mesh across two nodes, its choice of backend
-// and its teardown. Each binary runs on a VM of its own, at once.
+// backend's, and the agent's mesh across two nodes, its choice of backend,
+// its teardown and its removal of the other backend's rules. Each binary
+// runs on a VM of its own, at once.
 func TestKernelSuites(t *testing.T) {
 	c := vmCluster(t)
 	for _, s := range []struct {
@@ -51,7 +52,7 @@ func TestKernelSuites(t *testing.T) {
 	}{
 		{ipvsTests, "worker1", nil},
 		{nftTests, "worker2", nil},
-		{netagentTests, "manager1", []string{"-test.run", "TestKernelMeshAcrossNodes|TestKernelAutoPicks|TestKernelTeardown"}},
+		{netagentTests, "manager1", []string{"-test.run", "TestKernelMeshAcrossNodes|TestKernelAutoPicks|TestKernelTeardown|TestKernelOtherBackendRemoved"}},
 	} {
 		t.Run(s.bin.name, func(t *testing.T) {
 			t.Parallel()

@@ -364,6 +364,24 @@ func (s *meshSession) removedBackend(t *testing.T) {
 	}
 	var after map[string]*api.Task
 	reps := c.loadWhile(t, s.targets("http", meshHTTP), func() {
+		// The flows go on sending meanwhile, as a client that keeps its
+		// port does (a resolver): their entries stay alive.
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				for port := range flows {
+					s.c.udpFrom(testContext(t), port, udpAddr)
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(udpTimeout):
+				}
+			}
+		}()
+		defer func() { close(stop); <-done }()
 		c.MustShoalctl(t, "service", "scale", "--detach", meshService+"=1")
 		after = c.converged(t, meshService, servicecheck.Want{Replicas: 1})
 	})

@@ -83,9 +83,10 @@ install_packages() {
 		apt-get update -qq
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
 	fi
-	# (Each systemctl enable reloads systemd: seconds under emulation.)
-	systemctl -q is-enabled containerd || systemctl -q enable containerd
-	systemctl -q is-active containerd || systemctl start containerd
+	# Started now without waiting (it takes a while under emulation;
+	# shoald.service waits for it), and at every boot.
+	systemctl -q is-enabled containerd || systemctl -q --no-reload enable containerd
+	systemctl -q is-active containerd || systemctl --no-block start containerd
 	# The routing mesh: IPVS for --lb-backend auto/ipvs (auto uses it when
 	# the kernel offers it), br_netfilter so that the nftables backend sees
 	# bridged service traffic.
@@ -94,12 +95,16 @@ install_packages() {
 	modprobe -q br_netfilter || true
 }
 
-# install_file SRC DST MODE: reports whether DST changed.
+# install_file SRC DST MODE: moves SRC to DST unless DST has its content
+# already; reports whether DST changed.
 install_file() {
 	if cmp -s "$1" "$2"; then
 		return 1
 	fi
-	install -D -m "$3" "$1" "$2"
+	chown root:root "$1"
+	chmod "$3" "$1"
+	mkdir -p "$(dirname "$2")"
+	mv -f "$1" "$2"
 }
 
 install_shoal() {

@@ -98,6 +98,8 @@ func TestPublishedService(t *testing.T) {
 			t.Logf("service ps %s:\n%s", service, ps)
 			for _, n := range c.Nodes {
 				t.Logf("%s: shoald's log:\n%s", n.Name, c.Journal(context.Background(), n.Name, 40))
+				lb, _ := c.Run(context.Background(), n.Name, "sudo ipvsadm -Lnc; sudo nft list tables")
+				t.Logf("%s: ipvsadm -Lnc; nft list tables:\n%s", n.Name, lb)
 			}
 		}
 	}()
@@ -117,16 +119,29 @@ func TestPublishedService(t *testing.T) {
 		return len(running) == 2, out
 	})
 
-	for _, n := range c.Nodes {
-		url := fmt.Sprintf("http://%s:8080/", n.Addr)
-		eventually(t, convergeTimeout, url+" answers", func(ctx context.Context) (bool, string) {
-			body, err := c.Get(ctx, url)
-			if err != nil {
-				return false, err.Error()
+	// Every node, also the one without a replica, until all answer; the
+	// failure says which did not.
+	answered := map[string]bool{}
+	eventually(t, convergeTimeout, "port 8080 answers on every node", func(ctx context.Context) (bool, string) {
+		var state []string
+		for _, n := range c.Nodes {
+			if answered[n.Name] {
+				continue
 			}
-			return echoField(body, "service") == service, body
-		})
-	}
+			rctx, cancel := context.WithTimeout(ctx, requestTimeout)
+			body, err := c.Get(rctx, fmt.Sprintf("http://%s:8080/", n.Addr))
+			cancel()
+			switch {
+			case err != nil:
+				state = append(state, fmt.Sprintf("%s (%s): %v", n.Name, n.Addr, err))
+			case echoField(body, "service") != service:
+				state = append(state, fmt.Sprintf("%s (%s): answered by %q", n.Name, n.Addr, body))
+			default:
+				answered[n.Name] = true
+			}
+		}
+		return len(state) == 0, strings.Join(state, "; ")
+	})
 
 	t.Run("every node answers from both replicas", func(t *testing.T) {
 		ctx := testContext(t)

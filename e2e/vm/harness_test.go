@@ -726,6 +726,33 @@ func (c *Cluster) UDPExchange(ctx context.Context, addr, message string) (string
 	return string(buf[:n]), nil
 }
 
+// TCPExchange connects to addr from inside the namespace, sends message,
+// closes its side and returns everything the server sent until it closed
+// (the echo image's TCP port answers "hostname=NAME\n" and the message).
+func (c *Cluster) TCPExchange(ctx context.Context, addr, message string) (string, error) {
+	conn, err := c.Dial(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	deadline := time.Now().Add(requestTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	conn.SetDeadline(deadline)
+	if _, err := io.WriteString(conn, message); err != nil {
+		return "", err
+	}
+	if err := conn.(*net.TCPConn).CloseWrite(); err != nil {
+		return "", err
+	}
+	reply, err := io.ReadAll(conn)
+	if err != nil {
+		return string(reply), fmt.Errorf("tcp %s: %w", addr, err)
+	}
+	return string(reply), nil
+}
+
 // Load runs `shoal-testimage load` from inside the namespace: many short
 // requests at target (http://ADDR:PORT/ or udp://ADDR:PORT), reported per
 // answering task.

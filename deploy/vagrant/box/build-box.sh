@@ -180,15 +180,16 @@ configure() {
 	# modules and file systems for what the VMs do not have or use, IPVS
 	# rules restored from a file (shoald programs IPVS itself), users that
 	# exist already, a remount to the options the kernel mounted with,
-	# network settings from the kernel's command line, utmp records, and a
-	# persistent journal (the journal stays in memory).
+	# network settings from the kernel's command line, utmp records, a
+	# persistent journal (the journal stays in memory), and logind (no PAM
+	# module uses it: nobody logs in but over ssh).
 	chroot "$r" systemctl -q mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer \
 		e2scrub_reap.service ipvsadm.service \
 		modprobe@drm.service modprobe@fuse.service modprobe@loop.service modprobe@efi_pstore.service \
 		modprobe@dm_mod.service modprobe@configfs.service sys-kernel-config.mount sys-kernel-debug.mount \
 		sys-kernel-tracing.mount dev-hugepages.mount systemd-sysusers.service systemd-remount-fs.service \
 		systemd-network-generator.service systemd-update-utmp.service systemd-update-utmp-runlevel.service \
-		systemd-journal-flush.service
+		systemd-journal-flush.service systemd-logind.service
 	mkdir -p "$r/etc/systemd/journald.conf.d"
 	printf '[Journal]\nStorage=volatile\n' >"$r/etc/systemd/journald.conf.d/shoal-box.conf"
 	# shoald drives containerd through its API: no CRI, and no probing of
@@ -219,7 +220,10 @@ configure() {
 		[Install]
 		WantedBy=multi-user.target
 	EOF
-	chroot "$r" systemctl -q enable ssh-host-keys.service ssh.service containerd.service
+	chroot "$r" systemctl -q enable ssh-host-keys.service ssh.service
+	# containerd starts when the provisioner makes the VM a node (and at
+	# every boot after that), not while the VM boots and sshd is awaited.
+	chroot "$r" systemctl -q disable containerd.service
 
 	chroot "$r" useradd -m -s /bin/bash -G sudo vagrant
 	echo vagrant:vagrant | chroot "$r" chpasswd

@@ -25,7 +25,7 @@ func TestKernelOtherBackendRemoved(t *testing.T) {
 		netnstest.RequireKernel(t)
 		node := switchNode(t)
 		if ipvs.Available() {
-			programmed(t, newTestAgent(t, kNode, node, kDataAddr, LBIPVS))
+			stopped(programmed(t, newTestAgent(t, kNode, node, kDataAddr, LBIPVS)))
 			if ours := ipvsServices(t, node); ours == 0 {
 				t.Fatal("the IPVS agent programmed no IPVS service")
 			}
@@ -45,7 +45,7 @@ func TestKernelOtherBackendRemoved(t *testing.T) {
 	t.Run("ipvs after nftables", func(t *testing.T) {
 		lbtest.RequireIPVS(t, ipvs.Available())
 		node := switchNode(t)
-		programmed(t, newTestAgent(t, kNode, node, kDataAddr, LBNFTables))
+		stopped(programmed(t, newTestAgent(t, kNode, node, kDataAddr, LBNFTables)))
 		programmed(t, newTestAgent(t, kNode, node, kDataAddr, LBIPVS))
 		if tables := node.MustRun(t, "nft", "list", "tables"); strings.Contains(tables, nft.DefaultTable) || !strings.Contains(tables, ipvs.DefaultMarkTable) {
 			t.Errorf("tables after the IPVS agent started, want %s and not %s:\n%s", ipvs.DefaultMarkTable, nft.DefaultTable, tables)
@@ -60,12 +60,23 @@ func switchNode(t *testing.T) *netnstest.NS {
 	return node
 }
 
-// programmed applies the kernel test's view with a.
-func programmed(t *testing.T, a *Agent) {
+// programmed applies the kernel test's view with a, and returns it.
+func programmed(t *testing.T, a *Agent) *Agent {
 	t.Helper()
 	if err := a.Apply(context.Background(), kernelDelta(), true); err != nil {
 		t.Fatal(err)
 	}
+	return a
+}
+
+// stopped leaves what a stopping shoald leaves of its agent: the kernel
+// state, without the resolver's listeners (its sockets close with the
+// process).
+func stopped(a *Agent) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.dns.Close()
+	a.dns = nil
 }
 
 // ipvsServices counts the IPVS services in the node's namespace in the

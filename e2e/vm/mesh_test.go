@@ -320,7 +320,7 @@ func (s *meshSession) discovery(t *testing.T) {
 // mesh (moby/moby#31208); likewise UDP flows.
 func (s *meshSession) ipvsTimeouts(t *testing.T) {
 	for _, n := range s.c.Nodes {
-		out := s.c.MustRun(t, n.Name, "sudo ipvsadm -L --timeout; sysctl -n net.netfilter.nf_conntrack_tcp_timeout_established net.netfilter.nf_conntrack_udp_timeout_stream")
+		out := s.c.MustRun(t, n.Name, "sudo ipvsadm -L --timeout; cat /proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established /proc/sys/net/netfilter/nf_conntrack_udp_timeout_stream")
 		var tcp, fin, udp, ctTCP, ctUDP int
 		if _, err := fmt.Sscanf(out, "Timeout (tcp tcpfin udp): %d %d %d\n%d\n%d", &tcp, &fin, &udp, &ctTCP, &ctUDP); err != nil {
 			t.Fatalf("%s: %v:\n%s", n.Name, err, out)

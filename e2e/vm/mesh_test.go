@@ -86,6 +86,13 @@ func (c *Cluster) deploy(t testing.TB) {
 			deployment.err = err
 			return
 		}
+		if c.reuse {
+			// A cluster kept from an earlier run (SHOAL_VM_KEEP) has the
+			// services it left.
+			if deployment.err = c.removeServices(ctx); deployment.err != nil {
+				return
+			}
+		}
 		for _, args := range [][]string{
 			{"network", "create", "--subnet", userSubnet, userNetwork},
 			{"service", "create", "--detach", "--name", meshService, "--replicas", strconv.Itoa(meshReplicas),
@@ -107,6 +114,25 @@ func (c *Cluster) deploy(t testing.TB) {
 	}
 }
 
+// removeServices removes the services and the network the tier's tests
+// make, where they exist, and waits until the network is gone.
+func (c *Cluster) removeServices(ctx context.Context) error {
+	for _, svc := range []string{meshService, hostService, localService, dbService, frontService, spreadService, benchService} {
+		c.Shoalctl(ctx, "service", "rm", svc) // one that does not exist fails
+	}
+	for {
+		out, err := c.Shoalctl(ctx, "network", "rm", userNetwork)
+		if err == nil || strings.Contains(err.Error(), "not found") {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("network rm %s: %v: %s", userNetwork, err, out)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // TestMesh is the routing mesh on the VMs, as a user sees it, with each
 // load balancer backend in turn: nftables (shoald restarted with it),
 // then auto, which is IPVS there. Published TCP and UDP ports answer on
@@ -116,8 +142,9 @@ func (c *Cluster) deploy(t testing.TB) {
 // no new connection, its long-lived connections end, and its UDP flows
 // move to a live backend (moby/moby#30464); scaling, killing and draining
 // fail no request and leave no dead backend; with IPVS, its timeouts are
-// conntrack's (moby/moby#31208) and a restart of shoald on every VM
-// keeps the containers and fails no request. The cluster stays with
+// conntrack's (moby/moby#31208), draining a node fails no request, and a
+// restart of shoald on every VM keeps the containers and fails no
+// request. The cluster stays with
 // auto (IPVS) for the tests after it.
 func TestMesh(t *testing.T) {
 	c := vmCluster(t)
@@ -137,8 +164,11 @@ func TestMesh(t *testing.T) {
 			}
 			t.Run("a removed backend gets no new connection and loses its flows", s.removedBackend)
 			t.Run("scaling up and killing fail no request", s.scaleUpAndKill)
-			t.Run("draining a node fails no request", s.drain)
 			if backend == "ipvs" {
+				// Draining removes backends as scaling down does (under
+				// load in both sessions); once, with the default backend,
+				// keeps the tier's time.
+				t.Run("draining a node fails no request", s.drain)
 				t.Run("a restart of shoald keeps containers and fails no request", s.restart)
 			}
 			t.Run("back to two replicas", func(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -51,17 +52,29 @@ func (c *Cluster) Service(ctx context.Context, name string) (*api.Service, error
 	return svc, nil
 }
 
-// nodeNames maps node ids to hostnames, which are the VMs' names.
-func (c *Cluster) nodeNames(ctx context.Context) (map[string]string, error) {
+// nodeNames maps node ids to hostnames, which are the VMs' names. The
+// ids of VMs do not change while they are nodes: it asks the cluster only
+// for an id it does not know yet (or for all when asked to).
+func (c *Cluster) nodeNames(ctx context.Context, ids ...string) (map[string]string, error) {
+	nodeIDs.Lock()
+	defer nodeIDs.Unlock()
+	if nodeIDs.names != nil && !slices.ContainsFunc(ids, func(id string) bool { return nodeIDs.names[id] == "" }) {
+		return maps.Clone(nodeIDs.names), nil
+	}
 	nodes, err := c.NodeList(ctx)
 	if err != nil {
 		return nil, err
 	}
-	names := map[string]string{}
+	nodeIDs.names = map[string]string{}
 	for _, n := range nodes {
-		names[n.GetId()] = n.GetDescription().GetHostname()
+		nodeIDs.names[n.GetId()] = n.GetDescription().GetHostname()
 	}
-	return names, nil
+	return maps.Clone(nodeIDs.names), nil
+}
+
+var nodeIDs struct {
+	sync.Mutex
+	names map[string]string
 }
 
 // Containers lists the processes of the containers of shoald's containerd
@@ -125,17 +138,25 @@ func (c *Cluster) converged(t testing.TB, service string, w servicecheck.Want) m
 }
 
 // convergedNow is converged's check, once: the running tasks, or why the
-// service has not reached w.
+// service has not reached w. The listings are made at once.
 func (c *Cluster) convergedNow(ctx context.Context, service string, w servicecheck.Want) (map[string]*api.Task, string) {
-	names, err := c.nodeNames(ctx)
-	if err != nil {
+	var (
+		tasks      []*api.Task
+		containers map[string][]tc.Container
+		errs       [2]error
+		wg         sync.WaitGroup
+	)
+	wg.Go(func() { tasks, errs[0] = c.Tasks(ctx, service) })
+	wg.Go(func() { containers, errs[1] = c.allContainers(ctx, w.Unseen...) })
+	wg.Wait()
+	if err := errors.Join(errs[:]...); err != nil {
 		return nil, err.Error()
 	}
-	tasks, err := c.Tasks(ctx, service)
-	if err != nil {
-		return nil, err.Error()
+	var ids []string
+	for _, task := range tasks {
+		ids = append(ids, task.GetNodeId())
 	}
-	containers, err := c.allContainers(ctx, w.Unseen...)
+	names, err := c.nodeNames(ctx, ids...)
 	if err != nil {
 		return nil, err.Error()
 	}
@@ -150,7 +171,7 @@ func (c *Cluster) convergedNow(ctx context.Context, service string, w serviceche
 // onNode is the VM a task runs on, by name.
 func (c *Cluster) onNode(t testing.TB, task *api.Task) string {
 	t.Helper()
-	names, err := c.nodeNames(testContext(t))
+	names, err := c.nodeNames(testContext(t), task.GetNodeId())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -185,8 +185,8 @@ func TestLeave(t *testing.T) {
 	}
 	for _, n := range stay {
 		eventually(t, convergeTimeout, n.Name+" forgets "+leaver+"'s VXLAN endpoint", func(ctx context.Context) (bool, string) {
-			fdb, err := c.Run(ctx, n.Name, "bridge fdb show")
-			return err == nil && !strings.Contains(fdb, "dst "+leaverAddr+" "), fdb
+			fdb, err := c.Run(ctx, n.Name, "sudo bridge fdb show")
+			return err == nil && !strings.Contains(fdb, "dst "+leaverAddr+" "), fmt.Sprint(fdb, err)
 		})
 	}
 }

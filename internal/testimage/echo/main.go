@@ -20,6 +20,8 @@
 // task sees. It prints what it got on stdout and exits 1 on failure:
 //
 //	echo get URL                 HTTP GET, prints the body (a status other than 2xx fails)
+//	echo gets N URL              N HTTP GETs one after the other, each on a new connection (so
+//	                             that a load balancer picks a backend for each), prints the bodies
 //	echo resolve NAME            prints NAME's IPv4 addresses, one per line, in ascending order,
 //	                             resolved by the Go resolver from /etc/resolv.conf and /etc/hosts
 //	echo udp HOST:PORT MESSAGE   sends MESSAGE in one datagram, prints the reply
@@ -378,7 +380,14 @@ type clientCommand struct {
 }
 
 var clientCommands = map[string]clientCommand{
-	"get":     {usage: "get URL", nargs: 1, run: func(a []string, w io.Writer, _ *net.Resolver) error { return httpGet(a[0], w) }},
+	"get": {usage: "get URL", nargs: 1, run: func(a []string, w io.Writer, _ *net.Resolver) error { return httpGet(a[0], 1, w) }},
+	"gets": {usage: "gets N URL", nargs: 2, run: func(a []string, w io.Writer, _ *net.Resolver) error {
+		n, err := strconv.Atoi(a[0])
+		if err != nil || n < 1 {
+			return fmt.Errorf("gets: %q is not a count of requests", a[0])
+		}
+		return httpGet(a[1], n, w)
+	}},
 	"resolve": {usage: "resolve NAME", nargs: 1, run: func(a []string, w io.Writer, r *net.Resolver) error { return resolve(r, a[0], w) }},
 	"udp":     {usage: "udp HOST:PORT MESSAGE", nargs: 2, run: func(a []string, w io.Writer, _ *net.Resolver) error { return udpSend(a[0], a[1], w) }},
 }
@@ -399,18 +408,21 @@ func runClient(cmd clientCommand, args []string, stdout, stderr io.Writer, r *ne
 
 // httpGet prints the body of url. The body is printed even for an error
 // status, since it usually says what went wrong.
-func httpGet(url string, w io.Writer) error {
-	client := &http.Client{Timeout: getTimeout}
-	resp, err := client.Get(url)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(w, resp.Body); err != nil {
-		return fmt.Errorf("read body of %s: %w", url, err)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return fmt.Errorf("GET %s: %s", url, resp.Status)
+func httpGet(url string, n int, w io.Writer) error {
+	client := &http.Client{Timeout: getTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
+	for range n {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(w, resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return fmt.Errorf("read body of %s: %w", url, err)
+		}
+		if resp.StatusCode < 200 || resp.StatusCode > 299 {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
 	}
 	return nil
 }

@@ -514,7 +514,7 @@ func TestClientUDP(t *testing.T) {
 }
 
 func TestClientUsage(t *testing.T) {
-	for _, args := range [][]string{{"get"}, {"resolve", "a", "b"}, {"udp", "127.0.0.1:1"}} {
+	for _, args := range [][]string{{"get"}, {"gets", "2"}, {"resolve", "a", "b"}, {"udp", "127.0.0.1:1"}} {
 		if code, _, stderr := client(t, nil, args...); code != 2 || !strings.Contains(stderr, "usage") {
 			t.Errorf("%q: exit %d, stderr %q; want 2 with usage", args, code, stderr)
 		}
@@ -531,6 +531,8 @@ func TestClientCommandLine(t *testing.T) {
 		stdout string
 	}{
 		{[]string{"get", "http://" + s.http + "/healthz"}, 0, "ok"},
+		{[]string{"gets", "3", "http://" + s.http + "/healthz"}, 0, "okokok"},
+		{[]string{"gets", "none", "http://" + s.http + "/healthz"}, 1, ""},
 		{[]string{"resolve", "127.0.0.9"}, 0, "127.0.0.9\n"},
 		{[]string{"resolve", "not a name"}, 1, ""},
 		{[]string{"udp", s.udp}, 2, ""},

@@ -118,6 +118,11 @@ func (c *Cluster) buildTests(ctx context.Context) (string, error) {
 	testBuild.once.Do(func() {
 		t0 := time.Now()
 		dir := filepath.Join(c.work, "tests")
+		// A kept cluster's work dir has an earlier run's.
+		if err := os.RemoveAll(dir); err != nil {
+			testBuild.err = err
+			return
+		}
 		bins := []testBinary{ipvsTests, nftTests, netagentTests}
 		for _, b := range bins {
 			if err := os.MkdirAll(filepath.Join(dir, b.name), 0o755); err != nil {

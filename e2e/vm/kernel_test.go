@@ -39,27 +39,30 @@ var (
 // TestKernelSuites runs the kernel tests of the load balancer backends
 // and of the network agent on the VMs' kernel, which has IPVS (Debian 12),
 // with SHOAL_EXPECT_IPVS=1 so that a missing IPVS fails instead of
-// skipping: the whole IPVS suite (conformance, traffic, marker), the
-// network agent's mesh across two nodes, its choice of backend, its
-// teardown and its removal of the other backend's rules, and the nft
-// backend's suite but for its traffic tests (the nft backend carries
-// TestMesh's traffic on this kernel, and the whole suite runs on the host
-// in `make test`). The runs are spread over the three VMs so that each
-// VM's share takes about as long (2-3 minutes emulated); the runs of one
-// VM go one after the other.
+// skipping: the IPVS and nft backends' whole suites (conformance, traffic,
+// marker), and the network agent's mesh across two nodes, its choice of
+// backend, its teardown and its removal of the other backend's rules. The
+// runs are spread over the three VMs so that each VM's share takes about
+// as long (1-1.5 minutes emulated on a quiet machine, 4-5 on a busy one);
+// the runs of one VM go one after the other.
 func TestKernelSuites(t *testing.T) {
 	c := vmCluster(t)
 	type run struct {
 		bin  testBinary
 		args []string
 	}
+	// The traffic tests take most of each suite's time.
+	const nftTraffic = "TestKernelTraffic|TestKernelPublishedPortsAndVIPs|TestKernelAnyPortVIP"
 	for node, runs := range map[string][]run{
 		"worker1": {
 			{ipvsTests, []string{"-test.run", "TestKernelTraffic"}},
-			{nftTests, []string{"-test.skip", "TestKernelTraffic|TestKernelPublishedPortsAndVIPs|TestKernelAnyPortVIP"}},
+			{nftTests, []string{"-test.skip", nftTraffic}},
 		},
-		"worker2":  {{ipvsTests, []string{"-test.skip", "TestKernelTraffic"}}},
-		"manager1": {{netagentTests, []string{"-test.run", "TestKernelMeshAcrossNodes|TestKernelAutoPicks|TestKernelTeardown|TestKernelOtherBackendRemoved"}}},
+		"worker2": {{ipvsTests, []string{"-test.skip", "TestKernelTraffic"}}},
+		"manager1": {
+			{netagentTests, []string{"-test.run", "TestKernelMeshAcrossNodes|TestKernelAutoPicks|TestKernelTeardown|TestKernelOtherBackendRemoved"}},
+			{nftTests, []string{"-test.run", nftTraffic}},
+		},
 	} {
 		t.Run(node, func(t *testing.T) {
 			t.Parallel()

@@ -380,16 +380,16 @@ type clientCommand struct {
 }
 
 var clientCommands = map[string]clientCommand{
-	"get": {usage: "get URL", nargs: 1, run: func(a []string, w io.Writer, _ *net.Resolver) error { return httpGet(a[0], 1, w) }},
+	"get":     {usage: "get URL", nargs: 1, run: func(a []string, w io.Writer, _ *net.Resolver) error { return httpGet(a[0], w) }},
+	"resolve": {usage: "resolve NAME", nargs: 1, run: func(a []string, w io.Writer, r *net.Resolver) error { return resolve(r, a[0], w) }},
+	"udp":     {usage: "udp HOST:PORT MESSAGE", nargs: 2, run: func(a []string, w io.Writer, _ *net.Resolver) error { return udpSend(a[0], a[1], w) }},
 	"gets": {usage: "gets N URL", nargs: 2, run: func(a []string, w io.Writer, _ *net.Resolver) error {
 		n, err := strconv.Atoi(a[0])
 		if err != nil || n < 1 {
 			return fmt.Errorf("gets: %q is not a count of requests", a[0])
 		}
-		return httpGet(a[1], n, w)
+		return httpGets(a[1], n, w)
 	}},
-	"resolve": {usage: "resolve NAME", nargs: 1, run: func(a []string, w io.Writer, r *net.Resolver) error { return resolve(r, a[0], w) }},
-	"udp":     {usage: "udp HOST:PORT MESSAGE", nargs: 2, run: func(a []string, w io.Writer, _ *net.Resolver) error { return udpSend(a[0], a[1], w) }},
 }
 
 // runClient runs a client command (args[0] names it) and returns the exit
@@ -408,8 +408,28 @@ func runClient(cmd clientCommand, args []string, stdout, stderr io.Writer, r *ne
 
 // httpGet prints the body of url. The body is printed even for an error
 // status, since it usually says what went wrong.
-func httpGet(url string, n int, w io.Writer) error {
-	client := &http.Client{Timeout: getTimeout, Transport: &http.Transport{DisableKeepAlives: true}}
+func httpGet(url string, w io.Writer) error {
+	client := &http.Client{Timeout: getTimeout}
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if _, err := io.Copy(w, resp.Body); err != nil {
+		return fmt.Errorf("read body of %s: %w", url, err)
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return nil
+}
+
+// httpGets is httpGet n times, each on a connection of its own: through a
+// VIP, each is balanced afresh.
+func httpGets(url string, n int, w io.Writer) error {
+	noKeepAlive := &http.Transport{DisableKeepAlives: true}
+	defer noKeepAlive.CloseIdleConnections()
+	client := &http.Client{Timeout: getTimeout, Transport: noKeepAlive}
 	for range n {
 		resp, err := client.Get(url)
 		if err != nil {

@@ -23,7 +23,7 @@ DEB_OUT ?= $(BIN)
 VMPKG       := ./e2e/vm
 VMTESTFLAGS ?= -count=1 -timeout 40m -p 1
 
-.PHONY: all build setup proto proto-check vet test unit e2e test-vm bench bench-vm demo demo-down vm-demo vm-demo-down clean install uninstall deb
+.PHONY: all build setup proto proto-check vet test unit e2e test-vm bench demo demo-down vm-demo vm-demo-down clean install uninstall deb
 
 all: build
 
@@ -113,6 +113,7 @@ bench: setup build
 # The VM tier's benchmarks on a cluster of their own (skipped where the
 # tier cannot run): the mesh with IPVS and with nftables against the task
 # straight, and both backends' programming benchmarks in a VM, as ratios.
+.PHONY: bench-vm
 bench-vm:
 	@mkdir -p $(BIN)
 	$(GOTEST) -run '^$$' -bench . -benchtime 1x $(VMTESTFLAGS) $(VMPKG) | tee $(BIN)/bench-vm.txt; \

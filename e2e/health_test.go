@@ -177,7 +177,7 @@ func (c *labCluster) setHealth(t *testing.T, task *api.Task, to string) {
 	if pid == 0 {
 		t.Fatalf("no container of task %s on %s", task.GetId(), node)
 	}
-	if out, err := inTask(t, pid, "set-health", to); err != nil {
+	if out, err := inTask(t, pid)("set-health", to); err != nil {
 		t.Fatalf("set-health %s in task %s: %v: %s", to, api.TaskName(task), err, out)
 	}
 }

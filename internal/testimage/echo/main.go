@@ -28,6 +28,8 @@
 // task sees. It prints what it got on stdout and exits 1 on failure:
 //
 //	echo get URL                 HTTP GET, prints the body (a status other than 2xx fails)
+//	echo gets N URL              N HTTP GETs one after the other, each on a new connection (so
+//	                             that a load balancer picks a backend for each), prints the bodies
 //	echo resolve NAME            prints NAME's IPv4 addresses, one per line, in ascending order,
 //	                             resolved by the Go resolver from /etc/resolv.conf and /etc/hosts
 //	echo udp HOST:PORT MESSAGE   sends MESSAGE in one datagram, prints the reply
@@ -456,8 +458,15 @@ func (e *tcpEcho) closeAll() {
 	}
 }
 
-// serveUDP answers each datagram until conn is closed.
+// serveUDP answers each datagram until conn is closed: "hostname=H
+// task=T remote=ADDR " and the datagram (task= only in a shoal task, from
+// SHOAL_TASK_NAME), so that a client tells tasks of one slot apart, as
+// over HTTP.
 func serveUDP(conn net.PacketConn, hostname string, log *slog.Logger) {
+	prefix := "hostname=" + hostname + " "
+	if task := os.Getenv("SHOAL_TASK_NAME"); task != "" {
+		prefix += "task=" + task + " "
+	}
 	buf := make([]byte, maxDatagram)
 	for {
 		n, from, err := conn.ReadFrom(buf)
@@ -467,7 +476,7 @@ func serveUDP(conn net.PacketConn, hostname string, log *slog.Logger) {
 			}
 			return
 		}
-		reply := append([]byte(fmt.Sprintf("hostname=%s remote=%s ", hostname, from)), buf[:n]...)
+		reply := append([]byte(prefix+"remote="+from.String()+" "), buf[:n]...)
 		if _, err := conn.WriteTo(reply, from); err != nil {
 			log.Warn("udp echo reply", "remote", from.String(), "err", err)
 		}
@@ -492,6 +501,13 @@ var clientCommands = map[string]clientCommand{
 	}},
 	"set-health": {usage: "set-health ok|fail", nargs: 1, run: func(a []string, w io.Writer, _ *net.Resolver) error { return setHealth(a[0], w) }},
 	"sleep":      {usage: "sleep DURATION", nargs: 1, run: func(a []string, _ io.Writer, _ *net.Resolver) error { return sleep(a[0]) }},
+	"gets": {usage: "gets N URL", nargs: 2, run: func(a []string, w io.Writer, _ *net.Resolver) error {
+		n, err := strconv.Atoi(a[0])
+		if err != nil || n < 1 {
+			return fmt.Errorf("gets: %q is not a count of requests", a[0])
+		}
+		return httpGets(a[1], n, w)
+	}},
 }
 
 // runClient runs a client command (args[0] names it) and returns the exit
@@ -531,6 +547,29 @@ func fetch(req *http.Request, w io.Writer) error {
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return fmt.Errorf("%s %s: %s", req.Method, req.URL, resp.Status)
+	}
+	return nil
+}
+
+// httpGets is httpGet n times, each on a connection of its own: through a
+// VIP, each is balanced afresh.
+func httpGets(url string, n int, w io.Writer) error {
+	noKeepAlive := &http.Transport{DisableKeepAlives: true}
+	defer noKeepAlive.CloseIdleConnections()
+	client := &http.Client{Timeout: getTimeout, Transport: noKeepAlive}
+	for range n {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(w, resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return fmt.Errorf("read body of %s: %w", url, err)
+		}
+		if resp.StatusCode < 200 || resp.StatusCode > 299 {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
 	}
 	return nil
 }

@@ -114,7 +114,7 @@ func TestPlacementModes(t *testing.T) {
 		})
 		// Under its limit, the same program runs.
 		c.ctl(t, m, "service", "create", "--name", "fits", "--limit-memory", "64M", "--env", "ECHO_ALLOCATE_MB=8", tc.Image)
-		c.converged(t, "fits", want{replicas: 1})
+		c.converged(t, "fits", want{Replicas: 1})
 	})
 
 	t.Run("a service reserving more memory than any node has stays pending, saying why", func(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/servicecheck"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/lab"
@@ -115,7 +116,7 @@ func (c *labCluster) rollBack(t *testing.T, via string) {
 	if out := c.ctl(t, via, "service", "rollback", "web"); !strings.Contains(out, "service web rolled back") {
 		t.Errorf("service rollback printed:\n%s", out)
 	}
-	runningWith(t, "after the rollback", c.converged(t, "web", want{replicas: 6}), tc.Image, "")
+	runningWith(t, "after the rollback", c.converged(t, "web", want{Replicas: 6}), tc.Image, "")
 }
 
 // runningWith checks that every running task of the service runs image
@@ -151,7 +152,7 @@ func TestRollingUpdate(t *testing.T) {
 		targets = append(targets, "http://"+n.Addr.String()+":8080")
 	}
 	c.ctl(t, m, "service", "create", "--name", "web", "--replicas", "6", "--publish", "8080:80", tc.Image)
-	before := c.converged(t, "web", want{replicas: 6})
+	before := c.converged(t, "web", want{Replicas: 6})
 
 	t.Run("start-first update under load", func(t *testing.T) {
 		c.logsOnFailure(t)
@@ -165,7 +166,7 @@ func TestRollingUpdate(t *testing.T) {
 			t.Errorf("%d of %d requests through the mesh failed during the update: %v", rep.Failed, rep.OK+rep.Failed, rep.Errors)
 		}
 		t.Logf("%d requests in %d batches during the update, answered by %d tasks", rep.OK, load.batches, len(rep.Tasks))
-		running := c.converged(t, "web", want{replicas: 6})
+		running := c.converged(t, "web", want{Replicas: 6})
 		runningWith(t, "after the update", running, echoV2, "")
 		for id := range running {
 			if before[id] != nil {
@@ -175,7 +176,7 @@ func TestRollingUpdate(t *testing.T) {
 		if st := c.rolloutState(t, m, "web"); st != "UPDATE_STATE_COMPLETED update completed" {
 			t.Errorf("update status %q", st)
 		}
-		servedOnlyBy(t, "web after the update", c.loadFrom(t, client, meshRequests, targets[0]), meshRequests, taskNames(running))
+		servicecheck.ServedOnlyBy(t, "web after the update", c.loadFrom(t, client, meshRequests, targets[0]), meshRequests, servicecheck.TaskNames(running))
 	})
 
 	t.Run("rollback returns the old image", func(t *testing.T) {
@@ -192,9 +193,9 @@ func TestRollingUpdate(t *testing.T) {
 		// The new task died before it listened, so it never ran: the
 		// old task it was to replace (start-first) serves on, as do the
 		// others, and the mesh never sent it a request.
-		running := c.converged(t, "web", want{replicas: 6})
+		running := c.converged(t, "web", want{Replicas: 6})
 		runningWith(t, "paused", running, tc.Image, "")
-		servedOnlyBy(t, "web while paused", c.loadFrom(t, client, meshRequests, targets[1]), meshRequests, taskNames(running))
+		servicecheck.ServedOnlyBy(t, "web while paused", c.loadFrom(t, client, meshRequests, targets[1]), meshRequests, servicecheck.TaskNames(running))
 
 		c.rollBack(t, m)
 	})
@@ -230,7 +231,7 @@ func TestRollingUpdate(t *testing.T) {
 			!strings.Contains(out, "service web runs its previous spec again") {
 			t.Errorf("service update does not say it rolled back and why:\n%s", out)
 		}
-		runningWith(t, "rolled back", c.converged(t, "web", want{replicas: 6}), tc.Image, "")
+		runningWith(t, "rolled back", c.converged(t, "web", want{Replicas: 6}), tc.Image, "")
 		if st := c.rolloutState(t, m, "web"); !strings.HasPrefix(st, "UPDATE_STATE_ROLLBACK_COMPLETED rollback completed: update rolled back: task web.") {
 			t.Errorf("update status %q", st)
 		}
@@ -253,7 +254,7 @@ func TestRollingUpdate(t *testing.T) {
 		if !strings.Contains(out, "update rolled back: task web.") || !strings.Contains(out, "unhealthy container") {
 			t.Errorf("service update does not say it rolled back because a task was unhealthy:\n%s", out)
 		}
-		running := c.converged(t, "web", want{replicas: 6})
+		running := c.converged(t, "web", want{Replicas: 6})
 		runningWith(t, "rolled back from a failing health check", running, tc.Image, "")
 		for _, task := range running {
 			if hc := task.GetSpec().GetContainer().GetHealthcheck(); hc != nil {

@@ -57,6 +57,12 @@ func TestBadInput(t *testing.T) {
 		{"rename by update", []string{"service", "update", "--name", "x", "web"}, "unknown flag: --name"},
 		{"rollback of a service never updated", []string{"service", "rollback", "web"}, `service "web" has no previous spec to roll back to`},
 		{"rollback of an unknown service", []string{"service", "rollback", "nope"}, `service "nope": not found`},
+		{"replicas with global mode", []string{"service", "create", "--name", "glob", "--mode", "global", "--replicas", "2", tc.Image}, "--replicas cannot be used with --mode global"},
+		{"unknown mode", []string{"service", "create", "--name", "glob", "--mode", "everywhere", tc.Image}, `invalid --mode "everywhere"`},
+		{"health interval of 0", []string{"service", "create", "--name", "hc", "--health-cmd", "true", "--health-interval", "0s", tc.Image}, "--health-interval must be positive"},
+		{"health interval of 0 on update", []string{"service", "update", "--health-interval", "0s", "web"}, "--health-interval must be positive"},
+		{"limit below the reservation", []string{"service", "create", "--name", "res", "--limit-memory", "64M", "--reserve-memory", "128M", tc.Image}, "--limit-memory 64MiB is below --reserve-memory 128MiB"},
+		{"limit below the reservation on update", []string{"service", "update", "--limit-memory", "64M", "--reserve-memory", "128M", "web"}, "is below --reserve-memory"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, err := n.Try(tt.args...)

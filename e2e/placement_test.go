@@ -41,6 +41,17 @@ func TestPlacementModes(t *testing.T) {
 		if !strings.Contains(pretty, "(64MiB reserved)") {
 			t.Errorf("node inspect --pretty does not show the agent's reservation:\n%s", pretty)
 		}
+		// An update replaces every node's task and returns once they run.
+		out = c.ctl(t, m, "service", "update", "--env-add", "AGENT=2", "--timeout", "2m", "agent")
+		if !strings.Contains(out, "converged") {
+			t.Errorf("service update of the global service did not wait for it:\n%s", out)
+		}
+		c.globalOn(t, "agent", c.names(""))
+		for _, task := range c.tasks(t, m, "agent") {
+			if task.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING && !slices.Contains(task.GetSpec().GetContainer().GetEnv(), "AGENT=2") {
+				t.Errorf("task %s runs without the update's AGENT=2", api.TaskName(task))
+			}
+		}
 	})
 
 	t.Run("a node that joins later gets its task", func(t *testing.T) {

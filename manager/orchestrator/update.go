@@ -51,6 +51,7 @@ func Respec(now time.Time, cur *api.Service, spec *api.ServiceSpec) *api.Service
 		// an earlier, lower meta.version (a raft index), or restored.
 		upd.SpecVersion = max(cur.GetSpecVersion(), cur.GetPreviousSpecVersion(), cur.GetMeta().GetVersion()) + 1
 		upd.UpdateStatus = newRollout(now, api.UpdateState_UPDATE_STATE_UPDATING, upd.SpecVersion, spec.GetUpdate(), "update in progress")
+		atOnce(now, upd)
 	}
 	return upd
 }
@@ -73,7 +74,25 @@ func Rollback(now time.Time, cur *api.Service, why string, manual bool) (*api.Se
 		upd.PreviousSpec, upd.PreviousSpecVersion = proto.CloneOf(cur.GetSpec()), cur.GetSpecVersion()
 	}
 	upd.UpdateStatus = newRollout(now, api.UpdateState_UPDATE_STATE_ROLLBACK_STARTED, upd.SpecVersion, cur.GetSpec().GetRollback(), why)
+	atOnce(now, upd)
 	return upd, nil
+}
+
+// atOnce completes at once the rollout just started on svc when its mode
+// does not roll: only replicated services are paced slot by slot; a
+// global service's or a job's tasks are all replaced by the next
+// Reconcile, and a status left in progress would never end.
+func atOnce(now time.Time, svc *api.Service) {
+	if svc.GetSpec().GetReplicated() != nil {
+		return
+	}
+	st := svc.GetUpdateStatus()
+	if st.GetState() == api.UpdateState_UPDATE_STATE_ROLLBACK_STARTED {
+		st.State, st.Message = api.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED, "rollback completed: "+st.GetMessage()+" (a "+api.ModeName(svc.GetSpec())+" service's tasks are replaced at once)"
+	} else {
+		st.State, st.Message = api.UpdateState_UPDATE_STATE_COMPLETED, "update completed (a "+api.ModeName(svc.GetSpec())+" service's tasks are replaced at once)"
+	}
+	st.CompletedAt = timestamppb.New(now)
 }
 
 // newRollout is the status of a rollout that starts now.

@@ -510,3 +510,39 @@ func TestRespecAndRollback(t *testing.T) {
 		t.Errorf("next version %d, want 14", v3.GetSpecVersion())
 	}
 }
+
+// TestModesThatDoNotRoll: a global service's or a job's template change
+// and rollback are complete at once (their tasks are all replaced by the
+// next Reconcile); a status left in progress would never end, and a
+// client that waits for it would wait forever.
+func TestModesThatDoNotRoll(t *testing.T) {
+	for _, mode := range []struct {
+		name string
+		spec func(*api.ServiceSpec)
+	}{
+		{"global", func(s *api.ServiceSpec) { s.Mode = &api.ServiceSpec_Global{Global: &api.GlobalService{}} }},
+		{"replicated-job", func(s *api.ServiceSpec) {
+			s.Mode = &api.ServiceSpec_ReplicatedJob{ReplicatedJob: &api.ReplicatedJob{TotalCompletions: 2}}
+		}},
+		{"global-job", func(s *api.ServiceSpec) { s.Mode = &api.ServiceSpec_GlobalJob{GlobalJob: &api.GlobalJob{}} }},
+	} {
+		t.Run(mode.name, func(t *testing.T) {
+			svc := newService(1)
+			mode.spec(svc.Spec)
+			svc.Meta = &api.Meta{Version: 7}
+			spec := proto.CloneOf(svc.Spec)
+			spec.Task.Container.Image = "v2"
+			v2 := Respec(now, svc, spec)
+			if st := v2.GetUpdateStatus(); st.GetState() != api.UpdateState_UPDATE_STATE_COMPLETED || st.GetCompletedAt() == nil || st.GetSpecVersion() != v2.GetSpecVersion() {
+				t.Errorf("update status %v", st)
+			}
+			back, err := Rollback(now, v2, "manually requested rollback", true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st := back.GetUpdateStatus(); st.GetState() != api.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED || st.GetCompletedAt() == nil {
+				t.Errorf("rollback status %v", st)
+			}
+		})
+	}
+}

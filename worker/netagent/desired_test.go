@@ -288,7 +288,7 @@ func TestComputeOverlays(t *testing.T) {
 	if want := []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24"), netip.MustParsePrefix("10.255.0.0/16")}; !slices.Equal(d.subnets, want) {
 		t.Errorf("masqueraded subnets %v, want %v", d.subnets, want)
 	}
-	if want := []netip.Addr{ip("10.0.1.1"), ip("10.255.0.1")}; !slices.Equal(d.dnsAddrs, want) {
+	if want := []netip.Prefix{netip.MustParsePrefix("10.0.1.1/24"), netip.MustParsePrefix("10.255.0.1/16")}; !slices.Equal(d.dnsAddrs, want) {
 		t.Errorf("DNS addresses %v, want %v", d.dnsAddrs, want)
 	}
 

@@ -252,7 +252,9 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 		slices.SortFunc(d.guard.peers, netip.Addr.Compare)
 		d.guard.peers = slices.Compact(d.guard.peers)
 	}
-	slices.SortFunc(d.guard.gateways, func(a, b gatewayGuard) int { return cmp.Or(a.addr.Compare(b.addr), strings.Compare(a.bridge, b.bridge)) })
+	slices.SortFunc(d.guard.gateways, func(a, b gatewayGuard) int {
+		return cmp.Or(a.addr.Compare(b.addr), strings.Compare(a.bridge, b.bridge))
+	})
 	slices.SortFunc(d.subnets, func(a, b netip.Prefix) int { return cmp.Or(a.Addr().Compare(b.Addr()), a.Bits()-b.Bits()) })
 	d.subnets = slices.Compact(d.subnets)
 	slices.SortFunc(d.dnsAddrs, func(a, b netip.Prefix) int { return cmp.Or(a.Addr().Compare(b.Addr()), a.Bits()-b.Bits()) })

@@ -115,6 +115,22 @@ func TestKernelOverlayGuard(t *testing.T) {
 			}
 		}
 	})
+	t.Run("a spoofed task address from the underlay does not reach the resolver", func(t *testing.T) {
+		// The stranger claims to be a task of app and routes to the
+		// gateway through n1's underlay interface; with rp_filter off (a
+		// common setting) the kernel takes it, and the resolver's source
+		// check alone would pass it. Its answer would go to the overlay,
+		// so the stranger cannot see it: the guard's counter shows the
+		// drop.
+		node.MustRun(t, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.ul1.rp_filter=0")
+		stranger.MustRun(t, "ip", "addr", "add", "10.251.0.92/32", "dev", "lo")
+		stranger.MustRun(t, "ip", "route", "add", kAppGW+"/32", "via", "10.241.0.1", "src", "10.251.0.92")
+		before := dnsDrops(t, node)
+		dnsTry(stranger, fmt.Sprintf("%s:%d", kAppGW, kDNSPort), "tasks.web")
+		if after := dnsDrops(t, node); after <= before {
+			t.Errorf("a query from the underlay with a task's source address was not dropped by %s (drops %d → %d)", GuardTable, before, after)
+		}
+	})
 	t.Run("Close removes the guard", func(t *testing.T) {
 		if err := a.Close(); err != nil {
 			t.Fatal(err)
@@ -176,6 +192,33 @@ func udpNoPorts(t *testing.T, ns *netnstest.NS) int {
 	}
 	t.Fatalf("no Udp NoPorts counter in /proc/net/snmp of %s:\n%s", ns.Name, out)
 	return 0
+}
+
+// dnsDrops is how many packets the guard's rules for the resolver's port
+// have dropped in ns (0 when there are none).
+func dnsDrops(t *testing.T, ns *netnstest.NS) int {
+	t.Helper()
+	out, err := ns.Run("nft", "list", "table", "ip", GuardTable)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, "dport "+strconv.Itoa(kDNSPort)) {
+			continue
+		}
+		_, after, ok := strings.Cut(line, "counter packets ")
+		if !ok {
+			continue
+		}
+		count, _, _ := strings.Cut(after, " ")
+		c, err := strconv.Atoi(count)
+		if err != nil {
+			t.Fatalf("guard rule %q: counter %q: %v", line, count, err)
+		}
+		n += c
+	}
+	return n
 }
 
 // dnsTry is dnsQuery for a query that may go unanswered: the error says

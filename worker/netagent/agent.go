@@ -589,7 +589,8 @@ func (a *Agent) ResolvConf(t *api.Task) (string, error) {
 
 // Close stops the resolver and removes everything the agent made in the
 // kernel: the load balancer table, the overlay bridges and VXLAN devices,
-// the guard table, and the masquerade rules. Task interfaces are the caller's to Detach.
+// the guard table, and the masquerade rules. Task interfaces are the
+// caller's to Detach.
 func (a *Agent) Close() error {
 	a.mu.Lock()
 	if a.closed {

@@ -27,7 +27,7 @@ func TestListensInsideNetNS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if err := s.SetAddrs([]netip.Addr{taskAddr, lo1}); err != nil {
+	if err := s.SetAddrs([]netip.Prefix{netip.PrefixFrom(taskAddr, 8), netip.PrefixFrom(lo1, 8)}); err != nil {
 		t.Fatalf("SetAddrs before the address is assigned: %v", err)
 	}
 	ns.MustRun(t, "ip", "addr", "add", taskAddr.String()+"/32", "dev", "lo")
@@ -49,7 +49,7 @@ func TestListensInsideNetNS(t *testing.T) {
 	}
 
 	// Removing an address closes its sockets in the namespace.
-	if err := s.SetAddrs([]netip.Addr{lo1}); err != nil {
+	if err := s.SetAddrs([]netip.Prefix{netip.PrefixFrom(lo1, 8)}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := exchangeInNetNS(ns.Path, "tcp", "10.253.0.53:53", "web.", miekg.TypeA); err == nil {

@@ -26,9 +26,15 @@ const (
 	// give up after about 5 s (glibc's default), so a dead first upstream
 	// must leave time to try the next one.
 	forwardTimeout = 2 * time.Second
-	// ednsUDPSize is the UDP payload size the resolver advertises in its
-	// own EDNS answers: the DNS flag day 2020 value, which avoids IP
-	// fragmentation on every usual path.
+	// ednsUDPSize is the largest UDP answer the resolver sends, whatever
+	// EDNS size the client claims, and the size it advertises in its own
+	// EDNS answers and asks upstreams for: the DNS flag day 2020 value
+	// (IPv6's minimum MTU 1280 less 48 bytes of headers). It fits a task's
+	// overlay MTU (underlay − 50) unfragmented, so an answer is never a
+	// train of IP fragments (which an off-path host can forge into a
+	// poisoned answer), and it bounds what one small query can make the
+	// node send. A larger answer is truncated (TC) and the client asks
+	// again over TCP, as stub resolvers do.
 	ednsUDPSize = 1232
 	// resolvConf holds the node's nameservers when Config.Upstreams is nil.
 	resolvConf = "/etc/resolv.conf"
@@ -51,7 +57,8 @@ type Config struct {
 }
 
 // Server is one resolver: the same names and upstreams served on UDP and TCP
-// on every address SetAddrs gives it.
+// on every gateway SetAddrs gives it, each to the tasks of that gateway's
+// subnet only.
 type Server struct {
 	port      int
 	upstreams []string
@@ -69,6 +76,8 @@ type Server struct {
 type listener struct {
 	udp, tcp *miekg.Server
 	cancel   context.CancelFunc
+	// clients is the subnet whose hosts it answers.
+	clients netip.Prefix
 }
 
 // NewServer checks cfg and reads the upstreams. The server listens nowhere
@@ -130,18 +139,36 @@ func resolvConfUpstreams(path string) ([]string, error) {
 	return upstreams, nil
 }
 
-// SetAddrs makes the server listen on UDP and TCP on exactly addrs: it
-// starts listeners on new addresses and stops those on addresses no longer
-// given. An address need not be on an interface yet (the sockets use
+// SetAddrs makes the server listen on UDP and TCP on exactly the gateways'
+// addresses, each given with its network's prefix length (10.0.1.1/24:
+// listen on 10.0.1.1, answer 10.0.1.0/24). A query from outside the
+// listener's subnet, such as a host of the underlay that routes to the
+// gateway address through the node, is answered REFUSED and neither looked
+// up nor forwarded: the resolver is the tasks', not an open resolver for
+// the LAN. It starts listeners on new addresses and stops those on
+// addresses no longer given; a listener whose subnet changed is restarted.
+// An address need not be on an interface yet (the sockets use
 // IP_FREEBIND). On error the addresses that failed are not listened on and
 // the next SetAddrs tries them again; the others are as asked.
-func (s *Server) SetAddrs(addrs []netip.Addr) error {
-	want := make(map[netip.Addr]bool, len(addrs))
-	for _, a := range addrs {
-		if !a.IsValid() {
-			return errors.New("dns server: set addresses: invalid address")
+func (s *Server) SetAddrs(gateways []netip.Prefix) error {
+	want := make(map[netip.Addr]netip.Prefix, len(gateways))
+	for _, g := range gateways {
+		if !g.IsValid() {
+			return errors.New("dns server: set addresses: invalid gateway prefix")
 		}
-		want[a.Unmap()] = true
+		a := g.Addr().Unmap()
+		bits := g.Bits()
+		if g.Addr().Is4In6() {
+			bits -= 96
+		}
+		clients := netip.PrefixFrom(a, bits).Masked()
+		if !clients.IsValid() {
+			return fmt.Errorf("dns server: set addresses: gateway %s: invalid prefix", g)
+		}
+		if other, dup := want[a]; dup && other != clients {
+			return fmt.Errorf("dns server: set addresses: gateway %s given with subnets %s and %s", a, other, clients)
+		}
+		want[a] = clients
 	}
 
 	s.mu.Lock()
@@ -150,7 +177,7 @@ func (s *Server) SetAddrs(addrs []netip.Addr) error {
 		return errors.New("dns server: set addresses: server is closed")
 	}
 	for a, l := range s.listeners {
-		if !want[a] {
+		if clients, ok := want[a]; !ok || clients != l.clients {
 			l.stop()
 			delete(s.listeners, a)
 			s.log.Info("dns resolver stopped listening", "addr", a.String(), "netns", s.netnsPath)
@@ -178,13 +205,13 @@ func (s *Server) SetAddrs(addrs []netip.Addr) error {
 			errs = append(errs, sk.err)
 			continue
 		}
-		l, err := s.serve(sk)
+		l, err := s.serve(sk, want[sk.addr])
 		if err != nil {
 			errs = append(errs, fmt.Errorf("serve dns on %s: %w", sk.addr, err))
 			continue
 		}
 		s.listeners[sk.addr] = l
-		s.log.Info("dns resolver listening", "addr", sk.addr.String(), "port", s.port, "netns", s.netnsPath)
+		s.log.Info("dns resolver listening", "addr", sk.addr.String(), "port", s.port, "clients", want[sk.addr].String(), "netns", s.netnsPath)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("dns server: %w", err)
@@ -206,9 +233,9 @@ func (s *Server) Close() error {
 
 // serve starts the UDP and TCP servers on sk's sockets and returns once both
 // accept queries, so a stop right after cannot race their start.
-func (s *Server) serve(sk sockets) (*listener, error) {
+func (s *Server) serve(sk sockets, clients netip.Prefix) (*listener, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &listener{cancel: cancel}
+	l := &listener{cancel: cancel, clients: clients}
 	start := func(srv *miekg.Server, what string) error {
 		started := make(chan struct{})
 		failed := make(chan error, 1)
@@ -226,14 +253,14 @@ func (s *Server) serve(sk sockets) (*listener, error) {
 			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
-	l.udp = &miekg.Server{PacketConn: sk.udp, Net: "udp", Handler: s.handler(ctx, false)}
+	l.udp = &miekg.Server{PacketConn: sk.udp, Net: "udp", Handler: s.handler(ctx, clients, false)}
 	if err := start(l.udp, "udp"); err != nil {
 		cancel()
 		sk.udp.Close()
 		sk.tcp.Close()
 		return nil, err
 	}
-	l.tcp = &miekg.Server{Listener: sk.tcp, Net: "tcp", Handler: s.handler(ctx, true)}
+	l.tcp = &miekg.Server{Listener: sk.tcp, Net: "tcp", Handler: s.handler(ctx, clients, true)}
 	if err := start(l.tcp, "tcp"); err != nil {
 		cancel()
 		l.udp.Shutdown()
@@ -251,20 +278,41 @@ func (l *listener) stop() {
 	l.tcp.Shutdown()
 }
 
-func (s *Server) handler(ctx context.Context, tcp bool) miekg.Handler {
+func (s *Server) handler(ctx context.Context, clients netip.Prefix, tcp bool) miekg.Handler {
 	return miekg.HandlerFunc(func(w miekg.ResponseWriter, req *miekg.Msg) {
-		resp := s.answer(ctx, srcAddr(w.RemoteAddr()), req, tcp)
-		if !tcp {
-			resp.Truncate(udpSize(req))
-		}
+		resp := s.respond(ctx, clients, srcAddr(w.RemoteAddr()), req, tcp)
 		if err := w.WriteMsg(resp); err != nil {
 			s.log.Debug("dns write answer", "remote", w.RemoteAddr().String(), "err", err)
 		}
 	})
 }
 
+// respond is the answer a listener for clients sends to src: REFUSED for
+// a source outside clients, else answer's, cut to udpSize over UDP.
+func (s *Server) respond(ctx context.Context, clients netip.Prefix, src netip.Addr, req *miekg.Msg, tcp bool) *miekg.Msg {
+	if !clients.Contains(src) {
+		s.log.Debug("dns query refused: source outside the gateway's subnet", "src", src.String(), "clients", clients.String())
+		return refuse(req)
+	}
+	resp := s.answer(ctx, src, req, tcp)
+	if !tcp {
+		resp.Truncate(udpSize(req))
+	}
+	return resp
+}
+
+// refuse is the answer to a query from a host the resolver does not serve:
+// REFUSED, no records, and the question echoed only (SetRcode), so the
+// answer is no larger than the query.
+func refuse(req *miekg.Msg) *miekg.Msg {
+	m := new(miekg.Msg)
+	m.SetRcode(req, miekg.RcodeRefused)
+	return m
+}
+
 // answer answers req itself when it is an A or AAAA query for a name Lookup
-// knows, and asks the upstreams otherwise.
+// knows, and asks the upstreams otherwise. The caller has checked that src
+// may ask.
 func (s *Server) answer(ctx context.Context, src netip.Addr, req *miekg.Msg, tcp bool) *miekg.Msg {
 	if req.Opcode != miekg.OpcodeQuery || len(req.Question) != 1 {
 		m := new(miekg.Msg)
@@ -322,6 +370,11 @@ func (s *Server) forward(ctx context.Context, req *miekg.Msg, tcp bool) *miekg.M
 	c := &miekg.Client{Net: "udp", Timeout: forwardTimeout}
 	if tcp {
 		c.Net = "tcp"
+	} else if opt := req.IsEdns0(); opt != nil && opt.UDPSize() > ednsUDPSize {
+		// The answer goes back at most ednsUDPSize long: asking the
+		// upstream for more would only fetch what is then cut off.
+		req = req.Copy()
+		req.IsEdns0().SetUDPSize(ednsUDPSize)
 	}
 	var fallback *miekg.Msg
 	for _, u := range s.upstreams {
@@ -348,10 +401,12 @@ func (s *Server) forward(ctx context.Context, req *miekg.Msg, tcp bool) *miekg.M
 	return m
 }
 
-// udpSize is the largest UDP answer the client of req accepts.
+// udpSize is the largest UDP answer the resolver sends to the client of
+// req: what the client's EDNS record accepts, but never more than
+// ednsUDPSize, and 512 bytes without EDNS.
 func udpSize(req *miekg.Msg) int {
 	if opt := req.IsEdns0(); opt != nil && int(opt.UDPSize()) > miekg.MinMsgSize {
-		return int(opt.UDPSize())
+		return min(int(opt.UDPSize()), ednsUDPSize)
 	}
 	return miekg.MinMsgSize
 }

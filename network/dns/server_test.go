@@ -58,6 +58,16 @@ func addrs(ss ...string) []netip.Addr {
 	return out
 }
 
+// loopback listens on addrs, answering all of 127.0.0.0/8 (the tests'
+// clients).
+func loopback(addrs ...netip.Addr) []netip.Prefix {
+	out := make([]netip.Prefix, len(addrs))
+	for i, a := range addrs {
+		out[i] = netip.PrefixFrom(a, 8)
+	}
+	return out
+}
+
 var (
 	lo1 = netip.MustParseAddr("127.0.0.1")
 	lo2 = netip.MustParseAddr("127.0.0.2")
@@ -112,7 +122,7 @@ func startServer(t *testing.T, n *names, upstreams []string) (*Server, string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	if err := s.SetAddrs([]netip.Addr{lo1}); err != nil {
+	if err := s.SetAddrs(loopback(lo1)); err != nil {
 		t.Fatal(err)
 	}
 	return s, net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
@@ -271,27 +281,79 @@ func TestTruncatesLargeUDPAnswers(t *testing.T) {
 		t.Errorf("TCP answer: truncated=%v with %d records, want all 100", tcp.Truncated, len(tcp.Answer))
 	}
 
-	c := &miekg.Client{Net: "udp", Timeout: queryTimeout}
-	m := new(miekg.Msg).SetQuestion("tasks.big.", miekg.TypeA)
-	m.SetEdns0(4096, false)
-	edns, _, err := c.Exchange(m, server)
+}
+
+// ednsExchange asks server over UDP with an EDNS record claiming size.
+func ednsExchange(t *testing.T, server, name string, size uint16) *miekg.Msg {
+	t.Helper()
+	c := &miekg.Client{Net: "udp", Timeout: queryTimeout, UDPSize: size}
+	m := new(miekg.Msg).SetQuestion(name, miekg.TypeA)
+	m.SetEdns0(size, false)
+	resp, _, err := c.Exchange(m, server)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("UDP query %s with EDNS %d: %v", name, size, err)
 	}
-	if edns.Truncated || len(edns.Answer) != 100 {
-		t.Errorf("UDP answer with EDNS 4096: truncated=%v with %d records, want all 100", edns.Truncated, len(edns.Answer))
+	if resp.IsEdns0() == nil {
+		t.Errorf("EDNS query %s answered without OPT record", name)
 	}
-	if edns.IsEdns0() == nil {
-		t.Error("EDNS query answered without OPT record")
+	return resp
+}
+
+// TestEDNSSizeIsCapped: a client's EDNS size is honoured up to
+// ednsUDPSize (1232) and no further, for the resolver's own answers and
+// forwarded ones, so a small query never makes the node send a large,
+// fragmented UDP answer; the whole answer is there over TCP.
+func TestEDNSSizeIsCapped(t *testing.T) {
+	var many []netip.Addr
+	for i := range 100 { // 100 A records: about 1,650 bytes
+		many = append(many, netip.AddrFrom4([4]byte{10, 1, 0, byte(i)}))
+	}
+	up := startUpstream(t)
+	n := &names{table: map[string][]netip.Addr{"tasks.big": many, "tasks.small": many[:20]}}
+	_, server := startServer(t, n, []string{up.addr})
+
+	for _, name := range []string{"tasks.big.", "big.example."} {
+		for _, size := range []uint16{4096, 65535} {
+			resp := ednsExchange(t, server, name, size)
+			resp.Compress = true // as sent
+			if !resp.Truncated || len(resp.Answer) >= 100 || resp.Len() > ednsUDPSize {
+				t.Errorf("%s with EDNS %d: %d bytes, truncated=%v with %d records; want at most %d bytes, truncated",
+					name, size, resp.Len(), resp.Truncated, len(resp.Answer), ednsUDPSize)
+			}
+		}
+	}
+	// Below the cap the client's size holds.
+	resp := ednsExchange(t, server, "tasks.big.", 800)
+	if resp.Compress = true; !resp.Truncated || resp.Len() > 800 {
+		t.Errorf("tasks.big. with EDNS 800: %d bytes, truncated=%v; want at most 800, truncated", resp.Len(), resp.Truncated)
+	}
+	if resp := ednsExchange(t, server, "tasks.small.", 4096); resp.Truncated || len(resp.Answer) != 20 {
+		t.Errorf("tasks.small. with EDNS 4096: truncated=%v with %d records, want all 20", resp.Truncated, len(resp.Answer))
+	}
+	// The upstream is asked for no more than the client will get.
+	for _, size := range up.ednsSizes() {
+		if size > ednsUDPSize {
+			t.Errorf("upstream asked with EDNS size %d, more than %d", size, ednsUDPSize)
+		}
+	}
+	if tcp := query(t, "tcp", server, "big.example.", miekg.TypeA); tcp.Truncated || len(tcp.Answer) != 100 {
+		t.Errorf("big.example. over TCP: truncated=%v with %d records, want all 100", tcp.Truncated, len(tcp.Answer))
 	}
 }
 
 // upstream is a resolver on 127.0.0.1 that knows example.org and records
 // over which transport it was asked.
 type upstream struct {
-	addr string
-	mu   sync.Mutex
-	nets []string
+	addr  string
+	mu    sync.Mutex
+	nets  []string
+	sizes []uint16 // the EDNS sizes of the queries that had one
+}
+
+func (u *upstream) ednsSizes() []uint16 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.sizes)
 }
 
 func startUpstream(t *testing.T) *upstream {
@@ -311,6 +373,9 @@ func startUpstream(t *testing.T) *upstream {
 		return func(w miekg.ResponseWriter, req *miekg.Msg) {
 			u.mu.Lock()
 			u.nets = append(u.nets, network)
+			if opt := req.IsEdns0(); opt != nil {
+				u.sizes = append(u.sizes, opt.UDPSize())
+			}
 			u.mu.Unlock()
 			m := new(miekg.Msg).SetReply(req)
 			q := req.Question[0]
@@ -320,6 +385,19 @@ func startUpstream(t *testing.T) *upstream {
 					Hdr: miekg.RR_Header{Name: q.Name, Rrtype: miekg.TypeA, Class: miekg.ClassINET, Ttl: 300},
 					A:   net.IPv4(192, 0, 2, 1),
 				})
+			case q.Name == "big.example." && q.Qtype == miekg.TypeA:
+				for i := range 100 {
+					m.Answer = append(m.Answer, &miekg.A{
+						Hdr: miekg.RR_Header{Name: q.Name, Rrtype: miekg.TypeA, Class: miekg.ClassINET, Ttl: 300},
+						A:   net.IPv4(192, 0, 2, byte(i)),
+					})
+				}
+				if opt := req.IsEdns0(); opt != nil {
+					m.SetEdns0(opt.UDPSize(), false)
+				}
+				if network == "udp" {
+					m.Truncate(udpSizeOf(req))
+				}
 			case q.Name == "web." && q.Qtype == miekg.TypeMX:
 				m.Rcode = miekg.RcodeNameError
 			case q.Name == "broken.example.":
@@ -341,6 +419,15 @@ func startUpstream(t *testing.T) *upstream {
 		t.Cleanup(func() { srv.Shutdown() })
 	}
 	return u
+}
+
+// udpSizeOf is what an ordinary resolver sends a client: as much as its
+// EDNS record says.
+func udpSizeOf(req *miekg.Msg) int {
+	if opt := req.IsEdns0(); opt != nil {
+		return max(int(opt.UDPSize()), miekg.MinMsgSize)
+	}
+	return miekg.MinMsgSize
 }
 
 func (u *upstream) askedOver() []string {
@@ -446,6 +533,82 @@ func TestLookupGetsTheSourceAddress(t *testing.T) {
 	}
 }
 
+// TestRefusesSourcesOutsideTheSubnet: a listener answers the hosts of its
+// gateway's subnet only; anyone else (the underlay, routed to the gateway
+// address through the node) gets REFUSED, over UDP and TCP, for cluster
+// names and forwarded ones alike, and neither Lookup nor an upstream is
+// asked.
+func TestRefusesSourcesOutsideTheSubnet(t *testing.T) {
+	up := startUpstream(t)
+	n := &names{table: map[string][]netip.Addr{"web": addrs("10.0.0.2")}}
+	port := freePort(t)
+	s, err := NewServer(Config{Port: port, Upstreams: []string{up.addr}, Lookup: n.lookup, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// 127.0.0.1 serves 127.0.0.0/30: 127.0.0.1-3 are its tasks, 127.0.0.5
+	// is not.
+	if err := s.SetAddrs([]netip.Prefix{netip.MustParsePrefix("127.0.0.1/30")}); err != nil {
+		t.Fatal(err)
+	}
+	server := netip.AddrPortFrom(lo1, uint16(port)).String()
+	ask := func(network, from, name string) *miekg.Msg {
+		t.Helper()
+		local := net.ParseIP(from)
+		c := &miekg.Client{Net: network, Timeout: queryTimeout, Dialer: &net.Dialer{LocalAddr: &net.UDPAddr{IP: local}}}
+		if network == "tcp" {
+			c.Dialer.LocalAddr = &net.TCPAddr{IP: local}
+		}
+		resp, _, err := c.Exchange(new(miekg.Msg).SetQuestion(name, miekg.TypeA), server)
+		if err != nil {
+			t.Fatalf("%s query %s from %s: %v", network, name, from, err)
+		}
+		return resp
+	}
+	for _, network := range []string{"udp", "tcp"} {
+		for _, name := range []string{"web.", "example.org."} {
+			if resp := ask(network, "127.0.0.2", name); resp.Rcode != miekg.RcodeSuccess || len(resp.Answer) != 1 {
+				t.Errorf("%s %s from a task (127.0.0.2): rcode %s with %d records, want an answer", network, name, miekg.RcodeToString[resp.Rcode], len(resp.Answer))
+			}
+		}
+	}
+	n.mu.Lock()
+	n.asked = nil
+	n.mu.Unlock()
+	forwarded := len(up.askedOver())
+	for _, network := range []string{"udp", "tcp"} {
+		for _, name := range []string{"web.", "example.org."} {
+			resp := ask(network, "127.0.0.5", name)
+			if resp.Rcode != miekg.RcodeRefused || len(resp.Answer) != 0 {
+				t.Errorf("%s %s from outside the subnet (127.0.0.5): rcode %s with %d records, want REFUSED and nothing", network, name, miekg.RcodeToString[resp.Rcode], len(resp.Answer))
+			}
+		}
+	}
+	if len(n.asked) != 0 {
+		t.Errorf("Lookup asked %v for queries from outside the subnet", n.asked)
+	}
+	if got := up.askedOver()[forwarded:]; len(got) != 0 {
+		t.Errorf("queries from outside the subnet forwarded upstream over %v", got)
+	}
+}
+
+func TestSetAddrsRefusesBadGateways(t *testing.T) {
+	s, err := NewServer(Config{Port: freePort(t), Upstreams: []string{}, Lookup: (&names{}).lookup, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, gws := range [][]netip.Prefix{
+		{{}},
+		{netip.MustParsePrefix("127.0.0.1/8"), netip.MustParsePrefix("127.0.0.1/24")},
+	} {
+		if err := s.SetAddrs(gws); err == nil {
+			t.Errorf("SetAddrs(%v) succeeded", gws)
+		}
+	}
+}
+
 func TestSetAddrs(t *testing.T) {
 	n := &names{table: map[string][]netip.Addr{"web": addrs("10.0.0.2")}}
 	port := freePort(t)
@@ -484,7 +647,7 @@ func TestSetAddrs(t *testing.T) {
 		{"none", nil},
 	}
 	for _, st := range steps {
-		if err := s.SetAddrs(st.addrs); err != nil {
+		if err := s.SetAddrs(loopback(st.addrs...)); err != nil {
 			t.Fatalf("%s: SetAddrs(%v): %v", st.name, st.addrs, err)
 		}
 		check(st.name, st.addrs...)
@@ -504,14 +667,14 @@ func TestSetAddrsReportsBindFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if err := s.SetAddrs([]netip.Addr{lo2, lo3}); err == nil {
+	if err := s.SetAddrs(loopback(lo2, lo3)); err == nil {
 		t.Fatal("SetAddrs with 127.0.0.2's port taken succeeded")
 	}
 	if _, err := exchange("udp", netip.AddrPortFrom(lo3, uint16(port)).String(), "web.", miekg.TypeA); err != nil {
 		t.Errorf("127.0.0.3 not served after 127.0.0.2 failed: %v", err)
 	}
 	busy.Close()
-	if err := s.SetAddrs([]netip.Addr{lo2, lo3}); err != nil {
+	if err := s.SetAddrs(loopback(lo2, lo3)); err != nil {
 		t.Fatalf("SetAddrs once the port is free: %v", err)
 	}
 	if _, err := exchange("tcp", netip.AddrPortFrom(lo2, uint16(port)).String(), "web.", miekg.TypeA); err != nil {
@@ -528,7 +691,7 @@ func TestClose(t *testing.T) {
 	if _, err := exchange("tcp", server, "web.", miekg.TypeA); err == nil {
 		t.Error("closed server still answers")
 	}
-	if err := s.SetAddrs([]netip.Addr{lo1}); err == nil {
+	if err := s.SetAddrs(loopback(lo1)); err == nil {
 		t.Error("SetAddrs on a closed server succeeded")
 	}
 }
@@ -569,38 +732,68 @@ func TestResolvConfUpstreams(t *testing.T) {
 	}
 }
 
-// FuzzAnswer feeds arbitrary queries to the answering logic: whatever a
-// task sends, the resolver must answer without panicking, with the query's
-// ID.
+// FuzzAnswer feeds arbitrary queries, from arbitrary sources, to the
+// answering logic: whatever arrives, the resolver answers without
+// panicking, with the query's ID; a source outside the listener's subnet
+// gets REFUSED with no records and is neither looked up nor forwarded; and
+// no UDP answer is longer than ednsUDPSize, whatever EDNS size the query
+// claims.
 func FuzzAnswer(f *testing.F) {
 	for _, q := range []*miekg.Msg{
 		new(miekg.Msg).SetQuestion("web.", miekg.TypeA),
 		new(miekg.Msg).SetQuestion("tasks.web.", miekg.TypeAAAA),
+		new(miekg.Msg).SetQuestion("tasks.big.", miekg.TypeA).SetEdns0(65535, false),
 		new(miekg.Msg).SetQuestion("example.org.", miekg.TypeMX),
 	} {
 		b, err := q.Pack()
 		if err != nil {
 			f.Fatal(err)
 		}
-		f.Add(b)
+		f.Add(b, []byte{10, 0, 1, 5}, false)
+		f.Add(b, []byte{192, 168, 1, 5}, false)
+		f.Add(b, []byte{10, 0, 2, 5}, true)
 	}
-	n := &names{table: map[string][]netip.Addr{"web": addrs("10.0.0.2", "fd00::2"), "tasks.web": nil}}
+	var many []netip.Addr
+	for i := range 200 {
+		many = append(many, netip.AddrFrom4([4]byte{10, 1, byte(i / 256), byte(i)}))
+	}
+	n := &names{table: map[string][]netip.Addr{"web": addrs("10.0.0.2", "fd00::2"), "tasks.web": nil, "tasks.big": many}}
 	s, err := NewServer(Config{Upstreams: []string{}, Lookup: n.lookup, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Fuzz(func(t *testing.T, b []byte) {
+	clients := netip.MustParsePrefix("10.0.1.0/24")
+	f.Fuzz(func(t *testing.T, b, from []byte, tcp bool) {
 		req := new(miekg.Msg)
 		if req.Unpack(b) != nil {
 			return
 		}
-		resp := s.answer(t.Context(), lo1, req, false)
-		resp.Truncate(udpSize(req))
+		src, ok := netip.AddrFromSlice(from)
+		if !ok {
+			return
+		}
+		n.mu.Lock()
+		n.asked = nil
+		n.mu.Unlock()
+		resp := s.respond(t.Context(), clients, src.Unmap(), req, tcp)
 		if resp.Id != req.Id {
 			t.Errorf("answer ID %d, want %d", resp.Id, req.Id)
 		}
-		if _, err := resp.Pack(); err != nil {
-			t.Errorf("answer does not pack: %v", err)
+		wire, err := resp.Pack()
+		if err != nil {
+			t.Fatalf("answer does not pack: %v", err)
+		}
+		if !clients.Contains(src.Unmap()) {
+			if resp.Rcode != miekg.RcodeRefused || len(resp.Answer)+len(resp.Ns)+len(resp.Extra) != 0 {
+				t.Errorf("query from %s outside %s: rcode %s with %d records, want REFUSED and none",
+					src, clients, miekg.RcodeToString[resp.Rcode], len(resp.Answer)+len(resp.Ns)+len(resp.Extra))
+			}
+			if len(n.asked) != 0 {
+				t.Errorf("query from %s outside %s was looked up", src, clients)
+			}
+		}
+		if !tcp && len(wire) > ednsUDPSize {
+			t.Errorf("UDP answer of %d bytes, more than %d", len(wire), ednsUDPSize)
 		}
 	})
 }

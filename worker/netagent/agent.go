@@ -69,6 +69,7 @@ type Agent struct {
 	host     *netlink.Handle
 	balancer lb.Balancer
 	dns      resolver
+	guard    *guard
 	// sysctls the namespace needs: forwarding, and what the LB backend needs.
 	sysctls []sysctl
 	ipvs    bool
@@ -105,8 +106,9 @@ type applied struct {
 	overlayOK bool
 	subnets   []netip.Prefix
 	subnetsOK bool
-	dnsAddrs  []netip.Addr
+	dnsAddrs  []netip.Prefix
 	dnsOK     bool
+	guard     *guardState
 	vips      []netip.Addr
 	vipsOK    bool
 	sysctls   bool
@@ -161,6 +163,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
 	a.vips = &vipAddrs{nl: a.host}
+	if a.guard, err = newGuard(cfg.NetNSPath, cfg.DNSPort); err != nil {
+		return nil, fmt.Errorf("network agent: %w", err)
+	}
 	if a.balancer, err = a.newBalancer(); err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
@@ -311,6 +316,17 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			errs = append(errs, err)
 		} else {
 			ap.sysctls = true
+		}
+	}
+	// The guard before the overlays: a new peer's VXLAN is let in by the
+	// time the overlays send to it.
+	if ap.guard == nil || !reflect.DeepEqual(*ap.guard, d.guard) {
+		ap.guard = nil
+		if err := a.guard.sync(d.guard); err != nil {
+			errs = append(errs, err)
+		} else {
+			g := d.guard
+			ap.guard = &g
 		}
 	}
 	if !ap.overlayOK || !reflect.DeepEqual(ap.overlays, d.overlays) {
@@ -573,7 +589,8 @@ func (a *Agent) ResolvConf(t *api.Task) (string, error) {
 
 // Close stops the resolver and removes everything the agent made in the
 // kernel: the load balancer table, the overlay bridges and VXLAN devices,
-// and the masquerade rules. Task interfaces are the caller's to Detach.
+// the guard table, and the masquerade rules. Task interfaces are the
+// caller's to Detach.
 func (a *Agent) Close() error {
 	a.mu.Lock()
 	if a.closed {
@@ -599,6 +616,10 @@ func (a *Agent) Close() error {
 	a.balancer = nil
 	if err := a.overlays.Apply(context.Background(), nil); err != nil {
 		errs = append(errs, fmt.Errorf("remove overlays: %w", err))
+	}
+	// After the overlays: no VXLAN device is left to take what it let in.
+	if err := a.guard.remove(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := a.syncMasquerade(nil); err != nil {
 		errs = append(errs, err)
@@ -630,5 +651,8 @@ func (a *Agent) release() {
 	}
 	if a.overlays != nil {
 		a.overlays.Close()
+	}
+	if a.guard != nil {
+		a.guard.Close()
 	}
 }

@@ -22,9 +22,12 @@ type desired struct {
 	// subnets to masquerade egress for, sorted.
 	subnets []netip.Prefix
 	lb      lb.State
-	// dnsAddrs are the addresses the resolver listens on: every network's
-	// gateway, which the network's bridge carries. Sorted.
-	dnsAddrs []netip.Addr
+	// dnsAddrs are where the resolver listens, and whom it answers: every
+	// network's gateway, which the network's bridge carries, with the
+	// network's prefix length (10.0.1.1/24). Sorted.
+	dnsAddrs []netip.Prefix
+	// guard is the nftables guard of the overlays and the resolver.
+	guard guardState
 	// vips are the VIPs of the load balancer's frontends, sorted: the node
 	// holds them so that tasks' ARP for them is answered.
 	vips []netip.Addr
@@ -234,11 +237,27 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 		slices.SortFunc(ns.Endpoints, func(a, b overlay.Endpoint) int { return a.Addr.Compare(b.Addr) })
 		d.overlays = append(d.overlays, ns)
 		d.subnets = append(d.subnets, nw.subnet)
-		d.dnsAddrs = append(d.dnsAddrs, nw.gateway)
+		d.dnsAddrs = append(d.dnsAddrs, netip.PrefixFrom(nw.gateway, nw.subnet.Bits()))
+		d.guard.gateways = append(d.guard.gateways, gatewayGuard{addr: nw.gateway, bridge: overlay.BridgeName(nw.api.GetVni())})
 	}
+	// The peers are every network's (see above), so the guard's set is
+	// exactly the VTEPs the overlays send to.
+	d.guard.active = len(d.overlays) > 0
+	if d.guard.active {
+		for node, vtep := range vteps {
+			if node != self {
+				d.guard.peers = append(d.guard.peers, vtep)
+			}
+		}
+		slices.SortFunc(d.guard.peers, netip.Addr.Compare)
+		d.guard.peers = slices.Compact(d.guard.peers)
+	}
+	slices.SortFunc(d.guard.gateways, func(a, b gatewayGuard) int {
+		return cmp.Or(a.addr.Compare(b.addr), strings.Compare(a.bridge, b.bridge))
+	})
 	slices.SortFunc(d.subnets, func(a, b netip.Prefix) int { return cmp.Or(a.Addr().Compare(b.Addr()), a.Bits()-b.Bits()) })
 	d.subnets = slices.Compact(d.subnets)
-	slices.SortFunc(d.dnsAddrs, netip.Addr.Compare)
+	slices.SortFunc(d.dnsAddrs, func(a, b netip.Prefix) int { return cmp.Or(a.Addr().Compare(b.Addr()), a.Bits()-b.Bits()) })
 	d.dnsAddrs = slices.Compact(d.dnsAddrs)
 
 	// Serving endpoints per service, in task id order.

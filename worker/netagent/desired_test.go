@@ -288,8 +288,16 @@ func TestComputeOverlays(t *testing.T) {
 	if want := []netip.Prefix{netip.MustParsePrefix("10.0.1.0/24"), netip.MustParsePrefix("10.255.0.0/16")}; !slices.Equal(d.subnets, want) {
 		t.Errorf("masqueraded subnets %v, want %v", d.subnets, want)
 	}
-	if want := []netip.Addr{ip("10.0.1.1"), ip("10.255.0.1")}; !slices.Equal(d.dnsAddrs, want) {
+	if want := []netip.Prefix{netip.MustParsePrefix("10.0.1.1/24"), netip.MustParsePrefix("10.255.0.1/16")}; !slices.Equal(d.dnsAddrs, want) {
 		t.Errorf("DNS addresses %v, want %v", d.dnsAddrs, want)
+	}
+	wantGuard := guardState{
+		active:   true,
+		peers:    []netip.Addr{ip("192.168.0.2"), ip("192.168.0.3")},
+		gateways: []gatewayGuard{{ip("10.0.1.1"), "shb-4097"}, {ip("10.255.0.1"), "shb-4096"}},
+	}
+	if !reflect.DeepEqual(d.guard, wantGuard) {
+		t.Errorf("guard %+v, want %+v", d.guard, wantGuard)
 	}
 
 	// An endpoint on a node without a peer entry has no VTEP: skipped. A
@@ -304,6 +312,14 @@ func TestComputeOverlays(t *testing.T) {
 		if !slices.Equal(ns.Peers, peers[:1]) {
 			t.Errorf("network %s: peers %v, want %v", ns.ID, ns.Peers, peers[:1])
 		}
+	}
+	if want := []netip.Addr{ip("192.168.0.2")}; !slices.Equal(d.guard.peers, want) {
+		t.Errorf("guard peers after n3 left: %v, want %v", d.guard.peers, want)
+	}
+
+	// No overlay, no guard table: nothing of the node's VXLAN to keep.
+	if d := compute(viewOf(&api.NetworkDelta{Peers: baseDelta().Peers}), self, false); d.guard.active || len(d.guard.peers) > 0 {
+		t.Errorf("guard without networks: %+v, want none", d.guard)
 	}
 }
 

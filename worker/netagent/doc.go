@@ -23,10 +23,14 @@
 //     br_netfilter, and under IPVS, VIP traffic is masqueraded instead,
 //     which reaches tasks on this node only.
 //   - DNS: the resolver listens on every network's gateway; a task's
-//     resolv.conf names its first network's.
+//     resolv.conf names its first network's. It answers only that
+//     network's subnet.
+//   - The guard table (shoal-guard, guard.go) drops VXLAN from anyone but
+//     the current peers and resolver queries that do not come in on their
+//     network's bridge, replaced whole with each change of the peer set.
 //
-// It owns the node's overlay devices, its load balancer table, the
-// masquerade rules of overlay subnets, the VIP addresses and the DNS
-// listeners; it never talks to the managers or to containerd, and touches
+// It owns the node's overlay devices, its load balancer table, the guard
+// table, the masquerade rules of overlay subnets, the VIP addresses and
+// the DNS listeners; it never talks to the managers or to containerd, and touches
 // containers only through their network interfaces.
 package netagent

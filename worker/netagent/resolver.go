@@ -10,8 +10,9 @@ import (
 // resolver is the embedded DNS server as the agent drives it (a
 // *dns.Server).
 type resolver interface {
-	// SetAddrs makes it listen (UDP and TCP) on exactly these addresses.
-	SetAddrs(addrs []netip.Addr) error
+	// SetAddrs makes it listen (UDP and TCP) on exactly these gateway
+	// addresses, each answering only its prefix's subnet.
+	SetAddrs(gateways []netip.Prefix) error
 	Close() error
 }
 

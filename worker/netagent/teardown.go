@@ -19,12 +19,12 @@ import (
 
 // shoalTables are the nftables tables shoal makes in a node's namespace,
 // whichever load balancer it ran with.
-var shoalTables = []string{nft.DefaultTable, ipvs.DefaultMarkTable, attach.NATTable}
+var shoalTables = []string{nft.DefaultTable, ipvs.DefaultMarkTable, attach.NATTable, GuardTable}
 
 // Teardown removes everything shoal made in the node's namespace, for a
 // node that leaves the cluster, then closes the agent: what Close removes
-// (the load balancer, overlay bridges and VXLAN devices, masquerade
-// rules, VIPs, DNS listeners), the host ends of task veths still there,
+// (the load balancer, overlay bridges and VXLAN devices, the guard table,
+// masquerade rules, VIPs, DNS listeners), the host ends of task veths still there,
 // the state of the load balancer backend this agent does not use (the
 // node may have run with the other one before), and the state directory.
 // Sysctls stay as they are. It works from the kernel, not from the view:

@@ -40,7 +40,7 @@ func TestKernelTeardown(t *testing.T) {
 	if running.ipvs {
 		lbTable = ipvs.DefaultMarkTable
 	}
-	for _, want := range []string{"link " + overlay.BridgePrefix, "link " + overlay.VXLANPrefix, "link " + attach.HostVethPrefix, "nft table " + lbTable, "nft table shoal-nat", "VIP"} {
+	for _, want := range []string{"link " + overlay.BridgePrefix, "link " + overlay.VXLANPrefix, "link " + attach.HostVethPrefix, "nft table " + lbTable, "nft table shoal-nat", "nft table " + GuardTable, "VIP"} {
 		if !strings.Contains(strings.Join(before, ", "), want) {
 			t.Fatalf("before teardown: no %q in the node's state %v", want, before)
 		}

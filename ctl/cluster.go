@@ -12,6 +12,7 @@ import (
 func newClusterCommand(c *cli) *cobra.Command {
 	return groupCommand("cluster", "Manage the cluster",
 		newJoinTokenCommand(c),
+		newAdminCertCommand(c),
 	)
 }
 

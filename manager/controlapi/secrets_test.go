@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -44,7 +47,8 @@ func newTLSCluster(t *testing.T) *tlsCluster {
 	c := &tlsCluster{r: r, root: root, stored: stored,
 		manager: identitytest.IssueNode(t, root, "m1", api.NodeRole_NODE_ROLE_MANAGER),
 		admin:   identitytest.IssueAdmin(t, root)}
-	cluster := &api.Cluster{Id: "c1", Spec: &api.ClusterSpec{Name: "shoal"}, RootCa: stored, JoinTokens: tokens}
+	cluster := &api.Cluster{Id: "c1", Spec: &api.ClusterSpec{Name: "shoal"}, RootCa: stored, JoinTokens: tokens,
+		AdminCertificates: []*api.AdminCertificate{identity.AdminRecord(c.admin.Cert)}}
 	node := &api.Node{Id: "m1", Role: api.NodeRole_NODE_ROLE_MANAGER,
 		Spec:        &api.NodeSpec{DesiredRole: api.NodeRole_NODE_ROLE_MANAGER},
 		Certificate: identity.CertificateRecord(c.manager.Cert, api.NodeRole_NODE_ROLE_MANAGER)}
@@ -131,5 +135,96 @@ func TestGetClusterRedactsSecrets(t *testing.T) {
 	c.r.Store().View(func(tx store.ReadTx) { after = tx.Cluster() })
 	if len(after.GetRootCa().GetKeyPem()) == 0 {
 		t.Fatal("redaction removed the key from the store")
+	}
+}
+
+// issueAdmin has cl issue an admin certificate named name, as `shoalctl
+// cluster admin-cert issue` does: the key is made here.
+func issueAdmin(t *testing.T, ctx context.Context, cl api.ControlClient, name string) (identitytest.Issued, error) {
+	t.Helper()
+	keyPEM, csrPEM, err := identity.NewKeyAndCSR()
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := cl.IssueAdminCertificate(ctx, &api.IssueAdminCertificateRequest{Name: name, CsrPem: csrPEM})
+	if err != nil {
+		return identitytest.Issued{}, err
+	}
+	creds := identity.Credentials{CACertPEM: resp.GetCaCertPem(), CertPEM: resp.GetCertPem(), KeyPEM: keyPEM}
+	leaf, err := creds.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := creds.Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetCertificate().GetSerial() != id.Serial || resp.GetCertificate().GetName() != name {
+		t.Fatalf("issued record %v does not describe certificate %s %s", resp.GetCertificate(), id.Serial, id.NodeID)
+	}
+	return identitytest.Issued{Creds: creds, Cert: leaf, ID: id}, nil
+}
+
+// TestAdminCertificatesRevocable: the managers accept an admin
+// certificate only while the cluster records it; one can be issued,
+// listed and revoked, and a revoked one is refused on its next call, on
+// the connection it already has.
+func TestAdminCertificatesRevocable(t *testing.T) {
+	c := newTLSCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
+	defer cancel()
+	admin := c.dial(t, c.admin)
+
+	// Signed by the cluster's CA, but never recorded: refused.
+	unrecorded := c.dial(t, identitytest.IssueAdmin(t, c.root))
+	if _, err := unrecorded.ListNodes(ctx, &api.ListNodesRequest{}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("unrecorded admin certificate: %v, want PermissionDenied", err)
+	}
+
+	// A manager's certificate cannot mint operators.
+	if _, err := issueAdmin(t, ctx, c.dial(t, c.manager), "sneaky"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("manager issuing an admin certificate: %v, want PermissionDenied", err)
+	}
+	if _, err := issueAdmin(t, ctx, admin, "bad name!"); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("bad name: %v, want InvalidArgument", err)
+	}
+
+	alice, err := issueAdmin(t, ctx, admin, "alice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if life := alice.Cert.NotAfter.Sub(alice.Cert.NotBefore); life > identity.DefaultAdminValidity+time.Hour {
+		t.Errorf("admin certificate lasts %v, want the default %v", life, identity.DefaultAdminValidity)
+	}
+	aliceCl := c.dial(t, alice)
+	if _, err := aliceCl.ListNodes(ctx, &api.ListNodesRequest{}); err != nil {
+		t.Fatalf("issued admin certificate refused: %v", err)
+	}
+	list, err := aliceCl.ListAdminCertificates(ctx, &api.ListAdminCertificatesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, rec := range list.GetCertificates() {
+		names = append(names, rec.GetName()+"/"+rec.GetSerial())
+	}
+	if want := []string{"admin/" + c.admin.ID.Serial, "alice/" + alice.ID.Serial}; !slices.Equal(names, want) {
+		t.Fatalf("admin-cert ls: %v, want %v", names, want)
+	}
+
+	revoked, err := admin.RevokeAdminCertificate(ctx, &api.RevokeAdminCertificateRequest{Certificate: "alice"})
+	if err != nil || len(revoked.GetRevoked()) != 1 || revoked.GetRevoked()[0].GetSerial() != alice.ID.Serial {
+		t.Fatalf("revoke alice: %v, %v", revoked, err)
+	}
+	// The same connection, the next call: refused.
+	_, err = aliceCl.ListNodes(ctx, &api.ListNodesRequest{})
+	if status.Code(err) != codes.PermissionDenied || !strings.Contains(status.Convert(err).Message(), "revoked") {
+		t.Fatalf("revoked admin certificate: %v, want PermissionDenied saying it was revoked", err)
+	}
+	if _, err := admin.ListNodes(ctx, &api.ListNodesRequest{}); err != nil {
+		t.Fatalf("the other admin certificate stopped working: %v", err)
+	}
+	if _, err := admin.RevokeAdminCertificate(ctx, &api.RevokeAdminCertificateRequest{Certificate: "alice"}); status.Code(err) != codes.NotFound {
+		t.Fatalf("revoking again: %v, want NotFound", err)
 	}
 }

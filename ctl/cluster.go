@@ -13,6 +13,7 @@ func newClusterCommand(c *cli) *cobra.Command {
 	return groupCommand("cluster", "Manage the cluster",
 		newJoinTokenCommand(c),
 		newAdminCertCommand(c),
+		newClusterCACommand(c),
 	)
 }
 

@@ -28,9 +28,14 @@ func IssueAdmin(ctx context.Context, r Raft, name string, csrPEM []byte, validit
 		if err != nil {
 			return nil, nil, err
 		}
-		signer, err := issuerOf(c)
+		var nodes []*api.Node
+		r.Store().View(func(tx store.ReadTx) { nodes = tx.Nodes() })
+		// Operators are issued like managers: by the new root only once
+		// every worker trusts it, so that the certificate works wherever
+		// it is shown.
+		signer, err := identity.ParseRootCA(issuerFor(c, nodes, api.NodeRole_NODE_ROLE_MANAGER))
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, status.Errorf(codes.Internal, "cluster CA: %v", err)
 		}
 		certPEM, cert, err := signer.IssueAdminCSR(csrPEM, name, validity)
 		if err != nil {
@@ -120,19 +125,4 @@ func clusterOf(r Raft) (*api.Cluster, error) {
 		return nil, status.Error(codes.FailedPrecondition, "the cluster has no CA")
 	}
 	return c, nil
-}
-
-// issuerOf is the CA that signs new certificates.
-func issuerOf(c *api.Cluster) (*identity.RootCA, error) {
-	r, err := identity.ParseRootCA(c.GetRootCa())
-	if err != nil {
-		return nil, status.Errorf(codes.Internal, "cluster CA: %v", err)
-	}
-	return r, nil
-}
-
-// TrustPEM is the CA certificates every member and operator must trust
-// now, PEM, one after the other.
-func TrustPEM(c *api.Cluster) []byte {
-	return append([]byte{}, c.GetRootCa().GetCertPem()...)
 }

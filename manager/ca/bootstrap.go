@@ -71,7 +71,7 @@ func Found(nodeID, addr string, desc *api.NodeDescription) (*Founding, error) {
 			Description:   desc,
 			Status:        &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: addr},
 			ManagerStatus: &api.ManagerStatus{RaftAddr: addr, Leader: true, Reachable: true},
-			Certificate:   identity.CertificateRecord(cert, api.NodeRole_NODE_ROLE_MANAGER),
+			Certificate:   certRecord(cert, api.NodeRole_NODE_ROLE_MANAGER, root, &api.Cluster{RootCa: rootPB}),
 		},
 		Credentials: identity.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: certPEM, KeyPEM: keyPEM},
 		Admin:       identity.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: adminCert, KeyPEM: adminKey},

@@ -75,3 +75,16 @@ func (s *Server) RevokeAdminCertificate(ctx context.Context, req *api.RevokeAdmi
 	}
 	return &api.RevokeAdminCertificateResponse{Revoked: revoked}, nil
 }
+
+// RotateRootCA starts a root CA rotation (see package ca); the nodes and
+// the leader's rotation controller carry it out.
+func (s *Server) RotateRootCA(ctx context.Context, _ *api.RotateRootCARequest) (*api.RotateRootCAResponse, error) {
+	if err := adminOnly(ctx, "rotating the root CA"); err != nil {
+		return nil, err
+	}
+	root, err := ca.StartRotation(ctx, s.raft)
+	if err != nil {
+		return nil, err
+	}
+	return &api.RotateRootCAResponse{Digest: root.GetDigest()}, nil
+}

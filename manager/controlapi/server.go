@@ -81,6 +81,9 @@ func redactCluster(ctx context.Context, c *api.Cluster) *api.Cluster {
 	if rc := out.GetRootCa(); rc != nil {
 		rc.KeyPem = nil
 	}
+	if rc := out.GetCaRotation().GetNewRoot(); rc != nil {
+		rc.KeyPem = nil
+	}
 	if !isAdmin(ctx) {
 		out.JoinTokens = nil
 	}

@@ -28,6 +28,7 @@ const (
 	Control_IssueAdminCertificate_FullMethodName  = "/shoal.v1.Control/IssueAdminCertificate"
 	Control_ListAdminCertificates_FullMethodName  = "/shoal.v1.Control/ListAdminCertificates"
 	Control_RevokeAdminCertificate_FullMethodName = "/shoal.v1.Control/RevokeAdminCertificate"
+	Control_RotateRootCA_FullMethodName           = "/shoal.v1.Control/RotateRootCA"
 	Control_LoadImage_FullMethodName              = "/shoal.v1.Control/LoadImage"
 	Control_ListImages_FullMethodName             = "/shoal.v1.Control/ListImages"
 	Control_CreateService_FullMethodName          = "/shoal.v1.Control/CreateService"
@@ -78,6 +79,10 @@ type ControlClient interface {
 	// every call made with them is refused from then on, on connections
 	// already open too. Admins only.
 	RevokeAdminCertificate(ctx context.Context, in *RevokeAdminCertificateRequest, opts ...grpc.CallOption) (*RevokeAdminCertificateResponse, error)
+	// RotateRootCA starts replacing the root CA with a new one (see
+	// RootRotation); admins only. It returns at once: the nodes renew in
+	// the background, and GetCluster shows the rotation until it is done.
+	RotateRootCA(ctx context.Context, in *RotateRootCARequest, opts ...grpc.CallOption) (*RotateRootCAResponse, error)
 	// LoadImage takes an image tarball (OCI or Docker archive) in chunks;
 	// the managers keep it and every ready node imports it.
 	LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[LoadImageRequest, LoadImageResponse], error)
@@ -203,6 +208,16 @@ func (c *controlClient) RevokeAdminCertificate(ctx context.Context, in *RevokeAd
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RevokeAdminCertificateResponse)
 	err := c.cc.Invoke(ctx, Control_RevokeAdminCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) RotateRootCA(ctx context.Context, in *RotateRootCARequest, opts ...grpc.CallOption) (*RotateRootCAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateRootCAResponse)
+	err := c.cc.Invoke(ctx, Control_RotateRootCA_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -386,6 +401,10 @@ type ControlServer interface {
 	// every call made with them is refused from then on, on connections
 	// already open too. Admins only.
 	RevokeAdminCertificate(context.Context, *RevokeAdminCertificateRequest) (*RevokeAdminCertificateResponse, error)
+	// RotateRootCA starts replacing the root CA with a new one (see
+	// RootRotation); admins only. It returns at once: the nodes renew in
+	// the background, and GetCluster shows the rotation until it is done.
+	RotateRootCA(context.Context, *RotateRootCARequest) (*RotateRootCAResponse, error)
 	// LoadImage takes an image tarball (OCI or Docker archive) in chunks;
 	// the managers keep it and every ready node imports it.
 	LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error
@@ -453,6 +472,9 @@ func (UnimplementedControlServer) ListAdminCertificates(context.Context, *ListAd
 }
 func (UnimplementedControlServer) RevokeAdminCertificate(context.Context, *RevokeAdminCertificateRequest) (*RevokeAdminCertificateResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RevokeAdminCertificate not implemented")
+}
+func (UnimplementedControlServer) RotateRootCA(context.Context, *RotateRootCARequest) (*RotateRootCAResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RotateRootCA not implemented")
 }
 func (UnimplementedControlServer) LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method LoadImage not implemented")
@@ -672,6 +694,24 @@ func _Control_RevokeAdminCertificate_Handler(srv interface{}, ctx context.Contex
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ControlServer).RevokeAdminCertificate(ctx, req.(*RevokeAdminCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_RotateRootCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateRootCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RotateRootCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RotateRootCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RotateRootCA(ctx, req.(*RotateRootCARequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -934,6 +974,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeAdminCertificate",
 			Handler:    _Control_RevokeAdminCertificate_Handler,
+		},
+		{
+			MethodName: "RotateRootCA",
+			Handler:    _Control_RotateRootCA_Handler,
 		},
 		{
 			MethodName: "ListImages",

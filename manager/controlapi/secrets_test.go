@@ -93,6 +93,11 @@ func TestGetClusterRedactsSecrets(t *testing.T) {
 	c := newTLSCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
 	defer cancel()
+	// A rotation in progress holds a second CA key.
+	newRoot, err := ca.StartRotation(ctx, c.r)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var stored *api.Cluster
 	c.r.Store().View(func(tx store.ReadTx) { stored = proto.Clone(tx.Cluster()).(*api.Cluster) })
 
@@ -113,6 +118,9 @@ func TestGetClusterRedactsSecrets(t *testing.T) {
 			}
 			if len(resp.GetCluster().GetRootCa().GetKeyPem()) != 0 || bytes.Contains(raw, stored.GetRootCa().GetKeyPem()) {
 				t.Error("GetCluster answered with the root CA's private key")
+			}
+			if len(resp.GetCluster().GetCaRotation().GetNewRoot().GetKeyPem()) != 0 || bytes.Contains(raw, newRoot.GetKeyPem()) {
+				t.Error("GetCluster answered with the new root's private key")
 			}
 			if !bytes.Equal(resp.GetCluster().GetRootCa().GetCertPem(), stored.GetRootCa().GetCertPem()) {
 				t.Error("GetCluster lost the CA certificate, which is public")

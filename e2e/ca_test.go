@@ -122,4 +122,3 @@ func rootDigest(t *testing.T, c *labCluster) string {
 	t.Fatalf("cluster ca printed no root:\n%s", out)
 	return ""
 }
-

@@ -91,7 +91,7 @@ func workersMoved(rot *api.RootRotation, nodes []*api.Node) bool {
 // a rotation), since the dispatcher asks on every heartbeat.
 func NeedsRenewal(c *api.Cluster, nodes func() []*api.Node, n *api.Node) bool {
 	rec := n.GetCertificate()
-	if rec == nil {
+	if rec == nil || len(c.GetRootCa().GetCertPem()) == 0 {
 		return false
 	}
 	if c.GetCaRotation() == nil {

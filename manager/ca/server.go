@@ -133,7 +133,7 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 		return nil, err
 	}
 	if tok.Digest != c.GetRootCa().GetDigest() {
-		return nil, status.Errorf(codes.PermissionDenied, "join token is for another cluster: it names CA %s, this cluster's CA is %s", tok.Digest, c.GetRootCa().GetDigest())
+		return nil, status.Errorf(codes.PermissionDenied, "join token is for another cluster, or from before a CA rotation: it names CA %s, this cluster's CA is %s; get the current token with `shoalctl cluster join-token`", tok.Digest, c.GetRootCa().GetDigest())
 	}
 	// Compare with both so the time taken does not tell which matched.
 	isWorker := identity.TokenMatches(req.GetToken(), c.GetJoinTokens().GetWorker())

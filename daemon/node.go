@@ -703,8 +703,13 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 	if err != nil {
 		return err
 	}
-	if err := n.trust.Set(creds.CACertPEM); err != nil {
-		return err
+	// A manager's trust follows its store (ca.FollowTrust), which is
+	// never behind the answer a renewal got; a worker's is what the
+	// managers name in the answer.
+	if n.mgr == nil {
+		if err := n.trust.Set(creds.CACertPEM); err != nil {
+			return err
+		}
 	}
 	n.keypair.Set(cert)
 	n.creds = creds

@@ -21,8 +21,9 @@ import (
 )
 
 const (
-	// rootCAValidity: the root CA is never rotated, so it must outlive any
-	// cluster we expect to run.
+	// rootCAValidity: a root is replaced only when an operator rotates it
+	// (`shoalctl cluster ca --rotate`), so it must outlive any cluster we
+	// expect to run.
 	rootCAValidity = 20 * 365 * 24 * time.Hour
 	// DefaultNodeValidity is a node certificate's lifetime: short enough
 	// that a stolen key stops working within a season, long enough that a

@@ -276,6 +276,8 @@ var readOnly = map[string]bool{
 	api.Control_WatchTasks_FullMethodName:   true,
 	api.Control_GetNetwork_FullMethodName:   true,
 	api.Control_ListNetworks_FullMethodName: true,
+
+	api.Control_ListAdminCertificates_FullMethodName: true,
 }
 
 // defaultPort is shoald's default --listen-addr port, which serves the

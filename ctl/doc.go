@@ -1,9 +1,9 @@
 // Package ctl is shoalctl: the cobra commands a user types (service, node,
-// cluster join-token, image, lab; the flags of a service's mode, placement
-// and resources are in service_flags_placement.go, ready for `service
-// update`), the connection to shoald's Control API
-// (dial.go: the local unix socket, or remote managers over mutual TLS with
-// the admin credentials `shoald init` writes, failing over between them;
+// cluster join-token, admin-cert and ca, image, lab; the flags of a
+// service's mode, placement and resources are in
+// service_flags_placement.go, shared by `service update`), the connection
+// to shoald's Control API (dial.go: the local unix socket, or remote
+// managers over mutual TLS with admin credentials, failing over between them;
 // lastmanager.go remembers which answered), and everything the user
 // reads back: tables, JSON and Go-template output (format.go), and the live
 // convergence display of `service create`, `service scale`, `service

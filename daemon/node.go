@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -128,8 +127,12 @@ type node struct {
 	file    nodeFile
 	creds   identity.Credentials
 	keypair *identity.Keypair
-	roots   *x509.CertPool
-	role    identity.Role
+	// trust is the root CAs the node accepts: from its credentials, and
+	// on a manager from the store as it changes (a CA rotation).
+	trust *identity.Trust
+	role  identity.Role
+	// renewNow asks renewLoop for a renewal now (the managers want one).
+	renewNow chan struct{}
 
 	listener *clusterListener
 	mgr      *manager.Manager
@@ -143,7 +146,7 @@ func newNode(cfg Config, file nodeFile, creds identity.Credentials) (*node, erro
 	if err != nil {
 		return nil, err
 	}
-	roots, err := creds.Pool()
+	trust, err := creds.Trust()
 	if err != nil {
 		return nil, err
 	}
@@ -154,7 +157,7 @@ func newNode(cfg Config, file nodeFile, creds identity.Credentials) (*node, erro
 	if id.NodeID != file.NodeID {
 		return nil, fmt.Errorf("the certificate in %s names node %s, but this node is %s", certDir(cfg.DataDir), id.NodeID, file.NodeID)
 	}
-	return &node{cfg: cfg, file: file, creds: creds, keypair: kp, roots: roots, role: id.Role, conns: map[string]*grpc.ClientConn{}}, nil
+	return &node{cfg: cfg, file: file, creds: creds, keypair: kp, trust: trust, role: id.Role, renewNow: make(chan struct{}, 1), conns: map[string]*grpc.ClientConn{}}, nil
 }
 
 // openNode is the node of a data dir, with the credentials kept there.
@@ -195,7 +198,7 @@ func (n *node) dial(addr string) (*grpc.ClientConn, error) {
 // newConn makes a new mutual-TLS connection to a manager; the caller owns
 // it (the worker's manager pool keeps its own).
 func (n *node) newConn(addr string) (*grpc.ClientConn, error) {
-	tlsCfg := identity.ClientConfig(n.keypair, n.roots, identity.ManagerServerName, identity.ALPNGRPC)
+	tlsCfg := identity.ClientConfigTrust(n.keypair, n.trust, identity.ManagerServerName, identity.ALPNGRPC)
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
 		return nil, fmt.Errorf("dial manager %s: %w", addr, err)
@@ -225,7 +228,7 @@ func (n *node) authorizer() ca.Authorizer {
 // listen opens the cluster port (managers only: workers serve nothing)
 // and returns raft's stream layer on it.
 func (n *node) listen() (*state.StreamLayer, error) {
-	l, err := listenCluster(n.file.ListenAddr, identity.ServerConfig(n.keypair, n.roots), ca.Authorizer{}, n.cfg.Logger)
+	l, err := listenCluster(n.file.ListenAddr, identity.ServerConfigTrust(n.keypair, n.trust), ca.Authorizer{}, n.cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", n.file.ListenAddr, err)
 	}
@@ -245,7 +248,7 @@ func (n *node) raftTransport() (*state.StreamLayer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("advertise address %q: %w", n.file.AdvertiseAddr, err)
 	}
-	sl := state.NewStreamLayer(addr, identity.ClientConfig(n.keypair, n.roots, identity.ManagerServerName, identity.ALPNRaft))
+	sl := state.NewStreamLayer(addr, identity.ClientConfigTrust(n.keypair, n.trust, identity.ManagerServerName, identity.ALPNRaft))
 	return sl, nil
 }
 
@@ -546,6 +549,11 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 			defer wg.Done()
 			n.mgr.Run(ctx)
 		}()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ca.FollowTrust(ctx, n.mgr.State().Store(), n.trust, cfg.Logger.With("component", "trust"))
+		}()
 		defer n.listener.Close()
 	}
 
@@ -584,6 +592,12 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 		NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker"),
 		StateDir: workerDir(cfg.DataDir),
 		Network:  exe.network, DataAddr: exe.dataAddr, DrainDelay: cfg.DrainDelay,
+		OnRenewCertificate: func() {
+			select {
+			case n.renewNow <- struct{}{}:
+			default:
+			}
+		},
 		OnDesiredRole: func(r api.NodeRole) {
 			if identity.RoleOf(r) != n.role {
 				select {
@@ -659,10 +673,13 @@ func (n *node) renewLoop(ctx context.Context, pool *worker.ManagerPool) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-n.renewNow:
+			// The managers asked (a CA rotation): renew whatever the age.
+			n.cfg.Logger.Info("the managers ask for a certificate renewal")
 		case <-t.C:
-		}
-		if leaf := n.keypair.Leaf(); leaf == nil || !identity.NeedsRenewal(leaf, time.Now()) {
-			continue
+			if leaf := n.keypair.Leaf(); leaf != nil && !identity.NeedsRenewal(leaf, time.Now()) {
+				continue
+			}
 		}
 		if err := n.renew(ctx, pool); err != nil {
 			n.cfg.Logger.Warn("renew node certificate", "err", err)
@@ -685,6 +702,14 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 	id, err := creds.Identity()
 	if err != nil {
 		return err
+	}
+	// A manager's trust follows its store (ca.FollowTrust), which is
+	// never behind the answer a renewal got; a worker's is what the
+	// managers name in the answer.
+	if n.mgr == nil {
+		if err := n.trust.Set(creds.CACertPEM); err != nil {
+			return err
+		}
 	}
 	n.keypair.Set(cert)
 	n.creds = creds

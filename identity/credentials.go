@@ -26,7 +26,8 @@ const (
 const renewBefore = time.Hour
 
 // Credentials are what a node (or an operator's shoalctl) keeps on disk:
-// the cluster CA, its certificate and its key, all PEM.
+// the cluster CA, its certificate and its key, all PEM. CACertPEM may hold
+// several CA certificates: during a CA rotation, the old and the new root.
 type Credentials struct {
 	CACertPEM []byte
 	CertPEM   []byte
@@ -60,15 +61,18 @@ func (c Credentials) Leaf() (*x509.Certificate, error) {
 	return cert, nil
 }
 
-// Pool is a pool holding the cluster CA.
+// Pool is a pool holding the cluster's CAs.
 func (c Credentials) Pool() (*x509.CertPool, error) {
-	ca, err := ParseCertificatePEM(c.CACertPEM)
+	t, err := c.Trust()
 	if err != nil {
-		return nil, fmt.Errorf("CA certificate: %w", err)
+		return nil, err
 	}
-	p := x509.NewCertPool()
-	p.AddCert(ca)
-	return p, nil
+	return t.Pool(), nil
+}
+
+// Trust is the cluster's CAs as a swappable Trust.
+func (c Credentials) Trust() (*Trust, error) {
+	return NewTrust(c.CACertPEM)
 }
 
 // Identity is who the certificate says its holder is.
@@ -88,14 +92,16 @@ func (c Credentials) check() error {
 	if err != nil {
 		return err
 	}
-	ca, err := ParseCertificatePEM(c.CACertPEM)
+	cas, err := ParseCertificatesPEM(c.CACertPEM)
 	if err != nil {
 		return fmt.Errorf("CA certificate: %w", err)
 	}
-	if err := cert.Leaf.CheckSignatureFrom(ca); err != nil {
-		return fmt.Errorf("certificate was not issued by the CA beside it: %w", err)
+	for _, ca := range cas {
+		if err = cert.Leaf.CheckSignatureFrom(ca); err == nil {
+			return nil
+		}
 	}
-	return nil
+	return fmt.Errorf("certificate was not issued by the CA beside it: %w", err)
 }
 
 // SaveCredentials writes credentials into dir (made 0700 if missing), each

@@ -21,16 +21,22 @@ import (
 )
 
 const (
-	// rootCAValidity: the root CA is never rotated, so it must outlive any
-	// cluster we expect to run.
+	// rootCAValidity: a root is replaced only when an operator rotates it
+	// (`shoalctl cluster ca --rotate`), so it must outlive any cluster we
+	// expect to run.
 	rootCAValidity = 20 * 365 * 24 * time.Hour
 	// DefaultNodeValidity is a node certificate's lifetime: short enough
 	// that a stolen key stops working within a season, long enough that a
 	// node switched off for weeks still renews (at 2/3 of it) on return.
 	DefaultNodeValidity = 90 * 24 * time.Hour
-	// adminValidity: an admin certificate is copied to operators'
-	// machines by hand and has no renewal loop, so it lasts a year.
-	adminValidity = 365 * 24 * time.Hour
+	// DefaultAdminValidity is an admin certificate's lifetime unless its
+	// issuer asks for another: it has no renewal loop, and a certificate
+	// copied to an operator's laptop should stop working by itself within
+	// a month even if nobody remembers to revoke it. Issue a fresh one
+	// with `shoalctl cluster admin-cert issue` before it runs out.
+	DefaultAdminValidity = 30 * 24 * time.Hour
+	// MaxAdminValidity bounds what an issuer may ask for.
+	MaxAdminValidity = 365 * 24 * time.Hour
 	// clockSkew backdates NotBefore so that a node whose clock lags the
 	// manager's by a few minutes accepts a certificate issued just now.
 	clockSkew = 5 * time.Minute
@@ -176,23 +182,71 @@ func (ca *RootCA) Issue(csrPEM []byte, nodeID string, role api.NodeRole, validit
 	return ca.sign(pub, nodeID, r, now.Add(-clockSkew), now.Add(validity))
 }
 
+// DefaultAdminName is the name (CN) of the admin certificate `shoald
+// init` writes.
+const DefaultAdminName = "admin"
+
 // IssueAdmin makes a key and a client certificate for an operator's
-// shoalctl (CN "admin", role admin, one year).
+// shoalctl (CN DefaultAdminName, role admin, DefaultAdminValidity). The
+// cluster accepts it only once it is recorded (AdminRecord).
 func (ca *RootCA) IssueAdmin() (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("create admin key: %w", err)
-	}
-	now := time.Now()
-	certPEM, _, err = ca.sign(&key.PublicKey, "admin", RoleAdmin, now.Add(-clockSkew), now.Add(adminValidity))
+	keyPEM, csrPEM, err := NewKeyAndCSR()
 	if err != nil {
 		return nil, nil, err
 	}
-	keyPEM, err = encodeKey(key)
+	certPEM, _, err = ca.IssueAdminCSR(csrPEM, DefaultAdminName, 0)
 	if err != nil {
 		return nil, nil, err
 	}
 	return certPEM, keyPEM, nil
+}
+
+// IssueAdminCSR signs an operator's CSR as an admin certificate named
+// name; validity 0 means DefaultAdminValidity.
+func (ca *RootCA) IssueAdminCSR(csrPEM []byte, name string, validity time.Duration) ([]byte, *x509.Certificate, error) {
+	if err := ValidateAdminName(name); err != nil {
+		return nil, nil, err
+	}
+	if validity == 0 {
+		validity = DefaultAdminValidity
+	}
+	if validity < 0 || validity > MaxAdminValidity {
+		return nil, nil, fmt.Errorf("admin certificate %s: validity %v: want more than 0 and at most %v", name, validity, MaxAdminValidity)
+	}
+	pub, err := csrKey(csrPEM)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	return ca.sign(pub, name, RoleAdmin, now.Add(-clockSkew), now.Add(validity))
+}
+
+// maxAdminName bounds an admin certificate's name (its CN).
+const maxAdminName = 64
+
+// ValidateAdminName checks an admin certificate's name: 1 to 64 letters,
+// digits, '.', '_' or '-', so that it prints safely in lists and logs.
+func ValidateAdminName(name string) error {
+	if name == "" || len(name) > maxAdminName {
+		return fmt.Errorf("admin certificate name %q: want 1 to %d characters", name, maxAdminName)
+	}
+	for _, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-'
+		if !ok {
+			return fmt.Errorf("admin certificate name %q: only letters, digits, '.', '_' and '-' are allowed", name)
+		}
+	}
+	return nil
+}
+
+// AdminRecord is what the cluster records of an admin certificate.
+func AdminRecord(cert *x509.Certificate) *api.AdminCertificate {
+	return &api.AdminCertificate{
+		Serial:   SerialString(cert),
+		Name:     cert.Subject.CommonName,
+		IssuedAt: timestamppb.New(cert.NotBefore.Add(clockSkew)),
+		NotAfter: timestamppb.New(cert.NotAfter),
+	}
 }
 
 func (ca *RootCA) sign(pub *ecdsa.PublicKey, cn string, role Role, notBefore, notAfter time.Time) ([]byte, *x509.Certificate, error) {

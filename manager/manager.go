@@ -294,6 +294,7 @@ func (m *Manager) Run(ctx context.Context) error {
 				newAllocatorController(m),
 				newSchedulerController(m),
 				roleController{m},
+				caRotationController{m},
 			} {
 				runs = append(runs, func(ctx context.Context) { m.watch(ctx, c) })
 			}

@@ -38,6 +38,9 @@ type Config struct {
 	// OnDesiredRole, if set, hears the role the managers want this node
 	// to have, with every heartbeat.
 	OnDesiredRole func(api.NodeRole)
+	// OnRenewCertificate, if set, hears that the managers want this node
+	// to renew its certificate now (a CA rotation); it must not block.
+	OnRenewCertificate func()
 	// Network, if set, hears the node's network view with every
 	// assignments message, before the message's task changes.
 	Network NetworkView
@@ -263,6 +266,9 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 			period = resp.GetPeriod().AsDuration()
 			if a.cfg.OnDesiredRole != nil && resp.GetDesiredRole() != api.NodeRole_NODE_ROLE_UNSPECIFIED {
 				a.cfg.OnDesiredRole(resp.GetDesiredRole())
+			}
+			if a.cfg.OnRenewCertificate != nil && resp.GetRenewCertificate() {
+				a.cfg.OnRenewCertificate()
 			}
 		}
 	}()

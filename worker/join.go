@@ -80,16 +80,25 @@ func Join(ctx context.Context, req JoinRequest) (Joined, error) {
 	if len(managers) == 0 {
 		managers = []string{addr}
 	}
+	// During a CA rotation the cluster trusts a second root; the manager
+	// that says so was verified against the token's CA.
+	trusted := root.GetCertPem()
+	if b := issued.GetCaCertPem(); len(b) > 0 {
+		trusted = b
+	}
 	return Joined{
 		NodeID:      issued.GetNodeId(),
-		Credentials: identity.Credentials{CACertPEM: root.GetCertPem(), CertPEM: issued.GetCertPem(), KeyPEM: keyPEM},
+		Credentials: identity.Credentials{CACertPEM: trusted, CertPEM: issued.GetCertPem(), KeyPEM: keyPEM},
 		Managers:    managers,
 	}, nil
 }
 
 // Renew has a manager sign a new key for this node, for the role the
-// operator wants it to have now (the managers decide). Nothing is
-// written: the caller keeps the result and swaps it in.
+// operator wants it to have now (the managers decide). The result trusts
+// the CAs the manager says the cluster trusts now (two during a CA
+// rotation, the new root alone after it), or caCertPEM if it says
+// nothing. Nothing is written: the caller keeps the result and swaps it
+// in.
 func Renew(ctx context.Context, managers Managers, caCertPEM []byte) (identity.Credentials, error) {
 	conn, addr, err := managers.Conn(ctx, "")
 	if err != nil {
@@ -102,6 +111,9 @@ func Renew(ctx context.Context, managers Managers, caCertPEM []byte) (identity.C
 	resp, err := api.NewCAClient(conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{CsrPem: csrPEM})
 	if err != nil {
 		return identity.Credentials{}, fmt.Errorf("via %s: %w", addr, err)
+	}
+	if b := resp.GetCaCertPem(); len(b) > 0 {
+		caCertPEM = b
 	}
 	return identity.Credentials{CACertPEM: caCertPEM, CertPEM: resp.GetCertPem(), KeyPEM: keyPEM}, nil
 }

@@ -26,6 +26,14 @@ import (
 // on the cluster port's TLS, and returns its address and join tokens.
 func serveCA(t *testing.T, stored *api.RootCA, root *identity.RootCA) (string, *api.JoinTokens) {
 	t.Helper()
+	addr, tokens, _ := serveCARaft(t, stored, root)
+	return addr, tokens
+}
+
+// serveCARaft is serveCA that also returns the manager's raft member. The
+// manager trusts what its store says, as shoald's managers do.
+func serveCARaft(t *testing.T, stored *api.RootCA, root *identity.RootCA) (string, *api.JoinTokens, *state.Node) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -46,7 +54,14 @@ func serveCA(t *testing.T, stored *api.RootCA, root *identity.RootCA) (string, *
 		t.Fatal(err)
 	}
 	mgr := identitytest.IssueNode(t, root, "m1", api.NodeRole_NODE_ROLE_MANAGER)
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(identity.ServerConfig(mgr.Keypair(t), root.Pool()))))
+	trust, err := mgr.Creds.Trust()
+	if err != nil {
+		t.Fatal(err)
+	}
+	followCtx, stopFollow := context.WithCancel(context.Background())
+	t.Cleanup(stopFollow)
+	go ca.FollowTrust(followCtx, r.Store(), trust, logger)
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(identity.ServerConfigTrust(mgr.Keypair(t), trust))))
 	api.RegisterCAServer(srv, ca.NewServer(r, ca.ServerOptions{Logger: logger}))
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -54,7 +69,47 @@ func serveCA(t *testing.T, stored *api.RootCA, root *identity.RootCA) (string, *
 	}
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
-	return lis.Addr().String(), tokens
+	return lis.Addr().String(), tokens, r
+}
+
+// TestJoinDuringRotation: a node joining while the root CA rotates, with
+// a token naming the old root, trusts both roots and gets a certificate
+// of the new one; its renewal keeps both until the rotation ends.
+func TestJoinDuringRotation(t *testing.T) {
+	stored, root := identitytest.NewCA(t, "c1")
+	addr, tokens, r := serveCARaft(t, stored, root)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	newRoot, err := ca.StartRotation(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := identity.ParseToken(tokens.GetWorker())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := worker.Join(ctx, worker.JoinRequest{Manager: addr, Token: tok, Description: &api.NodeDescription{Hostname: "joiner"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := identity.ParseCertificatesPEM(got.Credentials.CACertPEM)
+	if err != nil || len(roots) != 2 || identity.Digest(roots[0].Raw) != stored.GetDigest() || identity.Digest(roots[1].Raw) != newRoot.GetDigest() {
+		t.Fatalf("joined trusting %d roots (%v), want the old and the new", len(roots), err)
+	}
+	leaf, err := got.Credentials.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := leaf.CheckSignatureFrom(roots[1]); err != nil {
+		t.Fatalf("a worker joining during a rotation got a certificate of the old root: %v", err)
+	}
+	renewed, err := worker.Renew(ctx, dialAs(t, got.Credentials, addr), []byte("unused: the manager names the CAs"))
+	if err != nil {
+		t.Fatalf("Renew: %v", err)
+	}
+	if string(renewed.CACertPEM) != string(got.Credentials.CACertPEM) {
+		t.Error("the renewal did not carry the CAs the manager named")
+	}
 }
 
 // TestJoin: a node joins only a manager whose CA the token names, gets a

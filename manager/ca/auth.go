@@ -194,11 +194,14 @@ func (a Authorizer) AuthorizeRaft(ctx context.Context, cs tls.ConnectionState) (
 
 // Checker returns the Authorizer's Check for a manager's store: the node a
 // certificate names must still exist, and the certificate must be the one
-// the store records for it. Admin certificates are not tied to a node.
+// the store records for it. An admin certificate must be one the cluster
+// records (see checkAdminCert).
 func Checker(st *store.Store) func(ctx context.Context, id identity.Identity) error {
 	return func(_ context.Context, id identity.Identity) error {
 		if id.Role == identity.RoleAdmin {
-			return nil
+			var c *api.Cluster
+			st.View(func(tx store.ReadTx) { c = tx.Cluster() })
+			return checkAdminCert(c, id)
 		}
 		if !id.IsNode() {
 			return status.Errorf(codes.PermissionDenied, "certificate %s has no node role", id.Serial)
@@ -220,4 +223,16 @@ func checkNodeCert(n *api.Node, id identity.Identity) error {
 		return status.Errorf(codes.PermissionDenied, "certificate %s of node %s was replaced by %s: use the current certificate", id.Serial, id.NodeID, rec)
 	}
 	return nil
+}
+
+// checkAdminCert accepts an admin certificate only while the cluster
+// records its serial: revoking one removes the record, and the next call
+// made with it, on any connection, is refused.
+func checkAdminCert(c *api.Cluster, id identity.Identity) error {
+	for _, rec := range c.GetAdminCertificates() {
+		if rec.GetSerial() == id.Serial {
+			return nil
+		}
+	}
+	return status.Errorf(codes.PermissionDenied, "admin certificate %s (%s) is not on record: it was revoked or never issued by this cluster; get a new one with `shoalctl cluster admin-cert issue` on a manager", id.Serial, id.NodeID)
 }

@@ -176,6 +176,7 @@ func TestAuthorizationOverTLS(t *testing.T) {
 	worker := identitytest.IssueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)
 	addNode(t, n, worker, "127.0.0.1:4243")
 	admin := identitytest.IssueAdmin(t, r)
+	recordAdmin(t, n, admin)
 	removed := identitytest.IssueNode(t, r, "gone", api.NodeRole_NODE_ROLE_WORKER) // never recorded
 	replaced := identitytest.IssueNode(t, r, "w1", api.NodeRole_NODE_ROLE_WORKER)  // w1 holds another serial
 	now := time.Now()
@@ -361,6 +362,9 @@ func TestChecker(t *testing.T) {
 	if err := n.Propose(context.Background(), store.Remove(w2)); err != nil {
 		t.Fatal(err)
 	}
+	admin := identitytest.IssueAdmin(t, r)
+	recordAdmin(t, n, admin)
+	unrecorded := identitytest.IssueAdmin(t, r)
 	check := Checker(n.Store())
 	tests := []struct {
 		name string
@@ -368,7 +372,8 @@ func TestChecker(t *testing.T) {
 		want string // "" = accepted
 	}{
 		{"current certificate", current.ID, ""},
-		{"admin", identitytest.IssueAdmin(t, r).ID, ""},
+		{"recorded admin", admin.ID, ""},
+		{"unrecorded admin", unrecorded.ID, "admin certificate " + unrecorded.ID.Serial + " (admin) is not on record"},
 		{"replaced serial", old.ID, "certificate " + old.ID.Serial + " of node w1 was replaced"},
 		{"removed node", gone.ID, "node w2 was removed from the cluster"},
 		{"no role", identity.Identity{NodeID: "w1", Serial: current.ID.Serial}, "no node role"},

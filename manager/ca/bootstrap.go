@@ -43,7 +43,11 @@ func Found(nodeID, addr string, desc *api.NodeDescription) (*Founding, error) {
 	if err != nil {
 		return nil, fmt.Errorf("first manager's certificate: %w", err)
 	}
-	adminCert, adminKey, err := root.IssueAdmin()
+	adminKey, adminCSR, err := identity.NewKeyAndCSR()
+	if err != nil {
+		return nil, err
+	}
+	adminCert, adminX509, err := root.IssueAdminCSR(adminCSR, identity.DefaultAdminName, 0)
 	if err != nil {
 		return nil, fmt.Errorf("admin certificate: %w", err)
 	}
@@ -57,6 +61,8 @@ func Found(nodeID, addr string, desc *api.NodeDescription) (*Founding, error) {
 			Spec:       &api.ClusterSpec{Name: "shoal"},
 			RootCa:     rootPB,
 			JoinTokens: tokens,
+			// The admin certificate is accepted because it is recorded.
+			AdminCertificates: []*api.AdminCertificate{identity.AdminRecord(adminX509)},
 		},
 		Node: &api.Node{
 			Id:            nodeID,
@@ -65,7 +71,7 @@ func Found(nodeID, addr string, desc *api.NodeDescription) (*Founding, error) {
 			Description:   desc,
 			Status:        &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: addr},
 			ManagerStatus: &api.ManagerStatus{RaftAddr: addr, Leader: true, Reachable: true},
-			Certificate:   identity.CertificateRecord(cert, api.NodeRole_NODE_ROLE_MANAGER),
+			Certificate:   certRecord(cert, api.NodeRole_NODE_ROLE_MANAGER, root, &api.Cluster{RootCa: rootPB}),
 		},
 		Credentials: identity.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: certPEM, KeyPEM: keyPEM},
 		Admin:       identity.Credentials{CACertPEM: rootPB.GetCertPem(), CertPEM: adminCert, KeyPEM: adminKey},

@@ -55,6 +55,14 @@ func TestFound(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The admin credentials work because the cluster records them.
+	adminID, err := f.Admin.Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := checkAdminCert(f.Cluster, adminID); err != nil {
+		t.Errorf("the founding admin certificate is not on record: %v", err)
+	}
 	n := f.Node
 	if n.GetId() != "n1" || n.GetRole() != api.NodeRole_NODE_ROLE_MANAGER || n.GetSpec().GetDesiredRole() != api.NodeRole_NODE_ROLE_MANAGER ||
 		n.GetManagerStatus().GetRaftAddr() != "192.0.2.10:4242" || n.GetDescription() != desc ||

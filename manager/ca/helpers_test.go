@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -90,4 +91,14 @@ func countNodes(n *state.Node) int {
 	var c int
 	n.Store().View(func(tx store.ReadTx) { c = len(tx.Nodes()) })
 	return c
+}
+
+// recordAdmin records an admin certificate, as issuing one does.
+func recordAdmin(t *testing.T, n *state.Node, i identitytest.Issued) {
+	t.Helper()
+	c := proto.Clone(getCluster(n)).(*api.Cluster)
+	c.AdminCertificates = append(c.AdminCertificates, identity.AdminRecord(i.Cert))
+	if err := n.Propose(context.Background(), store.Update(c)); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,8 +50,8 @@ type Server struct {
 	opts   ServerOptions
 	logger *slog.Logger
 
-	mu     sync.Mutex
-	signer *identity.RootCA // parsed cluster CA, kept while its digest is current
+	mu      sync.Mutex
+	signers map[string]*identity.RootCA // parsed CAs by digest: the root, and a rotation's new root
 }
 
 // NewServer returns a CA server.
@@ -76,18 +77,38 @@ func (s *Server) cluster() (*api.Cluster, error) {
 	return c, nil
 }
 
-func (s *Server) rootCA(c *api.Cluster) (*identity.RootCA, error) {
+// signer is the CA that signs a certificate of role now (issuerFor),
+// parsed once per digest.
+func (s *Server) signer(c *api.Cluster, role api.NodeRole) (*identity.RootCA, error) {
+	var nodes []*api.Node
+	s.raft.Store().View(func(tx store.ReadTx) { nodes = tx.Nodes() })
+	stored := issuerFor(c, nodes, role)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.signer != nil && s.signer.Digest == c.GetRootCa().GetDigest() {
-		return s.signer, nil
+	if r := s.signers[stored.GetDigest()]; r != nil {
+		return r, nil
 	}
-	r, err := identity.ParseRootCA(c.GetRootCa())
+	r, err := identity.ParseRootCA(stored)
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "cluster CA: %v", err)
 	}
-	s.signer = r
+	if len(s.signers) > 4 { // old roots: no need to keep them
+		s.signers = nil
+	}
+	if s.signers == nil {
+		s.signers = map[string]*identity.RootCA{}
+	}
+	s.signers[stored.GetDigest()] = r
 	return r, nil
+}
+
+// certRecord is what a node object records of a certificate signer
+// issued in cluster c.
+func certRecord(cert *x509.Certificate, role api.NodeRole, signer *identity.RootCA, c *api.Cluster) *api.NodeCertificate {
+	rec := identity.CertificateRecord(cert, role)
+	rec.Issuer = signer.Digest
+	rec.Trust = TrustDigest(c)
+	return rec
 }
 
 // GetRootCACertificate returns the cluster's CA certificate.
@@ -112,7 +133,7 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 		return nil, err
 	}
 	if tok.Digest != c.GetRootCa().GetDigest() {
-		return nil, status.Errorf(codes.PermissionDenied, "join token is for another cluster: it names CA %s, this cluster's CA is %s", tok.Digest, c.GetRootCa().GetDigest())
+		return nil, status.Errorf(codes.PermissionDenied, "join token is for another cluster, or from before a CA rotation: it names CA %s, this cluster's CA is %s; get the current token with `shoalctl cluster join-token`", tok.Digest, c.GetRootCa().GetDigest())
 	}
 	// Compare with both so the time taken does not tell which matched.
 	isWorker := identity.TokenMatches(req.GetToken(), c.GetJoinTokens().GetWorker())
@@ -135,7 +156,7 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 			return nil, status.Errorf(codes.InvalidArgument, "advertise_addr %q: want host:port", addr)
 		}
 	}
-	signer, err := s.rootCA(c)
+	signer, err := s.signer(c, role)
 	if err != nil {
 		return nil, err
 	}
@@ -154,7 +175,7 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 		Description: req.GetDescription(),
 		Status:      &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: addr},
 		Role:        role,
-		Certificate: identity.CertificateRecord(cert, role),
+		Certificate: certRecord(cert, role, signer, c),
 	}
 	if role == api.NodeRole_NODE_ROLE_MANAGER {
 		node.ManagerStatus = &api.ManagerStatus{RaftAddr: addr}
@@ -165,7 +186,7 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 	var managers []string
 	s.raft.Store().View(func(tx store.ReadTx) { managers = managerAddrs(tx, nodeID) })
 	s.logger.Info("node joined", "node", nodeID, "role", identity.RoleOf(role), "hostname", req.GetDescription().GetHostname(), "addr", addr, "serial", identity.SerialString(cert))
-	return &api.IssueNodeCertificateResponse{NodeId: nodeID, CertPem: certPEM, Role: role, Managers: managers}, nil
+	return &api.IssueNodeCertificateResponse{NodeId: nodeID, CertPem: certPEM, Role: role, Managers: managers, CaCertPem: TrustPEM(c)}, nil
 }
 
 // RenewNodeCertificate signs a new CSR for the calling node, with the role
@@ -183,15 +204,11 @@ func (s *Server) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCer
 	if !id.IsNode() {
 		return nil, status.Errorf(codes.PermissionDenied, "%s certificates are not renewed by the cluster: make a new one on a manager", id.Role)
 	}
-	c, err := s.cluster()
-	if err != nil {
-		return nil, err
-	}
-	signer, err := s.rootCA(c)
-	if err != nil {
-		return nil, err
-	}
 	for attempt := 1; ; attempt++ {
+		c, err := s.cluster()
+		if err != nil {
+			return nil, err
+		}
 		var n *api.Node
 		s.raft.Store().View(func(tx store.ReadTx) { n = tx.Node(id.NodeID) })
 		if err := checkNodeCert(n, id); err != nil {
@@ -201,12 +218,16 @@ func (s *Server) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCer
 		if role == api.NodeRole_NODE_ROLE_UNSPECIFIED {
 			role = n.GetRole()
 		}
+		signer, err := s.signer(c, role)
+		if err != nil {
+			return nil, err
+		}
 		certPEM, cert, err := signer.Issue(req.GetCsrPem(), id.NodeID, role, s.opts.NodeValidity)
 		if err != nil {
 			return nil, status.Error(codes.InvalidArgument, err.Error())
 		}
 		upd := proto.Clone(n).(*api.Node)
-		upd.Certificate = identity.CertificateRecord(cert, role)
+		upd.Certificate = certRecord(cert, role, signer, c)
 		err = s.raft.Propose(ctx, store.Update(upd))
 		if errors.Is(err, store.ErrSequenceConflict) && attempt < updateAttempts {
 			continue
@@ -214,8 +235,8 @@ func (s *Server) RenewNodeCertificate(ctx context.Context, req *api.RenewNodeCer
 		if err != nil {
 			return nil, state.ToStatus(fmt.Errorf("record renewed certificate of node %s: %w", id.NodeID, err))
 		}
-		s.logger.Info("node certificate renewed", "node", id.NodeID, "role", identity.RoleOf(role), "serial", identity.SerialString(cert), "old_serial", id.Serial)
-		return &api.RenewNodeCertificateResponse{CertPem: certPEM, Role: role}, nil
+		s.logger.Info("node certificate renewed", "node", id.NodeID, "role", identity.RoleOf(role), "serial", identity.SerialString(cert), "old_serial", id.Serial, "issuer", signer.Digest)
+		return &api.RenewNodeCertificateResponse{CertPem: certPEM, Role: role, CaCertPem: TrustPEM(c)}, nil
 	}
 }
 

@@ -109,7 +109,7 @@ func TestIssueNodeCertificate(t *testing.T) {
 				Description: desc,
 				Status:      &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: tt.addr},
 				Role:        tt.wantRole,
-				Certificate: identity.CertificateRecord(cert, tt.wantRole),
+				Certificate: certRecord(cert, tt.wantRole, r, getCluster(n)),
 			}
 			if tt.wantRole == api.NodeRole_NODE_ROLE_MANAGER {
 				want.ManagerStatus = &api.ManagerStatus{RaftAddr: tt.addr}

@@ -14,8 +14,12 @@ import (
 	"github.com/shoal-project/shoal/manager/store"
 )
 
-// GetJoinToken returns (and optionally rotates) a role's join token.
+// GetJoinToken returns (and optionally rotates) a role's join token, to
+// admins only (see redactCluster).
 func (s *Server) GetJoinToken(ctx context.Context, req *api.GetJoinTokenRequest) (*api.GetJoinTokenResponse, error) {
+	if !isAdmin(ctx) {
+		return nil, status.Error(codes.PermissionDenied, "join tokens are given to admins only: run `shoalctl cluster join-token` on a manager or with an admin certificate")
+	}
 	role := req.GetRole()
 	if role != api.NodeRole_NODE_ROLE_WORKER && role != api.NodeRole_NODE_ROLE_MANAGER {
 		return nil, status.Error(codes.InvalidArgument, "role: want worker or manager")

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
 	"github.com/shoal-project/shoal/manager/allocator/stored"
 	"github.com/shoal-project/shoal/manager/orchestrator"
 	"github.com/shoal-project/shoal/manager/state"
@@ -59,13 +60,41 @@ var toStatus = state.ToStatus
 
 func (s *Server) view(fn func(tx store.ReadTx)) { s.raft.Store().View(fn) }
 
+// GetCluster returns the cluster object without its secrets: never a CA
+// key, and the join tokens only to an admin (see redactCluster).
 func (s *Server) GetCluster(ctx context.Context, _ *api.GetClusterRequest) (*api.GetClusterResponse, error) {
 	var c *api.Cluster
 	s.view(func(tx store.ReadTx) { c = tx.Cluster() })
 	if c == nil {
 		return nil, status.Error(codes.FailedPrecondition, "the cluster is not initialised yet")
 	}
-	return &api.GetClusterResponse{Cluster: c}, nil
+	return &api.GetClusterResponse{Cluster: redactCluster(ctx, c)}, nil
+}
+
+// redactCluster is the cluster object as a control API caller may see it.
+// No answer carries a CA's private key: whoever holds it can mint any
+// node's or admin's certificate, and the managers read it from their own
+// store. Join tokens go only to admins (an operator's certificate or the
+// local socket), as Swarm's join-token does; a manager calling the
+// control API forwards an operator's write and needs no token.
+func redactCluster(ctx context.Context, c *api.Cluster) *api.Cluster {
+	out := proto.Clone(c).(*api.Cluster)
+	if rc := out.GetRootCa(); rc != nil {
+		rc.KeyPem = nil
+	}
+	if rc := out.GetCaRotation().GetNewRoot(); rc != nil {
+		rc.KeyPem = nil
+	}
+	if !isAdmin(ctx) {
+		out.JoinTokens = nil
+	}
+	return out
+}
+
+// isAdmin reports whether the authorized caller is an operator.
+func isAdmin(ctx context.Context) bool {
+	id, ok := identity.IdentityFrom(ctx)
+	return ok && id.Role == identity.RoleAdmin
 }
 
 func (s *Server) ListNodes(ctx context.Context, _ *api.ListNodesRequest) (*api.ListNodesResponse, error) {

@@ -20,6 +20,7 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/identity"
+	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/manager/tarballs"
 )
@@ -351,6 +352,7 @@ func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (
 	d.raft.Store().View(func(tx store.ReadTx) {
 		if n := tx.Node(s.nodeID); n != nil {
 			resp.DesiredRole = n.GetSpec().GetDesiredRole()
+			resp.RenewCertificate = ca.NeedsRenewal(tx.Cluster(), tx.Nodes, n)
 		}
 	})
 	return resp, nil

@@ -19,26 +19,30 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Control_GetCluster_FullMethodName      = "/shoal.v1.Control/GetCluster"
-	Control_ListNodes_FullMethodName       = "/shoal.v1.Control/ListNodes"
-	Control_GetNode_FullMethodName         = "/shoal.v1.Control/GetNode"
-	Control_UpdateNode_FullMethodName      = "/shoal.v1.Control/UpdateNode"
-	Control_RemoveNode_FullMethodName      = "/shoal.v1.Control/RemoveNode"
-	Control_GetJoinToken_FullMethodName    = "/shoal.v1.Control/GetJoinToken"
-	Control_LoadImage_FullMethodName       = "/shoal.v1.Control/LoadImage"
-	Control_ListImages_FullMethodName      = "/shoal.v1.Control/ListImages"
-	Control_CreateService_FullMethodName   = "/shoal.v1.Control/CreateService"
-	Control_GetService_FullMethodName      = "/shoal.v1.Control/GetService"
-	Control_ListServices_FullMethodName    = "/shoal.v1.Control/ListServices"
-	Control_UpdateService_FullMethodName   = "/shoal.v1.Control/UpdateService"
-	Control_RollbackService_FullMethodName = "/shoal.v1.Control/RollbackService"
-	Control_RemoveService_FullMethodName   = "/shoal.v1.Control/RemoveService"
-	Control_ListTasks_FullMethodName       = "/shoal.v1.Control/ListTasks"
-	Control_WatchTasks_FullMethodName      = "/shoal.v1.Control/WatchTasks"
-	Control_CreateNetwork_FullMethodName   = "/shoal.v1.Control/CreateNetwork"
-	Control_GetNetwork_FullMethodName      = "/shoal.v1.Control/GetNetwork"
-	Control_ListNetworks_FullMethodName    = "/shoal.v1.Control/ListNetworks"
-	Control_RemoveNetwork_FullMethodName   = "/shoal.v1.Control/RemoveNetwork"
+	Control_GetCluster_FullMethodName             = "/shoal.v1.Control/GetCluster"
+	Control_ListNodes_FullMethodName              = "/shoal.v1.Control/ListNodes"
+	Control_GetNode_FullMethodName                = "/shoal.v1.Control/GetNode"
+	Control_UpdateNode_FullMethodName             = "/shoal.v1.Control/UpdateNode"
+	Control_RemoveNode_FullMethodName             = "/shoal.v1.Control/RemoveNode"
+	Control_GetJoinToken_FullMethodName           = "/shoal.v1.Control/GetJoinToken"
+	Control_IssueAdminCertificate_FullMethodName  = "/shoal.v1.Control/IssueAdminCertificate"
+	Control_ListAdminCertificates_FullMethodName  = "/shoal.v1.Control/ListAdminCertificates"
+	Control_RevokeAdminCertificate_FullMethodName = "/shoal.v1.Control/RevokeAdminCertificate"
+	Control_RotateRootCA_FullMethodName           = "/shoal.v1.Control/RotateRootCA"
+	Control_LoadImage_FullMethodName              = "/shoal.v1.Control/LoadImage"
+	Control_ListImages_FullMethodName             = "/shoal.v1.Control/ListImages"
+	Control_CreateService_FullMethodName          = "/shoal.v1.Control/CreateService"
+	Control_GetService_FullMethodName             = "/shoal.v1.Control/GetService"
+	Control_ListServices_FullMethodName           = "/shoal.v1.Control/ListServices"
+	Control_UpdateService_FullMethodName          = "/shoal.v1.Control/UpdateService"
+	Control_RollbackService_FullMethodName        = "/shoal.v1.Control/RollbackService"
+	Control_RemoveService_FullMethodName          = "/shoal.v1.Control/RemoveService"
+	Control_ListTasks_FullMethodName              = "/shoal.v1.Control/ListTasks"
+	Control_WatchTasks_FullMethodName             = "/shoal.v1.Control/WatchTasks"
+	Control_CreateNetwork_FullMethodName          = "/shoal.v1.Control/CreateNetwork"
+	Control_GetNetwork_FullMethodName             = "/shoal.v1.Control/GetNetwork"
+	Control_ListNetworks_FullMethodName           = "/shoal.v1.Control/ListNetworks"
+	Control_RemoveNetwork_FullMethodName          = "/shoal.v1.Control/RemoveNetwork"
 )
 
 // ControlClient is the client API for Control service.
@@ -66,6 +70,20 @@ type ControlClient interface {
 	RemoveNode(ctx context.Context, in *RemoveNodeRequest, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 	// GetJoinToken returns the token for a role, optionally rotating it.
 	GetJoinToken(ctx context.Context, in *GetJoinTokenRequest, opts ...grpc.CallOption) (*GetJoinTokenResponse, error)
+	// IssueAdminCertificate signs an operator's CSR as an admin certificate
+	// and records it; admins only. The key stays with the operator.
+	IssueAdminCertificate(ctx context.Context, in *IssueAdminCertificateRequest, opts ...grpc.CallOption) (*IssueAdminCertificateResponse, error)
+	// ListAdminCertificates returns the admin certificates the cluster
+	// accepts; admins only.
+	ListAdminCertificates(ctx context.Context, in *ListAdminCertificatesRequest, opts ...grpc.CallOption) (*ListAdminCertificatesResponse, error)
+	// RevokeAdminCertificate removes admin certificates from the record:
+	// every call made with them is refused from then on, on connections
+	// already open too. Admins only.
+	RevokeAdminCertificate(ctx context.Context, in *RevokeAdminCertificateRequest, opts ...grpc.CallOption) (*RevokeAdminCertificateResponse, error)
+	// RotateRootCA starts replacing the root CA with a new one (see
+	// RootRotation); admins only. It returns at once: the nodes renew in
+	// the background, and GetCluster shows the rotation until it is done.
+	RotateRootCA(ctx context.Context, in *RotateRootCARequest, opts ...grpc.CallOption) (*RotateRootCAResponse, error)
 	// LoadImage takes an image tarball (OCI or Docker archive) in chunks;
 	// the managers keep it and every ready node imports it.
 	LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[LoadImageRequest, LoadImageResponse], error)
@@ -170,6 +188,46 @@ func (c *controlClient) GetJoinToken(ctx context.Context, in *GetJoinTokenReques
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetJoinTokenResponse)
 	err := c.cc.Invoke(ctx, Control_GetJoinToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) IssueAdminCertificate(ctx context.Context, in *IssueAdminCertificateRequest, opts ...grpc.CallOption) (*IssueAdminCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueAdminCertificateResponse)
+	err := c.cc.Invoke(ctx, Control_IssueAdminCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) ListAdminCertificates(ctx context.Context, in *ListAdminCertificatesRequest, opts ...grpc.CallOption) (*ListAdminCertificatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAdminCertificatesResponse)
+	err := c.cc.Invoke(ctx, Control_ListAdminCertificates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) RevokeAdminCertificate(ctx context.Context, in *RevokeAdminCertificateRequest, opts ...grpc.CallOption) (*RevokeAdminCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeAdminCertificateResponse)
+	err := c.cc.Invoke(ctx, Control_RevokeAdminCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) RotateRootCA(ctx context.Context, in *RotateRootCARequest, opts ...grpc.CallOption) (*RotateRootCAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateRootCAResponse)
+	err := c.cc.Invoke(ctx, Control_RotateRootCA_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -353,6 +411,20 @@ type ControlServer interface {
 	RemoveNode(context.Context, *RemoveNodeRequest) (*RemoveNodeResponse, error)
 	// GetJoinToken returns the token for a role, optionally rotating it.
 	GetJoinToken(context.Context, *GetJoinTokenRequest) (*GetJoinTokenResponse, error)
+	// IssueAdminCertificate signs an operator's CSR as an admin certificate
+	// and records it; admins only. The key stays with the operator.
+	IssueAdminCertificate(context.Context, *IssueAdminCertificateRequest) (*IssueAdminCertificateResponse, error)
+	// ListAdminCertificates returns the admin certificates the cluster
+	// accepts; admins only.
+	ListAdminCertificates(context.Context, *ListAdminCertificatesRequest) (*ListAdminCertificatesResponse, error)
+	// RevokeAdminCertificate removes admin certificates from the record:
+	// every call made with them is refused from then on, on connections
+	// already open too. Admins only.
+	RevokeAdminCertificate(context.Context, *RevokeAdminCertificateRequest) (*RevokeAdminCertificateResponse, error)
+	// RotateRootCA starts replacing the root CA with a new one (see
+	// RootRotation); admins only. It returns at once: the nodes renew in
+	// the background, and GetCluster shows the rotation until it is done.
+	RotateRootCA(context.Context, *RotateRootCARequest) (*RotateRootCAResponse, error)
 	// LoadImage takes an image tarball (OCI or Docker archive) in chunks;
 	// the managers keep it and every ready node imports it.
 	LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error
@@ -420,6 +492,18 @@ func (UnimplementedControlServer) RemoveNode(context.Context, *RemoveNodeRequest
 }
 func (UnimplementedControlServer) GetJoinToken(context.Context, *GetJoinTokenRequest) (*GetJoinTokenResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetJoinToken not implemented")
+}
+func (UnimplementedControlServer) IssueAdminCertificate(context.Context, *IssueAdminCertificateRequest) (*IssueAdminCertificateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method IssueAdminCertificate not implemented")
+}
+func (UnimplementedControlServer) ListAdminCertificates(context.Context, *ListAdminCertificatesRequest) (*ListAdminCertificatesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListAdminCertificates not implemented")
+}
+func (UnimplementedControlServer) RevokeAdminCertificate(context.Context, *RevokeAdminCertificateRequest) (*RevokeAdminCertificateResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RevokeAdminCertificate not implemented")
+}
+func (UnimplementedControlServer) RotateRootCA(context.Context, *RotateRootCARequest) (*RotateRootCAResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RotateRootCA not implemented")
 }
 func (UnimplementedControlServer) LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method LoadImage not implemented")
@@ -588,6 +672,78 @@ func _Control_GetJoinToken_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ControlServer).GetJoinToken(ctx, req.(*GetJoinTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_IssueAdminCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueAdminCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).IssueAdminCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_IssueAdminCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).IssueAdminCertificate(ctx, req.(*IssueAdminCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_ListAdminCertificates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAdminCertificatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).ListAdminCertificates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_ListAdminCertificates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).ListAdminCertificates(ctx, req.(*ListAdminCertificatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_RevokeAdminCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeAdminCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RevokeAdminCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RevokeAdminCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RevokeAdminCertificate(ctx, req.(*RevokeAdminCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_RotateRootCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateRootCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RotateRootCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RotateRootCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RotateRootCA(ctx, req.(*RotateRootCARequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -856,6 +1012,22 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetJoinToken",
 			Handler:    _Control_GetJoinToken_Handler,
+		},
+		{
+			MethodName: "IssueAdminCertificate",
+			Handler:    _Control_IssueAdminCertificate_Handler,
+		},
+		{
+			MethodName: "ListAdminCertificates",
+			Handler:    _Control_ListAdminCertificates_Handler,
+		},
+		{
+			MethodName: "RevokeAdminCertificate",
+			Handler:    _Control_RevokeAdminCertificate_Handler,
+		},
+		{
+			MethodName: "RotateRootCA",
+			Handler:    _Control_RotateRootCA_Handler,
 		},
 		{
 			MethodName: "ListImages",

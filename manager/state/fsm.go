@@ -43,7 +43,10 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 	if err := proto.Unmarshal(b, &snap); err != nil {
 		return fmt.Errorf("decode snapshot: %w", err)
 	}
-	return f.store.Restore(0, &snap)
+	// The snapshot's own index: a member that installs a leader's
+	// snapshot has applied everything up to it, and a forwarded write
+	// waiting for an index the snapshot covers must see it as applied.
+	return f.store.Restore(snap.GetIndex(), &snap)
 }
 
 // snapshot holds the store's objects as they were when raft asked; the

@@ -30,7 +30,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
-	return &snapshot{data: f.store.Snapshot()}, nil
+	// raft calls Snapshot between two Applies, so the index is exactly
+	// that of the objects.
+	idx := f.store.Index()
+	data := f.store.Snapshot()
+	data.Index = idx
+	return &snapshot{data: data}, nil
 }
 
 func (f *fsm) Restore(r io.ReadCloser) error {

@@ -308,9 +308,7 @@ func kindName(table string) string {
 // Snapshot returns the whole store at this moment. The objects are shared:
 // do not modify them.
 func (s *Store) Snapshot() *api.StoreSnapshot {
-	// The index is read first: it must never claim more than the objects
-	// hold. (The FSM snapshots between two applies, so there it is exact.)
-	snap := &api.StoreSnapshot{Index: s.Index()}
+	snap := &api.StoreSnapshot{}
 	s.View(func(tx ReadTx) {
 		snap.Clusters = tx.Clusters()
 		snap.Nodes = tx.Nodes()

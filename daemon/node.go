@@ -213,11 +213,13 @@ func (n *node) closeConns() {
 }
 
 // authorizer checks callers of the cluster port against the store: a
-// removed node's or a replaced certificate is refused.
+// removed node's or a replaced certificate is refused, and raft is spoken
+// only with current managers.
 func (n *node) authorizer() ca.Authorizer {
 	a := ca.Authorizer{}
 	if n.mgr != nil {
 		a.Check = ca.Checker(n.mgr.State().Store())
+		a.CheckRaft = ca.RaftChecker(n.mgr.State().Store())
 	}
 	return a
 }
@@ -225,7 +227,9 @@ func (n *node) authorizer() ca.Authorizer {
 // listen opens the cluster port (managers only: workers serve nothing)
 // and returns raft's stream layer on it.
 func (n *node) listen() (*state.StreamLayer, error) {
-	l, err := listenCluster(n.file.ListenAddr, identity.ServerConfig(n.keypair, n.roots), ca.Authorizer{}, n.cfg.Logger)
+	// Raft connections are refused until the manager exists and
+	// serveManager gives the listener its store to check them against.
+	l, err := listenCluster(n.file.ListenAddr, identity.ServerConfig(n.keypair, n.roots), n.cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", n.file.ListenAddr, err)
 	}
@@ -531,21 +535,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 	var servers []*grpc.Server
 
 	if n.mgr != nil {
-		auth := n.authorizer()
-		tcpSrv := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, auth.ServerOptions()...)...)
-		n.mgr.Register(tcpSrv)
-		servers = append(servers, tcpSrv)
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			if err := tcpSrv.Serve(n.listener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-				errc <- fmt.Errorf("serve cluster port: %w", err)
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			n.mgr.Run(ctx)
-		}()
+		servers = append(servers, n.serveManager(ctx, &wg, errc))
 		defer n.listener.Close()
 	}
 
@@ -645,6 +635,33 @@ wait:
 	pool.Close()
 	cfg.Logger.Info("shoald stopped; containers keep running", "node", n.file.NodeID)
 	return runErr
+}
+
+// serveManager serves the cluster port (gRPC, and raft for current
+// managers only) and runs the manager, in goroutines counted in wg that
+// end with ctx (and the returned server's stop); a serving error goes to
+// errc.
+func (n *node) serveManager(ctx context.Context, wg *sync.WaitGroup, errc chan<- error) *grpc.Server {
+	auth := n.authorizer()
+	n.listener.setRaftAuth(auth)
+	tcpSrv := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, auth.ServerOptions()...)...)
+	n.mgr.Register(tcpSrv)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := tcpSrv.Serve(n.listener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- fmt.Errorf("serve cluster port: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		n.mgr.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		n.listener.watchRaftPeers(ctx, n.mgr.State().Store())
+	}()
+	return tcpSrv
 }
 
 // renewCheck is how often the node looks at its certificate's age.

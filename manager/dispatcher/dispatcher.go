@@ -134,6 +134,8 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	start := time.Now()
 	tick := time.NewTicker(d.cfg.HeartbeatPeriod / 4)
 	defer tick.Stop()
+	managersTick := time.NewTicker(managersPoll)
+	defer managersTick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -143,9 +145,11 @@ func (d *Dispatcher) Run(ctx context.Context) {
 			}
 			d.mu.Unlock()
 			return
+		case <-managersTick.C:
+			d.refreshManagers()
+			continue
 		case <-tick.C:
 		}
-		d.refreshManagers()
 		now := time.Now()
 		var expired []string
 		d.mu.Lock()
@@ -384,6 +388,11 @@ func (d *Dispatcher) sessionMessage(s *session, managers []*api.ManagerNode) *ap
 	}
 	return msg
 }
+
+// managersPoll is how often the leader looks for a change in the manager
+// list to send to the workers: a demoted manager is distrusted by the
+// workers within it. One store read a second costs nothing.
+const managersPoll = time.Second
 
 // refreshManagers reads the manager list and, when it changed, wakes the
 // sessions to send it.

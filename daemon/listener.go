@@ -42,6 +42,7 @@ type clusterListener struct {
 	tcp    net.Listener
 	config *tls.Config
 	logger *slog.Logger
+	limits listenerLimits
 
 	handshakes chan struct{} // a token per handshake in progress
 	anonymous  chan struct{} // a token per open connection without a certificate
@@ -58,15 +59,27 @@ type clusterListener struct {
 	once   sync.Once
 }
 
+// listenerLimits bound what peers without a certificate may hold.
+type listenerLimits struct {
+	handshakes, anonymous  int
+	handshakeTimeout, idle time.Duration
+}
+
+var defaultLimits = listenerLimits{handshakes: maxHandshakes, anonymous: maxAnonymous, handshakeTimeout: handshakeTimeout, idle: anonymousIdle}
+
 // listenCluster opens the cluster port. Raft connections are refused
 // until setRaft and setRaftAuth have been called.
 func listenCluster(addr string, config *tls.Config, logger *slog.Logger) (*clusterListener, error) {
+	return listenClusterWith(addr, config, logger, defaultLimits)
+}
+
+func listenClusterWith(addr string, config *tls.Config, logger *slog.Logger, limits listenerLimits) (*clusterListener, error) {
 	tcp, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
-	l := &clusterListener{tcp: tcp, config: config, logger: logger,
-		handshakes: make(chan struct{}, maxHandshakes), anonymous: make(chan struct{}, maxAnonymous),
+	l := &clusterListener{tcp: tcp, config: config, logger: logger, limits: limits,
+		handshakes: make(chan struct{}, limits.handshakes), anonymous: make(chan struct{}, limits.anonymous),
 		raftPeers: map[*raftConn]struct{}{},
 		grpc:      make(chan net.Conn), closed: make(chan struct{})}
 	go l.serve()
@@ -100,7 +113,7 @@ func (l *clusterListener) serve() {
 		select {
 		case l.handshakes <- struct{}{}:
 		default:
-			l.logger.Warn("too many TLS handshakes in progress: connection refused", "remote", c.RemoteAddr(), "max", maxHandshakes)
+			l.logger.Warn("too many TLS handshakes in progress: connection refused", "remote", c.RemoteAddr(), "max", l.limits.handshakes)
 			c.Close()
 			continue
 		}
@@ -110,7 +123,7 @@ func (l *clusterListener) serve() {
 
 func (l *clusterListener) handshake(c net.Conn) {
 	tc := tls.Server(c, l.config)
-	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), l.limits.handshakeTimeout)
 	defer cancel()
 	err := tc.HandshakeContext(ctx)
 	<-l.handshakes
@@ -129,11 +142,11 @@ func (l *clusterListener) handshake(c net.Conn) {
 		select {
 		case l.anonymous <- struct{}{}:
 		default:
-			l.logger.Warn("too many connections without a certificate: connection refused", "remote", c.RemoteAddr(), "max", maxAnonymous)
+			l.logger.Warn("too many connections without a certificate: connection refused", "remote", c.RemoteAddr(), "max", l.limits.anonymous)
 			tc.Close()
 			return
 		}
-		conn = &anonymousConn{Conn: tc, idle: anonymousIdle, release: func() { <-l.anonymous }}
+		conn = &anonymousConn{Conn: tc, idle: l.limits.idle, release: func() { <-l.anonymous }}
 	}
 	select {
 	case l.grpc <- conn:

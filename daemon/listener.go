@@ -243,9 +243,9 @@ func (c *raftConn) Close() error {
 // itself after idle without traffic.
 type anonymousConn struct {
 	*tls.Conn // the gRPC server reads its ConnectionState
-	idle    time.Duration
-	release func()
-	once    sync.Once
+	idle      time.Duration
+	release   func()
+	once      sync.Once
 }
 
 func (c *anonymousConn) Read(b []byte) (int, error) {

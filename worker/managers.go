@@ -30,9 +30,13 @@ type ManagerPool struct {
 	mu       sync.Mutex
 	managers []*api.ManagerNode
 	addrs    []string
-	trusted  map[string]bool // manager node ids; nil: not known
 	next     int
 	conns    map[string]*grpc.ClientConn
+
+	// trustMu guards trusted apart from mu: Verify runs in handshakes,
+	// which must never wait for a Close made under mu.
+	trustMu sync.Mutex
+	trusted map[string]bool // manager node ids; nil: not known
 }
 
 // NewManagerPool starts from managers; dial connects to a manager's
@@ -49,20 +53,23 @@ func NewManagerPool(managers []*api.ManagerNode, dial func(addr string, verify f
 func (p *ManagerPool) set(managers []*api.ManagerNode) {
 	p.managers = slices.Clone(managers)
 	p.addrs = nil
-	p.trusted = map[string]bool{}
+	trusted := map[string]bool{}
 	for _, m := range managers {
 		p.addrs = append(p.addrs, m.GetAddr())
 		if m.GetNodeId() == "" {
 			// A manager too old to name its managers' nodes: nothing
 			// to check against.
-			p.trusted = nil
-		} else if p.trusted != nil {
-			p.trusted[m.GetNodeId()] = true
+			trusted = nil
+		} else if trusted != nil {
+			trusted[m.GetNodeId()] = true
 		}
 	}
-	if len(p.trusted) == 0 {
-		p.trusted = nil
+	if len(trusted) == 0 {
+		trusted = nil
 	}
+	p.trustMu.Lock()
+	p.trusted = trusted
+	p.trustMu.Unlock()
 }
 
 // Verify is what the pool's connections check a manager's certificate
@@ -71,12 +78,12 @@ func (p *ManagerPool) Verify(id identity.Identity) error {
 	if id.Role != identity.RoleManager {
 		return fmt.Errorf("%s certificate of node %s: not a manager", id.Role, id.NodeID)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.trustMu.Lock()
+	defer p.trustMu.Unlock()
 	if p.trusted == nil || p.trusted[id.NodeID] {
 		return nil
 	}
-	return fmt.Errorf("node %s is not a manager of this cluster (the managers are %v): its certificate is refused", id.NodeID, p.addrs)
+	return fmt.Errorf("node %s is not a manager of this cluster as the managers last said: its certificate is refused", id.NodeID)
 }
 
 // Conn implements Managers.
@@ -127,8 +134,8 @@ func (p *ManagerPool) Vouch(nodeID, addr string) {
 	if nodeID == "" {
 		return
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.trustMu.Lock()
+	defer p.trustMu.Unlock()
 	if p.trusted != nil {
 		p.trusted[nodeID] = true
 	}

@@ -417,10 +417,11 @@ func TestExManagerIsRefused(t *testing.T) {
 
 // openSession opens a dispatcher session through pool, as the worker's
 // agent does, and takes the manager list it sends first. The session
-// stays open until the test ends.
+// stays open until the test ends (at most await.Settle).
 func openSession(t *testing.T, pool *worker.ManagerPool, nodeID string) grpc.ServerStreamingClient[api.SessionMessage] {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+	// Bounded: a test waiting for a message that never comes fails.
+	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
 	t.Cleanup(cancel)
 	var (
 		first *api.SessionMessage

@@ -213,13 +213,30 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("socket %s is served by another shoald", path)
 	}
 	os.Remove(path)
-	l, err := net.Listen("unix", path)
+	// The socket is bound in a private directory (0700), given its mode
+	// there and only then renamed into place: it is never reachable at
+	// its path with the mode the process umask gave it. (Binding in place
+	// and chmod-ing after left a window in which anyone could connect,
+	// and a connection made then outlives the chmod.)
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".shoald-socket-")
+	if err != nil {
+		return nil, fmt.Errorf("create socket %s: %w", path, err)
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	// The socket moves: the caller removes it at its final path.
+	l.SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, 0o600); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("restrict socket %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("create socket %s: %w", path, err)
 	}
 	return l, nil
 }

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,41 @@ type nodeFile struct {
 	ListenAddr    string   `json:"listen_addr"`
 	AdvertiseAddr string   `json:"advertise_addr"`
 	Managers      []string `json:"managers"`
+	// ManagerNodes names the node behind each manager address: the
+	// worker accepts a manager's certificate only for these nodes
+	// (absent in node files from before they were recorded).
+	ManagerNodes []managerNode `json:"manager_nodes,omitempty"`
+}
+
+type managerNode struct {
+	NodeID string `json:"node_id"`
+	Addr   string `json:"addr"`
+}
+
+// managerList is the pool's view of the node file's managers.
+func (n nodeFile) managerList() []*api.ManagerNode {
+	if len(n.ManagerNodes) == 0 {
+		return worker.ManagerNodes(n.Managers)
+	}
+	out := make([]*api.ManagerNode, 0, len(n.ManagerNodes))
+	for _, m := range n.ManagerNodes {
+		out = append(out, &api.ManagerNode{NodeId: m.NodeID, Addr: m.Addr})
+	}
+	return out
+}
+
+// setManagers records a manager list in the node file.
+func (n *nodeFile) setManagers(managers []*api.ManagerNode) {
+	n.Managers, n.ManagerNodes = nil, nil
+	for _, m := range managers {
+		n.Managers = append(n.Managers, m.GetAddr())
+		if m.GetNodeId() != "" {
+			n.ManagerNodes = append(n.ManagerNodes, managerNode{NodeID: m.GetNodeId(), Addr: m.GetAddr()})
+		}
+	}
+	if len(n.ManagerNodes) != len(n.Managers) {
+		n.ManagerNodes = nil
+	}
 }
 
 func nodeFilePath(dataDir string) string { return filepath.Join(dataDir, "node.json") }
@@ -187,7 +223,7 @@ func (n *node) dial(addr string) (*grpc.ClientConn, error) {
 	if c := n.conns[addr]; c != nil {
 		return c, nil
 	}
-	c, err := n.newConn(addr)
+	c, err := n.newConn(addr, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -196,9 +232,32 @@ func (n *node) dial(addr string) (*grpc.ClientConn, error) {
 }
 
 // newConn makes a new mutual-TLS connection to a manager; the caller owns
-// it (the worker's manager pool keeps its own).
-func (n *node) newConn(addr string) (*grpc.ClientConn, error) {
+// it (the worker's manager pool keeps its own). verify, when set, must
+// accept the identity the manager's certificate carries, on every
+// handshake, after the certificate was verified against the node's trust.
+func (n *node) newConn(addr string, verify func(identity.Identity) error) (*grpc.ClientConn, error) {
 	tlsCfg := identity.ClientConfigTrust(n.keypair, n.trust, identity.ManagerServerName, identity.ALPNGRPC)
+	if verify != nil {
+		verifyTrust := tlsCfg.VerifyConnection
+		tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if verifyTrust != nil {
+				if err := verifyTrust(cs); err != nil {
+					return err
+				}
+			}
+			if len(cs.PeerCertificates) == 0 {
+				return fmt.Errorf("manager %s presented no certificate", addr)
+			}
+			id, err := identity.IdentityOf(cs.PeerCertificates[0])
+			if err != nil {
+				return err
+			}
+			if err := verify(id); err != nil {
+				return fmt.Errorf("manager at %s: %w", addr, err)
+			}
+			return nil
+		}
+	}
 	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 	if err != nil {
 		return nil, fmt.Errorf("dial manager %s: %w", addr, err)
@@ -216,11 +275,13 @@ func (n *node) closeConns() {
 }
 
 // authorizer checks callers of the cluster port against the store: a
-// removed node's or a replaced certificate is refused.
+// removed node's or a replaced certificate is refused, and raft is spoken
+// only with current managers.
 func (n *node) authorizer() ca.Authorizer {
 	a := ca.Authorizer{}
 	if n.mgr != nil {
 		a.Check = ca.Checker(n.mgr.State().Store())
+		a.CheckRaft = ca.RaftChecker(n.mgr.State().Store())
 	}
 	return a
 }
@@ -228,7 +289,9 @@ func (n *node) authorizer() ca.Authorizer {
 // listen opens the cluster port (managers only: workers serve nothing)
 // and returns raft's stream layer on it.
 func (n *node) listen() (*state.StreamLayer, error) {
-	l, err := listenCluster(n.file.ListenAddr, identity.ServerConfigTrust(n.keypair, n.trust), ca.Authorizer{}, n.cfg.Logger)
+	// Raft connections are refused until the manager exists and
+	// serveManager gives the listener its store to check them against.
+	l, err := listenCluster(n.file.ListenAddr, identity.ServerConfigTrust(n.keypair, n.trust), n.cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", n.file.ListenAddr, err)
 	}
@@ -295,7 +358,8 @@ func Init(ctx context.Context, cfg Config) error {
 	defer lock.Close()
 	// Whatever fails from here on must leave the data dir as it was.
 	undo := func() { removeNodeState(cfg.DataDir) }
-	file := nodeFile{NodeID: api.NewID(), ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: []string{adv}}
+	file := nodeFile{NodeID: api.NewID(), ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv}
+	file.setManagers([]*api.ManagerNode{{NodeId: file.NodeID, Addr: adv}})
 	exe, err := newExecutor(ctx, cfg, file)
 	if err != nil {
 		return err
@@ -461,7 +525,8 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 		undo()
 		return err
 	}
-	file := nodeFile{NodeID: admitted.NodeID, ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: managers}
+	file := nodeFile{NodeID: admitted.NodeID, ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv}
+	file.setManagers(admitted.ManagerNodes)
 	if err := file.save(cfg.DataDir); err != nil {
 		undo()
 		return err
@@ -534,26 +599,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 	var servers []*grpc.Server
 
 	if n.mgr != nil {
-		auth := n.authorizer()
-		tcpSrv := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, auth.ServerOptions()...)...)
-		n.mgr.Register(tcpSrv)
-		servers = append(servers, tcpSrv)
-		wg.Add(2)
-		go func() {
-			defer wg.Done()
-			if err := tcpSrv.Serve(n.listener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-				errc <- fmt.Errorf("serve cluster port: %w", err)
-			}
-		}()
-		go func() {
-			defer wg.Done()
-			n.mgr.Run(ctx)
-		}()
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ca.FollowTrust(ctx, n.mgr.State().Store(), n.trust, cfg.Logger.With("component", "trust"))
-		}()
+		servers = append(servers, n.serveManager(ctx, &wg, errc))
 		defer n.listener.Close()
 	}
 
@@ -580,13 +626,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 		}
 	}()
 
-	pool := worker.NewManagerPool(n.file.Managers, n.newConn, func(addrs []string) {
-		f := n.file
-		f.Managers = addrs
-		if err := f.save(cfg.DataDir); err != nil {
-			cfg.Logger.Warn("remember managers", "err", err)
-		}
-	})
+	pool := n.managerPool()
 	roleChange := make(chan api.NodeRole, 1)
 	agent := worker.New(worker.Config{
 		NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker"),
@@ -659,6 +699,50 @@ wait:
 	pool.Close()
 	cfg.Logger.Info("shoald stopped; containers keep running", "node", n.file.NodeID)
 	return runErr
+}
+
+// managerPool is the worker's pool of manager connections, remembering
+// each new manager list in the node file.
+func (n *node) managerPool() *worker.ManagerPool {
+	return worker.NewManagerPool(n.file.managerList(), n.newConn, func(managers []*api.ManagerNode) {
+		f := n.file
+		f.setManagers(managers)
+		if err := f.save(n.cfg.DataDir); err != nil {
+			n.cfg.Logger.Warn("remember managers", "err", err)
+		}
+	})
+}
+
+// serveManager serves the cluster port (gRPC, and raft for current
+// managers only) and runs the manager, in goroutines counted in wg that
+// end with ctx (and the returned server's stop); a serving error goes to
+// errc.
+func (n *node) serveManager(ctx context.Context, wg *sync.WaitGroup, errc chan<- error) *grpc.Server {
+	auth := n.authorizer()
+	n.listener.setRaftAuth(auth)
+	tcpSrv := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, auth.ServerOptions()...)...)
+	n.mgr.Register(tcpSrv)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		if err := tcpSrv.Serve(n.listener); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- fmt.Errorf("serve cluster port: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		n.mgr.Run(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		n.listener.watchRaftPeers(ctx, n.mgr.State().Store())
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		ca.FollowTrust(ctx, n.mgr.State().Store(), n.trust, n.cfg.Logger.With("component", "trust"))
+	}()
+	return tcpSrv
 }
 
 // renewCheck is how often the node looks at its certificate's age.

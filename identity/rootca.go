@@ -364,9 +364,10 @@ func SerialString(cert *x509.Certificate) string { return cert.SerialNumber.Text
 // CertificateRecord is what a node object records of its certificate.
 func CertificateRecord(cert *x509.Certificate, role api.NodeRole) *api.NodeCertificate {
 	return &api.NodeCertificate{
-		Serial:   SerialString(cert),
-		Role:     role,
-		NotAfter: timestamppb.New(cert.NotAfter),
+		Serial:    SerialString(cert),
+		Role:      role,
+		NotAfter:  timestamppb.New(cert.NotAfter),
+		NotBefore: timestamppb.New(cert.NotBefore),
 	}
 }
 

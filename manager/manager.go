@@ -124,10 +124,16 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 		cfg.Dispatcher.Leader = func() (bool, string) { return r.IsLeader(), r.LeaderAddr() }
 	}
 	if cfg.Dispatcher.Managers == nil {
-		cfg.Dispatcher.Managers = func() []string {
-			var addrs []string
-			r.Store().View(func(tx store.ReadTx) { addrs = ca.ManagerAddrs(tx) })
-			return addrs
+		cfg.Dispatcher.Managers = func() []*api.ManagerNode {
+			var managers []*api.ManagerNode
+			r.Store().View(func(tx store.ReadTx) { managers = ca.ManagerNodes(tx) })
+			return managers
+		}
+	}
+	if cfg.Dispatcher.LeaderNode == nil {
+		cfg.Dispatcher.LeaderNode = func() string {
+			_, id := r.Raft().LeaderWithID()
+			return string(id)
 		}
 	}
 	m.dispatcher = dispatcher.New(r, cfg.Dispatcher)

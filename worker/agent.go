@@ -71,8 +71,11 @@ type Managers interface {
 	// Conn returns a connection to try: the leader if hint names it, else
 	// the next manager in turn.
 	Conn(ctx context.Context, hint string) (grpc.ClientConnInterface, string, error)
-	// Update replaces the list of manager addresses.
-	Update(addrs []string)
+	// Update replaces the list of managers.
+	Update(managers []*api.ManagerNode)
+	// Vouch records that a trusted manager named nodeID as the leader at
+	// addr (a manager promoted since the list was last updated).
+	Vouch(nodeID, addr string)
 }
 
 // Agent runs a node's tasks.
@@ -217,12 +220,19 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 	first, err := sess.Recv()
 	if err != nil {
 		if leader := sess.Trailer().Get(leaderHeader); len(leader) > 0 && status.Code(err) == codes.Unavailable {
+			if node := sess.Trailer().Get(leaderNodeHeader); len(node) > 0 && a.cfg.Managers != nil {
+				a.cfg.Managers.Vouch(node[0], leader[0])
+			}
 			return leader[0], err
 		}
 		return "", fmt.Errorf("open session: %w", err)
 	}
-	if a.cfg.Managers != nil && len(first.GetManagers()) > 0 {
-		a.cfg.Managers.Update(first.GetManagers())
+	if a.cfg.Managers != nil {
+		if len(first.GetManagerNodes()) > 0 {
+			a.cfg.Managers.Update(first.GetManagerNodes())
+		} else if len(first.GetManagers()) > 0 {
+			a.cfg.Managers.Update(ManagerNodes(first.GetManagers()))
+		}
 	}
 	sid := first.GetSessionId()
 	a.logger.Info("session opened", "session", sid)
@@ -243,9 +253,15 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 	go func() { // the session stream: it ends when the session does
 		defer wg.Done()
 		for {
-			if _, err := sess.Recv(); err != nil {
+			msg, err := sess.Recv()
+			if err != nil {
 				errc <- fmt.Errorf("session stream: %w", err)
 				return
+			}
+			// The managers changed: a demoted manager must not be
+			// trusted a moment longer than the leader does.
+			if a.cfg.Managers != nil && len(msg.GetManagerNodes()) > 0 {
+				a.cfg.Managers.Update(msg.GetManagerNodes())
 			}
 		}
 	}()
@@ -289,6 +305,9 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 // leaderHeader is the trailer in which a follower names the leader
 // (dispatcher.LeaderHeader; not imported: workers do not link managers).
 const leaderHeader = "shoal-leader"
+
+// leaderNodeHeader names the leader's node (dispatcher.LeaderNodeHeader).
+const leaderNodeHeader = "shoal-leader-node"
 
 func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, sid string) error {
 	stream, err := client.Assignments(ctx, &api.AssignmentsRequest{SessionId: sid})

@@ -41,6 +41,9 @@ type Joined struct {
 	// Managers are the managers' advertise addresses, the one joined
 	// through when the cluster named none.
 	Managers []string
+	// ManagerNodes names the node behind each manager address (addresses
+	// alone when the managers did not say).
+	ManagerNodes []*api.ManagerNode
 }
 
 // Join runs the join handshake: it trusts the manager only if the CA
@@ -77,8 +80,13 @@ func Join(ctx context.Context, req JoinRequest) (Joined, error) {
 		return Joined{}, fmt.Errorf("join %s: %w", addr, errMessage(err))
 	}
 	managers := issued.GetManagers()
+	nodes := issued.GetManagerNodes()
 	if len(managers) == 0 {
 		managers = []string{addr}
+		nodes = nil
+	}
+	if len(nodes) == 0 {
+		nodes = ManagerNodes(managers)
 	}
 	// During a CA rotation the cluster trusts a second root; the manager
 	// that says so was verified against the token's CA.
@@ -87,9 +95,10 @@ func Join(ctx context.Context, req JoinRequest) (Joined, error) {
 		trusted = b
 	}
 	return Joined{
-		NodeID:      issued.GetNodeId(),
-		Credentials: identity.Credentials{CACertPEM: trusted, CertPEM: issued.GetCertPem(), KeyPEM: keyPEM},
-		Managers:    managers,
+		NodeID:       issued.GetNodeId(),
+		Credentials:  identity.Credentials{CACertPEM: trusted, CertPEM: issued.GetCertPem(), KeyPEM: keyPEM},
+		Managers:     managers,
+		ManagerNodes: nodes,
 	}, nil
 }
 

@@ -194,7 +194,8 @@ func (m oneManager) Conn(context.Context, string) (grpc.ClientConnInterface, str
 	return m.conn, m.addr, nil
 }
 
-func (oneManager) Update([]string) {}
+func (oneManager) Update([]*api.ManagerNode) {}
+func (oneManager) Vouch(string, string)      {}
 
 // dialAs reaches the manager at addr with a node's credentials.
 func dialAs(t *testing.T, creds identity.Credentials, addr string) oneManager {

@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -73,6 +74,9 @@ type Authorizer struct {
 	// and calls a method that needs one; it refuses certificates that are
 	// valid but no longer current (see Checker).
 	Check func(ctx context.Context, id identity.Identity) error
+	// CheckRaft runs for every raft connection (see AuthorizeRaft and
+	// RaftChecker); cert is the peer's verified leaf.
+	CheckRaft func(ctx context.Context, id identity.Identity, cert *x509.Certificate) error
 	// Local, when set, is the identity given to peers without TLS. Set it
 	// only on the server for the node's unix socket (mode 0600, root
 	// only); on the cluster port, peers without TLS are refused.
@@ -175,7 +179,8 @@ type authorizedStream struct {
 func (s *authorizedStream) Context() context.Context { return s.ctx }
 
 // AuthorizeRaft checks the peer of an accepted raft connection (ALPN
-// ALPNRaft, not gRPC): only current managers may speak raft.
+// ALPNRaft, not gRPC): only current managers may speak raft. It fails
+// closed: without a CheckRaft (no store to ask yet) every peer is refused.
 func (a Authorizer) AuthorizeRaft(ctx context.Context, cs tls.ConnectionState) (identity.Identity, error) {
 	id, err := identity.IdentityFromState(cs)
 	if err != nil {
@@ -184,12 +189,78 @@ func (a Authorizer) AuthorizeRaft(ctx context.Context, cs tls.ConnectionState) (
 	if id.Role != identity.RoleManager {
 		return identity.Identity{}, status.Errorf(codes.PermissionDenied, "%s certificates may not speak raft", id.Role)
 	}
-	if a.Check != nil {
-		if err := a.Check(ctx, id); err != nil {
-			return identity.Identity{}, err
-		}
+	if a.CheckRaft == nil {
+		return identity.Identity{}, status.Error(codes.Unavailable, "this manager is not ready to check raft peers yet")
+	}
+	if err := a.CheckRaft(ctx, id, cs.VerifiedChains[0][0]); err != nil {
+		return identity.Identity{}, err
 	}
 	return id, nil
+}
+
+// RaftChecker returns the Authorizer's CheckRaft for a manager's store: a
+// raft peer's node must not have been removed, and must still be a
+// manager (or be meant to become one) with the certificate the store
+// records for it.
+//
+// A manager's store can be behind the cluster (it restarted from an old
+// snapshot, it was cut off, it just joined): hashicorp/raft applies the
+// log past the snapshot only once a leader tells it the commit index, and
+// only the leader sends it entries. So the check refuses only on evidence
+// that stays true as the store catches up, or it could refuse the very
+// leader that would bring it up to date: a node recorded as removed (node
+// ids are never reused), a node whose recorded certificate is this one or
+// newer while the node is no longer a manager, or a certificate older than
+// the recorded one. A node the store does not know yet, or a certificate
+// newer than the recorded one, is let through: the store is behind, and
+// the leader's entries will tell.
+func RaftChecker(st *store.Store) func(ctx context.Context, id identity.Identity, cert *x509.Certificate) error {
+	return func(_ context.Context, id identity.Identity, cert *x509.Certificate) error {
+		var (
+			n       *api.Node
+			removed bool
+		)
+		st.View(func(tx store.ReadTx) {
+			n = tx.Node(id.NodeID)
+			for _, r := range tx.Cluster().GetRemovedNodes() {
+				if r.GetNodeId() == id.NodeID {
+					removed = true
+				}
+			}
+		})
+		return checkRaftPeer(n, removed, id, cert)
+	}
+}
+
+func checkRaftPeer(n *api.Node, removed bool, id identity.Identity, cert *x509.Certificate) error {
+	if removed {
+		return status.Errorf(codes.PermissionDenied, "node %s was removed from the cluster: its certificate %s may not speak raft", id.NodeID, id.Serial)
+	}
+	if n == nil {
+		return nil
+	}
+	rec := n.GetCertificate()
+	if rec.GetSerial() != id.Serial {
+		if rec.GetSerial() != "" && !certNewer(cert, rec) {
+			return status.Errorf(codes.PermissionDenied, "certificate %s of node %s was replaced by %s: it may not speak raft", id.Serial, id.NodeID, rec.GetSerial())
+		}
+		// Newer than the record: the store has not seen the renewal yet.
+		return nil
+	}
+	if n.GetRole() != api.NodeRole_NODE_ROLE_MANAGER && n.GetSpec().GetDesiredRole() != api.NodeRole_NODE_ROLE_MANAGER {
+		return status.Errorf(codes.PermissionDenied, "node %s is no longer a manager: its certificate %s may not speak raft", id.NodeID, id.Serial)
+	}
+	return nil
+}
+
+// certNewer reports whether cert was issued after the recorded one: by
+// not_before when recorded, else by expiry (node certificates of one
+// cluster share their validity).
+func certNewer(cert *x509.Certificate, rec *api.NodeCertificate) bool {
+	if nb := rec.GetNotBefore(); nb != nil {
+		return cert.NotBefore.Unix() > nb.AsTime().Unix()
+	}
+	return cert.NotAfter.Unix() > rec.GetNotAfter().AsTime().Unix()
 }
 
 // Checker returns the Authorizer's Check for a manager's store: the node a

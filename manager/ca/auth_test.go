@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"crypto/x509"
 	"net"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/identity"
@@ -442,7 +444,12 @@ func TestRaftALPN(t *testing.T) {
 	if state.NegotiatedProtocol != identity.ALPNRaft {
 		t.Fatalf("ALPN %q, want %q", state.NegotiatedProtocol, identity.ALPNRaft)
 	}
-	a := Authorizer{}
+	// Without a store to check against, raft is refused: the cluster
+	// port once had such an authorizer, and took any manager certificate.
+	if _, err := (Authorizer{}).AuthorizeRaft(t.Context(), state); err == nil {
+		t.Fatal("an authorizer without CheckRaft let a raft peer in")
+	}
+	a := Authorizer{CheckRaft: func(context.Context, identity.Identity, *x509.Certificate) error { return nil }}
 	if id, err := a.AuthorizeRaft(t.Context(), state); err != nil || id.NodeID != "m2" {
 		t.Fatalf("raft peer %+v, %v", id, err)
 	}
@@ -454,5 +461,78 @@ func TestRaftALPN(t *testing.T) {
 	}
 	if _, err := a.AuthorizeRaft(t.Context(), state); err == nil {
 		t.Fatal("a worker may speak raft")
+	}
+}
+
+// TestRaftChecker: a raft peer is refused on evidence that stays true as a
+// lagging store catches up (removed, demoted with this very certificate,
+// replaced by a newer one), and let through where the store may only be
+// behind (unknown node, certificate newer than the record).
+func TestRaftChecker(t *testing.T) {
+	_, r := identitytest.NewCA(t, "c1")
+	m := identitytest.IssueNode(t, r, "m2", api.NodeRole_NODE_ROLE_MANAGER)
+	issued := m.Cert.NotBefore
+	at := func(c *x509.Certificate, d time.Duration) *x509.Certificate {
+		cc := *c
+		cc.NotBefore, cc.NotAfter = c.NotBefore.Add(d), c.NotAfter.Add(d)
+		return &cc
+	}
+	record := func(c *x509.Certificate, serial string) *api.NodeCertificate {
+		rec := identity.CertificateRecord(c, api.NodeRole_NODE_ROLE_MANAGER)
+		rec.Serial = serial
+		return rec
+	}
+	node := func(role, desired api.NodeRole, cert *api.NodeCertificate) *api.Node {
+		return &api.Node{Id: "m2", Role: role, Spec: &api.NodeSpec{DesiredRole: desired}, Certificate: cert}
+	}
+	const mgr, wkr = api.NodeRole_NODE_ROLE_MANAGER, api.NodeRole_NODE_ROLE_WORKER
+	same := identity.CertificateRecord(m.Cert, mgr)
+	tests := []struct {
+		name    string
+		node    *api.Node
+		removed bool
+		cert    *x509.Certificate
+		want    string // "" lets it through
+	}{
+		{"current manager", node(mgr, mgr, same), false, m.Cert, ""},
+		{"being promoted", node(wkr, mgr, same), false, m.Cert, ""},
+		{"being demoted (hands over leadership)", node(mgr, wkr, same), false, m.Cert, ""},
+		{"demoted, kept its manager certificate", node(wkr, wkr, same), false, m.Cert, "no longer a manager"},
+		{"removed", nil, true, m.Cert, "was removed"},
+		{"removed, record left behind", node(mgr, mgr, same), true, m.Cert, "was removed"},
+		{"unknown to a lagging store", nil, false, m.Cert, ""},
+		{"replaced by a newer certificate", node(wkr, wkr, record(at(m.Cert, time.Hour), "beef")), false, m.Cert, "was replaced"},
+		{"replaced, still a manager", node(mgr, mgr, record(at(m.Cert, time.Hour), "beef")), false, m.Cert, "was replaced"},
+		{"renewed after the store's record", node(wkr, wkr, record(at(m.Cert, -time.Hour), "beef")), false, m.Cert, ""},
+		{"old record without not_before, newer certificate", node(wkr, wkr, &api.NodeCertificate{Serial: "beef", NotAfter: timestamppb.New(issued)}), false, m.Cert, ""},
+		{"old record without not_before, older certificate", node(wkr, wkr, &api.NodeCertificate{Serial: "beef", NotAfter: timestamppb.New(m.Cert.NotAfter.Add(time.Hour))}), false, m.Cert, "was replaced"},
+		{"no certificate on record", node(mgr, mgr, nil), false, m.Cert, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			st := store.New()
+			var actions []*api.StoreAction
+			cluster := &api.Cluster{Id: "c1", Spec: &api.ClusterSpec{Name: "default"}}
+			if tt.removed {
+				cluster.RemovedNodes = []*api.RemovedNode{{NodeId: "m2", NotAfter: timestamppb.New(m.Cert.NotAfter)}}
+			}
+			actions = append(actions, store.Create(cluster))
+			if tt.node != nil {
+				actions = append(actions, store.Create(tt.node))
+			}
+			if err := st.Apply(1, &api.Command{Actions: actions}); err != nil {
+				t.Fatal(err)
+			}
+			err := RaftChecker(st)(t.Context(), m.ID, tt.cert)
+			if tt.want == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("err %v, want PermissionDenied %q", err, tt.want)
+			}
+		})
 	}
 }

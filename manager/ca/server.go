@@ -7,7 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sort"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -183,10 +184,14 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 	if err := s.raft.Propose(ctx, store.Create(node)); err != nil {
 		return nil, state.ToStatus(fmt.Errorf("record node %s: %w", nodeID, err))
 	}
-	var managers []string
-	s.raft.Store().View(func(tx store.ReadTx) { managers = managerAddrs(tx, nodeID) })
+	var managers []*api.ManagerNode
+	s.raft.Store().View(func(tx store.ReadTx) { managers = managerNodes(tx, nodeID) })
 	s.logger.Info("node joined", "node", nodeID, "role", identity.RoleOf(role), "hostname", req.GetDescription().GetHostname(), "addr", addr, "serial", identity.SerialString(cert))
-	return &api.IssueNodeCertificateResponse{NodeId: nodeID, CertPem: certPEM, Role: role, Managers: managers, CaCertPem: TrustPEM(c)}, nil
+	resp := &api.IssueNodeCertificateResponse{NodeId: nodeID, CertPem: certPEM, Role: role, ManagerNodes: managers, CaCertPem: TrustPEM(c)}
+	for _, m := range managers {
+		resp.Managers = append(resp.Managers, m.GetAddr())
+	}
+	return resp, nil
 }
 
 // RenewNodeCertificate signs a new CSR for the calling node, with the role
@@ -281,8 +286,20 @@ func RotateToken(ctx context.Context, r Raft, role api.NodeRole) (string, error)
 // node dials to reach the cluster.
 func ManagerAddrs(tx store.ReadTx) []string { return managerAddrs(tx, "") }
 
+// ManagerNodes are the managers, by address as ManagerAddrs: what a worker
+// checks a manager's certificate against.
+func ManagerNodes(tx store.ReadTx) []*api.ManagerNode { return managerNodes(tx, "") }
+
 func managerAddrs(tx store.ReadTx, except string) []string {
 	var out []string
+	for _, m := range managerNodes(tx, except) {
+		out = append(out, m.GetAddr())
+	}
+	return out
+}
+
+func managerNodes(tx store.ReadTx, except string) []*api.ManagerNode {
+	var out []*api.ManagerNode
 	for _, n := range tx.Nodes() {
 		if n.GetRole() != api.NodeRole_NODE_ROLE_MANAGER || n.GetId() == except {
 			continue
@@ -292,9 +309,9 @@ func managerAddrs(tx store.ReadTx, except string) []string {
 			addr = n.GetStatus().GetAddr()
 		}
 		if addr != "" {
-			out = append(out, addr)
+			out = append(out, &api.ManagerNode{NodeId: n.GetId(), Addr: addr})
 		}
 	}
-	sort.Strings(out)
+	slices.SortFunc(out, func(a, b *api.ManagerNode) int { return strings.Compare(a.GetAddr(), b.GetAddr()) })
 	return out
 }

@@ -3,6 +3,7 @@ package controlapi
 import (
 	"context"
 	"errors"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -124,6 +125,10 @@ func (s *Server) UpdateNode(ctx context.Context, req *api.UpdateNodeRequest) (*a
 
 // RemoveNode removes a node from the cluster; its certificate stops
 // working at once (the authorizer finds no such node).
+// removeRetries bounds the re-reads of a node removal that lost a race
+// with another write to the node or the cluster object.
+const removeRetries = 5
+
 func (s *Server) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*api.RemoveNodeResponse, error) {
 	var (
 		n   *api.Node
@@ -143,11 +148,28 @@ func (s *Server) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*a
 	if n.GetStatus().GetState() == api.NodeState_NODE_STATE_READY && !req.GetForce() {
 		return nil, status.Errorf(codes.FailedPrecondition, "node %s is up: drain it and stop its shoald first, or remove it anyway with --force", name)
 	}
-	if err := s.raft.Propose(ctx, store.Remove(n)); err != nil {
+	// The node is recorded as removed in the cluster object in the same
+	// command, so that its certificate is refused on raft from then on.
+	for attempt := 0; ; attempt++ {
+		var cluster *api.Cluster
+		s.view(func(tx store.ReadTx) { cluster = tx.Cluster() })
+		err := s.raft.Propose(ctx, store.RemoveNode(cluster, n, time.Now())...)
+		if err == nil {
+			return &api.RemoveNodeResponse{}, nil
+		}
 		if errors.Is(err, store.ErrNotFound) {
 			return nil, status.Errorf(codes.NotFound, "node %s: already removed", name)
 		}
-		return nil, toStatus(err)
+		if !errors.Is(err, store.ErrSequenceConflict) || attempt >= removeRetries {
+			return nil, toStatus(err)
+		}
+		// The node or the cluster changed under us (a heartbeat, another
+		// removal): read both again.
+		var again *api.Node
+		s.view(func(tx store.ReadTx) { again = tx.Node(n.GetId()) })
+		if again == nil {
+			return nil, status.Errorf(codes.NotFound, "node %s: already removed", name)
+		}
+		n = again
 	}
-	return &api.RemoveNodeResponse{}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -57,8 +58,12 @@ type Config struct {
 	// Only the leader serves workers: sessions and node-down detection
 	// must live in one place. Nil means always the leader (tests).
 	Leader func() (bool, string)
-	// Managers lists the managers' addresses for workers to fail over to.
-	Managers func() []string
+	// Managers lists the managers (node and address) for workers to fail
+	// over to, and to check the managers' certificates against.
+	Managers func() []*api.ManagerNode
+	// LeaderNode names the leader's node, for a follower to tell a
+	// worker whom to expect at the leader's address.
+	LeaderNode func() string
 	// Tarballs holds the image tarballs FetchImage serves; nil serves none.
 	Tarballs *tarballs.Dir
 }
@@ -83,6 +88,11 @@ type Dispatcher struct {
 	// closedAt is when a node's last session closed without expiring;
 	// the node's grace runs from then.
 	closedAt map[string]time.Time
+	// managers is the manager list as Run last saw it; managersChanged is
+	// closed (and replaced) when it changes, for the open sessions to
+	// send it on.
+	managers        []*api.ManagerNode
+	managersChanged chan struct{}
 }
 
 // New returns a dispatcher; Run must be running for node-down detection.
@@ -99,6 +109,7 @@ func New(r Raft, cfg Config) *Dispatcher {
 	return &Dispatcher{
 		raft: r, cfg: cfg, logger: cfg.Logger,
 		sessions: map[string]*session{}, byNode: map[string]*session{}, closedAt: map[string]time.Time{},
+		managersChanged: make(chan struct{}),
 	}
 }
 
@@ -124,6 +135,8 @@ func (d *Dispatcher) Run(ctx context.Context) {
 	start := time.Now()
 	tick := time.NewTicker(d.cfg.HeartbeatPeriod / 4)
 	defer tick.Stop()
+	managersTick := time.NewTicker(managersPoll)
+	defer managersTick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -133,6 +146,9 @@ func (d *Dispatcher) Run(ctx context.Context) {
 			}
 			d.mu.Unlock()
 			return
+		case <-managersTick.C:
+			d.refreshManagers()
+			continue
 		case <-tick.C:
 		}
 		now := time.Now()
@@ -242,6 +258,11 @@ func (d *Dispatcher) setNodeState(ctx context.Context, nodeID string, st api.Nod
 // it refuses a worker, so the worker can go there at once.
 const LeaderHeader = "shoal-leader"
 
+// LeaderNodeHeader is the trailer in which a follower names the leader's
+// node beside LeaderHeader: the worker accepts the leader's certificate
+// for that node although it was not a manager when the worker last heard.
+const LeaderNodeHeader = "shoal-leader-node"
+
 // leading refuses the call unless this manager leads, naming the leader.
 func (d *Dispatcher) leading(ctx context.Context) error {
 	if d.cfg.Leader == nil {
@@ -252,7 +273,13 @@ func (d *Dispatcher) leading(ctx context.Context) error {
 		return nil
 	}
 	if addr != "" {
-		_ = grpc.SetTrailer(ctx, metadata.Pairs(LeaderHeader, addr))
+		md := metadata.Pairs(LeaderHeader, addr)
+		if d.cfg.LeaderNode != nil {
+			if id := d.cfg.LeaderNode(); id != "" {
+				md.Set(LeaderNodeHeader, id)
+			}
+		}
+		_ = grpc.SetTrailer(ctx, md)
 	}
 	return status.Errorf(codes.Unavailable, "this manager is not the leader; the leader is at %q", addr)
 }
@@ -312,32 +339,77 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 		return status.Errorf(codes.Unavailable, "register session: %v", err)
 	}
 	d.logger.Info("session opened", "node", s.nodeID, "session", s.id)
-	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: durationpb.New(d.period())}
+	d.mu.Lock()
+	changed := d.managersChanged
+	d.mu.Unlock()
+	var managers []*api.ManagerNode
 	if d.cfg.Managers != nil {
-		msg.Managers = d.cfg.Managers()
+		managers = d.cfg.Managers()
 	}
-	if err := stream.Send(msg); err != nil {
+	if err := stream.Send(d.sessionMessage(s, managers)); err != nil {
 		return err
 	}
-	select {
-	case <-ctx.Done():
-		d.mu.Lock()
-		current := d.sessions[s.id] == s
-		d.endLocked(s)
-		if current {
-			d.closedAt[s.nodeID] = time.Now()
+	for {
+		select {
+		case <-changed:
+			// The managers changed (one was demoted, promoted, moved):
+			// the worker must stop trusting a node that is no longer one.
+			d.mu.Lock()
+			changed, managers = d.managersChanged, d.managers
+			d.mu.Unlock()
+			if err := stream.Send(d.sessionMessage(s, managers)); err != nil {
+				return err
+			}
+			continue
+		case <-ctx.Done():
+			d.mu.Lock()
+			current := d.sessions[s.id] == s
+			d.endLocked(s)
+			if current {
+				d.closedAt[s.nodeID] = time.Now()
+			}
+			d.mu.Unlock()
+			if current {
+				// The worker went away cleanly or its connection broke; it is
+				// not known to be dead, so its tasks stay until the grace runs
+				// out without a new session.
+				d.logger.Info("session closed", "node", s.nodeID, "session", s.id)
+			}
+			return nil
+		case <-s.done:
+			return status.Error(codes.Aborted, "session ended: a newer session replaced it or heartbeats stopped; open a new one")
 		}
-		d.mu.Unlock()
-		if current {
-			// The worker went away cleanly or its connection broke; it is
-			// not known to be dead, so its tasks stay until the grace runs
-			// out without a new session.
-			d.logger.Info("session closed", "node", s.nodeID, "session", s.id)
-		}
-		return nil
-	case <-s.done:
-		return status.Error(codes.Aborted, "session ended: a newer session replaced it or heartbeats stopped; open a new one")
 	}
+}
+
+func (d *Dispatcher) sessionMessage(s *session, managers []*api.ManagerNode) *api.SessionMessage {
+	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: durationpb.New(d.period()), ManagerNodes: managers}
+	for _, m := range managers {
+		msg.Managers = append(msg.Managers, m.GetAddr())
+	}
+	return msg
+}
+
+// managersPoll is how often the leader looks for a change in the manager
+// list to send to the workers: a demoted manager is distrusted by the
+// workers within it. One store read a second costs nothing.
+const managersPoll = time.Second
+
+// refreshManagers reads the manager list and, when it changed, wakes the
+// sessions to send it.
+func (d *Dispatcher) refreshManagers() {
+	if d.cfg.Managers == nil {
+		return
+	}
+	managers := d.cfg.Managers()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if slices.EqualFunc(d.managers, managers, func(a, b *api.ManagerNode) bool { return proto.Equal(a, b) }) {
+		return
+	}
+	d.managers = managers
+	close(d.managersChanged)
+	d.managersChanged = make(chan struct{})
 }
 
 func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {

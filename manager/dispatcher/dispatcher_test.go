@@ -619,3 +619,60 @@ func TestLeaveCluster(t *testing.T) {
 		t.Errorf("w2 removing m2: %v, want PermissionDenied", err)
 	}
 }
+
+// TestSessionFollowsManagers: a session names the managers' nodes, and
+// names them again when they change, so a worker stops trusting a demoted
+// manager as soon as the leader does; a follower's refusal names the
+// leader's node beside its address.
+func TestSessionFollowsManagers(t *testing.T) {
+	r := newRaft(t)
+	propose(t, r, store.Create(node("n1")))
+	var mu sync.Mutex
+	managers := []*api.ManagerNode{{NodeId: "m1", Addr: "10.0.0.1:4242"}, {NodeId: "m2", Addr: "10.0.0.2:4242"}}
+	d := New(r, Config{Logger: quietLogger(), HeartbeatPeriod: time.Hour, Managers: func() []*api.ManagerNode {
+		mu.Lock()
+		defer mu.Unlock()
+		return managers
+	}})
+	runDispatcher(t, d)
+	c := serve(t, d)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := c.Session(ctx, &api.SessionRequest{NodeId: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(first.GetManagerNodes()) != 2 || first.GetManagerNodes()[1].GetNodeId() != "m2" || len(first.GetManagers()) != 2 {
+		t.Fatalf("first session message names %v / %v", first.GetManagerNodes(), first.GetManagers())
+	}
+	mu.Lock()
+	managers = managers[:1] // m2 demoted
+	mu.Unlock()
+	for {
+		msg, err := s.Recv()
+		if err != nil {
+			t.Fatalf("no manager list after m2 was demoted: %v", err)
+		}
+		if len(msg.GetManagerNodes()) == 1 {
+			if msg.GetSessionId() != first.GetSessionId() || msg.GetManagers()[0] != "10.0.0.1:4242" {
+				t.Errorf("update %v", msg)
+			}
+			break
+		}
+	}
+
+	follower := New(r, Config{Logger: quietLogger(),
+		Leader:     func() (bool, string) { return false, "10.0.0.1:4242" },
+		LeaderNode: func() string { return "m1" }})
+	fs, err := serve(t, follower).Session(ctx, &api.SessionRequest{NodeId: "n1"})
+	if err == nil {
+		_, err = fs.Recv()
+	}
+	if tr := fs.Trailer(); status.Code(err) != codes.Unavailable || !slices.Equal(tr.Get(LeaderHeader), []string{"10.0.0.1:4242"}) || !slices.Equal(tr.Get(LeaderNodeHeader), []string{"m1"}) {
+		t.Errorf("follower: %v, trailer %v", err, fs.Trailer())
+	}
+}

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"errors"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -22,8 +23,11 @@ func (d *Dispatcher) LeaveCluster(ctx context.Context, req *api.LeaveClusterRequ
 		return nil, err
 	}
 	for attempt := 0; ; attempt++ {
-		var n *api.Node
-		d.raft.Store().View(func(tx store.ReadTx) { n = tx.Node(id) })
+		var (
+			n       *api.Node
+			cluster *api.Cluster
+		)
+		d.raft.Store().View(func(tx store.ReadTx) { n, cluster = tx.Node(id), tx.Cluster() })
 		if n == nil {
 			return nil, status.Errorf(codes.NotFound, "node %s is not part of this cluster", id)
 		}
@@ -31,7 +35,7 @@ func (d *Dispatcher) LeaveCluster(ctx context.Context, req *api.LeaveClusterRequ
 		if n.GetRole() == api.NodeRole_NODE_ROLE_MANAGER || n.GetSpec().GetDesiredRole() == api.NodeRole_NODE_ROLE_MANAGER {
 			return nil, status.Errorf(codes.FailedPrecondition, "node %s is a manager: demote it first (`shoalctl node demote %s` on a manager), then leave", name, name)
 		}
-		err := d.raft.Propose(ctx, store.Remove(n))
+		err := d.raft.Propose(ctx, store.RemoveNode(cluster, n, time.Now())...)
 		if err == nil {
 			d.logger.Info("node left the cluster", "node", id, "hostname", name)
 			break

@@ -30,7 +30,12 @@ func (f *fsm) Apply(l *raft.Log) any {
 }
 
 func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
-	return &snapshot{data: f.store.Snapshot()}, nil
+	// raft calls Snapshot between two Applies, so the index is exactly
+	// that of the objects.
+	idx := f.store.Index()
+	data := f.store.Snapshot()
+	data.Index = idx
+	return &snapshot{data: data}, nil
 }
 
 func (f *fsm) Restore(r io.ReadCloser) error {
@@ -43,7 +48,10 @@ func (f *fsm) Restore(r io.ReadCloser) error {
 	if err := proto.Unmarshal(b, &snap); err != nil {
 		return fmt.Errorf("decode snapshot: %w", err)
 	}
-	return f.store.Restore(0, &snap)
+	// The snapshot's own index: a member that installs a leader's
+	// snapshot has applied everything up to it, and a forwarded write
+	// waiting for an index the snapshot covers must see it as applied.
+	return f.store.Restore(snap.GetIndex(), &snap)
 }
 
 // snapshot holds the store's objects as they were when raft asked; the

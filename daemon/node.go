@@ -196,7 +196,7 @@ func (n *node) dial(addr string) (*grpc.ClientConn, error) {
 // it (the worker's manager pool keeps its own).
 func (n *node) newConn(addr string) (*grpc.ClientConn, error) {
 	tlsCfg := identity.ClientConfig(n.keypair, n.roots, identity.ManagerServerName, identity.ALPNGRPC)
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), identity.KeepaliveDialOption())
 	if err != nil {
 		return nil, fmt.Errorf("dial manager %s: %w", addr, err)
 	}
@@ -532,7 +532,8 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 
 	if n.mgr != nil {
 		auth := n.authorizer()
-		tcpSrv := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, auth.ServerOptions()...)...)
+		opts := append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, identity.KeepaliveServerOptions()...)
+		tcpSrv := grpc.NewServer(append(opts, auth.ServerOptions()...)...)
 		n.mgr.Register(tcpSrv)
 		servers = append(servers, tcpSrv)
 		wg.Add(2)

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -24,7 +25,27 @@ const (
 	reconnectMax = 2 * time.Second
 	// reportRetry is the wait before re-sending status reports that failed.
 	reportRetry = 100 * time.Millisecond
+	// reportTimeout bounds one status report: a raft write on the leader,
+	// which gives up on its own after 10 s. A report cut short is sent
+	// again, on the next session if this one ended.
+	reportTimeout = 10 * time.Second
+	// defaultGraceMultiplier gives the heartbeat grace a manager that does
+	// not say it uses (dispatcher.DefaultGraceMultiplier): three periods.
+	defaultGraceMultiplier = 3
+	// defaultGrace is the grace assumed before any manager named one:
+	// the dispatcher's default period times the multiplier.
+	defaultGrace = defaultGraceMultiplier * 750 * time.Millisecond
+	// minOpenTimeout is the least time a manager gets to open a session:
+	// opening writes the node's state through raft, which on a loaded
+	// machine can take a good part of a second.
+	minOpenTimeout = 2 * time.Second
 )
+
+// errManagerSilent ends a session whose manager stopped answering in time:
+// it is dead, stopped, or behind a network that drops its packets, and
+// its connection may look healthy for minutes. The agent drops that
+// connection and looks for another manager.
+var errManagerSilent = errors.New("manager did not answer in time")
 
 // Config is what an agent needs.
 type Config struct {
@@ -70,6 +91,10 @@ type Managers interface {
 	Conn(ctx context.Context, hint string) (grpc.ClientConnInterface, string, error)
 	// Update replaces the list of manager addresses.
 	Update(addrs []string)
+	// Silent says the manager at addr stopped answering: its connection
+	// is dropped, and it is passed over (even when a follower names it as
+	// the leader) for a while, in favour of the others.
+	Silent(addr string)
 }
 
 // Agent runs a node's tasks.
@@ -80,10 +105,15 @@ type Agent struct {
 
 	mu        sync.Mutex
 	sessionID string
-	tasks     map[string]*runner // by task id
-	pending   map[string]*api.TaskStatus
-	kick      chan struct{} // wakes the reporter
-	dirty     chan struct{} // the assignments changed: persist them
+	// sessionCtx ends with the session sessionID names: calls made for
+	// it (status reports) are cut short when it ends.
+	sessionCtx context.Context
+	// grace is the heartbeat grace of the last session's manager.
+	grace   time.Duration
+	tasks   map[string]*runner // by task id
+	pending map[string]*api.TaskStatus
+	kick    chan struct{} // wakes the reporter
+	dirty   chan struct{} // the assignments changed: persist them
 
 	// firstSync is closed after the first full assignment set was applied.
 	firstSync     chan struct{}
@@ -112,6 +142,7 @@ func New(cfg Config) *Agent {
 		kick:      make(chan struct{}, 1),
 		dirty:     make(chan struct{}, 1),
 		firstSync: make(chan struct{}),
+		grace:     defaultGrace,
 	}
 	if loader, ok := cfg.Executor.(exec.ImageLoader); ok {
 		a.images = newImageSync(loader, a.fetchImage, a.logger)
@@ -148,19 +179,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	backoff := reconnectMin
 	hint := ""
+	redirected := false
 	for ctx.Err() == nil {
 		start := time.Now()
+		addr := ""
 		if a.cfg.Managers != nil {
-			conn, addr, err := a.cfg.Managers.Conn(ctx, hint)
+			conn, to, err := a.cfg.Managers.Conn(ctx, hint)
 			if err != nil {
 				a.logger.Warn("no manager to connect to", "err", err)
 				select {
 				case <-ctx.Done():
 				case <-time.After(backoff):
 				}
-				backoff = min(backoff*2, reconnectMax)
+				backoff = min(backoff*2, a.maxBackoff())
 				continue
 			}
+			addr = to
 			a.mu.Lock()
 			a.client = api.NewDispatcherClient(conn)
 			a.mu.Unlock()
@@ -168,22 +202,29 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		var err error
 		hint, err = a.session(ctx)
-		if hint != "" {
-			// A follower named the leader: go there at once.
+		if hint != "" && !redirected {
+			// A follower named the leader: go there at once. Only once in
+			// a row: a follower may name a leader that is gone (or that
+			// this node cannot reach) until the next election.
+			redirected = true
 			continue
 		}
+		redirected = false
 		if ctx.Err() != nil {
 			break
+		}
+		if errors.Is(err, errManagerSilent) && a.cfg.Managers != nil {
+			a.cfg.Managers.Silent(addr)
 		}
 		if time.Since(start) > 10*reconnectMax {
 			backoff = reconnectMin
 		}
-		a.logger.Warn("dispatcher session ended; reconnecting", "err", err, "in", backoff)
+		a.logger.Warn("dispatcher session ended; reconnecting", "manager", addr, "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, reconnectMax)
+		backoff = min(backoff*2, a.maxBackoff())
 	}
 	a.mu.Lock()
 	for _, r := range a.tasks {
@@ -194,11 +235,34 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
+// maxBackoff is the longest wait between two attempts to open a session:
+// reconnectMax, but short enough that a few attempts fit in the grace,
+// so that the node finds a new leader before it is marked down.
+func (a *Agent) maxBackoff() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return max(reconnectMin, min(reconnectMax, a.grace/2))
+}
+
+// silentAfter cancels ctx with errManagerSilent once d has passed, unless
+// the returned stop is called first.
+func silentAfter(cancel context.CancelCauseFunc, d time.Duration) (stop func() bool) {
+	return time.AfterFunc(d, func() { cancel(fmt.Errorf("%w (%v)", errManagerSilent, d)) }).Stop
+}
+
 // session runs one session until it fails. It returns the leader's
-// address when the manager it reached is a follower that named it.
+// address when the manager it reached is a follower that named it, and
+// an error wrapping errManagerSilent when the manager stopped answering.
+//
+// Every wait on the manager is bounded by the heartbeat grace: opening the
+// session (minOpenTimeout at least) and each heartbeat (half the grace).
+// A manager that goes silent is so left within a period and half a grace,
+// leaving the other half to open a session with the new leader before it
+// marks the node down. Keepalive (identity.KeepaliveDialOption) backs the
+// streams up, but pings no more often than every 10 s.
 func (a *Agent) session(ctx context.Context) (string, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	desc, err := a.cfg.Executor.Describe(ctx)
 	if err != nil {
 		return "", fmt.Errorf("describe node: %w", err)
@@ -206,33 +270,51 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 	desc.DataAddr = a.cfg.DataAddr
 	a.mu.Lock()
 	client := a.client
+	openTimeout := max(a.grace, minOpenTimeout)
 	a.mu.Unlock()
+	stopOpen := silentAfter(cancel, openTimeout)
 	sess, err := client.Session(ctx, &api.SessionRequest{NodeId: a.cfg.NodeID, Description: desc})
 	if err != nil {
-		return "", fmt.Errorf("open session: %w", err)
+		stopOpen()
+		return "", fmt.Errorf("open session: %w", sessionErr(ctx, err))
 	}
 	first, err := sess.Recv()
+	stopOpen()
 	if err != nil {
 		if leader := sess.Trailer().Get(leaderHeader); len(leader) > 0 && status.Code(err) == codes.Unavailable {
 			return leader[0], err
 		}
-		return "", fmt.Errorf("open session: %w", err)
+		return "", fmt.Errorf("open session: %w", sessionErr(ctx, err))
 	}
 	if a.cfg.Managers != nil && len(first.GetManagers()) > 0 {
 		a.cfg.Managers.Update(first.GetManagers())
 	}
+	grace := first.GetHeartbeatGrace().AsDuration()
+	if grace <= 0 {
+		grace = defaultGraceMultiplier * first.GetHeartbeatPeriod().AsDuration()
+	}
 	sid := first.GetSessionId()
-	a.logger.Info("session opened", "session", sid)
+	a.logger.Info("session opened", "session", sid, "grace", grace)
 	a.mu.Lock()
 	a.sessionID = sid
+	a.sessionCtx = ctx
+	a.grace = grace
 	a.mu.Unlock()
 	a.signal()
+	defer func() {
+		// Reports wait for the next session rather than fail on this one.
+		a.mu.Lock()
+		if a.sessionID == sid {
+			a.sessionID = ""
+		}
+		a.mu.Unlock()
+	}()
 
 	// The session's goroutines end with ctx; wait for them, so that no
 	// assignment is applied after the session (or Run) has returned.
 	var wg sync.WaitGroup
 	defer func() {
-		cancel()
+		cancel(nil)
 		wg.Wait()
 	}()
 	errc := make(chan error, 3)
@@ -241,7 +323,7 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 		defer wg.Done()
 		for {
 			if _, err := sess.Recv(); err != nil {
-				errc <- fmt.Errorf("session stream: %w", err)
+				errc <- fmt.Errorf("session stream: %w", sessionErr(ctx, err))
 				return
 			}
 		}
@@ -255,8 +337,13 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 				return
 			case <-time.After(period):
 			}
-			resp, err := client.Heartbeat(ctx, &api.HeartbeatRequest{SessionId: sid})
+			hctx, hcancel := context.WithTimeout(ctx, grace/2)
+			resp, err := client.Heartbeat(hctx, &api.HeartbeatRequest{SessionId: sid})
+			hcancel()
 			if err != nil {
+				if ctx.Err() == nil && status.Code(err) == codes.DeadlineExceeded {
+					err = fmt.Errorf("%w: no answer in %v: %w", errManagerSilent, grace/2, err)
+				}
 				errc <- fmt.Errorf("heartbeat: %w", err)
 				return
 			}
@@ -278,6 +365,15 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 		}()
 	}
 	return "", <-errc
+}
+
+// sessionErr is the session's cause (errManagerSilent) when its context
+// ended it, err otherwise.
+func sessionErr(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); cause != nil && errors.Is(cause, errManagerSilent) {
+		return cause
+	}
+	return err
 }
 
 // leaderHeader is the trailer in which a follower names the leader
@@ -454,6 +550,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 		for {
 			a.mu.Lock()
 			sid := a.sessionID
+			sctx := a.sessionCtx
 			client := a.client
 			batch := a.pending
 			if len(batch) == 0 || sid == "" {
@@ -466,7 +563,10 @@ func (a *Agent) reportLoop(ctx context.Context) {
 			for id, st := range batch {
 				req.Updates = append(req.Updates, &api.TaskStatusUpdate{TaskId: id, Status: st})
 			}
-			if _, err := client.UpdateTaskStatus(ctx, req); err != nil {
+			rctx, cancel := context.WithTimeout(sctx, reportTimeout)
+			_, err := client.UpdateTaskStatus(rctx, req)
+			cancel()
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}

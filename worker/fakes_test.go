@@ -263,6 +263,10 @@ type fakeDispatcher struct {
 	echo bool
 	// updateHook, when set, may refuse an UpdateTaskStatus call.
 	updateHook func(ctx context.Context, req *api.UpdateTaskStatusRequest) error
+	// grace is the heartbeat grace sessions announce; 0 announces none.
+	grace time.Duration
+	// heartbeats counts the Heartbeat calls answered.
+	heartbeats int
 }
 
 func newFakeDispatcher() *fakeDispatcher {
@@ -276,7 +280,11 @@ func (d *fakeDispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_
 	end := make(chan struct{})
 	d.ends[id] = end
 	d.mu.Unlock()
-	if err := stream.Send(&api.SessionMessage{SessionId: id, HeartbeatPeriod: durationpb.New(100 * time.Millisecond)}); err != nil {
+	msg := &api.SessionMessage{SessionId: id, HeartbeatPeriod: durationpb.New(100 * time.Millisecond)}
+	if d.grace > 0 {
+		msg.HeartbeatGrace = durationpb.New(d.grace)
+	}
+	if err := stream.Send(msg); err != nil {
 		return err
 	}
 	select {
@@ -288,6 +296,9 @@ func (d *fakeDispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_
 }
 
 func (d *fakeDispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
+	d.mu.Lock()
+	d.heartbeats++
+	d.mu.Unlock()
 	return &api.HeartbeatResponse{Period: durationpb.New(100 * time.Millisecond)}, nil
 }
 
@@ -407,6 +418,12 @@ func (d *fakeDispatcher) endSession(id string) {
 		delete(d.ends, id)
 	}
 	d.ended[id] = true
+}
+
+func (d *fakeDispatcher) heartbeatCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.heartbeats
 }
 
 func (d *fakeDispatcher) sessionCount() int {

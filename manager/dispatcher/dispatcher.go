@@ -311,7 +311,7 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 		return status.Errorf(codes.Unavailable, "register session: %v", err)
 	}
 	d.logger.Info("session opened", "node", s.nodeID, "session", s.id)
-	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: durationpb.New(d.period())}
+	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: durationpb.New(d.period()), HeartbeatGrace: durationpb.New(d.grace())}
 	if d.cfg.Managers != nil {
 		msg.Managers = d.cfg.Managers()
 	}

@@ -293,7 +293,7 @@ func Init(ctx context.Context, cfg Config) error {
 	// Whatever fails from here on must leave the data dir as it was.
 	undo := func() { removeNodeState(cfg.DataDir) }
 	file := nodeFile{NodeID: api.NewID(), ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv, Managers: []string{adv}}
-	exe, err := newExecutor(ctx, cfg, file)
+	exe, err := newExecutor(ctx, cfg, file, false)
 	if err != nil {
 		return err
 	}
@@ -360,7 +360,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	exe, err := newExecutor(ctx, cfg, file)
+	exe, err := newExecutor(ctx, cfg, file, true)
 	if err != nil {
 		return err
 	}
@@ -469,7 +469,7 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 		undo()
 		return err
 	}
-	exe, err := newExecutor(ctx, cfg, file)
+	exe, err := newExecutor(ctx, cfg, file, false)
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/worker/exec"
@@ -109,8 +110,18 @@ type Agent struct {
 	// it (status reports) are cut short when it ends.
 	sessionCtx context.Context
 	// grace is the heartbeat grace of the last session's manager.
-	grace   time.Duration
-	tasks   map[string]*runner // by task id
+	grace time.Duration
+
+	tasks map[string]*runner // by task id
+	// live holds every runner whose goroutine has not returned, by task
+	// id: those in tasks and those still stopping their container. Their
+	// containers are theirs; any other container is an orphan.
+	live map[string]*runner
+	// sweeping is set while a sweep waits for the runtime to answer.
+	sweeping bool
+	// desc is the node's last description, sent again when the executor
+	// cannot describe the node (its runtime is down).
+	desc    *api.NodeDescription
 	pending map[string]*api.TaskStatus
 	kick    chan struct{} // wakes the reporter
 	dirty   chan struct{} // the assignments changed: persist them
@@ -138,6 +149,7 @@ func New(cfg Config) *Agent {
 		client:    client,
 		logger:    cfg.Logger.With("node", cfg.NodeID),
 		tasks:     map[string]*runner{},
+		live:      map[string]*runner{},
 		pending:   map[string]*api.TaskStatus{},
 		kick:      make(chan struct{}, 1),
 		dirty:     make(chan struct{}, 1),
@@ -263,11 +275,10 @@ func silentAfter(cancel context.CancelCauseFunc, d time.Duration) (stop func() b
 func (a *Agent) session(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	desc, err := a.cfg.Executor.Describe(ctx)
+	desc, err := a.describe(ctx)
 	if err != nil {
-		return "", fmt.Errorf("describe node: %w", err)
+		return "", err
 	}
-	desc.DataAddr = a.cfg.DataAddr
 	a.mu.Lock()
 	client := a.client
 	openTimeout := max(a.grace, minOpenTimeout)
@@ -367,6 +378,25 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 	return "", <-errc
 }
 
+// describe is the node's description for a new session. When the
+// executor cannot give one (its runtime is down) the last one is sent
+// again: the node is up, and its tasks run on.
+func (a *Agent) describe(ctx context.Context) (*api.NodeDescription, error) {
+	desc, err := a.cfg.Executor.Describe(ctx)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		if a.desc == nil {
+			return nil, fmt.Errorf("describe node: %w", err)
+		}
+		a.logger.Warn("cannot describe the node; sending its last description", "err", err)
+		return proto.Clone(a.desc).(*api.NodeDescription), nil
+	}
+	desc.DataAddr = a.cfg.DataAddr
+	a.desc = proto.Clone(desc).(*api.NodeDescription)
+	return desc, nil
+}
+
 // sessionErr is the session's cause (errManagerSilent) when its context
 // ended it, err otherwise.
 func sessionErr(ctx context.Context, err error) error {
@@ -427,7 +457,8 @@ func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, si
 // applyFull makes the node's tasks exactly the given set: new tasks start,
 // tasks not in the set are removed, and containers the runtime holds for
 // tasks outside the set are removed too (they belong to tasks this node no
-// longer owns, for example after it was down).
+// longer owns, for example after it was down). While the runtime does not
+// answer, that sweep waits for it; the set is applied all the same.
 func (a *Agent) applyFull(ctx context.Context, changes []*api.AssignmentChange) error {
 	want := map[string]*api.Task{}
 	for _, c := range changes {
@@ -435,33 +466,96 @@ func (a *Agent) applyFull(ctx context.Context, changes []*api.AssignmentChange) 
 			want[c.GetTask().GetId()] = c.GetTask()
 		}
 	}
-	containers, err := a.cfg.Executor.Containers(ctx)
-	if err != nil {
-		return fmt.Errorf("list containers: %w", err)
-	}
 	a.mu.Lock()
-	// known holds every task that has a runner, including those removed
-	// just now: a runner removes its own container, and a second remover
-	// would race it.
-	known := map[string]bool{}
 	for id, r := range a.tasks {
-		known[id] = true
 		if want[id] == nil {
 			r.remove()
 			delete(a.tasks, id)
 		}
 	}
 	a.mu.Unlock()
-	for _, c := range containers {
-		if want[c.TaskID] == nil && !known[c.TaskID] {
-			a.logger.Info("removing container of a task this node no longer owns", "task", c.TaskID, "container", c.ID)
-			a.removeOrphan(c)
-		}
-	}
 	for _, t := range want {
 		a.applyChange(&api.AssignmentChange{Action: api.AssignmentAction_ASSIGNMENT_ACTION_UPDATE, Task: t})
 	}
+	containers, err := a.cfg.Executor.Containers(ctx)
+	switch {
+	case errors.Is(err, exec.ErrRuntimeUnavailable):
+		a.sweepLater(ctx)
+	case err != nil:
+		return fmt.Errorf("list containers: %w", err)
+	default:
+		a.sweep(containers)
+	}
 	return nil
+}
+
+// sweep removes the containers no runner owns. A runner removes its own
+// container, including one told to stop just now (it is live until it
+// has), and a second remover would race it.
+func (a *Agent) sweep(containers []exec.Container) {
+	a.mu.Lock()
+	var orphans []exec.Container
+	for _, c := range containers {
+		if a.live[c.TaskID] == nil {
+			orphans = append(orphans, c)
+		}
+	}
+	a.mu.Unlock()
+	for _, c := range orphans {
+		a.logger.Info("removing container of a task this node no longer owns", "task", c.TaskID, "container", c.ID)
+		a.removeOrphan(c)
+	}
+}
+
+// sweepLater lists the containers once the runtime answers again, and
+// sweeps them then, unless ctx (the session) ends first: the next
+// session's full set sweeps anew.
+func (a *Agent) sweepLater(ctx context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sweeping {
+		return
+	}
+	a.sweeping = true
+	a.logger.Warn("container runtime unreachable: tasks are left as they are; containers of tasks this node no longer owns go once it answers")
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer func() {
+			a.mu.Lock()
+			a.sweeping = false
+			a.mu.Unlock()
+		}()
+		backoff := runtimeRetryMin
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			containers, err := a.cfg.Executor.Containers(ctx)
+			if err == nil {
+				a.logger.Info("container runtime answers again: sweeping", "containers", len(containers))
+				a.sweep(containers)
+				return
+			}
+			if !errors.Is(err, exec.ErrRuntimeUnavailable) {
+				a.logger.Warn("list containers for the sweep", "err", err)
+			}
+			backoff = min(2*backoff, runtimeRetryMax)
+		}
+	}()
+}
+
+// runnerDone forgets a runner whose goroutine returned.
+func (a *Agent) runnerDone(r *runner) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, l := range a.live {
+		if l == r {
+			delete(a.live, id)
+		}
+	}
 }
 
 func (a *Agent) removeOrphan(c exec.Container) {
@@ -507,6 +601,7 @@ func (a *Agent) applyChange(c *api.AssignmentChange) {
 		}
 		r = newRunner(a, t, ctrl)
 		a.tasks[t.GetId()] = r
+		a.live[t.GetId()] = r
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()

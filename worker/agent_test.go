@@ -262,8 +262,8 @@ func TestAgentAdoptsTasks(t *testing.T) {
 		},
 		{
 			name: "adoption error fails", state: stRunning,
-			setup: func(e *fakeExecutor) { e.prepareErr["t1"] = errors.New("containerd: unavailable") },
-			want:  stFailed, wantErr: "adopt: containerd: unavailable", verbs: []string{"prepare"}, minState: stFailed,
+			setup: func(e *fakeExecutor) { e.prepareErr["t1"] = errors.New("containerd: metadata corrupt") },
+			want:  stFailed, wantErr: "adopt: containerd: metadata corrupt", verbs: []string{"prepare"}, minState: stFailed,
 		},
 	}
 	for _, tc := range tests {

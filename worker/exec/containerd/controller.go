@@ -286,8 +286,8 @@ func (c *controller) Wait(ctx context.Context) error {
 	for lost := false; ; {
 		err := c.wait(ctx)
 		if !isUnavailable(err) || ctx.Err() != nil {
-			if lost && err == nil || lost && !isUnavailable(err) {
-				c.log.Info("containerd answers again; waited on the same process")
+			if lost && ctx.Err() == nil {
+				c.log.Info("the process ended; waited on it through the loss of containerd", "err", err)
 			}
 			return err
 		}

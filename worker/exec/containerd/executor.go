@@ -18,6 +18,8 @@ import (
 	"github.com/containerd/errdefs"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/worker/exec"
@@ -37,6 +39,13 @@ const (
 // in milliseconds, and a daemon that does not answer in this long is
 // better reported than waited for.
 const dialTimeout = 10 * time.Second
+
+// connectTimeout bounds one attempt to connect to containerd's socket.
+// containerd's dialer waits for a missing socket (containerd stopped
+// removes it) until then, and calls wait for that attempt: past it they
+// fail as unavailable, which the agent retries, rather than hang. A local
+// socket connects in microseconds.
+const connectTimeout = 2 * time.Second
 
 // Config says which containerd to use and how.
 type Config struct {
@@ -134,7 +143,7 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 		// unused for that long.
 		client.WithExtraDialOpts([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: retryMin, Multiplier: 1.6, Jitter: 0.2, MaxDelay: retryMax},
-			MinConnectTimeout: dialTimeout,
+			MinConnectTimeout: connectTimeout,
 		})}),
 	)
 	if err != nil {
@@ -149,7 +158,9 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 	vctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	if err := e.ensureSetUp(vctx); err != nil {
-		if cfg.WaitForContainerd && isUnavailable(err) {
+		// A deadline here is containerd's dialer still waiting for a
+		// socket that is not there.
+		if cfg.WaitForContainerd && (isUnavailable(err) || status.Code(err) == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded)) {
 			e.log.Warn("containerd does not answer; running without it until it does", "address", cfg.Address, "err", err)
 			return e, nil
 		}

@@ -19,18 +19,18 @@ import (
 // after the mesh tests: TestLeave shrinks the cluster and runs last (this
 // file sorts after the others, and it is the file's last test).
 
-// Timings of TestContainerdRestart. containerdDown is the outage: many
-// heartbeat graces, so that a node that cannot keep its session through
-// it is marked down and its tasks moved. shoaldRestartAfter is when, in
-// the outage, shoald restarts: early enough that its new session has to
-// open while containerd is still down, and stay open.
+// Timings of TestContainerdRestart. containerdDown is the outage: three
+// heartbeat graces of the VMs, so that a node that cannot keep its session
+// through it is marked down and its tasks moved. shoaldRestartAfter is
+// when, in the outage, shoald restarts: early enough that its new session
+// has to open while containerd is still down, and stay open.
 const (
-	containerdDown     = 30 * time.Second
-	shoaldRestartAfter = 10 * time.Second
-	// afterRestart is how long the test watches after containerd
-	// restarted, for a false report to have replaced a task: several
-	// heartbeat graces and a status round trip.
-	afterRestart = 10 * time.Second
+	containerdDown     = 3 * heartbeatGrace
+	shoaldRestartAfter = heartbeatGrace
+	// afterRestart is how long the test lets pass after containerd came
+	// back before it compares: a grace and a status round trip, for a
+	// false report to have reached the managers.
+	afterRestart = heartbeatGrace + 5*time.Second
 	// outlastService runs outlastReplicas tasks on the worker whose
 	// containerd goes away.
 	outlastService  = "outlast"

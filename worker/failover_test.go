@@ -194,3 +194,53 @@ func TestAgentLeavesSilentManager(t *testing.T) {
 		t.Errorf("executor calls = %v, want the task left running (prepare, start, wait)", v)
 	}
 }
+
+// TestManagerPoolPassesOverSilent: a manager that went silent is skipped
+// in turn, and even when a follower names it as the leader, while the
+// others are tried; when all are silent the pool still answers.
+func TestManagerPoolPassesOverSilent(t *testing.T) {
+	dial := func(addr string) (*grpc.ClientConn, error) {
+		return grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(nil)))
+	}
+	pool := NewManagerPool([]string{"a:1", "b:1", "c:1"}, dial, nil)
+	t.Cleanup(pool.Close)
+	ctx := context.Background()
+	addr := func(hint string) string {
+		t.Helper()
+		_, a, err := pool.Conn(ctx, hint)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	for _, want := range []string{"a:1", "b:1"} {
+		if got := addr(""); got != want {
+			t.Fatalf("manager %s, want %s: in turn", got, want)
+		}
+	}
+	pool.Silent("b:1")
+	// Its connection may look ready for minutes: it is dropped, to be
+	// dialled afresh when b:1 is tried again.
+	pool.mu.Lock()
+	dropped := pool.conns["b:1"] == nil
+	pool.mu.Unlock()
+	if !dropped {
+		t.Errorf("the silent manager's connection was kept")
+	}
+	for i, want := range []string{"c:1", "a:1", "c:1"} {
+		if got := addr(""); got != want {
+			t.Errorf("turn %d: %s, want %s (b:1 is silent)", i, got, want)
+		}
+	}
+	if got := addr("b:1"); got == "b:1" {
+		t.Errorf("a hint naming the silent b:1 was followed")
+	}
+	if got := addr("c:1"); got != "c:1" {
+		t.Errorf("hint c:1 gave %s", got)
+	}
+	pool.Silent("a:1")
+	pool.Silent("c:1")
+	if got := addr(""); got == "" {
+		t.Errorf("no manager when all are silent")
+	}
+}

@@ -144,7 +144,12 @@ func lockHolder(dir string) int {
 // state (overlays, load balancers, task interfaces) outlives shoald, as
 // the containers do, so that published services keep answering while
 // shoald restarts; the next full network view reconciles it.
-func newExecutor(ctx context.Context, cfg Config, file nodeFile) (*executor, error) {
+//
+// waitForContainerd lets a restarted node run while containerd does not
+// answer (see ctrexec.Config.WaitForContainerd): it opens its session,
+// keeps its tasks as they are, and catches up when containerd returns.
+// A node that founds or joins a cluster needs containerd at once.
+func newExecutor(ctx context.Context, cfg Config, file nodeFile, waitForContainerd bool) (*executor, error) {
 	network, dataAddr, err := newNetworkAgent(cfg, file)
 	if err != nil {
 		return nil, err
@@ -156,6 +161,8 @@ func newExecutor(ctx context.Context, cfg Config, file nodeFile) (*executor, err
 		LogDir:    logDir(cfg.DataDir),
 		Logger:    cfg.Logger.With("component", "executor"),
 		Network:   network,
+
+		WaitForContainerd: waitForContainerd,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("connect to containerd at %s: %w (is containerd running?)", cfg.ContainerdAddress, err)

@@ -258,7 +258,7 @@ func (n *node) newConn(addr string, verify func(identity.Identity) error) (*grpc
 			return nil
 		}
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)), identity.KeepaliveDialOption())
 	if err != nil {
 		return nil, fmt.Errorf("dial manager %s: %w", addr, err)
 	}
@@ -360,7 +360,7 @@ func Init(ctx context.Context, cfg Config) error {
 	undo := func() { removeNodeState(cfg.DataDir) }
 	file := nodeFile{NodeID: api.NewID(), ListenAddr: cfg.ListenAddr, AdvertiseAddr: adv}
 	file.setManagers([]*api.ManagerNode{{NodeId: file.NodeID, Addr: adv}})
-	exe, err := newExecutor(ctx, cfg, file)
+	exe, err := newExecutor(ctx, cfg, file, false)
 	if err != nil {
 		return err
 	}
@@ -427,7 +427,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	exe, err := newExecutor(ctx, cfg, file)
+	exe, err := newExecutor(ctx, cfg, file, true)
 	if err != nil {
 		return err
 	}
@@ -537,7 +537,7 @@ func Join(ctx context.Context, cfg Config, token, addr string) error {
 		undo()
 		return err
 	}
-	exe, err := newExecutor(ctx, cfg, file)
+	exe, err := newExecutor(ctx, cfg, file, false)
 	if err != nil {
 		return err
 	}
@@ -720,7 +720,8 @@ func (n *node) managerPool() *worker.ManagerPool {
 func (n *node) serveManager(ctx context.Context, wg *sync.WaitGroup, errc chan<- error) *grpc.Server {
 	auth := n.authorizer()
 	n.listener.setRaftAuth(auth)
-	tcpSrv := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, auth.ServerOptions()...)...)
+	opts := append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, identity.KeepaliveServerOptions()...)
+	tcpSrv := grpc.NewServer(append(opts, auth.ServerOptions()...)...)
 	n.mgr.Register(tcpSrv)
 	wg.Add(3)
 	go func() {

@@ -2,6 +2,7 @@ package manager
 
 import (
 	"context"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -54,6 +55,12 @@ func (c controlServer) settled(ctx context.Context, meta *api.Meta) error {
 	return nil
 }
 
+// forwardTimeout bounds a control call forwarded to the leader, whatever
+// the caller's deadline: the leader answers once its write is committed
+// (raft gives up on a write after 10 s), so past this the leader is lost
+// (stopped, or cut off) and the caller had better hear it than hang.
+const forwardTimeout = 30 * time.Second
+
 // forward answers req locally, or has the leader answer it and waits for
 // the answer to reach this manager's store.
 func forward[Req, Resp any](ctx context.Context, c controlServer, req Req,
@@ -70,7 +77,9 @@ func forward[Req, Resp any](ctx context.Context, c controlServer, req Req,
 		return local(ctx, req)
 	}
 	c.m.logger.Debug("control call made by the leader", "leader", c.m.raft.LeaderAddr())
-	resp, err := remote(l, ctx, req)
+	rctx, cancel := context.WithTimeout(ctx, forwardTimeout)
+	defer cancel()
+	resp, err := remote(l, rctx, req)
 	if err != nil {
 		return zero, err
 	}

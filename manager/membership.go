@@ -170,7 +170,11 @@ func (m *Manager) forwarder() state.Forwarder {
 		if err != nil {
 			return 0, fmt.Errorf("reach leader at %s: %w", addr, err)
 		}
-		resp, err := api.NewRaftMembershipClient(conn).Propose(ctx, &api.ProposeRequest{Command: cmd})
+		// Bounded whatever the caller's deadline, as a forwarded control
+		// call is: a silent leader must not hold the proposal for minutes.
+		pctx, cancel := context.WithTimeout(ctx, forwardTimeout)
+		defer cancel()
+		resp, err := api.NewRaftMembershipClient(conn).Propose(pctx, &api.ProposeRequest{Command: cmd})
 		if err != nil {
 			return 0, fmt.Errorf("%w: forward to leader at %s: %v", state.ErrNotLeader, addr, err)
 		}

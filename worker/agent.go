@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/worker/exec"
@@ -24,7 +26,27 @@ const (
 	reconnectMax = 2 * time.Second
 	// reportRetry is the wait before re-sending status reports that failed.
 	reportRetry = 100 * time.Millisecond
+	// reportTimeout bounds one status report: a raft write on the leader,
+	// which gives up on its own after 10 s. A report cut short is sent
+	// again, on the next session if this one ended.
+	reportTimeout = 10 * time.Second
+	// defaultGraceMultiplier gives the heartbeat grace a manager that does
+	// not say it uses (dispatcher.DefaultGraceMultiplier): three periods.
+	defaultGraceMultiplier = 3
+	// defaultGrace is the grace assumed before any manager named one:
+	// the dispatcher's default period times the multiplier.
+	defaultGrace = defaultGraceMultiplier * 750 * time.Millisecond
+	// minOpenTimeout is the least time a manager gets to open a session:
+	// opening writes the node's state through raft, which on a loaded
+	// machine can take a good part of a second.
+	minOpenTimeout = 2 * time.Second
 )
+
+// errManagerSilent ends a session whose manager stopped answering in time:
+// it is dead, stopped, or behind a network that drops its packets, and
+// its connection may look healthy for minutes. The agent drops that
+// connection and looks for another manager.
+var errManagerSilent = errors.New("manager did not answer in time")
 
 // Config is what an agent needs.
 type Config struct {
@@ -76,6 +98,10 @@ type Managers interface {
 	// Vouch records that a trusted manager named nodeID as the leader at
 	// addr (a manager promoted since the list was last updated).
 	Vouch(nodeID, addr string)
+	// Silent says the manager at addr stopped answering: its connection
+	// is dropped, and it is passed over (even when a follower names it as
+	// the leader) for a while, in favour of the others.
+	Silent(addr string)
 }
 
 // Agent runs a node's tasks.
@@ -86,10 +112,25 @@ type Agent struct {
 
 	mu        sync.Mutex
 	sessionID string
-	tasks     map[string]*runner // by task id
-	pending   map[string]*api.TaskStatus
-	kick      chan struct{} // wakes the reporter
-	dirty     chan struct{} // the assignments changed: persist them
+	// sessionCtx ends with the session sessionID names: calls made for
+	// it (status reports) are cut short when it ends.
+	sessionCtx context.Context
+	// grace is the heartbeat grace of the last session's manager.
+	grace time.Duration
+
+	tasks map[string]*runner // by task id
+	// live holds every runner whose goroutine has not returned, by task
+	// id: those in tasks and those still stopping their container. Their
+	// containers are theirs; any other container is an orphan.
+	live map[string]*runner
+	// sweeping is set while a sweep waits for the runtime to answer.
+	sweeping bool
+	// desc is the node's last description, sent again when the executor
+	// cannot describe the node (its runtime is down).
+	desc    *api.NodeDescription
+	pending map[string]*api.TaskStatus
+	kick    chan struct{} // wakes the reporter
+	dirty   chan struct{} // the assignments changed: persist them
 
 	// firstSync is closed after the first full assignment set was applied.
 	firstSync     chan struct{}
@@ -114,10 +155,12 @@ func New(cfg Config) *Agent {
 		client:    client,
 		logger:    cfg.Logger.With("node", cfg.NodeID),
 		tasks:     map[string]*runner{},
+		live:      map[string]*runner{},
 		pending:   map[string]*api.TaskStatus{},
 		kick:      make(chan struct{}, 1),
 		dirty:     make(chan struct{}, 1),
 		firstSync: make(chan struct{}),
+		grace:     defaultGrace,
 	}
 	if loader, ok := cfg.Executor.(exec.ImageLoader); ok {
 		a.images = newImageSync(loader, a.fetchImage, a.logger)
@@ -154,19 +197,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	backoff := reconnectMin
 	hint := ""
+	redirected := false
 	for ctx.Err() == nil {
 		start := time.Now()
+		addr := ""
 		if a.cfg.Managers != nil {
-			conn, addr, err := a.cfg.Managers.Conn(ctx, hint)
+			conn, to, err := a.cfg.Managers.Conn(ctx, hint)
 			if err != nil {
 				a.logger.Warn("no manager to connect to", "err", err)
 				select {
 				case <-ctx.Done():
 				case <-time.After(backoff):
 				}
-				backoff = min(backoff*2, reconnectMax)
+				backoff = min(backoff*2, a.maxBackoff())
 				continue
 			}
+			addr = to
 			a.mu.Lock()
 			a.client = api.NewDispatcherClient(conn)
 			a.mu.Unlock()
@@ -174,22 +220,29 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		var err error
 		hint, err = a.session(ctx)
-		if hint != "" {
-			// A follower named the leader: go there at once.
+		if hint != "" && !redirected {
+			// A follower named the leader: go there at once. Only once in
+			// a row: a follower may name a leader that is gone (or that
+			// this node cannot reach) until the next election.
+			redirected = true
 			continue
 		}
+		redirected = false
 		if ctx.Err() != nil {
 			break
+		}
+		if errors.Is(err, errManagerSilent) && a.cfg.Managers != nil {
+			a.cfg.Managers.Silent(addr)
 		}
 		if time.Since(start) > 10*reconnectMax {
 			backoff = reconnectMin
 		}
-		a.logger.Warn("dispatcher session ended; reconnecting", "err", err, "in", backoff)
+		a.logger.Warn("dispatcher session ended; reconnecting", "manager", addr, "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, reconnectMax)
+		backoff = min(backoff*2, a.maxBackoff())
 	}
 	a.mu.Lock()
 	for _, r := range a.tasks {
@@ -200,24 +253,50 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
+// maxBackoff is the longest wait between two attempts to open a session:
+// reconnectMax, but short enough that a few attempts fit in the grace,
+// so that the node finds a new leader before it is marked down.
+func (a *Agent) maxBackoff() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return max(reconnectMin, min(reconnectMax, a.grace/2))
+}
+
+// silentAfter cancels ctx with errManagerSilent once d has passed, unless
+// the returned stop is called first.
+func silentAfter(cancel context.CancelCauseFunc, d time.Duration) (stop func() bool) {
+	return time.AfterFunc(d, func() { cancel(fmt.Errorf("%w (%v)", errManagerSilent, d)) }).Stop
+}
+
 // session runs one session until it fails. It returns the leader's
-// address when the manager it reached is a follower that named it.
+// address when the manager it reached is a follower that named it, and
+// an error wrapping errManagerSilent when the manager stopped answering.
+//
+// Every wait on the manager is bounded by the heartbeat grace: opening the
+// session (minOpenTimeout at least) and each heartbeat (half the grace).
+// A manager that goes silent is so left within a period and half a grace,
+// leaving the other half to open a session with the new leader before it
+// marks the node down. Keepalive (identity.KeepaliveDialOption) backs the
+// streams up, but pings no more often than every 10 s.
 func (a *Agent) session(ctx context.Context) (string, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	desc, err := a.cfg.Executor.Describe(ctx)
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	desc, err := a.describe(ctx)
 	if err != nil {
-		return "", fmt.Errorf("describe node: %w", err)
+		return "", err
 	}
-	desc.DataAddr = a.cfg.DataAddr
 	a.mu.Lock()
 	client := a.client
+	openTimeout := max(a.grace, minOpenTimeout)
 	a.mu.Unlock()
+	stopOpen := silentAfter(cancel, openTimeout)
 	sess, err := client.Session(ctx, &api.SessionRequest{NodeId: a.cfg.NodeID, Description: desc})
 	if err != nil {
-		return "", fmt.Errorf("open session: %w", err)
+		stopOpen()
+		return "", fmt.Errorf("open session: %w", sessionErr(ctx, err))
 	}
 	first, err := sess.Recv()
+	stopOpen()
 	if err != nil {
 		if leader := sess.Trailer().Get(leaderHeader); len(leader) > 0 && status.Code(err) == codes.Unavailable {
 			if node := sess.Trailer().Get(leaderNodeHeader); len(node) > 0 && a.cfg.Managers != nil {
@@ -225,7 +304,7 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 			}
 			return leader[0], err
 		}
-		return "", fmt.Errorf("open session: %w", err)
+		return "", fmt.Errorf("open session: %w", sessionErr(ctx, err))
 	}
 	if a.cfg.Managers != nil {
 		if len(first.GetManagerNodes()) > 0 {
@@ -234,18 +313,32 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 			a.cfg.Managers.Update(ManagerNodes(first.GetManagers()))
 		}
 	}
+	grace := first.GetHeartbeatGrace().AsDuration()
+	if grace <= 0 {
+		grace = defaultGraceMultiplier * first.GetHeartbeatPeriod().AsDuration()
+	}
 	sid := first.GetSessionId()
-	a.logger.Info("session opened", "session", sid)
+	a.logger.Info("session opened", "session", sid, "grace", grace)
 	a.mu.Lock()
 	a.sessionID = sid
+	a.sessionCtx = ctx
+	a.grace = grace
 	a.mu.Unlock()
 	a.signal()
+	defer func() {
+		// Reports wait for the next session rather than fail on this one.
+		a.mu.Lock()
+		if a.sessionID == sid {
+			a.sessionID = ""
+		}
+		a.mu.Unlock()
+	}()
 
 	// The session's goroutines end with ctx; wait for them, so that no
 	// assignment is applied after the session (or Run) has returned.
 	var wg sync.WaitGroup
 	defer func() {
-		cancel()
+		cancel(nil)
 		wg.Wait()
 	}()
 	errc := make(chan error, 3)
@@ -255,7 +348,7 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 		for {
 			msg, err := sess.Recv()
 			if err != nil {
-				errc <- fmt.Errorf("session stream: %w", err)
+				errc <- fmt.Errorf("session stream: %w", sessionErr(ctx, err))
 				return
 			}
 			// The managers changed: a demoted manager must not be
@@ -274,8 +367,13 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 				return
 			case <-time.After(period):
 			}
-			resp, err := client.Heartbeat(ctx, &api.HeartbeatRequest{SessionId: sid})
+			hctx, hcancel := context.WithTimeout(ctx, grace/2)
+			resp, err := client.Heartbeat(hctx, &api.HeartbeatRequest{SessionId: sid})
+			hcancel()
 			if err != nil {
+				if ctx.Err() == nil && status.Code(err) == codes.DeadlineExceeded {
+					err = fmt.Errorf("%w: no answer in %v: %w", errManagerSilent, grace/2, err)
+				}
 				errc <- fmt.Errorf("heartbeat: %w", err)
 				return
 			}
@@ -300,6 +398,34 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 		}()
 	}
 	return "", <-errc
+}
+
+// describe is the node's description for a new session. When the
+// executor cannot give one (its runtime is down) the last one is sent
+// again: the node is up, and its tasks run on.
+func (a *Agent) describe(ctx context.Context) (*api.NodeDescription, error) {
+	desc, err := a.cfg.Executor.Describe(ctx)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		if a.desc == nil {
+			return nil, fmt.Errorf("describe node: %w", err)
+		}
+		a.logger.Warn("cannot describe the node; sending its last description", "err", err)
+		return proto.Clone(a.desc).(*api.NodeDescription), nil
+	}
+	desc.DataAddr = a.cfg.DataAddr
+	a.desc = proto.Clone(desc).(*api.NodeDescription)
+	return desc, nil
+}
+
+// sessionErr is the session's cause (errManagerSilent) when its context
+// ended it, err otherwise.
+func sessionErr(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); cause != nil && errors.Is(cause, errManagerSilent) {
+		return cause
+	}
+	return err
 }
 
 // leaderHeader is the trailer in which a follower names the leader
@@ -356,7 +482,8 @@ func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, si
 // applyFull makes the node's tasks exactly the given set: new tasks start,
 // tasks not in the set are removed, and containers the runtime holds for
 // tasks outside the set are removed too (they belong to tasks this node no
-// longer owns, for example after it was down).
+// longer owns, for example after it was down). While the runtime does not
+// answer, that sweep waits for it; the set is applied all the same.
 func (a *Agent) applyFull(ctx context.Context, changes []*api.AssignmentChange) error {
 	want := map[string]*api.Task{}
 	for _, c := range changes {
@@ -364,33 +491,96 @@ func (a *Agent) applyFull(ctx context.Context, changes []*api.AssignmentChange) 
 			want[c.GetTask().GetId()] = c.GetTask()
 		}
 	}
-	containers, err := a.cfg.Executor.Containers(ctx)
-	if err != nil {
-		return fmt.Errorf("list containers: %w", err)
-	}
 	a.mu.Lock()
-	// known holds every task that has a runner, including those removed
-	// just now: a runner removes its own container, and a second remover
-	// would race it.
-	known := map[string]bool{}
 	for id, r := range a.tasks {
-		known[id] = true
 		if want[id] == nil {
 			r.remove()
 			delete(a.tasks, id)
 		}
 	}
 	a.mu.Unlock()
-	for _, c := range containers {
-		if want[c.TaskID] == nil && !known[c.TaskID] {
-			a.logger.Info("removing container of a task this node no longer owns", "task", c.TaskID, "container", c.ID)
-			a.removeOrphan(c)
-		}
-	}
 	for _, t := range want {
 		a.applyChange(&api.AssignmentChange{Action: api.AssignmentAction_ASSIGNMENT_ACTION_UPDATE, Task: t})
 	}
+	containers, err := a.cfg.Executor.Containers(ctx)
+	switch {
+	case errors.Is(err, exec.ErrRuntimeUnavailable):
+		a.sweepLater(ctx)
+	case err != nil:
+		return fmt.Errorf("list containers: %w", err)
+	default:
+		a.sweep(containers)
+	}
 	return nil
+}
+
+// sweep removes the containers no runner owns. A runner removes its own
+// container, including one told to stop just now (it is live until it
+// has), and a second remover would race it.
+func (a *Agent) sweep(containers []exec.Container) {
+	a.mu.Lock()
+	var orphans []exec.Container
+	for _, c := range containers {
+		if a.live[c.TaskID] == nil {
+			orphans = append(orphans, c)
+		}
+	}
+	a.mu.Unlock()
+	for _, c := range orphans {
+		a.logger.Info("removing container of a task this node no longer owns", "task", c.TaskID, "container", c.ID)
+		a.removeOrphan(c)
+	}
+}
+
+// sweepLater lists the containers once the runtime answers again, and
+// sweeps them then, unless ctx (the session) ends first: the next
+// session's full set sweeps anew.
+func (a *Agent) sweepLater(ctx context.Context) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sweeping {
+		return
+	}
+	a.sweeping = true
+	a.logger.Warn("container runtime unreachable: tasks are left as they are; containers of tasks this node no longer owns go once it answers")
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer func() {
+			a.mu.Lock()
+			a.sweeping = false
+			a.mu.Unlock()
+		}()
+		backoff := runtimeRetryMin
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			containers, err := a.cfg.Executor.Containers(ctx)
+			if err == nil {
+				a.logger.Info("container runtime answers again: sweeping", "containers", len(containers))
+				a.sweep(containers)
+				return
+			}
+			if !errors.Is(err, exec.ErrRuntimeUnavailable) {
+				a.logger.Warn("list containers for the sweep", "err", err)
+			}
+			backoff = min(2*backoff, runtimeRetryMax)
+		}
+	}()
+}
+
+// runnerDone forgets a runner whose goroutine returned.
+func (a *Agent) runnerDone(r *runner) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, l := range a.live {
+		if l == r {
+			delete(a.live, id)
+		}
+	}
 }
 
 func (a *Agent) removeOrphan(c exec.Container) {
@@ -436,6 +626,7 @@ func (a *Agent) applyChange(c *api.AssignmentChange) {
 		}
 		r = newRunner(a, t, ctrl)
 		a.tasks[t.GetId()] = r
+		a.live[t.GetId()] = r
 		a.wg.Add(1)
 		go func() {
 			defer a.wg.Done()
@@ -479,6 +670,7 @@ func (a *Agent) reportLoop(ctx context.Context) {
 		for {
 			a.mu.Lock()
 			sid := a.sessionID
+			sctx := a.sessionCtx
 			client := a.client
 			batch := a.pending
 			if len(batch) == 0 || sid == "" {
@@ -491,7 +683,10 @@ func (a *Agent) reportLoop(ctx context.Context) {
 			for id, st := range batch {
 				req.Updates = append(req.Updates, &api.TaskStatusUpdate{TaskId: id, Status: st})
 			}
-			if _, err := client.UpdateTaskStatus(ctx, req); err != nil {
+			rctx, cancel := context.WithTimeout(sctx, reportTimeout)
+			_, err := client.UpdateTaskStatus(rctx, req)
+			cancel()
+			if err != nil {
 				if ctx.Err() != nil {
 					return
 				}

@@ -52,8 +52,8 @@ func TestAgentTaskLifecycle(t *testing.T) {
 			want: stFailed, wantCode: 3, wantErr: "non-zero exit (3)", verbs: []string{"prepare", "start", "wait"},
 		},
 		{
-			name: "wait error fails", wantRun: true, exit: errors.New("lost the shim"),
-			want: stFailed, wantErr: "wait: lost the shim", verbs: []string{"prepare", "start", "wait"},
+			name: "wait error that is not the runtime's absence fails", wantRun: true, exit: errors.New("container has no process"),
+			want: stFailed, wantErr: "wait: container has no process", verbs: []string{"prepare", "start", "wait"},
 		},
 		{
 			name: "missing image rejects",
@@ -262,8 +262,8 @@ func TestAgentAdoptsTasks(t *testing.T) {
 		},
 		{
 			name: "adoption error fails", state: stRunning,
-			setup: func(e *fakeExecutor) { e.prepareErr["t1"] = errors.New("containerd: unavailable") },
-			want:  stFailed, wantErr: "adopt: containerd: unavailable", verbs: []string{"prepare"}, minState: stFailed,
+			setup: func(e *fakeExecutor) { e.prepareErr["t1"] = errors.New("containerd: metadata corrupt") },
+			want:  stFailed, wantErr: "adopt: containerd: metadata corrupt", verbs: []string{"prepare"}, minState: stFailed,
 		},
 	}
 	for _, tc := range tests {

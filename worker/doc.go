@@ -6,5 +6,8 @@
 // health change back. It owns
 // the node's containers (found by label, adopted after a restart, removed
 // when no longer assigned), imports the image tarballs the managers
-// distribute, and owns nothing in the managers' state.
+// distribute, and owns nothing in the managers' state. Neither a silent
+// manager (the session moves to another within the heartbeat grace) nor an
+// unreachable runtime (verbs are retried, nothing is reported) ends a
+// task.
 package worker

@@ -41,6 +41,32 @@ type fakeExecutor struct {
 	listenErr map[string]error
 	// listHook, when set, runs inside Containers before it answers.
 	listHook func(ctx context.Context)
+	// down makes every verb but Describe fail as an unreachable runtime
+	// does (containerd restarting or stopped); such calls are recorded as
+	// "down-VERB". Describe answers, as the containerd executor's does.
+	down bool
+}
+
+// setDown takes the runtime away (true) or brings it back.
+func (e *fakeExecutor) setDown(down bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.down = down
+}
+
+// errRuntimeDown is what a verb of a runtime that is down fails with.
+var errRuntimeDown = fmt.Errorf("%w: dial unix /run/containerd/containerd.sock: connect: connection refused", exec.ErrRuntimeUnavailable)
+
+// unreachable records a verb made while the runtime is down and fails it;
+// nil while the runtime is up.
+func (e *fakeExecutor) unreachable(verb, id string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !e.down {
+		return nil
+	}
+	e.calls = append(e.calls, "down-"+verb+" "+id)
+	return errRuntimeDown
 }
 
 func newFakeExecutor() *fakeExecutor {
@@ -78,6 +104,9 @@ func (e *fakeExecutor) Containers(ctx context.Context) ([]exec.Container, error)
 	e.mu.Unlock()
 	if hook != nil {
 		hook(ctx)
+	}
+	if err := e.unreachable("list", ""); err != nil {
+		return nil, err
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -157,6 +186,9 @@ type fakeController struct {
 // Prepare creates the container (so Containers lists it) unless the test
 // made it fail.
 func (c *fakeController) Prepare(ctx context.Context) error {
+	if err := c.e.unreachable("prepare", c.id); err != nil {
+		return err
+	}
 	c.e.record("prepare", c.id)
 	c.e.mu.Lock()
 	defer c.e.mu.Unlock()
@@ -170,6 +202,9 @@ func (c *fakeController) Prepare(ctx context.Context) error {
 }
 
 func (c *fakeController) Start(ctx context.Context) error {
+	if err := c.e.unreachable("start", c.id); err != nil {
+		return err
+	}
 	c.e.record("start", c.id)
 	c.e.mu.Lock()
 	defer c.e.mu.Unlock()
@@ -184,6 +219,9 @@ func (c *fakeController) Listening(ctx context.Context, max time.Duration) error
 }
 
 func (c *fakeController) Wait(ctx context.Context) error {
+	if err := c.e.unreachable("wait", c.id); err != nil {
+		return err
+	}
 	c.e.record("wait", c.id)
 	select {
 	case err := <-c.exit:
@@ -194,6 +232,9 @@ func (c *fakeController) Wait(ctx context.Context) error {
 }
 
 func (c *fakeController) Shutdown(ctx context.Context) error {
+	if err := c.e.unreachable("shutdown", c.id); err != nil {
+		return err
+	}
 	c.e.record("shutdown", c.id)
 	// Killed by SIGTERM, as a real process would be.
 	select {
@@ -206,6 +247,9 @@ func (c *fakeController) Shutdown(ctx context.Context) error {
 // Healthcheck is the spec's health check as it is: the fake has no
 // images to merge it with.
 func (c *fakeController) Healthcheck(ctx context.Context) (*api.HealthConfig, error) {
+	if err := c.e.unreachable("healthcheck", c.id); err != nil {
+		return nil, err
+	}
 	hc := c.task.GetSpec().GetContainer().GetHealthcheck()
 	if len(hc.GetTest()) == 0 || hc.GetTest()[0] == api.HealthTestNone {
 		return nil, nil
@@ -214,6 +258,9 @@ func (c *fakeController) Healthcheck(ctx context.Context) (*api.HealthConfig, er
 }
 
 func (c *fakeController) Probe(ctx context.Context, hc *api.HealthConfig) error {
+	if err := c.e.unreachable("probe", c.id); err != nil {
+		return err
+	}
 	c.e.mu.Lock()
 	defer c.e.mu.Unlock()
 	c.e.probes[c.id]++
@@ -221,6 +268,9 @@ func (c *fakeController) Probe(ctx context.Context, hc *api.HealthConfig) error 
 }
 
 func (c *fakeController) Remove(ctx context.Context) error {
+	if err := c.e.unreachable("remove", c.id); err != nil {
+		return err
+	}
 	c.e.record("remove", c.id)
 	c.e.mu.Lock()
 	defer c.e.mu.Unlock()
@@ -263,6 +313,10 @@ type fakeDispatcher struct {
 	echo bool
 	// updateHook, when set, may refuse an UpdateTaskStatus call.
 	updateHook func(ctx context.Context, req *api.UpdateTaskStatusRequest) error
+	// grace is the heartbeat grace sessions announce; 0 announces none.
+	grace time.Duration
+	// heartbeats counts the Heartbeat calls answered.
+	heartbeats int
 }
 
 func newFakeDispatcher() *fakeDispatcher {
@@ -276,7 +330,11 @@ func (d *fakeDispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_
 	end := make(chan struct{})
 	d.ends[id] = end
 	d.mu.Unlock()
-	if err := stream.Send(&api.SessionMessage{SessionId: id, HeartbeatPeriod: durationpb.New(100 * time.Millisecond)}); err != nil {
+	msg := &api.SessionMessage{SessionId: id, HeartbeatPeriod: durationpb.New(100 * time.Millisecond)}
+	if d.grace > 0 {
+		msg.HeartbeatGrace = durationpb.New(d.grace)
+	}
+	if err := stream.Send(msg); err != nil {
 		return err
 	}
 	select {
@@ -288,6 +346,9 @@ func (d *fakeDispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_
 }
 
 func (d *fakeDispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
+	d.mu.Lock()
+	d.heartbeats++
+	d.mu.Unlock()
 	return &api.HeartbeatResponse{Period: durationpb.New(100 * time.Millisecond)}, nil
 }
 
@@ -407,6 +468,12 @@ func (d *fakeDispatcher) endSession(id string) {
 		delete(d.ends, id)
 	}
 	d.ended[id] = true
+}
+
+func (d *fakeDispatcher) heartbeatCount() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.heartbeats
 }
 
 func (d *fakeDispatcher) sessionCount() int {

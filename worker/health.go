@@ -63,12 +63,19 @@ func (h *healthTracker) record(at time.Time, passed bool) api.TaskHealth {
 
 // healthcheck finds the task's health check, when its controller can run
 // one; nil when there is none.
-func (r *runner) healthcheck(ctx context.Context) (*api.HealthConfig, error) {
+func (r *runner) healthcheck(ctx context.Context) (check *api.HealthConfig, err error) {
 	p, ok := r.ctrl.(exec.Prober)
 	if !ok {
 		return nil, nil
 	}
-	return p.Healthcheck(ctx)
+	err = r.retry(ctx, "health check", func(ctx context.Context) error {
+		hc, err := p.Healthcheck(ctx)
+		if err == nil {
+			check = hc
+		}
+		return err
+	})
+	return check, err
 }
 
 // watchHealth starts checking the task's health, if it has a check, in a
@@ -114,6 +121,13 @@ func (r *runner) checkHealth(ctx context.Context, p exec.Prober, hc *api.HealthC
 		err := p.Probe(ctx, hc)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, exec.ErrRuntimeUnavailable) {
+			// No verdict: the check could not run. The task keeps its
+			// health until the runtime answers again.
+			r.logger.Debug("health check skipped: container runtime unreachable", "err", err)
+			timer.Reset(interval)
+			continue
 		}
 		before := tr.health
 		after := tr.record(at, err == nil)

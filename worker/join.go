@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -20,6 +21,11 @@ import (
 // calls to their CA. They dial, so they cannot live in package identity
 // (which only makes and checks the material); the CA's side is
 // manager/ca's.
+
+// callTimeout bounds each call to a manager's CA: it answers in
+// milliseconds (signing is cheap), or the manager is lost; a call without
+// a deadline would wait on a silent one until TCP gives up.
+const callTimeout = 10 * time.Second
 
 // JoinRequest is what a node presents to join a cluster.
 type JoinRequest struct {
@@ -56,13 +62,15 @@ func Join(ctx context.Context, req JoinRequest) (Joined, error) {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		addr = net.JoinHostPort(addr, strconv.Itoa(identity.DefaultPort))
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.JoinConfig(tok.Digest))))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(identity.JoinConfig(tok.Digest))), identity.KeepaliveDialOption())
 	if err != nil {
 		return Joined{}, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	defer conn.Close()
 	ca := api.NewCAClient(conn)
-	root, err := ca.GetRootCACertificate(ctx, &api.GetRootCACertificateRequest{})
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	root, err := ca.GetRootCACertificate(cctx, &api.GetRootCACertificateRequest{})
 	if err != nil {
 		return Joined{}, fmt.Errorf("join %s: %w", addr, errMessage(err))
 	}
@@ -73,7 +81,9 @@ func Join(ctx context.Context, req JoinRequest) (Joined, error) {
 	if err != nil {
 		return Joined{}, err
 	}
-	issued, err := ca.IssueNodeCertificate(ctx, &api.IssueNodeCertificateRequest{
+	ictx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	issued, err := ca.IssueNodeCertificate(ictx, &api.IssueNodeCertificateRequest{
 		Token: tok.String(), CsrPem: csrPEM, Description: req.Description, AdvertiseAddr: req.AdvertiseAddr,
 	})
 	if err != nil {
@@ -117,7 +127,9 @@ func Renew(ctx context.Context, managers Managers, caCertPEM []byte) (identity.C
 	if err != nil {
 		return identity.Credentials{}, err
 	}
-	resp, err := api.NewCAClient(conn).RenewNodeCertificate(ctx, &api.RenewNodeCertificateRequest{CsrPem: csrPEM})
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	resp, err := api.NewCAClient(conn).RenewNodeCertificate(cctx, &api.RenewNodeCertificateRequest{CsrPem: csrPEM})
 	if err != nil {
 		return identity.Credentials{}, fmt.Errorf("via %s: %w", addr, err)
 	}

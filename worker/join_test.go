@@ -197,6 +197,8 @@ func (m oneManager) Conn(context.Context, string) (grpc.ClientConnInterface, str
 func (oneManager) Update([]*api.ManagerNode) {}
 func (oneManager) Vouch(string, string)      {}
 
+func (oneManager) Silent(string) {}
+
 // dialAs reaches the manager at addr with a node's credentials.
 func dialAs(t *testing.T, creds identity.Credentials, addr string) oneManager {
 	t.Helper()

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 
@@ -13,9 +14,15 @@ import (
 	"github.com/shoal-project/shoal/identity"
 )
 
+// silentHold is how long a manager that stopped answering is passed over:
+// about the time a new leader takes to be elected and known, after which a
+// manager that came back (or a network that healed) is tried again.
+const silentHold = 5 * time.Second
+
 // ManagerPool is the Managers of a node that reaches its managers over the
 // network: it keeps one lazily dialled connection per manager, goes to the
-// leader when a follower names it, and otherwise tries them in turn.
+// leader when a follower names it, and otherwise tries them in turn,
+// passing over those that stopped answering.
 //
 // It accepts a manager's certificate only for a node the managers last
 // named as a manager (or that a manager it trusts named as the leader): a
@@ -32,6 +39,9 @@ type ManagerPool struct {
 	addrs    []string
 	next     int
 	conns    map[string]*grpc.ClientConn
+	// silent holds when each manager that stopped answering may be tried
+	// again.
+	silent map[string]time.Time
 
 	// trustMu guards trusted apart from mu: Verify runs in handshakes,
 	// which must never wait for a Close made under mu.
@@ -44,7 +54,7 @@ type ManagerPool struct {
 // identity in the manager's certificate; onUpdate (optional) is told of
 // new manager lists so they can be kept for the next start.
 func NewManagerPool(managers []*api.ManagerNode, dial func(addr string, verify func(identity.Identity) error) (*grpc.ClientConn, error), onUpdate func([]*api.ManagerNode)) *ManagerPool {
-	p := &ManagerPool{dial: dial, onUpdate: onUpdate, conns: map[string]*grpc.ClientConn{}}
+	p := &ManagerPool{dial: dial, onUpdate: onUpdate, conns: map[string]*grpc.ClientConn{}, silent: map[string]time.Time{}}
 	p.set(managers)
 	return p
 }
@@ -86,16 +96,31 @@ func (p *ManagerPool) Verify(id identity.Identity) error {
 	return fmt.Errorf("node %s is not a manager of this cluster as the managers last said: its certificate is refused", id.NodeID)
 }
 
-// Conn implements Managers.
+// Conn implements Managers. A hint naming a manager that went silent
+// lately is ignored: a follower may name a leader that is gone until the
+// next election.
 func (p *ManagerPool) Conn(ctx context.Context, hint string) (grpc.ClientConnInterface, string, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	now := time.Now()
 	addr := hint
+	if addr != "" && p.silentLocked(addr, now) {
+		addr = ""
+	}
 	if addr == "" {
 		if len(p.addrs) == 0 {
 			return nil, "", errors.New("no manager address known")
 		}
+		// The next manager in turn that has not gone silent, or the
+		// next in turn if all have.
 		addr = p.addrs[p.next%len(p.addrs)]
+		for i := range len(p.addrs) {
+			if a := p.addrs[(p.next+i)%len(p.addrs)]; !p.silentLocked(a, now) {
+				addr = a
+				p.next += i
+				break
+			}
+		}
 		p.next++
 	}
 	if c := p.conns[addr]; c != nil {
@@ -107,6 +132,30 @@ func (p *ManagerPool) Conn(ctx context.Context, hint string) (grpc.ClientConnInt
 	}
 	p.conns[addr] = c
 	return c, addr, nil
+}
+
+func (p *ManagerPool) silentLocked(addr string, now time.Time) bool {
+	until, ok := p.silent[addr]
+	if ok && !now.Before(until) {
+		delete(p.silent, addr)
+		return false
+	}
+	return ok
+}
+
+// Silent implements Managers: the connection is closed (it may look ready
+// for minutes while nothing gets through) and redialled when next needed.
+func (p *ManagerPool) Silent(addr string) {
+	if addr == "" {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.silent[addr] = time.Now().Add(silentHold)
+	if c := p.conns[addr]; c != nil {
+		c.Close()
+		delete(p.conns, addr)
+	}
 }
 
 // Update implements Managers.

@@ -24,6 +24,15 @@ const removeTimeout = 2 * time.Minute
 // start on a busy node.
 const deadCleanupDelay = time.Second
 
+// Bounds of the back-off between two tries of a verb the container
+// runtime could not take because it was unreachable (restarting, or
+// down): a restart is caught within a second, a long outage costs a call
+// every few seconds.
+const (
+	runtimeRetryMin = 100 * time.Millisecond
+	runtimeRetryMax = 3 * time.Second
+)
+
 // listenWait bounds how long a started networked task may take to open a
 // TCP port before it is reported RUNNING all the same (a task that listens
 // on UDP only, or on nothing): long enough for a server that binds as it
@@ -144,6 +153,7 @@ func failed(t *api.Task, st api.TaskState, err error) *api.TaskStatus {
 
 func (r *runner) run() {
 	defer r.cancel()
+	defer r.agent.runnerDone(r)
 	waitDone := make(chan error, 1)
 	waiting, stopped := false, false
 	for {
@@ -169,7 +179,7 @@ func (r *runner) run() {
 				break
 			}
 			waiting = true
-			go func() { waitDone <- r.ctrl.Wait(r.ctx) }()
+			go func() { waitDone <- r.wait() }()
 			r.watchHealth()
 		}
 		select {
@@ -195,6 +205,39 @@ func (r *runner) run() {
 			r.stop(waiting, waitDone)
 			stopped, waiting = true, false
 		}
+	}
+}
+
+// wait waits for the container's process to end. A wait that the
+// runtime's going away cut short is not an end: the process runs on
+// (its shim keeps it), so it waits again once the runtime answers.
+func (r *runner) wait() error {
+	return r.retry(r.ctx, "wait", r.ctrl.Wait)
+}
+
+// retry runs verb until it succeeds, fails for another reason than an
+// unreachable container runtime, or ctx ends. While the runtime is
+// unreachable nothing is reported: the task is as it was.
+func (r *runner) retry(ctx context.Context, what string, verb func(context.Context) error) error {
+	backoff := runtimeRetryMin
+	for lost := false; ; {
+		err := verb(ctx)
+		if !errors.Is(err, exec.ErrRuntimeUnavailable) {
+			if lost {
+				r.logger.Info("container runtime answers again", "verb", what)
+			}
+			return err
+		}
+		if !lost {
+			r.logger.Warn("container runtime unreachable; the task is left as it is until it answers", "verb", what, "err", err)
+			lost = true
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, runtimeRetryMax)
 	}
 }
 
@@ -232,7 +275,7 @@ func (r *runner) start(cur api.TaskState) error {
 	if err := r.awaitImage(ctx); err != nil {
 		return err
 	}
-	if err := r.ctrl.Prepare(ctx); err != nil && !errors.Is(err, exec.ErrTaskPrepared) {
+	if err := r.retry(ctx, "prepare", r.ctrl.Prepare); err != nil && !errors.Is(err, exec.ErrTaskPrepared) {
 		if ctx.Err() == nil {
 			r.setState(api.TaskState_TASK_STATE_REJECTED, "rejected", err, nil)
 		}
@@ -247,7 +290,7 @@ func (r *runner) start(cur api.TaskState) error {
 	}
 	r.check = check
 	r.setState(api.TaskState_TASK_STATE_STARTING, "starting", nil, nil)
-	if err := r.ctrl.Start(ctx); err != nil && !errors.Is(err, exec.ErrTaskStarted) {
+	if err := r.retry(ctx, "start", r.ctrl.Start); err != nil && !errors.Is(err, exec.ErrTaskStarted) {
 		if ctx.Err() == nil {
 			r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("start: %w", err), nil)
 		}
@@ -267,8 +310,10 @@ func (r *runner) start(cur api.TaskState) error {
 // watched: report that rather than start it again behind the managers'
 // back.
 func (r *runner) adopt(ctx context.Context) error {
-	err := r.ctrl.Prepare(ctx)
+	err := r.retry(ctx, "prepare", r.ctrl.Prepare)
 	switch {
+	case ctx.Err() != nil:
+		return ctx.Err() // the agent stops: adopt on its next start
 	case errors.Is(err, exec.ErrTaskPrepared):
 	case err == nil:
 		// Prepare made a fresh container: the old one had vanished.
@@ -282,12 +327,18 @@ func (r *runner) adopt(ctx context.Context) error {
 	}
 	check, err := r.healthcheck(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
 		r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("adopt: %w", err), nil)
 		return err
 	}
 	r.check = check
 	if r.state() < api.TaskState_TASK_STATE_RUNNING {
-		if err := r.ctrl.Start(ctx); err != nil && !errors.Is(err, exec.ErrTaskStarted) {
+		if err := r.retry(ctx, "start", r.ctrl.Start); err != nil && !errors.Is(err, exec.ErrTaskStarted) {
+			if ctx.Err() != nil {
+				return err
+			}
 			r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("start: %w", err), nil)
 			return err
 		}
@@ -364,8 +415,14 @@ func (r *runner) stop(waiting bool, waitDone chan error) {
 		if !r.drain(waiting) {
 			return
 		}
-		if err := r.ctrl.Shutdown(ctx); err != nil {
+		if err := r.retryStop(ctx, "shut down", r.ctrl.Shutdown); err != nil {
 			r.logger.Warn("shut down container", "err", err)
+			if errors.Is(err, exec.ErrRuntimeUnavailable) || r.ctx.Err() != nil {
+				// Not known to have stopped: report nothing, and leave
+				// the container to the agent's sweep once the runtime
+				// answers.
+				return
+			}
 		}
 		if waiting {
 			select {
@@ -385,7 +442,17 @@ func (r *runner) stop(waiting bool, waitDone chan error) {
 			return // the agent stops; the next full sync removes it
 		}
 	}
-	if err := r.ctrl.Remove(ctx); err != nil {
-		r.logger.Error("remove container", "err", err)
+	if err := r.retryStop(ctx, "remove", r.ctrl.Remove); err != nil {
+		r.logger.Error("remove container; the agent's sweep will try again", "err", err)
 	}
+}
+
+// retryStop retries a stopping verb through a runtime outage, until ctx
+// (removeTimeout) ends or the agent stops.
+func (r *runner) retryStop(ctx context.Context, what string, verb func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(r.ctx, cancel)
+	defer stop()
+	return r.retry(ctx, what, verb)
 }

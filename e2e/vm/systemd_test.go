@@ -19,29 +19,42 @@ import (
 // after the mesh tests: TestLeave shrinks the cluster and runs last (this
 // file sorts after the others, and it is the file's last test).
 
-// containerdDown is how long containerd stays stopped: longer than a
-// few heartbeats, so that shoald sees it gone.
-const containerdDown = 5 * time.Second
+// Timings of TestContainerdRestart. containerdDown is the outage: three
+// heartbeat graces of the VMs, so that a node that cannot keep its session
+// through it is marked down and its tasks moved. shoaldRestartAfter is
+// when, in the outage, shoald restarts: early enough that its new session
+// has to open while containerd is still down, and stay open.
+const (
+	containerdDown     = 3 * heartbeatGrace
+	shoaldRestartAfter = heartbeatGrace
+	// afterRestart is how long the test lets pass after containerd came
+	// back before it compares: a grace and a status round trip, for a
+	// false report to have reached the managers.
+	afterRestart = heartbeatGrace + 5*time.Second
+	// outlastService runs outlastReplicas tasks on the worker whose
+	// containerd goes away.
+	outlastService  = "outlast"
+	outlastReplicas = 10
+)
 
-// TestContainerdRestart stops containerd on a worker running a replica of
-// the mesh service for a few seconds and starts it again, as a package
-// upgrade does. What holds today: every service converges again (each
-// running task has its running container, and no container runs for a
-// task that is not running), no container is left on the VM for a task
-// that does not run, and the mesh answers through every VM from the
-// running tasks only. Whether a task outlives the outage (its container
-// adopted) or is replaced is logged, not asserted: today's agent takes
-// the broken wait on containerd for the task's end and reports it
-// failed, so its slot gets a new task (docs/vms.md).
+// TestContainerdRestart: containerd restarts under ten running tasks on a
+// worker (a package upgrade), then stops for 30 s, and shoald restarts
+// while it is down. The tasks belong to the node, not to containerd's
+// daemon: their shims keep them running, and shoald must neither report
+// them ended nor replace them. What must hold: the same task IDs of every
+// service run afterwards, from the same processes (no restart); the
+// node stays in the cluster (shoald opens its session with containerd
+// down); no container is left for a task that does not run (no orphan);
+// and the mesh answers through every VM from the running tasks only.
 func TestContainerdRestart(t *testing.T) {
 	c := vmCluster(t)
 	c.deploy(t)
 	services := map[string]int{meshService: meshReplicas, hostService: 1, localService: 1, dbService: 2, frontService: 1}
-	before := map[string]map[string]*api.Task{}
+	first := map[string]map[string]*api.Task{}
 	for svc, n := range services {
-		before[svc] = c.converged(t, svc, servicecheck.Want{Replicas: n})
+		first[svc] = c.converged(t, svc, servicecheck.Want{Replicas: n})
 	}
-	withTask := c.perNode(t, before[meshService])
+	withTask := c.perNode(t, first[meshService])
 	node := ""
 	for _, n := range c.Nodes[1:] {
 		if withTask[n.Name] > 0 {
@@ -51,41 +64,87 @@ func TestContainerdRestart(t *testing.T) {
 	if node == "" {
 		t.Fatalf("no worker runs a replica of %s: %v", meshService, withTask)
 	}
-	ctrs, err := c.Containers(testContext(t), node)
+	image, err := c.EchoImage(testContext(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.MustShoalctl(t, "service", "create", "--detach", "--name", outlastService, "--replicas", fmt.Sprint(outlastReplicas),
+		"--constraint", "node.hostname=="+node, image)
+	t.Cleanup(func() { c.Shoalctl(context.Background(), "service", "rm", outlastService) })
+	services[outlastService] = outlastReplicas
+	before := map[string]map[string]*api.Task{}
+	for _, svc := range slices.Sorted(maps.Keys(services)) {
+		before[svc] = c.converged(t, svc, servicecheck.Want{Replicas: services[svc]})
+	}
+	ctrsBefore, err := c.Containers(testContext(t), node)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var pids []string
-	for _, ctr := range ctrs {
+	for _, ctr := range ctrsBefore {
 		pids = append(pids, fmt.Sprint(ctr.PID))
 	}
+	if len(ctrsBefore) < outlastReplicas {
+		t.Fatalf("%s runs %d containers, want at least %d: %v", node, len(ctrsBefore), outlastReplicas, ctrsBefore)
+	}
+	// same checks that every service runs the tasks it ran before, each
+	// from the container process it had.
+	same := func(when string) {
+		t.Helper()
+		for _, svc := range slices.Sorted(maps.Keys(services)) {
+			now := c.converged(t, svc, servicecheck.Want{Replicas: services[svc]})
+			if got, want := slices.Sorted(maps.Keys(now)), slices.Sorted(maps.Keys(before[svc])); !slices.Equal(got, want) {
+				t.Errorf("%s: %s runs tasks %v, want the same as before %v", when, svc, got, want)
+			}
+		}
+		ctrs, err := c.Containers(testContext(t), node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(ctrs) != fmt.Sprint(ctrsBefore) {
+			t.Errorf("%s: containers on %s %v, want the same processes as before %v", when, node, ctrs, ctrsBefore)
+		}
+	}
+
+	// 1. A restart, as a package upgrade does it.
 	t0 := time.Now()
-	c.MustRun(t, node, "sudo systemctl stop containerd")
-	time.Sleep(containerdDown)
-	// containerd's shims keep the containers running without it.
+	c.MustRun(t, node, "sudo systemctl restart containerd")
+	time.Sleep(afterRestart)
+	same("after containerd restarted")
+	logf("containerd restarted on %s under %d containers: the same tasks run (%.1f s)", node, len(ctrsBefore), time.Since(t0).Seconds())
+
+	// 2. An outage, with shoald restarting in it. shoald's unit wants
+	// containerd, and would start it: mask it for the outage.
+	t0 = time.Now()
+	c.MustRun(t, node, "sudo systemctl stop containerd && sudo systemctl mask --runtime containerd")
+	t.Cleanup(func() {
+		c.Run(context.Background(), node, "sudo systemctl unmask --runtime containerd; sudo systemctl start containerd")
+	})
+	time.Sleep(shoaldRestartAfter)
+	c.MustRun(t, node, "sudo systemctl restart shoald")
+	// Its session opens with containerd down: the node is ready, and
+	// stays so through the rest of the outage.
+	eventually(t, containerdDown-shoaldRestartAfter, node+" ready with containerd down", func(ctx context.Context) (bool, string) {
+		return c.nodeReady(ctx, node)
+	})
+	time.Sleep(time.Until(t0.Add(containerdDown)))
+	if ok, why := c.nodeReady(testContext(t), node); !ok {
+		t.Errorf("after %v without containerd: %s\n%s", containerdDown, why, c.Journal(testContext(t), node, 40))
+	}
+	// The shims keep the containers running without containerd.
 	if out, err := c.Run(testContext(t), node, "ps -o pid= -p "+strings.Join(pids, ",")); err != nil || len(strings.Fields(out)) != len(pids) {
 		t.Errorf("%s: with containerd stopped, of the container processes %v these run: %q (%v)", node, pids, out, err)
 	}
-	c.MustRun(t, node, "sudo systemctl start containerd")
+	c.MustRun(t, node, "sudo systemctl unmask --runtime containerd && sudo systemctl start containerd")
+	time.Sleep(afterRestart)
+	same("after the outage")
+	logf("containerd stopped on %s for %v, shoald restarted in it: the same tasks run (%.1f s)", node, containerdDown, time.Since(t0).Seconds())
 
+	// No container is left behind for a task that does not run.
 	after := map[string]map[string]*api.Task{}
 	for _, svc := range slices.Sorted(maps.Keys(services)) {
 		after[svc] = c.converged(t, svc, servicecheck.Want{Replicas: services[svc]})
 	}
-	logf("containerd stopped on %s for %v: every service converged again %.1f s after", node, containerdDown, time.Since(t0).Seconds())
-	for _, svc := range slices.Sorted(maps.Keys(services)) {
-		for id, task := range before[svc] {
-			if c.onNode(t, task) != node {
-				continue
-			}
-			if after[svc][id] != nil {
-				t.Logf("%s on %s: adopted after containerd came back", api.TaskName(task), node)
-			} else {
-				t.Logf("%s on %s: replaced after containerd came back", api.TaskName(task), node)
-			}
-		}
-	}
-	// No container is left behind for a task that does not run.
 	eventually(t, convergeTimeout, "no container on "+node+" but running tasks'", func(ctx context.Context) (bool, string) {
 		out, err := c.Run(ctx, node, "sudo ctr -n "+containerdNamespace+" containers ls -q")
 		if err != nil {
@@ -102,8 +161,24 @@ func TestContainerdRestart(t *testing.T) {
 	names := servicecheck.TaskNames(after[meshService])
 	for _, n := range c.Nodes {
 		rep := c.load(t, fmt.Sprintf("http://%s:%d", n.Addr, meshHTTP), meshRequests)
-		servicecheck.ServedOnlyBy(t, "through "+n.Name+" after containerd restarted on "+node, rep, meshRequests, names)
+		servicecheck.ServedOnlyBy(t, "through "+n.Name+" after containerd's outage on "+node, rep, meshRequests, names)
 	}
+}
+
+// nodeReady says whether the VM named node is a ready node, and if not
+// what it is.
+func (c *Cluster) nodeReady(ctx context.Context, node string) (bool, string) {
+	nodes, err := c.NodeList(ctx)
+	if err != nil {
+		return false, err.Error()
+	}
+	for _, n := range nodes {
+		if n.GetDescription().GetHostname() == node {
+			st := n.GetStatus()
+			return st.GetState() == api.NodeState_NODE_STATE_READY, fmt.Sprintf("%s is %v: %s", node, st.GetState(), st.GetMessage())
+		}
+	}
+	return false, node + " is not in node ls"
 }
 
 // spreadService has one task on each worker, so that the worker that

@@ -383,7 +383,7 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 }
 
 func (d *Dispatcher) sessionMessage(s *session, managers []*api.ManagerNode) *api.SessionMessage {
-	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: durationpb.New(d.period()), ManagerNodes: managers}
+	msg := &api.SessionMessage{SessionId: s.id, HeartbeatPeriod: durationpb.New(d.period()), HeartbeatGrace: durationpb.New(d.grace()), ManagerNodes: managers}
 	for _, m := range managers {
 		msg.Managers = append(msg.Managers, m.GetAddr())
 	}

@@ -36,6 +36,12 @@ var (
 	// ErrExited is returned by Listener.Listening when the process ended
 	// before it listened: Wait says how.
 	ErrExited = errors.New("process exited")
+	// ErrRuntimeUnavailable wraps a failure to reach the container
+	// runtime (containerd restarting, or down). It says nothing about the
+	// task: its process runs on without the runtime's daemon (the shim
+	// keeps it), so the agent retries the verb once the runtime answers
+	// and never reports such an error as the task's end.
+	ErrRuntimeUnavailable = errors.New("container runtime unavailable")
 	// ErrOOMKilled is the Cause of an ExitError when the kernel's OOM
 	// killer ended the process (it went past its memory limit). Its text
 	// is Docker's word for it, which users search for.
@@ -79,7 +85,9 @@ type Executor interface {
 	Controller(t *api.Task) (Controller, error)
 }
 
-// Controller drives one task's container. Calls are made by one goroutine
+// Controller drives one task's container. Any verb may fail with an error
+// wrapping ErrRuntimeUnavailable while the runtime cannot be reached; the
+// caller retries it later. Calls are made by one goroutine
 // at a time, in the order Prepare, Start, Wait, then Shutdown and Remove
 // (Shutdown and Remove may come at any point, including during Wait from
 // another goroutine).
@@ -93,7 +101,10 @@ type Controller interface {
 	// the process runs already.
 	Start(ctx context.Context) error
 	// Wait blocks until the process exits. It returns nil for status 0 and
-	// an *ExitError otherwise; a cancelled ctx returns ctx.Err().
+	// an *ExitError otherwise; a cancelled ctx returns ctx.Err(). A wait
+	// cut by the runtime going away is not an exit: Wait waits again once
+	// the runtime answers, on the same process (or returns an error
+	// wrapping ErrRuntimeUnavailable, which the caller treats alike).
 	Wait(ctx context.Context) error
 	// Shutdown stops the process: SIGTERM, then SIGKILL once the task's
 	// stop grace period has passed. It is a no-op if nothing runs.

@@ -42,7 +42,11 @@ var _ exec.Controller = (*controller)(nil)
 
 // Prepare makes the image available and creates the container with a new
 // rootfs snapshot.
-func (c *controller) Prepare(ctx context.Context) error {
+func (c *controller) Prepare(ctx context.Context) (err error) {
+	defer func() { err = markUnavailable(err) }()
+	if err := c.e.ensureSetUp(ctx); err != nil {
+		return fmt.Errorf("prepare task %s: %w", c.id, err)
+	}
 	ctx = c.e.nsContext(ctx)
 	if _, err := c.e.client.LoadContainer(ctx, c.id); err == nil {
 		return exec.ErrTaskPrepared
@@ -121,7 +125,8 @@ func (c *controller) Prepare(ctx context.Context) error {
 }
 
 // Start creates the container's process and starts it.
-func (c *controller) Start(ctx context.Context) error {
+func (c *controller) Start(ctx context.Context) (err error) {
+	defer func() { err = markUnavailable(err) }()
 	ctx = c.e.nsContext(ctx)
 	ctr, err := c.e.client.LoadContainer(ctx, c.id)
 	if err != nil {
@@ -187,7 +192,8 @@ var _ exec.Listener = (*controller)(nil)
 
 // Listening watches the TCP sockets of the process's network namespace
 // (/proc/PID/net/tcp and tcp6) until one listens.
-func (c *controller) Listening(ctx context.Context, max time.Duration) error {
+func (c *controller) Listening(ctx context.Context, max time.Duration) (err error) {
+	defer func() { err = markUnavailable(err) }()
 	if !c.networked() {
 		return nil
 	}
@@ -271,8 +277,33 @@ func (c *controller) logPath() string {
 
 // Wait blocks until the process exits; it attaches to a process started
 // by an earlier controller as well, and returns at once for one that has
-// ended already.
+// ended already. A wait that containerd's going away cut short (a restart,
+// an outage) is no exit: Wait tries again until containerd answers, then
+// waits again on the same process, which its shim kept running (or whose
+// exit status the shim kept).
 func (c *controller) Wait(ctx context.Context) error {
+	backoff := retryMin
+	for lost := false; ; {
+		err := c.wait(ctx)
+		if !isUnavailable(err) || ctx.Err() != nil {
+			if lost && ctx.Err() == nil {
+				c.log.Info("the process ended; waited on it through the loss of containerd", "err", err)
+			}
+			return err
+		}
+		if !lost {
+			c.log.Warn("lost containerd while waiting on the process; waiting again once it answers", "err", err)
+			lost = true
+		}
+		if !sleepCtx(ctx, backoff) {
+			return ctx.Err()
+		}
+		backoff = min(2*backoff, retryMax)
+	}
+}
+
+// wait is one wait on the process.
+func (c *controller) wait(ctx context.Context) error {
 	nctx := c.e.nsContext(ctx)
 	t, err := c.loadTask(nctx)
 	if err != nil {
@@ -339,7 +370,8 @@ func (c *controller) loadTask(ctx context.Context) (client.Task, error) {
 
 // Shutdown sends the stop signal (the image's, else SIGTERM), gives the
 // process its stop grace period, then kills it.
-func (c *controller) Shutdown(ctx context.Context) error {
+func (c *controller) Shutdown(ctx context.Context) (err error) {
+	defer func() { err = markUnavailable(err) }()
 	ctx = c.e.nsContext(ctx)
 	ctr, err := c.e.client.LoadContainer(ctx, c.id)
 	if errdefs.IsNotFound(err) {
@@ -413,7 +445,8 @@ func (c *controller) Shutdown(ctx context.Context) error {
 
 // Remove kills and deletes the process, then the container and its
 // snapshot, and the log file.
-func (c *controller) Remove(ctx context.Context) error {
+func (c *controller) Remove(ctx context.Context) (err error) {
+	defer func() { err = markUnavailable(err) }()
 	ctx = c.e.nsContext(ctx)
 	if err := c.remove(ctx); err != nil {
 		return fmt.Errorf("remove task %s: %w", c.id, err)

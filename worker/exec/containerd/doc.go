@@ -16,6 +16,11 @@
 // HEALTHCHECK, each run as an extra process of the container's task that
 // it deletes when the check ends.
 //
+// containerd may restart or be down under running tasks (outage.go): an
+// error that says it cannot be reached wraps exec.ErrRuntimeUnavailable,
+// Wait waits again on the same process once it answers, and with
+// Config.WaitForContainerd the executor can be made while it is down.
+//
 // It does not touch networking beyond giving each container a new network
 // namespace (loopback only); attaching that namespace to networks is the
 // network package's business.

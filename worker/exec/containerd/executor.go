@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/client"
@@ -15,6 +16,10 @@ import (
 	"github.com/containerd/containerd/v2/pkg/identifiers"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/errdefs"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/worker/exec"
@@ -34,6 +39,13 @@ const (
 // in milliseconds, and a daemon that does not answer in this long is
 // better reported than waited for.
 const dialTimeout = 10 * time.Second
+
+// connectTimeout bounds one attempt to connect to containerd's socket.
+// containerd's dialer waits for a missing socket (containerd stopped
+// removes it) until then, and calls wait for that attempt: past it they
+// fail as unavailable, which the agent retries, rather than hang. A local
+// socket connects in microseconds.
+const connectTimeout = 2 * time.Second
 
 // Config says which containerd to use and how.
 type Config struct {
@@ -60,6 +72,14 @@ type Config struct {
 	// their resolv.conf is mounted from it, and their interfaces are made
 	// between creating the process and starting it.
 	Network exec.Network
+	// WaitForContainerd makes New succeed while containerd does not
+	// answer (it is restarting, or down): the executor finishes its set-up
+	// when containerd first answers, and until then its verbs fail with
+	// exec.ErrRuntimeUnavailable. A restarted node so keeps its session
+	// with the managers, and its tasks as they are, through an outage.
+	// Without it New fails, for a node that must not start without a
+	// runtime (one that founds or joins a cluster).
+	WaitForContainerd bool
 }
 
 func (c Config) withDefaults() Config {
@@ -83,12 +103,20 @@ type Executor struct {
 	cfg    Config
 	client *client.Client
 	log    *slog.Logger
-	// snapshotter is resolved once, so that images are unpacked into and
-	// snapshots removed from the one containers are made in.
-	snapshotter string
 	// limitSwap: the host's cgroups can cap swap, so a memory limit
 	// covers it (see resourceOpts).
 	limitSwap bool
+
+	// mu guards the set-up, done once containerd first answers.
+	mu    sync.Mutex
+	setUp bool
+	// snapshotter is resolved once, so that images are unpacked into and
+	// snapshots removed from the one containers are made in. Read it only
+	// after ensureSetUp succeeded.
+	snapshotter string
+	// engine is the version containerd last gave, for Describe during an
+	// outage.
+	engine string
 }
 
 var _ exec.Executor = (*Executor)(nil)
@@ -110,6 +138,13 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 	c, err := client.New(cfg.Address,
 		client.WithDefaultNamespace(cfg.Namespace),
 		client.WithTimeout(dialTimeout),
+		// gRPC's reconnect back-off would otherwise grow to dialTimeout
+		// while containerd is down, and leave a containerd that came back
+		// unused for that long.
+		client.WithExtraDialOpts([]grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: retryMin, Multiplier: 1.6, Jitter: 0.2, MaxDelay: retryMax},
+			MinConnectTimeout: connectTimeout,
+		})}),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("connect to containerd at %s: %w", cfg.Address, err)
@@ -122,31 +157,53 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 	}
 	vctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
-	v, err := c.Version(e.nsContext(vctx))
-	if err != nil {
+	if err := e.ensureSetUp(vctx); err != nil {
+		// A deadline here is containerd's dialer still waiting for a
+		// socket that is not there.
+		if cfg.WaitForContainerd && (isUnavailable(err) || status.Code(err) == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded)) {
+			e.log.Warn("containerd does not answer; running without it until it does", "address", cfg.Address, "err", err)
+			return e, nil
+		}
 		c.Close()
-		return nil, fmt.Errorf("containerd at %s does not answer: %w", cfg.Address, err)
+		return nil, err
 	}
+	return e, nil
+}
+
+// ensureSetUp makes the node's namespace and resolves the snapshotter,
+// once: New does it, or the first verb after containerd came back. While
+// containerd does not answer it fails with exec.ErrRuntimeUnavailable.
+func (e *Executor) ensureSetUp(ctx context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.setUp {
+		return nil
+	}
+	c, cfg := e.client, e.cfg
+	v, err := c.Version(e.nsContext(ctx))
+	if err != nil {
+		return markUnavailable(fmt.Errorf("containerd at %s does not answer: %w", cfg.Address, err))
+	}
+	e.engine = v.Version
 	// Created up front so that default-runtime and default-snapshotter
 	// look-ups, which read the namespace's labels, find it.
-	if err := c.NamespaceService().Create(vctx, cfg.Namespace, nil); err != nil && !errdefs.IsAlreadyExists(err) {
-		c.Close()
-		return nil, fmt.Errorf("create containerd namespace %s: %w", cfg.Namespace, err)
+	if err := c.NamespaceService().Create(ctx, cfg.Namespace, nil); err != nil && !errdefs.IsAlreadyExists(err) {
+		return markUnavailable(fmt.Errorf("create containerd namespace %s: %w", cfg.Namespace, err))
 	}
-	e.snapshotter = cfg.Snapshotter
-	if e.snapshotter == "" {
-		label, err := c.GetLabel(e.nsContext(vctx), defaults.DefaultSnapshotterNSLabel)
+	snapshotter := cfg.Snapshotter
+	if snapshotter == "" {
+		label, err := c.GetLabel(e.nsContext(ctx), defaults.DefaultSnapshotterNSLabel)
 		if err != nil {
-			c.Close()
-			return nil, fmt.Errorf("default snapshotter of namespace %s: %w", cfg.Namespace, err)
+			return markUnavailable(fmt.Errorf("default snapshotter of namespace %s: %w", cfg.Namespace, err))
 		}
-		e.snapshotter = label
-		if e.snapshotter == "" {
-			e.snapshotter = defaults.DefaultSnapshotter
+		snapshotter = label
+		if snapshotter == "" {
+			snapshotter = defaults.DefaultSnapshotter
 		}
 	}
-	e.log.Debug("connected to containerd", "snapshotter", e.snapshotter, "address", cfg.Address, "version", v.Version)
-	return e, nil
+	e.snapshotter, e.setUp = snapshotter, true
+	e.log.Debug("connected to containerd", "snapshotter", snapshotter, "address", cfg.Address, "version", v.Version)
+	return nil
 }
 
 // Close closes the connection to containerd. Containers keep running.
@@ -160,10 +217,26 @@ func (e *Executor) nsContext(ctx context.Context) context.Context {
 	return namespaces.WithNamespace(ctx, e.cfg.Namespace)
 }
 
-// Describe reports the node's platform, resources and engine.
+// Describe reports the node's platform, resources and engine. While
+// containerd does not answer, the engine is the version it last gave (or
+// says it does not answer): the node is still there, and so are its
+// tasks.
 func (e *Executor) Describe(ctx context.Context) (*api.NodeDescription, error) {
-	v, err := e.client.Version(e.nsContext(ctx))
-	if err != nil {
+	engine := "containerd "
+	if v, err := e.client.Version(e.nsContext(ctx)); err == nil {
+		engine += v.Version
+		e.mu.Lock()
+		e.engine = v.Version
+		e.mu.Unlock()
+	} else if isUnavailable(err) {
+		e.mu.Lock()
+		last := e.engine
+		e.mu.Unlock()
+		if last == "" {
+			last = "(not answering)"
+		}
+		engine += last
+	} else {
 		return nil, fmt.Errorf("containerd version: %w", err)
 	}
 	host, err := os.Hostname()
@@ -180,7 +253,7 @@ func (e *Executor) Describe(ctx context.Context) (*api.NodeDescription, error) {
 		Arch:        runtime.GOARCH,
 		NanoCpus:    int64(runtime.NumCPU()) * 1e9,
 		MemoryBytes: mem,
-		Engine:      "containerd " + v.Version,
+		Engine:      engine,
 	}, nil
 }
 
@@ -190,7 +263,8 @@ var taskLabelFilter = fmt.Sprintf("labels.%q", exec.LabelTask)
 
 // Containers lists the containers of this namespace that carry the task
 // label, with whether their process is alive.
-func (e *Executor) Containers(ctx context.Context) ([]exec.Container, error) {
+func (e *Executor) Containers(ctx context.Context) (_ []exec.Container, err error) {
+	defer func() { err = markUnavailable(err) }()
 	ctx = e.nsContext(ctx)
 	cs, err := e.client.Containers(ctx, taskLabelFilter)
 	if err != nil {

@@ -133,7 +133,8 @@ func probeArgs(test []string) ([]string, error) {
 
 // Healthcheck is the task's spec's health check merged over the one of
 // the image its container was made from.
-func (c *controller) Healthcheck(ctx context.Context) (*api.HealthConfig, error) {
+func (c *controller) Healthcheck(ctx context.Context) (hc *api.HealthConfig, err error) {
+	defer func() { err = markUnavailable(err) }()
 	spec := c.task.GetSpec().GetContainer().GetHealthcheck()
 	if test := spec.GetTest(); len(test) > 0 && test[0] == api.HealthTestNone {
 		return nil, nil
@@ -163,7 +164,7 @@ func (c *controller) Probe(ctx context.Context, hc *api.HealthConfig) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	return err
+	return markUnavailable(err)
 }
 
 func (c *controller) probe(ctx context.Context, hc *api.HealthConfig) error {

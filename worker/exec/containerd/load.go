@@ -23,7 +23,8 @@ var _ exec.ImageLoader = (*Executor)(nil)
 
 // HasImage reports whether every name of img refers to an image imported
 // from img's tarball.
-func (e *Executor) HasImage(ctx context.Context, img *api.Image) (bool, error) {
+func (e *Executor) HasImage(ctx context.Context, img *api.Image) (_ bool, err error) {
+	defer func() { err = markUnavailable(err) }()
 	ctx = e.nsContext(ctx)
 	is := e.client.ImageService()
 	for _, name := range img.GetNames() {
@@ -44,7 +45,11 @@ func (e *Executor) HasImage(ctx context.Context, img *api.Image) (bool, error) {
 // LoadImage imports img's tarball from r, unpacked for the executor's
 // snapshotter, and labels the images it names with the tarball's digest
 // once r has been read to its end without error.
-func (e *Executor) LoadImage(ctx context.Context, img *api.Image, r io.Reader) ([]string, error) {
+func (e *Executor) LoadImage(ctx context.Context, img *api.Image, r io.Reader) (_ []string, err error) {
+	defer func() { err = markUnavailable(err) }()
+	if err := e.ensureSetUp(ctx); err != nil {
+		return nil, err
+	}
 	ctx = e.nsContext(ctx)
 	names, err := image.Import(ctx, e.client, e.snapshotter, r)
 	if err != nil {

@@ -18,7 +18,9 @@ func assigned(t *api.Task, nodeID string) bool {
 }
 
 // Assignments streams a node's tasks: the full set, then a delta for every
-// change. Deltas carry the sequence they apply to; the stream is the only
+// change. A session has one Assignments stream: a new one replaces the
+// old (see claimStream). A worker that falls more than streamQueueLimit
+// events behind gets a FULL message instead of the deltas it missed. Deltas carry the sequence they apply to; the stream is the only
 // writer of sequences for its worker, so a worker that sees a gap (only
 // possible across reconnects) asks again and gets a full set.
 //
@@ -32,8 +34,13 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 	if err != nil {
 		return err
 	}
-	sub := d.raft.Store().Subscribe()
+	stop, release := d.claimStream(s, streamAssignments)
+	defer release()
+	sub := d.raft.Store().SubscribeBounded(streamQueueLimit)
 	defer sub.Close()
+	send := func(msg *api.AssignmentsMessage) error {
+		return sendOrStop(ctx, stream, msg, stop, s.done)
+	}
 
 	// sent holds the version of each task the worker has, to send only
 	// real changes.
@@ -57,10 +64,10 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 		}
 		seq++
 		msg.ResultsIn = seq
-		return stream.Send(msg)
+		return send(msg)
 	}
 	if err := full(); err != nil {
-		return err
+		return streamEnd(err)
 	}
 	for {
 		select {
@@ -68,6 +75,8 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 			return nil
 		case <-s.done:
 			return nil
+		case <-stop:
+			return errStreamReplaced
 		case <-sub.Ready():
 		}
 		changes := sub.Next()
@@ -102,7 +111,7 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 		}
 		if reset {
 			if err := full(); err != nil {
-				return err
+				return streamEnd(err)
 			}
 			continue
 		}
@@ -138,8 +147,8 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 		}
 		seq++
 		msg.ResultsIn = seq
-		if err := stream.Send(msg); err != nil {
-			return err
+		if err := send(msg); err != nil {
+			return streamEnd(err)
 		}
 	}
 }

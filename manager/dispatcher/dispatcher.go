@@ -67,6 +67,9 @@ type session struct {
 	nodeID   string
 	lastSeen time.Time
 	done     chan struct{} // closed when the session ends
+	// streams holds the stop channel of the session's live stream of
+	// each kind (see claimStream); guarded by Dispatcher.mu.
+	streams map[string]chan struct{}
 }
 
 // Dispatcher implements api.DispatcherServer.

@@ -70,6 +70,8 @@ type session struct {
 	// streams holds the stop channel of the session's live stream of
 	// each kind (see claimStream); guarded by Dispatcher.mu.
 	streams map[string]chan struct{}
+	// reports limits the session's status reports (statusRate).
+	reports limiter
 }
 
 // Dispatcher implements api.DispatcherServer.
@@ -85,6 +87,11 @@ type Dispatcher struct {
 	// closedAt is when a node's last session closed without expiring;
 	// the node's grace runs from then.
 	closedAt map[string]time.Time
+
+	// batchMu guards batch, the status reports gathering for the next
+	// write (see recordStatus).
+	batchMu sync.Mutex
+	batch   *statusBatch
 }
 
 // New returns a dispatcher; Run must be running for node-down detection.
@@ -357,57 +364,4 @@ func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (
 		}
 	})
 	return resp, nil
-}
-
-// UpdateTaskStatus records task states reported by a worker. Reports for
-// tasks of other nodes are refused; reports that would move a task
-// backwards are ignored, since task state only moves forward.
-func (d *Dispatcher) UpdateTaskStatus(ctx context.Context, req *api.UpdateTaskStatusRequest) (*api.UpdateTaskStatusResponse, error) {
-	s, err := d.lookup(ctx, req.GetSessionId())
-	if err != nil {
-		return nil, err
-	}
-	for i := 0; ; i++ {
-		var actions []*api.StoreAction
-		var denied error
-		d.raft.Store().View(func(tx store.ReadTx) {
-			seen := map[string]*api.Task{}
-			for _, u := range req.GetUpdates() {
-				t := seen[u.GetTaskId()]
-				if t == nil {
-					t = tx.Task(u.GetTaskId())
-				}
-				if t == nil {
-					continue // removed meanwhile; nothing to record
-				}
-				if t.GetNodeId() != s.nodeID {
-					denied = status.Errorf(codes.PermissionDenied, "task %s is not assigned to node %s", u.GetTaskId(), s.nodeID)
-					return
-				}
-				if u.GetStatus().GetState() < t.GetStatus().GetState() || u.GetStatus().GetState() < api.TaskState_TASK_STATE_ACCEPTED {
-					continue
-				}
-				if proto.Equal(u.GetStatus(), t.GetStatus()) {
-					continue
-				}
-				upd := proto.Clone(t).(*api.Task)
-				upd.Status = u.GetStatus()
-				upd.Meta.UpdatedAt = timestamppb.Now()
-				seen[t.GetId()] = upd
-			}
-			for _, t := range seen {
-				actions = append(actions, store.Update(t))
-			}
-		})
-		if denied != nil {
-			return nil, denied
-		}
-		err := d.raft.Propose(ctx, actions...)
-		if err == nil {
-			return &api.UpdateTaskStatusResponse{}, nil
-		}
-		if !errors.Is(err, store.ErrSequenceConflict) || i >= statusRetries {
-			return nil, status.Errorf(codes.Unavailable, "record task status: %v", err)
-		}
-	}
 }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
@@ -492,7 +493,13 @@ func TestUpdateTaskStatus(t *testing.T) {
 			map[string]api.TaskState{"t1": running, "t2": assigned}},
 		{"backwards is ignored", []*api.TaskStatusUpdate{st("t1", api.TaskState_TASK_STATE_ACCEPTED)}, codes.OK,
 			map[string]api.TaskState{"t1": running}},
-		{"manager-only state is ignored", []*api.TaskStatusUpdate{st("t2", api.TaskState_TASK_STATE_PENDING)}, codes.OK,
+		{"manager-only state refuses the whole batch", []*api.TaskStatusUpdate{st("t2", running), st("t1", api.TaskState_TASK_STATE_PENDING)}, codes.InvalidArgument,
+			map[string]api.TaskState{"t2": assigned}},
+		{"orphaned is the managers' to set", []*api.TaskStatusUpdate{st("t2", api.TaskState_TASK_STATE_ORPHANED)}, codes.InvalidArgument,
+			map[string]api.TaskState{"t2": assigned}},
+		{"a state that does not exist is refused", []*api.TaskStatusUpdate{st("t2", api.TaskState(9999))}, codes.InvalidArgument,
+			map[string]api.TaskState{"t2": assigned}},
+		{"a health that does not exist is refused", []*api.TaskStatusUpdate{{TaskId: "t2", Status: &api.TaskStatus{State: running, Health: api.TaskHealth(77)}}}, codes.InvalidArgument,
 			map[string]api.TaskState{"t2": assigned}},
 		{"another node's task refuses the whole batch", []*api.TaskStatusUpdate{st("t2", running), st("t9", running)}, codes.PermissionDenied,
 			map[string]api.TaskState{"t2": assigned, "t9": assigned}},
@@ -502,6 +509,8 @@ func TestUpdateTaskStatus(t *testing.T) {
 			map[string]api.TaskState{"t2": running}},
 		{"failure with its exit code", []*api.TaskStatusUpdate{{TaskId: "t1", Status: &api.TaskStatus{
 			State: failed, Err: "task: non-zero exit (3)", Container: &api.ContainerStatus{ExitCode: 3}}}}, codes.OK,
+			map[string]api.TaskState{"t1": failed}},
+		{"a final state is final", []*api.TaskStatusUpdate{st("t1", api.TaskState_TASK_STATE_REJECTED)}, codes.OK,
 			map[string]api.TaskState{"t1": failed}},
 	}
 	for _, step := range steps {
@@ -617,5 +626,18 @@ func TestLeaveCluster(t *testing.T) {
 	other := identity.WithIdentity(ctx, identity.Identity{NodeID: "w2", Role: identity.RoleWorker})
 	if _, err := New(r, Config{Logger: quietLogger()}).LeaveCluster(other, &api.LeaveClusterRequest{NodeId: "m2"}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("w2 removing m2: %v, want PermissionDenied", err)
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	long := strings.Repeat("é", 5000) // 2 bytes a rune
+	for _, limit := range []int{MaxStatusMessage, MaxStatusErr, 100} {
+		got := truncate(long, limit)
+		if len(got) > limit || !utf8.ValidString(got) || !strings.Contains(got, "bytes cut by the manager") || !strings.HasPrefix(got, "éé") {
+			t.Errorf("truncate to %d: %d bytes, valid UTF-8 %v: %.80q…", limit, len(got), utf8.ValidString(got), got)
+		}
+	}
+	if got := truncate("short", 100); got != "short" {
+		t.Errorf("truncate kept %q, want it unchanged", got)
 	}
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -131,9 +133,23 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 		return nil, status.Error(codes.InvalidArgument, "advertise_addr: a manager must say where the others reach it (host:port)")
 	}
 	if addr != "" {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "advertise_addr %q: want host:port", addr)
 		}
+		// Other nodes take the node's data address from this one: it
+		// must name one host they can reach.
+		if ip, err := netip.ParseAddr(host); err == nil {
+			if err := api.ValidDataAddr(ip); err != nil && !ip.IsLoopback() {
+				return nil, status.Errorf(codes.InvalidArgument, "advertise_addr %q: %v", addr, err)
+			}
+		}
+	}
+	if err := api.ValidateNodeDescription(req.GetDescription()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := s.hostnameFree(req.GetDescription().GetHostname()); err != nil {
+		return nil, err
 	}
 	signer, err := s.rootCA(c)
 	if err != nil {
@@ -153,8 +169,9 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 		},
 		Description: req.GetDescription(),
 		Status:      &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: addr},
-		Role:        role,
-		Certificate: identity.CertificateRecord(cert, role),
+		Role:          role,
+		Certificate:   identity.CertificateRecord(cert, role),
+		AdvertiseAddr: addr,
 	}
 	if role == api.NodeRole_NODE_ROLE_MANAGER {
 		node.ManagerStatus = &api.ManagerStatus{RaftAddr: addr}
@@ -276,4 +293,18 @@ func managerAddrs(tx store.ReadTx, except string) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// hostnameFree refuses a hostname another node holds: constraints and
+// `node` commands name nodes by hostname, so a second node of the same
+// name would take the first one's pinned tasks. The store refuses it too
+// (atomically); this says what to do.
+func (s *Server) hostnameFree(hostname string) error {
+	var other *api.Node
+	s.raft.Store().View(func(tx store.ReadTx) { other = store.NodeByHostname(tx, hostname, "") })
+	if other == nil {
+		return nil
+	}
+	return status.Errorf(codes.AlreadyExists, "hostname %q is taken by node %s (%s): give this node another hostname (shoald --hostname), or, if that node is gone, remove it first with `shoalctl node rm %s`",
+		hostname, other.GetId(), strings.ToLower(strings.TrimPrefix(other.GetStatus().GetState().String(), "NODE_STATE_")), other.GetId())
 }

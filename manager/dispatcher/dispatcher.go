@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
+	"strings"
 	"sync"
 	"time"
 
@@ -295,10 +297,20 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 	if err := authorize(ctx, req.GetNodeId()); err != nil {
 		return err
 	}
-	var node *api.Node
-	d.raft.Store().View(func(tx store.ReadTx) { node = tx.Node(req.GetNodeId()) })
+	addr := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = p.Addr.String()
+	}
+	var node, namesake *api.Node
+	d.raft.Store().View(func(tx store.ReadTx) {
+		node = tx.Node(req.GetNodeId())
+		namesake = store.NodeByHostname(tx, req.GetDescription().GetHostname(), req.GetNodeId())
+	})
 	if node == nil {
 		return status.Errorf(codes.NotFound, "node %s is not part of this cluster", req.GetNodeId())
+	}
+	if err := checkDescription(node, req.GetDescription(), addr, namesake); err != nil {
+		return err
 	}
 	s := &session{id: api.NewID(), nodeID: req.GetNodeId(), lastSeen: time.Now(), done: make(chan struct{})}
 	d.mu.Lock()
@@ -310,14 +322,13 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 	delete(d.closedAt, s.nodeID)
 	d.mu.Unlock()
 
-	addr := ""
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		addr = p.Addr.String()
-	}
 	if err := d.setNodeState(ctx, s.nodeID, api.NodeState_NODE_STATE_READY, "", req.GetDescription(), addr); err != nil {
 		d.mu.Lock()
 		d.endLocked(s)
 		d.mu.Unlock()
+		if errors.Is(err, store.ErrExist) { // a namesake joined meanwhile
+			return status.Errorf(codes.AlreadyExists, "register session: %v: give this node another hostname", err)
+		}
 		return status.Errorf(codes.Unavailable, "register session: %v", err)
 	}
 	d.logger.Info("session opened", "node", s.nodeID, "session", s.id)
@@ -347,6 +358,46 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 	case <-s.done:
 		return status.Error(codes.Aborted, "session ended: a newer session replaced it or heartbeats stopped; open a new one")
 	}
+}
+
+// checkDescription refuses a session whose description the managers
+// cannot take: one that is not well formed (api.ValidateNodeDescription),
+// one naming another node's hostname (that node's pinned tasks would come
+// here), or one whose data address is not the node's. Every node sends
+// overlay traffic to a node's data address, so the managers take only an
+// address they can tie to the node: the IP of the advertise address it
+// joined with (checked then; a manager's raft address for managers that
+// joined before it was recorded), or the IP its session comes from (a
+// TLS connection that completed from there). A node without a data address
+// has no overlay.
+func checkDescription(n *api.Node, desc *api.NodeDescription, sessionAddr string, namesake *api.Node) error {
+	if desc == nil {
+		return nil
+	}
+	if err := api.ValidateNodeDescription(desc); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if namesake != nil {
+		return status.Errorf(codes.AlreadyExists, "hostname %q is taken by node %s: give this node another hostname (shoald --hostname), or, if that node is gone, remove it first with `shoalctl node rm %s`",
+			desc.GetHostname(), namesake.GetId(), namesake.GetId())
+	}
+	data := desc.GetDataAddr()
+	if data == "" {
+		return nil
+	}
+	want, _ := netip.ParseAddr(data) // valid: checked above
+	var seen []string
+	for _, a := range []string{n.GetAdvertiseAddr(), n.GetManagerStatus().GetRaftAddr(), sessionAddr} {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			continue
+		}
+		if ap.Addr().Unmap() == want.Unmap() {
+			return nil
+		}
+		seen = append(seen, ap.Addr().Unmap().String())
+	}
+	return status.Errorf(codes.PermissionDenied, "description.data_addr %s is not this node's: the managers take only an address they saw it use (%s); start shoald with --advertise-addr on the address other nodes reach it by", data, strings.Join(seen, ", "))
 }
 
 func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {

@@ -56,6 +56,12 @@ func node(id string) *api.Node {
 	return &api.Node{Id: id, Status: &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN}, Role: api.NodeRole_NODE_ROLE_WORKER}
 }
 
+// joined is n as a node that joined with advertise address addr.
+func joined(n *api.Node, addr string) *api.Node {
+	n.AdvertiseAddr = addr
+	return n
+}
+
 func task(id, nodeID string, st api.TaskState) *api.Task {
 	return &api.Task{Id: id, ServiceId: "svc", ServiceName: "web", Slot: 1, NodeId: nodeID,
 		Status: &api.TaskStatus{State: st}, DesiredState: api.TaskState_TASK_STATE_RUNNING}
@@ -639,5 +645,51 @@ func TestTruncate(t *testing.T) {
 	}
 	if got := truncate("short", 100); got != "short" {
 		t.Errorf("truncate kept %q, want it unchanged", got)
+	}
+}
+
+// TestSessionDescriptionChecked opens sessions with descriptions the
+// managers must not take: nothing of a refused one is stored.
+func TestSessionDescriptionChecked(t *testing.T) {
+	r := newRaft(t)
+	other := node("n2")
+	other.Description = &api.NodeDescription{Hostname: "db-host"}
+	propose(t, r, store.Create(joined(node("n1"), "10.0.0.7:4242")), store.Create(other))
+	c := serve(t, New(r, Config{Logger: quietLogger()}))
+	tests := []struct {
+		name     string
+		desc     *api.NodeDescription
+		wantCode codes.Code
+		wantMsg  string
+	}{
+		{"unspecified data address", &api.NodeDescription{Hostname: "w", DataAddr: "0.0.0.0"}, codes.InvalidArgument, "unspecified"},
+		{"multicast data address", &api.NodeDescription{Hostname: "w", DataAddr: "239.1.1.1"}, codes.InvalidArgument, "multicast"},
+		{"broadcast data address", &api.NodeDescription{Hostname: "w", DataAddr: "255.255.255.255"}, codes.InvalidArgument, "broadcast"},
+		{"another host's data address", &api.NodeDescription{Hostname: "w", DataAddr: "8.8.8.8"}, codes.PermissionDenied, "not this node's"},
+		{"another node's hostname", &api.NodeDescription{Hostname: "DB-host"}, codes.AlreadyExists, "taken by node n2"},
+		{"hostname that is no DNS name", &api.NodeDescription{Hostname: "a b"}, codes.InvalidArgument, "hostname"},
+		{"negative memory", &api.NodeDescription{Hostname: "w", MemoryBytes: -1}, codes.InvalidArgument, "memory_bytes"},
+		{"engine with control characters", &api.NodeDescription{Hostname: "w", Engine: "x\x1b[2J"}, codes.InvalidArgument, "engine"},
+		{"the address it joined with", &api.NodeDescription{Hostname: "w", DataAddr: "10.0.0.7"}, codes.OK, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			s, err := c.Session(ctx, &api.SessionRequest{NodeId: "n1", Description: tt.desc})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			if st := status.Convert(err); st.Code() != tt.wantCode || !strings.Contains(st.Message(), tt.wantMsg) {
+				t.Fatalf("%v %q, want %v %q", st.Code(), st.Message(), tt.wantCode, tt.wantMsg)
+			}
+			got := storedNode(r, "n1").GetDescription()
+			if tt.wantCode != codes.OK && got != nil {
+				t.Errorf("a refused session stored description %v", got)
+			}
+			if tt.wantCode == codes.OK && !proto.Equal(got, tt.desc) {
+				t.Errorf("stored description %v, want %v", got, tt.desc)
+			}
+		})
 	}
 }

@@ -90,7 +90,7 @@ func TestAssignmentsNetworkView(t *testing.T) {
 		store.Create(overlay("ing", "10.255.0.0/24", true)),
 		store.Create(overlay("apps", "10.20.0.0/24", false)),
 		store.Create(overlay("other", "10.30.0.0/24", false)),
-		store.Create(node("n1")), store.Create(n2), store.Create(node("n3")),
+		store.Create(joined(node("n1"), "192.168.1.1:4242")), store.Create(n2), store.Create(node("n3")),
 		store.Create(service("web", &api.Endpoint{Networks: []string{"apps", "ing"}, Ports: []*api.PortConfig{{Target: 80, Published: 8080, Mode: "ingress"}},
 			Vips: []*api.EndpointVIP{{NetworkId: "apps", Addr: "10.20.0.2/24"}, {NetworkId: "ing", Addr: "10.255.0.2/24"}}})),
 		store.Create(service("db", &api.Endpoint{Networks: []string{"other"}, Vips: []*api.EndpointVIP{{NetworkId: "other", Addr: "10.30.0.2/24"}}})),

@@ -532,7 +532,8 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 
 	if n.mgr != nil {
 		auth := n.authorizer()
-		tcpSrv := grpc.NewServer(append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, auth.ServerOptions()...)...)
+		opts := append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, manager.ServerOptions()...)
+		tcpSrv := grpc.NewServer(append(opts, auth.ServerOptions()...)...)
 		n.mgr.Register(tcpSrv)
 		servers = append(servers, tcpSrv)
 		wg.Add(2)

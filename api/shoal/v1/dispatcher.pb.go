@@ -130,7 +130,11 @@ type SessionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// node_id is the caller's node. With mutual TLS it must match the
 	// certificate.
-	NodeId        string           `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	NodeId string `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// description replaces the stored one. It is refused (and nothing is
+	// stored) when a field is malformed or out of bounds (InvalidArgument),
+	// when its hostname is another node's (AlreadyExists), or when its
+	// data_addr is not the node's (see NodeDescription.data_addr).
 	Description   *NodeDescription `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

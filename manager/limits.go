@@ -12,10 +12,11 @@ const (
 	// it by the dispatcher; a larger message is refused by gRPC with
 	// ResourceExhausted before it is read whole.
 	MaxRecvMsg = 4 << 20
-	// MaxSendMsg is the largest message a manager sends. It is what a
-	// worker takes (worker.MaxRecvMsg must not be lower); a full
-	// assignments message beyond it fails the stream rather than a node
-	// being sent what it cannot read.
+	// MaxSendMsg is the largest message a manager sends: a bound on what
+	// one answer may cost to build and hold, not a size clients are
+	// expected to take (gRPC clients take 4 MiB by default). The
+	// dispatcher sends assignments in parts of 1 MiB (ASSIGNMENT_TYPE_PART)
+	// so that workers never need more than their default.
 	MaxSendMsg = 64 << 20
 	// MaxStreamsPerConn bounds the calls one connection has open at once:
 	// a worker keeps three streams and a few calls, a follower forwards

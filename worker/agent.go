@@ -280,6 +280,10 @@ func (a *Agent) session(ctx context.Context) (string, error) {
 	return "", <-errc
 }
 
+// maxAssignmentParts bounds the parts of one assignments message a worker
+// keeps: at the manager's 1 MiB a part, 1 GiB, far past any cluster.
+const maxAssignmentParts = 1024
+
 // leaderHeader is the trailer in which a follower names the leader
 // (dispatcher.LeaderHeader; not imported: workers do not link managers).
 const leaderHeader = "shoal-leader"
@@ -290,11 +294,25 @@ func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, si
 		return fmt.Errorf("open assignments: %w", err)
 	}
 	var seq uint64
+	var parts []*api.AssignmentsMessage
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
 			return fmt.Errorf("assignments stream: %w", err)
 		}
+		// A message too large to send whole comes in parts; apply them
+		// together, never half a set.
+		if msg.GetType() == api.AssignmentType_ASSIGNMENT_TYPE_PART {
+			if len(parts) >= maxAssignmentParts {
+				return fmt.Errorf("assignments: more than %d parts of one message", maxAssignmentParts)
+			}
+			parts = append(parts, msg)
+			continue
+		}
+		if msg, err = api.JoinAssignments(parts, msg); err != nil {
+			return err
+		}
+		parts = nil
 		full := msg.GetType() == api.AssignmentType_ASSIGNMENT_TYPE_FULL
 		if !full && msg.GetAppliesTo() != seq {
 			// A gap: our set is not what the dispatcher thinks. Reopen

@@ -11,6 +11,14 @@ import (
 // tasks) go to the worker as one delta, at the cost of this much latency.
 const assignmentCoalesce = 2 * time.Millisecond
 
+// assignmentPart bounds one message of the Assignments stream: a larger
+// one (a cluster-wide network view: every ingress endpoint is ~150 bytes,
+// so 4 MiB is reached at ~27,000 ingress tasks) goes in parts
+// (api.SplitAssignments). A quarter of gRPC's default 4 MiB receive limit
+// leaves room for any one item, and is large enough that the per-message
+// cost is lost in the encoding.
+const assignmentPart = 1 << 20
+
 // assigned reports whether a task belongs in a node's assignment set: the
 // scheduler has placed it there.
 func assigned(t *api.Task, nodeID string) bool {
@@ -39,7 +47,12 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 	sub := d.raft.Store().SubscribeBounded(streamQueueLimit)
 	defer sub.Close()
 	send := func(msg *api.AssignmentsMessage) error {
-		return sendOrStop(ctx, stream, msg, stop, s.done)
+		for _, part := range api.SplitAssignments(msg, assignmentPart) {
+			if err := sendOrStop(ctx, stream, part, stop, s.done); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 
 	// sent holds the version of each task the worker has, to send only

@@ -37,6 +37,10 @@ const (
 	maxFloodEntrys = uint64(floodFor/(50*time.Millisecond)) + 20
 	maxHeapGrowth  = 16 << 20
 	hostileStreams = 500
+	// hostileSessions session opens in a row with the same description
+	// write nothing new: at most the controllers' own entries.
+	hostileSessions   = 200
+	maxSessionEntries = 10
 	// bigErr is a status err as large as gRPC's default 4 MiB message
 	// limit lets through.
 	bigErr = 4<<20 - 4<<10
@@ -372,6 +376,25 @@ func TestHostileWorker(t *testing.T) {
 		}
 		if got := c.task(taskID).GetStatus().GetState(); got != api.TaskState_TASK_STATE_RUNNING {
 			t.Errorf("task is %v after bogus reports, want RUNNING", got)
+		}
+	})
+
+	t.Run("reopening sessions costs few raft entries", func(t *testing.T) {
+		before := c.m.State().Store().Index()
+		refused := 0
+		for i := 0; i < hostileSessions; i++ {
+			_, err := openHostileSession(ctx, client, nodeID, &api.NodeDescription{Hostname: "evil", DataAddr: "10.9.9.9"})
+			if status.Code(err) == codes.ResourceExhausted {
+				refused++
+			}
+		}
+		grew := c.m.State().Store().Index() - before
+		t.Logf("%d session opens, %d refused as too fast; raft log grew by %d entries", hostileSessions, refused, grew)
+		if grew > maxSessionEntries {
+			t.Errorf("raft log grew by %d entries for %d session opens, want at most %d", grew, hostileSessions, maxSessionEntries)
+		}
+		if refused == 0 {
+			t.Errorf("none of %d session opens was refused: no rate limit", hostileSessions)
 		}
 	})
 

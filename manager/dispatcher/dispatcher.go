@@ -94,6 +94,30 @@ type Dispatcher struct {
 	// write (see recordStatus).
 	batchMu sync.Mutex
 	batch   *statusBatch
+
+	// opens limits each node's session opens (sessionRate), by node id;
+	// guarded by mu.
+	opens map[string]*limiter
+}
+
+// sessionRate and sessionBurst limit how often a node opens a session:
+// each open may write the node's description and state to raft. A worker
+// reconnects with a back-off from 50 ms, which the burst covers.
+const (
+	sessionRate  = 2 // per second
+	sessionBurst = 10
+)
+
+// sessionOpens is nodeID's session-open limiter.
+func (d *Dispatcher) sessionOpens(nodeID string) *limiter {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l := d.opens[nodeID]
+	if l == nil {
+		l = &limiter{rate: sessionRate, burst: sessionBurst}
+		d.opens[nodeID] = l
+	}
+	return l
 }
 
 // New returns a dispatcher; Run must be running for node-down detection.
@@ -110,6 +134,7 @@ func New(r Raft, cfg Config) *Dispatcher {
 	return &Dispatcher{
 		raft: r, cfg: cfg, logger: cfg.Logger,
 		sessions: map[string]*session{}, byNode: map[string]*session{}, closedAt: map[string]time.Time{},
+		opens: map[string]*limiter{},
 	}
 }
 
@@ -231,7 +256,10 @@ func (d *Dispatcher) setNodeState(ctx context.Context, nodeID string, st api.Nod
 		if upd.Status == nil {
 			upd.Status = &api.NodeStatus{}
 		}
-		if upd.Status.State == st && upd.Status.Message == msg && desc == nil {
+		// A session opened again with nothing new (a worker reconnecting)
+		// costs no raft entry.
+		if upd.Status.State == st && upd.Status.Message == msg &&
+			(desc == nil || proto.Equal(desc, n.GetDescription())) && (addr == "" || addr == n.GetStatus().GetAddr()) {
 			return nil
 		}
 		upd.Status.State, upd.Status.Message = st, msg
@@ -296,6 +324,9 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 	}
 	if err := authorize(ctx, req.GetNodeId()); err != nil {
 		return err
+	}
+	if !d.sessionOpens(req.GetNodeId()).allow(time.Now()) {
+		return status.Errorf(codes.ResourceExhausted, "node %s opens sessions faster than %d a second: back off and retry", req.GetNodeId(), sessionRate)
 	}
 	addr := ""
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {

@@ -137,21 +137,26 @@ func advances(stored, report *api.TaskStatus) bool {
 	return !proto.Equal(stored, report)
 }
 
-// limiter is a token bucket: rate tokens a second, at most burst saved.
+// limiter is a token bucket: rate tokens a second, at most burst saved
+// (statusRate and statusBurst when zero).
 type limiter struct {
-	mu     sync.Mutex
-	tokens float64
-	last   time.Time
+	rate, burst float64
+	mu          sync.Mutex
+	tokens      float64
+	last        time.Time
 }
 
 // allow takes a token if one is left.
 func (l *limiter) allow(now time.Time) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.rate == 0 {
+		l.rate, l.burst = statusRate, statusBurst
+	}
 	if l.last.IsZero() {
-		l.tokens = statusBurst
+		l.tokens = l.burst
 	} else {
-		l.tokens = min(statusBurst, l.tokens+now.Sub(l.last).Seconds()*statusRate)
+		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
 	}
 	l.last = now
 	if l.tokens < 1 {

@@ -209,7 +209,7 @@ func TestHostileWorker(t *testing.T) {
 	defer cancel()
 
 	t.Run("spoofed data addresses are refused", func(t *testing.T) {
-		for _, addr := range []string{"0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.1", "8.8.8.8"} {
+		for _, addr := range []string{"0.0.0.0", "224.0.0.1", "255.255.255.255", "8.8.8.8"} {
 			_, err := openHostileSession(ctx, client, nodeID, &api.NodeDescription{Hostname: "evil", DataAddr: addr})
 			if code := status.Code(err); code != codes.InvalidArgument && code != codes.PermissionDenied {
 				t.Errorf("session with data address %s: %v, want it refused", addr, err)

@@ -140,7 +140,7 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 		// Other nodes take the node's data address from this one: it
 		// must name one host they can reach.
 		if ip, err := netip.ParseAddr(host); err == nil {
-			if err := api.ValidDataAddr(ip); err != nil && !ip.IsLoopback() {
+			if err := api.ValidDataAddr(ip); err != nil {
 				return nil, status.Errorf(codes.InvalidArgument, "advertise_addr %q: %v", addr, err)
 			}
 		}

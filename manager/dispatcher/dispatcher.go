@@ -399,8 +399,10 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 // address they can tie to the node: the IP of the advertise address it
 // joined with (checked then; a manager's raft address for managers that
 // joined before it was recorded), or the IP its session comes from (a
-// TLS connection that completed from there). A node without a data address
-// has no overlay.
+// TLS connection that completed from there). A loopback data address is
+// taken only from a session that comes from loopback: a node on the
+// managers' own host, whose loopback is theirs. A node without a data
+// address has no overlay.
 func checkDescription(n *api.Node, desc *api.NodeDescription, sessionAddr string, namesake *api.Node) error {
 	if desc == nil {
 		return nil
@@ -417,6 +419,9 @@ func checkDescription(n *api.Node, desc *api.NodeDescription, sessionAddr string
 		return nil
 	}
 	want, _ := netip.ParseAddr(data) // valid: checked above
+	if from, err := netip.ParseAddrPort(sessionAddr); want.IsLoopback() && (err != nil || !from.Addr().Unmap().IsLoopback()) {
+		return status.Errorf(codes.PermissionDenied, "description.data_addr %s: a loopback address is taken only from a node on the managers' own host; start shoald with --advertise-addr on the address other nodes reach it by", data)
+	}
 	var seen []string
 	for _, a := range []string{n.GetAdvertiseAddr(), n.GetManagerStatus().GetRaftAddr(), sessionAddr} {
 		ap, err := netip.ParseAddrPort(a)

@@ -666,6 +666,7 @@ func TestSessionDescriptionChecked(t *testing.T) {
 		{"multicast data address", &api.NodeDescription{Hostname: "w", DataAddr: "239.1.1.1"}, codes.InvalidArgument, "multicast"},
 		{"broadcast data address", &api.NodeDescription{Hostname: "w", DataAddr: "255.255.255.255"}, codes.InvalidArgument, "broadcast"},
 		{"another host's data address", &api.NodeDescription{Hostname: "w", DataAddr: "8.8.8.8"}, codes.PermissionDenied, "not this node's"},
+		{"loopback data address from another host", &api.NodeDescription{Hostname: "w", DataAddr: "127.0.0.1"}, codes.PermissionDenied, "loopback"},
 		{"another node's hostname", &api.NodeDescription{Hostname: "DB-host"}, codes.AlreadyExists, "taken by node n2"},
 		{"hostname that is no DNS name", &api.NodeDescription{Hostname: "a b"}, codes.InvalidArgument, "hostname"},
 		{"negative memory", &api.NodeDescription{Hostname: "w", MemoryBytes: -1}, codes.InvalidArgument, "memory_bytes"},

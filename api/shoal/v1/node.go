@@ -83,8 +83,10 @@ func ValidateHostname(h string) error {
 
 // ValidDataAddr reports why ip cannot be a node's underlay address, where
 // every other node sends its VXLAN traffic: it must name one host that
-// other hosts can reach, so not unspecified, multicast, broadcast,
-// loopback or link-local, and without a zone.
+// other hosts can reach, so not unspecified, multicast, broadcast or
+// link-local, and without a zone. A loopback address is valid only for a
+// node on the managers' own host (a cluster of one host, as tests run):
+// the dispatcher takes it only from a session that comes from loopback.
 func ValidDataAddr(ip netip.Addr) error {
 	ip = ip.Unmap()
 	switch {
@@ -96,8 +98,6 @@ func ValidDataAddr(ip netip.Addr) error {
 		return fmt.Errorf("%s: the unspecified address names no host", ip)
 	case ip.IsMulticast(), ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return fmt.Errorf("%s: a multicast or broadcast address names no single host", ip)
-	case ip.IsLoopback():
-		return fmt.Errorf("%s: a loopback address reaches no other host", ip)
 	case ip.IsLinkLocalUnicast():
 		return fmt.Errorf("%s: a link-local address is not routed between hosts", ip)
 	}

@@ -478,7 +478,22 @@ func (a *Agent) reportLoop(ctx context.Context) {
 				a.mu.Unlock()
 				break
 			}
-			a.pending = map[string]*api.TaskStatus{}
+			// At most api.MaxStatusUpdates a call: the rest stays pending
+			// for the next turn of the loop.
+			if len(batch) > api.MaxStatusUpdates {
+				rest := batch
+				batch = map[string]*api.TaskStatus{}
+				for id, st := range rest {
+					if len(batch) == api.MaxStatusUpdates {
+						break
+					}
+					batch[id] = st
+					delete(rest, id)
+				}
+				a.pending = rest
+			} else {
+				a.pending = map[string]*api.TaskStatus{}
+			}
 			a.mu.Unlock()
 			req := &api.UpdateTaskStatusRequest{SessionId: sid}
 			for id, st := range batch {

@@ -30,9 +30,6 @@ const (
 	// check's whole output (the node keeps 4 KiB of it) with its prefix.
 	MaxStatusMessage = 1 << 10
 	MaxStatusErr     = 8 << 10
-	// MaxStatusUpdates is how many updates one UpdateTaskStatus call may
-	// carry. A node sends at most one per task it runs, newest only.
-	MaxStatusUpdates = 4096
 	// maxIDLen bounds task and container ids (ours are 26 characters,
 	// containerd's 64).
 	maxIDLen = 128
@@ -193,8 +190,8 @@ func (d *Dispatcher) UpdateTaskStatus(ctx context.Context, req *api.UpdateTaskSt
 	if !s.reports.allow(time.Now()) {
 		return nil, status.Errorf(codes.ResourceExhausted, "node %s sends status reports faster than %d a second: send fewer, each with the newest state of every task", s.nodeID, statusRate)
 	}
-	if n := len(req.GetUpdates()); n > MaxStatusUpdates {
-		return nil, status.Errorf(codes.InvalidArgument, "updates: %d in one call, at most %d: split them", n, MaxStatusUpdates)
+	if n := len(req.GetUpdates()); n > api.MaxStatusUpdates {
+		return nil, status.Errorf(codes.InvalidArgument, "updates: %d in one call, at most %d: split them", n, api.MaxStatusUpdates)
 	}
 	reports := map[string]*api.TaskStatus{}
 	for _, u := range req.GetUpdates() {

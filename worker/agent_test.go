@@ -589,3 +589,43 @@ func TestAgentJoinsParts(t *testing.T) {
 		}
 	}
 }
+
+// TestAgentSplitsReports queues more reports than one call may carry:
+// they go in several calls, none over api.MaxStatusUpdates, and all
+// arrive.
+func TestAgentSplitsReports(t *testing.T) {
+	disp := newFakeDispatcher()
+	var mu sync.Mutex
+	largest := 0
+	disp.updateHook = func(_ context.Context, req *api.UpdateTaskStatusRequest) error {
+		mu.Lock()
+		defer mu.Unlock()
+		largest = max(largest, len(req.GetUpdates()))
+		if len(req.GetUpdates()) > api.MaxStatusUpdates {
+			return status.Errorf(codes.InvalidArgument, "%d updates", len(req.GetUpdates()))
+		}
+		return nil
+	}
+	h := startAgent(t, newFakeExecutor(), disp)
+	h.disp.full(t, 1)
+	const n = api.MaxStatusUpdates + 1000
+	h.agent.mu.Lock()
+	for i := 0; i < n; i++ {
+		h.agent.reportLocked(fmt.Sprintf("t%d", i), &api.TaskStatus{State: stRunning})
+	}
+	h.agent.mu.Unlock()
+	await.For(t, "every report to arrive", func() (bool, string) {
+		got := 0
+		for i := 0; i < n; i++ {
+			if len(h.disp.states(fmt.Sprintf("t%d", i))) > 0 {
+				got++
+			}
+		}
+		return got == n, fmt.Sprintf("%d of %d", got, n)
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if largest > api.MaxStatusUpdates {
+		t.Errorf("a call carried %d updates, at most %d", largest, api.MaxStatusUpdates)
+	}
+}

@@ -108,6 +108,16 @@ bench: setup build
 	$(GOTEST) -run '^$$' -bench . -benchtime 1x -timeout 60m ./bench/... ./manager/ | tee $(BIN)/bench.txt
 	$(GOTEST) -run '^$$' -bench . -timeout 20m ./network/lb/nft/ ./manager/dispatcher/ | tee -a $(BIN)/bench.txt
 	$(GOTEST) -run '^$$' -bench . -timeout 20m ./scheduler/ | tee -a $(BIN)/bench.txt
+	$(MAKE) bench-vm
+
+# The VM tier's benchmarks on a cluster of their own (skipped where the
+# tier cannot run): the mesh with IPVS and with nftables against the task
+# straight, and both backends' programming benchmarks in a VM, as ratios.
+.PHONY: bench-vm
+bench-vm:
+	@mkdir -p $(BIN)
+	$(GOTEST) -run '^$$' -bench . -benchtime 1x $(VMTESTFLAGS) $(VMPKG) | tee $(BIN)/bench-vm.txt; \
+	[ -n "$$SHOAL_VM_KEEP" ] || sh deploy/vagrant/vmenv.sh down
 
 demo: setup build
 	sh deploy/demo.sh

@@ -48,6 +48,21 @@ func TestBadInput(t *testing.T) {
 		{"malformed publish", []string{"service", "create", "--name", "other", "--publish", "80:abc", tc.Image}, `invalid --publish "80:abc"`},
 		{"malformed publish long form", []string{"service", "create", "--name", "other", "--publish", "published=8081,target=80,mode=bridge", tc.Image}, `invalid --publish`},
 		{"malformed subnet", []string{"network", "create", "--subnet", "10.20.0/99", "bad"}, "10.20.0/99"},
+		{"unknown service update", []string{"service", "update", "--image", tc.Image, "nope"}, `service "nope": not found`},
+		{"update without a change", []string{"service", "update", "web"}, "nothing to update"},
+		{"negative update parallelism", []string{"service", "update", "--update-parallelism", "-1", "web"}, "--update-parallelism must be 0 or more"},
+		{"failure ratio out of range", []string{"service", "update", "--update-max-failure-ratio", "2", "web"}, "--update-max-failure-ratio must be a fraction from 0 to 1"},
+		{"update order typo", []string{"service", "update", "--update-order", "stop-frist", "web"}, `invalid --update-order "stop-frist"`},
+		{"update to an unknown network", []string{"service", "update", "--network-add", "nope", "web"}, `network "nope": not found`},
+		{"rename by update", []string{"service", "update", "--name", "x", "web"}, "unknown flag: --name"},
+		{"rollback of a service never updated", []string{"service", "rollback", "web"}, `service "web" has no previous spec to roll back to`},
+		{"rollback of an unknown service", []string{"service", "rollback", "nope"}, `service "nope": not found`},
+		{"replicas with global mode", []string{"service", "create", "--name", "glob", "--mode", "global", "--replicas", "2", tc.Image}, "--replicas cannot be used with --mode global"},
+		{"unknown mode", []string{"service", "create", "--name", "glob", "--mode", "everywhere", tc.Image}, `invalid --mode "everywhere"`},
+		{"health interval of 0", []string{"service", "create", "--name", "hc", "--health-cmd", "true", "--health-interval", "0s", tc.Image}, "--health-interval must be positive"},
+		{"health interval of 0 on update", []string{"service", "update", "--health-interval", "0s", "web"}, "--health-interval must be positive"},
+		{"limit below the reservation", []string{"service", "create", "--name", "res", "--limit-memory", "64M", "--reserve-memory", "128M", tc.Image}, "--limit-memory 64MiB is below --reserve-memory 128MiB"},
+		{"limit below the reservation on update", []string{"service", "update", "--limit-memory", "64M", "--reserve-memory", "128M", "web"}, "is below --reserve-memory"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, err := n.Try(tt.args...)

@@ -64,7 +64,7 @@ func TestCluster(t *testing.T) {
 		} else {
 			c.ctl(t, m, "service", "scale", "--detach", service+"="+strconv.Itoa(replicas))
 		}
-		return c.converged(t, service, want{replicas: replicas})
+		return c.converged(t, service, want{Replicas: replicas})
 	}
 
 	t.Run("node ls shows every node", func(t *testing.T) {
@@ -176,7 +176,7 @@ func TestCluster(t *testing.T) {
 			c.ctl(t, m, "service", "rm", service)
 		}
 		c.ctl(t, m, "service", "create", "--detach", "--name", service, "--replicas", strconv.Itoa(replicas), tc.Image)
-		running := c.converged(t, service, want{replicas: replicas})
+		running := c.converged(t, service, want{Replicas: replicas})
 		counts := perNode(running, hostnames(c.clusterNodes(t, m)))
 		for _, name := range c.names("") {
 			if counts[name] < 1 || counts[name] > 2 {
@@ -221,7 +221,7 @@ func TestCluster(t *testing.T) {
 			out, err := c.try(t, survivor, "service", "scale", "--detach", service+"="+strconv.Itoa(replicas))
 			return err == nil, out
 		})
-		after := c.converged(t, service, want{replicas: replicas, notOn: []string{leader}, unseen: []string{leader}})
+		after := c.converged(t, service, want{Replicas: replicas, NotOn: []string{leader}, Unseen: []string{leader}})
 		names := hostnames(c.clusterNodes(t, survivor))
 		for id, task := range before {
 			if names[task.GetNodeId()] == leader {
@@ -249,7 +249,7 @@ func TestCluster(t *testing.T) {
 		})
 		// Back, the old leader stops the containers of the tasks that
 		// moved away while it was gone.
-		c.converged(t, service, want{replicas: replicas})
+		c.converged(t, service, want{Replicas: replicas})
 	})
 
 	t.Run("worker cut off: its tasks move, and its stale containers stop when it is back", func(t *testing.T) {
@@ -282,7 +282,7 @@ func TestCluster(t *testing.T) {
 			n := byHostname(c.clusterNodes(t, m), victim)
 			return n.GetStatus().GetState() == api.NodeState_NODE_STATE_DOWN, c.ctl(t, m, "node", "ls")
 		})
-		c.converged(t, service, want{replicas: replicas, notOn: []string{victim}, unseen: []string{victim}})
+		c.converged(t, service, want{Replicas: replicas, NotOn: []string{victim}, Unseen: []string{victim}})
 		// Cut off, the worker cannot know its tasks moved, and losing the
 		// managers must not stop what it runs.
 		runningThere := map[string]bool{}
@@ -310,7 +310,7 @@ func TestCluster(t *testing.T) {
 			}
 			return len(left) == 0, fmt.Sprintf("still running on %s: %v", victim, left)
 		})
-		c.converged(t, service, want{replicas: replicas})
+		c.converged(t, service, want{Replicas: replicas})
 	})
 
 	t.Run("drained node: its tasks move, and it takes tasks again once active", func(t *testing.T) {
@@ -333,7 +333,7 @@ func TestCluster(t *testing.T) {
 		if n := byHostname(c.clusterNodes(t, m), drained); n.GetSpec().GetAvailability() != api.NodeAvailability_NODE_AVAILABILITY_DRAIN {
 			t.Fatalf("after drain, %s has availability %v:\n%s", drained, n.GetSpec().GetAvailability(), c.ctl(t, m, "node", "ls"))
 		}
-		c.converged(t, service, want{replicas: replicas, notOn: []string{drained}})
+		c.converged(t, service, want{Replicas: replicas, NotOn: []string{drained}})
 
 		c.ctl(t, m, "node", "update", "--availability", "active", drained)
 		if n := byHostname(c.clusterNodes(t, m), drained); n.GetSpec().GetAvailability() != api.NodeAvailability_NODE_AVAILABILITY_ACTIVE {
@@ -343,7 +343,7 @@ func TestCluster(t *testing.T) {
 		// there.
 		replicas++
 		c.ctl(t, m, "service", "scale", "--detach", service+"="+strconv.Itoa(replicas))
-		running = c.converged(t, service, want{replicas: replicas})
+		running = c.converged(t, service, want{Replicas: replicas})
 		if n := perNode(running, hostnames(c.clusterNodes(t, m)))[drained]; n != 1 {
 			t.Errorf("after scaling up, %s runs %d replicas, want 1 (it was the only empty node):\n%s", drained, n, c.ps(t, m, service))
 		}
@@ -410,7 +410,7 @@ func TestCluster(t *testing.T) {
 				t.Errorf("task %s (slot %d) is gone after the restart:\n%s", task.GetId(), task.GetSlot(), c.ps(t, m, service))
 			}
 		}
-		c.converged(t, service, want{replicas: replicas})
+		c.converged(t, service, want{Replicas: replicas})
 	})
 }
 

@@ -10,6 +10,7 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/image"
+	"github.com/shoal-project/shoal/internal/servicecheck"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/lab"
@@ -177,7 +178,7 @@ func (c *labCluster) setHealth(t *testing.T, task *api.Task, to string) {
 	if pid == 0 {
 		t.Fatalf("no container of task %s on %s", task.GetId(), node)
 	}
-	if out, err := inTask(t, pid, "set-health", to); err != nil {
+	if out, err := inTask(t, pid)("set-health", to); err != nil {
 		t.Fatalf("set-health %s in task %s: %v: %s", to, api.TaskName(task), err, out)
 	}
 }
@@ -202,6 +203,6 @@ func (c *labCluster) servedBy(t *testing.T, client lab.Client, urls []string, ta
 		return true, ""
 	})
 	for _, url := range urls {
-		servedOnlyBy(t, "through "+url, c.loadFrom(t, client, healthRequests, url), healthRequests, want)
+		servicecheck.ServedOnlyBy(t, "through "+url, c.loadFrom(t, client, healthRequests, url), healthRequests, want)
 	}
 }

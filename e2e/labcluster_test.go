@@ -17,11 +17,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/identity"
+	"github.com/shoal-project/shoal/internal/servicecheck"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/lab"
@@ -55,10 +55,11 @@ type labCluster struct {
 }
 
 // newLabCluster brings up a lab of managers and workers with the echo
-// image in every node's containerd namespace, and removes it when the
-// test ends, failing the test if anything is left. It skips when the
-// machine cannot run a lab or another lab is up.
-func newLabCluster(t *testing.T, managers, workers int) *labCluster {
+// image in every node's containerd namespace (also under each of refs,
+// for tests that need two images), and removes it when the test ends,
+// failing the test if anything is left. It skips when the machine cannot
+// run a lab or another lab is up.
+func newLabCluster(t *testing.T, managers, workers int, refs ...string) *labCluster {
 	t.Helper()
 	tc.Skip(t)
 	ctx, cancel := context.WithTimeout(t.Context(), labLock)
@@ -72,15 +73,19 @@ func newLabCluster(t *testing.T, managers, workers int) *labCluster {
 		t.Skipf("a lab is up or left over on this machine (%s): run `shoalctl lab down`", strings.Join(found, ", "))
 	}
 	bin := tc.Binaries(t)
-	image := filepath.Join(t.TempDir(), "echo.tar")
-	if err := testimage.BuildEcho(t.Context(), image, tc.Image); err != nil {
-		t.Fatalf("build the echo image: %v", err)
+	var images []string
+	for i, ref := range append([]string{tc.Image}, refs...) {
+		image := filepath.Join(t.TempDir(), fmt.Sprintf("echo%d.tar", i))
+		if err := testimage.BuildEcho(t.Context(), image, ref); err != nil {
+			t.Fatalf("build the echo image %s: %v", ref, err)
+		}
+		images = append(images, image)
 	}
 	l, err := lab.Up(t.Context(), lab.Config{
 		Managers:   managers,
 		Workers:    workers,
 		Shoald:     filepath.Join(bin, "shoald"),
-		Images:     []string{image},
+		Images:     images,
 		ShoaldArgs: []string{"--log-level", "debug"},
 		Progress:   t.Output(),
 		Logger:     slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
@@ -255,16 +260,9 @@ func (c *labCluster) ctl(t *testing.T, node string, args ...string) string {
 // decodeLines decodes shoalctl's --format json output, one object a line.
 func decodeLines[M proto.Message](t *testing.T, out string, make func() M) []M {
 	t.Helper()
-	var objs []M
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		if line == "" {
-			continue
-		}
-		m := make()
-		if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal([]byte(line), m); err != nil {
-			t.Fatalf("decode %T: %v\n%s", m, err, line)
-		}
-		objs = append(objs, m)
+	objs, err := servicecheck.DecodeLines(out, make)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return objs
 }
@@ -330,72 +328,27 @@ func (c *labCluster) containers(t *testing.T, name string) []tc.Container {
 }
 
 // want is the state a service must reach.
-type want struct {
-	replicas int
-	// notOn are nodes that must run none of the service's tasks.
-	notOn []string
-	// unseen are nodes whose containers are not looked at: cut off or
-	// without a running shoald, they cannot know what changed, and their
-	// containers may run on.
-	unseen []string
-}
+type want = servicecheck.Want
 
-// converged waits until the service has exactly w.replicas running tasks
-// (desired and current state running), one per slot, none on w.notOn,
-// each with a running container on its node, and no other running
-// container of the service on any node that is not w.unseen. It returns
-// the running tasks by id.
+// converged waits until the service has reached w (see
+// servicecheck.Converged), looking at the containers of every node but
+// w.Unseen, and returns its running tasks by id.
 func (c *labCluster) converged(t *testing.T, service string, w want) map[string]*api.Task {
 	t.Helper()
-	via := c.manager(t, w.unseen...)
+	via := c.manager(t, w.Unseen...)
 	var running map[string]*api.Task
-	what := fmt.Sprintf("%d running replicas of %s, none on %v", w.replicas, service, w.notOn)
+	what := fmt.Sprintf("%d running replicas of %s, none on %v", w.Replicas, service, w.NotOn)
 	tc.Eventually(t, clusterConverge, what, func() (bool, string) {
-		names := hostnames(c.clusterNodes(t, via))
-		all := c.tasks(t, via, service)
-		ours := map[string]bool{}
-		running = map[string]*api.Task{}
-		slots := map[uint64]string{}
-		for _, task := range all {
-			ours[task.GetId()] = true
-			if task.GetDesiredState() != api.TaskState_TASK_STATE_RUNNING || task.GetStatus().GetState() != api.TaskState_TASK_STATE_RUNNING {
-				continue
-			}
-			running[task.GetId()] = task
-			if other, dup := slots[task.GetSlot()]; dup {
-				return false, fmt.Sprintf("slot %d has two running tasks, %s and %s\n%s", task.GetSlot(), other, task.GetId(), c.ps(t, via, service))
-			}
-			slots[task.GetSlot()] = task.GetId()
-			if node := names[task.GetNodeId()]; slices.Contains(w.notOn, node) {
-				return false, fmt.Sprintf("task %s runs on %s\n%s", task.GetId(), node, c.ps(t, via, service))
-			}
-		}
-		if len(running) != w.replicas {
-			return false, fmt.Sprintf("%d running tasks\n%s", len(running), c.ps(t, via, service))
-		}
-		// Every running task has its container, and no node runs a
-		// container of the service that is not a running task's.
-		seen := 0
+		containers := map[string][]tc.Container{}
 		for _, name := range c.names("") {
-			if slices.Contains(w.unseen, name) {
-				continue
-			}
-			for _, ctr := range c.containers(t, name) {
-				if ctr.Status != "running" || !ours[ctr.TaskID] {
-					continue
-				}
-				task := running[ctr.TaskID]
-				if task == nil {
-					return false, fmt.Sprintf("%s runs container %s of task %s, which is not a running task\n%s", name, ctr.ID, ctr.TaskID, c.ps(t, via, service))
-				}
-				if names[task.GetNodeId()] != name {
-					return false, fmt.Sprintf("%s runs container %s of task %s, which is assigned to %s", name, ctr.ID, ctr.TaskID, names[task.GetNodeId()])
-				}
-				seen++
+			if !slices.Contains(w.Unseen, name) {
+				containers[name] = c.containers(t, name)
 			}
 		}
-		if seen != w.replicas {
-			return false, fmt.Sprintf("%d running containers for %d running tasks\n%s", seen, w.replicas, c.ps(t, via, service))
+		var why string
+		running, why = servicecheck.Converged(c.tasks(t, via, service), hostnames(c.clusterNodes(t, via)), containers, w)
+		if running == nil {
+			return false, why + "\n" + c.ps(t, via, service)
 		}
 		return true, ""
 	})

@@ -12,6 +12,7 @@ import (
 
 	containerd "github.com/containerd/containerd/v2/client"
 
+	"github.com/shoal-project/shoal/internal/servicecheck"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/worker/netagent"
 )
@@ -62,7 +63,7 @@ func TestLeave(t *testing.T) {
 	}
 
 	c.ctl(t, m, "service", "create", "--name", "web", "--replicas", "4", "--publish", "8080:80", tc.Image)
-	running := c.converged(t, "web", want{replicas: 4})
+	running := c.converged(t, "web", want{Replicas: 4})
 	if perNode(running, hostnames(c.clusterNodes(t, m)))[leaver] == 0 {
 		t.Fatalf("%s runs no replica of web: the test would not cover a node that leaves with tasks\n%s", leaver, c.ps(t, m, "web"))
 	}
@@ -105,14 +106,14 @@ func TestLeave(t *testing.T) {
 
 	// The replica moved, and the other nodes' meshes send to the running
 	// tasks only: no backend and no VXLAN endpoint on the node that left.
-	running = c.converged(t, "web", want{replicas: 4, notOn: []string{leaver}, unseen: []string{leaver}})
+	running = c.converged(t, "web", want{Replicas: 4, NotOn: []string{leaver}, Unseen: []string{leaver}})
 	for _, name := range []string{m, "manager2", "worker1"} {
 		tc.Eventually(t, clusterConverge, name+" forgets "+leaver+"'s VXLAN endpoint", func() (bool, string) {
 			fdb, err := c.Exec(t.Context(), name, "bridge", "fdb", "show")
 			return err == nil && !strings.Contains(fdb, "dst "+addrOf[leaver]+" "), fdb
 		})
 		rep := c.loadFrom(t, client, meshRequests, "http://"+addrOf[name]+":8080")
-		servedOnlyBy(t, "web through "+name+" after "+leaver+" left", rep, meshRequests, taskNames(running))
+		servicecheck.ServedOnlyBy(t, "web through "+name+" after "+leaver+" left", rep, meshRequests, servicecheck.TaskNames(running))
 	}
 
 	// A manager is told to demote first; --force demotes it (the other
@@ -136,7 +137,7 @@ func TestLeave(t *testing.T) {
 		t.Errorf("leave left kernel state on manager2: %s", strings.Join(left, ", "))
 	}
 	gone := []string{leaver, "manager2"}
-	c.converged(t, "web", want{replicas: 4, notOn: gone, unseen: gone})
+	c.converged(t, "web", want{Replicas: 4, NotOn: gone, Unseen: gone})
 
 	// The last manager may not leave: that would end the cluster.
 	before := hostnames(c.clusterNodes(t, m))
@@ -153,7 +154,7 @@ func TestLeave(t *testing.T) {
 	if _, err := os.Stat(c.node(t, m).DataDir); err != nil {
 		t.Errorf("refused leave touched the data dir: %v", err)
 	}
-	c.converged(t, "web", want{replicas: 4, notOn: gone, unseen: gone})
+	c.converged(t, "web", want{Replicas: 4, NotOn: gone, Unseen: gone})
 }
 
 // containerdNamespaces lists containerd's namespaces.

@@ -6,12 +6,12 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/internal/servicecheck"
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 	"github.com/shoal-project/shoal/internal/testimage"
 	"github.com/shoal-project/shoal/lab"
@@ -24,54 +24,40 @@ const meshRequests = 200
 // loadFrom runs `shoal-testimage load` in the lab's client namespace.
 func (c *labCluster) loadFrom(t *testing.T, client lab.Client, n int, target string) testimage.LoadReport {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), ctlTimeout)
+	rep, err := c.tryLoad(client, n, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// tryLoad is loadFrom without failing the test, for other goroutines.
+func (c *labCluster) tryLoad(client lab.Client, n int, target string) (testimage.LoadReport, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", client.Namespace,
 		filepath.Join(c.bin, "shoal-testimage"), "load", "-n", fmt.Sprint(n), "-c", "4", "-timeout", "3s", target)
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("load %s from the client: %v\n%s", target, err, out)
+		return testimage.LoadReport{}, fmt.Errorf("load %s from the client: %v\n%s", target, err, out)
 	}
 	var rep testimage.LoadReport
 	if err := json.Unmarshal(out, &rep); err != nil {
-		t.Fatalf("load %s: decode %q: %v", target, out, err)
+		return rep, fmt.Errorf("load %s: decode %q: %v", target, out, err)
 	}
-	return rep
+	return rep, nil
 }
 
 // inTask runs the echo binary's client mode inside a task's container
 // (its mount and network namespaces), so that it uses the task's own
 // interfaces and resolv.conf.
-func inTask(t *testing.T, pid uint32, args ...string) (string, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	argv := append([]string{"-t", fmt.Sprint(pid), "-n", "-m", "/echo"}, args...)
-	out, err := exec.CommandContext(ctx, "nsenter", argv...).CombinedOutput()
-	return strings.TrimSpace(string(out)), err
-}
-
-// taskNames are the names the echo server reports for running tasks
-// (SHOAL_TASK_NAME: service.slot.id).
-func taskNames(tasks map[string]*api.Task) []string {
-	var out []string
-	for _, task := range tasks {
-		out = append(out, api.TaskName(task))
-	}
-	slices.Sort(out)
-	return out
-}
-
-// servedOnlyBy checks that every request succeeded and that the answers
-// came from exactly the given tasks.
-func servedOnlyBy(t *testing.T, what string, rep testimage.LoadReport, n int, names []string) {
-	t.Helper()
-	if rep.OK != n || rep.Failed != 0 {
-		t.Errorf("%s: %d of %d requests succeeded, %d failed: %v", what, rep.OK, n, rep.Failed, rep.Errors)
-	}
-	got := sortedKeys(rep.Tasks)
-	if !slices.Equal(got, names) {
-		t.Errorf("%s: answered by %v (%v), want exactly the running tasks %v", what, got, rep.Tasks, names)
+func inTask(t *testing.T, pid uint32) servicecheck.InTask {
+	return func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		defer cancel()
+		argv := append([]string{"-t", fmt.Sprint(pid), "-n", "-m", "/echo"}, args...)
+		out, err := exec.CommandContext(ctx, "nsenter", argv...).CombinedOutput()
+		return strings.TrimSpace(string(out)), err
 	}
 }
 
@@ -98,7 +84,7 @@ func TestRoutingMesh(t *testing.T) {
 	// A 2-replica web service published on 8080: every node answers, and
 	// both replicas answer through every node.
 	c.ctl(t, m, "service", "create", "--name", "web", "--replicas", "2", "--publish", "8080:80", tc.Image)
-	running := c.converged(t, "web", want{replicas: 2})
+	running := c.converged(t, "web", want{Replicas: 2})
 	withTask := perNode(running, names)
 	sawEmpty := false
 	for _, n := range c.names("") {
@@ -106,7 +92,7 @@ func TestRoutingMesh(t *testing.T) {
 			sawEmpty = true
 		}
 		rep := c.loadFrom(t, client, meshRequests, "http://"+addrOf[n]+":8080")
-		servedOnlyBy(t, "web through "+n, rep, meshRequests, taskNames(running))
+		servicecheck.ServedOnlyBy(t, "web through "+n, rep, meshRequests, servicecheck.TaskNames(running))
 		for remote := range rep.Remotes {
 			if remote == client.Addr.String() {
 				t.Errorf("web through %s: a task saw the client's address %s; the mesh must masquerade", n, remote)
@@ -130,7 +116,7 @@ func TestRoutingMesh(t *testing.T) {
 			t.Fatal(err)
 		}
 		rep := c.loadFrom(t, client, 50, "http://"+addrOf[idle]+":8080")
-		servedOnlyBy(t, "web through "+idle+" with its shoald killed", rep, 50, taskNames(running))
+		servicecheck.ServedOnlyBy(t, "web through "+idle+" with its shoald killed", rep, 50, servicecheck.TaskNames(running))
 		if err := c.StartNode(t.Context(), idle); err != nil {
 			t.Fatal(err)
 		}
@@ -138,23 +124,21 @@ func TestRoutingMesh(t *testing.T) {
 			t.Fatal(err)
 		}
 		rep = c.loadFrom(t, client, 50, "http://"+addrOf[idle]+":8080")
-		servedOnlyBy(t, "web through "+idle+" after its shoald restarted", rep, 50, taskNames(running))
+		servicecheck.ServedOnlyBy(t, "web through "+idle+" after its shoald restarted", rep, 50, servicecheck.TaskNames(running))
 	}
 
 	// UDP through the mesh (the echo server answers datagrams on its HTTP
 	// port number).
 	c.ctl(t, m, "service", "create", "--name", "dgram", "--replicas", "1", "--publish", "published=5353,target=80,protocol=udp", tc.Image)
-	dgram := c.converged(t, "dgram", want{replicas: 1})
+	dgram := c.converged(t, "dgram", want{Replicas: 1})
 	for _, n := range c.names("") {
 		rep := c.loadFrom(t, client, 20, "udp://"+addrOf[n]+":5353")
-		if got := sortedKeys(rep.Tasks); rep.OK != 20 || len(got) != 1 || got[0] != hostnameOf(dgram) {
-			t.Errorf("udp through %s: %d of 20 answered, by %v, want all by %s: %v", n, rep.OK, got, hostnameOf(dgram), rep.Errors)
-		}
+		servicecheck.ServedOnlyBy(t, "udp through "+n, rep, 20, servicecheck.TaskNames(dgram))
 	}
 
 	// Host mode: only the node running the task answers, straight to it.
 	c.ctl(t, m, "service", "create", "--name", "api", "--replicas", "1", "--publish", "mode=host,published=9000,target=80", tc.Image)
-	apiTasks := c.converged(t, "api", want{replicas: 1})
+	apiTasks := c.converged(t, "api", want{Replicas: 1})
 	apiNode := ""
 	for _, task := range apiTasks {
 		apiNode = names[task.GetNodeId()]
@@ -162,7 +146,7 @@ func TestRoutingMesh(t *testing.T) {
 	for _, n := range c.names("") {
 		rep := c.loadFrom(t, client, 10, "http://"+addrOf[n]+":9000")
 		if n == apiNode {
-			servedOnlyBy(t, "host-mode api on "+n, rep, 10, taskNames(apiTasks))
+			servicecheck.ServedOnlyBy(t, "host-mode api on "+n, rep, 10, servicecheck.TaskNames(apiTasks))
 			if rep.Remotes[client.Addr.String()] != 10 {
 				t.Errorf("host-mode api on %s: tasks saw %v, want the client's %s", n, rep.Remotes, client.Addr)
 			}
@@ -174,11 +158,11 @@ func TestRoutingMesh(t *testing.T) {
 	// Source-IP mode: each node sends only to its own tasks, without
 	// masquerade, so the task sees the client.
 	c.ctl(t, m, "service", "create", "--name", "keep", "--replicas", "1", "--publish", "published=8081,target=80,traffic=local", tc.Image)
-	keep := c.converged(t, "keep", want{replicas: 1})
+	keep := c.converged(t, "keep", want{Replicas: 1})
 	for _, task := range keep {
 		n := names[task.GetNodeId()]
 		rep := c.loadFrom(t, client, 10, "http://"+addrOf[n]+":8081")
-		servedOnlyBy(t, "source-IP mode on "+n, rep, 10, taskNames(keep))
+		servicecheck.ServedOnlyBy(t, "source-IP mode on "+n, rep, 10, servicecheck.TaskNames(keep))
 		if rep.Remotes[client.Addr.String()] != 10 {
 			t.Errorf("source-IP mode on %s: tasks saw %v, want the client's %s", n, rep.Remotes, client.Addr)
 		}
@@ -189,8 +173,8 @@ func TestRoutingMesh(t *testing.T) {
 	c.ctl(t, m, "network", "create", "--subnet", "10.20.0.0/24", "backend")
 	c.ctl(t, m, "service", "create", "--name", "db", "--replicas", "2", "--network", "backend", tc.Image)
 	c.ctl(t, m, "service", "create", "--name", "front", "--replicas", "1", "--network", "backend", tc.Image)
-	db := c.converged(t, "db", want{replicas: 2})
-	front := c.converged(t, "front", want{replicas: 1})
+	db := c.converged(t, "db", want{Replicas: 2})
+	front := c.converged(t, "front", want{Replicas: 1})
 	control, closer, err := c.Client(m)
 	if err != nil {
 		t.Fatal(err)
@@ -200,18 +184,6 @@ func TestRoutingMesh(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if vips := dbSvc.GetService().GetEndpoint().GetVips(); len(vips) != 1 {
-		t.Fatalf("db: want one VIP, got %v", vips)
-	}
-	vip, _, _ := strings.Cut(dbSvc.GetService().GetEndpoint().GetVips()[0].GetAddr(), "/")
-	var dbIPs []string
-	for _, task := range db {
-		for _, a := range task.GetNetworks() {
-			ip, _, _ := strings.Cut(a.GetAddr(), "/")
-			dbIPs = append(dbIPs, ip)
-		}
-	}
-	slices.Sort(dbIPs)
 	var frontPID uint32
 	for _, task := range front {
 		for _, ctr := range c.containers(t, names[task.GetNodeId()]) {
@@ -223,39 +195,17 @@ func TestRoutingMesh(t *testing.T) {
 	if frontPID == 0 {
 		t.Fatal("no container found for front's task")
 	}
-	tc.Eventually(t, clusterConverge, "front resolves db", func() (bool, string) {
-		got, err := inTask(t, frontPID, "resolve", "db")
-		return err == nil && got == vip, fmt.Sprintf("resolve db = %q (%v), want the VIP %s", got, err, vip)
-	})
-	if got, err := inTask(t, frontPID, "resolve", "tasks.db"); err != nil || got != strings.Join(dbIPs, "\n") {
-		t.Errorf("resolve tasks.db = %q (%v), want %v", got, err, dbIPs)
-	}
-	// 30 requests: both tasks answer unless the balancer is broken (a
-	// fair one misses one of two with probability 2^-29).
-	seen := map[string]bool{}
-	for range 30 {
-		got, err := inTask(t, frontPID, "get", "http://db/")
-		if err != nil {
-			t.Fatalf("front GET http://db/: %v: %s", err, got)
-		}
-		for line := range strings.SplitSeq(got, "\n") {
-			if name, ok := strings.CutPrefix(line, "task="); ok {
-				seen[name] = true
-			}
-		}
-	}
-	if want := taskNames(db); !slices.Equal(sortedKeys(seen), want) {
-		t.Errorf("front reached db's tasks %v through the VIP, want %v", sortedKeys(seen), want)
-	}
+	servicecheck.Discovery(t, inTask(t, frontPID), dbSvc.GetService(), db, clusterConverge)
+	vip, _, _ := strings.Cut(dbSvc.GetService().GetEndpoint().GetVips()[0].GetAddr(), "/")
 
 	// Scaling and killing: once a change is applied, no request goes to a
 	// task that is gone, and new tasks take their share.
 	target := c.names(lab.RoleWorker)[0]
 	for _, replicas := range []string{"4", "1", "2"} {
 		c.ctl(t, m, "service", "scale", "web="+replicas)
-		running = c.converged(t, "web", want{replicas: atoi(t, replicas)})
+		running = c.converged(t, "web", want{Replicas: atoi(t, replicas)})
 		rep := c.loadFrom(t, client, meshRequests, "http://"+addrOf[target]+":8080")
-		servedOnlyBy(t, "web at "+replicas+" replicas", rep, meshRequests, taskNames(running))
+		servicecheck.ServedOnlyBy(t, "web at "+replicas+" replicas", rep, meshRequests, servicecheck.TaskNames(running))
 	}
 	for id, task := range running {
 		node := names[task.GetNodeId()]
@@ -269,7 +219,7 @@ func TestRoutingMesh(t *testing.T) {
 		break
 	}
 	tc.Eventually(t, clusterConverge, "the killed replica replaced", func() (bool, string) {
-		now := c.converged(t, "web", want{replicas: 2})
+		now := c.converged(t, "web", want{Replicas: 2})
 		same := 0
 		for id := range now {
 			if running[id] != nil {
@@ -278,9 +228,9 @@ func TestRoutingMesh(t *testing.T) {
 		}
 		return same == 1, fmt.Sprintf("%d of the old tasks still run", same)
 	})
-	running = c.converged(t, "web", want{replicas: 2})
+	running = c.converged(t, "web", want{Replicas: 2})
 	rep := c.loadFrom(t, client, meshRequests, "http://"+addrOf[target]+":8080")
-	servedOnlyBy(t, "web after a kill", rep, meshRequests, taskNames(running))
+	servicecheck.ServedOnlyBy(t, "web after a kill", rep, meshRequests, servicecheck.TaskNames(running))
 
 	// Removing every service leaves no container and no task interface on
 	// any node.
@@ -332,15 +282,6 @@ func TestRoutingMesh(t *testing.T) {
 		}
 		return true, ""
 	})
-}
-
-// hostnameOf is the hostname of a service's only running task, as the
-// echo server reports it over UDP (service.slot).
-func hostnameOf(tasks map[string]*api.Task) string {
-	for _, task := range tasks {
-		return fmt.Sprintf("%s.%d", task.GetServiceName(), task.GetSlot())
-	}
-	return ""
 }
 
 func atoi(t *testing.T, s string) int {

@@ -88,11 +88,19 @@ install_packages() {
 	systemctl -q is-enabled containerd || systemctl -q --no-reload enable containerd
 	systemctl -q is-active containerd || systemctl --no-block start containerd
 	# The routing mesh: IPVS for --lb-backend auto/ipvs (auto uses it when
-	# the kernel offers it), br_netfilter so that the nftables backend sees
-	# bridged service traffic.
-	printf 'ip_vs\nbr_netfilter\n' >/etc/modules-load.d/shoal.conf
+	# the kernel offers it), br_netfilter so that netfilter sees bridged
+	# service traffic (a VIP backend's reply on the overlay).
+	printf 'ip_vs\nbr_netfilter\nnf_conntrack\n' >/etc/modules-load.d/shoal.conf
 	modprobe -q ip_vs || log "no ip_vs module: the routing mesh uses nftables"
 	modprobe -q br_netfilter || true
+	# conntrack keeps every connection through the mesh for 120 s after it
+	# ends (TIME_WAIT): a small VM's table (6144 entries at 768 MB) fills
+	# at a few hundred requests a second, and a full table drops new
+	# connections' SYNs (1 s retransmits, then timeouts). 131072 is
+	# kube-proxy's floor.
+	modprobe -q nf_conntrack || true
+	echo 'net.netfilter.nf_conntrack_max = 131072' >/etc/sysctl.d/60-shoal.conf
+	sysctl -q -p /etc/sysctl.d/60-shoal.conf || log "conntrack table size not set"
 }
 
 # install_file SRC DST MODE: moves SRC to DST unless DST has its content

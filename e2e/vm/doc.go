@@ -12,6 +12,14 @@
 // a manager over ssh, and requests to the VMs' addresses from inside the
 // namespace (the only place those addresses exist on this host).
 //
+// The tests share that cluster in file order: the kernel suites in the
+// VMs (kernel_test.go), the routing mesh with each load balancer
+// (mesh_test.go, which restarts shoald with nftables, then with auto),
+// then restarts of containerd and `shoald leave` (systemd_test.go), which
+// shrinks the cluster and so comes last. The benchmarks (bench_test.go,
+// `make bench-vm`) run on a cluster of their own. docs/vms.md lists what
+// each test checks.
+//
 // It needs root, and about 4 GB of memory and 2 CPUs for a few minutes;
 // without root, or with -short, its tests are skipped. `make test-vm` runs
 // it. Set SHOAL_VM_KEEP=1 to leave the cluster up afterwards (remove it

@@ -24,6 +24,14 @@ type LoadConfig struct {
 	Concurrency int
 	// Timeout bounds one request.
 	Timeout time.Duration
+	// Stop, when not nil, ends the run once it is closed: no request is
+	// sent after that, and those under way finish and count. Requests
+	// then bounds the run only if positive: a test loads a service for as
+	// long as a change of it takes.
+	Stop <-chan struct{}
+	// Dial makes the connections, a net.Dialer's by default: a test may
+	// dial from inside a network namespace.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // LoadReport says what a load run saw: which tasks and which client
@@ -47,22 +55,30 @@ const maxErrors = 5
 
 // Load runs cfg and reports; an error means the run could not be made at all.
 func Load(ctx context.Context, cfg LoadConfig) (LoadReport, error) {
-	if cfg.Requests <= 0 {
+	switch {
+	case cfg.Requests > 0:
+		cfg.Concurrency = max(1, min(cfg.Concurrency, cfg.Requests))
+	case cfg.Stop == nil:
 		return LoadReport{}, errors.New("load: requests must be positive")
+	default:
+		cfg.Concurrency = max(1, cfg.Concurrency)
 	}
-	cfg.Concurrency = max(1, min(cfg.Concurrency, cfg.Requests))
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = 5 * time.Second
+	}
+	if cfg.Dial == nil {
+		d := &net.Dialer{Timeout: cfg.Timeout}
+		cfg.Dial = d.DialContext
 	}
 	var one func(context.Context) (report, error)
 	switch {
 	case strings.HasPrefix(cfg.Target, "http://"):
-		client := &http.Client{Timeout: cfg.Timeout, Transport: &http.Transport{DisableKeepAlives: true}}
+		client := &http.Client{Timeout: cfg.Timeout, Transport: &http.Transport{DisableKeepAlives: true, DialContext: cfg.Dial}}
 		url := strings.TrimSuffix(cfg.Target, "/") + "/json"
 		one = func(ctx context.Context) (report, error) { return getReport(ctx, client, url) }
 	case strings.HasPrefix(cfg.Target, "udp://"):
 		addr := strings.TrimPrefix(cfg.Target, "udp://")
-		one = func(ctx context.Context) (report, error) { return udpReport(ctx, addr, cfg.Timeout) }
+		one = func(ctx context.Context) (report, error) { return udpReport(ctx, cfg.Dial, addr, cfg.Timeout) }
 	default:
 		return LoadReport{}, fmt.Errorf("load: target %q: want http://HOST:PORT or udp://HOST:PORT", cfg.Target)
 	}
@@ -104,11 +120,20 @@ func Load(ctx context.Context, cfg LoadConfig) (LoadReport, error) {
 			}
 		})
 	}
-	for range cfg.Requests {
-		if ctx.Err() != nil {
-			break
+send:
+	for i := 0; cfg.Requests <= 0 || i < cfg.Requests; i++ {
+		select {
+		case <-cfg.Stop:
+			break send
+		default:
 		}
-		jobs <- struct{}{}
+		select {
+		case <-ctx.Done():
+			break send
+		case <-cfg.Stop: // never, when nil
+			break send
+		case jobs <- struct{}{}:
+		}
 	}
 	close(jobs)
 	wg.Wait()
@@ -149,10 +174,9 @@ type report struct {
 }
 
 // udpReport sends one datagram and parses the echo server's reply, which
-// starts "hostname=H remote=ADDR " (see the echo server).
-func udpReport(ctx context.Context, addr string, timeout time.Duration) (report, error) {
-	d := net.Dialer{Timeout: timeout}
-	c, err := d.DialContext(ctx, "udp", addr)
+// starts "hostname=H task=T remote=ADDR " (see the echo server).
+func udpReport(ctx context.Context, dial func(context.Context, string, string) (net.Conn, error), addr string, timeout time.Duration) (report, error) {
+	c, err := dial(ctx, "udp", addr)
 	if err != nil {
 		return report{}, err
 	}

@@ -44,6 +44,40 @@ func TestLoadHTTP(t *testing.T) {
 	}
 }
 
+// TestLoadUntilStopped runs without a count until Stop is closed, every
+// connection made by the given dialer, and lets the requests under way
+// finish: none fails for being stopped.
+func TestLoadUntilStopped(t *testing.T) {
+	var served atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(5 * time.Millisecond)
+		served.Add(1)
+		fmt.Fprintf(w, `{"hostname":"h","task":"web.1","remote":%q}`, r.RemoteAddr)
+	}))
+	defer srv.Close()
+	var dials atomic.Int64
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	stop := make(chan struct{})
+	time.AfterFunc(200*time.Millisecond, func() { close(stop) })
+	rep, err := Load(t.Context(), LoadConfig{Target: srv.URL, Concurrency: 4, Stop: stop, Dial: dial})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK == 0 || rep.Failed != 0 || int64(rep.OK) != served.Load() {
+		t.Errorf("ok=%d failed=%d served=%d, want every request served and none failed: %v", rep.OK, rep.Failed, served.Load(), rep.Errors)
+	}
+	if dials.Load() != int64(rep.OK) {
+		t.Errorf("%d connections through Dial for %d requests", dials.Load(), rep.OK)
+	}
+	if _, err := Load(t.Context(), LoadConfig{Target: srv.URL}); err == nil {
+		t.Error("a run with neither a count nor Stop was accepted")
+	}
+}
+
 // TestLoadUDP parses the echo server's datagram replies, and counts a
 // silent server as failures.
 func TestLoadUDP(t *testing.T) {

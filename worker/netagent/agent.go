@@ -164,17 +164,25 @@ func New(cfg Config) (*Agent, error) {
 	if a.balancer, err = a.newBalancer(); err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
+	if err := a.removeOtherBackend(); err != nil {
+		// Not fatal: the published ports this backend programs may still
+		// work, where no node would answer at all if shoald did not start.
+		a.log.Warn("the load balancer backend not in use left rules behind; remove them (`shoald leave` does) if published ports misbehave", "err", err)
+	}
 	if a.dns, err = newResolver(cfg, a.lookup, a.log); err != nil {
 		return nil, fmt.Errorf("network agent: DNS resolver: %w", err)
 	}
+	// Both backends: the nft one's conntrack and IPVS's reply hook see a
+	// VIP backend's reply, bridged back over the overlay, only through
+	// br_netfilter; masqueraded instead, it would leave from the overlay's
+	// gateway address, which every node has, and a backend on another node
+	// would answer its own.
 	a.vipMasquerade = true
-	if !a.ipvs {
-		if err := setSysctls(cfg.NetNSPath, []sysctl{bridgeNFCall}); err != nil {
-			a.log.Warn("bridged traffic bypasses conntrack, so service VIPs reach only tasks on this node; load br_netfilter (modprobe br_netfilter) and restart", "err", err)
-		} else {
-			a.vipMasquerade = false
-			a.sysctls = append(a.sysctls, bridgeNFCall)
-		}
+	if err := setSysctls(cfg.NetNSPath, []sysctl{bridgeNFCall}); err != nil {
+		a.log.Warn("bridged traffic bypasses netfilter, so service VIPs reach only tasks on this node; load br_netfilter (modprobe br_netfilter) and restart", "err", err)
+	} else {
+		a.vipMasquerade = false
+		a.sysctls = append(a.sysctls, bridgeNFCall)
 	}
 	a.cur = compute(a.view, cfg.NodeID, a.vipMasquerade)
 	ok = true
@@ -199,8 +207,6 @@ func (a *Agent) newBalancer() (lb.Balancer, error) {
 	a.log.Info("load balancer", "backend", backend, "configured", a.cfg.LBBackend)
 	a.sysctls = []sysctl{ipForward}
 	if backend == LBIPVS {
-		// VIPs keep masquerading under IPVS: its NAT of bridged replies
-		// is not what the nft backend's conntrack does, and untested.
 		// NewKernel sets the namespace's IPVS sysctls and timeouts.
 		a.ipvs = true
 		b, err := ipvs.NewKernel(a.cfg.NetNSPath, ipvs.WithMarkLogger(a.log))

@@ -20,9 +20,10 @@ var (
 	// ipForward: the node routes mesh and VIP traffic between its bridges
 	// and the world.
 	ipForward = sysctl{ipForwardPath, "1"}
-	// bridgeNFCall: bridged IPv4 traffic goes through conntrack, so that
+	// bridgeNFCall: bridged IPv4 traffic goes through netfilter, so that
 	// a VIP backend's reply to a task, bridged over the overlay, is
-	// un-DNATed on its way (what kube-proxy needs br_netfilter for).
+	// un-NATed on its way by conntrack or IPVS (what kube-proxy needs
+	// br_netfilter for).
 	bridgeNFCall = sysctl{"/proc/sys/net/bridge/bridge-nf-call-iptables", "1"}
 )
 

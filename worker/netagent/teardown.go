@@ -40,13 +40,8 @@ func (a *Agent) Teardown() error {
 	if err := a.removeTaskVeths(); err != nil {
 		errs = append(errs, err)
 	}
-	if !a.ipvs && ipvs.Available() {
-		// IPVS services of an earlier run with --lb-backend ipvs.
-		if b, err := ipvs.NewKernel(a.cfg.NetNSPath); err != nil {
-			errs = append(errs, fmt.Errorf("remove IPVS services: %w", err))
-		} else if err := b.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("remove IPVS services: %w", err))
-		}
+	if err := a.removeOtherBackend(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := a.Close(); err != nil {
 		errs = append(errs, err)
@@ -58,6 +53,43 @@ func (a *Agent) Teardown() error {
 		errs = append(errs, fmt.Errorf("remove network state: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// ipvsLoaded is where the kernel lists IPVS connections once the ip_vs
+// module is loaded, in every namespace; without it there are no IPVS
+// services to remove.
+const ipvsLoaded = "/proc/net/ip_vs"
+
+// removeOtherBackend removes what the load balancer backend this agent
+// does not use left in the namespace: the nft backend's table, or the
+// IPVS services and the marker's table. A node that ran with the other
+// backend before (its --lb-backend changed) would otherwise keep those
+// rules beside the ones in use: the nft backend's DNAT in prerouting
+// takes a published port's traffic before IPVS sees it, and sends it to
+// the backends of the earlier run. It runs before the first Apply, and at
+// Teardown.
+func (a *Agent) removeOtherBackend() error {
+	if a.ipvs {
+		if err := shoalnet.InNetNS(a.cfg.NetNSPath, func() error { return removeTables(nft.DefaultTable) }); err != nil {
+			return fmt.Errorf("remove the nftables load balancer of an earlier run: %w", err)
+		}
+		return nil
+	}
+	if err := shoalnet.InNetNS(a.cfg.NetNSPath, func() error { return removeTables(ipvs.DefaultMarkTable) }); err != nil {
+		return fmt.Errorf("remove the IPVS marks of an earlier run: %w", err)
+	}
+	if _, err := os.Stat(ipvsLoaded); err != nil || !ipvs.Available() {
+		return nil
+	}
+	// Closing a balancer removes every IPVS service in its range.
+	b, err := ipvs.NewKernel(a.cfg.NetNSPath)
+	if err == nil {
+		err = b.Close()
+	}
+	if err != nil {
+		return fmt.Errorf("remove the IPVS services of an earlier run: %w", err)
+	}
+	return nil
 }
 
 // removeTaskVeths deletes the host ends of task veths (a veth goes with
@@ -139,10 +171,18 @@ func listShoalTables() (*nftables.Conn, []*nftables.Table, error) {
 
 // removeShoalTables deletes shoal's nftables tables in the namespace the
 // calling thread is in.
-func removeShoalTables() error {
+func removeShoalTables() error { return removeTables(shoalTables...) }
+
+// removeTables deletes those of shoal's nftables tables named that exist
+// in the namespace the calling thread is in.
+func removeTables(names ...string) error {
 	c, tables, err := listShoalTables()
-	if err != nil || len(tables) == 0 {
+	if err != nil {
 		return err
+	}
+	tables = slices.DeleteFunc(tables, func(t *nftables.Table) bool { return !slices.Contains(names, t.Name) })
+	if len(tables) == 0 {
+		return nil
 	}
 	for _, t := range tables {
 		c.DelTable(t)

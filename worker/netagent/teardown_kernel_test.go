@@ -7,12 +7,15 @@ import (
 
 	"github.com/shoal-project/shoal/network/attach"
 	"github.com/shoal-project/shoal/network/attach/netnstest"
+	"github.com/shoal-project/shoal/network/lb/ipvs"
+	"github.com/shoal-project/shoal/network/lb/nft"
 	"github.com/shoal-project/shoal/network/overlay"
 )
 
 // TestKernelTeardown: a node that leaves runs a new agent (shoald leave
 // is a process of its own) whose Teardown removes what the running one
-// made: overlay devices, task veths, VIPs and shoal's nft tables.
+// made: overlay devices, task veths, VIPs, shoal's nft tables and, where
+// the kernel has IPVS (auto picks it there), the IPVS services.
 func TestKernelTeardown(t *testing.T) {
 	netnstest.RequireKernel(t)
 	node, client := netnstest.New(t, "node"), netnstest.New(t, "cli")
@@ -33,7 +36,11 @@ func TestKernelTeardown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"link " + overlay.BridgePrefix, "link " + overlay.VXLANPrefix, "link " + attach.HostVethPrefix, "nft table shoal-lb", "nft table shoal-nat", "VIP"} {
+	lbTable := nft.DefaultTable
+	if running.ipvs {
+		lbTable = ipvs.DefaultMarkTable
+	}
+	for _, want := range []string{"link " + overlay.BridgePrefix, "link " + overlay.VXLANPrefix, "link " + attach.HostVethPrefix, "nft table " + lbTable, "nft table shoal-nat", "VIP"} {
 		if !strings.Contains(strings.Join(before, ", "), want) {
 			t.Fatalf("before teardown: no %q in the node's state %v", want, before)
 		}
@@ -45,6 +52,11 @@ func TestKernelTeardown(t *testing.T) {
 	}
 	if left, err := Leftovers(node.Path); err != nil || len(left) > 0 {
 		t.Errorf("Teardown left %v (%v)", left, err)
+	}
+	if running.ipvs {
+		if n := ipvsServices(t, node); n > 0 {
+			t.Errorf("Teardown left %d IPVS services", n)
+		}
 	}
 	if links := task.MustRun(t, "ip", "-o", "link", "show"); strings.Contains(links, "eth0") {
 		t.Errorf("the task keeps its interface:\n%s", links)

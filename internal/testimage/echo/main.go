@@ -14,6 +14,8 @@
 //	ECHO_EXIT_CODE   --exit-code    status for that exit (default 3)
 //	ECHO_HEALTHY_AFTER   --healthy-after    GET /healthz fails until this long after the start
 //	ECHO_UNHEALTHY_AFTER --unhealthy-after  GET /healthz fails from this long after the start on
+//	ECHO_ALLOCATE_MB --allocate-mb  once listening, allocate and touch this many MiB
+//	                                and keep them (to test memory limits)
 //
 // Port 0 picks a free port; the start line on stdout reports the real ones.
 // POST /healthz/fail makes GET /healthz fail from then on, POST /healthz/ok
@@ -26,6 +28,8 @@
 // task sees. It prints what it got on stdout and exits 1 on failure:
 //
 //	echo get URL                 HTTP GET, prints the body (a status other than 2xx fails)
+//	echo gets N URL              N HTTP GETs one after the other, each on a new connection (so
+//	                             that a load balancer picks a backend for each), prints the bodies
 //	echo resolve NAME            prints NAME's IPv4 addresses, one per line, in ascending order,
 //	                             resolved by the Go resolver from /etc/resolv.conf and /etc/hosts
 //	echo udp HOST:PORT MESSAGE   sends MESSAGE in one datagram, prints the reply
@@ -57,6 +61,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -97,6 +102,7 @@ type config struct {
 	exitCode       int
 	healthyAfter   time.Duration
 	unhealthyAfter time.Duration // < 0: never
+	allocateMB     int
 }
 
 func main() {
@@ -142,10 +148,11 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	}
 	cfg.addr = getenv("ECHO_ADDR")
 	for key, dst := range map[string]*int{
-		"ECHO_HTTP_PORT": &cfg.httpPort,
-		"ECHO_TCP_PORT":  &cfg.tcpPort,
-		"ECHO_UDP_PORT":  &cfg.udpPort,
-		"ECHO_EXIT_CODE": &cfg.exitCode,
+		"ECHO_HTTP_PORT":   &cfg.httpPort,
+		"ECHO_TCP_PORT":    &cfg.tcpPort,
+		"ECHO_UDP_PORT":    &cfg.udpPort,
+		"ECHO_EXIT_CODE":   &cfg.exitCode,
+		"ECHO_ALLOCATE_MB": &cfg.allocateMB,
 	} {
 		if err := envInt(key, dst); err != nil {
 			return cfg, err
@@ -174,6 +181,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.IntVar(&cfg.exitCode, "exit-code", cfg.exitCode, "exit status for --crash-after")
 	fs.DurationVar(&cfg.healthyAfter, "healthy-after", cfg.healthyAfter, "GET /healthz fails until this long after the start")
 	fs.DurationVar(&cfg.unhealthyAfter, "unhealthy-after", cfg.unhealthyAfter, "GET /healthz fails from this long after the start on (negative: never)")
+	fs.IntVar(&cfg.allocateMB, "allocate-mb", cfg.allocateMB, "once listening, allocate and keep this many MiB")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -182,6 +190,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	}
 	if cfg.udpPort < 0 {
 		cfg.udpPort = cfg.httpPort
+	}
+	if cfg.allocateMB < 0 {
+		return cfg, fmt.Errorf("--allocate-mb %d is negative", cfg.allocateMB)
 	}
 	for name, p := range map[string]int{"http": cfg.httpPort, "tcp": cfg.tcpPort, "udp": cfg.udpPort} {
 		if p < 0 || p > 65535 {
@@ -231,6 +242,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (int, error) {
 	log.Info("echo listening", "hostname", hostname,
 		"http", httpLn.Addr().String(), "tcp", tcpLn.Addr().String(), "udp", udpConn.LocalAddr().String(),
 		"crash_after", cfg.crashAfter.String())
+	held := allocate(cfg.allocateMB)
+	if cfg.allocateMB > 0 {
+		log.Info("echo allocated memory", "mib", len(held))
+	}
 
 	var crash <-chan time.Time
 	if cfg.crashAfter >= 0 {
@@ -255,7 +270,26 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (int, error) {
 	tcpLn.Close()
 	tcp.closeAll()
 	udpConn.Close()
+	runtime.KeepAlive(held)
 	return code, nil
+}
+
+// pageSize is the unit the kernel charges memory in: touching one byte
+// per page makes the whole allocation resident.
+const pageSize = 4096
+
+// allocate allocates mib MiB, one MiB at a time, and writes to every page
+// so that the memory is really used (and charged to the cgroup).
+func allocate(mib int) [][]byte {
+	held := make([][]byte, 0, mib)
+	for range mib {
+		b := make([]byte, 1<<20)
+		for i := 0; i < len(b); i += pageSize {
+			b[i] = 1
+		}
+		held = append(held, b)
+	}
+	return held
 }
 
 // report is what GET / and GET /json tell the caller.
@@ -424,8 +458,15 @@ func (e *tcpEcho) closeAll() {
 	}
 }
 
-// serveUDP answers each datagram until conn is closed.
+// serveUDP answers each datagram until conn is closed: "hostname=H
+// task=T remote=ADDR " and the datagram (task= only in a shoal task, from
+// SHOAL_TASK_NAME), so that a client tells tasks of one slot apart, as
+// over HTTP.
 func serveUDP(conn net.PacketConn, hostname string, log *slog.Logger) {
+	prefix := "hostname=" + hostname + " "
+	if task := os.Getenv("SHOAL_TASK_NAME"); task != "" {
+		prefix += "task=" + task + " "
+	}
 	buf := make([]byte, maxDatagram)
 	for {
 		n, from, err := conn.ReadFrom(buf)
@@ -435,7 +476,7 @@ func serveUDP(conn net.PacketConn, hostname string, log *slog.Logger) {
 			}
 			return
 		}
-		reply := append([]byte(fmt.Sprintf("hostname=%s remote=%s ", hostname, from)), buf[:n]...)
+		reply := append([]byte(prefix+"remote="+from.String()+" "), buf[:n]...)
 		if _, err := conn.WriteTo(reply, from); err != nil {
 			log.Warn("udp echo reply", "remote", from.String(), "err", err)
 		}
@@ -460,6 +501,13 @@ var clientCommands = map[string]clientCommand{
 	}},
 	"set-health": {usage: "set-health ok|fail", nargs: 1, run: func(a []string, w io.Writer, _ *net.Resolver) error { return setHealth(a[0], w) }},
 	"sleep":      {usage: "sleep DURATION", nargs: 1, run: func(a []string, _ io.Writer, _ *net.Resolver) error { return sleep(a[0]) }},
+	"gets": {usage: "gets N URL", nargs: 2, run: func(a []string, w io.Writer, _ *net.Resolver) error {
+		n, err := strconv.Atoi(a[0])
+		if err != nil || n < 1 {
+			return fmt.Errorf("gets: %q is not a count of requests", a[0])
+		}
+		return httpGets(a[1], n, w)
+	}},
 }
 
 // runClient runs a client command (args[0] names it) and returns the exit
@@ -499,6 +547,29 @@ func fetch(req *http.Request, w io.Writer) error {
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return fmt.Errorf("%s %s: %s", req.Method, req.URL, resp.Status)
+	}
+	return nil
+}
+
+// httpGets is httpGet n times, each on a connection of its own: through a
+// VIP, each is balanced afresh.
+func httpGets(url string, n int, w io.Writer) error {
+	noKeepAlive := &http.Transport{DisableKeepAlives: true}
+	defer noKeepAlive.CloseIdleConnections()
+	client := &http.Client{Timeout: getTimeout, Transport: noKeepAlive}
+	for range n {
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(w, resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return fmt.Errorf("read body of %s: %w", url, err)
+		}
+		if resp.StatusCode < 200 || resp.StatusCode > 299 {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
 	}
 	return nil
 }

@@ -259,25 +259,35 @@ func TestTCPEcho(t *testing.T) {
 }
 
 func TestUDPEcho(t *testing.T) {
-	s := startServer(t, nil)
 	hostname, _ := os.Hostname()
-	c, err := net.Dial("udp", s.udp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(hangGuard))
-	if _, err := c.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
-	buf := make([]byte, 1024)
-	n, err := c.Read(buf)
-	if err != nil {
-		t.Fatalf("read reply: %v", err)
-	}
-	want := "hostname=" + hostname + " remote=" + c.LocalAddr().String() + " hello"
-	if got := string(buf[:n]); got != want {
-		t.Errorf("reply %q, want %q", got, want)
+	for _, tc := range []struct {
+		name, prefix string
+		env          []string
+	}{
+		{"outside a task", "hostname=" + hostname + " ", nil},
+		{"in a task", "hostname=" + hostname + " task=web.1.abc ", []string{"SHOAL_TASK_NAME=web.1.abc"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := startServer(t, tc.env)
+			c, err := net.Dial("udp", s.udp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(hangGuard))
+			if _, err := c.Write([]byte("hello")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 1024)
+			n, err := c.Read(buf)
+			if err != nil {
+				t.Fatalf("read reply: %v", err)
+			}
+			want := tc.prefix + "remote=" + c.LocalAddr().String() + " hello"
+			if got := string(buf[:n]); got != want {
+				t.Errorf("reply %q, want %q", got, want)
+			}
+		})
 	}
 }
 
@@ -346,6 +356,11 @@ func TestParseConfig(t *testing.T) {
 		{"health flags", nil, []string{"--healthy-after", "1s", "--unhealthy-after", "0s"},
 			config{httpPort: 80, tcpPort: 7, udpPort: 80, crashAfter: -1, exitCode: 3, healthyAfter: time.Second}, false},
 		{"bad health duration", map[string]string{"ECHO_UNHEALTHY_AFTER": "later"}, nil, config{}, true},
+		{"allocate env", map[string]string{"ECHO_ALLOCATE_MB": "64"}, nil,
+			config{httpPort: 80, tcpPort: 7, udpPort: 80, crashAfter: -1, exitCode: 3, unhealthyAfter: -1, allocateMB: 64}, false},
+		{"allocate flag", nil, []string{"--allocate-mb", "8"},
+			config{httpPort: 80, tcpPort: 7, udpPort: 80, crashAfter: -1, exitCode: 3, unhealthyAfter: -1, allocateMB: 8}, false},
+		{"negative allocation", nil, []string{"--allocate-mb", "-1"}, config{}, true},
 		{"bad port env", map[string]string{"ECHO_HTTP_PORT": "http"}, nil, config{}, true},
 		{"port out of range", nil, []string{"--tcp-port", "70000"}, config{}, true},
 		{"bad duration", map[string]string{"ECHO_CRASH_AFTER": "soon"}, nil, config{}, true},
@@ -622,7 +637,7 @@ func TestShell(t *testing.T) {
 }
 
 func TestClientUsage(t *testing.T) {
-	for _, args := range [][]string{{"get"}, {"resolve", "a", "b"}, {"udp", "127.0.0.1:1"}, {"health", "x"}, {"sleep"}} {
+	for _, args := range [][]string{{"get"}, {"gets", "2"}, {"resolve", "a", "b"}, {"udp", "127.0.0.1:1"}, {"health", "x"}, {"sleep"}} {
 		if code, _, stderr := client(t, nil, args...); code != 2 || !strings.Contains(stderr, "usage") {
 			t.Errorf("%q: exit %d, stderr %q; want 2 with usage", args, code, stderr)
 		}
@@ -639,6 +654,8 @@ func TestClientCommandLine(t *testing.T) {
 		stdout string
 	}{
 		{[]string{"get", "http://" + s.http + "/healthz"}, 0, "ok"},
+		{[]string{"gets", "3", "http://" + s.http + "/healthz"}, 0, "okokok"},
+		{[]string{"gets", "none", "http://" + s.http + "/healthz"}, 1, ""},
 		{[]string{"resolve", "127.0.0.9"}, 0, "127.0.0.9\n"},
 		{[]string{"resolve", "not a name"}, 1, ""},
 		{[]string{"udp", s.udp}, 2, ""},

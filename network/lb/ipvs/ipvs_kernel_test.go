@@ -276,8 +276,10 @@ func TestKernelQuiesce(t *testing.T) {
 		Backends: []lb.Backend{be("10.231.0.10:80"), be("10.231.0.11:80")}}
 	dns := lb.Frontend{Name: "svc:dns:53/udp", Protocol: lb.UDP, Port: 53,
 		Backends: []lb.Backend{be("10.231.0.10:53"), be("10.231.0.11:53")}}
-	for _, s := range [][]lb.Frontend{{web, dns}, {web, dns}} {
-		if err := b.Apply(t.Context(), lb.State{Frontends: s}); err != nil {
+	// Both backends, then the first of each: the frontends are copied
+	// into each state when it is applied.
+	for range 2 {
+		if err := b.Apply(t.Context(), lb.State{Frontends: []lb.Frontend{web, dns}}); err != nil {
 			t.Fatal(err)
 		}
 		web.Backends, dns.Backends = web.Backends[:1], dns.Backends[:1]

@@ -721,6 +721,7 @@ func (n *node) serveManager(ctx context.Context, wg *sync.WaitGroup, errc chan<-
 	auth := n.authorizer()
 	n.listener.setRaftAuth(auth)
 	opts := append([]grpc.ServerOption{grpc.Creds(identity.AcceptedTLSCredentials())}, identity.KeepaliveServerOptions()...)
+	opts = append(opts, manager.ServerOptions()...)
 	tcpSrv := grpc.NewServer(append(opts, auth.ServerOptions()...)...)
 	n.mgr.Register(tcpSrv)
 	wg.Add(3)

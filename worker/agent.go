@@ -428,6 +428,10 @@ func sessionErr(ctx context.Context, err error) error {
 	return err
 }
 
+// maxAssignmentParts bounds the parts of one assignments message a worker
+// keeps: at the manager's 1 MiB a part, 1 GiB, far past any cluster.
+const maxAssignmentParts = 1024
+
 // leaderHeader is the trailer in which a follower names the leader
 // (dispatcher.LeaderHeader; not imported: workers do not link managers).
 const leaderHeader = "shoal-leader"
@@ -441,11 +445,25 @@ func (a *Agent) assignments(ctx context.Context, client api.DispatcherClient, si
 		return fmt.Errorf("open assignments: %w", err)
 	}
 	var seq uint64
+	var parts []*api.AssignmentsMessage
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
 			return fmt.Errorf("assignments stream: %w", err)
 		}
+		// A message too large to send whole comes in parts; apply them
+		// together, never half a set.
+		if msg.GetType() == api.AssignmentType_ASSIGNMENT_TYPE_PART {
+			if len(parts) >= maxAssignmentParts {
+				return fmt.Errorf("assignments: more than %d parts of one message", maxAssignmentParts)
+			}
+			parts = append(parts, msg)
+			continue
+		}
+		if msg, err = api.JoinAssignments(parts, msg); err != nil {
+			return err
+		}
+		parts = nil
 		full := msg.GetType() == api.AssignmentType_ASSIGNMENT_TYPE_FULL
 		if !full && msg.GetAppliesTo() != seq {
 			// A gap: our set is not what the dispatcher thinks. Reopen
@@ -677,7 +695,22 @@ func (a *Agent) reportLoop(ctx context.Context) {
 				a.mu.Unlock()
 				break
 			}
-			a.pending = map[string]*api.TaskStatus{}
+			// At most api.MaxStatusUpdates a call: the rest stays pending
+			// for the next turn of the loop.
+			if len(batch) > api.MaxStatusUpdates {
+				rest := batch
+				batch = map[string]*api.TaskStatus{}
+				for id, st := range rest {
+					if len(batch) == api.MaxStatusUpdates {
+						break
+					}
+					batch[id] = st
+					delete(rest, id)
+				}
+				a.pending = rest
+			} else {
+				a.pending = map[string]*api.TaskStatus{}
+			}
 			a.mu.Unlock()
 			req := &api.UpdateTaskStatusRequest{SessionId: sid}
 			for id, st := range batch {

@@ -570,3 +570,83 @@ func TestAgentDrainsBackends(t *testing.T) {
 		t.Errorf("the agent stopping made the draining backend stop: %v", v)
 	}
 }
+
+// TestAgentJoinsParts sends a FULL set in parts, one task each: the agent
+// applies them together, as one set (t1, in the first part, is not
+// removed by a FULL that lacks it), without resynchronising.
+func TestAgentJoinsParts(t *testing.T) {
+	exe := newFakeExecutor()
+	h := startAgent(t, exe, newFakeDispatcher())
+	s := h.disp.stream(t, 1)
+	full := &api.AssignmentsMessage{Type: api.AssignmentType_ASSIGNMENT_TYPE_FULL, ResultsIn: 1}
+	for _, id := range []string{"t1", "t2", "t3"} {
+		full.Changes = append(full.Changes, &api.AssignmentChange{Action: api.AssignmentAction_ASSIGNMENT_ACTION_UPDATE, Task: task(id, stAssigned, stRunning)})
+	}
+	parts := api.SplitAssignments(full, 1)
+	if len(parts) != 3 {
+		t.Fatalf("%d parts, want one a task", len(parts))
+	}
+	h.disp.mu.Lock()
+	for _, c := range full.Changes {
+		h.disp.tasks[c.GetTask().GetId()] = c.GetTask()
+	}
+	s.seq = 1
+	for _, p := range parts {
+		s.out <- p
+	}
+	h.disp.mu.Unlock()
+	for _, id := range []string{"t1", "t2", "t3"} {
+		h.disp.waitState(t, id, stRunning)
+	}
+	h.disp.delta(t, 1, &api.AssignmentChange{Action: api.AssignmentAction_ASSIGNMENT_ACTION_UPDATE, Task: task("t4", stAssigned, stRunning)})
+	h.disp.waitState(t, "t4", stRunning)
+	h.stop()
+	if n := h.disp.sessionCount(); n != 1 {
+		t.Errorf("%d sessions: the agent resynchronised", n)
+	}
+	for _, id := range []string{"t1", "t2", "t3"} {
+		if v := exe.verbs(id); slices.Contains(v, "remove") {
+			t.Errorf("%s calls = %v: removed", id, v)
+		}
+	}
+}
+
+// TestAgentSplitsReports queues more reports than one call may carry:
+// they go in several calls, none over api.MaxStatusUpdates, and all
+// arrive.
+func TestAgentSplitsReports(t *testing.T) {
+	disp := newFakeDispatcher()
+	var mu sync.Mutex
+	largest := 0
+	disp.updateHook = func(_ context.Context, req *api.UpdateTaskStatusRequest) error {
+		mu.Lock()
+		defer mu.Unlock()
+		largest = max(largest, len(req.GetUpdates()))
+		if len(req.GetUpdates()) > api.MaxStatusUpdates {
+			return status.Errorf(codes.InvalidArgument, "%d updates", len(req.GetUpdates()))
+		}
+		return nil
+	}
+	h := startAgent(t, newFakeExecutor(), disp)
+	h.disp.full(t, 1)
+	const n = api.MaxStatusUpdates + 1000
+	h.agent.mu.Lock()
+	for i := 0; i < n; i++ {
+		h.agent.reportLocked(fmt.Sprintf("t%d", i), &api.TaskStatus{State: stRunning})
+	}
+	h.agent.mu.Unlock()
+	await.For(t, "every report to arrive", func() (bool, string) {
+		got := 0
+		for i := 0; i < n; i++ {
+			if len(h.disp.states(fmt.Sprintf("t%d", i))) > 0 {
+				got++
+			}
+		}
+		return got == n, fmt.Sprintf("%d of %d", got, n)
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if largest > api.MaxStatusUpdates {
+		t.Errorf("a call carried %d updates, at most %d", largest, api.MaxStatusUpdates)
+	}
+}

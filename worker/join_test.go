@@ -143,7 +143,7 @@ func TestJoin(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			got, err := worker.Join(ctx, worker.JoinRequest{Manager: addr, Token: tok, AdvertiseAddr: "192.0.2.20:4242", Description: &api.NodeDescription{Hostname: "joiner"}})
+			got, err := worker.Join(ctx, worker.JoinRequest{Manager: addr, Token: tok, AdvertiseAddr: "192.0.2.20:4242", Description: &api.NodeDescription{Hostname: "joiner-" + strings.ReplaceAll(tc.name, " ", "-")}})
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("Join = %v, want an error saying %q", err, tc.wantErr)

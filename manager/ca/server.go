@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -153,9 +154,23 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 		return nil, status.Error(codes.InvalidArgument, "advertise_addr: a manager must say where the others reach it (host:port)")
 	}
 	if addr != "" {
-		if _, _, err := net.SplitHostPort(addr); err != nil {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "advertise_addr %q: want host:port", addr)
 		}
+		// Other nodes take the node's data address from this one: it
+		// must name one host they can reach.
+		if ip, err := netip.ParseAddr(host); err == nil {
+			if err := api.ValidDataAddr(ip); err != nil {
+				return nil, status.Errorf(codes.InvalidArgument, "advertise_addr %q: %v", addr, err)
+			}
+		}
+	}
+	if err := api.ValidateNodeDescription(req.GetDescription()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := s.hostnameFree(req.GetDescription().GetHostname()); err != nil {
+		return nil, err
 	}
 	signer, err := s.signer(c, role)
 	if err != nil {
@@ -173,10 +188,11 @@ func (s *Server) IssueNodeCertificate(ctx context.Context, req *api.IssueNodeCer
 			DesiredRole:  role,
 			Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE,
 		},
-		Description: req.GetDescription(),
-		Status:      &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: addr},
-		Role:        role,
-		Certificate: certRecord(cert, role, signer, c),
+		Description:   req.GetDescription(),
+		Status:        &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: addr},
+		Role:          role,
+		Certificate:   certRecord(cert, role, signer, c),
+		AdvertiseAddr: addr,
 	}
 	if role == api.NodeRole_NODE_ROLE_MANAGER {
 		node.ManagerStatus = &api.ManagerStatus{RaftAddr: addr}
@@ -314,4 +330,18 @@ func managerNodes(tx store.ReadTx, except string) []*api.ManagerNode {
 	}
 	slices.SortFunc(out, func(a, b *api.ManagerNode) int { return strings.Compare(a.GetAddr(), b.GetAddr()) })
 	return out
+}
+
+// hostnameFree refuses a hostname another node holds: constraints and
+// `node` commands name nodes by hostname, so a second node of the same
+// name would take the first one's pinned tasks. The store refuses it too
+// (atomically); this says what to do.
+func (s *Server) hostnameFree(hostname string) error {
+	var other *api.Node
+	s.raft.Store().View(func(tx store.ReadTx) { other = store.NodeByHostname(tx, hostname, "") })
+	if other == nil {
+		return nil
+	}
+	return status.Errorf(codes.AlreadyExists, "hostname %q is taken by node %s (%s): give this node another hostname (shoald --hostname), or, if that node is gone, remove it first with `shoalctl node rm %s`",
+		hostname, other.GetId(), strings.ToLower(strings.TrimPrefix(other.GetStatus().GetState().String(), "NODE_STATE_")), other.GetId())
 }

@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"crypto/x509"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -41,7 +42,6 @@ func TestIssueNodeCertificate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	desc := &api.NodeDescription{Hostname: "host2", Os: "linux", Arch: "amd64"}
 
 	srv := NewServer(n, ServerOptions{Logger: quietLogger()})
 	tests := []struct {
@@ -52,20 +52,29 @@ func TestIssueNodeCertificate(t *testing.T) {
 		wantCode codes.Code
 		wantMsg  string
 		wantRole api.NodeRole
+		hostname string // default: one of its own per case
 	}{
-		{"worker token", workerToken, csr, "10.0.0.2:4242", codes.OK, "", api.NodeRole_NODE_ROLE_WORKER},
-		{"worker without advertise address", workerToken, csr, "", codes.OK, "", api.NodeRole_NODE_ROLE_WORKER},
-		{"manager token", managerToken, csr, "10.0.0.3:4242", codes.OK, "", api.NodeRole_NODE_ROLE_MANAGER},
-		{"rotated token", rotated, csr, "10.0.0.4:4242", codes.PermissionDenied, "rotated", 0},
-		{"guessed secret", guessed, csr, "10.0.0.4:4242", codes.PermissionDenied, "not accepted", 0},
-		{"token of another cluster", foreign, csr, "10.0.0.4:4242", codes.PermissionDenied, "another cluster", 0},
-		{"malformed token", "SHOAL-1-abc", csr, "10.0.0.4:4242", codes.InvalidArgument, "malformed", 0},
-		{"no token", "", csr, "10.0.0.4:4242", codes.InvalidArgument, "malformed", 0},
-		{"bad CSR", workerToken, []byte("nope"), "10.0.0.4:4242", codes.InvalidArgument, "CSR", 0},
-		{"manager without advertise address", managerToken, csr, "", codes.InvalidArgument, "advertise_addr", 0},
-		{"bad advertise address", workerToken, csr, "10.0.0.4", codes.InvalidArgument, "host:port", 0},
+		{"worker token", workerToken, csr, "10.0.0.2:4242", codes.OK, "", api.NodeRole_NODE_ROLE_WORKER, ""},
+		{"worker without advertise address", workerToken, csr, "", codes.OK, "", api.NodeRole_NODE_ROLE_WORKER, ""},
+		{"manager token", managerToken, csr, "10.0.0.3:4242", codes.OK, "", api.NodeRole_NODE_ROLE_MANAGER, ""},
+		{"rotated token", rotated, csr, "10.0.0.4:4242", codes.PermissionDenied, "rotated", 0, ""},
+		{"guessed secret", guessed, csr, "10.0.0.4:4242", codes.PermissionDenied, "not accepted", 0, ""},
+		{"token of another cluster", foreign, csr, "10.0.0.4:4242", codes.PermissionDenied, "another cluster", 0, ""},
+		{"malformed token", "SHOAL-1-abc", csr, "10.0.0.4:4242", codes.InvalidArgument, "malformed", 0, ""},
+		{"no token", "", csr, "10.0.0.4:4242", codes.InvalidArgument, "malformed", 0, ""},
+		{"bad CSR", workerToken, []byte("nope"), "10.0.0.4:4242", codes.InvalidArgument, "CSR", 0, ""},
+		{"manager without advertise address", managerToken, csr, "", codes.InvalidArgument, "advertise_addr", 0, ""},
+		{"bad advertise address", workerToken, csr, "10.0.0.4", codes.InvalidArgument, "host:port", 0, ""},
+		{"multicast advertise address", workerToken, csr, "224.0.0.1:4242", codes.InvalidArgument, "multicast", 0, ""},
+		{"unspecified advertise address", workerToken, csr, "0.0.0.0:4242", codes.InvalidArgument, "unspecified", 0, ""},
+		{"another node's hostname", workerToken, csr, "10.0.0.5:4242", codes.AlreadyExists, "hostname \"HOST-0\" is taken", 0, "HOST-0"},
+		{"hostname that is no DNS name", workerToken, csr, "10.0.0.5:4242", codes.InvalidArgument, "hostname", 0, "-bad host"},
 	}
-	for _, tt := range tests {
+	for i, tt := range tests {
+		desc := &api.NodeDescription{Hostname: fmt.Sprintf("host-%d", i), Os: "linux", Arch: "amd64"}
+		if tt.hostname != "" {
+			desc.Hostname = tt.hostname
+		}
 		t.Run(tt.name, func(t *testing.T) {
 			before := countNodes(n)
 			resp, err := srv.IssueNodeCertificate(ctx, &api.IssueNodeCertificateRequest{
@@ -103,13 +112,14 @@ func TestIssueNodeCertificate(t *testing.T) {
 			}
 			node := getNode(n, resp.GetNodeId())
 			want := &api.Node{
-				Id:          resp.GetNodeId(),
-				Meta:        node.GetMeta(),
-				Spec:        &api.NodeSpec{DesiredRole: tt.wantRole, Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE},
-				Description: desc,
-				Status:      &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: tt.addr},
-				Role:        tt.wantRole,
-				Certificate: certRecord(cert, tt.wantRole, r, getCluster(n)),
+				Id:            resp.GetNodeId(),
+				Meta:          node.GetMeta(),
+				Spec:          &api.NodeSpec{DesiredRole: tt.wantRole, Availability: api.NodeAvailability_NODE_AVAILABILITY_ACTIVE},
+				Description:   desc,
+				Status:        &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN, Addr: tt.addr},
+				Role:          tt.wantRole,
+				Certificate:   certRecord(cert, tt.wantRole, r, getCluster(n)),
+				AdvertiseAddr: tt.addr,
 			}
 			if tt.wantRole == api.NodeRole_NODE_ROLE_MANAGER {
 				want.ManagerStatus = &api.ManagerStatus{RaftAddr: tt.addr}

@@ -11,6 +11,14 @@ import (
 // tasks) go to the worker as one delta, at the cost of this much latency.
 const assignmentCoalesce = 2 * time.Millisecond
 
+// assignmentPart bounds one message of the Assignments stream: a larger
+// one (a cluster-wide network view: every ingress endpoint is ~150 bytes,
+// so 4 MiB is reached at ~27,000 ingress tasks) goes in parts
+// (api.SplitAssignments). A quarter of gRPC's default 4 MiB receive limit
+// leaves room for any one item, and is large enough that the per-message
+// cost is lost in the encoding.
+const assignmentPart = 1 << 20
+
 // assigned reports whether a task belongs in a node's assignment set: the
 // scheduler has placed it there.
 func assigned(t *api.Task, nodeID string) bool {
@@ -18,7 +26,9 @@ func assigned(t *api.Task, nodeID string) bool {
 }
 
 // Assignments streams a node's tasks: the full set, then a delta for every
-// change. Deltas carry the sequence they apply to; the stream is the only
+// change. A session has one Assignments stream: a new one replaces the
+// old (see claimStream). A worker that falls more than streamQueueLimit
+// events behind gets a FULL message instead of the deltas it missed. Deltas carry the sequence they apply to; the stream is the only
 // writer of sequences for its worker, so a worker that sees a gap (only
 // possible across reconnects) asks again and gets a full set.
 //
@@ -32,8 +42,18 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 	if err != nil {
 		return err
 	}
-	sub := d.raft.Store().Subscribe()
+	stop, release := d.claimStream(s, streamAssignments)
+	defer release()
+	sub := d.raft.Store().SubscribeBounded(streamQueueLimit)
 	defer sub.Close()
+	send := func(msg *api.AssignmentsMessage) error {
+		for _, part := range api.SplitAssignments(msg, assignmentPart) {
+			if err := sendOrStop(ctx, stream, part, stop, s.done); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 
 	// sent holds the version of each task the worker has, to send only
 	// real changes.
@@ -57,10 +77,10 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 		}
 		seq++
 		msg.ResultsIn = seq
-		return stream.Send(msg)
+		return send(msg)
 	}
 	if err := full(); err != nil {
-		return err
+		return streamEnd(err)
 	}
 	for {
 		select {
@@ -68,6 +88,8 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 			return nil
 		case <-s.done:
 			return nil
+		case <-stop:
+			return errStreamReplaced
 		case <-sub.Ready():
 		}
 		changes := sub.Next()
@@ -102,7 +124,7 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 		}
 		if reset {
 			if err := full(); err != nil {
-				return err
+				return streamEnd(err)
 			}
 			continue
 		}
@@ -138,8 +160,8 @@ func (d *Dispatcher) Assignments(req *api.AssignmentsRequest, stream api.Dispatc
 		}
 		seq++
 		msg.ResultsIn = seq
-		if err := stream.Send(msg); err != nil {
-			return err
+		if err := send(msg); err != nil {
+			return streamEnd(err)
 		}
 	}
 }

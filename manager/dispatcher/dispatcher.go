@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -73,6 +75,11 @@ type session struct {
 	nodeID   string
 	lastSeen time.Time
 	done     chan struct{} // closed when the session ends
+	// streams holds the stop channel of the session's live stream of
+	// each kind (see claimStream); guarded by Dispatcher.mu.
+	streams map[string]chan struct{}
+	// reports limits the session's status reports (statusRate).
+	reports limiter
 }
 
 // Dispatcher implements api.DispatcherServer.
@@ -93,6 +100,35 @@ type Dispatcher struct {
 	// send it on.
 	managers        []*api.ManagerNode
 	managersChanged chan struct{}
+
+	// batchMu guards batch, the status reports gathering for the next
+	// write (see recordStatus).
+	batchMu sync.Mutex
+	batch   *statusBatch
+
+	// opens limits each node's session opens (sessionRate), by node id;
+	// guarded by mu.
+	opens map[string]*limiter
+}
+
+// sessionRate and sessionBurst limit how often a node opens a session:
+// each open may write the node's description and state to raft. A worker
+// reconnects with a back-off from 50 ms, which the burst covers.
+const (
+	sessionRate  = 2 // per second
+	sessionBurst = 10
+)
+
+// sessionOpens is nodeID's session-open limiter.
+func (d *Dispatcher) sessionOpens(nodeID string) *limiter {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l := d.opens[nodeID]
+	if l == nil {
+		l = &limiter{rate: sessionRate, burst: sessionBurst}
+		d.opens[nodeID] = l
+	}
+	return l
 }
 
 // New returns a dispatcher; Run must be running for node-down detection.
@@ -110,6 +146,7 @@ func New(r Raft, cfg Config) *Dispatcher {
 		raft: r, cfg: cfg, logger: cfg.Logger,
 		sessions: map[string]*session{}, byNode: map[string]*session{}, closedAt: map[string]time.Time{},
 		managersChanged: make(chan struct{}),
+		opens:           map[string]*limiter{},
 	}
 }
 
@@ -236,7 +273,10 @@ func (d *Dispatcher) setNodeState(ctx context.Context, nodeID string, st api.Nod
 		if upd.Status == nil {
 			upd.Status = &api.NodeStatus{}
 		}
-		if upd.Status.State == st && upd.Status.Message == msg && desc == nil {
+		// A session opened again with nothing new (a worker reconnecting)
+		// costs no raft entry.
+		if upd.Status.State == st && upd.Status.Message == msg &&
+			(desc == nil || proto.Equal(desc, n.GetDescription())) && (addr == "" || addr == n.GetStatus().GetAddr()) {
 			return nil
 		}
 		upd.Status.State, upd.Status.Message = st, msg
@@ -313,10 +353,23 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 	if err := authorize(ctx, req.GetNodeId()); err != nil {
 		return err
 	}
-	var node *api.Node
-	d.raft.Store().View(func(tx store.ReadTx) { node = tx.Node(req.GetNodeId()) })
+	if !d.sessionOpens(req.GetNodeId()).allow(time.Now()) {
+		return status.Errorf(codes.ResourceExhausted, "node %s opens sessions faster than %d a second: back off and retry", req.GetNodeId(), sessionRate)
+	}
+	addr := ""
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		addr = p.Addr.String()
+	}
+	var node, namesake *api.Node
+	d.raft.Store().View(func(tx store.ReadTx) {
+		node = tx.Node(req.GetNodeId())
+		namesake = store.NodeByHostname(tx, req.GetDescription().GetHostname(), req.GetNodeId())
+	})
 	if node == nil {
 		return status.Errorf(codes.NotFound, "node %s is not part of this cluster", req.GetNodeId())
+	}
+	if err := checkDescription(node, req.GetDescription(), addr, namesake); err != nil {
+		return err
 	}
 	s := &session{id: api.NewID(), nodeID: req.GetNodeId(), lastSeen: time.Now(), done: make(chan struct{})}
 	d.mu.Lock()
@@ -328,14 +381,13 @@ func (d *Dispatcher) Session(req *api.SessionRequest, stream api.Dispatcher_Sess
 	delete(d.closedAt, s.nodeID)
 	d.mu.Unlock()
 
-	addr := ""
-	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		addr = p.Addr.String()
-	}
 	if err := d.setNodeState(ctx, s.nodeID, api.NodeState_NODE_STATE_READY, "", req.GetDescription(), addr); err != nil {
 		d.mu.Lock()
 		d.endLocked(s)
 		d.mu.Unlock()
+		if errors.Is(err, store.ErrExist) { // a namesake joined meanwhile
+			return status.Errorf(codes.AlreadyExists, "register session: %v: give this node another hostname", err)
+		}
 		return status.Errorf(codes.Unavailable, "register session: %v", err)
 	}
 	d.logger.Info("session opened", "node", s.nodeID, "session", s.id)
@@ -412,6 +464,51 @@ func (d *Dispatcher) refreshManagers() {
 	d.managersChanged = make(chan struct{})
 }
 
+// checkDescription refuses a session whose description the managers
+// cannot take: one that is not well formed (api.ValidateNodeDescription),
+// one naming another node's hostname (that node's pinned tasks would come
+// here), or one whose data address is not the node's. Every node sends
+// overlay traffic to a node's data address, so the managers take only an
+// address they can tie to the node: the IP of the advertise address it
+// joined with (checked then; a manager's raft address for managers that
+// joined before it was recorded), or the IP its session comes from (a
+// TLS connection that completed from there). A loopback data address is
+// taken only from a session that comes from loopback: a node on the
+// managers' own host, whose loopback is theirs. A node without a data
+// address has no overlay.
+func checkDescription(n *api.Node, desc *api.NodeDescription, sessionAddr string, namesake *api.Node) error {
+	if desc == nil {
+		return nil
+	}
+	if err := api.ValidateNodeDescription(desc); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if namesake != nil {
+		return status.Errorf(codes.AlreadyExists, "hostname %q is taken by node %s: give this node another hostname (shoald --hostname), or, if that node is gone, remove it first with `shoalctl node rm %s`",
+			desc.GetHostname(), namesake.GetId(), namesake.GetId())
+	}
+	data := desc.GetDataAddr()
+	if data == "" {
+		return nil
+	}
+	want, _ := netip.ParseAddr(data) // valid: checked above
+	if from, err := netip.ParseAddrPort(sessionAddr); want.IsLoopback() && (err != nil || !from.Addr().Unmap().IsLoopback()) {
+		return status.Errorf(codes.PermissionDenied, "description.data_addr %s: a loopback address is taken only from a node on the managers' own host; start shoald with --advertise-addr on the address other nodes reach it by", data)
+	}
+	var seen []string
+	for _, a := range []string{n.GetAdvertiseAddr(), n.GetManagerStatus().GetRaftAddr(), sessionAddr} {
+		ap, err := netip.ParseAddrPort(a)
+		if err != nil {
+			continue
+		}
+		if ap.Addr().Unmap() == want.Unmap() {
+			return nil
+		}
+		seen = append(seen, ap.Addr().Unmap().String())
+	}
+	return status.Errorf(codes.PermissionDenied, "description.data_addr %s is not this node's: the managers take only an address they saw it use (%s); start shoald with --advertise-addr on the address other nodes reach it by", data, strings.Join(seen, ", "))
+}
+
 func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (*api.HeartbeatResponse, error) {
 	s, err := d.lookup(ctx, req.GetSessionId())
 	if err != nil {
@@ -428,57 +525,4 @@ func (d *Dispatcher) Heartbeat(ctx context.Context, req *api.HeartbeatRequest) (
 		}
 	})
 	return resp, nil
-}
-
-// UpdateTaskStatus records task states reported by a worker. Reports for
-// tasks of other nodes are refused; reports that would move a task
-// backwards are ignored, since task state only moves forward.
-func (d *Dispatcher) UpdateTaskStatus(ctx context.Context, req *api.UpdateTaskStatusRequest) (*api.UpdateTaskStatusResponse, error) {
-	s, err := d.lookup(ctx, req.GetSessionId())
-	if err != nil {
-		return nil, err
-	}
-	for i := 0; ; i++ {
-		var actions []*api.StoreAction
-		var denied error
-		d.raft.Store().View(func(tx store.ReadTx) {
-			seen := map[string]*api.Task{}
-			for _, u := range req.GetUpdates() {
-				t := seen[u.GetTaskId()]
-				if t == nil {
-					t = tx.Task(u.GetTaskId())
-				}
-				if t == nil {
-					continue // removed meanwhile; nothing to record
-				}
-				if t.GetNodeId() != s.nodeID {
-					denied = status.Errorf(codes.PermissionDenied, "task %s is not assigned to node %s", u.GetTaskId(), s.nodeID)
-					return
-				}
-				if u.GetStatus().GetState() < t.GetStatus().GetState() || u.GetStatus().GetState() < api.TaskState_TASK_STATE_ACCEPTED {
-					continue
-				}
-				if proto.Equal(u.GetStatus(), t.GetStatus()) {
-					continue
-				}
-				upd := proto.Clone(t).(*api.Task)
-				upd.Status = u.GetStatus()
-				upd.Meta.UpdatedAt = timestamppb.Now()
-				seen[t.GetId()] = upd
-			}
-			for _, t := range seen {
-				actions = append(actions, store.Update(t))
-			}
-		})
-		if denied != nil {
-			return nil, denied
-		}
-		err := d.raft.Propose(ctx, actions...)
-		if err == nil {
-			return &api.UpdateTaskStatusResponse{}, nil
-		}
-		if !errors.Is(err, store.ErrSequenceConflict) || i >= statusRetries {
-			return nil, status.Errorf(codes.Unavailable, "record task status: %v", err)
-		}
-	}
 }

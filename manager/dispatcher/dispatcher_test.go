@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
@@ -53,6 +54,12 @@ func propose(t *testing.T, r *state.Node, actions ...*api.StoreAction) {
 
 func node(id string) *api.Node {
 	return &api.Node{Id: id, Status: &api.NodeStatus{State: api.NodeState_NODE_STATE_UNKNOWN}, Role: api.NodeRole_NODE_ROLE_WORKER}
+}
+
+// joined is n as a node that joined with advertise address addr.
+func joined(n *api.Node, addr string) *api.Node {
+	n.AdvertiseAddr = addr
+	return n
 }
 
 func task(id, nodeID string, st api.TaskState) *api.Task {
@@ -492,7 +499,13 @@ func TestUpdateTaskStatus(t *testing.T) {
 			map[string]api.TaskState{"t1": running, "t2": assigned}},
 		{"backwards is ignored", []*api.TaskStatusUpdate{st("t1", api.TaskState_TASK_STATE_ACCEPTED)}, codes.OK,
 			map[string]api.TaskState{"t1": running}},
-		{"manager-only state is ignored", []*api.TaskStatusUpdate{st("t2", api.TaskState_TASK_STATE_PENDING)}, codes.OK,
+		{"manager-only state refuses the whole batch", []*api.TaskStatusUpdate{st("t2", running), st("t1", api.TaskState_TASK_STATE_PENDING)}, codes.InvalidArgument,
+			map[string]api.TaskState{"t2": assigned}},
+		{"orphaned is the managers' to set", []*api.TaskStatusUpdate{st("t2", api.TaskState_TASK_STATE_ORPHANED)}, codes.InvalidArgument,
+			map[string]api.TaskState{"t2": assigned}},
+		{"a state that does not exist is refused", []*api.TaskStatusUpdate{st("t2", api.TaskState(9999))}, codes.InvalidArgument,
+			map[string]api.TaskState{"t2": assigned}},
+		{"a health that does not exist is refused", []*api.TaskStatusUpdate{{TaskId: "t2", Status: &api.TaskStatus{State: running, Health: api.TaskHealth(77)}}}, codes.InvalidArgument,
 			map[string]api.TaskState{"t2": assigned}},
 		{"another node's task refuses the whole batch", []*api.TaskStatusUpdate{st("t2", running), st("t9", running)}, codes.PermissionDenied,
 			map[string]api.TaskState{"t2": assigned, "t9": assigned}},
@@ -502,6 +515,8 @@ func TestUpdateTaskStatus(t *testing.T) {
 			map[string]api.TaskState{"t2": running}},
 		{"failure with its exit code", []*api.TaskStatusUpdate{{TaskId: "t1", Status: &api.TaskStatus{
 			State: failed, Err: "task: non-zero exit (3)", Container: &api.ContainerStatus{ExitCode: 3}}}}, codes.OK,
+			map[string]api.TaskState{"t1": failed}},
+		{"a final state is final", []*api.TaskStatusUpdate{st("t1", api.TaskState_TASK_STATE_REJECTED)}, codes.OK,
 			map[string]api.TaskState{"t1": failed}},
 	}
 	for _, step := range steps {
@@ -674,5 +689,65 @@ func TestSessionFollowsManagers(t *testing.T) {
 	}
 	if tr := fs.Trailer(); status.Code(err) != codes.Unavailable || !slices.Equal(tr.Get(LeaderHeader), []string{"10.0.0.1:4242"}) || !slices.Equal(tr.Get(LeaderNodeHeader), []string{"m1"}) {
 		t.Errorf("follower: %v, trailer %v", err, fs.Trailer())
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	long := strings.Repeat("é", 5000) // 2 bytes a rune
+	for _, limit := range []int{MaxStatusMessage, MaxStatusErr, 100} {
+		got := truncate(long, limit)
+		if len(got) > limit || !utf8.ValidString(got) || !strings.Contains(got, "bytes cut by the manager") || !strings.HasPrefix(got, "éé") {
+			t.Errorf("truncate to %d: %d bytes, valid UTF-8 %v: %.80q…", limit, len(got), utf8.ValidString(got), got)
+		}
+	}
+	if got := truncate("short", 100); got != "short" {
+		t.Errorf("truncate kept %q, want it unchanged", got)
+	}
+}
+
+// TestSessionDescriptionChecked opens sessions with descriptions the
+// managers must not take: nothing of a refused one is stored.
+func TestSessionDescriptionChecked(t *testing.T) {
+	r := newRaft(t)
+	other := node("n2")
+	other.Description = &api.NodeDescription{Hostname: "db-host"}
+	propose(t, r, store.Create(joined(node("n1"), "10.0.0.7:4242")), store.Create(other))
+	c := serve(t, New(r, Config{Logger: quietLogger()}))
+	tests := []struct {
+		name     string
+		desc     *api.NodeDescription
+		wantCode codes.Code
+		wantMsg  string
+	}{
+		{"unspecified data address", &api.NodeDescription{Hostname: "w", DataAddr: "0.0.0.0"}, codes.InvalidArgument, "unspecified"},
+		{"multicast data address", &api.NodeDescription{Hostname: "w", DataAddr: "239.1.1.1"}, codes.InvalidArgument, "multicast"},
+		{"broadcast data address", &api.NodeDescription{Hostname: "w", DataAddr: "255.255.255.255"}, codes.InvalidArgument, "broadcast"},
+		{"another host's data address", &api.NodeDescription{Hostname: "w", DataAddr: "8.8.8.8"}, codes.PermissionDenied, "not this node's"},
+		{"loopback data address from another host", &api.NodeDescription{Hostname: "w", DataAddr: "127.0.0.1"}, codes.PermissionDenied, "loopback"},
+		{"another node's hostname", &api.NodeDescription{Hostname: "DB-host"}, codes.AlreadyExists, "taken by node n2"},
+		{"hostname that is no DNS name", &api.NodeDescription{Hostname: "a b"}, codes.InvalidArgument, "hostname"},
+		{"negative memory", &api.NodeDescription{Hostname: "w", MemoryBytes: -1}, codes.InvalidArgument, "memory_bytes"},
+		{"engine with control characters", &api.NodeDescription{Hostname: "w", Engine: "x\x1b[2J"}, codes.InvalidArgument, "engine"},
+		{"the address it joined with", &api.NodeDescription{Hostname: "w", DataAddr: "10.0.0.7"}, codes.OK, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			s, err := c.Session(ctx, &api.SessionRequest{NodeId: "n1", Description: tt.desc})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			if st := status.Convert(err); st.Code() != tt.wantCode || !strings.Contains(st.Message(), tt.wantMsg) {
+				t.Fatalf("%v %q, want %v %q", st.Code(), st.Message(), tt.wantCode, tt.wantMsg)
+			}
+			got := storedNode(r, "n1").GetDescription()
+			if tt.wantCode != codes.OK && got != nil {
+				t.Errorf("a refused session stored description %v", got)
+			}
+			if tt.wantCode == codes.OK && !proto.Equal(got, tt.desc) {
+				t.Errorf("stored description %v, want %v", got, tt.desc)
+			}
+		})
 	}
 }

@@ -49,13 +49,18 @@ func managerAddrs(tx store.ReadTx) []string {
 
 // Images streams the images every node must have: the whole list now and
 // again after every change, with the managers' addresses in the header.
+// A session has one Images stream: a new one replaces the old.
 func (d *Dispatcher) Images(req *api.ImagesRequest, stream api.Dispatcher_ImagesServer) error {
 	ctx := stream.Context()
 	s, err := d.lookup(ctx, req.GetSessionId())
 	if err != nil {
 		return err
 	}
-	sub := d.raft.Store().Subscribe()
+	stop, release := d.claimStream(s, streamImages)
+	defer release()
+	// Images only needs to know that something changed: a reset (a
+	// worker that fell behind) sends the whole list, as every change does.
+	sub := d.raft.Store().SubscribeBounded(streamQueueLimit)
 	defer sub.Close()
 	var addrs []string
 	d.raft.Store().View(func(tx store.ReadTx) { addrs = managerAddrs(tx) })
@@ -65,10 +70,10 @@ func (d *Dispatcher) Images(req *api.ImagesRequest, stream api.Dispatcher_Images
 	send := func() error {
 		var imgs []*api.Image
 		d.raft.Store().View(func(tx store.ReadTx) { imgs = tx.Images() })
-		return stream.Send(&api.ImagesMessage{Images: imgs})
+		return sendOrStop(ctx, stream, &api.ImagesMessage{Images: imgs}, stop, s.done)
 	}
 	if err := send(); err != nil {
-		return err
+		return streamEnd(err)
 	}
 	for {
 		select {
@@ -76,6 +81,8 @@ func (d *Dispatcher) Images(req *api.ImagesRequest, stream api.Dispatcher_Images
 			return nil
 		case <-s.done:
 			return nil
+		case <-stop:
+			return errStreamReplaced
 		case <-sub.Ready():
 		}
 		if !store.Affects(sub.Next(), store.IsImage) {
@@ -90,7 +97,7 @@ func (d *Dispatcher) Images(req *api.ImagesRequest, stream api.Dispatcher_Images
 		}
 		sub.Next()
 		if err := send(); err != nil {
-			return err
+			return streamEnd(err)
 		}
 	}
 }

@@ -53,6 +53,7 @@ func (d *Dispatcher) LeaveCluster(ctx context.Context, req *api.LeaveClusterRequ
 	if s := d.byNode[id]; s != nil {
 		d.endLocked(s)
 	}
+	delete(d.opens, id)
 	d.mu.Unlock()
 	return &api.LeaveClusterResponse{}, nil
 }

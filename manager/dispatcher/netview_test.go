@@ -90,7 +90,7 @@ func TestAssignmentsNetworkView(t *testing.T) {
 		store.Create(overlay("ing", "10.255.0.0/24", true)),
 		store.Create(overlay("apps", "10.20.0.0/24", false)),
 		store.Create(overlay("other", "10.30.0.0/24", false)),
-		store.Create(node("n1")), store.Create(n2), store.Create(node("n3")),
+		store.Create(joined(node("n1"), "192.168.1.1:4242")), store.Create(n2), store.Create(node("n3")),
 		store.Create(service("web", &api.Endpoint{Networks: []string{"apps", "ing"}, Ports: []*api.PortConfig{{Target: 80, Published: 8080, Mode: "ingress"}},
 			Vips: []*api.EndpointVIP{{NetworkId: "apps", Addr: "10.20.0.2/24"}, {NetworkId: "ing", Addr: "10.255.0.2/24"}}})),
 		store.Create(service("db", &api.Endpoint{Networks: []string{"other"}, Vips: []*api.EndpointVIP{{NetworkId: "other", Addr: "10.30.0.2/24"}}})),
@@ -279,5 +279,57 @@ func TestEndpointServing(t *testing.T) {
 				t.Errorf("serving = %v, want %v", e.GetServing(), tc.want)
 			}
 		})
+	}
+}
+
+// TestAssignmentsInParts gives node n1 a network view larger than gRPC's
+// default 4 MiB receive limit (30,000 ingress tasks elsewhere, ~150 bytes
+// each): the FULL message comes in parts a client with default limits
+// reads, which join to the whole view.
+func TestAssignmentsInParts(t *testing.T) {
+	const tasks = 30000
+	// Ids as long as real ones (26 characters), as the sizes above are.
+	ing, web, other := api.NewID(), api.NewID(), api.NewID()
+	r := newRaft(t)
+	propose(t, r, store.Create(overlay(ing, "10.255.0.0/16", true)), store.Create(node("n1")), store.Create(node(other)),
+		store.Create(service(web, &api.Endpoint{Networks: []string{ing}, Ports: []*api.PortConfig{{Target: 80, Published: 8080, Mode: "ingress"}}})),
+		store.Create(attachedTask("mine", web, "n1", api.TaskState_TASK_STATE_RUNNING, on(ing, "10.255.255.1/16"))))
+	var batch []*api.StoreAction
+	for i := 0; i < tasks; i++ {
+		batch = append(batch, store.Create(attachedTask(api.NewID(), web, other, api.TaskState_TASK_STATE_RUNNING,
+			on(ing, fmt.Sprintf("10.255.%d.%d/16", i/250, i%250+2)))))
+		if len(batch) == 5000 {
+			propose(t, r, batch...)
+			batch = nil
+		}
+	}
+	c := serve(t, New(r, Config{Logger: quietLogger()}))
+	sid, _ := openSession(t, c, "n1", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stream, err := c.Assignments(ctx, &api.AssignmentsRequest{SessionId: sid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parts []*api.AssignmentsMessage
+	for {
+		msg, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("after %d parts: %v", len(parts), err)
+		}
+		if msg.GetType() != api.AssignmentType_ASSIGNMENT_TYPE_PART {
+			full, err := api.JoinAssignments(parts, msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if full.GetType() != api.AssignmentType_ASSIGNMENT_TYPE_FULL || len(full.GetNetwork().GetEndpoints()) != tasks+1 || len(full.GetChanges()) != 1 {
+				t.Fatalf("joined message: %v with %d endpoints and %d changes, want FULL with %d and 1", full.GetType(), len(full.GetNetwork().GetEndpoints()), len(full.GetChanges()), tasks+1)
+			}
+			if proto.Size(full) <= 4<<20 || len(parts) < 4 {
+				t.Errorf("a %d-byte view in %d parts", proto.Size(full), len(parts)+1)
+			}
+			return
+		}
+		parts = append(parts, msg)
 	}
 }

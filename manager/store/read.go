@@ -170,3 +170,18 @@ func pick[T interface{ GetId() string }](matches []T, kind, ref string) (T, erro
 	sort.Strings(ids)
 	return zero, fmt.Errorf("%s %q is ambiguous: it matches %s; give more of the id", kind, ref, strings.Join(ids, ", "))
 }
+
+// NodeByHostname is the node other than exceptID whose hostname is
+// hostname (DNS names: case does not matter), or nil. Hostnames are
+// unique in the store (see applyAction).
+func NodeByHostname(tx ReadTx, hostname, exceptID string) *api.Node {
+	if hostname == "" {
+		return nil
+	}
+	for _, n := range tx.Nodes() {
+		if n.GetId() != exceptID && strings.EqualFold(n.GetDescription().GetHostname(), hostname) {
+			return n
+		}
+	}
+	return nil
+}

@@ -3,6 +3,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -212,6 +213,9 @@ func applyAction(txn *memdb.Txn, idx uint64, a *api.StoreAction) (Event, error) 
 				return Event{}, fmt.Errorf("%s name %q: %w", kindName(table), name, ErrExist)
 			}
 		}
+		if err := hostnameFree(txn, nil, obj); err != nil {
+			return Event{}, err
+		}
 		meta := ensureMeta(obj)
 		meta.Version = idx
 		if meta.UpdatedAt == nil {
@@ -228,6 +232,9 @@ func applyAction(txn *memdb.Txn, idx uint64, a *api.StoreAction) (Event, error) 
 			if other, _ := txn.First(table, indexName, name); other != nil && other.(object).GetId() != id {
 				return Event{}, fmt.Errorf("%s name %q: %w", kindName(table), name, ErrExist)
 			}
+		}
+		if err := hostnameFree(txn, cur, obj); err != nil {
+			return Event{}, err
 		}
 		meta := ensureMeta(obj)
 		meta.Version = idx
@@ -250,6 +257,25 @@ func applyAction(txn *memdb.Txn, idx uint64, a *api.StoreAction) (Event, error) 
 	}
 	ev.Object = obj
 	return ev, nil
+}
+
+// hostnameFree refuses a node that takes a hostname another node holds:
+// placement constraints and `node` commands name nodes by hostname, so a
+// node claiming another's name would attract its pinned tasks. Only a
+// create or a change of hostname is checked, so that nodes stored before
+// the rule (or restored from such a snapshot) can still be updated.
+func hostnameFree(txn *memdb.Txn, cur, obj object) error {
+	n, ok := obj.(*api.Node)
+	if !ok || n.GetDescription().GetHostname() == "" {
+		return nil
+	}
+	if old, ok := cur.(*api.Node); ok && strings.EqualFold(old.GetDescription().GetHostname(), n.GetDescription().GetHostname()) {
+		return nil
+	}
+	if other := NodeByHostname(ReadTx{txn: txn}, n.GetDescription().GetHostname(), n.GetId()); other != nil {
+		return fmt.Errorf("node hostname %q is held by node %s: %w", n.GetDescription().GetHostname(), other.GetId(), ErrExist)
+	}
+	return nil
 }
 
 // object is what every stored message has.

@@ -124,6 +124,63 @@ func TestSubscribe(t *testing.T) {
 	}
 }
 
+// TestSubscribeBounded lets a bounded feed fall behind: past its limit it
+// holds one Reset instead of the changes, whatever comes after, and
+// queues normally again once read.
+func TestSubscribeBounded(t *testing.T) {
+	s := New()
+	sub := s.SubscribeBounded(3)
+	defer sub.Close()
+	apply := func(from, to int) {
+		for i := from; i <= to; i++ {
+			if err := s.Apply(uint64(i), &api.Command{Actions: []*api.StoreAction{Create(&api.Task{Id: fmt.Sprint(i)})}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	apply(1, 3)
+	if changes := sub.Next(); len(changes) != 3 || changes[0].Reset {
+		t.Fatalf("within the limit: %+v, want the 3 changes", changes)
+	}
+	apply(4, 1000)
+	changes := sub.Next()
+	if len(changes) != 1 || !changes[0].Reset || changes[0].Index != 1000 {
+		t.Fatalf("past the limit: %d changes (%+v), want one Reset at 1000", len(changes), changes[0])
+	}
+	apply(1001, 1001)
+	if changes := sub.Next(); len(changes) != 1 || changes[0].Reset {
+		t.Fatalf("after reading: %+v, want the change", changes)
+	}
+}
+
+// TestHostnamesUnique: a node may not take a hostname another node holds
+// (in any case), neither when created nor when renamed; an update that
+// keeps its hostname passes.
+func TestHostnamesUnique(t *testing.T) {
+	s := New()
+	node := func(id, host string, version uint64) *api.Node {
+		return &api.Node{Id: id, Meta: &api.Meta{Version: version}, Description: &api.NodeDescription{Hostname: host}}
+	}
+	apply := func(i uint64, a *api.StoreAction) error {
+		return s.Apply(i, &api.Command{Actions: []*api.StoreAction{a}})
+	}
+	if err := apply(1, Create(node("a", "web-1", 0))); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(2, Create(node("b", "WEB-1", 0))); !errors.Is(err, ErrExist) {
+		t.Errorf("create with a taken hostname: %v, want ErrExist", err)
+	}
+	if err := apply(3, Create(node("b", "web-2", 0))); err != nil {
+		t.Fatal(err)
+	}
+	if err := apply(4, Update(node("b", "web-1", 3))); !errors.Is(err, ErrExist) {
+		t.Errorf("rename to a taken hostname: %v, want ErrExist", err)
+	}
+	if err := apply(5, Update(node("a", "web-1", 1))); err != nil {
+		t.Errorf("update keeping the hostname: %v", err)
+	}
+}
+
 func TestSnapshotRestore(t *testing.T) {
 	s := New()
 	for i := 1; i <= 100; i++ {

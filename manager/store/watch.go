@@ -48,20 +48,34 @@ func IsImage(ev Event) bool {
 	return ok
 }
 
-// Subscription receives every Change from the moment it was made. Changes
-// are queued without bound, so a slow reader never blocks raft; readers are
-// the leader's own controllers, which keep up.
+// Subscription receives every Change from the moment it was made. A slow
+// reader never blocks raft: changes queue until it takes them. Without a
+// limit (Subscribe) the queue has no bound, which suits the leader's own
+// controllers, which keep up. A feed that serves a remote peer
+// (SubscribeBounded) must not let that peer decide how much the leader
+// holds: past its limit the queue is dropped for one Reset change, and the
+// reader resynchronises from the store as after a snapshot restore.
 type Subscription struct {
 	store  *Store
 	mu     sync.Mutex
 	queue  []Change
+	events int // events queued, counted against limit
+	limit  int // 0: unbounded
 	notify chan struct{}
 	closed bool
 }
 
-// Subscribe starts a change feed. Close it when done.
+// Subscribe starts a change feed without a bound. Close it when done.
 func (s *Store) Subscribe() *Subscription {
-	sub := &Subscription{store: s, notify: make(chan struct{}, 1)}
+	return s.SubscribeBounded(0)
+}
+
+// SubscribeBounded starts a change feed that queues at most limit events
+// (0: no bound). When a reader falls further behind, what it missed is
+// replaced by a single Change with Reset set, so the queue never holds
+// more than limit events plus one change.
+func (s *Store) SubscribeBounded(limit int) *Subscription {
+	sub := &Subscription{store: s, notify: make(chan struct{}, 1), limit: limit}
 	s.mu.Lock()
 	s.subs[sub] = struct{}{}
 	s.mu.Unlock()
@@ -77,6 +91,7 @@ func (sub *Subscription) Next() []Change {
 	defer sub.mu.Unlock()
 	q := sub.queue
 	sub.queue = nil
+	sub.events = 0
 	return q
 }
 
@@ -101,7 +116,7 @@ func (s *Store) publish(c Change) {
 	for _, sub := range subs {
 		sub.mu.Lock()
 		if !sub.closed {
-			sub.queue = append(sub.queue, c)
+			sub.enqueueLocked(c)
 		}
 		sub.mu.Unlock()
 		select {
@@ -109,4 +124,24 @@ func (s *Store) publish(c Change) {
 		default:
 		}
 	}
+}
+
+// enqueueLocked queues c, or collapses the queue into one Reset when the
+// subscription's limit would be passed (or already was).
+func (sub *Subscription) enqueueLocked(c Change) {
+	if sub.limit <= 0 {
+		sub.queue = append(sub.queue, c)
+		return
+	}
+	if len(sub.queue) == 1 && sub.queue[0].Reset && sub.events == 0 {
+		sub.queue[0].Index = max(sub.queue[0].Index, c.Index)
+		return
+	}
+	if c.Reset || sub.events+len(c.Events) > sub.limit {
+		sub.queue = append(sub.queue[:0:0], Change{Index: c.Index, Reset: true})
+		sub.events = 0
+		return
+	}
+	sub.queue = append(sub.queue, c)
+	sub.events += len(c.Events)
 }

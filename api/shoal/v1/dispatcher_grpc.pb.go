@@ -46,7 +46,22 @@ const (
 //     sees a gap reopens the stream and gets a new FULL set.
 //  4. The worker sends every state change of its tasks with
 //     UpdateTaskStatus, batched. A report of a state earlier than the
-//     stored one is ignored: task state only moves forward.
+//     stored one, or of a task already in a final state, is ignored: task
+//     state only moves forward. A call is refused whole (nothing is
+//     recorded) when it names another node's task (PermissionDenied), a
+//     state a node may not report (only ACCEPTED to REJECTED; anything
+//     else, including values that are no state, is InvalidArgument), more
+//     than 4096 updates, or comes faster than the session's rate limit
+//     (ResourceExhausted: retry later with the newest states). A message
+//     or err longer than its bound (1 KiB, 8 KiB) is cut and marked. The
+//     leader writes the reports of all workers together, one raft entry
+//     per 50 ms at most; the call returns once they are written.
+//
+// A session has at most one Assignments and one Images stream: opening
+// another replaces the older, which ends with Aborted. A worker that does
+// not read what the leader sends falls behind; the leader keeps a bounded
+// queue for it and, past the bound, sends a FULL message when it reads
+// again instead of the deltas it missed.
 //
 // Every call names the session; a call with an unknown or stale session is
 // refused with NotFound and the worker opens a new session.
@@ -207,7 +222,22 @@ func (c *dispatcherClient) LeaveCluster(ctx context.Context, in *LeaveClusterReq
 //     sees a gap reopens the stream and gets a new FULL set.
 //  4. The worker sends every state change of its tasks with
 //     UpdateTaskStatus, batched. A report of a state earlier than the
-//     stored one is ignored: task state only moves forward.
+//     stored one, or of a task already in a final state, is ignored: task
+//     state only moves forward. A call is refused whole (nothing is
+//     recorded) when it names another node's task (PermissionDenied), a
+//     state a node may not report (only ACCEPTED to REJECTED; anything
+//     else, including values that are no state, is InvalidArgument), more
+//     than 4096 updates, or comes faster than the session's rate limit
+//     (ResourceExhausted: retry later with the newest states). A message
+//     or err longer than its bound (1 KiB, 8 KiB) is cut and marked. The
+//     leader writes the reports of all workers together, one raft entry
+//     per 50 ms at most; the call returns once they are written.
+//
+// A session has at most one Assignments and one Images stream: opening
+// another replaces the older, which ends with Aborted. A worker that does
+// not read what the leader sends falls behind; the leader keeps a bounded
+// queue for it and, past the bound, sends a FULL message when it reads
+// again instead of the deltas it missed.
 //
 // Every call names the session; a call with an unknown or stale session is
 // refused with NotFound and the worker opens a new session.

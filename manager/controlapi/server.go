@@ -64,7 +64,7 @@ func (s *Server) GetCluster(ctx context.Context, _ *api.GetClusterRequest) (*api
 	if c == nil {
 		return nil, status.Error(codes.FailedPrecondition, "the cluster is not initialised yet")
 	}
-	return &api.GetClusterResponse{Cluster: c}, nil
+	return &api.GetClusterResponse{Cluster: redactCluster(c)}, nil
 }
 
 func (s *Server) ListNodes(ctx context.Context, _ *api.ListNodesRequest) (*api.ListNodesResponse, error) {

@@ -150,6 +150,13 @@ func Locked(dir string) bool {
 	return json.Unmarshal(b, &f) == nil && f.Locked
 }
 
+// CheckUnlockKey reports whether kek unlocks the keys in dir: nil, or
+// ErrWrongUnlockKey, or why the keys cannot be read.
+func CheckUnlockKey(dir string, kek []byte) error {
+	_, err := loadKeys(dir, kek)
+	return err
+}
+
 // createKeys makes a new DEK for dir, wrapped by kek when given (locked)
 // or by a new KEK kept beside it.
 func createKeys(dir string, kek []byte) (*keyring, error) {

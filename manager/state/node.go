@@ -211,7 +211,11 @@ func (n *Node) SetUnlockKey(key []byte) error {
 	if (key == nil && !n.keys.locked) || (key != nil && n.keys.locked && bytes.Equal(key, n.keys.kek)) {
 		return nil
 	}
-	return n.keys.rewrap(key)
+	if err := n.keys.rewrap(key); err != nil {
+		return err
+	}
+	n.logger.Info("raft encryption key rewrapped", "autolock", key != nil)
+	return nil
 }
 
 // Store is the member's state, current up to the last applied entry.

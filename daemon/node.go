@@ -367,6 +367,17 @@ func Run(ctx context.Context, cfg Config) error {
 	defer exe.Close()
 	switch {
 	case n.role == identity.RoleManager:
+		var unlockKey []byte
+		if manager.HasState(cfg.DataDir) && manager.Locked(cfg.DataDir) {
+			// Autolock: nothing is served, not even the cluster port,
+			// until `shoald unlock` gives the key.
+			if unlockKey, err = waitUnlock(ctx, cfg.Socket, cfg.DataDir, cfg.Logger); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
 		sl, err := n.listen()
 		if err != nil {
 			return err
@@ -374,6 +385,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if manager.HasState(cfg.DataDir) {
 			mc := n.managerConfig(sl)
 			mc.ForceNewCluster = cfg.ForceNewCluster
+			mc.UnlockKey = unlockKey
 			n.mgr, err = manager.Open(ctx, mc)
 		} else {
 			// Promoted: this node has a manager certificate but no raft

@@ -12,6 +12,8 @@ import (
 func newClusterCommand(c *cli) *cobra.Command {
 	return groupCommand("cluster", "Manage the cluster",
 		newJoinTokenCommand(c),
+		newClusterUpdateCommand(c),
+		newUnlockKeyCommand(c),
 	)
 }
 

@@ -287,3 +287,62 @@ func TestPlaintextStateIsSealed(t *testing.T) {
 		t.Errorf("%s left behind: %v", sealingDir(dir), err)
 	}
 }
+
+// TestSnapshotInstallSealed: a member that joins after the leader
+// compacted its log gets the leader's snapshot over the transport
+// (plaintext there, as the FSM sees it), stores it sealed with its own
+// key, and ends with the leader's state and no secret on its disk.
+func TestSnapshotInstallSealed(t *testing.T) {
+	a1, t1 := raft.NewInmemTransport("node1")
+	a2, t2 := raft.NewInmemTransport("node2")
+	t1.Connect(a2, t2)
+	t2.Connect(a1, t1)
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	leader, err := Open(Config{Dir: dir1, ID: "node1", Transport: t1, SnapshotThreshold: 64, TrailingLogs: 4}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer leader.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := leader.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	proposeSecrets(t, leader, leader.Snapshot)
+	if err := leader.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	want := stateOf(t, leader)
+
+	follower, err := Open(Config{Dir: dir2, ID: "node2", Transport: t2}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := leader.AddVoter("node2", string(a2)); err != nil {
+		t.Fatal(err)
+	}
+	// One entry after the snapshot: a restored store reports index 0
+	// until it applies the next entry.
+	if err := leader.Propose(ctx, store.Create(&api.Task{Id: "after-snapshot"})); err != nil {
+		t.Fatal(err)
+	}
+	for follower.Store().Index() < leader.Store().Index() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("follower at index %d, leader at %d", follower.Store().Index(), leader.Store().Index())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	got := follower.Store().Snapshot()
+	if err := follower.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.GetServices()) != len(want.GetServices()) || len(got.GetClusters()) != 1 {
+		t.Fatalf("follower has %d services, leader %d", len(got.GetServices()), len(want.GetServices()))
+	}
+	snaps, _ := os.ReadDir(snapshotsDir(dir2))
+	if len(snaps) == 0 {
+		t.Fatal("the follower stored no snapshot: the test did not install one")
+	}
+	assertNoSecrets(t, dir2)
+}

@@ -53,6 +53,9 @@ type Config struct {
 	Logger *slog.Logger
 	// SnapshotThreshold overrides the number of log entries between snapshots (tests).
 	SnapshotThreshold uint64
+	// TrailingLogs overrides the number of entries kept after a snapshot
+	// (tests: a follower then needs the snapshot).
+	TrailingLogs uint64
 	// ForceNewCluster rewrites the raft configuration to this member
 	// alone before starting: the way out when a quorum is lost for good.
 	ForceNewCluster bool
@@ -96,6 +99,9 @@ func raftConfig(cfg Config) *raft.Config {
 	rc.SnapshotThreshold = snapshotThreshold
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
+	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
 	}
 	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
 	return rc

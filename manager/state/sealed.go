@@ -47,7 +47,7 @@ func (s *sealedLogs) GetLog(index uint64, l *raft.Log) error {
 	var err error
 	if len(l.Data) > 0 {
 		if l.Data, err = s.s.open(l.Data, logAD(l)); err != nil {
-			return fmt.Errorf("raft log entry %d %w: restore this manager from another (see docs/recovery.md)", index, err)
+			return fmt.Errorf("raft log entry %d %w: remove this manager and join it again, or recover from another (see docs/security.md)", index, err)
 		}
 	}
 	if len(l.Extensions) > 0 {

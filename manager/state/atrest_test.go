@@ -346,3 +346,26 @@ func TestSnapshotInstallSealed(t *testing.T) {
 	}
 	assertNoSecrets(t, dir2)
 }
+
+// TestLostKeysRefused: an encrypted raft dir whose keys.json is gone is
+// not taken for plaintext state: Open refuses it, saying what happened,
+// and leaves it as it was.
+func TestLostKeysRefused(t *testing.T) {
+	dir := t.TempDir()
+	n := open(t, dir, true)
+	proposeSecrets(t, n, nil)
+	n.Close()
+	if err := os.Remove(keysPath(dir)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Open(Config{Dir: dir, ID: "node1", Transport: inmem("node1")}, false)
+	if !errors.Is(err, errKeysLost) {
+		t.Fatalf("Open with the keys gone: %v, want errKeysLost", err)
+	}
+	if !HasState(dir) || hasKeys(dir) {
+		t.Error("a refused Open changed the raft dir")
+	}
+	if _, err := os.Stat(sealingDir(dir)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left behind: %v", sealingDir(dir), err)
+	}
+}

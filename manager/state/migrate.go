@@ -98,6 +98,9 @@ func copySealed(cfg Config, keys *keyring, tmp string) error {
 		if err := old.GetLog(i, l); err != nil {
 			return fmt.Errorf("read log entry %d: %w", i, err)
 		}
+		if l.Type == raft.LogCommand && looksSealed(l.Data) {
+			return fmt.Errorf("log entry %d: %w", i, errKeysLost)
+		}
 		batch = append(batch, l)
 		if len(batch) == migrateBatch || i == last {
 			if err := logs.StoreLogs(batch); err != nil {
@@ -134,15 +137,32 @@ func copySnapshot(from raft.SnapshotStore, to raft.SnapshotStore, m *raft.Snapsh
 		return err
 	}
 	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		return err
+	}
+	if looksSealed(data) {
+		return errKeysLost
+	}
 	sink, err := to.Create(meta.Version, meta.Index, meta.Term, meta.Configuration, meta.ConfigurationIndex, trans)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(sink, rc); err != nil {
+	if _, err := sink.Write(data); err != nil {
 		sink.Cancel()
 		return err
 	}
 	return sink.Close()
+}
+
+// errKeysLost: the state is encrypted, but its keys.json is gone.
+var errKeysLost = errors.New("it is encrypted, but its keys (keys.json) are gone: the state cannot be read; remove this manager (shoalctl node demote, node rm --force) and join it again")
+
+// looksSealed tells a sealed value from a plaintext protobuf message (a
+// command or a snapshot): no message starts with the byte of field
+// number 0, which is what the seal version byte reads as.
+func looksSealed(b []byte) bool {
+	return len(b) >= sealOverhead && b[0] == sealVersion
 }
 
 func isNotFound(err error) bool {

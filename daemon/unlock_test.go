@@ -17,7 +17,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/identity"
 	"github.com/shoal-project/shoal/manager"
+	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
 )
@@ -163,5 +165,56 @@ func TestRestrictNodeFiles(t *testing.T) {
 		if info.Mode().Perm() != want {
 			t.Errorf("%s: mode %v, want %v", path, info.Mode().Perm(), want)
 		}
+	}
+}
+
+// TestNodeKeyFollowsUnlockKey: with autolock, a manager's private key is
+// sealed by the unlock key on disk: the node does not load without the
+// key, refuses a wrong one, loads with the right one; autolock off saves
+// it in the clear again.
+func TestNodeKeyFollowsUnlockKey(t *testing.T) {
+	dataDir := t.TempDir()
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	founding, err := ca.Found("n1", "127.0.0.1:4243", &api.NodeDescription{Hostname: "h1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := identity.SaveCredentials(certDir(dataDir), founding.Credentials); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{DataDir: dataDir, Logger: logger}
+	file := nodeFile{NodeID: "n1"}
+	n, err := openNode(cfg, file, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := state.ParseUnlockKey(state.NewUnlockKey())
+	n.followUnlockKey(key)
+
+	b, err := os.ReadFile(filepath.Join(certDir(dataDir), identity.KeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first line of the key's base64 body.
+	if body := strings.Split(string(founding.Credentials.KeyPEM), "\n")[1]; strings.Contains(string(b), body) {
+		t.Fatalf("the sealed key file holds the key:\n%s", b)
+	}
+	if _, err := openNode(cfg, file, nil); !errors.Is(err, identity.ErrKeySealed) {
+		t.Fatalf("open without the unlock key: %v, want ErrKeySealed", err)
+	}
+	wrong, _ := state.ParseUnlockKey(state.NewUnlockKey())
+	if _, err := openNode(cfg, file, wrong); err == nil {
+		t.Fatal("open with a wrong unlock key succeeded")
+	}
+	r, err := openNode(cfg, file, key)
+	if err != nil {
+		t.Fatalf("open with the unlock key: %v", err)
+	}
+	if string(r.creds.KeyPEM) != string(founding.Credentials.KeyPEM) {
+		t.Fatal("the unsealed key differs")
+	}
+	r.followUnlockKey(nil)
+	if _, err := openNode(cfg, file, nil); err != nil {
+		t.Fatalf("open after autolock was turned off: %v", err)
 	}
 }

@@ -24,6 +24,12 @@ func TestAutolock(t *testing.T) {
 	const secret = "e2e-autolock-secret-7d1f"
 	n.Ctl("service", "create", "--detach", "--name", "vault", "--replicas", "0", "--env", "DB_PASSWORD="+secret, tc.Image)
 	workerToken := strings.TrimSpace(n.Ctl("cluster", "join-token", "-q", "worker"))
+	keyPEM, err := os.ReadFile(filepath.Join(n.DataDir, "certificates", "key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first line of the node key's base64 body.
+	nodeKey := strings.Split(string(keyPEM), "\n")[1]
 	out := n.Ctl("cluster", "update", "--autolock")
 	if !strings.Contains(out, "SHOALKEY-1-") {
 		t.Fatalf("cluster update --autolock printed no key:\n%s", out)
@@ -35,10 +41,12 @@ func TestAutolock(t *testing.T) {
 	if out := n.Ctl("cluster", "unlock-key"); !strings.Contains(out, "shoald unlock") {
 		t.Errorf("unlock-key does not say how to use the key:\n%s", out)
 	}
-	// The manager rewraps its key within a round of its run loop.
+	// The manager rewraps its raft key and reseals its node key within a
+	// round of its run loop.
 	tc.Eventually(t, 10*time.Second, "the manager's keys locked on disk", func() (bool, string) {
 		b, err := os.ReadFile(filepath.Join(n.DataDir, "raft", "keys.json"))
-		return err == nil && bytes.Contains(b, []byte(`"locked":true`)), string(b)
+		k, kerr := os.ReadFile(filepath.Join(n.DataDir, "certificates", "key.pem"))
+		return err == nil && kerr == nil && bytes.Contains(b, []byte(`"locked":true`)) && bytes.Contains(k, []byte("SHOAL SEALED")), string(b)
 	})
 	n.Stop()
 
@@ -52,7 +60,7 @@ func TestAutolock(t *testing.T) {
 			if err != nil {
 				return err
 			}
-			for name, s := range map[string]string{"service env value": secret, "worker join token": workerToken, "unlock key": key} {
+			for name, s := range map[string]string{"service env value": secret, "worker join token": workerToken, "unlock key": key, "node key": nodeKey} {
 				if bytes.Contains(b, []byte(s)) {
 					t.Errorf("%s holds the %s in the clear", path, name)
 				}
@@ -110,5 +118,6 @@ func TestAutolock(t *testing.T) {
 		t.Errorf("shoald unlock on a running manager: %v\n%s", err, out)
 	}
 	n.Stop()
+	// Still autolocked: the node key stays sealed.
 	scan()
 }

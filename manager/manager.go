@@ -1,6 +1,7 @@
 package manager
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -60,6 +61,11 @@ type Config struct {
 	// UnlockKey is the cluster's unlock key (state.ParseUnlockKey), needed
 	// to open a manager whose keys are locked (autolock).
 	UnlockKey []byte
+	// OnUnlockKey, if set, is called with the cluster's unlock key (nil
+	// when autolock is off) once this manager's raft keys follow it: at
+	// the first round of Run and after every change. The daemon seals the
+	// node's private key with it.
+	OnUnlockKey func(key []byte)
 }
 
 // Dialer returns a connection to the manager at addr; the caller does not
@@ -76,6 +82,10 @@ type Manager struct {
 	ca         *ca.Server
 	membership *membership
 	images     *imageReplicator
+	// appliedKey is the unlock key applied last (applyUnlockKey), valid
+	// once keyApplied.
+	appliedKey []byte
+	keyApplied bool
 	// networks makes every network allocation on this manager: the
 	// control API's (networks, VIPs, ports), the allocator controller's
 	// (task and node addresses) and Init's (the ingress network).
@@ -371,6 +381,14 @@ func (m *Manager) applyUnlockKey() {
 	}
 	if err := m.raft.SetUnlockKey(key); err != nil {
 		m.logger.Error("rewrap the raft encryption key", "autolock", key != nil, "err", err)
+		return
+	}
+	if m.keyApplied && bytes.Equal(key, m.appliedKey) {
+		return
+	}
+	m.appliedKey, m.keyApplied = key, true
+	if m.cfg.OnUnlockKey != nil {
+		m.cfg.OnUnlockKey(key)
 	}
 }
 

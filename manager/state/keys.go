@@ -279,3 +279,21 @@ func tightenModes(dir string) error {
 		return nil
 	})
 }
+
+var nodeKeyAD = []byte("shoal/node/key")
+
+// KeySealer seals a node's private key with the cluster's unlock key
+// (identity.KeySealer), so that an autolocked manager's data dir holds no
+// usable key either.
+type KeySealer struct{ kek []byte }
+
+// NewKeySealer returns a sealer for the unlock key kek (ParseUnlockKey).
+func NewKeySealer(kek []byte) KeySealer { return KeySealer{kek: kek} }
+
+// SealKey seals a PEM private key.
+func (k KeySealer) SealKey(keyPEM []byte) []byte { return sealer{k.kek}.seal(keyPEM, nodeKeyAD) }
+
+// OpenKey opens what SealKey sealed.
+func (k KeySealer) OpenKey(sealed []byte) ([]byte, error) {
+	return sealer{k.kek}.open(sealed, nodeKeyAD)
+}

@@ -71,8 +71,8 @@ var layers = []struct {
 		why: "a worker owns nothing of the managers' state and reaches them only through the Dispatcher API (worker/doc.go)"},
 	{from: []string{"manager/allocator"}, only: []string{"api/...", "network/ipam"},
 		why: "the allocator only decides: the store, raft and the lock are stored.Allocator's (manager/allocator/doc.go)"},
-	{from: []string{"manager/orchestrator"}, only: []string{"api/..."},
-		why: "the orchestrator only decides: it does not read or write the store or talk to raft (manager/orchestrator/doc.go)"},
+	{from: []string{"manager/orchestrator"}, only: []string{"api/...", "scheduler"},
+		why: "the orchestrator only decides: it does not read or write the store or talk to raft; it asks the scheduler's constraint parser which nodes a global service may run on (manager/orchestrator/doc.go)"},
 	{from: []string{"manager/store"}, not: []string{"manager/state", "github.com/hashicorp/raft", "github.com/hashicorp/raft-boltdb/..."},
 		why: "the store does not talk to raft: manager/state does, and calls Apply in log order (manager/store/doc.go)"},
 }

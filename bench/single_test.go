@@ -41,16 +41,8 @@ func running(n *tc.Node) int {
 // the floor that any orchestrator on this machine pays.
 func rawContainerd(b *testing.B, namespace string, n int) time.Duration {
 	b.Helper()
-	c, err := containerd.New(tc.ContainerdAddress)
-	if err != nil {
-		b.Fatal(err)
-	}
+	ctx, c, img := rawClient(b, namespace)
 	defer c.Close()
-	ctx := namespaces.WithNamespace(context.Background(), namespace)
-	img, err := c.GetImage(ctx, tc.Image)
-	if err != nil {
-		b.Fatal(err)
-	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -58,19 +50,8 @@ func rawContainerd(b *testing.B, namespace string, n int) time.Duration {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			id := fmt.Sprintf("raw-%d-%d", n, i)
-			ctr, err := c.NewContainer(ctx, id, containerd.WithImage(img), containerd.WithNewSnapshot(id, img),
-				containerd.WithNewSpec(oci.WithImageConfig(img)))
-			if err != nil {
-				errs <- err
-				return
-			}
-			task, err := ctr.NewTask(ctx, cio.NullIO)
-			if err != nil {
-				errs <- err
-				return
-			}
-			errs <- task.Start(ctx)
+			_, err := startRaw(ctx, c, img, fmt.Sprintf("raw-%d-%d", n, i))
+			errs <- err
 		}(i)
 	}
 	wg.Wait()
@@ -93,6 +74,38 @@ func rawContainerd(b *testing.B, namespace string, n int) time.Duration {
 		ctr.Delete(ctx, containerd.WithSnapshotCleanup)
 	}
 	return elapsed
+}
+
+// rawClient connects to containerd for a raw baseline in namespace and
+// finds the echo image there. The caller closes the client.
+func rawClient(b *testing.B, namespace string) (context.Context, *containerd.Client, containerd.Image) {
+	b.Helper()
+	c, err := containerd.New(tc.ContainerdAddress)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := namespaces.WithNamespace(context.Background(), namespace)
+	img, err := c.GetImage(ctx, tc.Image)
+	if err != nil {
+		c.Close()
+		b.Fatal(err)
+	}
+	return ctx, c, img
+}
+
+// startRaw creates container id of img and starts its process, straight
+// through the containerd client.
+func startRaw(ctx context.Context, c *containerd.Client, img containerd.Image, id string) (containerd.Container, error) {
+	ctr, err := c.NewContainer(ctx, id, containerd.WithImage(img), containerd.WithNewSnapshot(id, img),
+		containerd.WithNewSpec(oci.WithImageConfig(img)))
+	if err != nil {
+		return nil, err
+	}
+	task, err := ctr.NewTask(ctx, cio.NullIO)
+	if err != nil {
+		return nil, err
+	}
+	return ctr, task.Start(ctx)
 }
 
 func rss(pid int) float64 {

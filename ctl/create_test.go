@@ -19,6 +19,7 @@ import (
 // before shoalctl even connects to shoald.
 func TestArgumentErrors(t *testing.T) {
 	create := func(args ...string) []string { return append([]string{"service", "create"}, args...) }
+	upd := func(args ...string) []string { return append([]string{"service", "update"}, args...) }
 	tests := []struct {
 		name    string
 		args    []string
@@ -82,6 +83,37 @@ func TestArgumentErrors(t *testing.T) {
 		{"image load two files", []string{"image", "load", "a.tar", "b.tar"}, "accepts at most 1 arg(s), received 2"},
 		{"image ls argument", []string{"image", "ls", "web"}, `"shoalctl image ls" takes no arguments, got "web"`},
 		{"bad host", []string{"--host", "unix:///run/shoal.sock", "node", "ls"}, `invalid --host "unix:///run/shoal.sock": want HOST[:PORT]`},
+		{"nothing to update", upd("web"), "nothing to update: give a flag that changes the service (see --help), or --force to replace its tasks"},
+		{"only waiting flags", upd("-d", "web"), "nothing to update"},
+		{"no service", upd("--image", "x"), `"shoalctl service update" requires exactly one SERVICE argument, got 0`},
+		{"two services", upd("--force", "web", "api"), "requires exactly one SERVICE argument, got 2"},
+		{"negative parallelism", upd("--update-parallelism", "-1", "web"), "--update-parallelism must be 0 or more (0: every slot at once), got -1"},
+		{"negative rollback parallelism", upd("--rollback-parallelism", "-2", "web"), "--rollback-parallelism must be 0 or more"},
+		{"failure ratio above 1", upd("--update-max-failure-ratio", "1.5", "web"), "--update-max-failure-ratio must be a fraction from 0 to 1, got 1.5"},
+		{"negative failure ratio", upd("--rollback-max-failure-ratio", "-0.1", "web"), "--rollback-max-failure-ratio must be a fraction from 0 to 1, got -0.1"},
+		{"order typo", upd("--update-order", "stop-frist", "web"), `invalid --update-order "stop-frist": want stop-first or start-first`},
+		{"failure action typo", upd("--update-failure-action", "retry", "web"), `invalid --update-failure-action "retry": want pause, continue or rollback`},
+		{"a rollback is not rolled back", upd("--rollback-failure-action", "rollback", "web"), `invalid --rollback-failure-action "rollback": want pause or continue`},
+		{"negative monitor", upd("--update-monitor", "-1s", "web"), "--update-monitor must not be negative, got -1s"},
+		{"negative delay", upd("--update-delay", "-1s", "web"), "--update-delay must not be negative, got -1s"},
+		{"negative restart window", upd("--restart-window", "-1m", "web"), "--restart-window must not be negative, got -1m0s"},
+		{"bad env", upd("--env-add", "1X=2", "web"), `invalid --env-add "1X=2": want KEY=VALUE`},
+		{"env-rm with value", upd("--env-rm", "A=1", "web"), `invalid --env-rm "A=1": want the KEY of a variable`},
+		{"label-rm with value", upd("--label-rm", "a=b", "web"), `invalid --label-rm "a=b": want the KEY of a label`},
+		{"bad constraint", upd("--constraint-add", "zone=eu", "web"), `invalid --constraint-add "zone=eu"`},
+		{"bad publish", upd("--publish-add", "80:x", "web"), `invalid --publish-add "80:x"`},
+		{"bad publish-rm", upd("--publish-rm", "x", "web"), `invalid --publish-rm "x"`},
+		{"bad restart condition", upd("--restart-condition", "always", "web"), `invalid --restart-condition "always"`},
+		{"bad endpoint mode", upd("--endpoint-mode", "rr", "web"), `invalid --endpoint-mode "rr"`},
+		{"negative replicas", upd("--replicas", "-1", "web"), "--replicas must be 0 or more, got -1"},
+		{"negative timeout", upd("--force", "--timeout", "-1s", "web"), "--timeout must not be negative"},
+		{"create's list flag", upd("--env", "A=1", "web"), "unknown flag: --env"},
+		{"update's flags on create", []string{"service", "create", "--name", "web", "--image", "x", "nginx"}, "unknown flag: --image"},
+		{"update's list flags on create", []string{"service", "create", "--name", "web", "--env-add", "A=1", "nginx"}, "unknown flag: --env-add"},
+		{"create checks rollout flags too", []string{"service", "create", "--name", "web", "--update-order", "first", "nginx"}, `invalid --update-order "first"`},
+		{"rollback no service", []string{"service", "rollback"}, `"shoalctl service rollback" requires exactly one SERVICE argument, got 0`},
+		{"rollback spec flags", []string{"service", "rollback", "--image", "x", "web"}, "unknown flag: --image"},
+		{"rollback negative timeout", []string{"service", "rollback", "--timeout", "-1s", "web"}, "--timeout must not be negative"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -43,6 +43,8 @@ type fakeControl struct {
 
 	nodes    []*api.Node
 	selfNode string
+	// reserved is what GetNode says a node's tasks reserve, by node id.
+	reserved map[string]*api.Resources
 	services []*api.Service
 	counts   map[string]*api.ServiceCounts
 	tasks    []*api.Task
@@ -135,7 +137,7 @@ func (f *fakeControl) GetNode(_ context.Context, req *api.GetNodeRequest, _ ...g
 	if err != nil {
 		return nil, err
 	}
-	return &api.GetNodeResponse{Node: proto.CloneOf(n)}, nil
+	return &api.GetNodeResponse{Node: proto.CloneOf(n), Reserved: f.reserved[n.GetId()]}, nil
 }
 
 // UpdateNode checks the version as the managers do, so a command that
@@ -294,7 +296,31 @@ func (f *fakeControl) UpdateService(_ context.Context, req *api.UpdateServiceReq
 	upd := proto.CloneOf(svc)
 	upd.Spec = req.GetSpec()
 	upd.Meta.Version = svc.GetMeta().GetVersion() + 1
+	upd.PreviousSpec, upd.PreviousSpecVersion = svc.GetSpec(), svc.GetSpecVersion()
+	if !proto.Equal(svc.GetSpec().GetTask(), req.GetSpec().GetTask()) {
+		// Roughly what the managers do: a new task template starts a
+		// rolling update.
+		upd.SpecVersion = upd.Meta.Version
+		upd.UpdateStatus = &api.UpdateStatus{State: api.UpdateState_UPDATE_STATE_UPDATING, SpecVersion: upd.SpecVersion, Message: "update in progress"}
+	}
 	return &api.UpdateServiceResponse{Service: upd}, nil
+}
+
+func (f *fakeControl) RollbackService(_ context.Context, req *api.RollbackServiceRequest, _ ...grpc.CallOption) (*api.RollbackServiceResponse, error) {
+	f.record("RollbackService")
+	svc, err := f.lookup(req.GetService())
+	if err != nil {
+		return nil, err
+	}
+	if svc.GetPreviousSpec() == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "service %q has no previous spec to roll back to: it was never updated", svc.GetSpec().GetName())
+	}
+	upd := proto.CloneOf(svc)
+	upd.Spec, upd.PreviousSpec = svc.GetPreviousSpec(), svc.GetSpec()
+	upd.SpecVersion, upd.PreviousSpecVersion = svc.GetPreviousSpecVersion(), svc.GetSpecVersion()
+	upd.Meta.Version = svc.GetMeta().GetVersion() + 1
+	upd.UpdateStatus = &api.UpdateStatus{State: api.UpdateState_UPDATE_STATE_ROLLBACK_STARTED, SpecVersion: upd.SpecVersion, Message: "manually requested rollback"}
+	return &api.RollbackServiceResponse{Service: upd}, nil
 }
 
 func (f *fakeControl) RemoveService(_ context.Context, req *api.RemoveServiceRequest, _ ...grpc.CallOption) (*api.RemoveServiceResponse, error) {

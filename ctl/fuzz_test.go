@@ -31,7 +31,7 @@ func FuzzCreateInput(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		if err := checkEnv(s); err == nil {
+		if err := checkEnv("--env", s); err == nil {
 			key, _, _ := strings.Cut(s, "=")
 			if !envKeyRE.MatchString(key) || !strings.Contains(s, "=") {
 				t.Errorf("accepted env %q", s)
@@ -40,8 +40,14 @@ func FuzzCreateInput(f *testing.F) {
 		if labels, err := parseLabels("--label", []string{s}); err == nil && len(labels) != 1 {
 			t.Errorf("label %q gave %v", s, labels)
 		}
-		if err := checkConstraint(s); err == nil && !strings.Contains(s, "==") && !strings.Contains(s, "!=") {
+		if err := checkConstraint("--constraint", s); err == nil && !strings.Contains(s, "==") && !strings.Contains(s, "!=") {
 			t.Errorf("accepted constraint %q", s)
+		}
+		if err := checkKey("--env-rm", "variable", s); err == nil && (strings.Contains(s, "=") || strings.TrimSpace(s) == "") {
+			t.Errorf("accepted key %q", s)
+		}
+		if env := editEnv([]string{"A=1", "B=2"}, []string{s}, nil); checkEnv("--env-add", s) == nil && env[len(env)-1] != s {
+			t.Errorf("added %q, env %v", s, env)
 		}
 		if _, err := parsePsFilters([]string{s}); err == nil && !strings.HasPrefix(s, "desired-state=") && !strings.HasPrefix(s, "node=") {
 			t.Errorf("accepted filter %q", s)

@@ -3,6 +3,7 @@ package ctl
 import (
 	"cmp"
 	"context"
+	"errors"
 	"slices"
 	"strings"
 
@@ -124,17 +125,45 @@ func managerStatus(n *api.Node) string {
 }
 
 func newNodeInspectCommand(c *cli) *cobra.Command {
-	return inspectCommand(c, &cobra.Command{
+	cmd := inspectCommand(c, &cobra.Command{
 		Use:   "inspect [flags] NODE...",
 		Short: "Show nodes in detail",
 		Long: `Show nodes (by hostname, ID or unique ID prefix) as a JSON array.
 
 --format TEMPLATE runs a Go template per node over the api.Node type, so
 fields are named as in Go: {{.Id}}, {{.Description.Hostname}},
-{{.Status.State}}, {{json .Spec}}.`,
+{{.Status.State}}, {{json .Spec}}. The node's capacity is its description
+(nano_cpus, memory_bytes).
+--pretty prints a summary for people instead, with what the node's tasks
+reserve of its capacity.`,
 		Args: minArgs(1, "at least one NODE argument"),
 	}, "node", func(ctx context.Context, client api.ControlClient, name string) (*api.Node, error) {
 		resp, err := client.GetNode(ctx, &api.GetNodeRequest{Node: name})
 		return resp.GetNode(), err
 	})
+	var pretty bool
+	cmd.Flags().BoolVar(&pretty, "pretty", false, "print a human-readable summary, with the resources reserved")
+	objects := cmd.RunE
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if !pretty {
+			return objects(cmd, args)
+		}
+		return c.run(func(cmd *cobra.Command, args []string) error {
+			if cmd.Flags().Changed("format") {
+				return usageError{cmd: cmd, err: errors.New("--pretty and --format cannot be used together")}
+			}
+			client, err := c.control(cmd)
+			if err != nil {
+				return err
+			}
+			found, errs := getEach(args, func(name string) (*api.GetNodeResponse, error) {
+				return client.GetNode(cmd.Context(), &api.GetNodeRequest{Node: name})
+			})
+			if err := printEachPretty(cmd.OutOrStdout(), found, printPrettyNode); err != nil {
+				return err
+			}
+			return errs
+		})(cmd, args)
+	}
+	return cmd
 }

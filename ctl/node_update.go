@@ -9,8 +9,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -26,37 +24,17 @@ const nodeUpdateAttempts = 2
 // error to refuse the change. It reports the node as stored and whether
 // anything was written: an unchanged spec is not sent.
 func updateNode(cmd *cobra.Command, client api.ControlClient, ref string, change func(n *api.Node, spec *api.NodeSpec) error) (*api.Node, bool, error) {
-	var err error
-	for range nodeUpdateAttempts {
-		var got *api.GetNodeResponse
-		got, err = client.GetNode(cmd.Context(), &api.GetNodeRequest{Node: ref})
+	ctx := cmd.Context()
+	return rewrite(nodeUpdateAttempts, func() (*api.Node, *api.NodeSpec, error) {
+		got, err := client.GetNode(ctx, &api.GetNodeRequest{Node: ref})
 		if err != nil {
-			return nil, false, err
+			return nil, nil, err
 		}
-		node := got.GetNode()
-		was := completeSpec(node)
-		spec := proto.CloneOf(was)
-		if err := change(node, spec); err != nil {
-			return nil, false, err
-		}
-		if proto.Equal(spec, was) {
-			return node, false, nil
-		}
-		var resp *api.UpdateNodeResponse
-		resp, err = client.UpdateNode(cmd.Context(), &api.UpdateNodeRequest{
-			Node:    node.GetId(),
-			Version: node.GetMeta().GetVersion(),
-			Spec:    spec,
-		})
-		if status.Code(err) == codes.Aborted {
-			continue
-		}
-		if err != nil {
-			return nil, false, err
-		}
-		return resp.GetNode(), true, nil
-	}
-	return nil, false, err
+		return got.GetNode(), completeSpec(got.GetNode()), nil
+	}, change, func(n *api.Node, spec *api.NodeSpec) (*api.Node, error) {
+		resp, err := client.UpdateNode(ctx, &api.UpdateNodeRequest{Node: n.GetId(), Version: n.GetMeta().GetVersion(), Spec: spec})
+		return resp.GetNode(), err
+	})
 }
 
 // completeSpec is n's spec with the fields it leaves unset filled in as
@@ -111,8 +89,8 @@ func parseNodeUpdate(fs interface{ Changed(string) bool }, availability string, 
 	}
 	u.labelAdd = add
 	for _, key := range labelRm {
-		if strings.TrimSpace(key) == "" || strings.Contains(key, "=") {
-			return u, fmt.Errorf("invalid --label-rm %q: want the KEY of a label", key)
+		if err := checkKey("--label-rm", "label", key); err != nil {
+			return u, err
 		}
 		if _, ok := add[key]; ok {
 			return u, fmt.Errorf("--label-add and --label-rm both name label %q", key)
@@ -132,18 +110,8 @@ func (u nodeUpdate) apply(n *api.Node, spec *api.NodeSpec) error {
 		if _, ok := spec.GetLabels()[key]; !ok {
 			return fmt.Errorf("node %s has no label %q", nodeName(n), key)
 		}
-		delete(spec.Labels, key)
 	}
-	if len(u.labelAdd) > 0 && spec.Labels == nil {
-		spec.Labels = make(map[string]string, len(u.labelAdd))
-	}
-	for k, v := range u.labelAdd {
-		spec.Labels[k] = v
-	}
-	if len(spec.Labels) == 0 {
-		// An emptied map and no map are the same spec.
-		spec.Labels = nil
-	}
+	spec.Labels = editLabels(spec.Labels, u.labelAdd, u.labelRm)
 	return nil
 }
 

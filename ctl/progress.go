@@ -43,8 +43,13 @@ type convergence struct {
 	// slots[i] is the up-to-date task meant to run in slot i+1, nil when
 	// the orchestrator has not made one yet.
 	slots []*api.Task
-	// running counts slots whose task runs and, if it has a health check,
-	// is healthy (api.Healthy): only then does it serve.
+	// names, when set, label the slots (a global service's nodes).
+	names []string
+	// job: the goal is COMPLETE, not RUNNING (see goal).
+	job bool
+	// running counts slots whose task reached the goal: for a service,
+	// running and, if it has a health check, healthy (api.Healthy): only
+	// then does it serve.
 	running uint64
 	// converged: every slot 1..replicas has an up-to-date task with desired
 	// state RUNNING that is running and healthy, and no slot beyond
@@ -54,6 +59,8 @@ type convergence struct {
 	// failed is a task of the current spec that failed or was rejected
 	// after the change being waited for; nil when none did.
 	failed *api.Task
+	// extra: a slot beyond replicas still has a task meant to run.
+	extra bool
 }
 
 // assess judges one WatchTasks snapshot. since is the meta.version (raft
@@ -62,16 +69,21 @@ type convergence struct {
 // minSpec is the spec_version that change produced; an older service in
 // the snapshot means the snapshot predates the change.
 func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) convergence {
+	if api.IsGlobal(svc.GetSpec()) {
+		return assessByNode(svc, tasks, since, minSpec)
+	}
 	c := convergence{service: svc, replicas: svc.GetSpec().GetReplicated().GetReplicas()}
+	if j := svc.GetSpec().GetReplicatedJob(); j != nil {
+		c.replicas, c.job = j.GetTotalCompletions(), true
+	}
 	c.slots = make([]*api.Task, c.replicas)
-	extraRunning := false
 	for _, t := range tasks {
 		slot := t.GetSlot()
 		inRange := slot >= 1 && slot <= c.replicas
-		wanted := t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING
+		wanted := c.wanted(t)
 		if !inRange {
 			if wanted && !api.IsTerminal(t.GetStatus().GetState()) {
-				extraRunning = true
+				c.extra = true
 			}
 			continue
 		}
@@ -86,11 +98,11 @@ func assess(svc *api.Service, tasks []*api.Task, since, minSpec uint64) converge
 		}
 	}
 	for _, t := range c.slots {
-		if api.Healthy(t) {
+		if c.reached(t) {
 			c.running++
 		}
 	}
-	c.converged = c.failed == nil && !extraRunning &&
+	c.converged = c.failed == nil && !c.extra &&
 		svc.GetSpecVersion() >= minSpec && c.running == c.replicas
 	return c
 }
@@ -137,6 +149,9 @@ func newer(a, b *api.Task) bool {
 //	3/3: preparing [===================================>               ]
 func (c convergence) lines() []string {
 	out := []string{fmt.Sprintf("overall progress: %d out of %d tasks", c.running, c.replicas)}
+	if c.job {
+		out[0] = fmt.Sprintf("job progress: %d out of %d complete", c.running, c.replicas)
+	}
 	if c.replicas > maxProgressBars {
 		return out
 	}
@@ -147,23 +162,103 @@ func (c convergence) lines() []string {
 		if t != nil {
 			name = api.StateName(st)
 		}
-		detail := progressBar(st)
+		detail := c.progressBar(st)
 		if h := t.GetStatus().GetHealth(); st == api.TaskState_TASK_STATE_RUNNING && !api.Healthy(t) {
 			detail += " health: " + api.HealthName(h)
 		}
-		if api.IsTerminal(st) {
+		if api.IsTerminal(st) && st != c.goal() {
 			// Where the bar would be, say what went wrong.
 			detail = t.GetStatus().GetErr()
 		}
-		out = append(out, strings.TrimRight(fmt.Sprintf("%*d/%d: %-*s %s", width, i+1, c.replicas, stateWidth, name, detail), " "))
+		label := fmt.Sprintf("%*d/%d", width, i+1, c.replicas)
+		if c.names != nil {
+			label = c.names[i]
+		}
+		out = append(out, strings.TrimRight(fmt.Sprintf("%s: %-*s %s", label, stateWidth, name, detail), " "))
 	}
 	return out
 }
 
-// progressBar draws how far along state is among progressSteps.
-func progressBar(state api.TaskState) string {
-	step := slices.Index(progressSteps, state) + 1 // 0 for no task yet
-	filled := progressBarWidth * step / len(progressSteps)
+// rollout judges a snapshot of a service whose rolling update (or
+// rollback) req waits for: the lines to show, whether it is done (the
+// rollout completed and every slot runs its task), or why it failed (it
+// paused, the failure action rolled it back, another update replaced it),
+// with what the user can do.
+func (c convergence) rollout(req waitRequest) (lines []string, done bool, err error) {
+	svc, want := c.service, req.service.GetSpecVersion()
+	st := svc.GetUpdateStatus()
+	name := svc.GetSpec().GetName()
+	lines = c.lines()
+	rollingBack := st.GetState() == api.UpdateState_UPDATE_STATE_ROLLBACK_STARTED ||
+		st.GetState() == api.UpdateState_UPDATE_STATE_ROLLBACK_PAUSED ||
+		st.GetState() == api.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED
+	switch {
+	case svc.GetMeta().GetVersion() < req.service.GetMeta().GetVersion() || st.GetSpecVersion() != svc.GetSpecVersion():
+		return lines, false, nil // a snapshot from before the change
+	case svc.GetSpecVersion() == want:
+	case rollingBack && !req.rollback:
+		// The failure action rolled the update back: follow the
+		// rollback, then fail.
+	default:
+		return lines, false, fmt.Errorf("service %s was changed again while waiting (spec version %d); follow it with `shoalctl service ps %s`", name, svc.GetSpecVersion(), name)
+	}
+	lines = append(lines, fmt.Sprintf("%s: %d of %d slots updated", strings.ReplaceAll(api.UpdateStateName(st.GetState()), "_", " "), st.GetUpdated(), c.replicas))
+	rolledBack := rollingBack && !req.rollback
+	if rolledBack && st.GetState() == api.UpdateState_UPDATE_STATE_ROLLBACK_STARTED {
+		lines = append(lines, st.GetMessage()) // why
+	}
+	switch st.GetState() {
+	case api.UpdateState_UPDATE_STATE_PAUSED:
+		return lines, false, fmt.Errorf("%s\nservice %s stays paused: fix what failed and resume with `shoalctl service update --force %s`, or return to the previous spec with `shoalctl service rollback %s`",
+			st.GetMessage(), name, name, name)
+	case api.UpdateState_UPDATE_STATE_ROLLBACK_PAUSED:
+		return lines, false, fmt.Errorf("%s\nservice %s stays paused halfway back: see `shoalctl service ps %s`", st.GetMessage(), name, name)
+	case api.UpdateState_UPDATE_STATE_COMPLETED, api.UpdateState_UPDATE_STATE_ROLLBACK_COMPLETED:
+		switch {
+		case c.running != c.replicas || c.extra:
+			return lines, false, nil
+		case rolledBack:
+			return lines, false, fmt.Errorf("%s\nservice %s runs its previous spec again", st.GetMessage(), name)
+		case st.GetFailures() > 0:
+			return lines, false, fmt.Errorf("%s\nsee `shoalctl service ps %s` for the tasks that failed", st.GetMessage(), name)
+		}
+		return lines, true, nil
+	}
+	return lines, false, nil
+}
+
+// goal is the state a task must reach: COMPLETE for a job, else RUNNING.
+func (c convergence) goal() api.TaskState {
+	if c.job {
+		return api.TaskState_TASK_STATE_COMPLETE
+	}
+	return api.TaskState_TASK_STATE_RUNNING
+}
+
+// reached reports whether t reached the goal (a running task only once
+// it is healthy, if it has a check).
+func (c convergence) reached(t *api.Task) bool {
+	if c.job {
+		return t.GetStatus().GetState() == api.TaskState_TASK_STATE_COMPLETE
+	}
+	return api.Healthy(t)
+}
+
+// wanted reports whether t is a slot's task towards the goal: meant to
+// run, or for a job also one that completed (and was then retired).
+func (c convergence) wanted(t *api.Task) bool {
+	return t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING ||
+		(c.job && t.GetStatus().GetState() == api.TaskState_TASK_STATE_COMPLETE)
+}
+
+// progressBar draws how far along state is towards the goal.
+func (c convergence) progressBar(state api.TaskState) string {
+	steps := progressSteps
+	if c.job {
+		steps = append(slices.Clone(steps), api.TaskState_TASK_STATE_COMPLETE)
+	}
+	step := slices.Index(steps, state) + 1 // 0 for no task yet
+	filled := progressBarWidth * step / len(steps)
 	return "[" + strings.Repeat("=", filled) + ">" + strings.Repeat(" ", progressBarWidth-filled) + "]"
 }
 

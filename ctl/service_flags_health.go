@@ -58,6 +58,11 @@ func (f *healthFlags) changed(names ...string) bool {
 	return false
 }
 
+// given reports whether any health check flag was given.
+func (f *healthFlags) given() bool {
+	return f.changed(flagHealthCmd, flagHealthInterval, flagHealthTimeout, flagHealthRetries, flagHealthStartPeriod, flagNoHealthcheck)
+}
+
 // apply writes the given flags into spec's health check, or says what is
 // wrong with them and changes nothing. On a spec that has a health check
 // already (an update), flags not given keep its values, as in `docker

@@ -1,14 +1,10 @@
 package ctl
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
-	"maps"
-	"slices"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -30,7 +26,8 @@ func newServiceInspectCommand(c *cli) *cobra.Command {
 
 --format TEMPLATE runs a Go template per service over the api.Service type,
 so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.SpecVersion}},
-{{.Spec.Task.Container.Image}}, {{json .Spec}}.
+{{.Spec.Task.Container.Image}}, {{json .Spec}}, {{.UpdateStatus.State}},
+{{.UpdateStatus.Message}}, {{.PreviousSpec.Task.Container.Image}}.
 --pretty prints a summary for people instead.`,
 		Example: `  shoalctl service inspect --format '{{.Spec.Task.Container.Image}}' web`,
 		Args:    minArgs(1, "at least one SERVICE argument"),
@@ -53,13 +50,8 @@ so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.SpecVersion}},
 		})
 		out := cmd.OutOrStdout()
 		if pretty {
-			for i, resp := range found {
-				if i > 0 {
-					fmt.Fprintln(out)
-				}
-				if err := printPrettyService(out, resp); err != nil {
-					return err
-				}
+			if err := printEachPretty(out, found, printPrettyService); err != nil {
+				return err
 			}
 		} else {
 			services := make([]*api.Service, len(found))
@@ -79,14 +71,8 @@ so fields are named as in Go: {{.Id}}, {{.Spec.Name}}, {{.SpecVersion}},
 func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	s := resp.GetService()
 	spec := s.GetSpec()
-	// Every line goes through the tabwriter, section headers too, so that
-	// all values line up in one column.
-	var buf bytes.Buffer
-	tw := tabwriter.NewWriter(&buf, 0, 0, 1, ' ', 0)
-	line := func(indent int, key string, value any) {
-		fmt.Fprintf(tw, "%s%s:\t%v\n", strings.Repeat(" ", indent), key, value)
-	}
-	section := func(key string) { fmt.Fprintf(tw, "%s:\t\n", key) }
+	pt := newPrettyTable()
+	line, section := pt.line, pt.section
 	optional := func(indent int, key, value string) {
 		if value != "" {
 			line(indent, key, value)
@@ -94,12 +80,7 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	}
 	line(0, "ID", s.GetId())
 	line(0, "Name", spec.GetName())
-	if len(spec.GetLabels()) > 0 {
-		section("Labels")
-		for _, k := range slices.Sorted(maps.Keys(spec.GetLabels())) {
-			fmt.Fprintf(tw, " %s=%s\t\n", k, spec.GetLabels()[k])
-		}
-	}
+	pt.labels(spec.GetLabels())
 	line(0, "Spec version", s.GetSpecVersion())
 	optional(0, "Created", timeText(s.GetMeta().GetCreatedAt()))
 	optional(0, "Updated", timeText(s.GetMeta().GetUpdatedAt()))
@@ -107,11 +88,24 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 		line(0, "Mode", "Replicated")
 		line(1, "Replicas", fmt.Sprintf("%d (%d running)", r.GetReplicas(), resp.GetCounts().GetRunning()))
 	}
-	task := spec.GetTask()
-	if cs := task.GetPlacement().GetConstraints(); len(cs) > 0 {
-		section("Placement")
-		line(1, "Constraints", strings.Join(cs, ", "))
+	pt.otherModes(spec, resp.GetCounts())
+	if st := s.GetUpdateStatus(); st != nil {
+		section("Update status")
+		line(1, "State", strings.ReplaceAll(api.UpdateStateName(st.GetState()), "_", " "))
+		optional(1, "Started", timeText(st.GetStartedAt()))
+		optional(1, "Completed", timeText(st.GetCompletedAt()))
+		optional(1, "Message", st.GetMessage())
+		inFlight := 0
+		for _, r := range st.GetSlots() {
+			if r.GetPhase() != api.UpdatePhase_UPDATE_PHASE_FAILED {
+				inFlight++
+			}
+		}
+		line(1, "Slots", fmt.Sprintf("%d updated, %d failed, %d in flight", st.GetUpdated(), st.GetFailures(), inFlight))
 	}
+	task := spec.GetTask()
+	pt.placement(task.GetPlacement())
+	pt.resources(task.GetResources())
 	if r := task.GetRestart(); r != nil {
 		section("Restart policy")
 		optional(1, "Condition", strings.ToLower(enumWord(r.GetCondition().String(), "RESTART_CONDITION_")))
@@ -120,6 +114,28 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 		if r.GetMaxAttempts() > 0 {
 			line(1, "Max attempts", r.GetMaxAttempts())
 		}
+		if w := r.GetWindow().AsDuration(); w > 0 {
+			line(1, "Window", w)
+		}
+	}
+	for _, cfg := range []struct {
+		title string
+		c     *api.UpdateConfig
+	}{{"Update config", spec.GetUpdate()}, {"Rollback config", spec.GetRollback()}} {
+		if cfg.c == nil {
+			continue
+		}
+		section(cfg.title)
+		parallelism := fmt.Sprint(cfg.c.GetParallelism())
+		if cfg.c.GetParallelism() == 0 {
+			parallelism = "0 (all at once)"
+		}
+		line(1, "Parallelism", parallelism)
+		line(1, "Delay", cfg.c.GetDelay().AsDuration())
+		line(1, "On failure", api.FailureActionName(cfg.c.GetFailureAction()))
+		line(1, "Monitoring period", cfg.c.GetMonitor().AsDuration())
+		line(1, "Max failure ratio", cfg.c.GetMaxFailureRatio())
+		line(1, "Order", api.UpdateOrderName(cfg.c.GetOrder()))
 	}
 	c := task.GetContainer()
 	section("Container")
@@ -134,10 +150,15 @@ func printPrettyService(w io.Writer, resp *api.GetServiceResponse) error {
 	optional(1, "Hostname", c.GetHostname())
 	optional(1, "Stop grace period", durationText(c.GetStopGracePeriod()))
 	prettyHealthcheck(c.GetHealthcheck(), section, line, optional)
-	if err := tw.Flush(); err != nil {
-		return err
+	if prev := s.GetPreviousSpec(); prev != nil {
+		section("Previous spec")
+		line(1, "Spec version", s.GetPreviousSpecVersion())
+		line(1, "Image", prev.GetTask().GetContainer().GetImage())
+		if r := prev.GetReplicated(); r != nil {
+			line(1, "Replicas", r.GetReplicas())
+		}
 	}
-	return writeTrimmed(w, buf.String())
+	return pt.writeTo(w)
 }
 
 func durationText(d *durationpb.Duration) string {

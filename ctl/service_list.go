@@ -23,6 +23,8 @@ func newServiceCommand(c *cli) *cobra.Command {
 		newServicePsCommand(c),
 		newServiceInspectCommand(c),
 		newServiceScaleCommand(c),
+		newServiceUpdateCommand(c),
+		newServiceRollbackCommand(c),
 		newServiceRmCommand(c),
 	)
 }
@@ -32,7 +34,7 @@ type serviceRow struct {
 	ID       string
 	Name     string
 	Mode     string
-	Replicas string // running/desired
+	Replicas string // running/desired; for jobs also (completed/completions completed)
 	Image    string
 }
 
@@ -77,21 +79,13 @@ func serviceListing(p *listPrinter, resp *api.ListServicesResponse) listing[serv
 		l.rows = append(l.rows, serviceRow{
 			ID:       p.shortID(s.GetId()),
 			Name:     s.GetSpec().GetName(),
-			Mode:     serviceMode(s.GetSpec()),
-			Replicas: replicas(counts),
+			Mode:     api.ModeName(s.GetSpec()),
+			Replicas: replicas(s.GetSpec(), counts),
 			Image:    s.GetSpec().GetTask().GetContainer().GetImage(),
 		})
 		l.objects = append(l.objects, s)
 	}
 	return l
-}
-
-func serviceMode(spec *api.ServiceSpec) string {
-	switch spec.GetMode().(type) {
-	case *api.ServiceSpec_Replicated:
-		return "replicated"
-	}
-	return ""
 }
 
 // taskRow is a line of `service ps`, and what its --format templates see.
@@ -243,7 +237,8 @@ func (c *cli) taskListing(p *listPrinter, tasks []*api.Task, nodes []*api.Node, 
 	}
 	tasks = slices.Clone(tasks)
 	slices.SortStableFunc(tasks, func(a, b *api.Task) int {
-		if c := cmp.Or(strings.Compare(a.GetServiceName(), b.GetServiceName()), cmp.Compare(a.GetSlot(), b.GetSlot())); c != 0 {
+		if c := cmp.Or(strings.Compare(a.GetServiceName(), b.GetServiceName()), cmp.Compare(a.GetSlot(), b.GetSlot()),
+			strings.Compare(placeOf(a), placeOf(b))); c != 0 {
 			return c
 		}
 		if newer(a, b) {
@@ -268,7 +263,7 @@ func (c *cli) taskListing(p *listPrinter, tasks []*api.Task, nodes []*api.Node, 
 	for _, t := range tasks {
 		// The slot's current task is decided before filtering, so that a
 		// filtered list still marks predecessors as such.
-		older := prev != nil && prev.GetServiceName() == t.GetServiceName() && prev.GetSlot() == t.GetSlot()
+		older := prev != nil && prev.GetServiceName() == t.GetServiceName() && api.TaskPlace(prev) == api.TaskPlace(t)
 		prev = t
 		node := hostnames[t.GetNodeId()]
 		if !filter.keep(t, node) {
@@ -278,6 +273,9 @@ func (c *cli) taskListing(p *listPrinter, tasks []*api.Task, nodes []*api.Node, 
 			node = p.shortID(t.GetNodeId())
 		}
 		name := fmt.Sprintf("%s.%d", t.GetServiceName(), t.GetSlot())
+		if node := placeOf(t); node != "" {
+			name = t.GetServiceName() + "." + p.shortID(node)
+		}
 		if p.flags.noTrunc {
 			name += "." + t.GetId()
 		}
@@ -285,7 +283,9 @@ func (c *cli) taskListing(p *listPrinter, tasks []*api.Task, nodes []*api.Node, 
 			name = ` \_ ` + name
 		}
 		errText := t.GetStatus().GetErr()
-		if !p.flags.noTrunc {
+		// Why a task waits (no suitable node, with a count per reason) is
+		// shown whole: cut, it says nothing (moby/moby#36699).
+		if !p.flags.noTrunc && !waiting(t) {
 			errText = ellipsis(errText, maxErrorLen)
 		}
 		status := t.GetStatus()
@@ -313,6 +313,22 @@ func (c *cli) taskListing(p *listPrinter, tasks []*api.Task, nodes []*api.Node, 
 	return l
 }
 
+// placeOf is the node a global service's task is told apart by; "" for
+// a task that has a slot.
+func placeOf(t *api.Task) string {
+	if t.GetSlot() == 0 {
+		return t.GetNodeId()
+	}
+	return ""
+}
+
+// waiting reports whether a task waits for the managers (NEW or PENDING):
+// its error, if any, says why.
+func waiting(t *api.Task) bool {
+	st := t.GetStatus().GetState()
+	return st == api.TaskState_TASK_STATE_NEW || st == api.TaskState_TASK_STATE_PENDING
+}
+
 // stateTitle is a task state as tables show it: "Running".
 func stateTitle(s api.TaskState) string {
 	if s == api.TaskState_TASK_STATE_UNSPECIFIED {
@@ -331,10 +347,15 @@ func taskStateTitle(st *api.TaskStatus) string {
 	return title
 }
 
-// replicas is the REPLICAS column: running/desired, and the tasks the
-// managers could not allocate, which otherwise only `service ps` shows.
-func replicas(c *api.ServiceCounts) string {
+// replicas is the REPLICAS column: running/desired, for a job how many of
+// its tasks completed out of how many must (as Swarm shows jobs), and the
+// tasks the managers could not allocate, which otherwise only `service
+// ps` shows.
+func replicas(spec *api.ServiceSpec, c *api.ServiceCounts) string {
 	s := fmt.Sprintf("%d/%d", c.GetRunning(), c.GetDesired())
+	if api.IsJob(spec) {
+		s += fmt.Sprintf(" (%d/%d completed)", c.GetCompleted(), c.GetCompletions())
+	}
 	if n := c.GetUnallocated(); n > 0 {
 		s += fmt.Sprintf(" (%d unallocated)", n)
 	}

@@ -7,17 +7,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 )
-
-// scaleAttempts bounds read-modify-write retries of one scale: an Aborted
-// update means someone changed the service between our read and write, and
-// a few rereads settle any human-speed race.
-const scaleAttempts = 3
 
 // scaleTarget is one SERVICE=REPLICAS argument.
 type scaleTarget struct {
@@ -96,38 +88,15 @@ func newServiceScaleCommand(c *cli) *cobra.Command {
 	return cmd
 }
 
-// scale sets the replicas of one service, rereading it when the update
-// lost a race, and returns the service as stored.
+// scale sets the replicas of one service and returns the service as
+// stored.
 func scale(cmd *cobra.Command, client api.ControlClient, t scaleTarget) (*api.Service, error) {
-	var err error
-	for range scaleAttempts {
-		var got *api.GetServiceResponse
-		got, err = client.GetService(cmd.Context(), &api.GetServiceRequest{Service: t.service})
-		if err != nil {
-			return nil, err
+	svc, _, err := updateService(cmd.Context(), client, t.service, func(svc *api.Service, spec *api.ServiceSpec) error {
+		if spec.GetReplicated() == nil {
+			return fmt.Errorf("service %s is not a replicated service; only replicated services scale", svc.GetSpec().GetName())
 		}
-		svc := got.GetService()
-		if svc.GetSpec().GetReplicated() == nil {
-			return nil, fmt.Errorf("service %s is not a replicated service; only replicated services scale", svc.GetSpec().GetName())
-		}
-		if svc.GetSpec().GetReplicated().GetReplicas() == t.replicas {
-			return svc, nil // nothing to write; still worth waiting for
-		}
-		spec := proto.CloneOf(svc.GetSpec())
 		spec.GetReplicated().Replicas = t.replicas
-		var resp *api.UpdateServiceResponse
-		resp, err = client.UpdateService(cmd.Context(), &api.UpdateServiceRequest{
-			Service: svc.GetId(),
-			Version: svc.GetMeta().GetVersion(),
-			Spec:    spec,
-		})
-		if status.Code(err) == codes.Aborted {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return resp.GetService(), nil
-	}
-	return nil, err
+		return nil
+	})
+	return svc, err
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -121,4 +123,42 @@ func getEach[T any](args []string, get func(name string) (T, error)) ([]T, error
 		return nil
 	})
 	return found, err
+}
+
+// rewrite is the read-modify-write of an object's spec that `node update`,
+// `service update` and `service scale` share: read fetches the object and
+// its spec as in effect, change edits a copy of the spec (or refuses with
+// an error), and write stores it at the version read. A write that lost a
+// race (Aborted: the object changed between the read and the write) is
+// tried again on a fresh read, at most attempts times. It returns the
+// object as stored and whether anything was written: an unchanged spec is
+// not sent.
+func rewrite[O any, S proto.Message](attempts int, read func() (O, S, error), change func(O, S) error, write func(O, S) (O, error)) (O, bool, error) {
+	var (
+		zero O
+		err  error
+	)
+	for range attempts {
+		obj, was, rerr := read()
+		if rerr != nil {
+			return zero, false, rerr
+		}
+		spec := proto.CloneOf(was)
+		if err := change(obj, spec); err != nil {
+			return zero, false, err
+		}
+		if proto.Equal(spec, was) {
+			return obj, false, nil
+		}
+		var stored O
+		stored, err = write(obj, spec)
+		if status.Code(err) == codes.Aborted {
+			continue
+		}
+		if err != nil {
+			return zero, false, err
+		}
+		return stored, true, nil
+	}
+	return zero, false, err
 }

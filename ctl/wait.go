@@ -30,18 +30,27 @@ const convergeHelp = `Unless --detach is given, the command then follows the ser
 shows each replica's progress (new, pending, assigned, accepted, preparing,
 starting, running). It returns as soon as every replica of the new spec
 runs and, if it has a health check, has passed it (a task serves only
-then); there is no extra fixed "verify" wait, so a task that crashes right
-after starting is noticed by the orchestrator, not by this command. If a
-task fails or is rejected first (an unhealthy task fails), the command
+then; a global service: as soon as every node given a task runs it; a job:
+once all its tasks have completed); there is no extra fixed "verify" wait,
+so a task that crashes right after starting is noticed by the orchestrator,
+not by this command. If a task fails or is rejected first (an unhealthy
+task fails), the command
 prints the task's error and exits non-zero; the service stays as it is.`
 
 // waitRequest names the change being waited for.
 type waitRequest struct {
-	// service is as CreateService or UpdateService returned it.
+	// service is as CreateService, UpdateService or RollbackService
+	// returned it.
 	service *api.Service
 	// stays tells the user, after a failure, that the change was made
 	// and what to do about it.
 	stays string
+	// rollout says the change started a rolling update (or a rollback)
+	// of the service's spec: it is followed through the service's
+	// update_status, and ends as the rollout does.
+	rollout bool
+	// rollback: the change was `service rollback`.
+	rollback bool
 }
 
 // waitConverged follows the tasks of the service until it converges, one of
@@ -81,6 +90,22 @@ func (c *cli) waitConverged(ctx context.Context, client api.ControlClient, out i
 			svc = req.service
 		}
 		state := assess(svc, msg.GetTasks(), req.service.GetMeta().GetVersion(), req.service.GetSpecVersion())
+		if req.rollout {
+			lines, done, err := state.rollout(req)
+			if perr := progress.update(lines); perr != nil {
+				return fmt.Errorf("show progress: %w", perr)
+			}
+			if err != nil {
+				return err
+			}
+			if done {
+				if !o.quiet {
+					fmt.Fprintf(out, "service %s %s\n", name, map[bool]string{false: "updated", true: "rolled back"}[req.rollback])
+				}
+				return nil
+			}
+			continue
+		}
 		if err := progress.update(state.lines()); err != nil {
 			return fmt.Errorf("show progress: %w", err)
 		}

@@ -48,6 +48,15 @@ func TestBadInput(t *testing.T) {
 		{"malformed publish", []string{"service", "create", "--name", "other", "--publish", "80:abc", tc.Image}, `invalid --publish "80:abc"`},
 		{"malformed publish long form", []string{"service", "create", "--name", "other", "--publish", "published=8081,target=80,mode=bridge", tc.Image}, `invalid --publish`},
 		{"malformed subnet", []string{"network", "create", "--subnet", "10.20.0/99", "bad"}, "10.20.0/99"},
+		{"unknown service update", []string{"service", "update", "--image", tc.Image, "nope"}, `service "nope": not found`},
+		{"update without a change", []string{"service", "update", "web"}, "nothing to update"},
+		{"negative update parallelism", []string{"service", "update", "--update-parallelism", "-1", "web"}, "--update-parallelism must be 0 or more"},
+		{"failure ratio out of range", []string{"service", "update", "--update-max-failure-ratio", "2", "web"}, "--update-max-failure-ratio must be a fraction from 0 to 1"},
+		{"update order typo", []string{"service", "update", "--update-order", "stop-frist", "web"}, `invalid --update-order "stop-frist"`},
+		{"update to an unknown network", []string{"service", "update", "--network-add", "nope", "web"}, `network "nope": not found`},
+		{"rename by update", []string{"service", "update", "--name", "x", "web"}, "unknown flag: --name"},
+		{"rollback of a service never updated", []string{"service", "rollback", "web"}, `service "web" has no previous spec to roll back to`},
+		{"rollback of an unknown service", []string{"service", "rollback", "nope"}, `service "nope": not found`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			out, err := n.Try(tt.args...)

@@ -55,10 +55,11 @@ type labCluster struct {
 }
 
 // newLabCluster brings up a lab of managers and workers with the echo
-// image in every node's containerd namespace, and removes it when the
-// test ends, failing the test if anything is left. It skips when the
-// machine cannot run a lab or another lab is up.
-func newLabCluster(t *testing.T, managers, workers int) *labCluster {
+// image in every node's containerd namespace (also under each of refs,
+// for tests that need two images), and removes it when the test ends,
+// failing the test if anything is left. It skips when the machine cannot
+// run a lab or another lab is up.
+func newLabCluster(t *testing.T, managers, workers int, refs ...string) *labCluster {
 	t.Helper()
 	tc.Skip(t)
 	ctx, cancel := context.WithTimeout(t.Context(), labLock)
@@ -72,15 +73,19 @@ func newLabCluster(t *testing.T, managers, workers int) *labCluster {
 		t.Skipf("a lab is up or left over on this machine (%s): run `shoalctl lab down`", strings.Join(found, ", "))
 	}
 	bin := tc.Binaries(t)
-	image := filepath.Join(t.TempDir(), "echo.tar")
-	if err := testimage.BuildEcho(t.Context(), image, tc.Image); err != nil {
-		t.Fatalf("build the echo image: %v", err)
+	var images []string
+	for i, ref := range append([]string{tc.Image}, refs...) {
+		image := filepath.Join(t.TempDir(), fmt.Sprintf("echo%d.tar", i))
+		if err := testimage.BuildEcho(t.Context(), image, ref); err != nil {
+			t.Fatalf("build the echo image %s: %v", ref, err)
+		}
+		images = append(images, image)
 	}
 	l, err := lab.Up(t.Context(), lab.Config{
 		Managers:   managers,
 		Workers:    workers,
 		Shoald:     filepath.Join(bin, "shoald"),
-		Images:     []string{image},
+		Images:     images,
 		ShoaldArgs: []string{"--log-level", "debug"},
 		Progress:   t.Output(),
 		Logger:     slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),

@@ -24,19 +24,28 @@ const meshRequests = 200
 // loadFrom runs `shoal-testimage load` in the lab's client namespace.
 func (c *labCluster) loadFrom(t *testing.T, client lab.Client, n int, target string) testimage.LoadReport {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), ctlTimeout)
+	rep, err := c.tryLoad(client, n, target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// tryLoad is loadFrom without failing the test, for other goroutines.
+func (c *labCluster) tryLoad(client lab.Client, n int, target string) (testimage.LoadReport, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", client.Namespace,
 		filepath.Join(c.bin, "shoal-testimage"), "load", "-n", fmt.Sprint(n), "-c", "4", "-timeout", "3s", target)
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("load %s from the client: %v\n%s", target, err, out)
+		return testimage.LoadReport{}, fmt.Errorf("load %s from the client: %v\n%s", target, err, out)
 	}
 	var rep testimage.LoadReport
 	if err := json.Unmarshal(out, &rep); err != nil {
-		t.Fatalf("load %s: decode %q: %v", target, out, err)
+		return rep, fmt.Errorf("load %s: decode %q: %v", target, out, err)
 	}
-	return rep
+	return rep, nil
 }
 
 // inTask runs the echo binary's client mode inside a task's container

@@ -93,6 +93,14 @@ func (c controlServer) UpdateService(ctx context.Context, req *api.UpdateService
 		func(r *api.UpdateServiceResponse) *api.Meta { return r.GetService().GetMeta() })
 }
 
+func (c controlServer) RollbackService(ctx context.Context, req *api.RollbackServiceRequest) (*api.RollbackServiceResponse, error) {
+	return forward(ctx, c, req, c.Server.RollbackService,
+		func(l api.ControlClient, ctx context.Context, req *api.RollbackServiceRequest) (*api.RollbackServiceResponse, error) {
+			return l.RollbackService(ctx, req)
+		},
+		func(r *api.RollbackServiceResponse) *api.Meta { return r.GetService().GetMeta() })
+}
+
 func (c controlServer) CreateNetwork(ctx context.Context, req *api.CreateNetworkRequest) (*api.CreateNetworkResponse, error) {
 	return forward(ctx, c, req, c.Server.CreateNetwork,
 		func(l api.ControlClient, ctx context.Context, req *api.CreateNetworkRequest) (*api.CreateNetworkResponse, error) {

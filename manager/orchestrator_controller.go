@@ -2,9 +2,11 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -14,7 +16,10 @@ import (
 
 // orchestratorController keeps every service's tasks matching its spec: it
 // reconciles (orchestrator.Reconcile) each service that a change touched,
-// and again when a plan asks to be woken (restart delays).
+// and again when a plan asks to be woken (restart delays, a rolling
+// update's delays and monitor periods). A plan's change of the service
+// (the rollout's progress) goes first, in the same command as the tasks
+// unless the plan is bigger than a command.
 type orchestratorController struct {
 	m     *Manager
 	log   *slog.Logger
@@ -63,8 +68,12 @@ func (c *orchestratorController) pass(ctx context.Context) time.Time {
 		if plan.Empty() {
 			continue
 		}
-		actions := make([]*api.StoreAction, 0, len(plan.Create)+len(plan.Update)+len(plan.Remove))
+		actions := make([]*api.StoreAction, 0, 1+len(plan.Create)+len(plan.Update)+len(plan.Remove))
 		ts := timestamppb.New(now)
+		if plan.Service != nil {
+			plan.Service.Meta.UpdatedAt = ts
+			actions = append(actions, store.Update(plan.Service))
+		}
 		for _, t := range plan.Create {
 			t.Meta = &api.Meta{CreatedAt: ts}
 			actions = append(actions, store.Create(t))
@@ -80,8 +89,20 @@ func (c *orchestratorController) pass(ctx context.Context) time.Time {
 			if ctx.Err() != nil {
 				return time.Time{}
 			}
-			c.log.Warn("apply reconcile plan; retrying", "service", id, "err", err)
+			if errors.Is(err, store.ErrSequenceConflict) {
+				// The service or a task changed since it was read (an
+				// update, a status report): its change event brings it
+				// back.
+				c.log.Debug("reconcile plan raced a change; planning again", "service", id, "err", err)
+			} else {
+				c.log.Warn("apply reconcile plan; retrying", "service", id, "err", err)
+			}
 			c.wakes[id] = time.Now().Add(retryDelay)
+			continue
+		}
+		if st := plan.Service.GetUpdateStatus(); plan.Service != nil && st.GetState() != svc.GetUpdateStatus().GetState() {
+			c.log.Info("rollout "+api.UpdateStateName(st.GetState()), "service", plan.Service.GetSpec().GetName(),
+				"spec_version", st.GetSpecVersion(), "message", st.GetMessage())
 		}
 	}
 	return earliest(c.wakes)
@@ -107,6 +128,9 @@ func (c *orchestratorController) changed(changes []store.Change) bool {
 					}
 				})
 			}
+			if eligibilityMayDiffer(ev.Kind, old, o) {
+				c.markGlobal()
+			}
 		}
 	})
 	return true
@@ -122,4 +146,28 @@ func (c *orchestratorController) markAll() {
 			c.dirty[t.GetServiceId()] = true
 		}
 	})
+}
+
+// markGlobal marks every global service and global job: a node came,
+// went, or changed in a way that may change where they run.
+func (c *orchestratorController) markGlobal() {
+	c.m.raft.Store().View(func(tx store.ReadTx) {
+		for _, s := range tx.Services() {
+			if api.IsGlobal(s.GetSpec()) {
+				c.dirty[s.GetId()] = true
+			}
+		}
+	})
+}
+
+// eligibilityMayDiffer reports whether a node event may change which
+// nodes a global service runs on: a node joined or left, or changed what
+// eligibility reads (state, availability, labels, role, hostname,
+// platform). Heartbeats and certificate renewals do not.
+func eligibilityMayDiffer(kind api.StoreActionKind, old, n *api.Node) bool {
+	return kind != api.StoreActionKind_STORE_ACTION_KIND_UPDATE ||
+		old.GetStatus().GetState() != n.GetStatus().GetState() ||
+		old.GetRole() != n.GetRole() ||
+		!proto.Equal(old.GetSpec(), n.GetSpec()) ||
+		!proto.Equal(old.GetDescription(), n.GetDescription())
 }

@@ -42,10 +42,22 @@ func benchTasks(n, services int) []*api.Task {
 }
 
 func benchmarkSchedule(b *testing.B, nodes, tasks int) {
+	benchmarkScheduleWith(b, nodes, tasks, func(*api.Task) {})
+}
+
+// benchmarkScheduleWith is benchmarkSchedule with every task changed by
+// mutate (given limits, say).
+func benchmarkScheduleWith(b *testing.B, nodes, tasks int, mutate func(*api.Task)) {
 	cluster := benchCluster(nodes)
+	for _, n := range cluster {
+		capacity(64, 256*gib)(n)
+	}
 	for _, services := range []int{1, 100, tasks} {
 		b.Run(fmt.Sprintf("services=%d", services), func(b *testing.B) {
 			pending := benchTasks(tasks, services)
+			for _, t := range pending {
+				mutate(t)
+			}
 			b.ReportAllocs()
 			var cpu time.Duration
 			for range b.N {
@@ -75,3 +87,12 @@ func benchmarkSchedule(b *testing.B, nodes, tasks int) {
 
 func BenchmarkSchedule1kNodes10kTasks(b *testing.B)  { benchmarkSchedule(b, 1000, 10000) }
 func BenchmarkSchedule1kNodes100kTasks(b *testing.B) { benchmarkSchedule(b, 1000, 100000) }
+
+// BenchmarkSchedule1kNodes10kTasksLimits places tasks that reserve memory
+// and spread over the zone label: the preference tree and the limit
+// filters instead of the plain spread.
+func BenchmarkSchedule1kNodes10kTasksLimits(b *testing.B) {
+	benchmarkScheduleWith(b, 1000, 10000, func(t *api.Task) {
+		reserving(spreadOver(t, "zone"), 0, 64*mib)
+	})
+}

@@ -103,6 +103,56 @@ func (f PlatformFilter) Explain(n int) string {
 	return nodes(n, "does not match the image platform "+p, "do not match the image platform "+p)
 }
 
+// ResourceFilter passes nodes where one resource not yet reserved by
+// their tasks covers the task's reservation of it: CPUFilter and
+// MemoryFilter make one.
+type ResourceFilter struct {
+	// Resource names it in explanations: "CPU", "memory".
+	Resource string
+	// Reserve is what the task reserves; Amount words it ("0.5 CPUs").
+	Reserve int64
+	Amount  func(int64) string
+	// Free is a node's capacity less what its tasks reserve.
+	Free func(n *api.Node) int64
+}
+
+// CPUFilter is the ResourceFilter for a reservation of nano CPUs.
+func CPUFilter(reserve int64, free func(*api.Node) int64) ResourceFilter {
+	return ResourceFilter{Resource: "CPU", Reserve: reserve, Free: free,
+		Amount: func(n int64) string { return api.FormatNanoCPUs(n) + " CPUs" }}
+}
+
+// MemoryFilter is the ResourceFilter for a reservation of memory bytes.
+func MemoryFilter(reserve int64, free func(*api.Node) int64) ResourceFilter {
+	return ResourceFilter{Resource: "memory", Reserve: reserve, Free: free, Amount: api.FormatBytes}
+}
+
+// Check implements Filter.
+func (f ResourceFilter) Check(_ *api.Task, n *api.Node) bool { return f.Free(n) >= f.Reserve }
+
+// Explain implements Filter.
+func (f ResourceFilter) Explain(n int) string {
+	return nodes(n, "lacks "+f.Resource, "lack "+f.Resource) + " (the task reserves " + f.Amount(f.Reserve) + ")"
+}
+
+// MaxPerNodeFilter passes nodes that run fewer than Max tasks of the
+// task's service (the spec's max_replicas_per_node).
+type MaxPerNodeFilter struct {
+	Max uint64
+	// Running is how many tasks of the service a node has.
+	Running func(n *api.Node) int32
+}
+
+// Check implements Filter.
+func (f MaxPerNodeFilter) Check(_ *api.Task, n *api.Node) bool {
+	return uint64(max(f.Running(n), 0)) < f.Max
+}
+
+// Explain implements Filter.
+func (f MaxPerNodeFilter) Explain(n int) string {
+	return nodes(n, "already runs", "already run") + fmt.Sprintf(" the service's maximum of %d per node", f.Max)
+}
+
 // pipeline is the ordered list of filters a task must pass. Cheap,
 // task-independent filters come first, and a node is charged to the first
 // filter it fails only: a down node is reported as not ready, not also as

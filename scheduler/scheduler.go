@@ -23,10 +23,22 @@ type Decision struct {
 // told about yet, or one that was removed while its tasks wind down, and
 // their counts must be right if the node comes (back).
 type nodeInfo struct {
-	id    string
-	node  *api.Node // nil when the node is not known
-	total int32     // tasks occupying the node
-	rank  int32     // index in Scheduler.sorted; -1 when not a candidate
+	id       string
+	node     *api.Node // nil when the node is not known
+	total    int32     // tasks occupying the node
+	rank     int32     // index in Scheduler.sorted; -1 when not a candidate
+	reserved reservation
+}
+
+// reservation is what a task sets aside on its node, or the sum of what a
+// node's tasks do.
+type reservation struct {
+	cpu, memory int64
+}
+
+func reservationOf(t *api.Task) reservation {
+	r := t.GetSpec().GetResources().GetReservations()
+	return reservation{cpu: r.GetNanoCpus(), memory: r.GetMemoryBytes()}
 }
 
 // placement is where a counted task sits.
@@ -46,6 +58,9 @@ type Scheduler struct {
 	nodes    map[string]*nodeInfo
 	services map[string]map[*nodeInfo]int32 // service ID → node → tasks
 	tasks    map[string]placement           // counted tasks by ID
+	// reserving holds what counted tasks reserve, for those that do: kept
+	// apart so that placement stays small for the many that do not.
+	reserving map[string]reservation
 
 	// sorted holds the known nodes ordered by ID: the spread tie-break, and
 	// a stable order for explanations. Rebuilt only when the node set
@@ -77,6 +92,7 @@ func (s *Scheduler) Sync(nodes []*api.Node, tasks []*api.Task) {
 	s.nodes = make(map[string]*nodeInfo, len(nodes))
 	s.services = make(map[string]map[*nodeInfo]int32)
 	s.tasks = make(map[string]placement, len(tasks))
+	s.reserving = make(map[string]reservation)
 	for _, n := range nodes {
 		if n.GetId() == "" {
 			continue
@@ -85,7 +101,7 @@ func (s *Scheduler) Sync(nodes []*api.Node, tasks []*api.Task) {
 	}
 	for _, t := range tasks {
 		if t.GetId() != "" && Occupies(t) {
-			s.track(t.GetId(), t.GetNodeId(), t.GetServiceId())
+			s.track(t.GetId(), t.GetNodeId(), t.GetServiceId(), reservationOf(t))
 		}
 	}
 	s.sorted = nil
@@ -143,7 +159,7 @@ func (s *Scheduler) TaskAssigned(t *api.Task) {
 		}
 		s.untrack(id)
 	}
-	s.track(id, t.GetNodeId(), t.GetServiceId())
+	s.track(id, t.GetNodeId(), t.GetServiceId(), reservationOf(t))
 }
 
 // TaskGone forgets task t: it ended, was deleted, or a Decision for it was
@@ -152,34 +168,47 @@ func (s *Scheduler) TaskGone(t *api.Task) {
 	s.untrack(t.GetId())
 }
 
-// Occupies reports whether task t counts against its node: it has one, is
-// meant to run, and has not ended (api.IsTerminal: complete, shutdown,
-// failed, rejected, orphaned). A task told to stop no longer counts, even
-// while its container winds down: placement only spreads task counts, and
-// the count it must spread is the one that will remain. (Reservations,
-// should they come, would have to count it until it has ended.)
+// Occupies reports whether task t counts against its node, its
+// reservations included: it was assigned there, is meant to run, and has
+// not ended (api.IsTerminal: complete, shutdown, failed, rejected,
+// orphaned). A task told to stop no longer counts, even while its
+// container winds down: the count placement must spread is the one that
+// will remain, and a replacement must not wait for its predecessor's
+// reservation (reservations are the scheduler's promise, not a cgroup).
 func Occupies(t *api.Task) bool {
 	return t.GetNodeId() != "" &&
+		t.GetStatus().GetState() >= api.TaskState_TASK_STATE_ASSIGNED &&
 		t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING &&
 		!api.IsTerminal(t.GetStatus().GetState())
 }
 
-// Schedulable reports whether task t waits for a node: PENDING, without
-// one, and meant to run. Schedule decides only such tasks.
+// Schedulable reports whether task t waits for the scheduler: PENDING and
+// meant to run. Most such tasks have no node yet; a global service's task
+// is made with its node (Pinned), which Schedule only checks.
 func Schedulable(t *api.Task) bool {
 	return t.GetId() != "" &&
-		t.GetNodeId() == "" &&
 		t.GetStatus().GetState() == api.TaskState_TASK_STATE_PENDING &&
 		t.GetDesiredState() == api.TaskState_TASK_STATE_RUNNING
 }
 
-func (s *Scheduler) track(taskID, nodeID, service string) {
+// Pinned reports whether a task waiting for the scheduler was made for one
+// node (a global service's task).
+func Pinned(t *api.Task) bool {
+	return t.GetNodeId() != "" && t.GetStatus().GetState() < api.TaskState_TASK_STATE_ASSIGNED
+}
+
+func (s *Scheduler) track(taskID, nodeID, service string, res reservation) {
 	info, ok := s.nodes[nodeID]
 	if !ok {
 		info = &nodeInfo{id: nodeID, rank: -1}
 		s.nodes[nodeID] = info
 	}
 	s.count(info, 1)
+	if res != (reservation{}) {
+		info.reserved.cpu += res.cpu
+		info.reserved.memory += res.memory
+		s.reserving[taskID] = res
+	}
 	m := s.services[service]
 	if m == nil {
 		m = make(map[*nodeInfo]int32)
@@ -196,6 +225,11 @@ func (s *Scheduler) untrack(taskID string) {
 	}
 	delete(s.tasks, taskID)
 	s.count(p.node, -1)
+	if res, ok := s.reserving[taskID]; ok {
+		p.node.reserved.cpu -= res.cpu
+		p.node.reserved.memory -= res.memory
+		delete(s.reserving, taskID)
+	}
 	if m := s.services[p.service]; m != nil {
 		if m[p.node]--; m[p.node] <= 0 {
 			delete(m, p.node)
@@ -265,10 +299,14 @@ func keyOf(cs []string) constraintsKey {
 }
 
 // groupKey identifies tasks that are placed together: same service (spread
-// is per service) and same constraints (same candidate nodes).
+// is per service), same constraints (same candidate nodes) and same limits.
 type groupKey struct {
 	service     string
 	constraints constraintsKey
+	// limits numbers the group's limits among those of one Schedule call,
+	// from 1; 0 is none. A number keeps the key, hashed once per task,
+	// and the group small.
+	limits int32
 }
 
 type group struct {
@@ -281,6 +319,10 @@ type group struct {
 type candidates struct {
 	ranks       []int32 // ascending
 	explanation string
+	// pipeline and failed (per filter, the nodes it turned down) explain
+	// a group whose limits leave no candidate either.
+	pipeline pipeline
+	failed   []int
 }
 
 // Schedule places the pending tasks: those in PENDING state with no node and
@@ -297,8 +339,24 @@ type candidates struct {
 func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 	s.refresh()
 
-	// Group tasks by service and constraints, in order of first appearance.
+	// Group tasks by service, constraints and limits, in order of first
+	// appearance; tasks made for a node (Pinned) are checked on their own.
 	var groups []group
+	var pinned []int32
+	limitsOf := []limits{{}} // by number
+	numbered := map[limits]int32{}
+	number := func(l limits) int32 {
+		if l == (limits{}) {
+			return 0
+		}
+		n, ok := numbered[l]
+		if !ok {
+			n = int32(len(limitsOf))
+			numbered[l] = n
+			limitsOf = append(limitsOf, l)
+		}
+		return n
+	}
 	index := make(map[groupKey]int32)
 	in := make([]int32, 0, len(pending)) // group of each schedulable task
 	decisions := make([]Decision, 0, len(pending))
@@ -317,8 +375,19 @@ func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 		// A placeholder until the task is placed, so a second copy in
 		// pending is recognised above without another lookup per task.
 		s.tasks[id] = placement{}
-		cs := t.GetSpec().GetPlacement().GetConstraints()
+		if Pinned(t) {
+			pinned = append(pinned, int32(len(decisions)))
+			decisions = append(decisions, Decision{Task: t})
+			continue
+		}
+		pl := t.GetSpec().GetPlacement()
+		cs := pl.GetConstraints()
 		k := groupKey{service: t.GetServiceId(), constraints: keyOf(cs)}
+		// Most tasks have no limits: tell so from what is at hand before
+		// reading them all.
+		if t.GetSpec().GetResources() != nil || pl.GetMaxReplicasPerNode() != 0 || len(pl.GetPreferences()) != 0 {
+			k.limits = number(taskLimits(t))
+		}
 		g, ok := index[k]
 		if !ok {
 			g = int32(len(groups))
@@ -343,6 +412,11 @@ func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 	}
 
 	filtered := make(map[constraintsKey]*candidates)
+	shapes := make(map[shapeKey]*spreadShape)
+	// Tasks made for a node go first: they have nowhere else to go.
+	for _, m := range pinned {
+		s.checkPinned(&decisions[m], filtered)
+	}
 	for i, g := range groups {
 		members := order[start[i]:start[i+1]]
 		c, ok := filtered[g.key.constraints]
@@ -351,15 +425,25 @@ func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 			filtered[g.key.constraints] = c
 		}
 		if len(c.ranks) == 0 {
-			for _, m := range members {
-				decisions[m].Explanation = c.explanation
-				delete(s.tasks, decisions[m].Task.GetId())
-			}
+			s.unplaced(members, decisions, c.explanation)
+			continue
+		}
+		if g.key.limits != 0 {
+			s.placeLimited(g, limitsOf[g.key.limits], c, members, decisions, shapes)
 			continue
 		}
 		s.spread(g.key.service, c.ranks, members, decisions)
 	}
 	return decisions
+}
+
+// unplaced gives the tasks at positions members of decisions the
+// explanation why none of them was placed.
+func (s *Scheduler) unplaced(members []int32, decisions []Decision, explanation string) {
+	for _, m := range members {
+		decisions[m].Explanation = explanation
+		delete(s.tasks, decisions[m].Task.GetId())
+	}
 }
 
 // filter runs the pipeline for constraints over every known node.
@@ -368,8 +452,8 @@ func (s *Scheduler) filter(constraints []string, sample *api.Task) *candidates {
 	if err != nil {
 		return &candidates{explanation: err.Error()}
 	}
-	c := &candidates{}
 	failed := make([]int, len(p))
+	c := &candidates{pipeline: p, failed: failed}
 	for _, info := range s.sorted {
 		if f := p.first(sample, info.node); f >= 0 {
 			failed[f]++

@@ -338,8 +338,10 @@ func TestTaskPredicates(t *testing.T) {
 		}
 		ended := map[api.TaskState]bool{api.TaskState_TASK_STATE_COMPLETE: true, api.TaskState_TASK_STATE_SHUTDOWN: true,
 			api.TaskState_TASK_STATE_FAILED: true, api.TaskState_TASK_STATE_REJECTED: true, api.TaskState_TASK_STATE_ORPHANED: true}[state]
-		if got := Occupies(task("n1", running, state)); got == ended {
-			t.Errorf("Occupies(on n1, desired running, %v) = %v, want %v", state, got, !ended)
+		// A task made for its node (a global task) counts once assigned.
+		wantOccupies := !ended && state >= api.TaskState_TASK_STATE_ASSIGNED
+		if got := Occupies(task("n1", running, state)); got != wantOccupies {
+			t.Errorf("Occupies(on n1, desired running, %v) = %v, want %v", state, got, wantOccupies)
 		}
 		for _, desired := range []api.TaskState{shutdown, remove} {
 			if Occupies(task("n1", desired, state)) {
@@ -353,8 +355,14 @@ func TestTaskPredicates(t *testing.T) {
 		if got := Schedulable(task("", running, state)); got != wantPending {
 			t.Errorf("Schedulable(no node, desired running, %v) = %v, want %v", state, got, wantPending)
 		}
-		if Schedulable(task("n1", running, state)) || Schedulable(task("", shutdown, state)) {
-			t.Errorf("Schedulable(%v) true for a task with a node or told to stop", state)
+		if got := Schedulable(task("n1", running, state)); got != wantPending {
+			t.Errorf("Schedulable(made for n1, desired running, %v) = %v, want %v", state, got, wantPending)
+		}
+		if got := Pinned(task("n1", running, state)); got != (state < api.TaskState_TASK_STATE_ASSIGNED) {
+			t.Errorf("Pinned(made for n1, %v) = %v", state, got)
+		}
+		if Schedulable(task("", shutdown, state)) {
+			t.Errorf("Schedulable(%v) true for a task told to stop", state)
 		}
 	}
 }

@@ -110,6 +110,27 @@ func TestAgentTaskLifecycle(t *testing.T) {
 	}
 }
 
+// TestAgentRunningOnceListening: a task whose process ends before it
+// listens (an image that crashes at once) is never reported RUNNING, so
+// that it is nobody's backend and a start-first update keeps the task it
+// would have replaced.
+func TestAgentRunningOnceListening(t *testing.T) {
+	exe := newFakeExecutor()
+	exe.listenErr["t1"] = exec.ErrExited
+	h := startAgent(t, exe, newFakeDispatcher())
+	h.disp.full(t, 1, task("t1", stAssigned, stRunning))
+	h.disp.waitState(t, "t1", api.TaskState_TASK_STATE_STARTING)
+	await.For(t, "the agent waiting on the process", func() bool { return slices.Contains(exe.verbs("t1"), "wait") })
+	h.exe.exit(t, "t1", &exec.ExitError{Code: 1})
+	st := h.disp.waitState(t, "t1", stFailed)
+	if slices.Contains(h.disp.states("t1"), stRunning) {
+		t.Errorf("reported %v: a process that never listened was RUNNING", h.disp.states("t1"))
+	}
+	if st.GetStartedAt() != nil || !strings.Contains(st.GetErr(), "non-zero exit (1)") {
+		t.Errorf("final report %v, want a failure without started_at", st)
+	}
+}
+
 // TestAgentStopsTasks tells a running (or ended) task to go, in each way
 // the dispatcher can, and checks its container is stopped and removed.
 func TestAgentStopsTasks(t *testing.T) {

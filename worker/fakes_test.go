@@ -37,6 +37,8 @@ type fakeExecutor struct {
 	// probes counts the checks run per task.
 	probeErr map[string]error
 	probes   map[string]int
+	// listenErr is what Listening answers, per task (nil: listening).
+	listenErr map[string]error
 	// listHook, when set, runs inside Containers before it answers.
 	listHook func(ctx context.Context)
 }
@@ -48,6 +50,7 @@ func newFakeExecutor() *fakeExecutor {
 		startErr:   map[string]error{},
 		probeErr:   map[string]error{},
 		probes:     map[string]int{},
+		listenErr:  map[string]error{},
 	}
 }
 
@@ -171,6 +174,13 @@ func (c *fakeController) Start(ctx context.Context) error {
 	c.e.mu.Lock()
 	defer c.e.mu.Unlock()
 	return c.e.startErr[c.id]
+}
+
+// Listening is a question, not a verb: it is not recorded.
+func (c *fakeController) Listening(ctx context.Context, max time.Duration) error {
+	c.e.mu.Lock()
+	defer c.e.mu.Unlock()
+	return c.e.listenErr[c.id]
 }
 
 func (c *fakeController) Wait(ctx context.Context) error {

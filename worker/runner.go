@@ -24,6 +24,13 @@ const removeTimeout = 2 * time.Minute
 // start on a busy node.
 const deadCleanupDelay = time.Second
 
+// listenWait bounds how long a started networked task may take to open a
+// TCP port before it is reported RUNNING all the same (a task that listens
+// on UDP only, or on nothing): long enough for a server that binds as it
+// starts (milliseconds), short enough that one that never listens is not
+// held back much. Servers that take longer want a health check.
+const listenWait = time.Second
+
 // runner drives one task: it brings the container to the task's desired
 // state and reports every state it reaches. One goroutine (run) does the
 // work; update and remove only change what it aims for.
@@ -245,6 +252,11 @@ func (r *runner) start(cur api.TaskState) error {
 			r.setState(api.TaskState_TASK_STATE_FAILED, "failed", fmt.Errorf("start: %w", err), nil)
 		}
 		return err
+	}
+	if l, ok := r.ctrl.(exec.Listener); ok {
+		if err := l.Listening(ctx, listenWait); errors.Is(err, exec.ErrExited) {
+			return nil // never RUNNING: Wait reports how it ended
+		}
 	}
 	r.running()
 	return nil

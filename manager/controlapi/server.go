@@ -15,6 +15,7 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/manager/allocator/stored"
+	"github.com/shoal-project/shoal/manager/orchestrator"
 	"github.com/shoal-project/shoal/manager/state"
 	"github.com/shoal-project/shoal/manager/store"
 	"github.com/shoal-project/shoal/scheduler"
@@ -82,11 +83,16 @@ func (s *Server) GetNode(ctx context.Context, req *api.GetNodeRequest) (*api.Get
 		n   *api.Node
 		err error
 	)
-	s.view(func(tx store.ReadTx) { n, err = tx.LookupNode(req.GetNode()) })
+	var reserved *api.Resources
+	s.view(func(tx store.ReadTx) {
+		if n, err = tx.LookupNode(req.GetNode()); err == nil {
+			reserved = reservedOn(tx.TasksOfNode(n.GetId()))
+		}
+	})
 	if err != nil {
 		return nil, lookupStatus(err)
 	}
-	return &api.GetNodeResponse{Node: n}, nil
+	return &api.GetNodeResponse{Node: n, Reserved: reserved}, nil
 }
 
 // validateSpec checks a spec completely, including what needs the
@@ -166,6 +172,12 @@ func counts(svc *api.Service, tasks []*api.Task) *api.ServiceCounts {
 		case st.GetState() == api.TaskState_TASK_STATE_NEW && st.GetErr() != "":
 			c.Unallocated++
 		}
+		if svc.GetSpec().GetGlobal() != nil {
+			c.Desired++ // one per node that should run it
+		}
+	}
+	if api.IsJob(svc.GetSpec()) {
+		jobCounts(c, svc, tasks)
 	}
 	return c
 }
@@ -194,18 +206,17 @@ func (s *Server) ListServices(ctx context.Context, _ *api.ListServicesRequest) (
 	return resp, nil
 }
 
+// writeAttempts bounds the rereads of a service whose write lost a race
+// with the orchestrator, which writes a service's update_status while a
+// rolling update runs: a caller that named no version gets its change
+// made on the service as it is now.
+const writeAttempts = 5
+
 func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceRequest) (*api.UpdateServiceResponse, error) {
 	if req.GetSpec() == nil {
 		return nil, status.Error(codes.InvalidArgument, "spec: missing")
 	}
-	cur, err := s.lookupService(req.GetService())
-	if err != nil {
-		return nil, err
-	}
 	spec := proto.Clone(req.GetSpec()).(*api.ServiceSpec)
-	if spec.GetName() != cur.GetSpec().GetName() {
-		return nil, status.Errorf(codes.InvalidArgument, "name: a service cannot be renamed (%q to %q); create a new one instead", cur.GetSpec().GetName(), spec.GetName())
-	}
 	if err := validateSpec(spec); err != nil {
 		return nil, err
 	}
@@ -213,20 +224,72 @@ func (s *Server) UpdateService(ctx context.Context, req *api.UpdateServiceReques
 	if err := s.resolveNetworks(spec); err != nil {
 		return nil, err
 	}
-	if v := req.GetVersion(); v != 0 && v != cur.GetMeta().GetVersion() {
-		return nil, status.Errorf(codes.Aborted, "service %q changed since it was read (version %d, now %d): read it again and retry", spec.GetName(), v, cur.GetMeta().GetVersion())
-	}
-	upd := proto.Clone(cur).(*api.Service)
-	upd.Spec = spec
-	upd.Meta.UpdatedAt = timestamppb.New(s.now())
-	if !proto.Equal(cur.GetSpec().GetTask(), spec.GetTask()) {
-		upd.SpecVersion++
-	}
-	upd, err = s.networks.UpdateService(ctx, upd)
+	svc, err := s.rewriteService(ctx, req.GetService(), req.GetVersion(), func(cur *api.Service) (*api.Service, error) {
+		if spec.GetName() != cur.GetSpec().GetName() {
+			return nil, status.Errorf(codes.InvalidArgument, "name: a service cannot be renamed (%q to %q); create a new one instead", cur.GetSpec().GetName(), spec.GetName())
+		}
+		if err := checkModeChange(cur.GetSpec(), spec); err != nil {
+			return nil, err
+		}
+		if proto.Equal(spec, cur.GetSpec()) {
+			return nil, nil
+		}
+		return orchestrator.Respec(s.now(), cur, spec), nil
+	})
 	if err != nil {
-		return nil, allocStatus(err)
+		return nil, err
 	}
-	return &api.UpdateServiceResponse{Service: upd}, nil
+	return &api.UpdateServiceResponse{Service: svc}, nil
+}
+
+func (s *Server) RollbackService(ctx context.Context, req *api.RollbackServiceRequest) (*api.RollbackServiceResponse, error) {
+	svc, err := s.rewriteService(ctx, req.GetService(), req.GetVersion(), func(cur *api.Service) (*api.Service, error) {
+		upd, err := orchestrator.Rollback(s.now(), cur, "manually requested rollback", true)
+		if errors.Is(err, orchestrator.ErrNoPreviousSpec) {
+			return nil, status.Errorf(codes.FailedPrecondition, "service %q has no previous spec to roll back to: it was never updated", cur.GetSpec().GetName())
+		}
+		if err != nil {
+			return nil, err
+		}
+		// The previous spec's networks may have gone since.
+		if err := s.resolveNetworks(upd.GetSpec()); err != nil {
+			return nil, err
+		}
+		return upd, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &api.RollbackServiceResponse{Service: svc}, nil
+}
+
+// rewriteService reads the service ref names, has change make the service
+// to store (nil: nothing to change) and stores it through the network
+// allocator, reading again when the service changed in between, unless
+// the caller named the version it read.
+func (s *Server) rewriteService(ctx context.Context, ref string, version uint64, change func(cur *api.Service) (*api.Service, error)) (*api.Service, error) {
+	for attempt := 1; ; attempt++ {
+		cur, err := s.lookupService(ref)
+		if err != nil {
+			return nil, err
+		}
+		if version != 0 && version != cur.GetMeta().GetVersion() {
+			return nil, status.Errorf(codes.Aborted, "service %q changed since it was read (version %d, now %d): read it again and retry", cur.GetSpec().GetName(), version, cur.GetMeta().GetVersion())
+		}
+		upd, err := change(cur)
+		if err != nil || upd == nil {
+			return cur, err
+		}
+		upd.Meta.UpdatedAt = timestamppb.New(s.now())
+		upd, err = s.networks.UpdateService(ctx, upd)
+		if errors.Is(err, store.ErrSequenceConflict) && version == 0 && attempt < writeAttempts {
+			continue
+		}
+		if err != nil {
+			return nil, allocStatus(err)
+		}
+		return upd, nil
+	}
 }
 
 func (s *Server) RemoveService(ctx context.Context, req *api.RemoveServiceRequest) (*api.RemoveServiceResponse, error) {

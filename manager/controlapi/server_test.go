@@ -219,12 +219,14 @@ func TestUpdateService(t *testing.T) {
 	ctx := context.Background()
 
 	steps := []struct {
-		name        string
-		version     func(cur *api.Service) uint64
-		edit        func(s *api.ServiceSpec)
-		code        codes.Code
-		mention     string
-		specVersion uint64
+		name    string
+		version func(cur *api.Service) uint64
+		edit    func(s *api.ServiceSpec)
+		code    codes.Code
+		mention string
+		// newTemplate: the step changes the task template, so the spec
+		// version changes and a rolling update starts.
+		newTemplate bool
 		replicas    uint64
 	}{
 		{
@@ -233,26 +235,26 @@ func TestUpdateService(t *testing.T) {
 			edit: func(s *api.ServiceSpec) {
 				s.Mode = &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: 3}}
 			},
-			specVersion: 1, replicas: 3,
+			newTemplate: false, replicas: 3,
 		},
 		{
 			name:    "stale version is refused",
 			version: func(*api.Service) uint64 { return created },
 			edit:    func(s *api.ServiceSpec) { s.Task.Container.Image = "example/echo:2" },
 			code:    codes.Aborted, mention: "read it again",
-			specVersion: 1, replicas: 3,
+			newTemplate: false, replicas: 3,
 		},
 		{
 			name:        "image change bumps the spec version",
 			version:     func(cur *api.Service) uint64 { return cur.GetMeta().GetVersion() },
 			edit:        func(s *api.ServiceSpec) { s.Task.Container.Image = "example/echo:2" },
-			specVersion: 2, replicas: 3,
+			newTemplate: true, replicas: 3,
 		},
 		{
 			name:        "same spec with defaults left out changes nothing that runs",
 			version:     func(*api.Service) uint64 { return 0 },
 			edit:        func(s *api.ServiceSpec) { s.Task.Container.Image = "example/echo:2" },
-			specVersion: 2, replicas: 3,
+			newTemplate: false, replicas: 3,
 		},
 		{
 			name:    "service labels are not part of the task",
@@ -261,7 +263,7 @@ func TestUpdateService(t *testing.T) {
 				s.Task.Container.Image = "example/echo:2"
 				s.Labels = map[string]string{"team": "a"}
 			},
-			specVersion: 2, replicas: 3,
+			newTemplate: false, replicas: 3,
 		},
 		{
 			name:    "env change bumps the spec version",
@@ -270,21 +272,21 @@ func TestUpdateService(t *testing.T) {
 				s.Task.Container.Image = "example/echo:2"
 				s.Task.Container.Env = []string{"GREETING=hi"}
 			},
-			specVersion: 3, replicas: 3,
+			newTemplate: true, replicas: 3,
 		},
 		{
 			name:    "rename is refused",
 			version: func(*api.Service) uint64 { return 0 },
 			edit:    func(s *api.ServiceSpec) { s.Name = "www" },
 			code:    codes.InvalidArgument, mention: "renamed",
-			specVersion: 3, replicas: 3,
+			newTemplate: false, replicas: 3,
 		},
 		{
 			name:    "invalid spec is refused",
 			version: func(*api.Service) uint64 { return 0 },
 			edit:    func(s *api.ServiceSpec) { s.Task.Container.Env = []string{"=x"} },
 			code:    codes.InvalidArgument, mention: "task.container.env",
-			specVersion: 3, replicas: 3,
+			newTemplate: false, replicas: 3,
 		},
 	}
 	for _, step := range steps {
@@ -306,14 +308,116 @@ func TestUpdateService(t *testing.T) {
 			if step.code != codes.OK && !proto.Equal(after, cur.GetService()) {
 				t.Errorf("refused update changed the service:\n%v\nwas %v", after, cur.GetService())
 			}
-			if after.GetSpecVersion() != step.specVersion {
-				t.Errorf("spec_version = %d, want %d", after.GetSpecVersion(), step.specVersion)
+			before := cur.GetService()
+			if changed := after.GetSpecVersion() != before.GetSpecVersion(); changed != step.newTemplate {
+				t.Errorf("spec_version %d → %d, want a change: %v", before.GetSpecVersion(), after.GetSpecVersion(), step.newTemplate)
+			}
+			if step.newTemplate {
+				if after.GetSpecVersion() < before.GetSpecVersion() || after.GetPreviousSpecVersion() != before.GetSpecVersion() ||
+					!proto.Equal(after.GetPreviousSpec(), before.GetSpec()) {
+					t.Errorf("spec_version %d (previous %d), was %d; previous spec %v", after.GetSpecVersion(), after.GetPreviousSpecVersion(), before.GetSpecVersion(), after.GetPreviousSpec())
+				}
+				if st := after.GetUpdateStatus(); st.GetSpecVersion() != after.GetSpecVersion() || st.GetState() != api.UpdateState_UPDATE_STATE_UPDATING {
+					t.Errorf("update status %v, want a rollout of version %d", st, after.GetSpecVersion())
+				}
 			}
 			if n := after.GetSpec().GetReplicated().GetReplicas(); n != step.replicas {
 				t.Errorf("replicas = %d, want %d", n, step.replicas)
 			}
 			if after.GetSpec().GetName() != "web" {
 				t.Errorf("name = %q", after.GetSpec().GetName())
+			}
+		})
+	}
+}
+
+// TestRollbackService returns a service to its previous spec and back, as
+// `shoalctl service rollback` does twice, and refuses a service that was
+// never updated without changing it.
+func TestRollbackService(t *testing.T) {
+	r, c := setup(t)
+	ctx := context.Background()
+	svc := create(t, c, spec("web", 2))
+	stored := func() *api.Service {
+		var s *api.Service
+		r.Store().View(func(tx store.ReadTx) { s = tx.Service(svc.GetId()) })
+		return s
+	}
+
+	_, err := c.RollbackService(ctx, &api.RollbackServiceRequest{Service: "web"})
+	wantCode(t, err, codes.FailedPrecondition, `service "web" has no previous spec to roll back to`)
+	if !proto.Equal(stored(), svc) {
+		t.Errorf("refused rollback changed the service")
+	}
+
+	s := spec("web", 2)
+	s.Task.Container.Image = "example/echo:2"
+	upd, err := c.UpdateService(ctx, &api.UpdateServiceRequest{Service: "web", Spec: s})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, v2 := svc.GetSpecVersion(), upd.GetService().GetSpecVersion()
+
+	image := func(s *api.Service) string { return s.GetSpec().GetTask().GetContainer().GetImage() }
+	for i, want := range []struct {
+		image, previous string
+		version         uint64
+	}{{"example/echo:1", "example/echo:2", v1}, {"example/echo:2", "example/echo:1", v2}} {
+		resp, err := c.RollbackService(ctx, &api.RollbackServiceRequest{Service: "web"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := stored()
+		if !proto.Equal(got, resp.GetService()) {
+			t.Errorf("rollback %d: answer is not what was stored", i+1)
+		}
+		if image(got) != want.image || got.GetSpecVersion() != want.version || got.GetPreviousSpec().GetTask().GetContainer().GetImage() != want.previous {
+			t.Errorf("rollback %d: image %s version %d previous %s, want %s %d %s", i+1, image(got), got.GetSpecVersion(),
+				got.GetPreviousSpec().GetTask().GetContainer().GetImage(), want.image, want.version, want.previous)
+		}
+		if st := got.GetUpdateStatus(); st.GetState() != api.UpdateState_UPDATE_STATE_ROLLBACK_STARTED || st.GetSpecVersion() != want.version || st.GetMessage() != "manually requested rollback" {
+			t.Errorf("rollback %d: status %v", i+1, st)
+		}
+	}
+
+	// A version check applies as for updates.
+	_, err = c.RollbackService(ctx, &api.RollbackServiceRequest{Service: "web", Version: svc.GetMeta().GetVersion()})
+	wantCode(t, err, codes.Aborted, "read it again")
+}
+
+// TestUpdateConfigRefused sends bad update and rollback configs: each is
+// refused naming the field, and nothing is stored.
+func TestUpdateConfigRefused(t *testing.T) {
+	r, c := setup(t)
+	ctx := context.Background()
+	svc := create(t, c, spec("web", 1))
+	tests := []struct {
+		name    string
+		edit    func(s *api.ServiceSpec)
+		mention string
+	}{
+		{"failure ratio above 1", func(s *api.ServiceSpec) { s.Update = &api.UpdateConfig{MaxFailureRatio: 1.5} }, "update.max_failure_ratio: 1.5 is out of range"},
+		{"negative failure ratio", func(s *api.ServiceSpec) { s.Rollback = &api.UpdateConfig{MaxFailureRatio: -0.1} }, "rollback.max_failure_ratio"},
+		{"negative delay", func(s *api.ServiceSpec) { s.Update = &api.UpdateConfig{Delay: durationpb.New(-time.Second)} }, "update.delay"},
+		{"negative monitor", func(s *api.ServiceSpec) { s.Update = &api.UpdateConfig{Monitor: durationpb.New(-time.Second)} }, "update.monitor"},
+		{"unknown order", func(s *api.ServiceSpec) { s.Update = &api.UpdateConfig{Order: 7} }, "update.order"},
+		{"rollback of a rollback", func(s *api.ServiceSpec) {
+			s.Rollback = &api.UpdateConfig{FailureAction: api.UpdateFailureAction_UPDATE_FAILURE_ACTION_ROLLBACK}
+		}, "rollback.failure_action: a rollback cannot be rolled back"},
+		{"negative restart window", func(s *api.ServiceSpec) {
+			s.Task.Restart = &api.RestartPolicy{Window: durationpb.New(-time.Second)}
+		}, "task.restart.window"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := spec("web", 1)
+			tt.edit(s)
+			_, err := c.UpdateService(ctx, &api.UpdateServiceRequest{Service: "web", Spec: s})
+			wantCode(t, err, codes.InvalidArgument, tt.mention)
+			var after *api.Service
+			r.Store().View(func(tx store.ReadTx) { after = tx.Service(svc.GetId()) })
+			if !proto.Equal(after, svc) {
+				t.Errorf("refused update changed the service")
 			}
 		})
 	}
@@ -337,6 +441,10 @@ func TestUnknownService(t *testing.T) {
 		}},
 		{"remove", func() error {
 			_, err := c.RemoveService(ctx, &api.RemoveServiceRequest{Service: "nope"})
+			return err
+		}},
+		{"rollback", func() error {
+			_, err := c.RollbackService(ctx, &api.RollbackServiceRequest{Service: "nope"})
 			return err
 		}},
 		{"list tasks", func() error {

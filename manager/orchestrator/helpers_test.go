@@ -123,7 +123,11 @@ func describe(p Plan) []string {
 		if t.NotBefore != nil {
 			delay = t.NotBefore.AsTime().Sub(t.Status.Timestamp.AsTime())
 		}
-		out = append(out, fmt.Sprintf("create slot=%d restarts=%d step=%d delay=%s", t.Slot, t.RestartCount, t.BackoffStep, delay))
+		made := fmt.Sprintf("create slot=%d", t.Slot)
+		if t.NodeId != "" {
+			made += " node=" + t.NodeId // a global task is made for its node
+		}
+		out = append(out, fmt.Sprintf("%s restarts=%d step=%d delay=%s", made, t.RestartCount, t.BackoffStep, delay))
 	}
 	for _, t := range p.Update {
 		out = append(out, fmt.Sprintf("update %s desired=%s", t.Id, api.StateName(t.DesiredState)))

@@ -614,8 +614,19 @@ func TestReconcileDuplicates(t *testing.T) {
 		},
 		{
 			name:  "the newer spec is kept",
+			tasks: []*api.Task{newTask(1, pending, withID("v1"), restarts(5)), newTask(1, pending, withID("v2"), specVersion(2))},
+			want:  []string{"remove v1"},
+		},
+		{
+			// A start-first update: the old task serves until the new
+			// one does.
+			name:  "a running task of the older spec stays while one of the newer starts",
 			tasks: []*api.Task{newTask(1, running, withID("v1"), restarts(5)), newTask(1, pending, withID("v2"), specVersion(2))},
-			want:  []string{"update v1 desired=remove"},
+		},
+		{
+			name:  "once the newer one runs, the older one is shut down",
+			tasks: []*api.Task{newTask(1, running, withID("v1"), restarts(5)), newTask(1, running, withID("v2"), specVersion(2))},
+			want:  []string{"update v1 desired=shutdown"},
 		},
 	}
 	for _, tt := range tests {

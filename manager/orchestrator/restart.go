@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 )
 
@@ -53,8 +55,8 @@ func restartCondition(p *api.RestartPolicy) api.RestartCondition {
 }
 
 // shouldRestart reports whether the policy replaces old, a task that ended
-// or was lost.
-func shouldRestart(p *api.RestartPolicy, old *api.Task) bool {
+// or was lost, at now.
+func shouldRestart(p *api.RestartPolicy, old *api.Task, now time.Time) bool {
 	switch restartCondition(p) {
 	case api.RestartCondition_RESTART_CONDITION_NONE:
 		return false
@@ -64,10 +66,42 @@ func shouldRestart(p *api.RestartPolicy, old *api.Task) bool {
 			return false
 		}
 	}
-	if n := p.GetMaxAttempts(); n > 0 && old.GetRestartCount() >= n {
-		return false
+	n := p.GetMaxAttempts()
+	switch {
+	case n == 0:
+		return true
+	case p.GetWindow().AsDuration() > 0:
+		return uint64(len(restartsWithin(p, old, now))) < n
 	}
-	return true
+	return old.GetRestartCount() < n
+}
+
+// restartsWithin are the times of old's slot's restarts within the
+// policy's window before now, oldest first.
+func restartsWithin(p *api.RestartPolicy, old *api.Task, now time.Time) []*timestamppb.Timestamp {
+	since := now.Add(-p.GetWindow().AsDuration())
+	var in []*timestamppb.Timestamp
+	for _, ts := range old.GetRestartTimes() {
+		if ts.AsTime().After(since) {
+			in = append(in, ts)
+		}
+	}
+	return in
+}
+
+// restartTimes is what old's replacement, made now, carries: the restarts
+// within the window, this one included, at most max_attempts of them
+// (only whether there are that many matters). Nil without a window.
+func restartTimes(p *api.RestartPolicy, old *api.Task, now time.Time) []*timestamppb.Timestamp {
+	n := p.GetMaxAttempts()
+	if n == 0 || p.GetWindow().AsDuration() <= 0 {
+		return nil
+	}
+	times := append(restartsWithin(p, old, now), timestamppb.New(now))
+	if uint64(len(times)) > n {
+		times = times[uint64(len(times))-n:]
+	}
+	return times
 }
 
 // nextBackoffStep is the replacement's back-off step: back to 0 when old

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 )
@@ -32,6 +33,13 @@ var (
 	// ErrImageUnavailable wraps a failure to find or pull the image; the
 	// task is rejected rather than failed.
 	ErrImageUnavailable = errors.New("image unavailable")
+	// ErrExited is returned by Listener.Listening when the process ended
+	// before it listened: Wait says how.
+	ErrExited = errors.New("process exited")
+	// ErrOOMKilled is the Cause of an ExitError when the kernel's OOM
+	// killer ended the process (it went past its memory limit). Its text
+	// is Docker's word for it, which users search for.
+	ErrOOMKilled = errors.New("OOMKilled")
 )
 
 // ExitError is returned by Wait when the process ended with a non-zero
@@ -93,6 +101,21 @@ type Controller interface {
 	// Remove deletes the process, the container and its snapshot. It is a
 	// no-op if they are gone.
 	Remove(ctx context.Context) error
+}
+
+// Listener is an optional ability of a Controller, found by type
+// assertion: telling when a started task's process is ready for
+// connections, as far as the runtime can see without a health check. The
+// agent reports a networked task RUNNING (which makes it a load-balancer
+// backend) only then, so that no connection is sent to a process that has
+// not opened its port yet, and a process that dies at once is never
+// anybody's backend.
+type Listener interface {
+	// Listening returns nil once a process of the task's container listens
+	// on a TCP port, or once max has passed (not every task listens), or
+	// at once for a task that is nobody's backend (no networks);
+	// ErrExited when the process ended first.
+	Listening(ctx context.Context, max time.Duration) error
 }
 
 // ImageLoader is an optional ability of an Executor, found by type

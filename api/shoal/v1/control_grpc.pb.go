@@ -19,27 +19,28 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Control_GetCluster_FullMethodName    = "/shoal.v1.Control/GetCluster"
-	Control_ListNodes_FullMethodName     = "/shoal.v1.Control/ListNodes"
-	Control_GetNode_FullMethodName       = "/shoal.v1.Control/GetNode"
-	Control_UpdateNode_FullMethodName    = "/shoal.v1.Control/UpdateNode"
-	Control_RemoveNode_FullMethodName    = "/shoal.v1.Control/RemoveNode"
-	Control_GetJoinToken_FullMethodName  = "/shoal.v1.Control/GetJoinToken"
-	Control_SetAutolock_FullMethodName   = "/shoal.v1.Control/SetAutolock"
-	Control_GetUnlockKey_FullMethodName  = "/shoal.v1.Control/GetUnlockKey"
-	Control_LoadImage_FullMethodName     = "/shoal.v1.Control/LoadImage"
-	Control_ListImages_FullMethodName    = "/shoal.v1.Control/ListImages"
-	Control_CreateService_FullMethodName = "/shoal.v1.Control/CreateService"
-	Control_GetService_FullMethodName    = "/shoal.v1.Control/GetService"
-	Control_ListServices_FullMethodName  = "/shoal.v1.Control/ListServices"
-	Control_UpdateService_FullMethodName = "/shoal.v1.Control/UpdateService"
-	Control_RemoveService_FullMethodName = "/shoal.v1.Control/RemoveService"
-	Control_ListTasks_FullMethodName     = "/shoal.v1.Control/ListTasks"
-	Control_WatchTasks_FullMethodName    = "/shoal.v1.Control/WatchTasks"
-	Control_CreateNetwork_FullMethodName = "/shoal.v1.Control/CreateNetwork"
-	Control_GetNetwork_FullMethodName    = "/shoal.v1.Control/GetNetwork"
-	Control_ListNetworks_FullMethodName  = "/shoal.v1.Control/ListNetworks"
-	Control_RemoveNetwork_FullMethodName = "/shoal.v1.Control/RemoveNetwork"
+	Control_GetCluster_FullMethodName      = "/shoal.v1.Control/GetCluster"
+	Control_ListNodes_FullMethodName       = "/shoal.v1.Control/ListNodes"
+	Control_GetNode_FullMethodName         = "/shoal.v1.Control/GetNode"
+	Control_UpdateNode_FullMethodName      = "/shoal.v1.Control/UpdateNode"
+	Control_RemoveNode_FullMethodName      = "/shoal.v1.Control/RemoveNode"
+	Control_GetJoinToken_FullMethodName    = "/shoal.v1.Control/GetJoinToken"
+	Control_SetAutolock_FullMethodName     = "/shoal.v1.Control/SetAutolock"
+	Control_GetUnlockKey_FullMethodName    = "/shoal.v1.Control/GetUnlockKey"
+	Control_LoadImage_FullMethodName       = "/shoal.v1.Control/LoadImage"
+	Control_ListImages_FullMethodName      = "/shoal.v1.Control/ListImages"
+	Control_CreateService_FullMethodName   = "/shoal.v1.Control/CreateService"
+	Control_GetService_FullMethodName      = "/shoal.v1.Control/GetService"
+	Control_ListServices_FullMethodName    = "/shoal.v1.Control/ListServices"
+	Control_UpdateService_FullMethodName   = "/shoal.v1.Control/UpdateService"
+	Control_RollbackService_FullMethodName = "/shoal.v1.Control/RollbackService"
+	Control_RemoveService_FullMethodName   = "/shoal.v1.Control/RemoveService"
+	Control_ListTasks_FullMethodName       = "/shoal.v1.Control/ListTasks"
+	Control_WatchTasks_FullMethodName      = "/shoal.v1.Control/WatchTasks"
+	Control_CreateNetwork_FullMethodName   = "/shoal.v1.Control/CreateNetwork"
+	Control_GetNetwork_FullMethodName      = "/shoal.v1.Control/GetNetwork"
+	Control_ListNetworks_FullMethodName    = "/shoal.v1.Control/ListNetworks"
+	Control_RemoveNetwork_FullMethodName   = "/shoal.v1.Control/RemoveNetwork"
 )
 
 // ControlClient is the client API for Control service.
@@ -85,8 +86,17 @@ type ControlClient interface {
 	GetService(ctx context.Context, in *GetServiceRequest, opts ...grpc.CallOption) (*GetServiceResponse, error)
 	// ListServices returns every service with its task counts.
 	ListServices(ctx context.Context, in *ListServicesRequest, opts ...grpc.CallOption) (*ListServicesResponse, error)
-	// UpdateService replaces a service's spec. The name cannot change.
+	// UpdateService replaces a service's spec. The name cannot change. The
+	// spec it replaces becomes previous_spec. A change of the task template
+	// (see Service.spec_version) starts a rolling update (update_status),
+	// which replaces the tasks as spec.update says; other changes replace
+	// no task.
 	UpdateService(ctx context.Context, in *UpdateServiceRequest, opts ...grpc.CallOption) (*UpdateServiceResponse, error)
+	// RollbackService returns a service to its previous spec, rolled out as
+	// the rollback config of the spec it leaves says; that spec becomes the
+	// previous one, so a second rollback undoes the first. A service that
+	// was never updated has no previous spec: FailedPrecondition.
+	RollbackService(ctx context.Context, in *RollbackServiceRequest, opts ...grpc.CallOption) (*RollbackServiceResponse, error)
 	// RemoveService deletes a service; its tasks are shut down and removed.
 	RemoveService(ctx context.Context, in *RemoveServiceRequest, opts ...grpc.CallOption) (*RemoveServiceResponse, error)
 	// ListTasks returns tasks, optionally of one service or one node.
@@ -257,6 +267,16 @@ func (c *controlClient) UpdateService(ctx context.Context, in *UpdateServiceRequ
 	return out, nil
 }
 
+func (c *controlClient) RollbackService(ctx context.Context, in *RollbackServiceRequest, opts ...grpc.CallOption) (*RollbackServiceResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RollbackServiceResponse)
+	err := c.cc.Invoke(ctx, Control_RollbackService_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *controlClient) RemoveService(ctx context.Context, in *RemoveServiceRequest, opts ...grpc.CallOption) (*RemoveServiceResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RemoveServiceResponse)
@@ -379,8 +399,17 @@ type ControlServer interface {
 	GetService(context.Context, *GetServiceRequest) (*GetServiceResponse, error)
 	// ListServices returns every service with its task counts.
 	ListServices(context.Context, *ListServicesRequest) (*ListServicesResponse, error)
-	// UpdateService replaces a service's spec. The name cannot change.
+	// UpdateService replaces a service's spec. The name cannot change. The
+	// spec it replaces becomes previous_spec. A change of the task template
+	// (see Service.spec_version) starts a rolling update (update_status),
+	// which replaces the tasks as spec.update says; other changes replace
+	// no task.
 	UpdateService(context.Context, *UpdateServiceRequest) (*UpdateServiceResponse, error)
+	// RollbackService returns a service to its previous spec, rolled out as
+	// the rollback config of the spec it leaves says; that spec becomes the
+	// previous one, so a second rollback undoes the first. A service that
+	// was never updated has no previous spec: FailedPrecondition.
+	RollbackService(context.Context, *RollbackServiceRequest) (*RollbackServiceResponse, error)
 	// RemoveService deletes a service; its tasks are shut down and removed.
 	RemoveService(context.Context, *RemoveServiceRequest) (*RemoveServiceResponse, error)
 	// ListTasks returns tasks, optionally of one service or one node.
@@ -449,6 +478,9 @@ func (UnimplementedControlServer) ListServices(context.Context, *ListServicesReq
 }
 func (UnimplementedControlServer) UpdateService(context.Context, *UpdateServiceRequest) (*UpdateServiceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method UpdateService not implemented")
+}
+func (UnimplementedControlServer) RollbackService(context.Context, *RollbackServiceRequest) (*RollbackServiceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RollbackService not implemented")
 }
 func (UnimplementedControlServer) RemoveService(context.Context, *RemoveServiceRequest) (*RemoveServiceResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveService not implemented")
@@ -733,6 +765,24 @@ func _Control_UpdateService_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Control_RollbackService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RollbackServiceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).RollbackService(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_RollbackService_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).RollbackService(ctx, req.(*RollbackServiceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Control_RemoveService_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RemoveServiceRequest)
 	if err := dec(in); err != nil {
@@ -910,6 +960,10 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "UpdateService",
 			Handler:    _Control_UpdateService_Handler,
+		},
+		{
+			MethodName: "RollbackService",
+			Handler:    _Control_RollbackService_Handler,
 		},
 		{
 			MethodName: "RemoveService",

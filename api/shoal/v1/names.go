@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -28,10 +29,20 @@ func ShortID(id string) string {
 	return id
 }
 
-// TaskName is a task's human name: <service>.<slot>.<id>, as Swarm names
-// its containers.
+// TaskName is a task's human name: <service>.<slot>.<id>, or for a global
+// service's task <service>.<node id>.<id>, as Swarm names its containers.
 func TaskName(t *Task) string {
-	return fmt.Sprintf("%s.%d.%s", t.GetServiceName(), t.GetSlot(), t.GetId())
+	return fmt.Sprintf("%s.%s.%s", t.GetServiceName(), TaskPlace(t), t.GetId())
+}
+
+// TaskPlace is what tells a task's predecessors and successors from
+// other tasks of its service: its slot, or for a global service's task
+// (slot 0) its node.
+func TaskPlace(t *Task) string {
+	if t.GetSlot() == 0 && t.GetNodeId() != "" {
+		return t.GetNodeId()
+	}
+	return strconv.FormatUint(t.GetSlot(), 10)
 }
 
 // IsTerminal reports whether a task state is final: a task in it will

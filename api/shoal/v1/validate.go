@@ -64,10 +64,11 @@ func ValidateServiceSpec(s *ServiceSpec) error {
 	if err := ValidateServiceName(s.GetName()); err != nil {
 		return err
 	}
-	if r := s.GetReplicated(); r == nil {
-		return specErr("mode", "only replicated services exist; set replicated.replicas")
-	} else if r.GetReplicas() > MaxReplicas {
-		return specErr("replicas", "%d is more than the limit of %d", r.GetReplicas(), MaxReplicas)
+	if err := validateMode(s); err != nil {
+		return err
+	}
+	if err := validateResources(s.GetTask().GetResources()); err != nil {
+		return err
 	}
 	if s.GetTaskHistoryLimit() > maxHistory {
 		return specErr("task_history_limit", "%d is more than the limit of %d", s.GetTaskHistoryLimit(), maxHistory)
@@ -102,7 +103,7 @@ func ValidateServiceSpec(s *ServiceSpec) error {
 		return err
 	}
 	if rp := s.GetTask().GetRestart(); rp != nil {
-		for name, d := range map[string]*durationpb.Duration{"delay": rp.GetDelay(), "max_delay": rp.GetMaxDelay()} {
+		for name, d := range map[string]*durationpb.Duration{"delay": rp.GetDelay(), "max_delay": rp.GetMaxDelay(), "window": rp.GetWindow()} {
 			if d == nil {
 				continue
 			}
@@ -114,7 +115,10 @@ func ValidateServiceSpec(s *ServiceSpec) error {
 			return specErr("task.restart.condition", "unknown condition %d", rp.GetCondition())
 		}
 	}
-	return nil
+	if err := validateUpdateConfig("update", s.GetUpdate()); err != nil {
+		return err
+	}
+	return validateUpdateConfig("rollback", s.GetRollback())
 }
 
 // ValidateEnv checks one KEY=VALUE entry.
@@ -138,6 +142,7 @@ func ApplyServiceDefaults(s *ServiceSpec) {
 	if s.Task.Restart == nil {
 		s.Task.Restart = &RestartPolicy{}
 	}
+	applyModeDefaults(s)
 	rp := s.Task.Restart
 	if rp.Condition == RestartCondition_RESTART_CONDITION_UNSPECIFIED {
 		rp.Condition = RestartCondition_RESTART_CONDITION_ANY
@@ -154,4 +159,6 @@ func ApplyServiceDefaults(s *ServiceSpec) {
 	if s.TaskHistoryLimit == 0 {
 		s.TaskHistoryLimit = DefaultHistory
 	}
+	s.Update = applyUpdateDefaults(s.Update)
+	s.Rollback = applyUpdateDefaults(s.Rollback)
 }

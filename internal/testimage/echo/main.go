@@ -14,6 +14,8 @@
 //	ECHO_EXIT_CODE   --exit-code    status for that exit (default 3)
 //	ECHO_HEALTHY_AFTER   --healthy-after    GET /healthz fails until this long after the start
 //	ECHO_UNHEALTHY_AFTER --unhealthy-after  GET /healthz fails from this long after the start on
+//	ECHO_ALLOCATE_MB --allocate-mb  once listening, allocate and touch this many MiB
+//	                                and keep them (to test memory limits)
 //
 // Port 0 picks a free port; the start line on stdout reports the real ones.
 // POST /healthz/fail makes GET /healthz fail from then on, POST /healthz/ok
@@ -57,6 +59,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -97,6 +100,7 @@ type config struct {
 	exitCode       int
 	healthyAfter   time.Duration
 	unhealthyAfter time.Duration // < 0: never
+	allocateMB     int
 }
 
 func main() {
@@ -142,10 +146,11 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	}
 	cfg.addr = getenv("ECHO_ADDR")
 	for key, dst := range map[string]*int{
-		"ECHO_HTTP_PORT": &cfg.httpPort,
-		"ECHO_TCP_PORT":  &cfg.tcpPort,
-		"ECHO_UDP_PORT":  &cfg.udpPort,
-		"ECHO_EXIT_CODE": &cfg.exitCode,
+		"ECHO_HTTP_PORT":   &cfg.httpPort,
+		"ECHO_TCP_PORT":    &cfg.tcpPort,
+		"ECHO_UDP_PORT":    &cfg.udpPort,
+		"ECHO_EXIT_CODE":   &cfg.exitCode,
+		"ECHO_ALLOCATE_MB": &cfg.allocateMB,
 	} {
 		if err := envInt(key, dst); err != nil {
 			return cfg, err
@@ -174,6 +179,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.IntVar(&cfg.exitCode, "exit-code", cfg.exitCode, "exit status for --crash-after")
 	fs.DurationVar(&cfg.healthyAfter, "healthy-after", cfg.healthyAfter, "GET /healthz fails until this long after the start")
 	fs.DurationVar(&cfg.unhealthyAfter, "unhealthy-after", cfg.unhealthyAfter, "GET /healthz fails from this long after the start on (negative: never)")
+	fs.IntVar(&cfg.allocateMB, "allocate-mb", cfg.allocateMB, "once listening, allocate and keep this many MiB")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -182,6 +188,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	}
 	if cfg.udpPort < 0 {
 		cfg.udpPort = cfg.httpPort
+	}
+	if cfg.allocateMB < 0 {
+		return cfg, fmt.Errorf("--allocate-mb %d is negative", cfg.allocateMB)
 	}
 	for name, p := range map[string]int{"http": cfg.httpPort, "tcp": cfg.tcpPort, "udp": cfg.udpPort} {
 		if p < 0 || p > 65535 {
@@ -231,6 +240,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (int, error) {
 	log.Info("echo listening", "hostname", hostname,
 		"http", httpLn.Addr().String(), "tcp", tcpLn.Addr().String(), "udp", udpConn.LocalAddr().String(),
 		"crash_after", cfg.crashAfter.String())
+	held := allocate(cfg.allocateMB)
+	if cfg.allocateMB > 0 {
+		log.Info("echo allocated memory", "mib", len(held))
+	}
 
 	var crash <-chan time.Time
 	if cfg.crashAfter >= 0 {
@@ -255,7 +268,26 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (int, error) {
 	tcpLn.Close()
 	tcp.closeAll()
 	udpConn.Close()
+	runtime.KeepAlive(held)
 	return code, nil
+}
+
+// pageSize is the unit the kernel charges memory in: touching one byte
+// per page makes the whole allocation resident.
+const pageSize = 4096
+
+// allocate allocates mib MiB, one MiB at a time, and writes to every page
+// so that the memory is really used (and charged to the cgroup).
+func allocate(mib int) [][]byte {
+	held := make([][]byte, 0, mib)
+	for range mib {
+		b := make([]byte, 1<<20)
+		for i := 0; i < len(b); i += pageSize {
+			b[i] = 1
+		}
+		held = append(held, b)
+	}
+	return held
 }
 
 // report is what GET / and GET /json tell the caller.

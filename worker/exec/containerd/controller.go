@@ -87,6 +87,7 @@ func (c *controller) Prepare(ctx context.Context) error {
 		name, _, _ := strings.Cut(user, ":")
 		specOpts = append(specOpts, oci.WithUser(user), oci.WithAdditionalGIDs(name))
 	}
+	specOpts = append(specOpts, resourceOpts(c.task, c.e.limitSwap)...)
 	opts := []client.NewContainerOpts{
 		client.WithImage(img),
 		client.WithSnapshotter(c.e.snapshotter),
@@ -178,6 +179,68 @@ func (c *controller) Start(ctx context.Context) error {
 	return nil
 }
 
+// listenPoll is how often Listening looks at the process's sockets: a
+// few milliseconds of delay at most, and a file read each time.
+const listenPoll = 5 * time.Millisecond
+
+var _ exec.Listener = (*controller)(nil)
+
+// Listening watches the TCP sockets of the process's network namespace
+// (/proc/PID/net/tcp and tcp6) until one listens.
+func (c *controller) Listening(ctx context.Context, max time.Duration) error {
+	if !c.networked() {
+		return nil
+	}
+	nctx := c.e.nsContext(ctx)
+	t, err := c.loadTask(nctx)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(max)
+	tick := time.NewTicker(listenPoll)
+	defer tick.Stop()
+	for {
+		if listening(t.Pid()) {
+			return nil
+		}
+		if st, err := t.Status(nctx); err == nil && !alive(st.Status) {
+			return exec.ErrExited
+		}
+		if time.Now().After(deadline) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+// listening reports whether a socket of pid's network namespace listens
+// on TCP.
+func listening(pid uint32) bool {
+	for _, f := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
+		if err == nil && tcpListens(b) {
+			return true
+		}
+	}
+	return false
+}
+
+// tcpListens reports whether a /proc/net/tcp table has a socket in state
+// LISTEN (0A).
+func tcpListens(table []byte) bool {
+	lines := strings.Split(string(table), "\n")
+	for _, l := range lines[1:] { // the first is the header
+		if f := strings.Fields(l); len(f) > 3 && f[3] == "0A" {
+			return true
+		}
+	}
+	return false
+}
+
 // networked reports whether the task gets overlay interfaces.
 func (c *controller) networked() bool {
 	return c.e.cfg.Network != nil && len(c.task.GetNetworks()) > 0
@@ -232,10 +295,26 @@ func (c *controller) Wait(ctx context.Context) error {
 		if code == 0 {
 			return nil
 		}
+		if c.oomKilled(nctx, t) {
+			c.log.Info("process was killed for going past its memory limit")
+			return &exec.ExitError{Code: int32(code), Cause: exec.ErrOOMKilled}
+		}
 		return &exec.ExitError{Code: int32(code)}
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// oomKilled reports whether the OOM killer ended a process of the task's
+// container (see the package function).
+func (c *controller) oomKilled(ctx context.Context, t client.Task) bool {
+	var path string
+	if ctr, err := c.e.client.LoadContainer(ctx, c.id); err == nil {
+		if spec, err := ctr.Spec(ctx); err == nil && spec.Linux != nil {
+			path = spec.Linux.CgroupsPath
+		}
+	}
+	return oomKilled(ctx, t, path)
 }
 
 // errNoProcess is wrapped when the container has no process: it was never

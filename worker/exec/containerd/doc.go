@@ -6,6 +6,9 @@
 // It owns the containers, tasks (processes) and rootfs snapshots it makes,
 // all named by the shoal task ID and found again by the exec.Label*
 // labels, so that a restarted shoald adopts what an earlier run started.
+// A task's resource limits become its container's cgroup limits (CPU
+// quota, memory, pids; spec.go), and a process the OOM killer ended is
+// reported as such (exec.ErrOOMKilled, from its memory cgroup; cgroup.go).
 // It keeps no state of its own: every call asks containerd. It also loads
 // the image tarballs the managers distribute (exec.ImageLoader), marking
 // each image with the digest of the tarball it came from, and runs health

@@ -86,6 +86,9 @@ type Executor struct {
 	// snapshotter is resolved once, so that images are unpacked into and
 	// snapshots removed from the one containers are made in.
 	snapshotter string
+	// limitSwap: the host's cgroups can cap swap, so a memory limit
+	// covers it (see resourceOpts).
+	limitSwap bool
 }
 
 var _ exec.Executor = (*Executor)(nil)
@@ -112,9 +115,10 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 		return nil, fmt.Errorf("connect to containerd at %s: %w", cfg.Address, err)
 	}
 	e := &Executor{
-		cfg:    cfg,
-		client: c,
-		log:    cfg.Logger.With("namespace", cfg.Namespace, "node", cfg.NodeID),
+		cfg:       cfg,
+		client:    c,
+		log:       cfg.Logger.With("namespace", cfg.Namespace, "node", cfg.NodeID),
+		limitSwap: canLimitSwap(),
 	}
 	vctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/oci"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -95,15 +96,16 @@ func containerLabels(t *api.Task, nodeID string) map[string]string {
 }
 
 // hostname is the spec's hostname, else the task's short name
-// <service>.<slot> (stable across restarts of a slot), else the short task
-// ID when the task has no service name.
+// <service>.<slot> (stable across restarts of a slot; a global task's
+// place is its node, shortened), else the short task ID when the task has
+// no service name.
 func hostname(t *api.Task) string {
 	if h := t.GetSpec().GetContainer().GetHostname(); h != "" {
 		return h
 	}
 	h := api.ShortID(t.GetId())
 	if t.GetServiceName() != "" {
-		h = fmt.Sprintf("%s.%d", t.GetServiceName(), t.GetSlot())
+		h = t.GetServiceName() + "." + api.ShortID(api.TaskPlace(t))
 	}
 	if len(h) > maxHostnameLen {
 		// A dot left at the end would make the name look like an FQDN.
@@ -133,4 +135,32 @@ func containerFromLabels(id string, labels map[string]string, running bool) exec
 		Slot:      slot,
 		Running:   running,
 	}
+}
+
+// cfsPeriod is the CFS period a CPU limit is a quota of, in µs: the
+// kernel's default of 100 ms, as Docker's --cpus uses.
+const cfsPeriod = 100_000
+
+// resourceOpts sets the container's cgroup limits from the task's spec:
+// CPU as a CFS quota (0.5 CPU is 50 ms of every 100 ms), memory as a hard
+// limit, and the number of processes. With noSwap the memory limit covers
+// swap too, so a task that goes past it is OOM-killed rather than
+// swapped out (Docker lets it swap as much again; a limit that holds is
+// what users of a limit expect).
+func resourceOpts(t *api.Task, noSwap bool) []oci.SpecOpts {
+	r := t.GetSpec().GetResources()
+	var opts []oci.SpecOpts
+	if cpu := r.GetLimits().GetNanoCpus(); cpu > 0 {
+		opts = append(opts, oci.WithCPUCFS(max(cpu*cfsPeriod/api.NanoCPU, 1), cfsPeriod))
+	}
+	if mem := r.GetLimits().GetMemoryBytes(); mem > 0 {
+		opts = append(opts, oci.WithMemoryLimit(uint64(mem)))
+		if noSwap {
+			opts = append(opts, oci.WithMemorySwap(mem))
+		}
+	}
+	if pids := r.GetPidsLimit(); pids > 0 {
+		opts = append(opts, oci.WithPidsLimit(pids))
+	}
+	return opts
 }

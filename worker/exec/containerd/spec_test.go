@@ -1,13 +1,18 @@
 package containerd
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/v2/pkg/oci"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
@@ -133,6 +138,7 @@ func TestHostname(t *testing.T) {
 	}{
 		{name: "spec", task: &api.Task{Id: "t1", ServiceName: "web", Slot: 1, Spec: &api.TaskSpec{Container: &api.ContainerSpec{Hostname: "custom"}}}, want: "custom"},
 		{name: "service and slot", task: &api.Task{Id: "t1", ServiceName: "web", Slot: 4}, want: "web.4"},
+		{name: "global: service and node", task: &api.Task{Id: "t1", ServiceName: "agent", NodeId: "abcdefghijklmnopqrstuvwxyz"}, want: "agent.abcdefghijkl"},
 		{name: "no service name", task: &api.Task{Id: "abcdefghijklmnopqrstuvwxyz"}, want: "abcdefghijkl"},
 		{name: "too long", task: &api.Task{Id: "t1", ServiceName: strings.Repeat("s", 63), Slot: 100}, want: strings.Repeat("s", 63)},
 	}
@@ -220,5 +226,88 @@ func TestControllerRejectsInvalidTasks(t *testing.T) {
 				t.Fatalf("controller: got %v, want errInvalidTask", err)
 			}
 		})
+	}
+}
+
+func TestResourceOpts(t *testing.T) {
+	limits := func(cpu, mem, pids int64) *api.Task {
+		task := sampleTask()
+		task.Spec.Resources = &api.ResourceRequirements{
+			Limits:       &api.Resources{NanoCpus: cpu, MemoryBytes: mem},
+			Reservations: &api.Resources{NanoCpus: 4e9, MemoryBytes: 8 << 30}, // the scheduler's, not the node's
+			PidsLimit:    pids,
+		}
+		return task
+	}
+	ptr := func(v int64) *int64 { return &v }
+	uptr := func(v uint64) *uint64 { return &v }
+	tests := []struct {
+		name   string
+		task   *api.Task
+		noSwap bool
+		want   *specs.LinuxResources
+	}{
+		{name: "no limits", task: sampleTask(), want: nil},
+		{name: "reservations only", task: limits(0, 0, 0), want: nil},
+		{
+			name: "half a CPU is 50ms of every 100ms",
+			task: limits(5e8, 0, 0),
+			want: &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: ptr(50_000), Period: uptr(100_000)}},
+		},
+		{
+			name: "two and a half CPUs",
+			task: limits(25e8, 0, 0),
+			want: &specs.LinuxResources{CPU: &specs.LinuxCPU{Quota: ptr(250_000), Period: uptr(100_000)}},
+		},
+		{
+			name: "memory, swap left alone where it cannot be capped",
+			task: limits(0, 256<<20, 0),
+			want: &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: ptr(256 << 20)}},
+		},
+		{
+			name:   "memory with no room to swap",
+			task:   limits(0, 256<<20, 0),
+			noSwap: true,
+			want:   &specs.LinuxResources{Memory: &specs.LinuxMemory{Limit: ptr(256 << 20), Swap: ptr(256 << 20)}},
+		},
+		{
+			name: "processes",
+			task: limits(0, 0, 100),
+			want: &specs.LinuxResources{Pids: &specs.LinuxPids{Limit: ptr(100)}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &oci.Spec{Linux: &specs.Linux{}}
+			for _, opt := range resourceOpts(tt.task, tt.noSwap) {
+				if err := opt(context.Background(), nil, nil, s); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if !reflect.DeepEqual(s.Linux.Resources, tt.want) {
+				got, _ := json.Marshal(s.Linux.Resources)
+				want, _ := json.Marshal(tt.want)
+				t.Errorf("resources\n got %s\nwant %s", got, want)
+			}
+		})
+	}
+}
+
+func TestParseOOMKills(t *testing.T) {
+	tests := []struct {
+		in   string
+		want uint64
+		err  bool
+	}{
+		{in: "low 0\nhigh 0\nmax 12\noom 3\noom_kill 2\noom_group_kill 0\n", want: 2}, // v2 memory.events
+		{in: "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n", want: 1},                // v1 memory.oom_control
+		{in: "oom_kill_disable 0\nunder_oom 0\n", err: true},                          // a kernel before 4.13
+		{in: "oom_kill many\n", err: true},
+	}
+	for _, tt := range tests {
+		got, err := parseOOMKills(strings.NewReader(tt.in))
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("parseOOMKills(%q) = %d, %v; want %d (error %v)", tt.in, got, err, tt.want, tt.err)
+		}
 	}
 }

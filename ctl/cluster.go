@@ -14,6 +14,8 @@ func newClusterCommand(c *cli) *cobra.Command {
 		newJoinTokenCommand(c),
 		newAdminCertCommand(c),
 		newClusterCACommand(c),
+		newClusterUpdateCommand(c),
+		newUnlockKeyCommand(c),
 	)
 }
 

@@ -137,6 +137,33 @@ CA it presents has that digest.`,
 			return run(func(ctx context.Context, cfg Config) error { return Join(ctx, cfg, token, args[0]) })(cmd, args)
 		},
 	}, runCmd)
+	root.AddCommand(&cobra.Command{
+		Use:   "unlock",
+		Short: "Give a locked manager the cluster's unlock key (autolock)",
+		Long: `Unlock a manager of a cluster with autolock on. A restarted manager keeps its
+raft state encrypted and serves nothing until it gets the cluster's unlock key
+(` + "`shoalctl cluster unlock-key`" + ` on a running manager prints it). The key is read from
+standard input, never from the command line:
+
+    shoald unlock          # then paste the key
+    shoald unlock < key    # or pipe it
+
+A wrong key is refused and the manager stays locked. After a rotation, a manager
+that was down needs the key that was current when it stopped.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprint(cmd.ErrOrStderr(), "Unlock key: ")
+			key, err := readUnlockKey(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
+			if err := Unlock(cmd.Context(), cfg, key); err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.ErrOrStderr(), "unlocked")
+			return nil
+		},
+	})
 	leaveCmd := &cobra.Command{
 		Use:   "leave [--force]",
 		Short: "Leave the cluster and remove this node's state from this host",

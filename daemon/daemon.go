@@ -123,7 +123,40 @@ func lockDataDir(dir string) (*os.File, error) {
 	if err := f.Truncate(0); err == nil {
 		_, err = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
+	if err := restrictNodeFiles(dir); err != nil {
+		f.Close()
+		return nil, err
+	}
 	return f, nil
+}
+
+// restrictNodeFiles makes the data dir and the node's secrets in it
+// owner-only (0700 directories, 0600 files), also when an older shoald or
+// an operator left them otherwise: the node's and the admin's private
+// keys, the node file. The raft state is the manager's to restrict; the
+// network and worker state hold files containers read.
+func restrictNodeFiles(dir string) error {
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("restrict data dir %s: %w", dir, err)
+	}
+	for _, sub := range []string{certDir(dir), AdminDir(dir), nodeFilePath(dir), lockPath(dir)} {
+		err := filepath.WalkDir(sub, func(path string, d os.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			mode := os.FileMode(0o600)
+			if d.IsDir() {
+				mode = 0o700
+			} else if !d.Type().IsRegular() {
+				return nil
+			}
+			return os.Chmod(path, mode)
+		})
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("restrict %s: %w", sub, err)
+		}
+	}
+	return nil
 }
 
 // lockHolder is the pid lockDataDir wrote, 0 when there is none yet.

@@ -58,6 +58,11 @@ const (
 func Leave(ctx context.Context, cfg Config, force bool) error {
 	cfg.defaults()
 	file, n, err := loadNode(cfg)
+	if errors.Is(err, identity.ErrKeySealed) {
+		// Only an autolocked manager's key is sealed; leave reads it from
+		// disk, without the unlock key.
+		return fmt.Errorf("this manager's key is sealed (autolock): demote it first (`shoalctl node demote %s`, which saves its key as a worker's, in the clear), or turn autolock off (`shoalctl cluster update --autolock=false`) on the last manager, then leave", file.NodeID)
+	}
 	if err != nil {
 		return err
 	}

@@ -175,6 +175,36 @@ type node struct {
 
 	connMu sync.Mutex
 	conns  map[string]*grpc.ClientConn
+
+	// credsMu serialises saving the node's credentials (renewal, and
+	// resealing the key when the unlock key changes).
+	credsMu sync.Mutex
+	// unlockKey seals the node's private key on disk while the cluster
+	// has autolock on and this node is a manager (see sealer).
+	unlockKey []byte
+}
+
+// sealer is what the node's key is saved with: the unlock key on a manager
+// of a cluster with autolock, nothing otherwise (workers are never given
+// the unlock key).
+func (n *node) sealer(role identity.Role) identity.KeySealer {
+	if n.unlockKey == nil || role != identity.RoleManager {
+		return nil
+	}
+	return state.NewKeySealer(n.unlockKey)
+}
+
+// followUnlockKey reseals the node's key when the cluster's unlock key
+// changes (the manager calls it).
+func (n *node) followUnlockKey(key []byte) {
+	n.credsMu.Lock()
+	defer n.credsMu.Unlock()
+	n.unlockKey = key
+	if err := identity.SaveCredentialsSealed(certDir(n.cfg.DataDir), n.creds, n.sealer(n.role)); err != nil {
+		n.cfg.Logger.Error("reseal the node's key for the cluster's unlock key", "autolock", key != nil, "err", err)
+		return
+	}
+	n.cfg.Logger.Info("node key saved", "sealed", n.sealer(n.role) != nil)
 }
 
 func newNode(cfg Config, file nodeFile, creds identity.Credentials) (*node, error) {
@@ -196,13 +226,22 @@ func newNode(cfg Config, file nodeFile, creds identity.Credentials) (*node, erro
 	return &node{cfg: cfg, file: file, creds: creds, keypair: kp, trust: trust, role: id.Role, renewNow: make(chan struct{}, 1), conns: map[string]*grpc.ClientConn{}}, nil
 }
 
-// openNode is the node of a data dir, with the credentials kept there.
-func openNode(cfg Config, file nodeFile) (*node, error) {
-	creds, err := identity.LoadCredentials(certDir(cfg.DataDir))
+// openNode is the node of a data dir, with the credentials kept there;
+// unlockKey opens a sealed key (autolock).
+func openNode(cfg Config, file nodeFile, unlockKey []byte) (*node, error) {
+	var s identity.KeySealer
+	if unlockKey != nil {
+		s = state.NewKeySealer(unlockKey)
+	}
+	creds, err := identity.LoadCredentialsSealed(certDir(cfg.DataDir), s)
 	if err != nil {
 		return nil, fmt.Errorf("%w (the node's certificates are in %s)", err, certDir(cfg.DataDir))
 	}
-	return newNode(cfg, file, creds)
+	n, err := newNode(cfg, file, creds)
+	if n != nil {
+		n.unlockKey = unlockKey
+	}
+	return n, err
 }
 
 // loadNode reads the node a data dir holds.
@@ -211,7 +250,7 @@ func loadNode(cfg Config) (nodeFile, *node, error) {
 	if err != nil {
 		return file, nil, err
 	}
-	n, err := openNode(cfg, file)
+	n, err := openNode(cfg, file, nil)
 	return file, n, err
 }
 
@@ -329,7 +368,9 @@ func (n *node) managerConfig(transport *state.StreamLayer) manager.Config {
 			}
 			return id.NodeID, nil
 		},
-		Dial: func(_ context.Context, addr string) (grpc.ClientConnInterface, error) { return n.dial(addr) },
+		Dial:        func(_ context.Context, addr string) (grpc.ClientConnInterface, error) { return n.dial(addr) },
+		UnlockKey:   n.unlockKey,
+		OnUnlockKey: n.followUnlockKey,
 	}
 }
 
@@ -423,7 +464,21 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer lock.Close()
-	n, err := openNode(cfg, file)
+	n, err := openNode(cfg, file, nil)
+	locked := errors.Is(err, identity.ErrKeySealed) ||
+		(err == nil && n.role == identity.RoleManager && manager.HasState(cfg.DataDir) && manager.Locked(cfg.DataDir))
+	if locked {
+		// Autolock: nothing is served, not even the cluster port, until
+		// `shoald unlock` gives the key.
+		key, werr := waitUnlock(ctx, cfg.Socket, cfg.DataDir, cfg.Logger)
+		if werr != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return werr
+		}
+		n, err = openNode(cfg, file, key)
+	}
 	if err != nil {
 		return err
 	}
@@ -782,10 +837,16 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 	if err != nil {
 		return err
 	}
-	if err := identity.SaveCredentials(certDir(n.cfg.DataDir), creds); err != nil {
+	id, err := creds.Identity()
+	if err != nil {
 		return err
 	}
-	id, err := creds.Identity()
+	n.credsMu.Lock()
+	err = identity.SaveCredentialsSealed(certDir(n.cfg.DataDir), creds, n.sealer(id.Role))
+	if err == nil {
+		n.creds, n.role = creds, id.Role
+	}
+	n.credsMu.Unlock()
 	if err != nil {
 		return err
 	}
@@ -798,8 +859,6 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 		}
 	}
 	n.keypair.Set(cert)
-	n.creds = creds
-	n.role = id.Role
 	// Open connections keep presenting the old certificate, which the
 	// managers now refuse: drop them so the next calls redial.
 	pool.Reset()

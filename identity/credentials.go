@@ -3,6 +3,7 @@ package identity
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -110,8 +111,31 @@ func (c Credentials) check() error {
 // either the old pair, the new pair, or a new key with the new certificate
 // still staged, which LoadCredentials completes.
 func SaveCredentials(dir string, c Credentials) error {
+	return SaveCredentialsSealed(dir, c, nil)
+}
+
+// KeySealer seals and opens a private key at rest (a manager with
+// autolock keeps its node key sealed by the cluster's unlock key).
+type KeySealer interface {
+	SealKey(keyPEM []byte) []byte
+	OpenKey(sealed []byte) ([]byte, error)
+}
+
+// sealedKeyType is the PEM type of a sealed private key.
+const sealedKeyType = "SHOAL SEALED PRIVATE KEY"
+
+// ErrKeySealed is wrapped by LoadCredentials for a key file that is sealed
+// and no sealer (or the wrong one) was given.
+var ErrKeySealed = errors.New("the private key is sealed (autolock): it needs the cluster's unlock key")
+
+// SaveCredentialsSealed is SaveCredentials with the key file sealed by s
+// (in the clear when s is nil).
+func SaveCredentialsSealed(dir string, c Credentials, s KeySealer) error {
 	if err := c.check(); err != nil {
 		return fmt.Errorf("save credentials: %w", err)
+	}
+	if s != nil {
+		c.KeyPEM = pem.EncodeToMemory(&pem.Block{Type: sealedKeyType, Bytes: s.SealKey(c.KeyPEM)})
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("save credentials: %w", err)
@@ -170,6 +194,22 @@ func syncDir(dir string) error {
 // LoadCredentials reads what SaveCredentials wrote and checks that the key
 // fits the certificate and the CA signed it.
 func LoadCredentials(dir string) (Credentials, error) {
+	return LoadCredentialsSealed(dir, nil)
+}
+
+// KeySealed reports whether the key file in dir is sealed.
+func KeySealed(dir string) bool {
+	b, err := os.ReadFile(filepath.Join(dir, KeyFile))
+	if err != nil {
+		return false
+	}
+	block, _ := pem.Decode(b)
+	return block != nil && block.Type == sealedKeyType
+}
+
+// LoadCredentialsSealed is LoadCredentials for a key file that may be
+// sealed: s opens it.
+func LoadCredentialsSealed(dir string, s KeySealer) (Credentials, error) {
 	read := func(name string) ([]byte, error) {
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if err != nil {
@@ -184,6 +224,14 @@ func LoadCredentials(dir string) (Credentials, error) {
 	}
 	if c.KeyPEM, err = read(KeyFile); err != nil {
 		return Credentials{}, err
+	}
+	if block, _ := pem.Decode(c.KeyPEM); block != nil && block.Type == sealedKeyType {
+		if s == nil {
+			return Credentials{}, fmt.Errorf("load credentials from %s: %w", dir, ErrKeySealed)
+		}
+		if c.KeyPEM, err = s.OpenKey(block.Bytes); err != nil {
+			return Credentials{}, fmt.Errorf("load credentials from %s: %w: %v", dir, ErrKeySealed, err)
+		}
 	}
 	if c.CertPEM, err = read(CertFile); err != nil {
 		return Credentials{}, err

@@ -6,6 +6,7 @@ import (
 
 	"bytes"
 	"crypto/x509"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -171,5 +172,53 @@ func TestNeedsRenewal(t *testing.T) {
 				t.Fatalf("NeedsRenewal = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+// xorSealer stands for the unlock key's sealer in these tests.
+type xorSealer byte
+
+func (x xorSealer) SealKey(p []byte) []byte {
+	out := make([]byte, len(p))
+	for i, b := range p {
+		out[i] = b ^ byte(x)
+	}
+	return out
+}
+
+func (x xorSealer) OpenKey(p []byte) ([]byte, error) {
+	out := x.SealKey(p)
+	if !bytes.Contains(out, []byte("PRIVATE KEY")) {
+		return nil, os.ErrInvalid
+	}
+	return out, nil
+}
+
+func TestSealedKey(t *testing.T) {
+	_, r := identitytest.NewCA(t, "c1")
+	i := identitytest.IssueNode(t, r, "node-1", api.NodeRole_NODE_ROLE_MANAGER)
+	dir := filepath.Join(t.TempDir(), "certificates")
+	if err := SaveCredentialsSealed(dir, i.Creds, xorSealer(0x5a)); err != nil {
+		t.Fatal(err)
+	}
+	if !KeySealed(dir) {
+		t.Fatal("KeySealed = false after a sealed save")
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, KeyFile))
+	if bytes.Contains(b, i.Creds.KeyPEM[40:80]) {
+		t.Fatal("the sealed key file holds the key")
+	}
+	if _, err := LoadCredentials(dir); !errors.Is(err, ErrKeySealed) {
+		t.Fatalf("load without a sealer: %v, want ErrKeySealed", err)
+	}
+	if _, err := LoadCredentialsSealed(dir, xorSealer(0x33)); !errors.Is(err, ErrKeySealed) {
+		t.Fatalf("load with the wrong sealer: %v, want ErrKeySealed", err)
+	}
+	got, err := LoadCredentialsSealed(dir, xorSealer(0x5a))
+	if err != nil || !bytes.Equal(got.KeyPEM, i.Creds.KeyPEM) {
+		t.Fatalf("load with the sealer: %v", err)
+	}
+	if err := SaveCredentials(dir, got); err != nil || KeySealed(dir) {
+		t.Fatalf("a plain save left the key sealed (%v)", err)
 	}
 }

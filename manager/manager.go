@@ -1,9 +1,11 @@
 package manager
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -56,6 +58,14 @@ type Config struct {
 	// (a lone manager, tests) a follower can take no writes and allocates
 	// itself, and only tarballs loaded through this manager are kept.
 	Dial Dialer
+	// UnlockKey is the cluster's unlock key (state.ParseUnlockKey), needed
+	// to open a manager whose keys are locked (autolock).
+	UnlockKey []byte
+	// OnUnlockKey, if set, is called with the cluster's unlock key (nil
+	// when autolock is off) once this manager's raft keys follow it: at
+	// the first round of Run and after every change. The daemon seals the
+	// node's private key with it.
+	OnUnlockKey func(key []byte)
 }
 
 // Dialer returns a connection to the manager at addr; the caller does not
@@ -72,6 +82,10 @@ type Manager struct {
 	ca         *ca.Server
 	membership *membership
 	images     *imageReplicator
+	// appliedKey is the unlock key applied last (applyUnlockKey), valid
+	// once keyApplied.
+	appliedKey []byte
+	keyApplied bool
 	// networks makes every network allocation on this manager: the
 	// control API's (networks, VIPs, ports), the allocator controller's
 	// (task and node addresses) and Init's (the ingress network).
@@ -83,6 +97,27 @@ func RaftDir(dataDir string) string { return filepath.Join(dataDir, "raft") }
 
 // HasState reports whether a data dir holds a manager's state.
 func HasState(dataDir string) bool { return state.HasState(RaftDir(dataDir)) }
+
+// Locked reports whether a data dir's manager state needs the cluster's
+// unlock key to open (autolock).
+func Locked(dataDir string) bool { return state.Locked(RaftDir(dataDir)) }
+
+// ErrLocked and ErrWrongUnlockKey are Open's errors for a locked manager
+// opened without its unlock key, or with another one.
+var (
+	ErrLocked         = state.ErrLocked
+	ErrWrongUnlockKey = state.ErrWrongUnlockKey
+)
+
+// CheckUnlockKey reports whether key (SHOALKEY-1-...) unlocks the manager
+// state in a data dir, without opening it.
+func CheckUnlockKey(dataDir, key string) error {
+	kek, err := state.ParseUnlockKey(key)
+	if err != nil {
+		return err
+	}
+	return state.CheckUnlockKey(RaftDir(dataDir), kek)
+}
 
 func open(cfg Config, bootstrap bool) (*Manager, error) {
 	if cfg.Logger == nil {
@@ -98,10 +133,19 @@ func open(cfg Config, bootstrap bool) (*Manager, error) {
 	if cfg.Identify == nil {
 		cfg.Identify = func(context.Context) (string, error) { return cfg.NodeID, nil }
 	}
+	// The data dir holds the raft keys (beside the state they seal) and
+	// the node's credentials: owner-only, also when an older shoald or an
+	// operator made it otherwise.
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data dir: %w", err)
+	}
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("restrict data dir %s: %w", cfg.DataDir, err)
+	}
 	r, err := state.Open(state.Config{
 		Dir: RaftDir(cfg.DataDir), ID: cfg.NodeID, Transport: transport,
 		Logger: cfg.Logger, SnapshotThreshold: cfg.SnapshotThreshold,
-		ForceNewCluster: cfg.ForceNewCluster,
+		ForceNewCluster: cfg.ForceNewCluster, UnlockKey: cfg.UnlockKey,
 	}, bootstrap)
 	if err != nil {
 		return nil, err
@@ -314,12 +358,44 @@ func (m *Manager) Run(ctx context.Context) error {
 		case !leading && cancel != nil:
 			stop()
 		}
+		m.applyUnlockKey()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-m.raft.LeaderCh():
 		case <-tick.C:
 		}
+	}
+}
+
+// applyUnlockKey makes this manager's raft keys follow the cluster's
+// autolock setting and unlock key: every manager rewraps its own data key
+// as soon as it applies the change. A failure is retried on the next
+// round.
+func (m *Manager) applyUnlockKey() {
+	var c *api.Cluster
+	m.raft.Store().View(func(tx store.ReadTx) { c = tx.Cluster() })
+	if c == nil {
+		return
+	}
+	var key []byte
+	if c.GetSpec().GetAutolock() {
+		var err error
+		if key, err = state.ParseUnlockKey(c.GetUnlockKey()); err != nil {
+			m.logger.Error("the cluster's unlock key is unusable; this manager's keys stay as they are", "err", err)
+			return
+		}
+	}
+	if err := m.raft.SetUnlockKey(key); err != nil {
+		m.logger.Error("rewrap the raft encryption key", "autolock", key != nil, "err", err)
+		return
+	}
+	if m.keyApplied && bytes.Equal(key, m.appliedKey) {
+		return
+	}
+	m.appliedKey, m.keyApplied = key, true
+	if m.cfg.OnUnlockKey != nil {
+		m.cfg.OnUnlockKey(key)
 	}
 }
 

@@ -167,6 +167,28 @@ func NewSingle(t testing.TB) *Node {
 // Start runs `shoald <verb>` (init or run) and waits until its API answers.
 func (n *Node) Start(verb string) {
 	n.t.Helper()
+	done := n.StartNoWait(verb)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := n.Try("node", "ls", "-q"); err == nil {
+			return
+		}
+		select {
+		case <-done:
+			n.t.Fatalf("%s: shoald %s exited early:\n%s", n.Name, verb, n.Log())
+		default:
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("%s: shoald did not answer within 30s:\n%s", n.Name, n.Log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// StartNoWait runs `shoald <verb>` and returns at once (a locked manager
+// never answers the API); the channel closes when shoald exits.
+func (n *Node) StartNoWait(verb string) <-chan struct{} {
+	n.t.Helper()
 	n.mu.Lock()
 	if n.cmd != nil {
 		n.mu.Unlock()
@@ -192,22 +214,7 @@ func (n *Node) Start(verb string) {
 		close(done)
 	}()
 	n.mu.Unlock()
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if _, err := n.Try("node", "ls", "-q"); err == nil {
-			return
-		}
-		select {
-		case <-done:
-			n.t.Fatalf("%s: shoald %s exited early:\n%s", n.Name, verb, n.Log())
-		default:
-		}
-		if time.Now().After(deadline) {
-			n.t.Fatalf("%s: shoald did not answer within 30s:\n%s", n.Name, n.Log())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return done
 }
 
 // Kill stops shoald with SIGKILL, as a crash would; containers stay.

@@ -76,9 +76,11 @@ func (s *Server) GetCluster(ctx context.Context, _ *api.GetClusterRequest) (*api
 // node's or admin's certificate, and the managers read it from their own
 // store. Join tokens go only to admins (an operator's certificate or the
 // local socket), as Swarm's join-token does; a manager calling the
-// control API forwards an operator's write and needs no token.
+// control API forwards an operator's write and needs no token. The unlock
+// key goes only through GetUnlockKey.
 func redactCluster(ctx context.Context, c *api.Cluster) *api.Cluster {
 	out := proto.Clone(c).(*api.Cluster)
+	out.UnlockKey = ""
 	if rc := out.GetRootCa(); rc != nil {
 		rc.KeyPem = nil
 	}

@@ -6,4 +6,10 @@
 //
 // The raft transport is given by the caller: an in-memory one for a single
 // manager, a mutually authenticated network one once managers join.
+//
+// Everything it writes is encrypted at rest (keys.go, sealed.go): log
+// entries and snapshots are sealed with the member's data key, wrapped by
+// a key on disk or, with autolock, by the cluster's unlock key; state an
+// older shoald wrote in plaintext is sealed on start (migrate.go). Raft,
+// the FSM and the transport see plaintext. See docs/security.md.
 package state

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,9 +53,16 @@ type Config struct {
 	Logger *slog.Logger
 	// SnapshotThreshold overrides the number of log entries between snapshots (tests).
 	SnapshotThreshold uint64
+	// TrailingLogs overrides the number of entries kept after a snapshot
+	// (tests: a follower then needs the snapshot).
+	TrailingLogs uint64
 	// ForceNewCluster rewrites the raft configuration to this member
 	// alone before starting: the way out when a quorum is lost for good.
 	ForceNewCluster bool
+	// UnlockKey is the cluster's unlock key (ParseUnlockKey), needed when
+	// the member's keys are locked (autolock): without it Open fails with
+	// ErrLocked, with another one with ErrWrongUnlockKey.
+	UnlockKey []byte
 }
 
 // Forwarder sends a command to the leader and returns the log index at
@@ -69,6 +78,9 @@ type Node struct {
 	snaps   raft.SnapshotStore
 	cfg     Config
 	logger  *slog.Logger
+
+	keysMu sync.Mutex // guards keys' wrapping
+	keys   *keyring
 }
 
 // HasState reports whether dir already holds a raft member's state.
@@ -88,6 +100,9 @@ func raftConfig(cfg Config) *raft.Config {
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
 	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
 	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
 	return rc
 }
@@ -98,22 +113,28 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create raft dir: %w", err)
+	keys, err := openKeys(cfg)
+	if err != nil {
+		return nil, err
 	}
 	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
 	if err != nil {
 		return nil, fmt.Errorf("open raft log %s: %w", filepath.Join(cfg.Dir, "raft.db"), err)
 	}
-	snaps, err := raft.NewFileSnapshotStore(cfg.Dir, snapshotRetain, io.Discard)
+	logs := &sealedLogs{LogStore: bolt, s: sealer{keys.dek}}
+	snaps, err := openSnapshots(cfg.Dir, keys.dek)
 	if err != nil {
 		bolt.Close()
-		return nil, fmt.Errorf("open raft snapshots: %w", err)
+		return nil, err
+	}
+	if err := tightenModes(cfg.Dir); err != nil {
+		bolt.Close()
+		return nil, err
 	}
 	rc := raftConfig(cfg)
-	n := &Node{store: store.New(), bolt: bolt, snaps: snaps, cfg: cfg, logger: cfg.Logger}
+	n := &Node{store: store.New(), bolt: bolt, snaps: snaps, cfg: cfg, logger: cfg.Logger, keys: keys}
 	if bootstrap {
-		has, err := raft.HasExistingState(bolt, bolt, snaps)
+		has, err := raft.HasExistingState(logs, bolt, snaps)
 		if err != nil {
 			bolt.Close()
 			return nil, fmt.Errorf("check raft state: %w", err)
@@ -125,7 +146,7 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 		conf := raft.Configuration{Servers: []raft.Server{{
 			Suffrage: raft.Voter, ID: rc.LocalID, Address: cfg.Transport.LocalAddr(),
 		}}}
-		if err := raft.BootstrapCluster(rc, bolt, bolt, snaps, cfg.Transport, conf); err != nil {
+		if err := raft.BootstrapCluster(rc, logs, bolt, snaps, cfg.Transport, conf); err != nil {
 			bolt.Close()
 			return nil, fmt.Errorf("bootstrap raft: %w", err)
 		}
@@ -136,18 +157,71 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 		}}}
 		// RecoverCluster replays the log into a scratch FSM to snapshot it;
 		// the real store is filled by NewRaft from that snapshot.
-		if err := raft.RecoverCluster(rc, &fsm{store: store.New()}, bolt, bolt, snaps, cfg.Transport, conf); err != nil {
+		if err := raft.RecoverCluster(rc, &fsm{store: store.New()}, logs, bolt, snaps, cfg.Transport, conf); err != nil {
 			bolt.Close()
 			return nil, fmt.Errorf("force a new cluster: %w", err)
 		}
 	}
-	r, err := raft.NewRaft(rc, &fsm{store: n.store}, bolt, bolt, snaps, cfg.Transport)
+	r, err := raft.NewRaft(rc, &fsm{store: n.store}, logs, bolt, snaps, cfg.Transport)
 	if err != nil {
 		bolt.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	n.raft = r
 	return n, nil
+}
+
+// openKeys readies dir and returns its keys: made for a new member,
+// read (with the unlock key when locked) for an existing one, and made
+// while sealing the state of one an older shoald wrote in plaintext.
+func openKeys(cfg Config) (*keyring, error) {
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create raft dir: %w", err)
+	}
+	if err := tightenModes(cfg.Dir); err != nil {
+		return nil, err
+	}
+	// What a sealing cut short left: a partial sealed copy (the plaintext
+	// is still in place) or the swapped-out plaintext (the sealed copy is).
+	if err := os.RemoveAll(sealingDir(cfg.Dir)); err != nil {
+		return nil, fmt.Errorf("remove %s: %w", sealingDir(cfg.Dir), err)
+	}
+	switch {
+	case hasKeys(cfg.Dir):
+	case HasState(cfg.Dir):
+		if err := sealPlaintext(cfg); err != nil {
+			return nil, fmt.Errorf("encrypt the raft state an older shoald left unencrypted in %s: %w", cfg.Dir, err)
+		}
+		cfg.Logger.Warn("encrypted the raft state an older shoald left unencrypted; rotate the join tokens (and the secrets in service specs) if its disk may have been read", "dir", cfg.Dir)
+	default:
+		return createKeys(cfg.Dir, nil)
+	}
+	return loadKeys(cfg.Dir, cfg.UnlockKey)
+}
+
+func openSnapshots(dir string, dek []byte) (*sealedSnapshots, error) {
+	inner, err := raft.NewFileSnapshotStore(dir, snapshotRetain, io.Discard)
+	if err != nil {
+		return nil, fmt.Errorf("open raft snapshots: %w", err)
+	}
+	return &sealedSnapshots{inner: inner, dir: snapshotsDir(dir), s: sealer{dek}}, nil
+}
+
+// SetUnlockKey wraps the member's data key with the cluster's unlock key
+// (autolock: the key then lives only in memory and in the store), or,
+// when key is nil, with a key kept on disk. The data itself is not
+// re-encrypted: only the wrapping changes.
+func (n *Node) SetUnlockKey(key []byte) error {
+	n.keysMu.Lock()
+	defer n.keysMu.Unlock()
+	if (key == nil && !n.keys.locked) || (key != nil && n.keys.locked && bytes.Equal(key, n.keys.kek)) {
+		return nil
+	}
+	if err := n.keys.rewrap(key); err != nil {
+		return err
+	}
+	n.logger.Info("raft encryption key rewrapped", "autolock", key != nil)
+	return nil
 }
 
 // Store is the member's state, current up to the last applied entry.

@@ -29,6 +29,8 @@ const (
 	Control_ListAdminCertificates_FullMethodName  = "/shoal.v1.Control/ListAdminCertificates"
 	Control_RevokeAdminCertificate_FullMethodName = "/shoal.v1.Control/RevokeAdminCertificate"
 	Control_RotateRootCA_FullMethodName           = "/shoal.v1.Control/RotateRootCA"
+	Control_SetAutolock_FullMethodName            = "/shoal.v1.Control/SetAutolock"
+	Control_GetUnlockKey_FullMethodName           = "/shoal.v1.Control/GetUnlockKey"
 	Control_LoadImage_FullMethodName              = "/shoal.v1.Control/LoadImage"
 	Control_ListImages_FullMethodName             = "/shoal.v1.Control/ListImages"
 	Control_CreateService_FullMethodName          = "/shoal.v1.Control/CreateService"
@@ -84,6 +86,12 @@ type ControlClient interface {
 	// RootRotation); admins only. It returns at once: the nodes renew in
 	// the background, and GetCluster shows the rotation until it is done.
 	RotateRootCA(ctx context.Context, in *RotateRootCARequest, opts ...grpc.CallOption) (*RotateRootCAResponse, error)
+	// SetAutolock turns autolock on (making an unlock key, which it
+	// returns) or off. See ClusterSpec.autolock.
+	SetAutolock(ctx context.Context, in *SetAutolockRequest, opts ...grpc.CallOption) (*SetAutolockResponse, error)
+	// GetUnlockKey returns the cluster's unlock key, optionally rotating it
+	// first; FailedPrecondition when autolock is off.
+	GetUnlockKey(ctx context.Context, in *GetUnlockKeyRequest, opts ...grpc.CallOption) (*GetUnlockKeyResponse, error)
 	// LoadImage takes an image tarball (OCI or Docker archive) in chunks;
 	// the managers keep it and every ready node imports it.
 	LoadImage(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[LoadImageRequest, LoadImageResponse], error)
@@ -228,6 +236,26 @@ func (c *controlClient) RotateRootCA(ctx context.Context, in *RotateRootCAReques
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RotateRootCAResponse)
 	err := c.cc.Invoke(ctx, Control_RotateRootCA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) SetAutolock(ctx context.Context, in *SetAutolockRequest, opts ...grpc.CallOption) (*SetAutolockResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SetAutolockResponse)
+	err := c.cc.Invoke(ctx, Control_SetAutolock_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *controlClient) GetUnlockKey(ctx context.Context, in *GetUnlockKeyRequest, opts ...grpc.CallOption) (*GetUnlockKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetUnlockKeyResponse)
+	err := c.cc.Invoke(ctx, Control_GetUnlockKey_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -425,6 +453,12 @@ type ControlServer interface {
 	// RootRotation); admins only. It returns at once: the nodes renew in
 	// the background, and GetCluster shows the rotation until it is done.
 	RotateRootCA(context.Context, *RotateRootCARequest) (*RotateRootCAResponse, error)
+	// SetAutolock turns autolock on (making an unlock key, which it
+	// returns) or off. See ClusterSpec.autolock.
+	SetAutolock(context.Context, *SetAutolockRequest) (*SetAutolockResponse, error)
+	// GetUnlockKey returns the cluster's unlock key, optionally rotating it
+	// first; FailedPrecondition when autolock is off.
+	GetUnlockKey(context.Context, *GetUnlockKeyRequest) (*GetUnlockKeyResponse, error)
 	// LoadImage takes an image tarball (OCI or Docker archive) in chunks;
 	// the managers keep it and every ready node imports it.
 	LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error
@@ -504,6 +538,12 @@ func (UnimplementedControlServer) RevokeAdminCertificate(context.Context, *Revok
 }
 func (UnimplementedControlServer) RotateRootCA(context.Context, *RotateRootCARequest) (*RotateRootCAResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RotateRootCA not implemented")
+}
+func (UnimplementedControlServer) SetAutolock(context.Context, *SetAutolockRequest) (*SetAutolockResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetAutolock not implemented")
+}
+func (UnimplementedControlServer) GetUnlockKey(context.Context, *GetUnlockKeyRequest) (*GetUnlockKeyResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetUnlockKey not implemented")
 }
 func (UnimplementedControlServer) LoadImage(grpc.ClientStreamingServer[LoadImageRequest, LoadImageResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method LoadImage not implemented")
@@ -744,6 +784,42 @@ func _Control_RotateRootCA_Handler(srv interface{}, ctx context.Context, dec fun
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(ControlServer).RotateRootCA(ctx, req.(*RotateRootCARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_SetAutolock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetAutolockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).SetAutolock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_SetAutolock_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).SetAutolock(ctx, req.(*SetAutolockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Control_GetUnlockKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetUnlockKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ControlServer).GetUnlockKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Control_GetUnlockKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ControlServer).GetUnlockKey(ctx, req.(*GetUnlockKeyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -1030,6 +1106,14 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Control_RotateRootCA_Handler,
 		},
 		{
+			MethodName: "SetAutolock",
+			Handler:    _Control_SetAutolock_Handler,
+		},
+		{
+			MethodName: "GetUnlockKey",
+			Handler:    _Control_GetUnlockKey_Handler,
+		},
+		{
 			MethodName: "ListImages",
 			Handler:    _Control_ListImages_Handler,
 		},
@@ -1090,5 +1174,119 @@ var Control_ServiceDesc = grpc.ServiceDesc{
 			ServerStreams: true,
 		},
 	},
+	Metadata: "shoal/v1/control.proto",
+}
+
+const (
+	NodeLock_Unlock_FullMethodName = "/shoal.v1.NodeLock/Unlock"
+)
+
+// NodeLockClient is the client API for NodeLock service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// NodeLock is all that a locked manager (autolock) serves, on its unix
+// socket only, until it is unlocked: `shoald unlock` calls it.
+type NodeLockClient interface {
+	// Unlock gives the manager the cluster's unlock key. A wrong key is
+	// refused with InvalidArgument and the manager stays locked; the right
+	// one starts it.
+	Unlock(ctx context.Context, in *UnlockRequest, opts ...grpc.CallOption) (*UnlockResponse, error)
+}
+
+type nodeLockClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewNodeLockClient(cc grpc.ClientConnInterface) NodeLockClient {
+	return &nodeLockClient{cc}
+}
+
+func (c *nodeLockClient) Unlock(ctx context.Context, in *UnlockRequest, opts ...grpc.CallOption) (*UnlockResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UnlockResponse)
+	err := c.cc.Invoke(ctx, NodeLock_Unlock_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// NodeLockServer is the server API for NodeLock service.
+// All implementations must embed UnimplementedNodeLockServer
+// for forward compatibility.
+//
+// NodeLock is all that a locked manager (autolock) serves, on its unix
+// socket only, until it is unlocked: `shoald unlock` calls it.
+type NodeLockServer interface {
+	// Unlock gives the manager the cluster's unlock key. A wrong key is
+	// refused with InvalidArgument and the manager stays locked; the right
+	// one starts it.
+	Unlock(context.Context, *UnlockRequest) (*UnlockResponse, error)
+	mustEmbedUnimplementedNodeLockServer()
+}
+
+// UnimplementedNodeLockServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedNodeLockServer struct{}
+
+func (UnimplementedNodeLockServer) Unlock(context.Context, *UnlockRequest) (*UnlockResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Unlock not implemented")
+}
+func (UnimplementedNodeLockServer) mustEmbedUnimplementedNodeLockServer() {}
+func (UnimplementedNodeLockServer) testEmbeddedByValue()                  {}
+
+// UnsafeNodeLockServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to NodeLockServer will
+// result in compilation errors.
+type UnsafeNodeLockServer interface {
+	mustEmbedUnimplementedNodeLockServer()
+}
+
+func RegisterNodeLockServer(s grpc.ServiceRegistrar, srv NodeLockServer) {
+	// If the following call pancis, it indicates UnimplementedNodeLockServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&NodeLock_ServiceDesc, srv)
+}
+
+func _NodeLock_Unlock_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnlockRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeLockServer).Unlock(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeLock_Unlock_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeLockServer).Unlock(ctx, req.(*UnlockRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// NodeLock_ServiceDesc is the grpc.ServiceDesc for NodeLock service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var NodeLock_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "shoal.v1.NodeLock",
+	HandlerType: (*NodeLockServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Unlock",
+			Handler:    _NodeLock_Unlock_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
 	Metadata: "shoal/v1/control.proto",
 }

@@ -2,6 +2,7 @@ package containerd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -51,18 +52,16 @@ func (e *Executor) LoadImage(ctx context.Context, img *api.Image, r io.Reader) (
 		return nil, err
 	}
 	ctx = e.nsContext(ctx)
+	// Import reads r to its end, where the manager's stream checks the
+	// tarball's digest, before it names anything.
 	names, err := image.Import(ctx, e.client, e.snapshotter, r)
 	if err != nil {
-		// A failed import may have moved names already; they no longer
-		// refer to what their label says.
-		e.labelImages(ctx, img.GetNames(), "")
+		if !errors.Is(err, image.ErrNoneNamed) {
+			// The import named images, then failed (unpacking): the
+			// names no longer refer to what their label says.
+			e.labelImages(ctx, img.GetNames(), "")
+		}
 		return nil, fmt.Errorf("load image %s: %w", img.GetId(), err)
-	}
-	// The importer stops at the tar end-of-archive marker; what follows
-	// is padding, but the reader may judge the whole stream only at EOF.
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		e.labelImages(ctx, names, "")
-		return names, fmt.Errorf("load image %s: %w", img.GetId(), err)
 	}
 	if err := e.labelImages(ctx, names, img.GetId()); err != nil {
 		return names, fmt.Errorf("load image %s: %w", img.GetId(), err)

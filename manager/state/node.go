@@ -51,6 +51,9 @@ type Config struct {
 	Logger *slog.Logger
 	// SnapshotThreshold overrides the number of log entries between snapshots (tests).
 	SnapshotThreshold uint64
+	// TrailingLogs overrides the number of entries kept in the log after
+	// a snapshot (tests).
+	TrailingLogs uint64
 	// ForceNewCluster rewrites the raft configuration to this member
 	// alone before starting: the way out when a quorum is lost for good.
 	ForceNewCluster bool
@@ -95,6 +98,9 @@ func raftConfig(cfg Config) *raft.Config {
 	if cfg.SnapshotThreshold > 0 {
 		rc.SnapshotThreshold = cfg.SnapshotThreshold
 	}
+	if cfg.TrailingLogs > 0 {
+		rc.TrailingLogs = cfg.TrailingLogs
+	}
 	rc.Logger = hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
 	return rc
 }
@@ -108,7 +114,11 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create raft dir: %w", err)
 	}
-	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	dbPath := filepath.Join(cfg.Dir, "raft.db")
+	if err := checkBolt(dbPath); err != nil {
+		return nil, damaged(cfg.Dir, "raft.db: %v", err)
+	}
+	bolt, err := raftboltdb.New(raftboltdb.Options{Path: dbPath})
 	if err != nil {
 		return nil, fmt.Errorf("open raft log %s: %w", filepath.Join(cfg.Dir, "raft.db"), err)
 	}
@@ -122,7 +132,7 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 		reserve = DefaultReserveBytes
 	}
 	guard := newDiskGuard(cfg.Dir, max(reserve, 0), cfg.Logger)
-	logs := guardedLogs{LogStore: bolt, g: guard}
+	logs := guardedLogs{LogStore: checksummedLogs{LogStore: bolt}, g: guard}
 	stable := guardedStable{StableStore: bolt, g: guard}
 	snaps := guardedSnapshots{SnapshotStore: fileSnaps, g: guard}
 	rc := raftConfig(cfg)
@@ -132,6 +142,9 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 		guard.close()
 		bolt.Close()
 		return nil, err
+	}
+	if err := verifyState(cfg.Dir, logs, fileSnaps, cfg.Logger); err != nil {
+		return fail(err)
 	}
 	if bootstrap {
 		has, err := raft.HasExistingState(logs, stable, snaps)

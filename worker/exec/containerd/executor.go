@@ -54,6 +54,12 @@ type Config struct {
 	// LogDir, when set, receives each task's stdout and stderr in
 	// <LogDir>/<task id>.log. When empty the output is discarded.
 	LogDir string
+	// LogMaxSize caps a task's log file in bytes; it is rotated past
+	// that (see logRotator). DefaultLogMaxSize when zero.
+	LogMaxSize int64
+	// LogMaxFiles is how many files a task's log may span, the live one
+	// included (1: no older parts kept). DefaultLogMaxFiles when zero.
+	LogMaxFiles int
 	// Logger receives the executor's logs; slog.Default() when nil.
 	Logger *slog.Logger
 	// Network, when set, connects tasks that have network attachments:
@@ -75,6 +81,12 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.LogMaxSize == 0 {
+		c.LogMaxSize = DefaultLogMaxSize
+	}
+	if c.LogMaxFiles == 0 {
+		c.LogMaxFiles = DefaultLogMaxFiles
+	}
 	return c
 }
 
@@ -89,6 +101,9 @@ type Executor struct {
 	// limitSwap: the host's cgroups can cap swap, so a memory limit
 	// covers it (see resourceOpts).
 	limitSwap bool
+	// stopLogs stops the log rotator; logsDone is closed when it has.
+	stopLogs chan struct{}
+	logsDone chan struct{}
 }
 
 var _ exec.Executor = (*Executor)(nil)
@@ -98,6 +113,9 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 	cfg = cfg.withDefaults()
 	if err := identifiers.Validate(cfg.Namespace); err != nil {
 		return nil, fmt.Errorf("containerd namespace %q: %w", cfg.Namespace, err)
+	}
+	if cfg.LogMaxSize < 0 || cfg.LogMaxFiles < 0 {
+		return nil, fmt.Errorf("task log limits: max size %d and max files %d must not be negative", cfg.LogMaxSize, cfg.LogMaxFiles)
 	}
 	if cfg.LogDir != "" {
 		if !filepath.IsAbs(cfg.LogDir) {
@@ -146,11 +164,25 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 		}
 	}
 	e.log.Debug("connected to containerd", "snapshotter", e.snapshotter, "address", cfg.Address, "version", v.Version)
+	if cfg.LogDir != "" {
+		rot := &logRotator{dir: cfg.LogDir, maxSize: cfg.LogMaxSize, maxFiles: cfg.LogMaxFiles, logger: e.log}
+		e.stopLogs, e.logsDone = make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(e.logsDone)
+			rot.run(e.stopLogs)
+		}()
+	}
 	return e, nil
 }
 
-// Close closes the connection to containerd. Containers keep running.
+// Close stops rotating task logs and closes the connection to
+// containerd. Containers keep running.
 func (e *Executor) Close() error {
+	if e.stopLogs != nil {
+		close(e.stopLogs)
+		<-e.logsDone
+		e.stopLogs = nil
+	}
 	return e.client.Close()
 }
 

@@ -220,3 +220,110 @@ func checkTasks(t *testing.T, n *Node, acked map[string]bool) {
 		}
 	}
 }
+
+// TestDiskFullHandsOverLeadership: in a group of three, the leader's disk
+// fills. Leadership moves to a healthy member and stays there, the
+// cluster keeps taking writes, the full member refuses its own with
+// ErrDiskFull, and once space is freed it catches up.
+func TestDiskFullHandsOverLeadership(t *testing.T) {
+	mnt := smallFS(t, 48<<20)
+	ids := []string{"m1", "m2", "m3"}
+	dirs := []string{filepath.Join(mnt, "raft"), t.TempDir(), t.TempDir()}
+	trs := make([]*raft.InmemTransport, 3)
+	for i, id := range ids {
+		_, trs[i] = raft.NewInmemTransport(raft.ServerAddress(id))
+	}
+	for i := range trs {
+		for j := range trs {
+			if i != j {
+				trs[i].Connect(trs[j].LocalAddr(), trs[j])
+			}
+		}
+	}
+	nodes := make([]*Node, 3)
+	for i, id := range ids {
+		n, err := Open(Config{Dir: dirs[i], ID: id, Transport: trs[i], ReserveBytes: 2 << 20, SnapshotThreshold: 1 << 20}, i == 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes[i] = n
+		defer n.Close()
+	}
+	full := nodes[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := full.WaitLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < 3; i++ {
+		if err := full.AddVoter(ids[i], ids[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leader := func() *Node {
+		for _, n := range nodes {
+			if n.IsLeader() {
+				return n
+			}
+		}
+		return nil
+	}
+	seq := 0
+	write := func(n *Node) error {
+		seq++
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		return n.Propose(pctx, store.Create(bigTask(seq)))
+	}
+	for range 10 {
+		if err := write(full); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	fill(t, filepath.Join(mnt, "filler"))
+	var werr error
+	for range 5000 {
+		if werr = write(full); werr != nil {
+			break
+		}
+	}
+	if !errors.Is(werr, ErrDiskFull) {
+		t.Fatalf("write on the full leader: %v, want ErrDiskFull", werr)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for l := leader(); l == nil || l == full; l = leader() {
+		if time.Now().After(deadline) {
+			t.Fatal("leadership did not leave the member whose disk is full")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	healthy := leader()
+	for range 20 {
+		if l := leader(); l != healthy {
+			t.Fatal("leadership moved again while the disk stayed full")
+		}
+		if err := write(healthy); err != nil {
+			t.Fatalf("write on the healthy leader: %v", err)
+		}
+		if err := write(full); !errors.Is(err, ErrDiskFull) {
+			t.Fatalf("write on the full member: %v, want ErrDiskFull", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	if err := os.Remove(filepath.Join(mnt, "filler")); err != nil {
+		t.Fatal(err)
+	}
+	want := healthy.Store().Index()
+	deadline = time.Now().Add(20 * time.Second)
+	for full.DiskFull() != nil || full.Store().Index() < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("the member did not catch up once space was freed: index %d, want %d (%v)", full.Store().Index(), want, full.DiskFull())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got, want := len(full.Store().Snapshot().Tasks), len(healthy.Store().Snapshot().Tasks); got != want {
+		t.Fatalf("caught-up member holds %d tasks, leader %d", got, want)
+	}
+}

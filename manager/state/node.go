@@ -41,7 +41,9 @@ var ErrNotLeader = errors.New("this manager is not the raft leader")
 
 // Config says where a raft member keeps its state and how it talks.
 type Config struct {
-	// Dir holds raft.db (log and stable store) and snapshots/.
+	// Dir holds raft.db (log and stable store), snapshots/, the space
+	// reserve raft.reserve (see diskGuard) and, once a damaged snapshot
+	// was set aside at start, damaged/.
 	Dir string
 	// ID is the member's raft server id: the node id.
 	ID string

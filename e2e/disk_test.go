@@ -91,6 +91,12 @@ func TestDiskFullAndCorruption(t *testing.T) {
 		t.Errorf("task logs peaked at %d bytes: the chatty task did not write", peak)
 	}
 	n.Ctl("service", "rm", "chatty")
+	// Removing the task removes its logs: wait for that, so that the
+	// space they held is not freed while the disk is meant to be full.
+	tc.Eventually(t, 30*time.Second, "the chatty task removed", func() (bool, string) {
+		ctrs := n.Containers()
+		return len(ctrs) == 0, fmt.Sprint(ctrs)
+	})
 
 	// Fill the file system directly, as anything else on the host might.
 	filler := filepath.Join(mnt, "filler")
@@ -114,10 +120,13 @@ func TestDiskFullAndCorruption(t *testing.T) {
 	}
 	f.Close()
 
+	// bbolt reuses the pages it freed before it needs new ones: big
+	// writes use those up quickly, then one finds no room.
+	big := "BIG=" + strings.Repeat("x", 64<<10)
 	var out string
-	tc.Eventually(t, 30*time.Second, "a write refused for lack of room", func() (bool, string) {
-		out, err = n.Try("service", "create", "--detach", "--name", fmt.Sprintf("w%d", time.Now().UnixNano()%1e6), "--replicas", "0", tc.Image)
-		return err != nil && strings.Contains(out, "raft data dir is full"), out
+	tc.Eventually(t, 60*time.Second, "a write refused for lack of room", func() (bool, string) {
+		out, err = n.Try("service", "create", "--detach", "--name", fmt.Sprintf("w%d", time.Now().UnixNano()%1e6), "--replicas", "0", "--env", big, tc.Image)
+		return err != nil && strings.Contains(out, "raft data dir is full"), tail(out, 3)
 	})
 	if !strings.Contains(out, "free space") {
 		t.Errorf("the refusal does not say what to do:\n%s", out)

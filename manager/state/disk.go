@@ -235,6 +235,9 @@ func (s guardedLogs) StoreLogs(logs []*raft.Log) error {
 	}
 	err := s.LogStore.StoreLogs(logs)
 	if s.g.check(err) {
+		if ferr := s.g.err(); ferr != nil {
+			return ferr
+		}
 		return fmt.Errorf("%w: %v", ErrDiskFull, err)
 	}
 	return err

@@ -7,11 +7,15 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strconv"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
+	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/manager"
+	ctrexec "github.com/shoal-project/shoal/worker/exec/containerd"
 )
 
 // Main runs shoald with its arguments and returns the exit code.
@@ -53,6 +57,15 @@ func reexec(cfg Config) error {
 	if cfg.HeartbeatPeriod > 0 {
 		args = append(args, "--heartbeat-period", cfg.HeartbeatPeriod.String())
 	}
+	if cfg.TaskLogDir != "" {
+		args = append(args, "--task-log-dir", cfg.TaskLogDir)
+	}
+	if cfg.TaskLogMaxSize > 0 {
+		args = append(args, "--task-log-max-size", strconv.FormatInt(cfg.TaskLogMaxSize, 10))
+	}
+	if cfg.TaskLogMaxFiles > 0 {
+		args = append(args, "--task-log-max-files", strconv.Itoa(cfg.TaskLogMaxFiles))
+	}
 	if cfg.HeartbeatGrace > 0 {
 		args = append(args, "--heartbeat-grace", cfg.HeartbeatGrace.String())
 	}
@@ -65,6 +78,8 @@ func newCommand() *cobra.Command {
 		logLevel string
 		token    string
 		force    bool
+		// taskLogMaxSize is parsed into cfg.TaskLogMaxSize.
+		taskLogMaxSize string
 	)
 	root := &cobra.Command{
 		Use:           "shoald",
@@ -83,6 +98,9 @@ func newCommand() *cobra.Command {
 	flags.StringVar(&cfg.LBBackend, "lb-backend", "auto", "routing mesh load balancer: auto (ipvs where the kernel has IPVS, else nftables), nftables or ipvs")
 	flags.DurationVar(&cfg.HeartbeatGrace, "heartbeat-grace", 0, "how long a silent node stays Ready before it is marked down and its tasks replaced (managers; default 3 heartbeat periods)")
 	flags.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	flags.StringVar(&cfg.TaskLogDir, "task-log-dir", "", "where tasks' stdout and stderr go (default: DATA-DIR/logs); another file system keeps a chatty task away from raft")
+	flags.StringVar(&taskLogMaxSize, "task-log-max-size", "10M", "size at which a task's log file is rotated (bytes, or with a unit: 512K, 10M)")
+	flags.IntVar(&cfg.TaskLogMaxFiles, "task-log-max-files", ctrexec.DefaultLogMaxFiles, "files a task's log may span, the live one included (1: keep no rotated parts)")
 	flags.StringVar(&cfg.ListenAddr, "listen-addr", DefaultListenAddr, "the cluster port: gRPC and raft, mutual TLS only")
 	flags.StringVar(&cfg.AdvertiseAddr, "advertise-addr", "", "address other nodes reach this one at (IP[:port]; default: the listen address, or this host's address on its default route)")
 
@@ -91,6 +109,17 @@ func newCommand() *cobra.Command {
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
 				return fmt.Errorf("--log-level %q: want debug, info, warn or error", logLevel)
+			}
+			size, err := api.ParseBytes(taskLogMaxSize)
+			if err != nil || size < 1<<10 {
+				return fmt.Errorf("--task-log-max-size %q: want a size of at least 1K, such as 10M", taskLogMaxSize)
+			}
+			cfg.TaskLogMaxSize = size
+			if cfg.TaskLogMaxFiles < 1 {
+				return fmt.Errorf("--task-log-max-files %d: want 1 or more", cfg.TaskLogMaxFiles)
+			}
+			if cfg.TaskLogDir != "" && !filepath.IsAbs(cfg.TaskLogDir) {
+				return fmt.Errorf("--task-log-dir %q: want an absolute path (containerd's shim opens the files)", cfg.TaskLogDir)
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 			cfg.LogLevel = logLevel

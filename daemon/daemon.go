@@ -68,12 +68,29 @@ type Config struct {
 	// LBBackend is the routing mesh's load balancer: auto, nftables or
 	// ipvs (netagent.LBAuto...).
 	LBBackend string
+	// TaskLogDir holds the tasks' stdout and stderr (<task id>.log and its
+	// rotated parts); <data dir>/logs when empty. Put it on another file
+	// system than the data dir to keep task output and raft apart.
+	TaskLogDir string
+	// TaskLogMaxSize and TaskLogMaxFiles bound each task's log (see
+	// worker/exec/containerd: DefaultLogMaxSize, DefaultLogMaxFiles when
+	// zero).
+	TaskLogMaxSize  int64
+	TaskLogMaxFiles int
 	// LogLevel is the --log-level the node runs with (kept to restart in
 	// a new role).
 	LogLevel string
 	Logger   *slog.Logger
 	// Ready, if set, is called once the node serves its API.
 	Ready func()
+}
+
+// taskLogDir is where the tasks' logs go.
+func (c Config) taskLogDir() string {
+	if c.TaskLogDir != "" {
+		return c.TaskLogDir
+	}
+	return logDir(c.DataDir)
 }
 
 func (c *Config) defaults() {
@@ -188,12 +205,14 @@ func newExecutor(ctx context.Context, cfg Config, file nodeFile, waitForContaine
 		return nil, err
 	}
 	exe, err := ctrexec.New(ctx, ctrexec.Config{
-		Address:   cfg.ContainerdAddress,
-		Namespace: cfg.ContainerdNamespace,
-		NodeID:    file.NodeID,
-		LogDir:    logDir(cfg.DataDir),
-		Logger:    cfg.Logger.With("component", "executor"),
-		Network:   network,
+		Address:     cfg.ContainerdAddress,
+		Namespace:   cfg.ContainerdNamespace,
+		NodeID:      file.NodeID,
+		LogDir:      cfg.taskLogDir(),
+		LogMaxSize:  cfg.TaskLogMaxSize,
+		LogMaxFiles: cfg.TaskLogMaxFiles,
+		Logger:      cfg.Logger.With("component", "executor"),
+		Network:     network,
 
 		WaitForContainerd: waitForContainerd,
 	})

@@ -276,7 +276,7 @@ func removeLocalState(ctx context.Context, cfg Config, file nodeFile) error {
 		return errors.Join(errs...)
 	}
 	removeNodeState(cfg.DataDir)
-	for _, p := range []string{manager.ImageDir(cfg.DataDir), workerDir(cfg.DataDir), logDir(cfg.DataDir), networkDir(cfg.DataDir), lockPath(cfg.DataDir)} {
+	for _, p := range []string{manager.ImageDir(cfg.DataDir), workerDir(cfg.DataDir), cfg.taskLogDir(), networkDir(cfg.DataDir), lockPath(cfg.DataDir)} {
 		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, err)
 		}

@@ -118,6 +118,9 @@ type Node struct {
 	Namespace string
 	bin       string
 	args      []string
+	// logPath is shoald's output, beside the data dir unless the data
+	// dir was moved (WithDataDir): a full data dir must not eat it.
+	logPath string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -128,9 +131,19 @@ type Node struct {
 // Image is the echo image's reference, loaded into every node's namespace.
 const Image = testimage.EchoRef
 
+// Option changes a node before it first starts.
+type Option func(*Node)
+
+// WithDataDir puts the node's data dir at dir (for instance on a small
+// file system the test mounted).
+func WithDataDir(dir string) Option { return func(n *Node) { n.DataDir = dir } }
+
+// WithArgs adds shoald flags.
+func WithArgs(args ...string) Option { return func(n *Node) { n.args = append(n.args, args...) } }
+
 // NewSingle starts a one-node cluster (`shoald init`) and registers its
 // clean-up with t.
-func NewSingle(t testing.TB) *Node {
+func NewSingle(t testing.TB, opts ...Option) *Node {
 	t.Helper()
 	Skip(t)
 	bin := Binaries(t)
@@ -142,8 +155,17 @@ func NewSingle(t testing.TB) *Node {
 		Socket:    filepath.Join(dir, "shoald.sock"),
 		Namespace: NamespacePrefix + id,
 	}
+	n.logPath = filepath.Join(dir, "shoald.log")
+	var extra Node
+	for _, o := range opts {
+		o(&extra)
+	}
+	if extra.DataDir != "" {
+		n.DataDir = extra.DataDir
+	}
 	n.args = []string{"--data-dir", n.DataDir, "--socket", n.Socket, "--containerd-namespace", n.Namespace, "--hostname", n.Name, "--log-level", "debug",
 		"--listen-addr", "127.0.0.1:" + strconv.Itoa(freePort(t))}
+	n.args = append(n.args, extra.args...)
 	// The node runs in a network namespace of its own, named like its
 	// containerd namespace: the overlay devices and nft tables its
 	// network agent makes (and keeps after shoald stops, as on a real
@@ -194,7 +216,7 @@ func (n *Node) StartNoWait(verb string) <-chan struct{} {
 		n.mu.Unlock()
 		n.t.Fatalf("%s: shoald already running", n.Name)
 	}
-	logf, err := os.OpenFile(filepath.Join(filepath.Dir(n.DataDir), "shoald.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	logf, err := os.OpenFile(n.logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		n.mu.Unlock()
 		n.t.Fatal(err)
@@ -264,7 +286,7 @@ func (n *Node) Client() api.ControlClient {
 
 // Log returns shoald's output so far.
 func (n *Node) Log() string {
-	b, _ := os.ReadFile(filepath.Join(filepath.Dir(n.DataDir), "shoald.log"))
+	b, _ := os.ReadFile(n.logPath)
 	return string(b)
 }
 

@@ -4,6 +4,11 @@
 // on the leader; every member's store follows the log. ToStatus is how the
 // manager APIs answer Propose's and the store's errors.
 //
+// The disk is not trusted to be roomy or intact: a full raft dir makes
+// Propose refuse with ErrDiskFull until space returns (diskGuard), and Open
+// refuses damaged state with ErrDamaged (every log entry is checksummed,
+// raft.db and the snapshots are checked before raft reads them).
+//
 // The raft transport is given by the caller: an in-memory one for a single
 // manager, a mutually authenticated network one once managers join.
 //

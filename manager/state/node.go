@@ -43,7 +43,9 @@ var ErrNotLeader = errors.New("this manager is not the raft leader")
 
 // Config says where a raft member keeps its state and how it talks.
 type Config struct {
-	// Dir holds raft.db (log and stable store) and snapshots/.
+	// Dir holds raft.db (log and stable store), snapshots/, the space
+	// reserve raft.reserve (see diskGuard) and, once a damaged snapshot
+	// was set aside at start, damaged/.
 	Dir string
 	// ID is the member's raft server id: the node id.
 	ID string
@@ -63,6 +65,10 @@ type Config struct {
 	// the member's keys are locked (autolock): without it Open fails with
 	// ErrLocked, with another one with ErrWrongUnlockKey.
 	UnlockKey []byte
+	// ReserveBytes is the room held back in Dir for raft's own writes
+	// when the file system fills (see diskGuard): DefaultReserveBytes
+	// when zero, none when negative.
+	ReserveBytes int64
 }
 
 // Forwarder sends a command to the leader and returns the log index at
@@ -76,6 +82,9 @@ type Node struct {
 	store   *store.Store
 	bolt    *raftboltdb.BoltStore
 	snaps   raft.SnapshotStore
+	guard   *diskGuard
+	stop    chan struct{}
+	done    chan struct{}
 	cfg     Config
 	logger  *slog.Logger
 
@@ -117,12 +126,15 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	bolt, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
-	if err != nil {
-		return nil, fmt.Errorf("open raft log %s: %w", filepath.Join(cfg.Dir, "raft.db"), err)
+	dbPath := filepath.Join(cfg.Dir, "raft.db")
+	if err := checkBolt(dbPath); err != nil {
+		return nil, damaged(cfg.Dir, "raft.db: %v", err)
 	}
-	logs := &sealedLogs{LogStore: bolt, s: sealer{keys.dek}}
-	snaps, err := openSnapshots(cfg.Dir, keys.dek)
+	bolt, err := raftboltdb.New(raftboltdb.Options{Path: dbPath})
+	if err != nil {
+		return nil, fmt.Errorf("open raft log %s: %w", dbPath, err)
+	}
+	sealedSnaps, err := openSnapshots(cfg.Dir, keys.dek)
 	if err != nil {
 		bolt.Close()
 		return nil, err
@@ -131,24 +143,41 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 		bolt.Close()
 		return nil, err
 	}
+	reserve := cfg.ReserveBytes
+	if reserve == 0 {
+		reserve = DefaultReserveBytes
+	}
+	guard := newDiskGuard(cfg.Dir, max(reserve, 0), cfg.Logger)
+	// Outside in: the disk guard (a full disk), the checksum (a damaged
+	// entry), the encryption (secrets at rest), bolt.
+	logs := guardedLogs{LogStore: checksummedLogs{LogStore: &sealedLogs{LogStore: bolt, s: sealer{keys.dek}}}, g: guard}
+	stable := guardedStable{StableStore: bolt, g: guard}
+	snaps := guardedSnapshots{SnapshotStore: sealedSnaps, g: guard}
 	rc := raftConfig(cfg)
-	n := &Node{store: store.New(), bolt: bolt, snaps: snaps, cfg: cfg, logger: cfg.Logger, keys: keys}
+	n := &Node{store: store.New(), bolt: bolt, snaps: snaps, guard: guard, cfg: cfg, logger: cfg.Logger, keys: keys,
+		stop: make(chan struct{}), done: make(chan struct{})}
+	fail := func(err error) (*Node, error) {
+		guard.close()
+		bolt.Close()
+		return nil, err
+	}
+	// The snapshot files' own checksums are over what is on disk, sealed.
+	if err := verifyState(cfg.Dir, logs, sealedSnaps.inner.(*raft.FileSnapshotStore), cfg.Logger); err != nil {
+		return fail(err)
+	}
 	if bootstrap {
-		has, err := raft.HasExistingState(logs, bolt, snaps)
+		has, err := raft.HasExistingState(logs, stable, snaps)
 		if err != nil {
-			bolt.Close()
-			return nil, fmt.Errorf("check raft state: %w", err)
+			return fail(fmt.Errorf("check raft state: %w", err))
 		}
 		if has {
-			bolt.Close()
-			return nil, fmt.Errorf("raft state exists in %s: this node is already part of a cluster", cfg.Dir)
+			return fail(fmt.Errorf("raft state exists in %s: this node is already part of a cluster", cfg.Dir))
 		}
 		conf := raft.Configuration{Servers: []raft.Server{{
 			Suffrage: raft.Voter, ID: rc.LocalID, Address: cfg.Transport.LocalAddr(),
 		}}}
-		if err := raft.BootstrapCluster(rc, logs, bolt, snaps, cfg.Transport, conf); err != nil {
-			bolt.Close()
-			return nil, fmt.Errorf("bootstrap raft: %w", err)
+		if err := raft.BootstrapCluster(rc, logs, stable, snaps, cfg.Transport, conf); err != nil {
+			return fail(fmt.Errorf("bootstrap raft: %w", err))
 		}
 	}
 	if cfg.ForceNewCluster && !bootstrap {
@@ -157,17 +186,16 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 		}}}
 		// RecoverCluster replays the log into a scratch FSM to snapshot it;
 		// the real store is filled by NewRaft from that snapshot.
-		if err := raft.RecoverCluster(rc, &fsm{store: store.New()}, logs, bolt, snaps, cfg.Transport, conf); err != nil {
-			bolt.Close()
-			return nil, fmt.Errorf("force a new cluster: %w", err)
+		if err := raft.RecoverCluster(rc, &fsm{store: store.New()}, logs, stable, snaps, cfg.Transport, conf); err != nil {
+			return fail(fmt.Errorf("force a new cluster: %w", err))
 		}
 	}
-	r, err := raft.NewRaft(rc, &fsm{store: n.store}, logs, bolt, snaps, cfg.Transport)
+	r, err := raft.NewRaft(rc, &fsm{store: n.store}, logs, stable, snaps, cfg.Transport)
 	if err != nil {
-		bolt.Close()
-		return nil, fmt.Errorf("start raft: %w", err)
+		return fail(fmt.Errorf("start raft: %w", err))
 	}
 	n.raft = r
+	go n.handOver()
 	return n, nil
 }
 
@@ -224,6 +252,40 @@ func (n *Node) SetUnlockKey(key []byte) error {
 	return nil
 }
 
+// handOver gives leadership away while this member's disk is full and
+// another voter could lead: a leader that cannot append would refuse every
+// write of the cluster. A lone manager keeps leading (and refusing
+// writes), since nobody else could.
+func (n *Node) handOver() {
+	defer close(n.done)
+	t := time.NewTicker(spaceCheckInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-n.guard.trips:
+		case <-t.C:
+		}
+		if n.guard.err() == nil || !n.IsLeader() {
+			continue
+		}
+		members, err := n.Members()
+		if err != nil || len(members) < 2 {
+			continue
+		}
+		if err := n.raft.LeadershipTransfer().Error(); err != nil {
+			n.logger.Warn("hand raft leadership over while the disk is full", "err", err)
+			continue
+		}
+		n.logger.Warn("raft data dir is full: handed leadership to another manager", "dir", n.cfg.Dir)
+	}
+}
+
+// DiskFull is the error writes get while the raft data dir is full, nil
+// while there is room.
+func (n *Node) DiskFull() error { return n.guard.err() }
+
 // Store is the member's state, current up to the last applied entry.
 func (n *Node) Store() *store.Store { return n.store }
 
@@ -266,6 +328,12 @@ func (n *Node) SetForwarder(f Forwarder) { n.forward.Store(&f) }
 func (n *Node) Propose(ctx context.Context, actions ...*api.StoreAction) error {
 	if len(actions) == 0 {
 		return nil
+	}
+	// A member whose disk is full refuses even writes it would forward:
+	// it could not append them, so waiting to see them applied here
+	// would hang.
+	if err := n.guard.err(); err != nil {
+		return err
 	}
 	cmd := &api.Command{Actions: actions}
 	if !n.IsLeader() {
@@ -319,6 +387,9 @@ func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {
 func (n *Node) ProposeCommand(ctx context.Context, cmd *api.Command) (uint64, error) {
 	if !n.IsLeader() {
 		return 0, ErrNotLeader
+	}
+	if err := n.guard.err(); err != nil {
+		return 0, err
 	}
 	b, err := proto.Marshal(cmd)
 	if err != nil {
@@ -381,7 +452,10 @@ func (n *Node) Snapshot() error {
 
 // Close stops the member. Its state stays on disk.
 func (n *Node) Close() error {
+	close(n.stop)
+	<-n.done
 	err := n.raft.Shutdown().Error()
+	n.guard.close()
 	if cerr := n.bolt.Close(); err == nil {
 		err = cerr
 	}

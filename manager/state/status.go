@@ -33,6 +33,8 @@ func ToStatus(err error) error {
 		return status.Error(codes.AlreadyExists, err.Error())
 	case errors.Is(err, store.ErrSequenceConflict):
 		return status.Error(codes.Aborted, err.Error()+"; read the object again and retry")
+	case errors.Is(err, ErrDiskFull):
+		return status.Error(codes.ResourceExhausted, err.Error())
 	case errors.Is(err, ErrNotLeader):
 		return status.Error(codes.Unavailable, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):

@@ -24,6 +24,7 @@ func TestToStatus(t *testing.T) {
 		{fmt.Errorf("record node n1: %w", store.ErrSequenceConflict), codes.Aborted, "record node n1: update out of sequence; read the object again and retry"},
 		{fmt.Errorf("%w: no leader elected", ErrNotLeader), codes.Unavailable, "this manager is not the raft leader: no leader elected"},
 		{fmt.Errorf("spec: %w", &api.SpecError{Field: "name", Msg: "empty"}), codes.InvalidArgument, "spec: name: empty"},
+		{fmt.Errorf("%w (/var/lib/shoal/raft)", ErrDiskFull), codes.ResourceExhausted, "the raft data dir is full (/var/lib/shoal/raft)"},
 		{context.DeadlineExceeded, codes.DeadlineExceeded, "context deadline exceeded"},
 		{context.Canceled, codes.Canceled, "context canceled"},
 		{status.Error(codes.FailedPrecondition, "kept as it is"), codes.FailedPrecondition, "kept as it is"},

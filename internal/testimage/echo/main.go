@@ -16,6 +16,8 @@
 //	ECHO_UNHEALTHY_AFTER --unhealthy-after  GET /healthz fails from this long after the start on
 //	ECHO_ALLOCATE_MB --allocate-mb  once listening, allocate and touch this many MiB
 //	                                and keep them (to test memory limits)
+//	ECHO_LOG_KIB_S   --log-kib-s    once listening, write this many KiB of log lines a
+//	                                second to stdout (a chatty task, to test log bounds)
 //
 // Port 0 picks a free port; the start line on stdout reports the real ones.
 // POST /healthz/fail makes GET /healthz fail from then on, POST /healthz/ok
@@ -103,6 +105,7 @@ type config struct {
 	healthyAfter   time.Duration
 	unhealthyAfter time.Duration // < 0: never
 	allocateMB     int
+	logKiBs        int
 }
 
 func main() {
@@ -153,6 +156,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 		"ECHO_UDP_PORT":    &cfg.udpPort,
 		"ECHO_EXIT_CODE":   &cfg.exitCode,
 		"ECHO_ALLOCATE_MB": &cfg.allocateMB,
+		"ECHO_LOG_KIB_S":   &cfg.logKiBs,
 	} {
 		if err := envInt(key, dst); err != nil {
 			return cfg, err
@@ -182,6 +186,7 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	fs.DurationVar(&cfg.healthyAfter, "healthy-after", cfg.healthyAfter, "GET /healthz fails until this long after the start")
 	fs.DurationVar(&cfg.unhealthyAfter, "unhealthy-after", cfg.unhealthyAfter, "GET /healthz fails from this long after the start on (negative: never)")
 	fs.IntVar(&cfg.allocateMB, "allocate-mb", cfg.allocateMB, "once listening, allocate and keep this many MiB")
+	fs.IntVar(&cfg.logKiBs, "log-kib-s", cfg.logKiBs, "once listening, write this many KiB of log lines a second to stdout")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -193,6 +198,9 @@ func parseConfig(args []string, getenv func(string) string) (config, error) {
 	}
 	if cfg.allocateMB < 0 {
 		return cfg, fmt.Errorf("--allocate-mb %d is negative", cfg.allocateMB)
+	}
+	if cfg.logKiBs < 0 {
+		return cfg, fmt.Errorf("--log-kib-s %d is negative", cfg.logKiBs)
 	}
 	for name, p := range map[string]int{"http": cfg.httpPort, "tcp": cfg.tcpPort, "udp": cfg.udpPort} {
 		if p < 0 || p > 65535 {
@@ -247,6 +255,10 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (int, error) {
 		log.Info("echo allocated memory", "mib", len(held))
 	}
 
+	if cfg.logKiBs > 0 {
+		wg.Go(func() { chatter(ctx, cfg.logKiBs) })
+	}
+
 	var crash <-chan time.Time
 	if cfg.crashAfter >= 0 {
 		t := time.NewTimer(cfg.crashAfter)
@@ -272,6 +284,28 @@ func run(ctx context.Context, cfg config, log *slog.Logger) (int, error) {
 	udpConn.Close()
 	runtime.KeepAlive(held)
 	return code, nil
+}
+
+// chatter writes kibs KiB of numbered 64-byte lines a second to stdout,
+// in ten bursts a second, until ctx ends.
+func chatter(ctx context.Context, kibs int) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	n := 0
+	var buf []byte
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		buf = buf[:0]
+		for range max(kibs*1024/64/10, 1) {
+			buf = fmt.Appendf(buf, "chatter %012d %s\n", n, "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz"[:42])
+			n++
+		}
+		os.Stdout.Write(buf)
+	}
 }
 
 // pageSize is the unit the kernel charges memory in: touching one byte

@@ -459,7 +459,7 @@ func (c *controller) Remove(ctx context.Context) (err error) {
 		}
 	}
 	if c.e.cfg.LogDir != "" {
-		if err := os.Remove(c.logPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := removeLogs(c.logPath()); err != nil {
 			return fmt.Errorf("remove task %s: %w", c.id, err)
 		}
 	}

@@ -66,6 +66,12 @@ type Config struct {
 	// LogDir, when set, receives each task's stdout and stderr in
 	// <LogDir>/<task id>.log. When empty the output is discarded.
 	LogDir string
+	// LogMaxSize caps a task's log file in bytes; it is rotated past
+	// that (see logRotator). DefaultLogMaxSize when zero.
+	LogMaxSize int64
+	// LogMaxFiles is how many files a task's log may span, the live one
+	// included (1: no older parts kept). DefaultLogMaxFiles when zero.
+	LogMaxFiles int
 	// Logger receives the executor's logs; slog.Default() when nil.
 	Logger *slog.Logger
 	// Network, when set, connects tasks that have network attachments:
@@ -95,6 +101,12 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.LogMaxSize == 0 {
+		c.LogMaxSize = DefaultLogMaxSize
+	}
+	if c.LogMaxFiles == 0 {
+		c.LogMaxFiles = DefaultLogMaxFiles
+	}
 	return c
 }
 
@@ -117,6 +129,9 @@ type Executor struct {
 	// engine is the version containerd last gave, for Describe during an
 	// outage.
 	engine string
+	// stopLogs stops the log rotator; logsDone is closed when it has.
+	stopLogs chan struct{}
+	logsDone chan struct{}
 }
 
 var _ exec.Executor = (*Executor)(nil)
@@ -126,6 +141,9 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 	cfg = cfg.withDefaults()
 	if err := identifiers.Validate(cfg.Namespace); err != nil {
 		return nil, fmt.Errorf("containerd namespace %q: %w", cfg.Namespace, err)
+	}
+	if cfg.LogMaxSize < 0 || cfg.LogMaxFiles < 0 {
+		return nil, fmt.Errorf("task log limits: max size %d and max files %d must not be negative", cfg.LogMaxSize, cfg.LogMaxFiles)
 	}
 	if cfg.LogDir != "" {
 		if !filepath.IsAbs(cfg.LogDir) {
@@ -155,6 +173,16 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 		log:       cfg.Logger.With("namespace", cfg.Namespace, "node", cfg.NodeID),
 		limitSwap: canLimitSwap(),
 	}
+	if cfg.LogDir != "" {
+		// The rotator works on the files the shims write: it runs
+		// whether containerd answers or not.
+		rot := &logRotator{dir: cfg.LogDir, maxSize: cfg.LogMaxSize, maxFiles: cfg.LogMaxFiles, logger: e.log}
+		e.stopLogs, e.logsDone = make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(e.logsDone)
+			rot.run(e.stopLogs)
+		}()
+	}
 	vctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	if err := e.ensureSetUp(vctx); err != nil {
@@ -164,7 +192,7 @@ func New(ctx context.Context, cfg Config) (*Executor, error) {
 			e.log.Warn("containerd does not answer; running without it until it does", "address", cfg.Address, "err", err)
 			return e, nil
 		}
-		c.Close()
+		e.Close()
 		return nil, err
 	}
 	return e, nil
@@ -206,8 +234,14 @@ func (e *Executor) ensureSetUp(ctx context.Context) error {
 	return nil
 }
 
-// Close closes the connection to containerd. Containers keep running.
+// Close stops rotating task logs and closes the connection to
+// containerd. Containers keep running.
 func (e *Executor) Close() error {
+	if e.stopLogs != nil {
+		close(e.stopLogs)
+		<-e.logsDone
+		e.stopLogs = nil
+	}
 	return e.client.Close()
 }
 

@@ -1,0 +1,177 @@
+package e2e
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	tc "github.com/shoal-project/shoal/internal/testcluster"
+)
+
+// smallFS mounts an ext4 file system of size bytes (on a loop device)
+// under a temporary dir, and unmounts it when the test ends, whatever
+// happened; tmpfs with size= where ext4 cannot be made.
+func smallFS(t *testing.T, size int64) string {
+	t.Helper()
+	tc.Skip(t)
+	base := t.TempDir()
+	mnt := filepath.Join(base, "mnt")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	mounted := false
+	t.Cleanup(func() {
+		if mounted {
+			if err := syscall.Unmount(mnt, syscall.MNT_DETACH); err != nil {
+				t.Errorf("unmount %s: %v", mnt, err)
+			}
+		}
+	})
+	img := filepath.Join(base, "fs.img")
+	if _, err := exec.LookPath("mkfs.ext4"); err == nil && os.WriteFile(img, nil, 0o600) == nil && os.Truncate(img, size) == nil {
+		if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-m", "0", img).CombinedOutput(); err != nil {
+			t.Logf("mkfs.ext4: %v %s; using tmpfs", err, out)
+		} else if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+			t.Logf("mount %s: %v %s; using tmpfs", img, err, out)
+		} else {
+			mounted = true
+			return mnt
+		}
+	}
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		t.Fatalf("mount tmpfs: %v", err)
+	}
+	mounted = true
+	return mnt
+}
+
+// dirSize is the bytes in files under dir.
+func dirSize(dir string) int64 {
+	var total int64
+	filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().IsRegular() {
+			total += fi.Size()
+		}
+		return nil
+	})
+	return total
+}
+
+// TestDiskFullAndCorruption runs a node whose data dir is a 96 MiB file
+// system. A task writing 2 MiB of log a second would fill it in under a
+// minute; its log stays within its cap. Then the file system is filled:
+// writes fail with a clear error, reads and leadership stay, writes come
+// back once space is freed. Last, a byte of a command in raft.db is
+// flipped: shoald refuses to start, saying what is damaged and how to
+// recover, rather than serve it.
+func TestDiskFullAndCorruption(t *testing.T) {
+	mnt := smallFS(t, 96<<20)
+	data := filepath.Join(mnt, "data")
+	n := tc.NewSingle(t, tc.WithDataDir(data), tc.WithArgs("--task-log-max-size", "1M", "--task-log-max-files", "2"))
+
+	n.Ctl("service", "create", "--name", "chatty", "--env", "ECHO_LOG_KIB_S=2048", tc.Image)
+	logs := filepath.Join(data, "logs")
+	var peak int64
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		peak = max(peak, dirSize(logs))
+	}
+	// 2 files of 1 MiB, each over by at most what the task writes in two
+	// checks (2 MiB/s × 0.5 s); the task wrote 40 MiB meanwhile.
+	if bound := int64(2 * (1<<20 + 1<<20)); peak > bound {
+		t.Errorf("task logs peaked at %d bytes, want at most %d", peak, bound)
+	}
+	if peak < 1<<20 {
+		t.Errorf("task logs peaked at %d bytes: the chatty task did not write", peak)
+	}
+	n.Ctl("service", "rm", "chatty")
+	// Removing the task removes its logs: wait for that, so that the
+	// space they held is not freed while the disk is meant to be full.
+	tc.Eventually(t, 30*time.Second, "the chatty task removed", func() (bool, string) {
+		ctrs := n.Containers()
+		return len(ctrs) == 0, fmt.Sprint(ctrs)
+	})
+
+	// Fill the file system directly, as anything else on the host might.
+	filler := filepath.Join(mnt, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := f.Write(buf); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("fill: %v", err)
+			}
+			break
+		}
+	}
+	for {
+		if _, err := f.Write(buf[:4096]); err != nil {
+			break
+		}
+	}
+	f.Close()
+
+	// bbolt reuses the pages it freed before it needs new ones: big
+	// writes use those up quickly, then one finds no room.
+	big := "BIG=" + strings.Repeat("x", 64<<10)
+	var out string
+	tc.Eventually(t, 60*time.Second, "a write refused for lack of room", func() (bool, string) {
+		out, err = n.Try("service", "create", "--detach", "--name", fmt.Sprintf("w%d", time.Now().UnixNano()%1e6), "--replicas", "0", "--env", big, tc.Image)
+		return err != nil && strings.Contains(out, "raft data dir is full"), tail(out, 3)
+	})
+	if !strings.Contains(out, "free space") {
+		t.Errorf("the refusal does not say what to do:\n%s", out)
+	}
+	for range 10 {
+		if ls, err := n.Try("service", "ls"); err != nil {
+			t.Fatalf("read while the disk is full: %v\n%s", err, ls)
+		}
+		if nodes, err := n.Try("node", "ls"); err != nil || !strings.Contains(nodes, "Leader") {
+			t.Fatalf("node ls while the disk is full (%v):\n%s", err, nodes)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if pid := n.PID(); pid == 0 || syscall.Kill(pid, 0) != nil {
+		t.Fatalf("shoald exited on a full disk:\n%s", n.Log())
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	tc.Eventually(t, 30*time.Second, "writes again once space is freed", func() (bool, string) {
+		out, err := n.Try("service", "create", "--detach", "--name", "victimservice", "--replicas", "0", tc.Image)
+		return err == nil, out
+	})
+
+	n.Stop()
+	db := filepath.Join(data, "raft", "raft.db")
+	b, err := os.ReadFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte("victimservice")) {
+		t.Fatal("the service's command is not in raft.db")
+	}
+	b = bytes.ReplaceAll(b, []byte("victimservice"), []byte("victimservicf"))
+	if err := os.WriteFile(db, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = n.Shoald("run")
+	if err == nil {
+		t.Fatalf("shoald ran on a damaged raft.db:\n%s", out)
+	}
+	for _, want := range []string{"damaged", "raft.db", "docs/recovery.md"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("shoald's refusal does not mention %q:\n%s", want, out)
+		}
+	}
+}

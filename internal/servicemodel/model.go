@@ -144,6 +144,13 @@ func Step(s State, in Input, out Output) (bool, State) {
 		}
 		return true, s
 	}
+	if out.Outcome == Aborted && in.Kind != Read {
+		// A write refused on a version check (or, for a create, any
+		// conflict) changed nothing and tells nothing of the state: the
+		// orchestrator's own writes of a rollout's progress move the
+		// version too, and the model does not see them.
+		return true, s
+	}
 	switch in.Kind {
 	case Create:
 		switch out.Outcome {
@@ -158,10 +165,6 @@ func Step(s State, in Input, out Output) (bool, State) {
 			return s.Exists && out.State == written(in), written(in)
 		case NotFound:
 			return !s.Exists, s
-		case Aborted:
-			// A versionless write gives up after losing too many races
-			// with the orchestrator's own writes; it changed nothing.
-			return true, s
 		}
 	case CAS:
 		switch out.Outcome {
@@ -169,11 +172,6 @@ func Step(s State, in Input, out Output) (bool, State) {
 			return s.Exists && s.Write == in.Expect && out.State == written(in), written(in)
 		case NotFound:
 			return !s.Exists, s
-		case Aborted:
-			// The version moved. Every client write moves it, but so do
-			// the orchestrator's writes of a rollout's progress, which
-			// the model does not see: an abort is always possible.
-			return true, s
 		}
 	case Read:
 		switch out.Outcome {

@@ -37,8 +37,10 @@ func (h *History) Call(client int, in Input) func(Output) {
 	}
 }
 
-// Operations returns the history for the checker: an Unknown operation's
-// return is moved past every other operation's.
+// Operations returns the history for the checker: an Unknown write's
+// return is moved past every other operation's, and an Unknown read, which
+// changed nothing and told nothing, is left out (it would only make the
+// checker's search longer).
 func (h *History) Operations() []porcupine.Operation {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -46,12 +48,15 @@ func (h *History) Operations() []porcupine.Operation {
 	for _, op := range h.ops {
 		last = max(last, op.Return)
 	}
-	out := make([]porcupine.Operation, len(h.ops))
-	for i, op := range h.ops {
+	out := make([]porcupine.Operation, 0, len(h.ops))
+	for _, op := range h.ops {
 		if op.Output.(Output).Outcome == Unknown {
+			if op.Input.(Input).Kind == Read {
+				continue
+			}
 			op.Return = last + 1
 		}
-		out[i] = op
+		out = append(out, op)
 	}
 	return out
 }

@@ -328,7 +328,7 @@ func linSpec(name string, s sm.State) *api.ServiceSpec {
 			Container: &api.ContainerSpec{Image: s.Image},
 			Placement: &api.Placement{Constraints: []string{linNowhere}},
 		},
-		Mode:   &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: s.Replicas}},
+		Mode: &api.ServiceSpec_Replicated{Replicated: &api.ReplicatedService{Replicas: s.Replicas}},
 	}
 }
 

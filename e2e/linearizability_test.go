@@ -64,8 +64,8 @@ const (
 
 // TestLinearizableUnderFaults is a Jepsen-style test of the service
 // table: clients create, update (scale or change the image), update
-// with a version check, and read services through all three managers of
-// a lab while a nemesis kills, SIGSTOPs and partitions managers
+// with a version check, remove and read services through all three
+// managers of a lab while a nemesis kills, SIGSTOPs and partitions managers
 // (nftables drops inside the lab's namespaces). The recorded history
 // must be linearizable against internal/servicemodel's model. The
 // clients call the Control API once per operation, with no retry of
@@ -268,6 +268,8 @@ func (cl *linClient) run(ctx context.Context) {
 			cl.read(ctx, name)
 		case r < 70:
 			cl.put(ctx, name)
+		case r < 77:
+			cl.remove(ctx, name)
 		default:
 			// Read, then write only if nothing changed since.
 			if cl.read(ctx, name) == sm.OK {
@@ -401,6 +403,18 @@ func (cl *linClient) update(ctx context.Context, name string, in sm.Input, versi
 	if out.Outcome == sm.OK {
 		out.State = linState(resp.GetService())
 		cl.known[name] = knownService{out.State, resp.GetService().GetMeta().GetVersion()}
+	}
+	done(out)
+}
+
+func (cl *linClient) remove(ctx context.Context, name string) {
+	done := cl.h.Call(cl.id, sm.Input{Kind: sm.Remove, Service: name})
+	cctx, cancel := cl.call(ctx)
+	_, err := cl.api.RemoveService(cctx, &api.RemoveServiceRequest{Service: name})
+	cancel()
+	out := sm.Output{Outcome: cl.outcome("remove "+name, err)}
+	if out.Outcome == sm.OK {
+		delete(cl.known, name)
 	}
 	done(out)
 }

@@ -10,7 +10,7 @@
 // expected). Operations are create (fails if the service exists), put (an
 // update that names no version: a blind write of the whole spec), cas (an
 // update that names the meta.version the client read: it may succeed only
-// if no write came between that read and it) and read.
+// if no write came between that read and it), remove and read.
 //
 // An operation whose outcome the client could not learn (a timeout, a
 // dropped connection, a manager that stopped answering) is Unknown: the
@@ -37,6 +37,7 @@ const (
 	Put
 	CAS
 	Read
+	Remove
 )
 
 func (k Kind) String() string {
@@ -49,6 +50,8 @@ func (k Kind) String() string {
 		return "cas"
 	case Read:
 		return "read"
+	case Remove:
+		return "remove"
 	}
 	return fmt.Sprintf("kind(%d)", int(k))
 }
@@ -87,7 +90,8 @@ type Outcome int
 
 // Outcomes.
 const (
-	// OK: the call succeeded; Output.State is what it returned.
+	// OK: the call succeeded; Output.State is what it returned (nothing
+	// for a remove).
 	OK Outcome = iota + 1
 	// AlreadyExists: a create found the service there; nothing changed.
 	AlreadyExists
@@ -141,6 +145,8 @@ func Step(s State, in Input, out Output) (bool, State) {
 			in.Kind == Put && s.Exists,
 			in.Kind == CAS && s.Exists && s.Write == in.Expect:
 			return true, written(in)
+		case in.Kind == Remove:
+			return true, State{}
 		}
 		return true, s
 	}
@@ -170,6 +176,13 @@ func Step(s State, in Input, out Output) (bool, State) {
 		switch out.Outcome {
 		case OK:
 			return s.Exists && s.Write == in.Expect && out.State == written(in), written(in)
+		case NotFound:
+			return !s.Exists, s
+		}
+	case Remove:
+		switch out.Outcome {
+		case OK:
+			return s.Exists, State{}
 		case NotFound:
 			return !s.Exists, s
 		}

@@ -34,6 +34,7 @@ func create(s State) Input             { return Input{Kind: Create, New: s} }
 func put(s State) Input                { return Input{Kind: Put, New: s} }
 func cas(expect string, s State) Input { return Input{Kind: CAS, Expect: expect, New: s} }
 func read() Input                      { return Input{Kind: Read} }
+func remove() Input                    { return Input{Kind: Remove} }
 func ok(s State) Output                { return Output{Outcome: OK, State: s} }
 func fail(o Outcome) Output            { return Output{Outcome: o} }
 
@@ -122,6 +123,28 @@ func TestStepHistories(t *testing.T) {
 			op(1, 4, forever, cas("a", c), fail(Unknown)),
 			op(0, 10, 11, read(), ok(c)),
 		}, false},
+		{"remove, then create again", []porcupine.Operation{
+			op(0, 0, 1, create(a), ok(a)),
+			op(1, 2, 3, remove(), ok(State{})),
+			op(0, 4, 5, read(), fail(NotFound)),
+			op(0, 6, 7, create(b), ok(b)),
+			op(1, 8, 9, read(), ok(b)),
+		}, true},
+		{"read after a completed remove still finds it", []porcupine.Operation{
+			op(0, 0, 1, create(a), ok(a)),
+			op(1, 2, 3, remove(), ok(State{})),
+			op(0, 4, 5, read(), ok(a)),
+		}, false},
+		{"two removes both succeed", []porcupine.Operation{
+			op(0, 0, 1, create(a), ok(a)),
+			op(1, 2, 4, remove(), ok(State{})),
+			op(2, 3, 5, remove(), ok(State{})),
+		}, false},
+		{"create after a completed remove finds it", []porcupine.Operation{
+			op(0, 0, 1, create(a), ok(a)),
+			op(1, 2, 3, remove(), ok(State{})),
+			op(0, 4, 5, create(b), fail(AlreadyExists)),
+		}, false},
 		{"services are independent", []porcupine.Operation{
 			op(0, 0, 1, create(a), ok(a)),
 			op(1, 2, 3, Input{Kind: Read, Service: "db"}, fail(NotFound)),
@@ -175,7 +198,7 @@ func (tb *table) do(in Input) Output {
 		if cur.Exists {
 			return fail(AlreadyExists)
 		}
-	case Put:
+	case Put, Remove:
 		if !cur.Exists {
 			return fail(NotFound)
 		}
@@ -187,8 +210,13 @@ func (tb *table) do(in Input) Output {
 			return fail(Aborted)
 		}
 	}
-	tb.m[in.Service] = written(in)
-	out = ok(written(in))
+	if in.Kind == Remove {
+		tb.m[in.Service] = State{}
+		out = ok(State{})
+	} else {
+		tb.m[in.Service] = written(in)
+		out = ok(written(in))
+	}
 	tb.writes++
 	if tb.lag > 0 && tb.writes%tb.lag == 0 {
 		for k, v := range tb.m {
@@ -219,6 +247,8 @@ func record(t *testing.T, tb *table, clients, opsEach int) []porcupine.Operation
 					in = Input{Kind: Put, Service: name, New: s}
 				case r < 7:
 					in = Input{Kind: CAS, Service: name, New: s, Expect: last[name]}
+				case r < 8:
+					in = Input{Kind: Remove, Service: name}
 				default:
 					in = Input{Kind: Read, Service: name}
 				}
@@ -283,6 +313,13 @@ func TestWrongModelFails(t *testing.T) {
 		"create overwrites": func(s State, in Input, out Output) (bool, State) {
 			if in.Kind == Create && out.Outcome != Unknown {
 				return out.Outcome == OK, written(in)
+			}
+			return Step(s, in, out)
+		},
+		// A successful remove leaves the service there.
+		"remove is a no-op": func(s State, in Input, out Output) (bool, State) {
+			if in.Kind == Remove && out.Outcome == OK {
+				return s.Exists, s
 			}
 			return Step(s, in, out)
 		},

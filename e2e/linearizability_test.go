@@ -71,7 +71,7 @@ const (
 // clients call the Control API once per operation, with no retry of
 // their own, so that a retry cannot hide a lost or doubled write; a call
 // that fails in a way that leaves its effect unknown is recorded as
-// Unknown. This bounded run takes about a minute and a half.
+// Unknown. This bounded run takes about a minute, lab included.
 func TestLinearizableUnderFaults(t *testing.T) {
 	runLinearizability(t, 0)
 }

@@ -23,7 +23,7 @@ DEB_OUT ?= $(BIN)
 VMPKG       := ./e2e/vm
 VMTESTFLAGS ?= -count=1 -timeout 40m -p 1
 
-.PHONY: all build setup proto proto-check vet test unit e2e test-vm bench demo demo-down vm-demo vm-demo-down clean install uninstall deb
+.PHONY: all build setup proto proto-check vet test unit e2e test-vm bench soak demo demo-down vm-demo vm-demo-down clean install uninstall deb
 
 all: build
 
@@ -109,6 +109,14 @@ bench: setup build
 	$(GOTEST) -run '^$$' -bench . -timeout 20m ./network/lb/nft/ ./manager/dispatcher/ | tee -a $(BIN)/bench.txt
 	$(GOTEST) -run '^$$' -bench . -timeout 20m ./scheduler/ | tee -a $(BIN)/bench.txt
 	$(MAKE) bench-vm
+
+# The linearizability test's long run (e2e/linearizability_test.go):
+# random kills, SIGSTOPs and partitions of a 3-manager lab's managers for
+# SOAK (default 10m), then the history is checked against the model of
+# the service table. `make test` runs the bounded version.
+SOAK ?= 10m
+soak: setup build
+	SHOAL_SOAK=$(SOAK) $(GOTEST) -count=1 -timeout 2h -v -run '^TestLinearizableSoak$$' ./e2e/
 
 # The VM tier's benchmarks on a cluster of their own (skipped where the
 # tier cannot run): the mesh with IPVS and with nftables against the task

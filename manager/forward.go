@@ -128,3 +128,101 @@ func (c controlServer) RemoveNetwork(ctx context.Context, req *api.RemoveNetwork
 		// The answer names no version to wait for.
 		func(*api.RemoveNetworkResponse) *api.Meta { return nil })
 }
+
+// linearize makes the read (or the lookup of a write made here) that
+// follows see every write completed before it began, on any manager: it
+// gets a read index from the leader (itself when leading) and waits until
+// this manager's store has applied it. Without it a follower answers from
+// a store that may lag by a few entries, a leader cut off from the others
+// from one frozen at the partition, and a restarted manager from one not
+// caught up yet (all three found by TestLinearizableUnderFaults). Swarm
+// gets the same by sending every control call to the leader; a read index
+// keeps the read and its answer local. Without a dialer (tests, single
+// managers) a follower reads its own store.
+func (c controlServer) linearize(ctx context.Context) error {
+	var idx uint64
+	switch {
+	case c.m.raft.IsLeader():
+		i, err := c.m.raft.ReadIndex(ctx)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "confirm this manager still leads: %v; try again shortly", err)
+		}
+		idx = i
+	case c.m.cfg.Dial == nil:
+		return nil
+	default:
+		addr := c.m.raft.LeaderAddr()
+		if addr == "" {
+			return status.Error(codes.Unavailable, "no raft leader elected: try again shortly")
+		}
+		conn, err := c.m.cfg.Dial(ctx, addr)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
+		}
+		rctx, cancel := context.WithTimeout(ctx, forwardTimeout)
+		defer cancel()
+		resp, err := api.NewRaftMembershipClient(conn).ReadIndex(rctx, &api.ReadIndexRequest{})
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "read index from the leader at %s: %v", addr, status.Convert(err).Message())
+		}
+		idx = resp.GetIndex()
+	}
+	if err := c.m.raft.WaitApplied(ctx, idx); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	return nil
+}
+
+// read is a control call answered from this manager's store once it is
+// linearized.
+func read[Req, Resp any](ctx context.Context, c controlServer, req Req, local func(context.Context, Req) (Resp, error)) (Resp, error) {
+	if err := c.linearize(ctx); err != nil {
+		var zero Resp
+		return zero, err
+	}
+	return local(ctx, req)
+}
+
+func (c controlServer) GetCluster(ctx context.Context, req *api.GetClusterRequest) (*api.GetClusterResponse, error) {
+	return read(ctx, c, req, c.Server.GetCluster)
+}
+
+func (c controlServer) ListNodes(ctx context.Context, req *api.ListNodesRequest) (*api.ListNodesResponse, error) {
+	return read(ctx, c, req, c.Server.ListNodes)
+}
+
+func (c controlServer) GetNode(ctx context.Context, req *api.GetNodeRequest) (*api.GetNodeResponse, error) {
+	return read(ctx, c, req, c.Server.GetNode)
+}
+
+func (c controlServer) UpdateNode(ctx context.Context, req *api.UpdateNodeRequest) (*api.UpdateNodeResponse, error) {
+	return read(ctx, c, req, c.Server.UpdateNode)
+}
+
+func (c controlServer) RemoveNode(ctx context.Context, req *api.RemoveNodeRequest) (*api.RemoveNodeResponse, error) {
+	return read(ctx, c, req, c.Server.RemoveNode)
+}
+
+func (c controlServer) GetService(ctx context.Context, req *api.GetServiceRequest) (*api.GetServiceResponse, error) {
+	return read(ctx, c, req, c.Server.GetService)
+}
+
+func (c controlServer) ListServices(ctx context.Context, req *api.ListServicesRequest) (*api.ListServicesResponse, error) {
+	return read(ctx, c, req, c.Server.ListServices)
+}
+
+func (c controlServer) RemoveService(ctx context.Context, req *api.RemoveServiceRequest) (*api.RemoveServiceResponse, error) {
+	return read(ctx, c, req, c.Server.RemoveService)
+}
+
+func (c controlServer) ListTasks(ctx context.Context, req *api.ListTasksRequest) (*api.ListTasksResponse, error) {
+	return read(ctx, c, req, c.Server.ListTasks)
+}
+
+func (c controlServer) GetNetwork(ctx context.Context, req *api.GetNetworkRequest) (*api.GetNetworkResponse, error) {
+	return read(ctx, c, req, c.Server.GetNetwork)
+}
+
+func (c controlServer) ListNetworks(ctx context.Context, req *api.ListNetworksRequest) (*api.ListNetworksResponse, error) {
+	return read(ctx, c, req, c.Server.ListNetworks)
+}

@@ -131,6 +131,18 @@ func (s *membership) Propose(ctx context.Context, req *api.ProposeRequest) (*api
 	return &api.ProposeResponse{Index: idx, Error: kind, Message: err.Error()}, nil
 }
 
+// ReadIndex answers a follower's linearizable read (see state.Node.ReadIndex).
+func (s *membership) ReadIndex(ctx context.Context, _ *api.ReadIndexRequest) (*api.ReadIndexResponse, error) {
+	idx, err := s.m.raft.ReadIndex(ctx)
+	if errors.Is(err, state.ErrNotLeader) {
+		return nil, s.notLeader()
+	}
+	if err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	return &api.ReadIndexResponse{Index: idx}, nil
+}
+
 // proposeError turns a forwarded refusal back into the store's error.
 func proposeError(resp *api.ProposeResponse) error {
 	var base error

@@ -90,6 +90,14 @@ type Node struct {
 
 	keysMu sync.Mutex // guards keys' wrapping
 	keys   *keyring
+
+	// logs is the log store raft uses (sealed, checksummed), for
+	// ReadIndex to find the last command at or below an index.
+	logs raft.LogStore
+	// readTerm is the term in which this member, leading, last committed
+	// a barrier: from then on its commit index covers every earlier
+	// leader's writes, and ReadIndex may hand it out.
+	readTerm atomic.Uint64
 }
 
 // HasState reports whether dir already holds a raft member's state.
@@ -154,7 +162,7 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 	stable := guardedStable{StableStore: bolt, g: guard}
 	snaps := guardedSnapshots{SnapshotStore: sealedSnaps, g: guard}
 	rc := raftConfig(cfg)
-	n := &Node{store: store.New(), bolt: bolt, snaps: snaps, guard: guard, cfg: cfg, logger: cfg.Logger, keys: keys,
+	n := &Node{store: store.New(), bolt: bolt, snaps: snaps, guard: guard, cfg: cfg, logger: cfg.Logger, keys: keys, logs: logs,
 		stop: make(chan struct{}), done: make(chan struct{})}
 	fail := func(err error) (*Node, error) {
 		guard.close()
@@ -381,6 +389,63 @@ func (n *Node) WaitApplied(ctx context.Context, idx uint64) error {
 		}
 	}
 	return nil
+}
+
+// ReadIndex is the leader's half of a linearizable read (Raft's
+// ReadIndex, Ongaro's thesis 6.4): a store index (WaitApplied) that, once
+// applied, holds every write committed before the call. A new leader first commits a
+// barrier in its term, since until an entry of its own term commits its
+// commit index may lag its predecessor's; then it notes its commit index
+// and confirms with a quorum that it still leads (a deposed leader cut
+// off from the others must not hand out an index of its stale log).
+func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
+	if !n.IsLeader() {
+		return 0, ErrNotLeader
+	}
+	term := n.raft.CurrentTerm()
+	if n.readTerm.Load() != term {
+		if err := n.raft.Barrier(applyTimeout).Error(); err != nil {
+			return 0, fmt.Errorf("%w: read barrier: %v", ErrNotLeader, err)
+		}
+		n.readTerm.Store(term)
+	}
+	idx := n.raft.CommitIndex()
+	verify := n.raft.VerifyLeader()
+	done := make(chan error, 1)
+	go func() { done <- verify.Error() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			return 0, fmt.Errorf("%w: %v", ErrNotLeader, err)
+		}
+	case <-ctx.Done():
+		return 0, fmt.Errorf("confirm leadership: %w", ctx.Err())
+	}
+	if n.raft.CurrentTerm() != term {
+		return 0, fmt.Errorf("%w: the term changed while confirming", ErrNotLeader)
+	}
+	return n.lastCommandAtOrBelow(idx), nil
+}
+
+// lastCommandAtOrBelow turns a raft index into the store index that a
+// read must wait for: the store counts the commands it applied (Index),
+// not raft's own entries (no-ops, barriers, configurations), so waiting
+// for a commit index that ends in one of those would wait for the next
+// write. It is the last command at or below idx, found in the log above
+// what the store holds already; when an entry cannot be read, idx itself
+// (a read then waits for the next write rather than read too early).
+func (n *Node) lastCommandAtOrBelow(idx uint64) uint64 {
+	applied := n.store.Index()
+	for i := idx; i > applied; i-- {
+		var l raft.Log
+		if err := n.logs.GetLog(i, &l); err != nil {
+			return idx
+		}
+		if l.Type == raft.LogCommand {
+			return i
+		}
+	}
+	return applied
 }
 
 // ProposeCommand commits a command on the leader and returns its index.

@@ -19,9 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RaftMembership_Join_FullMethodName    = "/shoal.v1.RaftMembership/Join"
-	RaftMembership_Leave_FullMethodName   = "/shoal.v1.RaftMembership/Leave"
-	RaftMembership_Propose_FullMethodName = "/shoal.v1.RaftMembership/Propose"
+	RaftMembership_Join_FullMethodName      = "/shoal.v1.RaftMembership/Join"
+	RaftMembership_Leave_FullMethodName     = "/shoal.v1.RaftMembership/Leave"
+	RaftMembership_Propose_FullMethodName   = "/shoal.v1.RaftMembership/Propose"
+	RaftMembership_ReadIndex_FullMethodName = "/shoal.v1.RaftMembership/ReadIndex"
 )
 
 // RaftMembershipClient is the client API for RaftMembership service.
@@ -40,6 +41,12 @@ type RaftMembershipClient interface {
 	// so that every manager can take writes. The answer carries the log
 	// index, which the follower waits to apply before it answers its caller.
 	Propose(ctx context.Context, in *ProposeRequest, opts ...grpc.CallOption) (*ProposeResponse, error)
+	// ReadIndex makes a follower's reads linearizable (Raft's ReadIndex):
+	// the leader confirms it still leads and answers with the index of the
+	// last command at or below its commit index; a read that waits until its
+	// own manager's store has applied that index sees every write that
+	// completed before it began, wherever it was made.
+	ReadIndex(ctx context.Context, in *ReadIndexRequest, opts ...grpc.CallOption) (*ReadIndexResponse, error)
 }
 
 type raftMembershipClient struct {
@@ -80,6 +87,16 @@ func (c *raftMembershipClient) Propose(ctx context.Context, in *ProposeRequest, 
 	return out, nil
 }
 
+func (c *raftMembershipClient) ReadIndex(ctx context.Context, in *ReadIndexRequest, opts ...grpc.CallOption) (*ReadIndexResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReadIndexResponse)
+	err := c.cc.Invoke(ctx, RaftMembership_ReadIndex_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RaftMembershipServer is the server API for RaftMembership service.
 // All implementations must embed UnimplementedRaftMembershipServer
 // for forward compatibility.
@@ -96,6 +113,12 @@ type RaftMembershipServer interface {
 	// so that every manager can take writes. The answer carries the log
 	// index, which the follower waits to apply before it answers its caller.
 	Propose(context.Context, *ProposeRequest) (*ProposeResponse, error)
+	// ReadIndex makes a follower's reads linearizable (Raft's ReadIndex):
+	// the leader confirms it still leads and answers with the index of the
+	// last command at or below its commit index; a read that waits until its
+	// own manager's store has applied that index sees every write that
+	// completed before it began, wherever it was made.
+	ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error)
 	mustEmbedUnimplementedRaftMembershipServer()
 }
 
@@ -114,6 +137,9 @@ func (UnimplementedRaftMembershipServer) Leave(context.Context, *LeaveRequest) (
 }
 func (UnimplementedRaftMembershipServer) Propose(context.Context, *ProposeRequest) (*ProposeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Propose not implemented")
+}
+func (UnimplementedRaftMembershipServer) ReadIndex(context.Context, *ReadIndexRequest) (*ReadIndexResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReadIndex not implemented")
 }
 func (UnimplementedRaftMembershipServer) mustEmbedUnimplementedRaftMembershipServer() {}
 func (UnimplementedRaftMembershipServer) testEmbeddedByValue()                        {}
@@ -190,6 +216,24 @@ func _RaftMembership_Propose_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RaftMembership_ReadIndex_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadIndexRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RaftMembershipServer).ReadIndex(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RaftMembership_ReadIndex_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RaftMembershipServer).ReadIndex(ctx, req.(*ReadIndexRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RaftMembership_ServiceDesc is the grpc.ServiceDesc for RaftMembership service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -208,6 +252,10 @@ var RaftMembership_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Propose",
 			Handler:    _RaftMembership_Propose_Handler,
+		},
+		{
+			MethodName: "ReadIndex",
+			Handler:    _RaftMembership_ReadIndex_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -5,51 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/shoal-project/shoal/internal/smallfs"
+
 	tc "github.com/shoal-project/shoal/internal/testcluster"
 )
 
-// smallFS mounts an ext4 file system of size bytes (on a loop device)
-// under a temporary dir, and unmounts it when the test ends, whatever
-// happened; tmpfs with size= where ext4 cannot be made.
+// smallFS is a small file system for the test to fill (smallfs.Mount).
 func smallFS(t *testing.T, size int64) string {
 	t.Helper()
 	tc.Skip(t)
-	base := t.TempDir()
-	mnt := filepath.Join(base, "mnt")
-	if err := os.Mkdir(mnt, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	mounted := false
-	t.Cleanup(func() {
-		if mounted {
-			if err := syscall.Unmount(mnt, syscall.MNT_DETACH); err != nil {
-				t.Errorf("unmount %s: %v", mnt, err)
-			}
-		}
-	})
-	img := filepath.Join(base, "fs.img")
-	if _, err := exec.LookPath("mkfs.ext4"); err == nil && os.WriteFile(img, nil, 0o600) == nil && os.Truncate(img, size) == nil {
-		if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-m", "0", img).CombinedOutput(); err != nil {
-			t.Logf("mkfs.ext4: %v %s; using tmpfs", err, out)
-		} else if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-			t.Logf("mount %s: %v %s; using tmpfs", img, err, out)
-		} else {
-			mounted = true
-			return mnt
-		}
-	}
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		t.Fatalf("mount tmpfs: %v", err)
-	}
-	mounted = true
-	return mnt
+	return smallfs.Mount(t, size)
 }
 
 // dirSize is the bytes in files under dir.

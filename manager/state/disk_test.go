@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shoal-project/shoal/internal/smallfs"
 
 	"github.com/hashicorp/raft"
 
@@ -18,46 +19,10 @@ import (
 	"github.com/shoal-project/shoal/manager/store"
 )
 
-// smallFS mounts a file system of size bytes under a temporary dir: ext4
-// on a loop device when mkfs.ext4 and loop devices are there, else tmpfs
-// with size= (full is full either way). It is unmounted when the test
-// ends, whatever happened.
+// smallFS is a small file system for the test to fill (smallfs.Mount).
 func smallFS(t *testing.T, size int64) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a small file system needs root")
-	}
-	base := t.TempDir()
-	mnt := filepath.Join(base, "mnt")
-	if err := os.Mkdir(mnt, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	mounted := false
-	t.Cleanup(func() {
-		if mounted {
-			if err := syscall.Unmount(mnt, syscall.MNT_DETACH); err != nil {
-				t.Errorf("unmount %s: %v", mnt, err)
-			}
-		}
-	})
-	if _, err := exec.LookPath("mkfs.ext4"); err == nil {
-		img := filepath.Join(base, "fs.img")
-		if err := os.WriteFile(img, nil, 0o600); err == nil && os.Truncate(img, size) == nil {
-			if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-m", "0", img).CombinedOutput(); err != nil {
-				t.Logf("mkfs.ext4: %v: %s; using tmpfs", err, out)
-			} else if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
-				t.Logf("mount %s: %v: %s; using tmpfs", img, err, out)
-			} else {
-				mounted = true
-				return mnt
-			}
-		}
-	}
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		t.Skipf("mount tmpfs: %v", err)
-	}
-	mounted = true
-	return mnt
+	return smallfs.Mount(t, size)
 }
 
 // fill writes path until the file system has no room left.

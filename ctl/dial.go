@@ -153,9 +153,38 @@ func (f *failover) NewStream(ctx context.Context, desc *grpc.StreamDesc, method 
 	return reachStream{ClientStream: s, reacher: r}, nil
 }
 
+// leaderWait bounds how long a read waits for a leader when every manager
+// answered that it has none (an election after the leader was lost takes
+// a second or two): reads are linearizable, so they need one.
+const leaderWait = 10 * time.Second
+
+// leaderRetry is the pause between two rounds of such a read.
+const leaderRetry = 250 * time.Millisecond
+
 // try makes the call on the current target, then on the others in turn
-// while the way it failed allows it.
+// while the way it failed allows it. A read that every manager reached
+// answered Unavailable (no leader on its side) is tried again, for up to
+// leaderWait.
 func (f *failover) try(ctx context.Context, method string, call func(*grpc.ClientConn) error) (reacher, error) {
+	deadline := time.Now().Add(leaderWait)
+	for {
+		r, err, leaderless := f.round(ctx, method, call)
+		if !leaderless || !readOnly[method] || time.Now().Add(leaderRetry).After(deadline) {
+			return r, err
+		}
+		select {
+		case <-ctx.Done():
+			return r, err
+		case <-time.After(leaderRetry):
+		}
+	}
+}
+
+// round is one pass of try over the targets. leaderless says that it
+// failed, that some target answered Unavailable itself (no leader on its
+// side) and that the others could not be reached: a dead leader's
+// manager among live followers that have not elected a new one yet.
+func (f *failover) round(ctx context.Context, method string, call func(*grpc.ClientConn) error) (_ reacher, _ error, leaderless bool) {
 	f.mu.Lock()
 	start := f.current
 	f.mu.Unlock()
@@ -174,20 +203,22 @@ func (f *failover) try(ctx context.Context, method string, call func(*grpc.Clien
 		if how == answered {
 			f.answered(k)
 		}
+		noLeader := how == answered && status.Code(raw) == codes.Unavailable
+		leaderless = leaderless || noLeader
 		moveOn := how == unreached ||
-			readOnly[method] && (how == dropped || how == answered && status.Code(raw) == codes.Unavailable)
+			readOnly[method] && (how == dropped || noLeader)
 		if !moveOn {
 			if how == dropped && !readOnly[method] {
 				err = fmt.Errorf("%w (the connection broke during the call, so it may have been done: look before you repeat it)", err)
 			}
-			return r, err
+			return r, err, false
 		}
 		if len(f.targets) > 1 {
 			err = argError(t.String(), err)
 		}
 		errs = append(errs, err)
 	}
-	return reacher{}, noneAnswered(f.targets, errs)
+	return reacher{}, noneAnswered(f.targets, errs), leaderless
 }
 
 // answered makes target k the current one, and remembers it as the one

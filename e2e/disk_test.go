@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
 	"github.com/shoal-project/shoal/internal/smallfs"
 
 	tc "github.com/shoal-project/shoal/internal/testcluster"
@@ -129,10 +132,16 @@ func TestDiskFullAndCorruption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Contains(b, []byte("victimservice")) {
-		t.Fatal("the service's command is not in raft.db")
+	// Commands are sealed at rest: change a byte of the last command's
+	// bytes as stored (all copies of them, as a bad sector under the live
+	// page would look).
+	stored := lastCommand(t, db)
+	if !bytes.Contains(b, stored) {
+		t.Fatal("the last command is not in raft.db")
 	}
-	b = bytes.ReplaceAll(b, []byte("victimservice"), []byte("victimservicf"))
+	flipped := bytes.Clone(stored)
+	flipped[len(flipped)/2] ^= 0x01
+	b = bytes.ReplaceAll(b, stored, flipped)
 	if err := os.WriteFile(db, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -145,4 +154,34 @@ func TestDiskFullAndCorruption(t *testing.T) {
 			t.Errorf("shoald's refusal does not mention %q:\n%s", want, out)
 		}
 	}
+}
+
+// lastCommand is the data of the last command in the raft log at path,
+// as it is stored.
+func lastCommand(t *testing.T, path string) []byte {
+	t.Helper()
+	logs, err := raftboltdb.New(raftboltdb.Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logs.Close()
+	first, err := logs.FirstIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := logs.LastIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := last; i >= first && i > 0; i-- {
+		var l raft.Log
+		if err := logs.GetLog(i, &l); err != nil {
+			t.Fatal(err)
+		}
+		if l.Type == raft.LogCommand && len(l.Data) >= 32 {
+			return l.Data
+		}
+	}
+	t.Fatal("no command in the raft log")
+	return nil
 }

@@ -58,7 +58,9 @@ func TestCLIReachesAnyManager(t *testing.T) {
 	}
 
 	t.Run("plain shoalctl", func(t *testing.T) {
-		// At once, with no retry: reads need no leader.
+		// Reads are linearizable, so they need a leader too: the others
+		// elect one while shoalctl waits for it (up to ten seconds), with
+		// no retry here.
 		next := answering(t)
 		if next == used || !strings.HasPrefix(next, "manager") {
 			t.Fatalf("after %s died, node ls was answered by %q, want another manager", used, next)

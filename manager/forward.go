@@ -140,38 +140,52 @@ func (c controlServer) RemoveNetwork(ctx context.Context, req *api.RemoveNetwork
 // keeps the read and its answer local. Without a dialer (tests, single
 // managers) a follower reads its own store.
 func (c controlServer) linearize(ctx context.Context) error {
+	// The errors say what happened without the transport's own words
+	// ("connection refused"...): a client would take those for this
+	// manager being unreachable, not its leader.
 	var idx uint64
-	switch {
-	case c.m.raft.IsLeader():
-		i, err := c.m.raft.ReadIndex(ctx)
-		if err != nil {
-			return status.Errorf(codes.Unavailable, "confirm this manager still leads: %v; try again shortly", err)
-		}
+	if i, ok := c.m.raft.SoleVoterReadIndex(); ok {
 		idx = i
-	case c.m.cfg.Dial == nil:
-		return nil
-	default:
-		addr := c.m.raft.LeaderAddr()
-		if addr == "" {
-			return status.Error(codes.Unavailable, "no raft leader elected: try again shortly")
+	} else {
+		switch {
+		case c.m.raft.IsLeader():
+			i, err := c.m.raft.ReadIndex(ctx)
+			if err != nil {
+				c.m.logger.Debug("read index", "err", err)
+				return status.Error(codes.Unavailable, "this manager could not confirm it still leads (no quorum answered): try again shortly")
+			}
+			idx = i
+		case c.m.cfg.Dial == nil:
+			return nil
+		default:
+			addr := c.m.raft.LeaderAddr()
+			if addr == "" {
+				return status.Error(codes.Unavailable, "no raft leader elected: try again shortly")
+			}
+			rctx, cancel := context.WithTimeout(ctx, readIndexTimeout)
+			defer cancel()
+			conn, err := c.m.cfg.Dial(rctx, addr)
+			var resp *api.ReadIndexResponse
+			if err == nil {
+				resp, err = api.NewRaftMembershipClient(conn).ReadIndex(rctx, &api.ReadIndexRequest{})
+			}
+			if err != nil {
+				c.m.logger.Debug("read index from the leader", "leader", addr, "err", err)
+				return status.Errorf(codes.Unavailable, "the raft leader (%s) did not answer for a consistent read: try again shortly", addr)
+			}
+			idx = resp.GetIndex()
 		}
-		conn, err := c.m.cfg.Dial(ctx, addr)
-		if err != nil {
-			return status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
-		}
-		rctx, cancel := context.WithTimeout(ctx, forwardTimeout)
-		defer cancel()
-		resp, err := api.NewRaftMembershipClient(conn).ReadIndex(rctx, &api.ReadIndexRequest{})
-		if err != nil {
-			return status.Errorf(codes.Unavailable, "read index from the leader at %s: %v", addr, status.Convert(err).Message())
-		}
-		idx = resp.GetIndex()
 	}
 	if err := c.m.raft.WaitApplied(ctx, idx); err != nil {
 		return status.FromContextError(err).Err()
 	}
 	return nil
 }
+
+// readIndexTimeout bounds asking the leader for a read index: it answers
+// within a heartbeat round unless it is lost, and a read had better fail
+// fast then (the client tries another manager, or again).
+const readIndexTimeout = 5 * time.Second
 
 // read is a control call answered from this manager's store once it is
 // linearized.

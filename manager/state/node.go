@@ -427,6 +427,28 @@ func (n *Node) ReadIndex(ctx context.Context) (uint64, error) {
 	return n.lastCommandAtOrBelow(idx), nil
 }
 
+// SoleVoterReadIndex is the read index of a member that is the only voter
+// of its configuration: every entry of its log was committed by itself,
+// so a read that waits for the last command in its log sees every write
+// ever made, whether it leads at the moment or not (a lone manager whose
+// disk is full steps down and up again, and keeps serving reads). ok is
+// false when there are other voters.
+func (n *Node) SoleVoterReadIndex() (idx uint64, ok bool) {
+	servers := n.raft.GetConfiguration().Configuration().Servers
+	voters := 0
+	self := false
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+			self = self || s.ID == raft.ServerID(n.cfg.ID)
+		}
+	}
+	if voters != 1 || !self {
+		return 0, false
+	}
+	return n.lastCommandAtOrBelow(n.raft.LastIndex()), true
+}
+
 // lastCommandAtOrBelow turns a raft index into the store index that a
 // read must wait for: the store counts the commands it applied (Index),
 // not raft's own entries (no-ops, barriers, configurations), so waiting

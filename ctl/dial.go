@@ -167,8 +167,13 @@ const leaderRetry = 250 * time.Millisecond
 // leaderWait.
 func (f *failover) try(ctx context.Context, method string, call func(*grpc.ClientConn) error) (reacher, error) {
 	deadline := time.Now().Add(leaderWait)
+	f.mu.Lock()
+	start := f.current
+	f.mu.Unlock()
 	for {
-		r, err, leaderless := f.round(ctx, method, call)
+		// Each round asks in the same order, so that the error names the
+		// managers as the first round found them.
+		r, err, leaderless := f.round(ctx, method, start, call)
 		if !leaderless || !readOnly[method] || time.Now().Add(leaderRetry).After(deadline) {
 			return r, err
 		}
@@ -184,10 +189,7 @@ func (f *failover) try(ctx context.Context, method string, call func(*grpc.Clien
 // failed, that some target answered Unavailable itself (no leader on its
 // side) and that the others could not be reached: a dead leader's
 // manager among live followers that have not elected a new one yet.
-func (f *failover) round(ctx context.Context, method string, call func(*grpc.ClientConn) error) (_ reacher, _ error, leaderless bool) {
-	f.mu.Lock()
-	start := f.current
-	f.mu.Unlock()
+func (f *failover) round(ctx context.Context, method string, start int, call func(*grpc.ClientConn) error) (_ reacher, _ error, leaderless bool) {
 	var errs []error
 	for i := range f.targets {
 		k := (start + i) % len(f.targets)

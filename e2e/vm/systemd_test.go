@@ -54,15 +54,15 @@ func TestContainerdRestart(t *testing.T) {
 	for svc, n := range services {
 		first[svc] = c.converged(t, svc, servicecheck.Want{Replicas: n})
 	}
+	// A worker with a replica of the mesh service if there is one (the
+	// earlier tests leave them where scaling put them); else the first
+	// worker, which gets the ten pinned tasks below anyway.
 	withTask := c.perNode(t, first[meshService])
-	node := ""
+	node := c.Nodes[1].Name
 	for _, n := range c.Nodes[1:] {
 		if withTask[n.Name] > 0 {
 			node = n.Name
 		}
-	}
-	if node == "" {
-		t.Fatalf("no worker runs a replica of %s: %v", meshService, withTask)
 	}
 	image, err := c.EchoImage(testContext(t))
 	if err != nil {

@@ -2,8 +2,10 @@ package manager
 
 import (
 	"context"
+	"errors"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -35,15 +37,28 @@ func (c controlServer) leader(ctx context.Context) (api.ControlClient, error) {
 	if c.m.cfg.Dial == nil {
 		return nil, nil
 	}
-	addr := c.m.raft.LeaderAddr()
-	if addr == "" {
+	conn, addr, err := c.m.dialLeader(ctx)
+	switch {
+	case errors.Is(err, errNoLeader):
 		return nil, status.Error(codes.Unavailable, "no raft leader elected: try again shortly")
-	}
-	conn, err := c.m.cfg.Dial(ctx, addr)
-	if err != nil {
+	case err != nil:
 		return nil, status.Errorf(codes.Unavailable, "reach the leader at %s: %v", addr, err)
 	}
 	return api.NewControlClient(conn), nil
+}
+
+// errNoLeader: this manager knows of no raft leader (an election is on).
+var errNoLeader = errors.New("no raft leader elected")
+
+// dialLeader connects to the raft leader's cluster port through
+// Config.Dial; addr is the leader's address (empty with errNoLeader).
+func (m *Manager) dialLeader(ctx context.Context) (_ grpc.ClientConnInterface, addr string, _ error) {
+	addr = m.raft.LeaderAddr()
+	if addr == "" {
+		return nil, "", errNoLeader
+	}
+	conn, err := m.cfg.Dial(ctx, addr)
+	return conn, addr, err
 }
 
 // settled waits until this manager's store holds the leader's answer, so
@@ -140,46 +155,52 @@ func (c controlServer) RemoveNetwork(ctx context.Context, req *api.RemoveNetwork
 // keeps the read and its answer local. Without a dialer (tests, single
 // managers) a follower reads its own store.
 func (c controlServer) linearize(ctx context.Context) error {
-	// The errors say what happened without the transport's own words
-	// ("connection refused"...): a client would take those for this
-	// manager being unreachable, not its leader.
-	var idx uint64
-	if i, ok := c.m.raft.SoleVoterReadIndex(); ok {
-		idx = i
-	} else {
-		switch {
-		case c.m.raft.IsLeader():
-			i, err := c.m.raft.ReadIndex(ctx)
-			if err != nil {
-				c.m.logger.Debug("read index", "err", err)
-				return status.Error(codes.Unavailable, "this manager could not confirm it still leads (no quorum answered): try again shortly")
-			}
-			idx = i
-		case c.m.cfg.Dial == nil:
-			return nil
-		default:
-			addr := c.m.raft.LeaderAddr()
-			if addr == "" {
-				return status.Error(codes.Unavailable, "no raft leader elected: try again shortly")
-			}
-			rctx, cancel := context.WithTimeout(ctx, readIndexTimeout)
-			defer cancel()
-			conn, err := c.m.cfg.Dial(rctx, addr)
-			var resp *api.ReadIndexResponse
-			if err == nil {
-				resp, err = api.NewRaftMembershipClient(conn).ReadIndex(rctx, &api.ReadIndexRequest{})
-			}
-			if err != nil {
-				c.m.logger.Debug("read index from the leader", "leader", addr, "err", err)
-				return status.Errorf(codes.Unavailable, "the raft leader (%s) did not answer for a consistent read: try again shortly", addr)
-			}
-			idx = resp.GetIndex()
-		}
+	idx, err := c.readIndex(ctx)
+	if err != nil {
+		return err
 	}
 	if err := c.m.raft.WaitApplied(ctx, idx); err != nil {
 		return status.FromContextError(err).Err()
 	}
 	return nil
+}
+
+// readIndex is the store index a read here must wait for: this member's
+// own when it is the only voter, else the leader's (itself when leading);
+// 0 for a follower without a dialer (tests), which reads its own store.
+// The errors say what happened without the transport's own words
+// ("connection refused"...): a client would take those for this manager
+// being unreachable, not its leader.
+func (c controlServer) readIndex(ctx context.Context) (uint64, error) {
+	if idx, ok := c.m.raft.SoleVoterReadIndex(); ok {
+		return idx, nil
+	}
+	if c.m.raft.IsLeader() {
+		idx, err := c.m.raft.ReadIndex(ctx)
+		if err != nil {
+			c.m.logger.Debug("read index", "err", err)
+			return 0, status.Error(codes.Unavailable, "this manager could not confirm it still leads (no quorum answered): try again shortly")
+		}
+		return idx, nil
+	}
+	if c.m.cfg.Dial == nil {
+		return 0, nil
+	}
+	rctx, cancel := context.WithTimeout(ctx, readIndexTimeout)
+	defer cancel()
+	conn, addr, err := c.m.dialLeader(rctx)
+	if errors.Is(err, errNoLeader) {
+		return 0, status.Error(codes.Unavailable, "no raft leader elected: try again shortly")
+	}
+	var resp *api.ReadIndexResponse
+	if err == nil {
+		resp, err = api.NewRaftMembershipClient(conn).ReadIndex(rctx, &api.ReadIndexRequest{})
+	}
+	if err != nil {
+		c.m.logger.Debug("read index from the leader", "leader", addr, "err", err)
+		return 0, status.Errorf(codes.Unavailable, "the raft leader (%s) did not answer for a consistent read: try again shortly", addr)
+	}
+	return resp.GetIndex(), nil
 }
 
 // readIndexTimeout bounds asking the leader for a read index: it answers

@@ -174,11 +174,10 @@ func (e *forwardedError) Unwrap() error { return e.base }
 // forwarder sends a follower's proposals to the leader through cfg.Dial.
 func (m *Manager) forwarder() state.Forwarder {
 	return func(ctx context.Context, cmd *api.Command) (uint64, error) {
-		addr := m.raft.LeaderAddr()
-		if addr == "" {
+		conn, addr, err := m.dialLeader(ctx)
+		if errors.Is(err, errNoLeader) {
 			return 0, fmt.Errorf("%w: no leader elected", state.ErrNotLeader)
 		}
-		conn, err := m.cfg.Dial(ctx, addr)
 		if err != nil {
 			return 0, fmt.Errorf("reach leader at %s: %w", addr, err)
 		}

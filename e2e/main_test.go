@@ -51,6 +51,26 @@ func leaks() error {
 			found = append(found, "containerd namespace "+ns)
 		}
 	}
+	// A shim whose task was just deleted exits on its own a moment
+	// later (containerd asks it to shut down and does not wait): give
+	// the processes of the last test's nodes time to go before calling
+	// them leaked.
+	procs := nodeProcesses()
+	for deadline := time.Now().Add(20 * time.Second); len(procs) > 0 && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+		procs = nodeProcesses()
+	}
+	found = append(found, procs...)
+	found = append(found, networkLeaks()...)
+	if len(found) > 0 {
+		return fmt.Errorf("left behind:\n  %s", strings.Join(found, "\n  "))
+	}
+	return nil
+}
+
+// nodeProcesses lists the shoald and shim processes of test nodes.
+func nodeProcesses() []string {
+	var found []string
 	procs, _ := os.ReadDir("/proc")
 	for _, p := range procs {
 		cmd, err := os.ReadFile("/proc/" + p.Name() + "/cmdline")
@@ -63,11 +83,7 @@ func leaks() error {
 			found = append(found, "process "+p.Name()+": "+line)
 		}
 	}
-	found = append(found, networkLeaks()...)
-	if len(found) > 0 {
-		return fmt.Errorf("left behind:\n  %s", strings.Join(found, "\n  "))
-	}
-	return nil
+	return found
 }
 
 // networkLeaks lists what the routing mesh could leave in the host's

@@ -448,6 +448,9 @@ func (n *Node) cleanup() {
 	if err := RemoveNamespace(n.Namespace); err != nil {
 		n.t.Errorf("clean up containerd namespace %s: %v", n.Namespace, err)
 	}
+	if err := WaitShims(n.Namespace, 15*time.Second); err != nil {
+		n.t.Error(err)
+	}
 	if out, err := exec.Command("ip", "netns", "del", n.Namespace).CombinedOutput(); err != nil {
 		n.t.Errorf("remove network namespace %s: %v %s", n.Namespace, err, out)
 	}

@@ -258,6 +258,13 @@ func (e *executor) Describe(ctx context.Context) (*api.NodeDescription, error) {
 	if err == nil && e.hostname != "" {
 		d.Hostname = e.hostname
 	}
+	// The WireGuard key when the kernel has WireGuard: without it the
+	// node takes no task of an encrypted network (TunnelKey logs why).
+	if err == nil && e.network != nil {
+		if k, kerr := e.network.TunnelKey(); kerr == nil {
+			d.WireguardKey = k
+		}
+	}
 	return d, err
 }
 

@@ -100,7 +100,7 @@ func networkLeaks() []string {
 			}
 			name := strings.TrimSuffix(fields[1], ":")
 			name, _, _ = strings.Cut(name, "@")
-			for _, p := range []string{overlay.BridgePrefix, overlay.VXLANPrefix, attach.HostVethPrefix} {
+			for _, p := range []string{overlay.BridgePrefix, overlay.VXLANPrefix, attach.HostVethPrefix, overlay.TunnelName} {
 				if strings.HasPrefix(name, p) {
 					found = append(found, "link "+name)
 				}

@@ -51,12 +51,17 @@ type Network struct {
 	Subnet  netip.Prefix
 	Gateway netip.Addr
 	// MTU of the bridge and of tasks' interfaces; 0 means the underlay MTU
-	// minus Overhead.
+	// minus Overhead (minus TunnelOverhead and Overhead6 when encrypted).
 	MTU int
+	// Encrypted networks send their VXLAN through the WireGuard tunnel
+	// (ApplyTunnel): their VTEPs are tunnel addresses (TunnelAddr), not
+	// data addresses.
+	Encrypted bool
 }
 
 // Peer is another node that has tasks on the network: broadcast and
-// unknown-unicast frames are sent to its VTEP.
+// unknown-unicast frames are sent to its VTEP (its data address, or its
+// tunnel address on an encrypted network).
 type Peer struct {
 	VTEP netip.Addr
 }
@@ -91,6 +96,9 @@ type Config struct {
 	// UnderlayLink names the interface holding UnderlayAddr; empty means
 	// the one that has it.
 	UnderlayLink string
+	// TunnelAddr is this node's address on the WireGuard tunnel
+	// (TunnelAddr of its node ID), the VTEP of its encrypted networks.
+	TunnelAddr netip.Addr
 	// NetNSPath is the network namespace to work in (a /run/netns or
 	// /proc/<pid>/ns/net path); empty means the caller's.
 	NetNSPath string
@@ -104,6 +112,7 @@ type Manager struct {
 	log      *slog.Logger
 	nl       *netlink.Handle
 	underlay int // link index
+	tun      tunnel
 }
 
 // NewManager opens a netlink handle in the configured namespace and finds
@@ -173,6 +182,9 @@ func (m *Manager) MTU(n Network) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if n.Encrypted {
+		return u - TunnelOverhead - Overhead6, nil
+	}
 	return u - Overhead, nil
 }
 
@@ -228,9 +240,13 @@ func validate(ns NetworkState) error {
 	if ns.NodeAddr.IsValid() && (!ns.Subnet.Contains(ns.NodeAddr) || ns.NodeAddr == ns.Gateway) {
 		return fmt.Errorf("node address %s: not a host address of %s other than the gateway", ns.NodeAddr, ns.Subnet)
 	}
+	vtepOK, want := func(a netip.Addr) bool { return a.Is4() }, "an IPv4 address"
+	if ns.Encrypted {
+		vtepOK, want = TunnelPrefix.Contains, "a tunnel address in "+TunnelPrefix.String()
+	}
 	for _, p := range ns.Peers {
-		if !p.VTEP.Is4() {
-			return fmt.Errorf("peer VTEP %v: need an IPv4 address", p.VTEP)
+		if !vtepOK(p.VTEP) {
+			return fmt.Errorf("peer VTEP %v: need %s", p.VTEP, want)
 		}
 	}
 	for _, e := range ns.Endpoints {
@@ -240,8 +256,8 @@ func validate(ns NetworkState) error {
 		if len(e.MAC) != 6 {
 			return fmt.Errorf("endpoint %s: MAC %q is not an Ethernet address", e.Addr, e.MAC)
 		}
-		if !e.VTEP.Is4() {
-			return fmt.Errorf("endpoint %s: VTEP %v: need an IPv4 address", e.Addr, e.VTEP)
+		if !vtepOK(e.VTEP) {
+			return fmt.Errorf("endpoint %s: VTEP %v: need %s", e.Addr, e.VTEP, want)
 		}
 	}
 	return nil
@@ -259,11 +275,23 @@ func (m *Manager) applyNetwork(ns NetworkState) error {
 	if err != nil {
 		return err
 	}
-	vx, err := m.ensureVXLAN(ns, mtu, br)
+	src, dev := m.cfg.UnderlayAddr, m.underlay
+	if ns.Encrypted {
+		if dev, err = m.tunnelIndex(); err != nil {
+			return err
+		}
+		if dev == 0 {
+			return fmt.Errorf("encrypted: no tunnel device %s (WireGuard)", TunnelName)
+		}
+		if src = m.cfg.TunnelAddr; !TunnelPrefix.Contains(src) {
+			return fmt.Errorf("encrypted: this node's tunnel address %v is not in %s", src, TunnelPrefix)
+		}
+	}
+	vx, err := m.ensureVXLAN(ns, mtu, br, src, dev)
 	if err != nil {
 		return err
 	}
-	return errors.Join(m.syncFDB(ns, vx), m.syncNeighbours(ns, vx))
+	return errors.Join(m.syncFDB(ns, vx, src), m.syncNeighbours(ns, vx))
 }
 
 // bridgeMAC is fixed per node and network. A bridge otherwise takes the
@@ -385,17 +413,19 @@ func (m *Manager) syncBridgeAddrs(ns NetworkState, link netlink.Link) error {
 	return nil
 }
 
-func (m *Manager) ensureVXLAN(ns NetworkState, mtu int, br netlink.Link) (netlink.Link, error) {
+// ensureVXLAN makes the network's VXLAN device, sending from src over the
+// device with index dev: the underlay, or the tunnel of encrypted networks.
+func (m *Manager) ensureVXLAN(ns NetworkState, mtu int, br netlink.Link, srcAddr netip.Addr, dev int) (netlink.Link, error) {
 	name := VXLANName(ns.VNI)
 	link, err := m.linkByName(name)
 	if err != nil {
 		return nil, err
 	}
-	src := m.cfg.UnderlayAddr.AsSlice()
+	src := srcAddr.AsSlice()
 	if link != nil {
 		vx, ok := link.(*netlink.Vxlan)
 		if !ok || vx.VxlanId != int(ns.VNI) || !vx.SrcAddr.Equal(src) || vx.Port != VXLANPort ||
-			vx.Learning || !vx.Proxy || vx.VtepDevIndex != m.underlay {
+			vx.Learning || !vx.Proxy || vx.VtepDevIndex != dev {
 			// None of these can be changed on a live device.
 			m.log.Info("replacing VXLAN device with other settings", "device", name, "network", ns.ID)
 			if err := m.nl.LinkDel(link); err != nil {
@@ -412,7 +442,7 @@ func (m *Manager) ensureVXLAN(ns NetworkState, mtu int, br netlink.Link) (netlin
 		vx := &netlink.Vxlan{
 			LinkAttrs:    attrs,
 			VxlanId:      int(ns.VNI),
-			VtepDevIndex: m.underlay,
+			VtepDevIndex: dev,
 			SrcAddr:      src,
 			Port:         VXLANPort,
 			Learning:     false, // the managers' endpoint table is the only truth
@@ -454,10 +484,10 @@ var zeroMAC = net.HardwareAddr{0, 0, 0, 0, 0, 0}
 // syncFDB makes the VXLAN device's forwarding entries exactly: each remote
 // endpoint's MAC to its VTEP, and the all-zero MAC (broadcast, multicast,
 // unknown unicast) to every peer.
-func (m *Manager) syncFDB(ns NetworkState, vx netlink.Link) error {
+func (m *Manager) syncFDB(ns NetworkState, vx netlink.Link, self netip.Addr) error {
 	want := make(map[fdbKey]net.HardwareAddr)
 	for _, p := range ns.Peers {
-		if p.VTEP != m.cfg.UnderlayAddr {
+		if p.VTEP != self {
 			want[fdbKey{zeroMAC.String(), p.VTEP}] = zeroMAC
 		}
 	}
@@ -474,8 +504,8 @@ func (m *Manager) syncFDB(ns NetworkState, vx netlink.Link) error {
 		if n.Flags&netlink.NTF_SELF == 0 || n.IP == nil {
 			continue
 		}
-		vtep, _ := netip.AddrFromSlice(n.IP.To4())
-		k := fdbKey{n.HardwareAddr.String(), vtep}
+		vtep, _ := netip.AddrFromSlice(n.IP)
+		k := fdbKey{n.HardwareAddr.String(), vtep.Unmap()}
 		if _, ok := want[k]; ok && n.State&netlink.NUD_PERMANENT != 0 {
 			delete(want, k)
 			continue

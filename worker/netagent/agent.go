@@ -109,6 +109,7 @@ type applied struct {
 	dnsAddrs  []netip.Prefix
 	dnsOK     bool
 	guard     *guardState
+	tunnel    *overlay.TunnelState
 	vips      []netip.Addr
 	vipsOK    bool
 	sysctls   bool
@@ -150,7 +151,10 @@ func New(cfg Config) (*Agent, error) {
 		}
 	}()
 	var err error
-	if a.overlays, err = overlay.NewManager(overlay.Config{UnderlayAddr: cfg.DataAddr, NetNSPath: cfg.NetNSPath, Logger: a.log}); err != nil {
+	if a.overlays, err = overlay.NewManager(overlay.Config{
+		UnderlayAddr: cfg.DataAddr, TunnelAddr: overlay.TunnelAddr(cfg.NodeID),
+		NetNSPath: cfg.NetNSPath, Logger: a.log,
+	}); err != nil {
 		return nil, fmt.Errorf("network agent: %w", err)
 	}
 	if a.attacher, err = attach.NewAttacher(cfg.NetNSPath); err != nil {
@@ -329,6 +333,12 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			ap.guard = &g
 		}
 	}
+	// The tunnel before the overlays when the node has an encrypted
+	// network (their VXLAN devices sit on it), after them when not (they
+	// are gone by then).
+	if d.tunnel.Active {
+		errs = append(errs, a.applyTunnel(d.tunnel))
+	}
 	if !ap.overlayOK || !reflect.DeepEqual(ap.overlays, d.overlays) {
 		ap.overlayOK = false
 		if err := a.overlays.Apply(ctx, d.overlays); err != nil {
@@ -336,6 +346,9 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		} else {
 			ap.overlays, ap.overlayOK = d.overlays, true
 		}
+	}
+	if !d.tunnel.Active {
+		errs = append(errs, a.applyTunnel(d.tunnel))
 	}
 	if !ap.subnetsOK || !slices.Equal(ap.subnets, d.subnets) {
 		ap.subnetsOK = false
@@ -354,6 +367,31 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// applyTunnel applies the WireGuard tunnel's state if it changed. Callers
+// hold a.mu.
+func (a *Agent) applyTunnel(s overlay.TunnelState) error {
+	ap := &a.applied
+	if ap.tunnel != nil && reflect.DeepEqual(*ap.tunnel, s) {
+		return nil
+	}
+	ap.tunnel = nil
+	if err := a.overlays.ApplyTunnel(s); err != nil {
+		return fmt.Errorf("tunnel: %w", err)
+	}
+	ap.tunnel = &s
+	return nil
+}
+
+// TunnelKey returns the node's WireGuard public key, which peers encrypt
+// its encrypted networks' traffic to, or an error saying why it has none.
+func (a *Agent) TunnelKey() ([]byte, error) {
+	k, err := a.overlays.TunnelKey()
+	if err != nil {
+		return nil, err
+	}
+	return k[:], nil
 }
 
 // syncMasquerade makes the masquerade rules exactly those of subnets.
@@ -616,6 +654,9 @@ func (a *Agent) Close() error {
 	a.balancer = nil
 	if err := a.overlays.Apply(context.Background(), nil); err != nil {
 		errs = append(errs, fmt.Errorf("remove overlays: %w", err))
+	}
+	if err := a.overlays.ApplyTunnel(overlay.TunnelState{}); err != nil {
+		errs = append(errs, fmt.Errorf("remove tunnel: %w", err))
 	}
 	// After the overlays: no VXLAN device is left to take what it let in.
 	if err := a.guard.remove(); err != nil {

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/network/ipam"
 	"github.com/shoal-project/shoal/network/lb"
@@ -19,6 +21,9 @@ import (
 type desired struct {
 	// overlays, by network id.
 	overlays []overlay.NetworkState
+	// tunnel is the WireGuard tunnel of the encrypted overlays: active
+	// when there is one, with every other node that has a key as a peer.
+	tunnel overlay.TunnelState
 	// subnets to masquerade egress for, sorted.
 	subnets []netip.Prefix
 	lb      lb.State
@@ -144,8 +149,9 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 		}
 	}
 
-	// Peers: VTEPs, and ingress addresses.
+	// Peers: VTEPs, WireGuard keys, and ingress addresses.
 	vteps := map[string]netip.Addr{}
+	wgKeys := map[string]wgtypes.Key{}
 	ingressAddrs := map[string]attachment{}
 	for _, id := range slices.Sorted(maps.Keys(v.peers)) {
 		p := v.peers[id]
@@ -159,6 +165,13 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 			continue
 		}
 		vteps[id] = vtep
+		if k := p.GetWireguardKey(); len(k) > 0 {
+			if key, err := wgtypes.NewKey(k); err != nil || key == (wgtypes.Key{}) {
+				problem("peer %s: WireGuard key of %d bytes: not a key", id, len(k))
+			} else {
+				wgKeys[id] = key
+			}
+		}
 		if p.GetIngress() != nil && p.GetIngress().GetAddr() != "" {
 			a, err := parseAttachment(p.GetIngress())
 			if err != nil {
@@ -196,15 +209,29 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 		return true
 	}
 
-	// Overlays.
+	// Overlays. An encrypted network's VTEPs are the tunnel addresses of
+	// the nodes with a WireGuard key; a node without one is not on it
+	// (the scheduler puts none of its tasks there).
 	for _, id := range slices.Sorted(maps.Keys(nets)) {
 		nw := nets[id]
+		encrypted := nw.api.GetSpec().GetEncrypted() && nw != ingress
 		ns := overlay.NetworkState{Network: overlay.Network{
-			ID: id, VNI: nw.api.GetVni(), Subnet: nw.subnet, Gateway: nw.gateway,
+			ID: id, VNI: nw.api.GetVni(), Subnet: nw.subnet, Gateway: nw.gateway, Encrypted: encrypted,
 		}}
+		vtepOf := func(node string) (netip.Addr, bool) {
+			if !encrypted {
+				vtep, ok := vteps[node]
+				return vtep, ok
+			}
+			if _, ok := wgKeys[node]; !ok {
+				return netip.Addr{}, false
+			}
+			_, ok := vteps[node] // the tunnel's endpoint
+			return overlay.TunnelAddr(node), ok
+		}
 		for _, node := range slices.Sorted(maps.Keys(vteps)) {
-			if node != self {
-				ns.Peers = append(ns.Peers, overlay.Peer{VTEP: vteps[node]})
+			if vtep, ok := vtepOf(node); ok && node != self {
+				ns.Peers = append(ns.Peers, overlay.Peer{VTEP: vtep})
 			}
 		}
 		ns.Peers = slices.CompactFunc(slices.SortedFunc(slices.Values(ns.Peers), func(a, b overlay.Peer) int {
@@ -213,8 +240,11 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 		for _, tid := range taskIDs {
 			ep := eps[tid]
 			node := ep.api.GetNodeId()
-			vtep, ok := vteps[node]
+			vtep, ok := vtepOf(node)
 			if node == self || !ok {
+				if _, on := ep.on(id); on && encrypted && node != self && !hasKey(wgKeys, node) {
+					problem("network %s: endpoint %s: its node %s has no WireGuard key, so it cannot be on this encrypted network", id, tid, node)
+				}
 				continue
 			}
 			if a, ok := ep.on(id); ok && inSubnet(a, nw, "endpoint "+tid) {
@@ -236,9 +266,17 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 		}
 		slices.SortFunc(ns.Endpoints, func(a, b overlay.Endpoint) int { return a.Addr.Compare(b.Addr) })
 		d.overlays = append(d.overlays, ns)
+		d.tunnel.Active = d.tunnel.Active || encrypted
 		d.subnets = append(d.subnets, nw.subnet)
 		d.dnsAddrs = append(d.dnsAddrs, netip.PrefixFrom(nw.gateway, nw.subnet.Bits()))
 		d.guard.gateways = append(d.guard.gateways, gatewayGuard{addr: nw.gateway, bridge: overlay.BridgeName(nw.api.GetVni())})
+	}
+	if d.tunnel.Active {
+		for _, node := range slices.Sorted(maps.Keys(wgKeys)) {
+			if vtep, ok := vteps[node]; ok && node != self {
+				d.tunnel.Peers = append(d.tunnel.Peers, overlay.TunnelPeer{Key: wgKeys[node], Endpoint: vtep, Addr: overlay.TunnelAddr(node)})
+			}
+		}
 	}
 	// The peers are every network's (see above), so the guard's set is
 	// exactly the VTEPs the overlays send to.
@@ -394,6 +432,11 @@ func compute(v *view, self string, vipMasquerade bool) *desired {
 	d.vips = slices.Compact(d.vips)
 	d.dns = newDNSIndex(v, nets, eps, ingress, serving)
 	return d
+}
+
+func hasKey(keys map[string]wgtypes.Key, node string) bool {
+	_, ok := keys[node]
+	return ok
 }
 
 // parseVIP takes a VIP as CIDR (the allocator's form) or a bare address.

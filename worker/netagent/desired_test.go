@@ -410,3 +410,71 @@ func TestComputeVIPMasquerade(t *testing.T) {
 		}
 	}
 }
+
+// TestComputeEncryptedNetwork: an encrypted network's VTEPs are the tunnel
+// addresses of the nodes with a WireGuard key; the tunnel has those nodes
+// as peers at their data addresses; a node without a key is left out, and
+// its task on the network is reported; the ingress network never moves to
+// the tunnel.
+func TestComputeEncryptedNetwork(t *testing.T) {
+	key := func(b byte) []byte {
+		k := make([]byte, 32)
+		k[0] = b
+		return k
+	}
+	d := baseDelta()
+	enc := &api.Network{Id: "app", Subnet: "10.0.1.0/24", Gateway: "10.0.1.1", Vni: 4097, Spec: &api.NetworkSpec{Encrypted: true}}
+	ingEnc := &api.Network{Id: "ing", Subnet: "10.255.0.0/16", Gateway: "10.255.0.1", Vni: 4096, Ingress: true, Spec: &api.NetworkSpec{Encrypted: true}}
+	d.Networks = []*api.Network{ingEnc, enc}
+	d.Peers[0].WireguardKey = key(1) // n1, this node
+	d.Peers[1].WireguardKey = key(2) // n2
+	// n3 has no key; its task t3 is on app.
+	got := compute(viewOf(d), self, false)
+
+	var app, ing overlay.NetworkState
+	for _, o := range got.overlays {
+		switch o.ID {
+		case "app":
+			app = o
+		case "ing":
+			ing = o
+		}
+	}
+	n2 := overlay.TunnelAddr("n2")
+	if !app.Encrypted || !reflect.DeepEqual(app.Peers, []overlay.Peer{{VTEP: n2}}) {
+		t.Errorf("encrypted network: encrypted %v, peers %v; want only n2's tunnel address %s", app.Encrypted, app.Peers, n2)
+	}
+	for _, e := range app.Endpoints {
+		if e.VTEP != n2 {
+			t.Errorf("encrypted network endpoint %s at VTEP %s; want only n2's (%s)", e.Addr, e.VTEP, n2)
+		}
+	}
+	if len(app.Endpoints) != 1 || app.Endpoints[0].Addr != netip.MustParseAddr("10.0.1.11") {
+		t.Errorf("encrypted network endpoints %v; want t2 (10.0.1.11) only", app.Endpoints)
+	}
+	if ing.Encrypted || len(ing.Peers) != 2 || !ing.Peers[0].VTEP.Is4() {
+		t.Errorf("ingress: encrypted %v, peers %v; want the data addresses of n2 and n3, in the clear", ing.Encrypted, ing.Peers)
+	}
+	want := overlay.TunnelState{Active: true, Peers: []overlay.TunnelPeer{{
+		Key: [32]byte(key(2)), Endpoint: netip.MustParseAddr("192.168.0.2"), Addr: n2,
+	}}}
+	if !reflect.DeepEqual(got.tunnel, want) {
+		t.Errorf("tunnel %+v; want %+v", got.tunnel, want)
+	}
+	if !slices.ContainsFunc(got.problems, func(err error) bool {
+		return strings.Contains(err.Error(), "t3") && strings.Contains(err.Error(), "no WireGuard key")
+	}) {
+		t.Errorf("problems %v; want one naming t3, whose node has no WireGuard key", got.problems)
+	}
+
+	// A bad key is reported and its node left out; without an encrypted
+	// network there is no tunnel.
+	d.Peers[1].WireguardKey = []byte("short")
+	if got := compute(viewOf(d), self, false); len(got.tunnel.Peers) != 0 ||
+		!slices.ContainsFunc(got.problems, func(err error) bool { return strings.Contains(err.Error(), "peer n2: WireGuard key") }) {
+		t.Errorf("a 5-byte key: tunnel peers %v, problems %v", got.tunnel.Peers, got.problems)
+	}
+	if got := compute(viewOf(baseDelta()), self, false); got.tunnel.Active {
+		t.Error("a tunnel without an encrypted network")
+	}
+}

@@ -26,6 +26,12 @@ import (
 //			...
 //		}
 //	}
+//	table ip6 shoal-guard {
+//		chain input {
+//			type filter hook input priority raw; policy accept;
+//			udp dport 4789 iifname != "shw-wg" counter drop
+//		}
+//	}
 //
 // The VXLAN device takes any datagram on port 4789 and bridges its inner
 // frame to the tasks, whoever sent it; the rule keeps that to the nodes
@@ -34,9 +40,12 @@ import (
 // node; the DNS rules keep it to queries that come in on the network's
 // bridge, from its tasks, so a spoofed task source address from outside
 // does not pass either (the resolver itself refuses sources outside the
-// subnet). The table exists while the node has an overlay; each change is
-// one transaction that replaces it whole, so no packet sees a half-updated
-// peer set.
+// subnet). VXLAN over IPv6 is only ever that of encrypted networks, from
+// the WireGuard tunnel, which authenticated its sender: the ip6 table drops
+// it from anywhere else (the kernel would take a datagram for the node's
+// tunnel address on any interface). The tables exist while the node has
+// an overlay; each change is one transaction that replaces them whole, so
+// no packet sees a half-updated peer set.
 const GuardTable = "shoal-guard"
 
 const (
@@ -101,7 +110,10 @@ func (g *guard) conn() (*nftables.Conn, error) {
 	return c, nil
 }
 
-var guardTable = &nftables.Table{Name: GuardTable, Family: nftables.TableFamilyIPv4}
+var (
+	guardTable  = &nftables.Table{Name: GuardTable, Family: nftables.TableFamilyIPv4}
+	guardTable6 = &nftables.Table{Name: GuardTable, Family: nftables.TableFamilyIPv6}
+)
 
 // sync makes the table hold s, in one transaction: the old table (if any)
 // is deleted and the new one created in the same batch, which the kernel
@@ -112,8 +124,10 @@ func (g *guard) sync(s guardState) error {
 		return err
 	}
 	// Adding first makes the delete succeed whether or not the table exists.
-	c.AddTable(guardTable)
-	c.DelTable(guardTable)
+	for _, t := range []*nftables.Table{guardTable, guardTable6} {
+		c.AddTable(t)
+		c.DelTable(t)
+	}
 	if s.active {
 		if err := g.build(c, s); err != nil {
 			return err
@@ -166,7 +180,31 @@ func (g *guard) build(c *nftables.Conn, s guardState) error {
 			c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: dnsRule(gw, proto, g.dnsPort)})
 		}
 	}
+	t6 := c.AddTable(guardTable6)
+	ch6 := c.AddChain(&nftables.Chain{
+		Name:     guardChain,
+		Table:    t6,
+		Type:     nftables.ChainTypeFilter,
+		Hooknum:  nftables.ChainHookInput,
+		Priority: nftables.ChainPriorityRaw,
+		Policy:   &policy,
+	})
+	c.AddRule(&nftables.Rule{Table: t6, Chain: ch6, Exprs: vxlan6Rule()})
 	return nil
+}
+
+// vxlan6Rule is `udp dport 4789 iifname != "shw-wg" counter drop`.
+func vxlan6Rule() []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: thDport, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, overlay.VXLANPort)},
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(overlay.TunnelName)},
+		&expr.Counter{},
+		&expr.Verdict{Kind: expr.VerdictDrop},
+	}
 }
 
 // Offsets in the IPv4 and transport headers.

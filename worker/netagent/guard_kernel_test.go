@@ -131,6 +131,22 @@ func TestKernelOverlayGuard(t *testing.T) {
 			t.Errorf("a query from the underlay with a task's source address was not dropped by %s (drops %d → %d)", GuardTable, before, after)
 		}
 	})
+	t.Run("VXLAN over IPv6 from off the tunnel is dropped", func(t *testing.T) {
+		// Only encrypted networks' VXLAN runs over IPv6, and only through
+		// the WireGuard tunnel; the kernel would take a datagram for the
+		// node's tunnel address on any interface.
+		node.MustRun(t, "ip", "addr", "add", "fd00:241::1/64", "dev", "ul1", "nodad")
+		stranger.MustRun(t, "ip", "addr", "add", "fd00:241::2/64", "dev", "eth0", "nodad")
+		before := vxlan6Drops(t, node)
+		stranger.MustRun(t, "bash", "-c", "echo probe >/dev/udp/fd00:241::1/4789")
+		deadline := time.Now().Add(injectWait)
+		for vxlan6Drops(t, node) <= before {
+			if time.Now().After(deadline) {
+				t.Fatalf("a VXLAN datagram over IPv6 from the underlay was not dropped by ip6 %s", GuardTable)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
 	t.Run("Close removes the guard", func(t *testing.T) {
 		if err := a.Close(); err != nil {
 			t.Fatal(err)
@@ -217,6 +233,26 @@ func dnsDrops(t *testing.T, ns *netnstest.NS) int {
 			t.Fatalf("guard rule %q: counter %q: %v", line, count, err)
 		}
 		n += c
+	}
+	return n
+}
+
+// vxlan6Drops is how many packets the ip6 guard table has dropped in ns
+// (0 when there is no table).
+func vxlan6Drops(t *testing.T, ns *netnstest.NS) int {
+	t.Helper()
+	out, err := ns.Run("nft", "list", "table", "ip6", GuardTable)
+	if err != nil {
+		return 0
+	}
+	_, after, ok := strings.Cut(out, "counter packets ")
+	if !ok {
+		t.Fatalf("ip6 %s has no counter:\n%s", GuardTable, out)
+	}
+	count, _, _ := strings.Cut(after, " ")
+	n, err := strconv.Atoi(count)
+	if err != nil {
+		t.Fatalf("ip6 %s: counter %q: %v", GuardTable, count, err)
 	}
 	return n
 }

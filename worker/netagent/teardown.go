@@ -128,7 +128,7 @@ func Leftovers(netnsPath string) ([]string, error) {
 	var found []string
 	for _, l := range links {
 		name := l.Attrs().Name
-		for _, p := range []string{overlay.BridgePrefix, overlay.VXLANPrefix, attach.HostVethPrefix} {
+		for _, p := range []string{overlay.BridgePrefix, overlay.VXLANPrefix, attach.HostVethPrefix, overlay.TunnelName} {
 			if strings.HasPrefix(name, p) {
 				found = append(found, "link "+name)
 			}

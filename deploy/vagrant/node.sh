@@ -89,10 +89,12 @@ install_packages() {
 	systemctl -q is-active containerd || systemctl --no-block start containerd
 	# The routing mesh: IPVS for --lb-backend auto/ipvs (auto uses it when
 	# the kernel offers it), br_netfilter so that netfilter sees bridged
-	# service traffic (a VIP backend's reply on the overlay).
-	printf 'ip_vs\nbr_netfilter\nnf_conntrack\n' >/etc/modules-load.d/shoal.conf
+	# service traffic (a VIP backend's reply on the overlay), WireGuard
+	# for encrypted networks (a node without it takes none of their tasks).
+	printf 'ip_vs\nbr_netfilter\nnf_conntrack\nwireguard\n' >/etc/modules-load.d/shoal.conf
 	modprobe -q ip_vs || log "no ip_vs module: the routing mesh uses nftables"
 	modprobe -q br_netfilter || true
+	modprobe -q wireguard || log "no wireguard module: this node takes no task of an encrypted network"
 	# conntrack keeps every connection through the mesh for 120 s after it
 	# ends (TIME_WAIT): a small VM's table (6144 entries at 768 MB) fills
 	# at a few hundred requests a second, and a full table drops new

@@ -34,14 +34,16 @@ var (
 	ipvsTests     = testBinary{"ipvs", "./network/lb/ipvs"}
 	nftTests      = testBinary{"nft", "./network/lb/nft"}
 	netagentTests = testBinary{"netagent", "./worker/netagent"}
+	overlayTests  = testBinary{"overlay", "./network/overlay"}
 )
 
 // TestKernelSuites runs the kernel tests of the load balancer backends
 // and of the network agent on the VMs' kernel, which has IPVS (Debian 12),
 // with SHOAL_EXPECT_IPVS=1 so that a missing IPVS fails instead of
 // skipping: the IPVS and nft backends' whole suites (conformance, traffic,
-// marker), and the network agent's mesh across two nodes, its choice of
-// backend, its teardown and its removal of the other backend's rules. The
+// marker), the network agent's mesh across two nodes, its choice of
+// backend, its teardown and its removal of the other backend's rules, and
+// the overlay's WireGuard tunnel (with SHOAL_EXPECT_WIREGUARD=1). The
 // runs are spread over the three VMs so that each VM's share takes about
 // as long (1-1.5 minutes emulated on a quiet machine, 4-5 on a busy one);
 // the runs of one VM go one after the other.
@@ -58,7 +60,10 @@ func TestKernelSuites(t *testing.T) {
 			{ipvsTests, []string{"-test.run", "TestKernelTraffic"}},
 			{nftTests, []string{"-test.skip", nftTraffic}},
 		},
-		"worker2": {{ipvsTests, []string{"-test.skip", "TestKernelTraffic"}}},
+		"worker2": {
+			{ipvsTests, []string{"-test.skip", "TestKernelTraffic"}},
+			{overlayTests, []string{"-test.run", "TestWireGuardTunnel"}},
+		},
 		"manager1": {
 			{netagentTests, []string{"-test.run", "TestKernelMeshAcrossNodes|TestKernelAutoPicks|TestKernelTeardown|TestKernelOtherBackendRemoved"}},
 			{nftTests, []string{"-test.run", nftTraffic}},
@@ -126,7 +131,7 @@ func (c *Cluster) buildTests(ctx context.Context) (string, error) {
 			testBuild.err = err
 			return
 		}
-		bins := []testBinary{ipvsTests, nftTests, netagentTests}
+		bins := []testBinary{ipvsTests, nftTests, netagentTests, overlayTests}
 		for _, b := range bins {
 			if err := os.MkdirAll(filepath.Join(dir, b.name), 0o755); err != nil {
 				testBuild.err = err
@@ -173,11 +178,12 @@ func (c *Cluster) installTests(ctx context.Context, node string, bins ...testBin
 }
 
 // runTests runs a test binary installed by installTests as root in its
-// directory on a VM, with SHOAL_EXPECT_IPVS=1, and returns its output; an
-// error when it failed.
+// directory on a VM, with SHOAL_EXPECT_IPVS=1 and SHOAL_EXPECT_WIREGUARD=1
+// (the VMs' kernel has both: a test that would skip without them fails),
+// and returns its output; an error when it failed.
 func (c *Cluster) runTests(ctx context.Context, node string, bin testBinary, args ...string) (string, error) {
 	dir := path.Join(vmTestDir, bin.name)
-	return c.runLong(ctx, node, dir, "env SHOAL_EXPECT_IPVS=1 ./"+bin.name+".test "+shellQuote(args...))
+	return c.runLong(ctx, node, dir, "env SHOAL_EXPECT_IPVS=1 SHOAL_EXPECT_WIREGUARD=1 ./"+bin.name+".test "+shellQuote(args...))
 }
 
 // runLong runs a shell command as root in dir on a VM, in the background

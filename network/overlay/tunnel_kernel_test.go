@@ -2,7 +2,9 @@ package overlay_test
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -210,4 +212,150 @@ func handle(t *testing.T, ns *netnstest.NS) *netlink.Handle {
 	}
 	t.Cleanup(nl.Close)
 	return nl
+}
+
+// ExpectWireGuardEnv set to 1 makes a kernel without WireGuard fail the
+// WireGuard tests instead of skipping them: the VM tier sets it, where the
+// kernel has WireGuard.
+const ExpectWireGuardEnv = "SHOAL_EXPECT_WIREGUARD"
+
+// TestWireGuardTunnel runs an encrypted network over a real WireGuard
+// tunnel between two simulated nodes: the tasks meet, the underlay
+// carries WireGuard (UDP 51820) and no VXLAN at all; the device keeps its
+// key across a new Manager (a restarted daemon); a peer removed from the
+// tunnel is cut off; an inactive tunnel leaves no device.
+func TestWireGuardTunnel(t *testing.T) {
+	netnstest.RequireKernel(t)
+	nsA, nsB := netnstest.New(t, "nodeA"), netnstest.New(t, "nodeB")
+	netnstest.Link(t, nsA, "ul0", "10.232.0.1/24", nsB, "ul0", "10.232.0.2/24")
+	type wgNode struct {
+		tunnelNode
+		key [32]byte
+	}
+	mk := func(ns *netnstest.NS, id string, vtep netip.Addr) wgNode {
+		addr := overlay.TunnelAddr(id)
+		mgr, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtep, TunnelAddr: addr, NetNSPath: ns.Path, Logger: quiet})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { mgr.Close() })
+		key, err := mgr.TunnelKey()
+		if err != nil {
+			if os.Getenv(ExpectWireGuardEnv) == "1" {
+				t.Fatalf("%s=1 but: %v", ExpectWireGuardEnv, err)
+			}
+			t.Skipf("no WireGuard here (%v): the VM tier runs this test", err)
+		}
+		att, err := attach.NewAttacher(ns.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(att.Close)
+		return wgNode{tunnelNode{node: &node{ns: ns, vtep: vtep, mgr: mgr, att: att}, id: id, tunnel: addr}, key}
+	}
+	a, b := mk(nsA, "node-a", vtepA), mk(nsB, "node-b", vtepB)
+	peerOf := func(n wgNode) overlay.TunnelPeer {
+		return overlay.TunnelPeer{Key: n.key, Endpoint: n.vtep, Addr: n.tunnel}
+	}
+	ctx := context.Background()
+	for _, x := range []struct {
+		n, other wgNode
+		ip       netip.Addr
+		task     *netnstest.NS
+	}{{a, b, taskIPA, nil}, {b, a, taskIPB, nil}} {
+		if err := x.n.mgr.ApplyTunnel(overlay.TunnelState{Active: true, Peers: []overlay.TunnelPeer{peerOf(x.other)}}); err != nil {
+			t.Fatalf("ApplyTunnel on %s: %v", x.n.id, err)
+		}
+		remote := taskIPB
+		if x.n.id == b.id {
+			remote = taskIPA
+		}
+		if err := x.n.mgr.Apply(ctx, []overlay.NetworkState{encryptedState(x.other.tunnelNode, remote)}); err != nil {
+			t.Fatalf("Apply on %s: %v", x.n.id, err)
+		}
+	}
+	taskA, taskB := netnstest.New(t, "taskA"), netnstest.New(t, "taskB")
+	for _, x := range []struct {
+		n    wgNode
+		task *netnstest.NS
+		ip   netip.Addr
+	}{{a, taskA, taskIPA}, {b, taskB, taskIPB}} {
+		mtu, err := x.n.mgr.MTU(overlay.Network{VNI: vni, Encrypted: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := x.n.att.Attach(ctx, attach.Spec{
+			ID: "task-" + x.ip.String(), NetNSPath: x.task.Path, Bridge: overlay.BridgeName(vni),
+			Addr: netip.PrefixFrom(x.ip, subnet.Bits()), Gateway: gateway, MTU: mtu,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// What node A sends on its underlay, by UDP port.
+	nsA.MustRun(t, "nft", "add table inet probe")
+	nsA.MustRun(t, "nft", "add chain inet probe out { type filter hook output priority 0; }")
+	nsA.MustRun(t, "nft", `add rule inet probe out oifname "ul0" udp dport 4789 counter`)
+	nsA.MustRun(t, "nft", `add rule inet probe out oifname "ul0" udp dport 51820 counter`)
+	counters := func() (vxlan, wg int) {
+		out := nsA.MustRun(t, "nft", "list chain inet probe out")
+		for _, line := range strings.Split(out, "\n") {
+			_, after, ok := strings.Cut(line, "counter packets ")
+			if !ok {
+				continue
+			}
+			var n int
+			fmt.Sscan(after, &n)
+			switch {
+			case strings.Contains(line, "dport 4789"):
+				vxlan = n
+			case strings.Contains(line, "dport 51820"):
+				wg = n
+			}
+		}
+		return vxlan, wg
+	}
+
+	netnstest.Listen(t, taskB, "10.233.0.3:7000")
+	if err := netnstest.Dial(taskA, "10.233.0.3:7000"); err != nil {
+		t.Fatalf("task A to task B over WireGuard: %v", err)
+	}
+	if vxlan, wg := counters(); vxlan != 0 || wg == 0 {
+		t.Fatalf("node A's underlay carried %d VXLAN and %d WireGuard packets; want 0 VXLAN in the clear, some WireGuard", vxlan, wg)
+	}
+
+	// The same state again changes nothing, and a new manager (a
+	// restarted daemon) takes the device's key instead of making one.
+	if err := a.mgr.ApplyTunnel(overlay.TunnelState{Active: true, Peers: []overlay.TunnelPeer{peerOf(b)}}); err != nil {
+		t.Fatal(err)
+	}
+	again, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtepA, TunnelAddr: a.tunnel, NetNSPath: nsA.Path, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if k, err := again.TunnelKey(); err != nil || k != a.key {
+		t.Fatalf("key after a restart: %v, %v; want the device's %v", k, err, a.key)
+	}
+	if err := netnstest.Dial(taskA, "10.233.0.3:7000"); err != nil {
+		t.Fatalf("task A to task B after the restart: %v", err)
+	}
+
+	// Node B drops node A as a peer: A's packets no longer get in.
+	if err := b.mgr.ApplyTunnel(overlay.TunnelState{Active: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := netnstest.Dial(taskA, "10.233.0.3:7000"); err == nil {
+		t.Fatal("task A reached task B after B removed A from its tunnel")
+	}
+
+	// Inactive: no device.
+	if err := b.mgr.Apply(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.mgr.ApplyTunnel(overlay.TunnelState{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := handle(t, nsB).LinkByName(overlay.TunnelName); err == nil {
+		t.Fatalf("%s still there after an inactive ApplyTunnel", overlay.TunnelName)
+	}
 }

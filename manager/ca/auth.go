@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -81,7 +83,20 @@ type Authorizer struct {
 	// only on the server for the node's unix socket (mode 0600, root
 	// only); on the cluster port, peers without TLS are refused.
 	Local *identity.Identity
+	// Recheck is how often an open stream of an admin certificate is
+	// checked again, so that revoking the certificate ends its watches
+	// and followed logs too; 0 means DefaultRecheck.
+	Recheck time.Duration
 }
+
+// DefaultRecheck is how often an admin's open stream is checked again.
+const DefaultRecheck = 5 * time.Second
+
+// revoked is the cause a stream's context is cancelled with when its
+// caller's certificate fails a check after the stream opened.
+type revoked struct{ err error }
+
+func (r revoked) Error() string { return r.err.Error() }
 
 // authorize decides whether the peer of ctx may call method, and returns
 // ctx carrying its identity.
@@ -152,14 +167,49 @@ func (a Authorizer) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	}
 }
 
-// StreamInterceptor authorizes streaming calls once, when they open.
+// StreamInterceptor authorizes streaming calls when they open; an admin's
+// stream (a watch, followed logs) is checked again every Recheck while it
+// is open and ended with PermissionDenied once its certificate is revoked.
+// Nodes' streams are not: a node's certificate is replaced at every
+// renewal while its connection keeps the old one, and a removed node's
+// session ends with its removal.
 func (a Authorizer) StreamInterceptor() grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		ctx, err := a.authorize(ss.Context(), info.FullMethod)
 		if err != nil {
 			return err
 		}
-		return handler(srv, &authorizedStream{ServerStream: ss, ctx: ctx})
+		id, ok := identity.IdentityFrom(ctx)
+		if a.Check == nil || !ok || id.Role != identity.RoleAdmin || a.Local != nil {
+			return handler(srv, &authorizedStream{ServerStream: ss, ctx: ctx})
+		}
+		ctx, cancel := context.WithCancelCause(ctx)
+		defer cancel(nil)
+		every := a.Recheck
+		if every <= 0 {
+			every = DefaultRecheck
+		}
+		go func() {
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					if err := a.Check(ctx, id); err != nil {
+						cancel(revoked{err})
+						return
+					}
+				}
+			}
+		}()
+		err = handler(srv, &authorizedStream{ServerStream: ss, ctx: ctx})
+		var r revoked
+		if errors.As(context.Cause(ctx), &r) {
+			return status.Errorf(codes.PermissionDenied, "%s: stream ended: %v", info.FullMethod, status.Convert(r.err).Message())
+		}
+		return err
 	}
 }
 

@@ -536,3 +536,74 @@ func TestRaftChecker(t *testing.T) {
 		})
 	}
 }
+
+// watchingControl's WatchTasks stays open until its context ends.
+type watchingControl struct{ fakeControl }
+
+func (watchingControl) WatchTasks(_ *api.WatchTasksRequest, s grpc.ServerStreamingServer[api.WatchTasksResponse]) error {
+	<-s.Context().Done()
+	return status.FromContextError(s.Context().Err()).Err()
+}
+
+// TestRevokedAdminStreamEnds: an admin's open stream ends with
+// PermissionDenied once its certificate is revoked; another admin's stays
+// open.
+func TestRevokedAdminStreamEnds(t *testing.T) {
+	stored, r := identitytest.NewCA(t, "c1")
+	n := newRaft(t, stored)
+	manager := identitytest.IssueNode(t, r, "m1", api.NodeRole_NODE_ROLE_MANAGER)
+	addNode(t, n, manager, "127.0.0.1:4242")
+	revokedAdmin, keptAdmin := identitytest.IssueAdmin(t, r), identitytest.IssueAdmin(t, r)
+	recordAdmin(t, n, revokedAdmin)
+	recordAdmin(t, n, keptAdmin)
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := manager.Creds.Pool()
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := Authorizer{Check: Checker(n.Store()), Recheck: 20 * time.Millisecond}
+	srv := grpc.NewServer(append(auth.ServerOptions(), grpc.Creds(credentials.NewTLS(identity.ServerConfig(manager.Keypair(t), p))))...)
+	api.RegisterControlServer(srv, watchingControl{})
+	start(t, srv, lis)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	open := func(admin *identitytest.Issued) <-chan error {
+		s, err := api.NewControlClient(dialTLS(t, lis.Addr().String(), admin, manager.Creds)).WatchTasks(ctx, &api.WatchTasksRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ended := make(chan error, 1)
+		go func() {
+			_, err := s.Recv()
+			ended <- err
+		}()
+		return ended
+	}
+	gone, kept := open(&revokedAdmin), open(&keptAdmin)
+	select {
+	case err := <-gone:
+		t.Fatalf("the stream ended before the revocation: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if _, err := RevokeAdmin(ctx, n, revokedAdmin.ID.Serial); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-gone:
+		if st := status.Convert(err); st.Code() != codes.PermissionDenied || !strings.Contains(st.Message(), "not on record") {
+			t.Fatalf("the revoked admin's stream ended with %v %q; want PermissionDenied naming the revocation", st.Code(), st.Message())
+		}
+	case <-time.After(settle):
+		t.Fatal("the revoked admin's stream stayed open")
+	}
+	select {
+	case err := <-kept:
+		t.Fatalf("the other admin's stream ended: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+}

@@ -63,12 +63,14 @@ func (c *schedulerController) changed(changes []store.Change) bool {
 // gets a node (committed through raft) or an explanation.
 func (c *schedulerController) placePending(ctx context.Context) (placed, unplaced int, err error) {
 	var (
-		pending []*api.Task
-		nodes   []*api.Node
-		busy    []*api.Task
+		pending  []*api.Task
+		nodes    []*api.Node
+		busy     []*api.Task
+		networks []*api.Network
 	)
 	c.m.raft.Store().View(func(tx store.ReadTx) {
 		nodes = tx.Nodes()
+		networks = tx.Networks()
 		for _, t := range tx.Tasks() {
 			switch {
 			case scheduler.Occupies(t):
@@ -82,6 +84,7 @@ func (c *schedulerController) placePending(ctx context.Context) (placed, unplace
 		return 0, 0, nil
 	}
 	c.sched.Sync(nodes, busy)
+	c.sched.SyncNetworks(networks)
 	now := timestamppb.Now()
 	actions := make([]*api.StoreAction, 0, len(pending))
 	for _, d := range c.sched.Schedule(pending) {

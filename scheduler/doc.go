@@ -1,9 +1,9 @@
 // Package scheduler decides which node runs each pending task.
 //
 // It owns placement only: the filters that say whether a node can take a
-// task (ready, availability, placement constraints, platform, and the
-// limits that depend on what a node already holds: CPU and memory
-// reservations against the node's capacity, a service's cap per node),
+// task (ready, availability, WireGuard for a task on an encrypted network,
+// placement constraints, platform, and the limits that depend on what a
+// node already holds: CPU and memory reservations against the node's capacity, a service's cap per node),
 // the spread that picks among the nodes that pass (per service, then per
 // node; with spread preferences, over a tree of label values first), and
 // the "why is my task pending" explanation that counts, per reason, the

@@ -57,6 +57,22 @@ func (AvailabilityFilter) Explain(n int) string {
 	return nodes(n, "is not available for new tasks (paused or drained)", "are not available for new tasks (paused or drained)")
 }
 
+// WireGuardFilter passes nodes that report a WireGuard public key: a task
+// on an encrypted network needs one, since its node sends the network's
+// VXLAN through WireGuard and a node without it could not reach the
+// network's other tasks.
+type WireGuardFilter struct{}
+
+// Check implements Filter.
+func (WireGuardFilter) Check(_ *api.Task, n *api.Node) bool {
+	return len(n.GetDescription().GetWireguardKey()) != 0
+}
+
+// Explain implements Filter.
+func (WireGuardFilter) Explain(n int) string {
+	return nodes(n, "lacks WireGuard", "lack WireGuard") + " (the task is on an encrypted network)"
+}
+
 // ConstraintFilter passes nodes that satisfy one placement constraint. A
 // task's pipeline holds one per constraint so the explanation can name the
 // constraint that turned each node down.
@@ -160,14 +176,18 @@ func (f MaxPerNodeFilter) Explain(n int) string {
 type pipeline []Filter
 
 // newPipeline builds the pipeline for tasks with the given placement
-// constraints.
-func newPipeline(constraints []string) (pipeline, error) {
+// constraints; wireguard adds WireGuardFilter, for tasks on an encrypted
+// network.
+func newPipeline(constraints []string, wireguard bool) (pipeline, error) {
 	cs, err := ParseConstraints(constraints)
 	if err != nil {
 		return nil, fmt.Errorf("invalid placement: %w", err)
 	}
-	p := make(pipeline, 0, 2+len(cs))
+	p := make(pipeline, 0, 3+len(cs))
 	p = append(p, ReadyFilter{}, AvailabilityFilter{})
+	if wireguard {
+		p = append(p, WireGuardFilter{})
+	}
 	for _, c := range cs {
 		p = append(p, ConstraintFilter{Constraint: c})
 	}

@@ -21,6 +21,9 @@ func TestFilterCheck(t *testing.T) {
 	}
 	eu := ConstraintFilter{Constraint: mustConstraint(t, "node.labels.zone==eu")}
 	task := &api.Task{Id: "t"}
+	wgKey := func(key []byte) *api.Node {
+		return &api.Node{Id: "n", Description: &api.NodeDescription{WireguardKey: key}}
+	}
 
 	tests := []struct {
 		name   string
@@ -45,6 +48,9 @@ func TestFilterCheck(t *testing.T) {
 		{"platform/alias", PlatformFilter{OS: "linux", Arch: "x86_64"}, platform("linux", "amd64"), true},
 		{"platform/wrong arch", PlatformFilter{OS: "linux", Arch: "arm64"}, platform("linux", "amd64"), false},
 		{"platform/wrong os", PlatformFilter{OS: "windows"}, platform("linux", "amd64"), false},
+		{"wireguard/key", WireGuardFilter{}, wgKey(make([]byte, 32)), true},
+		{"wireguard/no key", WireGuardFilter{}, wgKey(nil), false},
+		{"wireguard/no description", WireGuardFilter{}, &api.Node{Id: "n"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -69,6 +75,8 @@ func TestFilterExplain(t *testing.T) {
 		{eu, 1, "1 node does not satisfy constraint node.labels.zone==eu"},
 		{eu, 4, "4 nodes do not satisfy constraint node.labels.zone==eu"},
 		{PlatformFilter{OS: "linux", Arch: "arm64"}, 2, "2 nodes do not match the image platform linux/arm64"},
+		{WireGuardFilter{}, 1, "1 node lacks WireGuard (the task is on an encrypted network)"},
+		{WireGuardFilter{}, 2, "2 nodes lack WireGuard (the task is on an encrypted network)"},
 	}
 	for _, tt := range tests {
 		if got := tt.filter.Explain(tt.n); got != tt.want {

@@ -90,10 +90,10 @@ func (s *Scheduler) reservedOn(n *api.Node) reservation {
 func (s *Scheduler) checkPinned(d *Decision, filtered map[constraintsKey]*candidates) {
 	t := d.Task
 	cs := t.GetSpec().GetPlacement().GetConstraints()
-	k := keyOf(cs)
+	k := s.keyOf(t)
 	c, ok := filtered[k]
 	if !ok {
-		c = s.filter(cs, t)
+		c = s.filter(cs, k.wireguard, t)
 		filtered[k] = c
 	}
 	info := s.nodes[t.GetNodeId()]

@@ -61,6 +61,9 @@ type Scheduler struct {
 	// reserving holds what counted tasks reserve, for those that do: kept
 	// apart so that placement stays small for the many that do not.
 	reserving map[string]reservation
+	// encrypted holds the ids of the encrypted networks (SyncNetworks):
+	// their tasks need a node with WireGuard.
+	encrypted map[string]bool
 
 	// sorted holds the known nodes ordered by ID: the spread tie-break, and
 	// a stable order for explanations. Rebuilt only when the node set
@@ -106,6 +109,34 @@ func (s *Scheduler) Sync(nodes []*api.Node, tasks []*api.Task) {
 	}
 	s.sorted = nil
 	s.stale = true
+}
+
+// SyncNetworks replaces what the scheduler knows of the networks: which
+// are encrypted, so that their tasks go only to nodes with WireGuard.
+// Without it every network counts as plain.
+func (s *Scheduler) SyncNetworks(networks []*api.Network) {
+	s.encrypted = nil
+	for _, n := range networks {
+		if n.GetSpec().GetEncrypted() {
+			if s.encrypted == nil {
+				s.encrypted = make(map[string]bool)
+			}
+			s.encrypted[n.GetId()] = true
+		}
+	}
+}
+
+// needsWireGuard reports whether task t is on an encrypted network.
+func (s *Scheduler) needsWireGuard(t *api.Task) bool {
+	if len(s.encrypted) == 0 {
+		return false
+	}
+	for _, at := range t.GetNetworks() {
+		if s.encrypted[at.GetNetworkId()] {
+			return true
+		}
+	}
+	return false
 }
 
 // UpsertNode adds node n or replaces the scheduler's copy of it.
@@ -273,16 +304,27 @@ func (s *Scheduler) refresh() {
 	s.stale = false
 }
 
-// constraintsKey identifies a list of placement constraints. Tasks with
-// equal keys pass the same nodes, so filters run once per key and node.
+// constraintsKey identifies a list of placement constraints and whether
+// the task needs WireGuard (an encrypted network). Tasks with equal keys
+// pass the same nodes, so filters run once per key and node.
 type constraintsKey struct {
 	n int
 	// s is the single constraint, or for several each one prefixed with
 	// its length, which keeps distinct lists distinct.
 	s string
+	// wireguard: the task is on an encrypted network. Part of the key so
+	// that such a task never shares a candidate list with one that is not.
+	wireguard bool
 }
 
-func keyOf(cs []string) constraintsKey {
+// keyOf is task t's constraintsKey.
+func (s *Scheduler) keyOf(t *api.Task) constraintsKey {
+	k := constraintsKeyOf(t.GetSpec().GetPlacement().GetConstraints())
+	k.wireguard = s.needsWireGuard(t)
+	return k
+}
+
+func constraintsKeyOf(cs []string) constraintsKey {
 	switch len(cs) {
 	case 0:
 		return constraintsKey{}
@@ -382,7 +424,7 @@ func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 		}
 		pl := t.GetSpec().GetPlacement()
 		cs := pl.GetConstraints()
-		k := groupKey{service: t.GetServiceId(), constraints: keyOf(cs)}
+		k := groupKey{service: t.GetServiceId(), constraints: s.keyOf(t)}
 		// Most tasks have no limits: tell so from what is at hand before
 		// reading them all.
 		if t.GetSpec().GetResources() != nil || pl.GetMaxReplicasPerNode() != 0 || len(pl.GetPreferences()) != 0 {
@@ -421,7 +463,7 @@ func (s *Scheduler) Schedule(pending []*api.Task) []Decision {
 		members := order[start[i]:start[i+1]]
 		c, ok := filtered[g.key.constraints]
 		if !ok {
-			c = s.filter(g.constraints, decisions[members[0]].Task)
+			c = s.filter(g.constraints, g.key.constraints.wireguard, decisions[members[0]].Task)
 			filtered[g.key.constraints] = c
 		}
 		if len(c.ranks) == 0 {
@@ -446,9 +488,10 @@ func (s *Scheduler) unplaced(members []int32, decisions []Decision, explanation 
 	}
 }
 
-// filter runs the pipeline for constraints over every known node.
-func (s *Scheduler) filter(constraints []string, sample *api.Task) *candidates {
-	p, err := newPipeline(constraints)
+// filter runs the pipeline for constraints (and WireGuard, for a task on
+// an encrypted network) over every known node.
+func (s *Scheduler) filter(constraints []string, wireguard bool, sample *api.Task) *candidates {
+	p, err := newPipeline(constraints, wireguard)
 	if err != nil {
 		return &candidates{explanation: err.Error()}
 	}

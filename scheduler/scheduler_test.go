@@ -551,3 +551,122 @@ func mapsEqual[K comparable, V comparable](a, b map[K]V) bool {
 	}
 	return true
 }
+
+// wireguard gives a node a WireGuard public key, as a node whose kernel
+// has WireGuard reports.
+func wireguard(n *api.Node) { n.Description.WireguardKey = slices.Repeat([]byte{7}, 32) }
+
+// on attaches a task to networks.
+func on(t *api.Task, networks ...string) *api.Task {
+	for _, id := range networks {
+		t.Networks = append(t.Networks, &api.NetworkAttachment{NetworkId: id})
+	}
+	return t
+}
+
+func TestScheduleEncryptedNetworks(t *testing.T) {
+	const wgOnly = "no suitable node (1 node lacks WireGuard (the task is on an encrypted network))"
+	networks := []*api.Network{
+		{Id: "secure", Spec: &api.NetworkSpec{Name: "secure", Encrypted: true}},
+		{Id: "plain", Spec: &api.NetworkSpec{Name: "plain"}},
+	}
+	mixed := []*api.Node{node("n1", wireguard), node("n2"), node("n3", wireguard, drained), node("n4", down)}
+	tests := []struct {
+		name     string
+		nodes    []*api.Node
+		networks []*api.Network // nil: SyncNetworks is not called
+		pending  []*api.Task
+		// want is each task's node, or its explanation when unplaced.
+		want []string
+	}{
+		{
+			name: "encrypted tasks only where WireGuard is", nodes: mixed, networks: networks,
+			pending: []*api.Task{on(pendingTask("a", "web"), "secure"), on(pendingTask("b", "web"), "plain", "secure"), on(pendingTask("c", "web"), "secure")},
+			want:    []string{"n1", "n1", "n1"},
+		},
+		{
+			name: "plain tasks anywhere", nodes: mixed, networks: networks,
+			pending: []*api.Task{on(pendingTask("a", "web"), "plain"), on(pendingTask("b", "web"), "plain"), pendingTask("c", "web")},
+			want:    []string{"n1", "n2", "n1"},
+		},
+		{
+			// One service, one constraint list: only the network tells the
+			// tasks apart, so they must not share one group or candidate list.
+			name: "a service's plain and encrypted tasks are filtered apart", nodes: mixed, networks: networks,
+			pending: []*api.Task{on(pendingTask("a", "web"), "plain"), on(pendingTask("c", "web"), "secure"), on(pendingTask("b", "web"), "plain")},
+			want:    []string{"n1", "n1", "n2"},
+		},
+		{
+			name: "an encrypted service after a plain one with the same constraints", nodes: mixed, networks: networks,
+			pending: []*api.Task{on(pendingTask("a", "api", "node.role==worker"), "plain"), on(pendingTask("b", "api", "node.role==worker"), "plain"), on(pendingTask("c", "web", "node.role==worker"), "secure"), on(pendingTask("d", "web", "node.role==worker"), "secure")},
+			want:    []string{"n1", "n2", "n1", "n1"},
+		},
+		{
+			name: "no node with WireGuard", nodes: []*api.Node{node("n1"), node("n2"), node("n3", down)}, networks: networks,
+			pending: []*api.Task{on(pendingTask("a", "web"), "secure")},
+			want:    []string{"no suitable node (1 node is not ready; 2 nodes lack WireGuard (the task is on an encrypted network))"},
+		},
+		{
+			name: "constraints are checked after WireGuard", nodes: []*api.Node{node("n1", label("zone", "us")), node("n2", wireguard, label("zone", "us"))}, networks: networks,
+			pending: []*api.Task{on(pendingTask("a", "web", "node.labels.zone==eu"), "secure")},
+			want:    []string{"no suitable node (1 node lacks WireGuard (the task is on an encrypted network); 1 node does not satisfy constraint node.labels.zone==eu)"},
+		},
+		{
+			name: "with limits", nodes: mixed, networks: networks,
+			pending: []*api.Task{maxPerNode(on(pendingTask("a", "web"), "secure"), 1), maxPerNode(on(pendingTask("b", "web"), "secure"), 1)},
+			want:    []string{"n1", "no suitable node (1 node is not ready; 1 node is not available for new tasks (paused or drained); 1 node lacks WireGuard (the task is on an encrypted network); 1 node already runs the service's maximum of 1 per node)"},
+		},
+		{
+			name: "pinned tasks", nodes: mixed, networks: networks,
+			pending: []*api.Task{on(pinnedTask("g1", "agent", "n1"), "secure"), on(pinnedTask("g2", "agent", "n2"), "secure"), on(pinnedTask("g3", "agent", "n2"), "plain")},
+			want:    []string{"n1", wgOnly, "n2"},
+		},
+		{
+			name: "pinned after a plain group of the same constraints", nodes: mixed, networks: networks,
+			pending: []*api.Task{on(pinnedTask("g1", "agent", "n2"), "plain"), on(pinnedTask("g2", "agent", "n2"), "secure")},
+			want:    []string{"n2", wgOnly},
+		},
+		{
+			name: "networks not synced count as plain", nodes: mixed,
+			pending: []*api.Task{on(pendingTask("a", "web"), "secure"), on(pendingTask("b", "web"), "secure")},
+			want:    []string{"n1", "n2"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := New()
+			s.Sync(tt.nodes, nil)
+			if tt.networks != nil {
+				s.SyncNetworks(tt.networks)
+			}
+			ds := s.Schedule(tt.pending)
+			if len(ds) != len(tt.want) {
+				t.Fatalf("got %d decisions, want %d", len(ds), len(tt.want))
+			}
+			for i, d := range ds {
+				got := d.NodeID
+				if got == "" {
+					got = d.Explanation
+				}
+				if got != tt.want[i] {
+					t.Errorf("task %s: got %q, want %q", d.Task.GetId(), got, tt.want[i])
+				}
+			}
+		})
+	}
+}
+
+// TestSyncNetworksReplaces checks that a network no longer in the list, or
+// no longer encrypted, stops requiring WireGuard.
+func TestSyncNetworksReplaces(t *testing.T) {
+	s := New()
+	s.Sync([]*api.Node{node("n1")}, nil)
+	s.SyncNetworks([]*api.Network{{Id: "secure", Spec: &api.NetworkSpec{Encrypted: true}}})
+	if d := s.Schedule([]*api.Task{on(pendingTask("a", "web"), "secure")}); d[0].NodeID != "" {
+		t.Fatalf("task on an encrypted network placed on %s, a node without WireGuard", d[0].NodeID)
+	}
+	s.SyncNetworks(nil)
+	if d := s.Schedule([]*api.Task{on(pendingTask("b", "web"), "secure")}); d[0].NodeID != "n1" {
+		t.Fatalf("after SyncNetworks(nil): (%q, %q), want n1", d[0].NodeID, d[0].Explanation)
+	}
+}

@@ -713,12 +713,7 @@ func TestSessionDescriptionChecked(t *testing.T) {
 	other.Description = &api.NodeDescription{Hostname: "db-host"}
 	propose(t, r, store.Create(joined(node("n1"), "10.0.0.7:4242")), store.Create(other))
 	c := serve(t, New(r, Config{Logger: quietLogger()}))
-	tests := []struct {
-		name     string
-		desc     *api.NodeDescription
-		wantCode codes.Code
-		wantMsg  string
-	}{
+	tests := []sessionDescriptionTest{
 		{"unspecified data address", &api.NodeDescription{Hostname: "w", DataAddr: "0.0.0.0"}, codes.InvalidArgument, "unspecified"},
 		{"multicast data address", &api.NodeDescription{Hostname: "w", DataAddr: "239.1.1.1"}, codes.InvalidArgument, "multicast"},
 		{"broadcast data address", &api.NodeDescription{Hostname: "w", DataAddr: "255.255.255.255"}, codes.InvalidArgument, "broadcast"},
@@ -730,6 +725,39 @@ func TestSessionDescriptionChecked(t *testing.T) {
 		{"engine with control characters", &api.NodeDescription{Hostname: "w", Engine: "x\x1b[2J"}, codes.InvalidArgument, "engine"},
 		{"the address it joined with", &api.NodeDescription{Hostname: "w", DataAddr: "10.0.0.7"}, codes.OK, ""},
 	}
+	checkSessionDescriptions(t, r, c, tests)
+}
+
+// TestSessionWireGuardKeyChecked opens sessions with WireGuard keys: none
+// or 32 bytes not all zero is taken, anything else refused, and nothing
+// of a refused one is stored. (Apart from TestSessionDescriptionChecked:
+// a node may open only so many sessions at once.)
+func TestSessionWireGuardKeyChecked(t *testing.T) {
+	r := newRaft(t)
+	propose(t, r, store.Create(joined(node("n1"), "10.0.0.7:4242")))
+	c := serve(t, New(r, Config{Logger: quietLogger()}))
+	checkSessionDescriptions(t, r, c, []sessionDescriptionTest{
+		{"short WireGuard key", &api.NodeDescription{Hostname: "w", WireguardKey: make([]byte, 31)}, codes.InvalidArgument, "description.wireguard_key: 31 bytes: want a 32-byte public key"},
+		{"long WireGuard key", &api.NodeDescription{Hostname: "w", WireguardKey: make([]byte, 33)}, codes.InvalidArgument, "description.wireguard_key: 33 bytes"},
+		{"WireGuard key as base64 text", &api.NodeDescription{Hostname: "w", WireguardKey: []byte("cGVlcnB1YmxpY2tleWJhc2U2NGVuY29kZWQ9PT0=")}, codes.InvalidArgument, "description.wireguard_key: 40 bytes"},
+		{"all-zero WireGuard key", &api.NodeDescription{Hostname: "w", WireguardKey: make([]byte, 32)}, codes.InvalidArgument, "description.wireguard_key: all zero"},
+		{"a WireGuard key", &api.NodeDescription{Hostname: "w", DataAddr: "10.0.0.7", WireguardKey: wgKey(1)}, codes.OK, ""},
+	})
+}
+
+// sessionDescriptionTest is a session opened with desc and what the
+// dispatcher must answer.
+type sessionDescriptionTest struct {
+	name     string
+	desc     *api.NodeDescription
+	wantCode codes.Code
+	wantMsg  string
+}
+
+// checkSessionDescriptions opens n1's session with each description in
+// turn (the refused ones first: an accepted one is stored).
+func checkSessionDescriptions(t *testing.T, r *state.Node, c api.DispatcherClient, tests []sessionDescriptionTest) {
+	t.Helper()
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())

@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"bytes"
 	"cmp"
 	"maps"
 	"slices"
@@ -96,13 +97,14 @@ func networksOf(tx store.ReadTx, nodeID string) map[string]*api.Network {
 	return out
 }
 
-// peerOf is a node's peer entry; nil without a data address.
+// peerOf is a node's peer entry, with its WireGuard key when it reports
+// one; nil without a data address.
 func peerOf(n *api.Node) *api.NetworkPeer {
 	addr := n.GetDescription().GetDataAddr()
 	if n == nil || addr == "" {
 		return nil
 	}
-	return &api.NetworkPeer{NodeId: n.GetId(), DataAddr: addr, Ingress: n.GetIngress()}
+	return &api.NetworkPeer{NodeId: n.GetId(), DataAddr: addr, Ingress: n.GetIngress(), WireguardKey: n.GetDescription().GetWireguardKey()}
 }
 
 // endpointOf is a task's endpoint in v (its attachments on v's networks);
@@ -273,7 +275,9 @@ func emptyDelta(d *api.NetworkDelta) bool {
 
 // affectsNetworks matches the events that may change some node's network
 // view: networks and services with an endpoint, tasks with addresses,
-// nodes joining, leaving or changing their data or ingress address.
+// nodes joining, leaving or changing their data or ingress address or
+// their WireGuard key (a node that restarts makes a new key pair, and
+// every peer must encrypt to the new one).
 // Everything else (status reports of tasks without networks, heartbeat
 // bookkeeping) leaves every view as it was, so it costs no recomputation.
 func affectsNetworks(ev store.Event) bool {
@@ -290,6 +294,7 @@ func affectsNetworks(ev store.Event) bool {
 		old, _ := ev.Old.(*api.Node)
 		return ev.Kind != api.StoreActionKind_STORE_ACTION_KIND_UPDATE ||
 			o.GetDescription().GetDataAddr() != old.GetDescription().GetDataAddr() ||
+			!bytes.Equal(o.GetDescription().GetWireguardKey(), old.GetDescription().GetWireguardKey()) ||
 			!proto.Equal(o.GetIngress(), old.GetIngress())
 	}
 	return false

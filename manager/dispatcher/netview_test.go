@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -34,7 +35,8 @@ func service(id string, ep *api.Endpoint) *api.Service {
 }
 
 // summary renders a delta for comparison: ids of what is sent and
-// removed, endpoints with their attachments' networks and serving flag.
+// removed, peers with their data address and the start of their WireGuard
+// key, endpoints with their attachments' networks and serving flag.
 func summary(d *api.NetworkDelta) string {
 	var b strings.Builder
 	ids := func(name string, xs []string) {
@@ -47,7 +49,11 @@ func summary(d *api.NetworkDelta) string {
 		nets = append(nets, n.GetId())
 	}
 	for _, p := range d.GetPeers() {
-		peers = append(peers, p.GetNodeId()+"@"+p.GetDataAddr())
+		peer := p.GetNodeId() + "@" + p.GetDataAddr()
+		if k := p.GetWireguardKey(); len(k) > 0 {
+			peer += fmt.Sprintf("/wg:%x", k[:2]) // enough to tell test keys apart
+		}
+		peers = append(peers, peer)
 	}
 	for _, e := range d.GetEndpoints() {
 		var on []string
@@ -331,5 +337,55 @@ func TestAssignmentsInParts(t *testing.T) {
 			return
 		}
 		parts = append(parts, msg)
+	}
+}
+
+// wgKey is a test WireGuard public key: 32 bytes of b.
+func wgKey(b byte) []byte { return bytes.Repeat([]byte{b}, api.WireGuardKeyLen) }
+
+// TestPeerWireGuardKey follows a node's WireGuard key to another node's
+// assignment stream: the FULL message carries it in the node's peer entry,
+// and when the node opens a new session with a new key (shoald restarted
+// and made a new key pair), the other node hears of it as a peer change.
+func TestPeerWireGuardKey(t *testing.T) {
+	r := newRaft(t)
+	propose(t, r,
+		store.Create(overlay("ing", "10.255.0.0/24", true)),
+		store.Create(joined(node("n1"), "192.168.1.1:4242")),
+		store.Create(joined(node("n2"), "192.168.1.2:4242")))
+	c := serve(t, New(r, Config{Logger: quietLogger()}))
+	sid, _ := openSession(t, c, "n1", &api.NodeDescription{Hostname: "host-1", DataAddr: "192.168.1.1"})
+	openSession(t, c, "n2", &api.NodeDescription{Hostname: "host-2", DataAddr: "192.168.1.2", WireguardKey: wgKey(0xaa)})
+
+	ctx, cancel := context.WithTimeout(context.Background(), await.Settle)
+	defer cancel()
+	stream, err := c.Assignments(ctx, &api.AssignmentsRequest{SessionId: sid})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := summary(full.GetNetwork()), "nets[ing] peers[n1@192.168.1.1 n2@192.168.1.2/wg:aaaa]"; got != want {
+		t.Fatalf("FULL message: network %s\nwant %s", got, want)
+	}
+
+	openSession(t, c, "n2", &api.NodeDescription{Hostname: "host-2", DataAddr: "192.168.1.2", WireguardKey: wgKey(0xbb)})
+	msg, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := summary(msg.GetNetwork()), "peers[n2@192.168.1.2/wg:bbbb]"; msg.GetType() != api.AssignmentType_ASSIGNMENT_TYPE_INCREMENTAL || got != want {
+		t.Fatalf("after n2's new key: %v, network %s\nwant INCREMENTAL, %s", msg.GetType(), got, want)
+	}
+
+	openSession(t, c, "n2", &api.NodeDescription{Hostname: "host-2", DataAddr: "192.168.1.2"})
+	msg, err = stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := summary(msg.GetNetwork()), "peers[n2@192.168.1.2]"; got != want {
+		t.Fatalf("after n2 lost WireGuard: network %s\nwant %s", got, want)
 	}
 }

@@ -135,6 +135,12 @@ func TestViewUpdateMatchesFullView(t *testing.T) {
 			nd.Description.DataAddr = "192.0.2.22"
 			apply(store.Update(nd))
 		}},
+		{"a peer changes its WireGuard key", func() {
+			var nd *api.Node
+			s.View(func(tx store.ReadTx) { nd = proto.Clone(tx.Node("n2")).(*api.Node) })
+			nd.Description.WireguardKey = wgKey(0xcc)
+			apply(store.Update(nd))
+		}},
 		{"a service loses its ports", func() {
 			var svc *api.Service
 			s.View(func(tx store.ReadTx) { svc = proto.Clone(tx.Service("web")).(*api.Service) })

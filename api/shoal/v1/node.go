@@ -1,8 +1,10 @@
 package shoalv1
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 )
 
@@ -56,6 +58,28 @@ func ValidateNodeDescription(d *NodeDescription) error {
 		if err := ValidDataAddr(ip); err != nil {
 			return specErr("description.data_addr", "%v", err)
 		}
+	}
+	if err := ValidWireGuardKey(d.GetWireguardKey()); err != nil {
+		return specErr("description.wireguard_key", "%v", err)
+	}
+	return nil
+}
+
+// WireGuardKeyLen is the length of a WireGuard (Curve25519) public key.
+const WireGuardKeyLen = 32
+
+// ValidWireGuardKey reports why key cannot be a node's WireGuard public
+// key: it is empty (the node has no WireGuard) or 32 bytes, not all zero
+// (the all-zero key is no public key: WireGuard refuses a peer with it).
+func ValidWireGuardKey(key []byte) error {
+	if len(key) == 0 {
+		return nil
+	}
+	if len(key) != WireGuardKeyLen {
+		return fmt.Errorf("%d bytes: want a %d-byte public key, or none when the node has no WireGuard", len(key), WireGuardKeyLen)
+	}
+	if !slices.ContainsFunc(key, func(b byte) bool { return b != 0 }) {
+		return errors.New("all zero: want the node's public key, or none when the node has no WireGuard")
 	}
 	return nil
 }

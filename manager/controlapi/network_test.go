@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/manager/allocator"
 	"github.com/shoal-project/shoal/manager/store"
 )
 
@@ -104,6 +105,28 @@ func TestCreateNetworkRefused(t *testing.T) {
 				t.Errorf("refused create changed the networks: %d, was %d", len(after.GetNetworks()), len(before.GetNetworks()))
 			}
 		})
+	}
+}
+
+// TestCreateEncryptedNetwork: encrypted is kept as asked, and refused for
+// the ingress network, whoever creates it (only manager.Init does, through
+// the same allocator the API uses).
+func TestCreateEncryptedNetwork(t *testing.T) {
+	r := newRaft(t)
+	s := newServer(t, r)
+	c := serveControl(t, s)
+	if n := createNetwork(t, c, &api.NetworkSpec{Name: "secure", Encrypted: true}); !n.GetSpec().GetEncrypted() {
+		t.Errorf("stored network %v, want encrypted", n)
+	}
+	if n := createNetwork(t, c, &api.NetworkSpec{Name: "plain"}); n.GetSpec().GetEncrypted() {
+		t.Errorf("stored network %v, want it plain", n)
+	}
+	before := r.Store().Snapshot()
+	_, err := s.networks.CreateNetwork(context.Background(), &api.NetworkSpec{Name: "ingress", Encrypted: true},
+		allocator.Network{Name: "ingress", Ingress: true})
+	wantCode(t, allocStatus(err), codes.InvalidArgument, `network "ingress" is the ingress network, which cannot be encrypted`)
+	if after := r.Store().Snapshot(); len(after.GetNetworks()) != len(before.GetNetworks()) {
+		t.Errorf("refused create changed the networks: %d, was %d", len(after.GetNetworks()), len(before.GetNetworks()))
 	}
 }
 

@@ -77,8 +77,15 @@ func loadErr(what string, err error) error {
 // CreateNetwork allocates want (an id is picked when it has none) and
 // stores it as a network with spec, in one command with the actions in
 // with. A name already taken is store.ErrExist; allocation errors wrap the
-// allocator's.
+// allocator's, as does an encrypted ingress network (ErrInvalid).
 func (a *Allocator) CreateNetwork(ctx context.Context, spec *api.NetworkSpec, want allocator.Network, with ...*api.StoreAction) (*api.Network, error) {
+	// Every node is on the ingress network for the routing mesh, whether
+	// its kernel has WireGuard or not: an encrypted one would leave the
+	// nodes without it out of the mesh. Checked here, where Init and the
+	// control API both create networks.
+	if want.Ingress && spec.GetEncrypted() {
+		return nil, fmt.Errorf("%w: network %q is the ingress network, which cannot be encrypted: every node is on it for the routing mesh, with WireGuard or without", allocator.ErrInvalid, want.Name)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if want.ID == "" {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	api "github.com/shoal-project/shoal/api/shoal/v1"
 )
 
 func FuzzParseScaleArg(f *testing.F) {
@@ -22,6 +24,32 @@ func FuzzParseScaleArg(f *testing.F) {
 		}
 		if st.service == "" || strings.Contains(st.service, "=") {
 			t.Errorf("accepted %q as service %q", arg, st.service)
+		}
+	})
+}
+
+func FuzzNetworkOpts(f *testing.F) {
+	for _, s := range []string{"encrypted", "encrypted=true", "encrypted=false", "encrypted=maybe", "bogus", "=x", "", "encrypted=true=false"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, opt string) {
+		spec := &api.NetworkSpec{}
+		err := applyNetworkOpts(spec, []string{opt})
+		key, _, _ := strings.Cut(opt, "=")
+		if err != nil {
+			if !strings.Contains(err.Error(), fmt.Sprintf("%q", key)) && !strings.Contains(err.Error(), fmt.Sprintf("%q", opt)) {
+				t.Errorf("error %q does not name the option %q", err, opt)
+			}
+			if spec.GetEncrypted() {
+				t.Errorf("refused %q but set encrypted", opt)
+			}
+			return
+		}
+		if !slices.Contains([]string{"encrypted", "encrypted=true", "encrypted=false"}, opt) {
+			t.Errorf("accepted --opt %q", opt)
+		}
+		if spec.GetEncrypted() != (opt != "encrypted=false") {
+			t.Errorf("--opt %q set encrypted %v", opt, spec.GetEncrypted())
 		}
 	})
 }

@@ -34,7 +34,7 @@ func networkFixture() *fakeControl {
 		},
 		{
 			Id: netFront, Meta: &api.Meta{Version: 45, CreatedAt: ago(time.Minute)},
-			Spec:   &api.NetworkSpec{Name: "front"},
+			Spec:   &api.NetworkSpec{Name: "front", Encrypted: true},
 			Subnet: "10.10.1.0/24", Gateway: "10.10.1.1", Vni: 4098,
 		},
 	}
@@ -50,9 +50,9 @@ func TestNetworkOutputGolden(t *testing.T) {
 		{"network_ls_notrunc", []string{"network", "ls", "--no-trunc"}},
 		{"network_ls_quiet", []string{"network", "ls", "-q"}},
 		{"network_ls_json", []string{"network", "ls", "--format", "json"}},
-		{"network_ls_template", []string{"network", "ls", "--format", "{{.Name}} {{.Subnet}} vni={{.VNI}} ingress={{.Ingress}}"}},
+		{"network_ls_template", []string{"network", "ls", "--format", "{{.Name}} {{.Subnet}} vni={{.VNI}} ingress={{.Ingress}} encrypted={{.Encrypted}}"}},
 		{"network_inspect_json", []string{"network", "inspect", "backend", "netfront"}},
-		{"network_inspect_template", []string{"network", "inspect", "--format", "{{.Spec.Name}} {{.Subnet}} {{.Gateway}} {{.Vni}} {{json .Spec.Labels}}", "backend", "ingress"}},
+		{"network_inspect_template", []string{"network", "inspect", "--format", "{{.Spec.Name}} {{.Subnet}} {{.Gateway}} {{.Vni}} {{.Spec.Encrypted}} {{json .Spec.Labels}}", "backend", "front", "ingress"}},
 		{"network_create", []string{"network", "create", "--subnet", "10.10.5.0/24", "--label", "a=b", "db"}},
 		{"network_rm", []string{"network", "rm", "backend", "front"}},
 	}
@@ -82,6 +82,33 @@ func TestNetworkCreateSendsSpec(t *testing.T) {
 	}
 }
 
+func TestNetworkCreateOptions(t *testing.T) {
+	tests := []struct {
+		opts []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"--opt", "encrypted"}, true},
+		{[]string{"-o", "encrypted"}, true},
+		{[]string{"--opt", "encrypted=true"}, true},
+		{[]string{"--opt=encrypted=false"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.opts, " "), func(t *testing.T) {
+			f := networkFixture()
+			if _, err := runCLI(t, f, append(append([]string{"network", "create"}, tt.opts...), "db")...); err != nil {
+				t.Fatal(err)
+			}
+			if len(f.networksCreated) != 1 {
+				t.Fatalf("CreateNetwork called %d times, want 1", len(f.networksCreated))
+			}
+			if got := f.networksCreated[0].GetEncrypted(); got != tt.want {
+				t.Errorf("spec sent has encrypted %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
 func TestNetworkArgumentErrors(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -95,6 +122,12 @@ func TestNetworkArgumentErrors(t *testing.T) {
 		{"create bad gateway", []string{"network", "create", "--subnet", "10.20.0.0/24", "--gateway", "x", "db"}, `invalid --gateway "x"`},
 		{"create gateway alone", []string{"network", "create", "--gateway", "10.20.0.1", "db"}, "--gateway needs --subnet"},
 		{"create bad label", []string{"network", "create", "--label", "=v", "db"}, `invalid --label "=v"`},
+		{"create unknown option", []string{"network", "create", "--opt", "bogus", "db"}, `unknown --opt "bogus": options are encrypted`},
+		{"create unknown option with a value", []string{"network", "create", "-o", "com.docker.network.driver.mtu=1400", "db"}, `unknown --opt "com.docker.network.driver.mtu": options are encrypted`},
+		{"create encrypted with a bad value", []string{"network", "create", "--opt", "encrypted=maybe", "db"}, `invalid --opt "encrypted=maybe": want encrypted, encrypted=true or encrypted=false`},
+		{"create encrypted with an empty value", []string{"network", "create", "--opt", "encrypted=", "db"}, `invalid --opt "encrypted=": want`},
+		{"create option without a key", []string{"network", "create", "--opt", "=true", "db"}, `invalid --opt "=true": want KEY[=VALUE]`},
+		{"create option twice", []string{"network", "create", "--opt", "encrypted", "--opt", "encrypted=false", "db"}, "--opt encrypted given twice"},
 		{"ls with argument", []string{"network", "ls", "x"}, "takes no arguments"},
 		{"ls bad template", []string{"network", "ls", "--format", "{{"}, "invalid --format template"},
 		{"inspect without name", []string{"network", "inspect"}, "at least one NETWORK"},

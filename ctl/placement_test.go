@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -217,6 +218,7 @@ func newModesFixture() *fakeControl {
 		n.Description.MemoryBytes = 8 << 30
 	}
 	f.nodes[1].Spec.Labels = map[string]string{"zone": "eu"}
+	f.nodes[1].Description.WireguardKey = bytes.Repeat([]byte{0x5a}, 32)
 	f.reserved = map[string]*api.Resources{nodeAlpha: {NanoCpus: api.NanoCPU / 4, MemoryBytes: 256 << 20}}
 	return f
 }
@@ -235,6 +237,7 @@ func TestModesOutputGolden(t *testing.T) {
 		{"modes_service_ps_job", []string{"service", "ps", "migrate"}},
 		{"modes_service_inspect_pretty", []string{"service", "inspect", "--pretty", "agent", "migrate"}},
 		{"modes_node_inspect_pretty", []string{"node", "inspect", "--pretty", "alpha"}},
+		{"modes_node_inspect_pretty_no_wireguard", []string{"node", "inspect", "--pretty", "bravo"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.golden, func(t *testing.T) {

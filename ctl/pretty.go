@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"maps"
@@ -148,6 +149,13 @@ func printPrettyNode(w io.Writer, resp *api.GetNodeResponse) error {
 	}
 	p.line(0, "Platform", d.GetOs()+"/"+d.GetArch())
 	p.line(0, "Engine", d.GetEngine())
+	// Shown as wg(8) shows keys; a node without one is why tasks of
+	// encrypted networks stay pending there.
+	if k := d.GetWireguardKey(); len(k) > 0 {
+		p.line(0, "WireGuard key", base64.StdEncoding.EncodeToString(k))
+	} else {
+		p.line(0, "WireGuard key", "none (tasks of encrypted networks do not run here)")
+	}
 	p.labels(n.GetSpec().GetLabels())
 	r := resp.GetReserved()
 	p.section("Resources")

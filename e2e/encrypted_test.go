@@ -74,7 +74,7 @@ func TestEncryptedNetworkWithoutWireGuard(t *testing.T) {
 		if pretty := n.Ctl("node", "inspect", "--pretty", n.Name); !strings.Contains(pretty, "WireGuard key:  none (tasks of encrypted networks do not run here)") {
 			t.Errorf("node inspect --pretty does not say the node has no WireGuard key:\n%s", pretty)
 		}
-				n.Ctl("service", "create", "--detach", "--name", "vault", "--network", "secure", tc.Image)
+		n.Ctl("service", "create", "--detach", "--name", "vault", "--network", "secure", tc.Image)
 		const reason = "no suitable node (1 node lacks WireGuard (the task is on an encrypted network))"
 		tc.Eventually(t, converge, "vault pending with the reason", func() (bool, string) {
 			ps := n.Ctl("service", "ps", "--no-trunc", "vault")

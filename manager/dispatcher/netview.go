@@ -276,8 +276,9 @@ func emptyDelta(d *api.NetworkDelta) bool {
 // affectsNetworks matches the events that may change some node's network
 // view: networks and services with an endpoint, tasks with addresses,
 // nodes joining, leaving or changing their data or ingress address or
-// their WireGuard key (a node that restarts makes a new key pair, and
-// every peer must encrypt to the new one).
+// their WireGuard key (the key lives only in the node's kernel: after a
+// reboot the node makes a new pair, and every peer must encrypt to the new
+// one, or gets it for the first time when the node gains WireGuard).
 // Everything else (status reports of tasks without networks, heartbeat
 // bookkeeping) leaves every view as it was, so it costs no recomputation.
 func affectsNetworks(ev store.Event) bool {

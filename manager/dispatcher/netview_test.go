@@ -345,8 +345,9 @@ func wgKey(b byte) []byte { return bytes.Repeat([]byte{b}, api.WireGuardKeyLen) 
 
 // TestPeerWireGuardKey follows a node's WireGuard key to another node's
 // assignment stream: the FULL message carries it in the node's peer entry,
-// and when the node opens a new session with a new key (shoald restarted
-// and made a new key pair), the other node hears of it as a peer change.
+// and when the node opens a new session with a new key (the host rebooted,
+// and with it the kernel that held the key), the other node hears of it as
+// a peer change; also when the node comes back without one.
 func TestPeerWireGuardKey(t *testing.T) {
 	r := newRaft(t)
 	propose(t, r,

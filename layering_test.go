@@ -22,7 +22,7 @@ const module = "github.com/shoal-project/shoal"
 var (
 	// roles are the packages that do the work of a node; the daemon, the
 	// lab and the CLI assemble or drive them.
-	roles = []string{"api/...", "manager/...", "worker/...", "scheduler/...", "network/...", "identity/...", "image/..."}
+	roles = []string{"api/...", "manager/...", "worker/...", "scheduler/...", "network/...", "identity/...", "image/...", "seal/..."}
 	// assemblers sit above the roles.
 	assemblers = []string{"daemon/...", "lab/...", "ctl/...", "cmd/..."}
 	// kernel are the libraries that program the kernel.
@@ -53,6 +53,8 @@ var layers = []struct {
 		why: "placement is a pure function of a snapshot of nodes and tasks: no store, no raft, no I/O (scheduler/doc.go)"},
 	{from: []string{"identity"}, only: []string{"api/..."},
 		why: "identity sits below every role and imports only the API types (identity/doc.go)"},
+	{from: []string{"seal/..."}, only: []string{},
+		why: "sealing is a primitive below every role that keeps data at rest: it imports nothing of ours (seal/doc.go)"},
 	{from: []string{"image/..."}, not: []string{"manager/...", "worker/...", "scheduler/...", "network/...", "lab/..."},
 		why: "managers, workers, the lab and the test image builder import image; it imports none of them (image/doc.go)"},
 	{from: []string{"network/..."}, not: []string{"manager/...", "worker/...", "scheduler/...", "identity/...", "image/...", "github.com/containerd/..."},

@@ -1,7 +1,6 @@
 package state
 
 import (
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/crypto/chacha20poly1305"
+	"github.com/shoal-project/shoal/seal"
 )
 
 // Encryption at rest, Swarm's model: each manager seals its raft log
@@ -21,25 +20,16 @@ import (
 // in memory (and in the encrypted store), and a restarted manager opens
 // nothing until it is given the key (`shoald unlock`).
 //
-// The cipher is XChaCha20-Poly1305 (golang.org/x/crypto): an AEAD whose
-// 192-bit nonces can be drawn at random for every entry without a limit on
-// messages per key that a busy log would approach (AES-GCM's 96-bit random
-// nonces allow about 2^32 before a collision must be feared, and a counter
-// would have to survive crashes), constant-time in software, and with
-// associated data, which ties each entry to its log index.
+// Values are sealed by package seal (XChaCha20-Poly1305, which says why),
+// with associated data that ties each entry to its log index.
 
 const (
 	keysFile = "keys.json"
 	// keySize is the size of a DEK, a KEK and an unlock key's secret.
-	keySize = chacha20poly1305.KeySize
+	keySize = seal.KeySize
 	// UnlockKeyPrefix starts every unlock key, so that a key pasted in
 	// the wrong place is recognised.
 	UnlockKeyPrefix = "SHOALKEY-1-"
-	// sealVersion is the first byte of every sealed value, for a future
-	// change of cipher.
-	sealVersion = 1
-	// sealOverhead is what sealing adds to a value.
-	sealOverhead = 1 + chacha20poly1305.NonceSizeX + chacha20poly1305.Overhead
 )
 
 var (
@@ -62,17 +52,9 @@ type keyFile struct {
 
 func keysPath(dir string) string { return filepath.Join(dir, keysFile) }
 
-func newKey() []byte {
-	k := make([]byte, keySize)
-	if _, err := rand.Read(k); err != nil {
-		panic(fmt.Sprintf("read random key: %v", err)) // crypto/rand does not fail on Linux
-	}
-	return k
-}
-
 // NewUnlockKey returns a fresh unlock key.
 func NewUnlockKey() string {
-	return UnlockKeyPrefix + base64.RawURLEncoding.EncodeToString(newKey())
+	return UnlockKeyPrefix + base64.RawURLEncoding.EncodeToString(seal.NewKey())
 }
 
 // ParseUnlockKey returns the KEK an unlock key stands for.
@@ -86,42 +68,6 @@ func ParseUnlockKey(key string) ([]byte, error) {
 		return nil, fmt.Errorf("the unlock key is malformed: want %s followed by %d bytes in unpadded base64url", UnlockKeyPrefix, keySize)
 	}
 	return k, nil
-}
-
-// sealer seals and opens values with one key.
-type sealer struct {
-	key []byte
-}
-
-func (s sealer) seal(plain, ad []byte) []byte {
-	aead, err := chacha20poly1305.NewX(s.key)
-	if err != nil {
-		panic(fmt.Sprintf("xchacha20poly1305: %v", err)) // the key size is fixed
-	}
-	out := make([]byte, 1+aead.NonceSize(), sealOverhead+len(plain))
-	out[0] = sealVersion
-	if _, err := rand.Read(out[1:]); err != nil {
-		panic(fmt.Sprintf("read random nonce: %v", err))
-	}
-	return aead.Seal(out, out[1:], plain, ad)
-}
-
-var errUnseal = errors.New("cannot be decrypted (wrong key, or damaged)")
-
-func (s sealer) open(sealed, ad []byte) ([]byte, error) {
-	aead, err := chacha20poly1305.NewX(s.key)
-	if err != nil {
-		return nil, err
-	}
-	if len(sealed) < sealOverhead || sealed[0] != sealVersion {
-		return nil, errUnseal
-	}
-	nonce := sealed[1 : 1+aead.NonceSize()]
-	plain, err := aead.Open(nil, nonce, sealed[1+aead.NonceSize():], ad)
-	if err != nil {
-		return nil, errUnseal
-	}
-	return plain, nil
 }
 
 var dekAD = []byte("shoal/raft/dek")
@@ -160,7 +106,7 @@ func CheckUnlockKey(dir string, kek []byte) error {
 // createKeys makes a new DEK for dir, wrapped by kek when given (locked)
 // or by a new KEK kept beside it.
 func createKeys(dir string, kek []byte) (*keyring, error) {
-	k := &keyring{dir: dir, dek: newKey()}
+	k := &keyring{dir: dir, dek: seal.NewKey()}
 	if err := k.rewrap(kek); err != nil {
 		return nil, err
 	}
@@ -191,7 +137,7 @@ func loadKeys(dir string, kek []byte) (*keyring, error) {
 		// once the store is read.
 		k.kek = f.KEK
 	}
-	dek, err := sealer{k.kek}.open(f.DEK, dekAD)
+	dek, err := seal.New(k.kek).Open(f.DEK, dekAD)
 	if err != nil {
 		if f.Locked {
 			return nil, ErrWrongUnlockKey
@@ -210,10 +156,10 @@ func loadKeys(dir string, kek []byte) (*keyring, error) {
 func (k *keyring) rewrap(kek []byte) error {
 	f := keyFile{Locked: kek != nil}
 	if kek == nil {
-		kek = newKey()
+		kek = seal.NewKey()
 		f.KEK = kek
 	}
-	f.DEK = sealer{kek}.seal(k.dek, dekAD)
+	f.DEK = seal.New(kek).Seal(k.dek, dekAD)
 	b, err := json.Marshal(f)
 	if err != nil {
 		return err
@@ -291,9 +237,9 @@ type KeySealer struct{ kek []byte }
 func NewKeySealer(kek []byte) KeySealer { return KeySealer{kek: kek} }
 
 // SealKey seals a PEM private key.
-func (k KeySealer) SealKey(keyPEM []byte) []byte { return sealer{k.kek}.seal(keyPEM, nodeKeyAD) }
+func (k KeySealer) SealKey(keyPEM []byte) []byte { return seal.New(k.kek).Seal(keyPEM, nodeKeyAD) }
 
 // OpenKey opens what SealKey sealed.
 func (k KeySealer) OpenKey(sealed []byte) ([]byte, error) {
-	return sealer{k.kek}.open(sealed, nodeKeyAD)
+	return seal.New(k.kek).Open(sealed, nodeKeyAD)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/shoal-project/shoal/seal"
 	"golang.org/x/sys/unix"
 )
 
@@ -83,7 +84,7 @@ func copySealed(cfg Config, keys *keyring, tmp string) error {
 			return fmt.Errorf("copy %s: %w", k, err)
 		}
 	}
-	logs := &sealedLogs{LogStore: nb, s: sealer{keys.dek}}
+	logs := &sealedLogs{LogStore: nb, s: seal.New(keys.dek)}
 	first, err := old.FirstIndex()
 	if err != nil {
 		return err
@@ -98,7 +99,7 @@ func copySealed(cfg Config, keys *keyring, tmp string) error {
 		if err := old.GetLog(i, l); err != nil {
 			return fmt.Errorf("read log entry %d: %w", i, err)
 		}
-		if l.Type == raft.LogCommand && looksSealed(l.Data) {
+		if l.Type == raft.LogCommand && seal.LooksSealed(l.Data) {
 			return fmt.Errorf("log entry %d: %w", i, errKeysLost)
 		}
 		batch = append(batch, l)
@@ -141,7 +142,7 @@ func copySnapshot(from raft.SnapshotStore, to raft.SnapshotStore, m *raft.Snapsh
 	if err != nil {
 		return err
 	}
-	if looksSealed(data) {
+	if seal.LooksSealed(data) {
 		return errKeysLost
 	}
 	sink, err := to.Create(meta.Version, meta.Index, meta.Term, meta.Configuration, meta.ConfigurationIndex, trans)
@@ -157,13 +158,6 @@ func copySnapshot(from raft.SnapshotStore, to raft.SnapshotStore, m *raft.Snapsh
 
 // errKeysLost: the state is encrypted, but its keys.json is gone.
 var errKeysLost = errors.New("it is encrypted, but its keys (keys.json) are gone: the state cannot be read; remove this manager (shoalctl node demote, node rm --force) and join it again")
-
-// looksSealed tells a sealed value from a plaintext protobuf message (a
-// command or a snapshot): no message starts with the byte of field
-// number 0, which is what the seal version byte reads as.
-func looksSealed(b []byte) bool {
-	return len(b) >= sealOverhead && b[0] == sealVersion
-}
 
 func isNotFound(err error) bool {
 	return errors.Is(err, raftboltdb.ErrKeyNotFound)

@@ -20,6 +20,7 @@ import (
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/manager/store"
+	"github.com/shoal-project/shoal/seal"
 )
 
 // Timings for a cluster on one LAN. hashicorp/raft's defaults (1 s) are
@@ -158,7 +159,7 @@ func Open(cfg Config, bootstrap bool) (*Node, error) {
 	guard := newDiskGuard(cfg.Dir, max(reserve, 0), cfg.Logger)
 	// Outside in: the disk guard (a full disk), the checksum (a damaged
 	// entry), the encryption (secrets at rest), bolt.
-	logs := guardedLogs{LogStore: checksummedLogs{LogStore: &sealedLogs{LogStore: bolt, s: sealer{keys.dek}}}, g: guard}
+	logs := guardedLogs{LogStore: checksummedLogs{LogStore: &sealedLogs{LogStore: bolt, s: seal.New(keys.dek)}}, g: guard}
 	stable := guardedStable{StableStore: bolt, g: guard}
 	snaps := guardedSnapshots{SnapshotStore: sealedSnaps, g: guard}
 	rc := raftConfig(cfg)
@@ -240,7 +241,7 @@ func openSnapshots(dir string, dek []byte) (*sealedSnapshots, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open raft snapshots: %w", err)
 	}
-	return &sealedSnapshots{inner: inner, dir: snapshotsDir(dir), s: sealer{dek}}, nil
+	return &sealedSnapshots{inner: inner, dir: snapshotsDir(dir), s: seal.New(dek)}, nil
 }
 
 // SetUnlockKey wraps the member's data key with the cluster's unlock key

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/hashicorp/raft"
+	"github.com/shoal-project/shoal/seal"
 )
 
 // sealedLogs is a raft log store whose entries' data is sealed on the way
@@ -17,7 +18,7 @@ import (
 // and type, so entries cannot be swapped on disk unnoticed.
 type sealedLogs struct {
 	raft.LogStore
-	s sealer
+	s seal.Sealer
 }
 
 func logAD(l *raft.Log) []byte {
@@ -32,10 +33,10 @@ func logAD(l *raft.Log) []byte {
 func (s *sealedLogs) sealLog(l *raft.Log) *raft.Log {
 	c := *l
 	if len(l.Data) > 0 {
-		c.Data = s.s.seal(l.Data, logAD(l))
+		c.Data = s.s.Seal(l.Data, logAD(l))
 	}
 	if len(l.Extensions) > 0 {
-		c.Extensions = s.s.seal(l.Extensions, append(logAD(l), 'x'))
+		c.Extensions = s.s.Seal(l.Extensions, append(logAD(l), 'x'))
 	}
 	return &c
 }
@@ -46,12 +47,12 @@ func (s *sealedLogs) GetLog(index uint64, l *raft.Log) error {
 	}
 	var err error
 	if len(l.Data) > 0 {
-		if l.Data, err = s.s.open(l.Data, logAD(l)); err != nil {
+		if l.Data, err = s.s.Open(l.Data, logAD(l)); err != nil {
 			return fmt.Errorf("raft log entry %d %w: remove this manager and join it again, or recover from another (see docs/security.md)", index, err)
 		}
 	}
 	if len(l.Extensions) > 0 {
-		if l.Extensions, err = s.s.open(l.Extensions, append(logAD(l), 'x')); err != nil {
+		if l.Extensions, err = s.s.Open(l.Extensions, append(logAD(l), 'x')); err != nil {
 			return fmt.Errorf("raft log entry %d extensions %w", index, err)
 		}
 	}
@@ -77,7 +78,7 @@ func (s *sealedLogs) StoreLogs(logs []*raft.Log) error {
 type sealedSnapshots struct {
 	inner raft.SnapshotStore
 	dir   string // the snapshots directory, for its modes
-	s     sealer
+	s     seal.Sealer
 }
 
 func snapshotAD(index, term uint64) []byte {
@@ -97,7 +98,7 @@ func (s *sealedSnapshots) Create(version raft.SnapshotVersion, index, term uint6
 func (s *sealedSnapshots) List() ([]*raft.SnapshotMeta, error) {
 	metas, err := s.inner.List()
 	for _, m := range metas {
-		m.Size = max(m.Size-sealOverhead, 0)
+		m.Size = max(m.Size-seal.Overhead, 0)
 	}
 	return metas, err
 }
@@ -112,7 +113,7 @@ func (s *sealedSnapshots) Open(id string) (*raft.SnapshotMeta, io.ReadCloser, er
 	if err != nil {
 		return nil, nil, fmt.Errorf("read snapshot %s: %w", id, err)
 	}
-	plain, err := s.s.open(sealed, snapshotAD(meta.Index, meta.Term))
+	plain, err := s.s.Open(sealed, snapshotAD(meta.Index, meta.Term))
 	if err != nil {
 		return nil, nil, fmt.Errorf("snapshot %s %w", id, err)
 	}
@@ -131,7 +132,7 @@ type sealingSink struct {
 func (k *sealingSink) Write(p []byte) (int, error) { return k.buf.Write(p) }
 
 func (k *sealingSink) Close() error {
-	sealed := k.store.s.seal(k.buf.Bytes(), k.ad)
+	sealed := k.store.s.Seal(k.buf.Bytes(), k.ad)
 	k.buf.Reset()
 	if _, err := k.SnapshotSink.Write(sealed); err != nil {
 		k.SnapshotSink.Cancel()

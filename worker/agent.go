@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	api "github.com/shoal-project/shoal/api/shoal/v1"
+	"github.com/shoal-project/shoal/seal"
 	"github.com/shoal-project/shoal/worker/exec"
 )
 
@@ -77,6 +78,12 @@ type Config struct {
 	// after a restart the agent watches its tasks (and reports what
 	// happened to them) before any manager is reachable.
 	StateDir string
+	// CacheKey seals the assignments kept in StateDir, which hold the
+	// tasks' specs, environment included (seal.KeySize bytes; required
+	// with StateDir). The daemon derives it from the node's private key;
+	// a saved set that does not open with it is ignored. SetCacheKey
+	// replaces it.
+	CacheKey []byte
 }
 
 // NetworkView programs the node's networks: the worker's network agent.
@@ -131,6 +138,9 @@ type Agent struct {
 	pending map[string]*api.TaskStatus
 	kick    chan struct{} // wakes the reporter
 	dirty   chan struct{} // the assignments changed: persist them
+	// cacheKey seals the saved assignments (Config.CacheKey, then
+	// SetCacheKey).
+	cacheKey []byte
 
 	// firstSync is closed after the first full assignment set was applied.
 	firstSync     chan struct{}
@@ -145,6 +155,11 @@ type Agent struct {
 func New(cfg Config) *Agent {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.StateDir != "" && len(cfg.CacheKey) != seal.KeySize {
+		// A wiring mistake, not a condition to run with: the tasks'
+		// environment would reach the disk in the clear.
+		panic(fmt.Sprintf("worker: a StateDir needs a %d-byte CacheKey, got %d bytes", seal.KeySize, len(cfg.CacheKey)))
 	}
 	var client api.DispatcherClient
 	if cfg.Conn != nil {
@@ -161,6 +176,7 @@ func New(cfg Config) *Agent {
 		dirty:     make(chan struct{}, 1),
 		firstSync: make(chan struct{}),
 		grace:     defaultGrace,
+		cacheKey:  cfg.CacheKey,
 	}
 	if loader, ok := cfg.Executor.(exec.ImageLoader); ok {
 		a.images = newImageSync(loader, a.fetchImage, a.logger)

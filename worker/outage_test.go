@@ -2,17 +2,14 @@ package worker
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	api "github.com/shoal-project/shoal/api/shoal/v1"
 	"github.com/shoal-project/shoal/internal/await"
+	"github.com/shoal-project/shoal/seal"
 	"github.com/shoal-project/shoal/worker/exec"
 )
 
@@ -92,13 +89,8 @@ func TestAgentStartsWhileRuntimeDown(t *testing.T) {
 	for _, id := range []string{"t1", "moved"} {
 		saved.Changes = append(saved.Changes, update(task(id, stRunning, stRunning)))
 	}
-	b, err := proto.Marshal(saved)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "assignments.pb"), b, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	key := seal.NewKey()
+	writeSaved(t, dir, key, saved)
 	exe := newFakeExecutor()
 	exe.containers = []exec.Container{
 		{ID: "c-t1", TaskID: "t1", ServiceID: "svc", Slot: 1, Running: true},
@@ -109,7 +101,7 @@ func TestAgentStartsWhileRuntimeDown(t *testing.T) {
 	exe.prepareErr["moved"] = exec.ErrTaskPrepared
 	exe.setDown(true)
 
-	h := startAgent(t, exe, newFakeDispatcher(), func(c *Config) { c.StateDir = dir })
+	h := startAgent(t, exe, newFakeDispatcher(), withState(dir, key))
 	await.For(t, "a session while the runtime is down", func() bool { return h.disp.sessionCount() == 1 })
 	h.disp.full(t, 1, task("t1", stRunning, stRunning))
 	await.For(t, "adoption retried while the runtime is down", func() (bool, string) {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 	"github.com/shoal-project/shoal/manager/ca"
 	"github.com/shoal-project/shoal/manager/dispatcher"
 	"github.com/shoal-project/shoal/manager/state"
+	"github.com/shoal-project/shoal/seal"
 	"github.com/shoal-project/shoal/worker"
 )
 
@@ -182,6 +184,30 @@ type node struct {
 	// unlockKey seals the node's private key on disk while the cluster
 	// has autolock on and this node is a manager (see sealer).
 	unlockKey []byte
+	// agent is the node's worker agent, set by serve before anything
+	// renews the node's key; a renewal hands it the new cache key.
+	agent *worker.Agent
+}
+
+// assignmentsKeyInfo is the HKDF info that derives the key sealing the
+// worker's cached assignments from the node's private key
+// (docs/security.md): nothing more to keep on disk, and a key of its own,
+// unrelated to any other use of the node key.
+const assignmentsKeyInfo = "shoal/worker/assignments-cache/v1"
+
+// assignmentsKey is the key the worker seals its cached assignments with:
+// HKDF-SHA256 of the node's private key (PKCS #8 DER). A renewal brings a
+// new node key, and so a new cache key.
+func assignmentsKey(creds identity.Credentials) ([]byte, error) {
+	cert, err := creds.TLSCertificate()
+	if err != nil {
+		return nil, fmt.Errorf("derive the assignments cache key: %w", err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(cert.PrivateKey)
+	if err != nil {
+		return nil, fmt.Errorf("derive the assignments cache key: %w", err)
+	}
+	return seal.DeriveKey(der, assignmentsKeyInfo), nil
 }
 
 // sealer is what the node's key is saved with: the unlock key on a manager
@@ -681,12 +707,18 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 		}
 	}()
 
+	n.credsMu.Lock()
+	cacheKey, err := assignmentsKey(n.creds)
+	n.credsMu.Unlock()
+	if err != nil {
+		return err
+	}
 	pool := n.managerPool()
 	roleChange := make(chan api.NodeRole, 1)
 	agent := worker.New(worker.Config{
 		NodeID: n.file.NodeID, Executor: exe, Managers: pool, Logger: cfg.Logger.With("component", "worker"),
-		StateDir: workerDir(cfg.DataDir),
-		Network:  exe.network, DataAddr: exe.dataAddr, DrainDelay: cfg.DrainDelay,
+		StateDir: workerDir(cfg.DataDir), CacheKey: cacheKey,
+		Network: exe.network, DataAddr: exe.dataAddr, DrainDelay: cfg.DrainDelay,
 		OnRenewCertificate: func() {
 			select {
 			case n.renewNow <- struct{}{}:
@@ -702,6 +734,7 @@ func (n *node) serve(ctx context.Context, exe *executor) error {
 			}
 		},
 	})
+	n.agent = agent
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -841,6 +874,10 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 	if err != nil {
 		return err
 	}
+	cacheKey, err := assignmentsKey(creds)
+	if err != nil {
+		return err
+	}
 	n.credsMu.Lock()
 	err = identity.SaveCredentialsSealed(certDir(n.cfg.DataDir), creds, n.sealer(id.Role))
 	if err == nil {
@@ -859,6 +896,9 @@ func (n *node) renew(ctx context.Context, pool *worker.ManagerPool) error {
 		}
 	}
 	n.keypair.Set(cert)
+	if n.agent != nil {
+		n.agent.SetCacheKey(cacheKey)
+	}
 	// Open connections keep presenting the old certificate, which the
 	// managers now refuse: drop them so the next calls redial.
 	pool.Reset()

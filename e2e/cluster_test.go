@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -453,6 +455,59 @@ func TestClusterSecurity(t *testing.T) {
 	addr := m.AdvertiseAddr()
 	ids := nodeIDs(c.clusterNodes(t, m.Name))
 	w1, w2 := c.node(t, "worker1"), c.node(t, "worker2")
+
+	t.Run("a service's environment is in no file under any data dir", func(t *testing.T) {
+		// The managers seal raft; every node (the manager too) seals the
+		// assignments it caches, which hold its tasks' env. The echo
+		// image does not print its env, so task logs are scanned too.
+		const secret = "e2e-cached-secret-5c2a9e"
+		c.ctl(t, m.Name, "service", "create", "--name", "vault", "--mode", "global", "--env", "DB_PASSWORD="+secret, tc.Image)
+		defer c.ctl(t, m.Name, "service", "rm", "vault")
+		c.globalOn(t, "vault", c.names(""))
+		cache := func(n lab.Node) string { return filepath.Join(n.DataDir, "worker", "assignments.pb") }
+		tc.Eventually(t, 30*time.Second, "every node's assignments saved", func() (bool, string) {
+			for _, name := range c.names("") {
+				if _, err := os.Stat(cache(c.node(t, name))); err != nil {
+					return false, err.Error()
+				}
+			}
+			return true, ""
+		})
+		// Saves follow a task's status changes by 100 ms (persistDelay).
+		time.Sleep(time.Second)
+		for _, name := range c.names("") {
+			n := c.node(t, name)
+			var cacheScanned bool
+			err := filepath.WalkDir(n.DataDir, func(path string, d fs.DirEntry, err error) error {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil // a file replaced meanwhile (a save's .tmp)
+				}
+				if err != nil || d.IsDir() || !d.Type().IsRegular() {
+					return err
+				}
+				b, err := os.ReadFile(path)
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
+				if err != nil {
+					return err
+				}
+				if path == cache(n) && len(b) > 0 {
+					cacheScanned = true
+				}
+				if bytes.Contains(b, []byte(secret)) {
+					t.Errorf("%s: %s holds the service's env value in the clear", name, path)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !cacheScanned {
+				t.Errorf("%s: its saved assignments %s were not scanned", name, cache(n))
+			}
+		}
+	})
 
 	t.Run("admin certificate over TLS", func(t *testing.T) {
 		out, err := c.run("shoalctl", "--host", addr, "--tls-dir", filepath.Join(m.DataDir, "admin"), "node", "ls")

@@ -9,5 +9,7 @@
 // distribute, and owns nothing in the managers' state. Neither a silent
 // manager (the session moves to another within the heartbeat grace) nor an
 // unreachable runtime (verbs are retried, nothing is reported) ends a
-// task.
+// task. It keeps its assignments on disk, sealed under a key it is given
+// (Config.CacheKey), to watch its tasks after a restart before any
+// manager answers.
 package worker

@@ -313,6 +313,18 @@ func (m *Manager) bridgeMAC(ns NetworkState) net.HardwareAddr {
 	return mac
 }
 
+// vxlanMAC is the VXLAN device's MAC, fixed per node and network (see
+// ensureVXLAN).
+func (m *Manager) vxlanMAC(vni uint32) net.HardwareAddr {
+	var buf [9]byte
+	a := m.cfg.UnderlayAddr.As4()
+	copy(buf[:4], a[:])
+	binary.BigEndian.PutUint32(buf[4:8], vni)
+	buf[8] = 'x'
+	sum := sha256.Sum256(buf[:])
+	return net.HardwareAddr(append([]byte{0x02}, sum[:5]...)) // locally administered, unicast
+}
+
 func (m *Manager) ensureBridge(ns NetworkState, mtu int) (netlink.Link, error) {
 	name := BridgeName(ns.VNI)
 	link, err := m.linkByName(name)
@@ -439,6 +451,12 @@ func (m *Manager) ensureVXLAN(ns NetworkState, mtu int, br netlink.Link, srcAddr
 		attrs.Name = name
 		attrs.MTU = mtu
 		attrs.MasterIndex = br.Attrs().Index
+		// A MAC of ours, not the kernel's random one: udev's persistent
+		// MAC policy (systemd's default) replaces a random MAC a moment
+		// after the device appears, and a MAC change flushes the device's
+		// neighbour table, permanent entries included, which took the
+		// remote endpoints' ARP entries written meanwhile with it.
+		attrs.HardwareAddr = m.vxlanMAC(ns.VNI)
 		vx := &netlink.Vxlan{
 			LinkAttrs:    attrs,
 			VxlanId:      int(ns.VNI),

@@ -92,16 +92,7 @@ func twoTunnelNodes(t *testing.T) (a, b tunnelNode, taskA, taskB *netnstest.NS) 
 		task *netnstest.NS
 		ip   netip.Addr
 	}{{a, taskA, taskIPA}, {b, taskB, taskIPB}} {
-		mtu, err := x.n.mgr.MTU(overlay.Network{VNI: vni, Encrypted: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := x.n.att.Attach(ctx, attach.Spec{
-			ID: "task-" + x.ip.String(), NetNSPath: x.task.Path, Bridge: overlay.BridgeName(vni),
-			Addr: netip.PrefixFrom(x.ip, subnet.Bits()), Gateway: gateway, MTU: mtu,
-		}); err != nil {
-			t.Fatal(err)
-		}
+		attachEncrypted(t, x.n.node, x.task, x.ip)
 	}
 	return a, b, taskA, taskB
 }
@@ -280,16 +271,7 @@ func TestWireGuardTunnel(t *testing.T) {
 		task *netnstest.NS
 		ip   netip.Addr
 	}{{a, taskA, taskIPA}, {b, taskB, taskIPB}} {
-		mtu, err := x.n.mgr.MTU(overlay.Network{VNI: vni, Encrypted: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := x.n.att.Attach(ctx, attach.Spec{
-			ID: "task-" + x.ip.String(), NetNSPath: x.task.Path, Bridge: overlay.BridgeName(vni),
-			Addr: netip.PrefixFrom(x.ip, subnet.Bits()), Gateway: gateway, MTU: mtu,
-		}); err != nil {
-			t.Fatal(err)
-		}
+		attachEncrypted(t, x.n.node, x.task, x.ip)
 	}
 	// What node A sends on its underlay, by UDP port.
 	nsA.MustRun(t, "nft", "add table inet probe")
@@ -357,5 +339,21 @@ func TestWireGuardTunnel(t *testing.T) {
 	}
 	if _, err := handle(t, nsB).LinkByName(overlay.TunnelName); err == nil {
 		t.Fatalf("%s still there after an inactive ApplyTunnel", overlay.TunnelName)
+	}
+}
+
+// attachEncrypted attaches task at ip to the encrypted network on n, with
+// the network's MTU.
+func attachEncrypted(t *testing.T, n *node, task *netnstest.NS, ip netip.Addr) {
+	t.Helper()
+	mtu, err := n.mgr.MTU(overlay.Network{VNI: vni, Encrypted: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.att.Attach(context.Background(), attach.Spec{
+		ID: "task-" + ip.String(), NetNSPath: task.Path, Bridge: overlay.BridgeName(vni),
+		Addr: netip.PrefixFrom(ip, subnet.Bits()), Gateway: gateway, MTU: mtu,
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -44,7 +44,14 @@ type node struct {
 
 func newNode(t *testing.T, ns *netnstest.NS, vtep netip.Addr) *node {
 	t.Helper()
-	mgr, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtep, NetNSPath: ns.Path, Logger: quiet})
+	return newTunnelNode(t, ns, vtep, netip.Addr{})
+}
+
+// newTunnelNode is newNode with a tunnel address (overlay.Config.TunnelAddr),
+// for encrypted networks.
+func newTunnelNode(t *testing.T, ns *netnstest.NS, vtep, tunnel netip.Addr) *node {
+	t.Helper()
+	mgr, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtep, TunnelAddr: tunnel, NetNSPath: ns.Path, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

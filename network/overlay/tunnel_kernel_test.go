@@ -66,17 +66,7 @@ func twoTunnelNodes(t *testing.T) (a, b tunnelNode, taskA, taskB *netnstest.NS) 
 	mk := func(ns *netnstest.NS, id string, vtep netip.Addr) tunnelNode {
 		addr := overlay.TunnelAddr(id)
 		ns.MustRun(t, "ip", "addr", "add", netip.PrefixFrom(addr, 64).String(), "dev", overlay.TunnelName, "nodad")
-		mgr, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtep, TunnelAddr: addr, NetNSPath: ns.Path, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { mgr.Close() })
-		att, err := attach.NewAttacher(ns.Path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(att.Close)
-		return tunnelNode{node: &node{ns: ns, vtep: vtep, mgr: mgr, att: att}, id: id, tunnel: addr}
+		return tunnelNode{node: newTunnelNode(t, ns, vtep, addr), id: id, tunnel: addr}
 	}
 	a, b = mk(nsA, "node-a", vtepA), mk(nsB, "node-b", vtepB)
 	ctx := context.Background()
@@ -131,14 +121,7 @@ func TestEncryptedNetworkRunsOverTheTunnel(t *testing.T) {
 }
 
 func TestEncryptedNetworkRefusesUnderlayVTEPs(t *testing.T) {
-	netnstest.RequireKernel(t)
-	ns := netnstest.New(t, "nodeA")
-	netnstest.Link(t, ns, "ul0", "10.232.0.1/24", netnstest.New(t, "nodeB"), "ul0", "10.232.0.2/24")
-	mgr, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtepA, TunnelAddr: overlay.TunnelAddr("node-a"), NetNSPath: ns.Path, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mgr.Close()
+	ns, mgr := loneTunnelNode(t)
 	ctx := context.Background()
 	// A data address as an encrypted network's VTEP would send it in the
 	// clear: refused, and nothing made.
@@ -158,20 +141,13 @@ func TestEncryptedNetworkRefusesUnderlayVTEPs(t *testing.T) {
 }
 
 func TestTunnelWithoutWireGuard(t *testing.T) {
-	netnstest.RequireKernel(t)
-	ns := netnstest.New(t, "nodeA")
-	netnstest.Link(t, ns, "ul0", "10.232.0.1/24", netnstest.New(t, "nodeB"), "ul0", "10.232.0.2/24")
-	mgr, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtepA, TunnelAddr: overlay.TunnelAddr("node-a"), NetNSPath: ns.Path, Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mgr.Close()
+	ns, mgr := loneTunnelNode(t)
 	if _, err := mgr.TunnelKey(); err == nil {
 		t.Skip("this kernel has WireGuard: the VM tier's test covers the tunnel")
 	} else if !strings.Contains(err.Error(), "no WireGuard") {
 		t.Fatalf("TunnelKey without WireGuard: %v", err)
 	}
-	err = mgr.ApplyTunnel(overlay.TunnelState{Active: true})
+	err := mgr.ApplyTunnel(overlay.TunnelState{Active: true})
 	if err == nil || !strings.Contains(err.Error(), "need WireGuard") {
 		t.Fatalf("ApplyTunnel without WireGuard: %v", err)
 	}
@@ -225,24 +201,15 @@ func TestWireGuardTunnel(t *testing.T) {
 	}
 	mk := func(ns *netnstest.NS, id string, vtep netip.Addr) wgNode {
 		addr := overlay.TunnelAddr(id)
-		mgr, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtep, TunnelAddr: addr, NetNSPath: ns.Path, Logger: quiet})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { mgr.Close() })
-		key, err := mgr.TunnelKey()
+		n := newTunnelNode(t, ns, vtep, addr)
+		key, err := n.mgr.TunnelKey()
 		if err != nil {
 			if os.Getenv(ExpectWireGuardEnv) == "1" {
 				t.Fatalf("%s=1 but: %v", ExpectWireGuardEnv, err)
 			}
 			t.Skipf("no WireGuard here (%v): the VM tier runs this test", err)
 		}
-		att, err := attach.NewAttacher(ns.Path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(att.Close)
-		return wgNode{tunnelNode{node: &node{ns: ns, vtep: vtep, mgr: mgr, att: att}, id: id, tunnel: addr}, key}
+		return wgNode{tunnelNode{node: n, id: id, tunnel: addr}, key}
 	}
 	a, b := mk(nsA, "node-a", vtepA), mk(nsB, "node-b", vtepB)
 	peerOf := func(n wgNode) overlay.TunnelPeer {
@@ -356,4 +323,19 @@ func attachEncrypted(t *testing.T, n *node, task *netnstest.NS, ip netip.Addr) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// loneTunnelNode is one simulated host, with an underlay and a tunnel
+// address but no tunnel device, and its overlay manager.
+func loneTunnelNode(t *testing.T) (*netnstest.NS, *overlay.Manager) {
+	t.Helper()
+	netnstest.RequireKernel(t)
+	ns := netnstest.New(t, "nodeA")
+	netnstest.Link(t, ns, "ul0", "10.232.0.1/24", netnstest.New(t, "nodeB"), "ul0", "10.232.0.2/24")
+	mgr, err := overlay.NewManager(overlay.Config{UnderlayAddr: vtepA, TunnelAddr: overlay.TunnelAddr("node-a"), NetNSPath: ns.Path, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mgr.Close() })
+	return ns, mgr
 }
